@@ -1,0 +1,263 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// Device is one registered device with what it last reported.
+type Device struct {
+	ID         string            `json:"id"`
+	Disabled   bool              `json:"disabled"`
+	Labels     map[string]string `json:"labels"`
+	Reported   protocol.Status   `json:"reported"`
+	ReportedAt *time.Time        `json:"reported_at,omitempty"`
+	LastSeen   *time.Time        `json:"last_seen,omitempty"`
+	CreatedAt  time.Time         `json:"created_at"`
+}
+
+// AddDevice registers a new device with the hash of its secret. It returns ErrExists when the
+// device is already registered.
+func (s *Store) AddDevice(ctx context.Context, id, secretHash string, labels map[string]string) error {
+	if err := protocol.ValidateDeviceID(id); err != nil {
+		return err
+	}
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO devices (id, secret_hash, labels) VALUES ($1, $2, $3)`, id, secretHash, labels)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("device %s: %w", id, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("add device %s: %w", id, err)
+	}
+	return nil
+}
+
+// SetSecretHash replaces a device's secret hash, registering the device if it is missing.
+func (s *Store) SetSecretHash(ctx context.Context, id, secretHash string) error {
+	if err := protocol.ValidateDeviceID(id); err != nil {
+		return err
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO devices (id, secret_hash) VALUES ($1, $2)
+		ON CONFLICT (id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash`, id, secretHash)
+	if err != nil {
+		return fmt.Errorf("set secret of device %s: %w", id, err)
+	}
+	return nil
+}
+
+// SetDisabled disables or enables a device; a disabled device cannot connect.
+func (s *Store) SetDisabled(ctx context.Context, id string, disabled bool) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE devices SET disabled = $2 WHERE id = $1`, id, disabled)
+	if err != nil {
+		return fmt.Errorf("disable device %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// DeviceCredentials returns the secret hash of a device and whether it is disabled.
+func (s *Store) DeviceCredentials(ctx context.Context, id string) (secretHash string, disabled bool, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT secret_hash, disabled FROM devices WHERE id = $1`, id).Scan(&secretHash, &disabled)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", false, fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("read credentials of device %s: %w", id, err)
+	}
+	return secretHash, disabled, nil
+}
+
+const deviceColumns = `id, disabled, labels, reported, reported_at, last_seen, created_at`
+
+func scanDevice(row pgx.Row) (Device, error) {
+	var d Device
+	var labels, reported []byte
+	if err := row.Scan(&d.ID, &d.Disabled, &labels, &reported, &d.ReportedAt, &d.LastSeen, &d.CreatedAt); err != nil {
+		return Device{}, err
+	}
+	if err := json.Unmarshal(labels, &d.Labels); err != nil {
+		return Device{}, fmt.Errorf("decode labels of %s: %w", d.ID, err)
+	}
+	if err := json.Unmarshal(reported, &d.Reported); err != nil {
+		return Device{}, fmt.Errorf("decode reported status of %s: %w", d.ID, err)
+	}
+	return d, nil
+}
+
+// GetDevice returns one device, or ErrNotFound.
+func (s *Store) GetDevice(ctx context.Context, id string) (Device, error) {
+	d, err := scanDevice(s.pool.QueryRow(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Device{}, fmt.Errorf("read device %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// DeviceFilter selects devices from the registry, in ID order, one page at a time.
+type DeviceFilter struct {
+	// Prefix keeps the devices whose ID starts with it.
+	Prefix string
+	// Labels keeps the devices that carry every one of these labels, or, for a key that is
+	// not a label, report this value under that status key.
+	Labels map[string]string
+	// NotReporting keeps the devices whose status does not show Value under Key.
+	NotReportingKey, NotReportingValue string
+	// After starts the page after this device ID.
+	After string
+	// Limit is the page size; 0 means 1000.
+	Limit int
+}
+
+// ListDevices returns one page of the devices that match f.
+func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, error) {
+	if f.Limit <= 0 {
+		f.Limit = 1000
+	}
+	match := map[string]string{}
+	for k, v := range f.Labels {
+		match[k] = v
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices
+		WHERE id > $1 AND starts_with(id, $2)
+		  AND (labels || reported) @> $3::jsonb
+		  AND ($4 = '' OR reported->>$4 IS DISTINCT FROM $5)
+		ORDER BY id LIMIT $6`, f.After, f.Prefix, match, f.NotReportingKey, f.NotReportingValue, f.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	return out, nil
+}
+
+// RecordStatus stores a device's reported versions and marks it seen. It returns ErrNotFound
+// for an unregistered device.
+func (s *Store) RecordStatus(ctx context.Context, id string, st protocol.Status, at time.Time) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE devices SET reported = $2, reported_at = $3, last_seen = GREATEST(last_seen, $3)
+		WHERE id = $1`, id, st, at)
+	if err != nil {
+		return fmt.Errorf("record status of %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// RecordProgress stores a progress report, marks the device seen and moves the progress of the
+// device's unfinished upgrade it belongs to (same command ID, or, without one, same type and
+// version). It returns ErrNotFound for an unregistered device.
+func (s *Store) RecordProgress(ctx context.Context, id string, p protocol.Progress, at time.Time) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE devices SET last_seen = GREATEST(last_seen, $2) WHERE id = $1`, id, at)
+		if err != nil {
+			return fmt.Errorf("record progress of %s: %w", id, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("device %s: %w", id, ErrNotFound)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO progress_events (device_id, command_id, type, version, progress, description, received_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, id, p.ID, p.Type, p.Version, p.Progress, p.Desc, at); err != nil {
+			return fmt.Errorf("record progress of %s: %w", id, err)
+		}
+		if p.Progress > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE upgrades SET progress = $2, updated_at = $3
+				WHERE device_id = $1 AND finished_at IS NULL
+				  AND (command_id = $4 OR ($4 = '' AND type = $5 AND version = $6))`,
+				id, p.Progress, at, p.ID, p.Type, p.Version); err != nil {
+				return fmt.Errorf("record progress of %s: %w", id, err)
+			}
+		}
+		return nil
+	})
+}
+
+// ProgressEvent is one stored progress report.
+type ProgressEvent struct {
+	DeviceID   string    `json:"device_id"`
+	CommandID  string    `json:"command_id"`
+	Type       string    `json:"type"`
+	Version    string    `json:"version"`
+	Progress   int       `json:"progress"`
+	Desc       string    `json:"desc"`
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+// ProgressEvents returns a device's latest progress reports, newest first.
+func (s *Store) ProgressEvents(ctx context.Context, id string, limit int) ([]ProgressEvent, error) {
+	rows, err := s.pool.Query(ctx, `SELECT device_id, command_id, type, version, progress, description, received_at
+		FROM progress_events WHERE device_id = $1 ORDER BY id DESC LIMIT $2`, id, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read progress of %s: %w", id, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ProgressEvent, error) {
+		var e ProgressEvent
+		err := r.Scan(&e.DeviceID, &e.CommandID, &e.Type, &e.Version, &e.Progress, &e.Desc, &e.ReceivedAt)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read progress of %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// Rejected is one message the bridge refused, with why.
+type Rejected struct {
+	Topic      string    `json:"topic"`
+	DeviceID   string    `json:"device_id"`
+	Reason     string    `json:"reason"`
+	Payload    []byte    `json:"payload"`
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+// RecordRejected stores a refused message and the reason.
+func (s *Store) RecordRejected(ctx context.Context, r Rejected) error {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO rejected_messages (topic, device_id, reason, payload, received_at)
+		VALUES ($1, $2, $3, $4, $5)`, r.Topic, r.DeviceID, r.Reason, r.Payload, r.ReceivedAt); err != nil {
+		return fmt.Errorf("record rejected message on %q: %w", r.Topic, err)
+	}
+	return nil
+}
+
+// RejectedMessages returns the latest rejected messages, newest first; deviceID "" means all.
+func (s *Store) RejectedMessages(ctx context.Context, deviceID string, limit int) ([]Rejected, error) {
+	rows, err := s.pool.Query(ctx, `SELECT topic, device_id, reason, payload, received_at FROM rejected_messages
+		WHERE $1 = '' OR device_id = $1 ORDER BY id DESC LIMIT $2`, deviceID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read rejected messages: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Rejected, error) {
+		var m Rejected
+		err := r.Scan(&m.Topic, &m.DeviceID, &m.Reason, &m.Payload, &m.ReceivedAt)
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read rejected messages: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,161 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// Upgrade is the record of one device upgrade run.
+type Upgrade struct {
+	RunID      string         `json:"run_id"`
+	WorkflowID string         `json:"workflow_id"`
+	DeviceID   string         `json:"device_id"`
+	Rollout    string         `json:"rollout,omitempty"`
+	Type       string         `json:"type"`
+	Version    string         `json:"version"`
+	URL        string         `json:"url"`
+	MD5        string         `json:"md5"`
+	Size       int64          `json:"size"`
+	State      protocol.State `json:"state"`
+	Attempt    int            `json:"attempt"`
+	CommandID  string         `json:"command_id,omitempty"`
+	Progress   int            `json:"progress"`
+	ErrorCode  int            `json:"error_code,omitempty"`
+	ErrorDesc  string         `json:"error_desc,omitempty"`
+	CreatedAt  time.Time      `json:"created_at"`
+	UpdatedAt  time.Time      `json:"updated_at"`
+	FinishedAt *time.Time     `json:"finished_at,omitempty"`
+}
+
+// UpgradeEvent is one recorded state change of an upgrade.
+type UpgradeEvent struct {
+	State     protocol.State `json:"state"`
+	Attempt   int            `json:"attempt"`
+	ErrorCode int            `json:"error_code,omitempty"`
+	Detail    string         `json:"detail,omitempty"`
+	At        time.Time      `json:"at"`
+}
+
+// RecordUpgrade records the state of an upgrade run at time at: it creates or updates the run's
+// row and appends a state change event. Recording the same state and attempt again (an
+// activity retried) changes nothing, and a finished run is never reopened.
+func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, detail string) error {
+	var finished *time.Time
+	if u.State.Final() {
+		finished = &at
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var prevState string
+		var prevAttempt int
+		err := tx.QueryRow(ctx, `SELECT state, attempt FROM upgrades WHERE run_id = $1 FOR UPDATE`, u.RunID).Scan(&prevState, &prevAttempt)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			if _, err := tx.Exec(ctx, `INSERT INTO upgrades (run_id, workflow_id, device_id, rollout, type, version, url, md5, size,
+				state, attempt, command_id, progress, error_code, error_desc, created_at, updated_at, finished_at)
+				VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$16,$17)`,
+				u.RunID, u.WorkflowID, u.DeviceID, u.Rollout, u.Type, u.Version, u.URL, u.MD5, u.Size,
+				string(u.State), u.Attempt, u.CommandID, u.Progress, u.ErrorCode, u.ErrorDesc, at, finished); err != nil {
+				return fmt.Errorf("insert upgrade %s: %w", u.RunID, err)
+			}
+		case err != nil:
+			return fmt.Errorf("read upgrade %s: %w", u.RunID, err)
+		case prevState == string(u.State) && prevAttempt == u.Attempt:
+			return nil
+		case protocol.State(prevState).Final():
+			return nil
+		default:
+			if _, err := tx.Exec(ctx, `UPDATE upgrades SET state = $2, attempt = $3, command_id = $4,
+				progress = GREATEST(progress, $5), error_code = $6, error_desc = $7, updated_at = $8, finished_at = $9
+				WHERE run_id = $1`, u.RunID, string(u.State), u.Attempt, u.CommandID, u.Progress, u.ErrorCode, u.ErrorDesc, at, finished); err != nil {
+				return fmt.Errorf("update upgrade %s: %w", u.RunID, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO upgrade_events (run_id, state, attempt, error_code, detail, at)
+			VALUES ($1, $2, $3, $4, $5, $6)`, u.RunID, string(u.State), u.Attempt, u.ErrorCode, detail, at); err != nil {
+			return fmt.Errorf("record event of upgrade %s: %w", u.RunID, err)
+		}
+		return nil
+	})
+}
+
+const upgradeColumns = `run_id, workflow_id, device_id, rollout, type, version, url, md5, size, state, attempt,
+	command_id, progress, error_code, error_desc, created_at, updated_at, finished_at`
+
+func scanUpgrade(row pgx.Row) (Upgrade, error) {
+	var u Upgrade
+	var state string
+	err := row.Scan(&u.RunID, &u.WorkflowID, &u.DeviceID, &u.Rollout, &u.Type, &u.Version, &u.URL, &u.MD5, &u.Size,
+		&state, &u.Attempt, &u.CommandID, &u.Progress, &u.ErrorCode, &u.ErrorDesc, &u.CreatedAt, &u.UpdatedAt, &u.FinishedAt)
+	u.State = protocol.State(state)
+	return u, err
+}
+
+// LatestUpgrade returns the device's most recent upgrade run, or ErrNotFound.
+func (s *Store) LatestUpgrade(ctx context.Context, deviceID string) (Upgrade, error) {
+	u, err := scanUpgrade(s.pool.QueryRow(ctx, `SELECT `+upgradeColumns+` FROM upgrades
+		WHERE device_id = $1 ORDER BY created_at DESC LIMIT 1`, deviceID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Upgrade{}, fmt.Errorf("upgrade of device %s: %w", deviceID, ErrNotFound)
+	}
+	if err != nil {
+		return Upgrade{}, fmt.Errorf("read upgrade of device %s: %w", deviceID, err)
+	}
+	return u, nil
+}
+
+// GetUpgrade returns one upgrade run by its run ID, or ErrNotFound.
+func (s *Store) GetUpgrade(ctx context.Context, runID string) (Upgrade, error) {
+	u, err := scanUpgrade(s.pool.QueryRow(ctx, `SELECT `+upgradeColumns+` FROM upgrades WHERE run_id = $1`, runID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Upgrade{}, fmt.Errorf("upgrade run %s: %w", runID, ErrNotFound)
+	}
+	if err != nil {
+		return Upgrade{}, fmt.Errorf("read upgrade run %s: %w", runID, err)
+	}
+	return u, nil
+}
+
+// UpgradeEvents returns the recorded state changes of a run, oldest first.
+func (s *Store) UpgradeEvents(ctx context.Context, runID string) ([]UpgradeEvent, error) {
+	rows, err := s.pool.Query(ctx, `SELECT state, attempt, error_code, detail, at FROM upgrade_events
+		WHERE run_id = $1 ORDER BY id`, runID)
+	if err != nil {
+		return nil, fmt.Errorf("read events of upgrade %s: %w", runID, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (UpgradeEvent, error) {
+		var e UpgradeEvent
+		var state string
+		err := r.Scan(&state, &e.Attempt, &e.ErrorCode, &e.Detail, &e.At)
+		e.State = protocol.State(state)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read events of upgrade %s: %w", runID, err)
+	}
+	return out, nil
+}
+
+// CountByState counts a rollout's upgrade runs by state.
+func (s *Store) CountByState(ctx context.Context, rollout string) (map[protocol.State]int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT state, count(*) FROM upgrades WHERE rollout = $1 GROUP BY state`, rollout)
+	if err != nil {
+		return nil, fmt.Errorf("count upgrades of rollout %s: %w", rollout, err)
+	}
+	defer rows.Close()
+	out := map[protocol.State]int{}
+	for rows.Next() {
+		var state string
+		var n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, fmt.Errorf("count upgrades of rollout %s: %w", rollout, err)
+		}
+		out[protocol.State(state)] = n
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,213 @@
+// Package workflows holds OTAflow's durable workflows: DeviceUpgradeWorkflow, one run per
+// device upgrade, and the names (task queue, workflow IDs, signals, queries, search
+// attributes) that the worker, the bridge and the starter share.
+package workflows
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// TaskQueue is the task queue the OTAflow worker polls.
+const TaskQueue = "otaflow"
+
+// DeviceUpgradeWorkflowName is the registered name of DeviceUpgradeWorkflow.
+const DeviceUpgradeWorkflowName = "DeviceUpgrade"
+
+// Signal and query names of DeviceUpgradeWorkflow.
+const (
+	// SignalProgress carries a ProgressSignal: a device's progress report.
+	SignalProgress = "progress"
+	// SignalStatus carries a StatusSignal: a device's status report.
+	SignalStatus = "status"
+	// QueryState returns an UpgradeStatus.
+	QueryState = "state"
+)
+
+// deviceWorkflowPrefix starts the workflow ID of every device upgrade.
+const deviceWorkflowPrefix = "ota-"
+
+// DeviceWorkflowID is the workflow ID of a device's upgrade: at most one runs per device.
+func DeviceWorkflowID(deviceID string) string { return deviceWorkflowPrefix + deviceID }
+
+// DeviceFromWorkflowID returns the device of a device upgrade workflow ID.
+func DeviceFromWorkflowID(workflowID string) (string, bool) {
+	return strings.CutPrefix(workflowID, deviceWorkflowPrefix)
+}
+
+// Search attributes OTAflow sets on its workflows, for filtering in the Temporal Web UI
+// (for example `OtaDevice = "sensor-1"` or `OtaState = "failed" AND OtaRollout = "fw-1.1"`).
+var (
+	// SearchDevice is the device ID of a device upgrade.
+	SearchDevice = temporal.NewSearchAttributeKeyKeyword("OtaDevice")
+	// SearchTargetVersion is the version an upgrade or rollout installs.
+	SearchTargetVersion = temporal.NewSearchAttributeKeyKeyword("OtaTargetVersion")
+	// SearchType is the upgrade type (app, firmware, os...).
+	SearchType = temporal.NewSearchAttributeKeyKeyword("OtaType")
+	// SearchState is the upgrade's (or rollout's) current state.
+	SearchState = temporal.NewSearchAttributeKeyKeyword("OtaState")
+	// SearchRollout is the rollout a device upgrade belongs to, or the rollout's own name.
+	SearchRollout = temporal.NewSearchAttributeKeyKeyword("OtaRollout")
+)
+
+// SearchAttributeNames lists the custom search attributes with their types, as the Temporal
+// server must have them registered (`temporal server start-dev --search-attribute NAME=Keyword`).
+var SearchAttributeNames = []string{
+	SearchDevice.GetName(), SearchTargetVersion.GetName(), SearchType.GetName(),
+	SearchState.GetName(), SearchRollout.GetName(),
+}
+
+// Default timeouts and retry settings of a device upgrade.
+const (
+	DefaultStartTimeout   = 10 * time.Minute
+	DefaultSilenceTimeout = 5 * time.Minute
+	DefaultInstallTimeout = 15 * time.Minute
+	DefaultDeadline       = 24 * time.Hour
+	DefaultMaxAttempts    = 3
+	DefaultRetryBackoff   = 30 * time.Second
+	DefaultMaxBackoff     = 10 * time.Minute
+)
+
+// DefaultRetryCodes are the device error codes that start another attempt by default.
+var DefaultRetryCodes = []int{protocol.CodeDownloadFailed, protocol.CodeMD5Mismatch, protocol.CodeInstallFailed, protocol.CodeOther}
+
+// UpgradeRequest asks for one device to install one package. Zero timeouts and retry settings
+// take the defaults (see WithDefaults).
+type UpgradeRequest struct {
+	DeviceID   string `json:"device_id"`
+	Type       string `json:"type"`
+	Version    string `json:"version"`
+	URL        string `json:"url"`
+	MD5        string `json:"md5"`
+	Size       int64  `json:"size"`
+	VersionKey string `json:"version_key,omitempty"`
+	// Rollout names the rollout this upgrade belongs to, if any.
+	Rollout string `json:"rollout,omitempty"`
+
+	// StartTimeout bounds the wait for the device's first report after a command is sent.
+	StartTimeout time.Duration `json:"start_timeout,omitempty"`
+	// SilenceTimeout bounds the silence between progress reports while downloading.
+	SilenceTimeout time.Duration `json:"silence_timeout,omitempty"`
+	// InstallTimeout bounds the wait for the new version after progress 100.
+	InstallTimeout time.Duration `json:"install_timeout,omitempty"`
+	// Deadline bounds the whole upgrade, all attempts included.
+	Deadline time.Duration `json:"deadline,omitempty"`
+	// MaxAttempts is how many commands may be sent in all.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+	// RetryCodes lists the device error codes that start another attempt; nil means
+	// DefaultRetryCodes, an empty non-nil list retries none.
+	RetryCodes []int `json:"retry_codes"`
+	// RetryTimeouts, when set, makes a timed-out attempt start another; nil means true.
+	RetryTimeouts *bool `json:"retry_timeouts,omitempty"`
+	// RetryBackoff is the wait before the second attempt; it doubles for each further one,
+	// up to DefaultMaxBackoff.
+	RetryBackoff time.Duration `json:"retry_backoff,omitempty"`
+}
+
+// WithDefaults returns r with every zero setting replaced by its default.
+func (r UpgradeRequest) WithDefaults() UpgradeRequest {
+	if r.VersionKey == "" {
+		r.VersionKey = protocol.VersionKey(r.Type)
+	}
+	setDefault(&r.StartTimeout, DefaultStartTimeout)
+	setDefault(&r.SilenceTimeout, DefaultSilenceTimeout)
+	setDefault(&r.InstallTimeout, DefaultInstallTimeout)
+	setDefault(&r.Deadline, DefaultDeadline)
+	setDefault(&r.RetryBackoff, DefaultRetryBackoff)
+	if r.MaxAttempts == 0 {
+		r.MaxAttempts = DefaultMaxAttempts
+	}
+	if r.RetryCodes == nil {
+		r.RetryCodes = append([]int(nil), DefaultRetryCodes...)
+	}
+	if r.RetryTimeouts == nil {
+		yes := true
+		r.RetryTimeouts = &yes
+	}
+	return r
+}
+
+func setDefault(d *time.Duration, def time.Duration) {
+	if *d == 0 {
+		*d = def
+	}
+}
+
+// Validate checks a request (after WithDefaults) and says what is wrong with it.
+func (r UpgradeRequest) Validate() error {
+	if err := protocol.ValidateDeviceID(r.DeviceID); err != nil {
+		return err
+	}
+	// The command a device gets must itself be valid.
+	cmd := protocol.UpgradeCommand{ID: "check", Type: r.Type, Version: r.Version, URL: r.URL, MD5: r.MD5, Size: r.Size}
+	if err := cmd.Validate(); err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"start timeout", r.StartTimeout}, {"silence timeout", r.SilenceTimeout},
+		{"install timeout", r.InstallTimeout}, {"deadline", r.Deadline}, {"retry backoff", r.RetryBackoff}} {
+		if d.v < 0 {
+			return fmt.Errorf("%s must be positive, not %s", d.name, d.v)
+		}
+	}
+	if r.MaxAttempts < 1 || r.MaxAttempts > 100 {
+		return fmt.Errorf("max attempts must be 1 to 100, not %d", r.MaxAttempts)
+	}
+	for _, c := range r.RetryCodes {
+		if c < protocol.CodeOther || c > protocol.CodeDownloadFailed {
+			return fmt.Errorf("retry code %d is not a device error code (-1..-4)", c)
+		}
+	}
+	if r.VersionKey == "" || len(r.VersionKey) > 64 {
+		return fmt.Errorf("version key must be 1 to 64 characters")
+	}
+	return nil
+}
+
+// ProgressSignal is the payload of SignalProgress.
+type ProgressSignal struct {
+	Progress   protocol.Progress `json:"progress"`
+	ReceivedAt time.Time         `json:"received_at"`
+}
+
+// StatusSignal is the payload of SignalStatus.
+type StatusSignal struct {
+	Status     protocol.Status `json:"status"`
+	ReceivedAt time.Time       `json:"received_at"`
+}
+
+// UpgradeStatus is what QueryState returns and what DeviceUpgradeWorkflow returns (also as
+// the details of its failure).
+type UpgradeStatus struct {
+	DeviceID    string         `json:"device_id"`
+	Type        string         `json:"type"`
+	Version     string         `json:"version"`
+	Rollout     string         `json:"rollout,omitempty"`
+	State       protocol.State `json:"state"`
+	Attempt     int            `json:"attempt"`
+	MaxAttempts int            `json:"max_attempts"`
+	CommandID   string         `json:"command_id,omitempty"`
+	Progress    int            `json:"progress"`
+	Desc        string         `json:"desc,omitempty"`
+	ErrorCode   int            `json:"error_code,omitempty"`
+	// Reported is the version the device last reported under the version key.
+	Reported   string     `json:"reported,omitempty"`
+	StartedAt  time.Time  `json:"started_at"`
+	SentAt     *time.Time `json:"sent_at,omitempty"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+}
+
+// Error types of a failed DeviceUpgradeWorkflow; the failure's details hold an UpgradeStatus.
+const (
+	ErrTypeUpgradeFailed   = "UpgradeFailed"
+	ErrTypeUpgradeTimedOut = "UpgradeTimedOut"
+	ErrTypeInvalidRequest  = "InvalidRequest"
+)
