@@ -1,0 +1,46 @@
+// Package temporalconn dials the Temporal server the same way for every OTAflow program, with
+// an error that says what to check when the server cannot be reached.
+package temporalconn
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/log"
+)
+
+// Options say where Temporal is.
+type Options struct {
+	// Address is host:port of the Temporal frontend (TEMPORAL_ADDRESS).
+	Address string
+	// Namespace is the Temporal namespace (TEMPORAL_NAMESPACE); "" means "default".
+	Namespace string
+	// Logger receives the SDK's logs; nil keeps only warnings and errors on stderr.
+	Logger *slog.Logger
+}
+
+// Dial connects to Temporal and checks the server answers within 10 seconds.
+func Dial(ctx context.Context, o Options) (client.Client, error) {
+	if o.Namespace == "" {
+		o.Namespace = "default"
+	}
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(logWriter{}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := client.DialContext(dctx, client.Options{
+		HostPort:  o.Address,
+		Namespace: o.Namespace,
+		Logger:    log.NewStructuredLogger(logger),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach Temporal at %s (namespace %s): %w; is the server running? "+
+			"Start the local stack with `go run ./devstack` or set TEMPORAL_ADDRESS", o.Address, o.Namespace, err)
+	}
+	return c, nil
+}

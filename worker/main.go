@@ -1,0 +1,91 @@
+// Command worker hosts OTAflow's workflows and activities: it polls the Temporal task queue,
+// publishes upgrade commands over MQTT and records upgrade state in PostgreSQL.
+//
+//	go run ./worker --temporal-address localhost:7233 --database-url postgres://... \
+//	    --mqtt-url tcp://otaflow-worker:SECRET@localhost:1883
+//
+// Every flag is also read from an environment variable (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
+// DATABASE_URL, MQTT_URL). Ctrl-C stops it gracefully: running activities get time to finish.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/temporalconn"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := &cli.App{
+		Name:  "worker",
+		Usage: "run OTAflow's Temporal worker",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "temporal-address", Value: "localhost:7233", EnvVars: []string{"TEMPORAL_ADDRESS"}, Usage: "Temporal frontend host:port"},
+			&cli.StringFlag{Name: "temporal-namespace", Value: "default", EnvVars: []string{"TEMPORAL_NAMESPACE"}, Usage: "Temporal namespace"},
+			&cli.StringFlag{Name: "database-url", Required: true, EnvVars: []string{"DATABASE_URL"}, Usage: "PostgreSQL URL"},
+			&cli.StringFlag{Name: "mqtt-url", Required: true, EnvVars: []string{"MQTT_URL"}, Usage: "MQTT broker URL with the worker's credentials, e.g. tcp://otaflow-worker:SECRET@localhost:1883"},
+			&cli.StringFlag{Name: "mqtt-client-id", EnvVars: []string{"MQTT_CLIENT_ID"}, Usage: "MQTT client ID (default otaflow-worker-HOSTNAME-PID)"},
+		},
+		Action: run,
+	}
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+func run(cCtx *cli.Context) error {
+	ctx := cCtx.Context
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	st, err := store.Open(ctx, cCtx.String("database-url"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	clientID := cCtx.String("mqtt-client-id")
+	if clientID == "" {
+		host, _ := os.Hostname()
+		clientID = fmt.Sprintf("otaflow-worker-%s-%d", host, os.Getpid())
+	}
+	opts, err := mqttconn.Options(cCtx.String("mqtt-url"), clientID)
+	if err != nil {
+		return err
+	}
+	opts.SetCleanSession(true) // the worker only publishes
+	mc, err := mqttconn.Connect(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("%w (broker %s)", err, mqttconn.Redact(cCtx.String("mqtt-url")))
+	}
+	defer mc.Disconnect(250)
+
+	c, err := temporalconn.Dial(ctx, temporalconn.Options{
+		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"), Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	w := workflows.NewWorker(c, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st})
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	logger.Info("OTAflow worker running", "taskQueue", workflows.TaskQueue, "temporal", cCtx.String("temporal-address"))
+	<-ctx.Done()
+	logger.Info("Stopping worker: waiting for running tasks")
+	w.Stop()
+	return nil
+}

@@ -1,0 +1,420 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+)
+
+// phase is where an upgrade attempt stands, as far as timing goes.
+type phase int
+
+const (
+	phaseSend    phase = iota // a command is to be sent
+	phaseWaiting              // a command is out; waiting for reports
+	phaseBackoff              // an attempt ended; waiting before the next one
+	phaseDone                 // final
+)
+
+// Local activity options: bookkeeping and the command publish are short, so they run in the
+// worker as local activities, which keeps a successful upgrade's history small.
+var (
+	sendOptions = workflow.LocalActivityOptions{
+		StartToCloseTimeout:    15 * time.Second,
+		ScheduleToCloseTimeout: 2 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    20 * time.Second,
+			NonRetryableErrorTypes: []string{activities.ErrTypeUnknownDevice,
+				activities.ErrTypeDeviceDisabled, activities.ErrTypeInvalidCommand},
+		},
+	}
+	recordOptions = workflow.LocalActivityOptions{
+		StartToCloseTimeout:    15 * time.Second,
+		ScheduleToCloseTimeout: 5 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    30 * time.Second,
+		},
+	}
+)
+
+// upgrade is the state of one DeviceUpgradeWorkflow run.
+type upgrade struct {
+	req    UpgradeRequest
+	st     UpgradeStatus
+	record store.Upgrade // the PostgreSQL row, as last recorded
+
+	phase      phase
+	phaseSince time.Time // when the current waiting state began (sent, last progress, 100)
+	deadline   time.Time // the overall deadline
+	retryAt    time.Time
+	minTimeout time.Duration
+	timedOut   bool // the last attempt ended by a timeout
+
+	// One timer at a time: it fires at or before the current phase's deadline, so a report
+	// that moves the deadline later needs no new timer (fewer history events).
+	timer       workflow.Future
+	timerAt     time.Time
+	cancelTimer workflow.CancelFunc
+
+	searchState string // OtaState as last upserted
+}
+
+// DeviceUpgradeWorkflow upgrades one device: it sends an upgrade command, follows the device's
+// progress and status reports, retries failed or timed-out attempts with backoff, and succeeds
+// only when a status report shows the target version. It returns the final UpgradeStatus;
+// failed and timed-out upgrades fail with an ApplicationError whose details hold it, and a
+// canceled upgrade ends canceled.
+func DeviceUpgradeWorkflow(ctx workflow.Context, req UpgradeRequest) (UpgradeStatus, error) {
+	req = req.WithDefaults()
+	if err := req.Validate(); err != nil {
+		return UpgradeStatus{}, temporal.NewNonRetryableApplicationError("invalid upgrade request: "+err.Error(), ErrTypeInvalidRequest, err)
+	}
+	info := workflow.GetInfo(ctx)
+	now := workflow.Now(ctx)
+	u := &upgrade{
+		req:        req,
+		phase:      phaseSend,
+		deadline:   now.Add(req.Deadline),
+		minTimeout: min(req.StartTimeout, req.SilenceTimeout, req.InstallTimeout),
+		st: UpgradeStatus{
+			DeviceID: req.DeviceID, Type: req.Type, Version: req.Version, Rollout: req.Rollout,
+			State: protocol.StatePending, MaxAttempts: req.MaxAttempts, StartedAt: now, UpdatedAt: now,
+		},
+		record: store.Upgrade{
+			RunID: info.WorkflowExecution.RunID, WorkflowID: info.WorkflowExecution.ID, DeviceID: req.DeviceID,
+			Rollout: req.Rollout, Type: req.Type, Version: req.Version, URL: req.URL, MD5: req.MD5, Size: req.Size,
+		},
+	}
+	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(SearchState); ok {
+		u.searchState = v
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryState, func() (UpgradeStatus, error) { return u.st, nil }); err != nil {
+		return UpgradeStatus{}, fmt.Errorf("set query handler: %w", err)
+	}
+	progressCh := workflow.GetSignalChannel(ctx, SignalProgress)
+	statusCh := workflow.GetSignalChannel(ctx, SignalStatus)
+
+	for u.phase != phaseDone {
+		if ctx.Err() != nil {
+			dctx, _ := workflow.NewDisconnectedContext(ctx)
+			u.finish(dctx, protocol.StateCanceled, u.st.ErrorCode, "canceled by operator")
+			return u.st, temporal.NewCanceledError(u.st)
+		}
+		if u.phase == phaseSend {
+			u.send(ctx)
+			continue
+		}
+		sel := workflow.NewSelector(ctx)
+		sel.AddReceive(progressCh, func(c workflow.ReceiveChannel, _ bool) {
+			var sig ProgressSignal
+			c.Receive(ctx, &sig)
+			u.onProgress(ctx, sig.Progress)
+		})
+		sel.AddReceive(statusCh, func(c workflow.ReceiveChannel, _ bool) {
+			var sig StatusSignal
+			c.Receive(ctx, &sig)
+			u.onStatus(ctx, sig.Status)
+		})
+		sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {})
+		u.armTimer(ctx)
+		sel.AddFuture(u.timer, func(workflow.Future) {
+			u.timer = nil
+			u.onTimer(ctx)
+		})
+		sel.Select(ctx)
+	}
+	switch u.st.State {
+	case protocol.StateFailed:
+		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ErrTypeUpgradeFailed, nil, u.st)
+	case protocol.StateTimedOut:
+		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ErrTypeUpgradeTimedOut, nil, u.st)
+	}
+	return u.st, nil
+}
+
+func (u *upgrade) failureMessage() string {
+	msg := fmt.Sprintf("upgrade of %s to %s %s %s after %d attempt(s)", u.req.DeviceID, u.req.Type, u.req.Version, u.st.State, u.st.Attempt)
+	if u.st.ErrorCode != 0 {
+		msg += fmt.Sprintf(": code %d", u.st.ErrorCode)
+	}
+	if u.st.Desc != "" {
+		msg += ": " + u.st.Desc
+	}
+	return msg
+}
+
+// send starts the next attempt: a new command ID, published by a local activity that also
+// records the upgrade as sent (or as skipped when the device already runs the target).
+func (u *upgrade) send(ctx workflow.Context) {
+	now := workflow.Now(ctx)
+	attempt := u.st.Attempt + 1
+	cmd := protocol.UpgradeCommand{
+		ID:   fmt.Sprintf("%s-%d", u.record.RunID, attempt),
+		Type: u.req.Type, Version: u.req.Version, URL: u.req.URL, MD5: u.req.MD5, Size: u.req.Size,
+		IssuedAt: now, ExpiresAt: now.Add(u.req.StartTimeout),
+	}
+	rec := u.record
+	rec.Attempt = attempt
+	var a *activities.Activities
+	var res activities.SendCommandResult
+	err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, sendOptions), a.SendCommand,
+		activities.SendCommandInput{Upgrade: rec, Command: cmd, VersionKey: u.req.VersionKey, CheckSkip: attempt == 1}).Get(ctx, &res)
+	now = workflow.Now(ctx)
+	u.st.Attempt = attempt
+	u.st.UpdatedAt = now
+	u.record.Attempt = attempt
+	switch {
+	case err != nil:
+		var appErr *temporal.ApplicationError
+		if errors.As(err, &appErr) && appErr.NonRetryable() {
+			u.finish(ctx, protocol.StateFailed, 0, appErr.Message())
+			return
+		}
+		if ctx.Err() != nil {
+			return // canceled while sending; the main loop ends the upgrade
+		}
+		u.endAttempt(ctx, 0, "could not send the command: "+err.Error(), false)
+	case res.Skipped:
+		u.st.Reported = res.Reported
+		u.record.State = protocol.StateSkipped
+		u.setFinal(ctx, protocol.StateSkipped, 0, "device already reports "+u.req.VersionKey+"="+res.Reported)
+	default:
+		u.st.Reported = res.Reported
+		u.st.CommandID = cmd.ID
+		u.st.State = protocol.StateSent
+		u.st.Progress = 0
+		u.st.Desc = ""
+		u.st.SentAt = &now
+		u.record.State = protocol.StateSent
+		u.record.CommandID = cmd.ID
+		u.record.Progress = 0
+		u.phase = phaseWaiting
+		u.phaseSince = now
+		u.upsertState(ctx, protocol.StateSent)
+	}
+}
+
+// onProgress handles a progress report: stale ones (another attempt, type or version) are
+// ignored; an error code ends the attempt; 1..99 means downloading, 100 downloaded.
+func (u *upgrade) onProgress(ctx workflow.Context, p protocol.Progress) {
+	if u.phase != phaseWaiting {
+		return
+	}
+	if (p.ID != "" && p.ID != u.st.CommandID) || p.Type != u.req.Type || p.Version != u.req.Version {
+		return
+	}
+	now := workflow.Now(ctx)
+	u.st.UpdatedAt = now
+	if p.IsError() {
+		desc := p.Desc
+		if desc == "" {
+			desc = protocol.CodeText(p.Progress)
+		}
+		u.endAttempt(ctx, p.Progress, desc, false)
+		return
+	}
+	u.st.Progress = p.Progress
+	u.st.Desc = p.Desc
+	u.phaseSince = now
+	next := protocol.StateDownloading
+	if p.Progress == 100 {
+		next = protocol.StateDownloaded
+	}
+	if next != u.st.State {
+		u.transition(ctx, next, p.Desc)
+	}
+}
+
+// onStatus handles a status report: the target version under the version key is success, at
+// any time; another version after the download means the install did not take.
+func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
+	if u.phase == phaseDone {
+		return
+	}
+	reported := st[u.req.VersionKey]
+	u.st.Reported = reported
+	u.st.UpdatedAt = workflow.Now(ctx)
+	if reported == u.req.Version {
+		u.finish(ctx, protocol.StateSucceeded, 0, "device reports "+u.req.VersionKey+"="+reported)
+		return
+	}
+	if u.phase == phaseWaiting && u.st.State == protocol.StateDownloaded {
+		u.endAttempt(ctx, protocol.CodeInstallFailed,
+			fmt.Sprintf("device came back with %s=%q after the download: the install did not take", u.req.VersionKey, reported), false)
+	}
+}
+
+// phaseDeadline is when the current phase times out.
+func (u *upgrade) phaseDeadline() time.Time {
+	var d time.Time
+	switch {
+	case u.phase == phaseBackoff:
+		d = u.retryAt
+	case u.st.State == protocol.StateSent:
+		d = u.phaseSince.Add(u.req.StartTimeout)
+	case u.st.State == protocol.StateDownloading:
+		d = u.phaseSince.Add(u.req.SilenceTimeout)
+	default: // downloaded
+		d = u.phaseSince.Add(u.req.InstallTimeout)
+	}
+	if u.deadline.Before(d) {
+		return u.deadline
+	}
+	return d
+}
+
+// armTimer makes sure a timer fires at or before the phase deadline. A new timer is set for
+// the earlier of the deadline and now plus the shortest timeout, so that the deadlines that
+// later reports bring (each at least that far from its report) never come before it.
+func (u *upgrade) armTimer(ctx workflow.Context) {
+	d := u.phaseDeadline()
+	if u.timer != nil && !u.timerAt.After(d) {
+		return
+	}
+	if u.timer != nil {
+		u.cancelTimer()
+	}
+	now := workflow.Now(ctx)
+	at := d
+	if u.phase == phaseWaiting {
+		at = minTime(d, now.Add(u.minTimeout))
+	}
+	tctx, cancel := workflow.WithCancel(ctx)
+	u.timer = workflow.NewTimer(tctx, max(at.Sub(now), time.Millisecond))
+	u.timerAt = at
+	u.cancelTimer = cancel
+}
+
+// onTimer acts on a fired timer: the overall deadline ends the upgrade, a phase deadline ends
+// the attempt, the end of a backoff sends the next command.
+func (u *upgrade) onTimer(ctx workflow.Context) {
+	now := workflow.Now(ctx)
+	if !now.Before(u.deadline) {
+		u.finish(ctx, protocol.StateTimedOut, u.st.ErrorCode,
+			fmt.Sprintf("overall deadline of %s passed in state %s", u.req.Deadline, u.st.State))
+		return
+	}
+	if now.Before(u.phaseDeadline()) {
+		return // early timer; armTimer sets the next one
+	}
+	switch {
+	case u.phase == phaseBackoff:
+		u.phase = phaseSend
+	case u.st.State == protocol.StateSent:
+		u.endAttempt(ctx, 0, fmt.Sprintf("no report from the device within %s of the command", u.req.StartTimeout), true)
+	case u.st.State == protocol.StateDownloading:
+		u.endAttempt(ctx, 0, fmt.Sprintf("no progress for %s while downloading", u.req.SilenceTimeout), true)
+	default:
+		u.endAttempt(ctx, 0, fmt.Sprintf("no new version reported within %s of the download", u.req.InstallTimeout), true)
+	}
+}
+
+// endAttempt ends the current attempt with an error code or a timeout, and either waits to
+// retry or finishes the upgrade as failed or timed out.
+func (u *upgrade) endAttempt(ctx workflow.Context, code int, desc string, timedOut bool) {
+	u.timedOut = timedOut
+	retry := u.st.Attempt < u.req.MaxAttempts
+	if timedOut {
+		retry = retry && *u.req.RetryTimeouts
+	} else if code != 0 {
+		retry = retry && slices.Contains(u.req.RetryCodes, code)
+	}
+	final := protocol.StateFailed
+	if timedOut {
+		final = protocol.StateTimedOut
+	}
+	now := workflow.Now(ctx)
+	backoff := u.req.RetryBackoff
+	for i := 1; i < u.st.Attempt && backoff < DefaultMaxBackoff; i++ {
+		backoff *= 2
+	}
+	backoff = min(backoff, max(DefaultMaxBackoff, u.req.RetryBackoff))
+	if !retry || !now.Add(backoff).Before(u.deadline) {
+		u.finish(ctx, final, code, desc)
+		return
+	}
+	u.st.ErrorCode = code
+	u.st.Desc = desc
+	u.phase = phaseBackoff
+	u.retryAt = now.Add(backoff)
+	u.record.ErrorCode = code
+	u.record.ErrorDesc = desc
+	// The attempt's end is recorded as a return to pending until the next command is sent.
+	u.transition(ctx, protocol.StatePending, fmt.Sprintf("attempt %d ended: %s; retry in %s", u.st.Attempt, desc, backoff))
+}
+
+// transition moves to a non-final state, records it and updates the search attribute.
+func (u *upgrade) transition(ctx workflow.Context, s protocol.State, detail string) {
+	u.st.State = s
+	u.record.State = s
+	u.record.Progress = u.st.Progress
+	u.recordState(ctx, detail)
+	u.upsertState(ctx, s)
+}
+
+// finish ends the upgrade in a final state.
+func (u *upgrade) finish(ctx workflow.Context, s protocol.State, code int, desc string) {
+	u.st.ErrorCode = code
+	if s != protocol.StateSucceeded {
+		u.st.Desc = desc
+	}
+	u.record.ErrorCode = code
+	u.record.ErrorDesc = ""
+	if s != protocol.StateSucceeded {
+		u.record.ErrorDesc = desc
+	}
+	u.setFinal(ctx, s, code, desc)
+	u.recordState(ctx, desc)
+}
+
+// setFinal marks the upgrade final without recording it (SendCommand already did for skipped).
+func (u *upgrade) setFinal(ctx workflow.Context, s protocol.State, code int, desc string) {
+	now := workflow.Now(ctx)
+	u.phase = phaseDone
+	u.st.State = s
+	u.st.FinishedAt = &now
+	u.record.State = s
+	u.record.Progress = u.st.Progress
+	u.upsertState(ctx, s)
+}
+
+// recordState writes the current state to PostgreSQL. Bookkeeping never fails the upgrade:
+// after its retries run out the error is logged and the workflow goes on.
+func (u *upgrade) recordState(ctx workflow.Context, detail string) {
+	var a *activities.Activities
+	in := activities.RecordStateInput{Upgrade: u.record, At: workflow.Now(ctx), Detail: detail}
+	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.RecordState, in).Get(ctx, nil); err != nil {
+		workflow.GetLogger(ctx).Error("Could not record upgrade state", "State", u.record.State, "Error", err)
+	}
+}
+
+// upsertState keeps the OtaState search attribute equal to the state.
+func (u *upgrade) upsertState(ctx workflow.Context, s protocol.State) {
+	if u.searchState == string(s) {
+		return
+	}
+	if err := workflow.UpsertTypedSearchAttributes(ctx, SearchState.ValueSet(string(s))); err != nil {
+		workflow.GetLogger(ctx).Error("Could not upsert the state search attribute", "Error", err)
+		return
+	}
+	u.searchState = string(s)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}

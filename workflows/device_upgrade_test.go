@@ -1,0 +1,389 @@
+package workflows
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+)
+
+// fakeDevices is an in-memory activities.Store and activities.Publisher for workflow unit tests.
+type fakeDevices struct {
+	mu       sync.Mutex
+	devices  map[string]store.Device
+	commands []protocol.UpgradeCommand
+	records  []store.Upgrade
+}
+
+func newFakeDevices(reported protocol.Status) *fakeDevices {
+	return &fakeDevices{devices: map[string]store.Device{"dev-1": {ID: "dev-1", Reported: reported}}}
+}
+
+func (f *fakeDevices) GetDevice(_ context.Context, id string) (store.Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.devices[id]
+	if !ok {
+		return store.Device{}, fmt.Errorf("device %s: %w", id, store.ErrNotFound)
+	}
+	return d, nil
+}
+
+func (f *fakeDevices) RecordUpgrade(_ context.Context, u store.Upgrade, _ time.Time, _ string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.records = append(f.records, u)
+	return nil
+}
+
+func (f *fakeDevices) Publish(_ context.Context, topic string, payload []byte) error {
+	if topic != protocol.CommandTopic("dev-1") {
+		return fmt.Errorf("unexpected topic %s", topic)
+	}
+	cmd, err := protocol.ParseCommand(payload)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.commands = append(f.commands, cmd)
+	return nil
+}
+
+func (f *fakeDevices) lastCommand() protocol.UpgradeCommand {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.commands) == 0 {
+		return protocol.UpgradeCommand{}
+	}
+	return f.commands[len(f.commands)-1]
+}
+
+func (f *fakeDevices) states() []protocol.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []protocol.State
+	for _, r := range f.records {
+		out = append(out, r.State)
+	}
+	return out
+}
+
+func testRequest() UpgradeRequest {
+	return UpgradeRequest{DeviceID: "dev-1", Type: "firmware", Version: "1.1",
+		URL: "http://files.local/fw-1.1.bin", MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1024}
+}
+
+// step is one device report, sent at a virtual time after the start.
+type step struct {
+	at       time.Duration
+	progress int    // 0: no progress report
+	status   string // "": no status report; otherwise firmware_ver
+	staleID  bool   // the progress carries an old command ID
+	version  string // progress version, default the target
+	cancel   bool
+}
+
+type harness struct {
+	testsuite.WorkflowTestSuite
+	env *testsuite.TestWorkflowEnvironment
+	dev *fakeDevices
+}
+
+func newHarness(t *testing.T, reported protocol.Status) *harness {
+	h := &harness{dev: newFakeDevices(reported)}
+	h.env = h.NewTestWorkflowEnvironment()
+	h.env.RegisterActivity(&activities.Activities{Publisher: h.dev, Store: h.dev})
+	return h
+}
+
+func (h *harness) schedule(steps []step) {
+	for _, s := range steps {
+		h.env.RegisterDelayedCallback(func() {
+			switch {
+			case s.cancel:
+				h.env.CancelWorkflow()
+			case s.progress != 0:
+				cmd := h.dev.lastCommand()
+				p := protocol.Progress{ID: cmd.ID, Type: "firmware", Version: "1.1", Progress: s.progress, Desc: "downloading"}
+				if s.staleID {
+					p.ID = "old-attempt"
+				}
+				if s.version != "" {
+					p.Version = s.version
+				}
+				h.env.SignalWorkflow(SignalProgress, ProgressSignal{Progress: p})
+			case s.status != "":
+				h.env.SignalWorkflow(SignalStatus, StatusSignal{Status: protocol.Status{"firmware_ver": s.status}})
+			}
+		}, s.at)
+	}
+}
+
+func (h *harness) run(t *testing.T, req UpgradeRequest) (UpgradeStatus, error) {
+	t.Helper()
+	h.env.ExecuteWorkflow(DeviceUpgradeWorkflow, req)
+	if !h.env.IsWorkflowCompleted() {
+		t.Fatal("workflow did not complete")
+	}
+	var st UpgradeStatus
+	err := h.env.GetWorkflowResult(&st)
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) && appErr.HasDetails() {
+		if derr := appErr.Details(&st); derr != nil {
+			t.Fatalf("decode failure details: %v", derr)
+		}
+	}
+	var canceled *temporal.CanceledError
+	if errors.As(err, &canceled) && canceled.HasDetails() {
+		if derr := canceled.Details(&st); derr != nil {
+			t.Fatalf("decode cancel details: %v", derr)
+		}
+	}
+	return st, err
+}
+
+func TestDeviceUpgradeWorkflow(t *testing.T) {
+	noRetry := []int{}
+	tests := []struct {
+		name         string
+		reported     string
+		req          func(*UpgradeRequest)
+		steps        []step
+		wantState    protocol.State
+		wantCode     int
+		wantAttempts int
+		wantCommands int
+		wantErrType  string
+		// wantEnd bounds the virtual time at which the workflow must have ended.
+		wantEndAfter, wantEndBefore time.Duration
+	}{
+		{
+			name: "happy path", reported: "1.0",
+			steps: []step{{at: time.Second, progress: 10}, {at: 5 * time.Second, progress: 100},
+				{at: 40 * time.Second, status: "1.1"}},
+			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantEndAfter: 40 * time.Second, wantEndBefore: 41 * time.Second,
+		},
+		{
+			name: "success without any progress", reported: "1.0",
+			steps:     []step{{at: 3 * time.Minute, status: "1.1"}},
+			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+		},
+		{
+			name: "already on target is skipped", reported: "1.1",
+			wantState: protocol.StateSkipped, wantAttempts: 1, wantCommands: 0,
+		},
+		{
+			name: "progress 100 alone never succeeds", reported: "1.0",
+			req:       func(r *UpgradeRequest) { r.MaxAttempts = 1 },
+			steps:     []step{{at: time.Second, progress: 100}},
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
+			wantEndAfter: DefaultInstallTimeout, wantEndBefore: DefaultInstallTimeout + 2*time.Second,
+		},
+		{
+			name: "status with an old version after the download is an install failure", reported: "1.0",
+			req:       func(r *UpgradeRequest) { r.RetryCodes = noRetry },
+			steps:     []step{{at: time.Second, progress: 100}, {at: time.Minute, status: "1.0"}},
+			wantState: protocol.StateFailed, wantCode: protocol.CodeInstallFailed, wantAttempts: 1, wantCommands: 1,
+			wantErrType: ErrTypeUpgradeFailed,
+		},
+		{
+			name: "status with an old version before the download is ignored", reported: "1.0",
+			steps: []step{{at: time.Second, status: "1.0"}, {at: 2 * time.Second, progress: 50},
+				{at: 3 * time.Second, progress: 100}, {at: 4 * time.Second, status: "1.1"}},
+			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+		},
+		{
+			name: "stale progress is ignored", reported: "1.0",
+			req: func(r *UpgradeRequest) { r.MaxAttempts = 1 },
+			// Only stale reports: the attempt must time out at the start timeout.
+			steps: []step{{at: time.Second, progress: 100, staleID: true}, {at: 2 * time.Second, progress: -3, staleID: true},
+				{at: 3 * time.Second, progress: 50, version: "0.9"}},
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
+			wantEndAfter: DefaultStartTimeout, wantEndBefore: DefaultStartTimeout + time.Second,
+		},
+		{
+			name: "no first report: start timeout, retried, then timed out", reported: "1.0",
+			wantState: protocol.StateTimedOut, wantAttempts: 3, wantCommands: 3, wantErrType: ErrTypeUpgradeTimedOut,
+			// 3 start timeouts + backoffs of 30 s and 60 s.
+			wantEndAfter: 3*DefaultStartTimeout + 90*time.Second, wantEndBefore: 3*DefaultStartTimeout + 91*time.Second,
+		},
+		{
+			name: "silence while downloading times out", reported: "1.0",
+			req:       func(r *UpgradeRequest) { r.MaxAttempts = 1 },
+			steps:     []step{{at: time.Second, progress: 10}, {at: 2 * time.Minute, progress: 20}},
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
+			wantEndAfter: 2*time.Minute + DefaultSilenceTimeout, wantEndBefore: 2*time.Minute + DefaultSilenceTimeout + time.Second,
+		},
+		{
+			name: "error on first attempt, success on second", reported: "1.0",
+			steps: []step{{at: time.Second, progress: -1}, {at: 40 * time.Second, progress: 100},
+				{at: 50 * time.Second, status: "1.1"}},
+			wantState: protocol.StateSucceeded, wantAttempts: 2, wantCommands: 2,
+		},
+		{
+			name: "codes not configured to retry fail at once", reported: "1.0",
+			req:       func(r *UpgradeRequest) { r.RetryCodes = []int{protocol.CodeDownloadFailed} },
+			steps:     []step{{at: time.Second, progress: -2}},
+			wantState: protocol.StateFailed, wantCode: protocol.CodeMD5Mismatch, wantAttempts: 1, wantCommands: 1,
+			wantErrType: ErrTypeUpgradeFailed,
+		},
+		{
+			name: "cancel ends canceled", reported: "1.0",
+			steps:     []step{{at: time.Second, progress: 10}, {at: 10 * time.Second, cancel: true}},
+			wantState: protocol.StateCanceled, wantAttempts: 1, wantCommands: 1,
+		},
+		{
+			name: "overall deadline", reported: "1.0",
+			req: func(r *UpgradeRequest) {
+				r.Deadline = 3 * time.Minute
+				r.StartTimeout = time.Hour
+				r.SilenceTimeout = time.Hour
+			},
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
+			wantEndAfter: 3 * time.Minute, wantEndBefore: 3*time.Minute + time.Second,
+		},
+	}
+	for _, code := range []int{-1, -2, -3, -4} {
+		tests = append(tests, struct {
+			name                        string
+			reported                    string
+			req                         func(*UpgradeRequest)
+			steps                       []step
+			wantState                   protocol.State
+			wantCode                    int
+			wantAttempts                int
+			wantCommands                int
+			wantErrType                 string
+			wantEndAfter, wantEndBefore time.Duration
+		}{
+			name: fmt.Sprintf("error code %d retried then failed", code), reported: "1.0",
+			// Each attempt reports the error a second after its command.
+			steps: []step{{at: time.Second, progress: code}, {at: 32 * time.Second, progress: code},
+				{at: 93 * time.Second, progress: code}},
+			wantState: protocol.StateFailed, wantCode: code, wantAttempts: 3, wantCommands: 3, wantErrType: ErrTypeUpgradeFailed,
+		})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, protocol.Status{"firmware_ver": tt.reported})
+			req := testRequest()
+			if tt.req != nil {
+				tt.req(&req)
+			}
+			h.schedule(tt.steps)
+			start := h.env.Now()
+			st, err := h.run(t, req)
+			elapsed := h.env.Now().Sub(start)
+			if st.State != tt.wantState || st.ErrorCode != tt.wantCode || st.Attempt != tt.wantAttempts {
+				t.Fatalf("got state %s code %d attempts %d (desc %q, err %v); want %s code %d attempts %d",
+					st.State, st.ErrorCode, st.Attempt, st.Desc, err, tt.wantState, tt.wantCode, tt.wantAttempts)
+			}
+			if got := len(h.dev.commands); got != tt.wantCommands {
+				t.Errorf("commands sent = %d, want %d", got, tt.wantCommands)
+			}
+			switch {
+			case tt.wantErrType != "":
+				var appErr *temporal.ApplicationError
+				if !errors.As(err, &appErr) || appErr.Type() != tt.wantErrType {
+					t.Errorf("error = %v, want application error %s", err, tt.wantErrType)
+				}
+			case tt.wantState == protocol.StateCanceled:
+				var canceled *temporal.CanceledError
+				if !errors.As(err, &canceled) {
+					t.Errorf("error = %v, want canceled", err)
+				}
+			case err != nil:
+				t.Errorf("error = %v, want none", err)
+			}
+			if tt.wantEndBefore > 0 && (elapsed < tt.wantEndAfter || elapsed > tt.wantEndBefore) {
+				t.Errorf("ended after %s of virtual time, want between %s and %s", elapsed, tt.wantEndAfter, tt.wantEndBefore)
+			}
+			states := h.dev.states()
+			if len(states) == 0 || states[len(states)-1] != tt.wantState {
+				t.Errorf("recorded states %v, want the last to be %s", states, tt.wantState)
+			}
+		})
+	}
+}
+
+func TestDeviceUpgradeCommands(t *testing.T) {
+	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+	h.schedule([]step{{at: time.Second, progress: -1}, {at: 40 * time.Second, status: "1.1"}})
+	st, err := h.run(t, testRequest())
+	if err != nil || st.State != protocol.StateSucceeded {
+		t.Fatalf("state %s, err %v", st.State, err)
+	}
+	if len(h.dev.commands) != 2 {
+		t.Fatalf("commands = %d, want 2", len(h.dev.commands))
+	}
+	first, second := h.dev.commands[0], h.dev.commands[1]
+	if first.ID == second.ID {
+		t.Errorf("retry reused command ID %s", first.ID)
+	}
+	if got := first.ExpiresAt.Sub(first.IssuedAt); got != DefaultStartTimeout {
+		t.Errorf("command expires %s after issue, want %s", got, DefaultStartTimeout)
+	}
+	want := []protocol.State{protocol.StateSent, protocol.StatePending, protocol.StateSent, protocol.StateSucceeded}
+	if got := h.dev.states(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("recorded states %v, want %v", got, want)
+	}
+}
+
+func TestDeviceUpgradeQuery(t *testing.T) {
+	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+	h.schedule([]step{{at: time.Second, progress: 42}, {at: time.Minute, status: "1.1"}})
+	var mid UpgradeStatus
+	h.env.RegisterDelayedCallback(func() {
+		v, err := h.env.QueryWorkflow(QueryState)
+		if err != nil {
+			t.Errorf("query: %v", err)
+			return
+		}
+		if err := v.Get(&mid); err != nil {
+			t.Errorf("decode query: %v", err)
+		}
+	}, 2*time.Second)
+	if _, err := h.run(t, testRequest()); err != nil {
+		t.Fatal(err)
+	}
+	if mid.State != protocol.StateDownloading || mid.Progress != 42 || mid.Attempt != 1 || mid.CommandID == "" {
+		b, _ := json.Marshal(mid)
+		t.Fatalf("query mid-download = %s", b)
+	}
+}
+
+func TestDeviceUpgradeInvalidRequest(t *testing.T) {
+	h := newHarness(t, nil)
+	req := testRequest()
+	req.MD5 = "not-an-md5"
+	_, err := h.run(t, req)
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || appErr.Type() != ErrTypeInvalidRequest {
+		t.Fatalf("error = %v, want %s", err, ErrTypeInvalidRequest)
+	}
+	if len(h.dev.commands) != 0 {
+		t.Fatal("a command was sent for an invalid request")
+	}
+}
+
+func TestDeviceUpgradeUnknownDevice(t *testing.T) {
+	h := newHarness(t, nil)
+	req := testRequest()
+	req.DeviceID = "ghost"
+	st, err := h.run(t, req)
+	if st.State != protocol.StateFailed || err == nil {
+		t.Fatalf("state %s err %v, want failed", st.State, err)
+	}
+}
