@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -32,12 +33,16 @@ type Publisher interface {
 type Store interface {
 	GetDevice(ctx context.Context, id string) (store.Device, error)
 	RecordUpgrade(ctx context.Context, u store.Upgrade, at time.Time, detail string) error
+	ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.Device, error)
+	CountDevices(ctx context.Context, f store.DeviceFilter) (int, error)
 }
 
 // Activities are OTAflow's activities, with their dependencies.
 type Activities struct {
 	Publisher Publisher
 	Store     Store
+	// HTTPClient fetches packages for the pre-flight check; nil means http.DefaultClient.
+	HTTPClient *http.Client
 }
 
 // SendCommandInput is what SendCommand needs: the upgrade record to write as sent and the

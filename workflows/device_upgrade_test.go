@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,10 +48,38 @@ func (f *fakeDevices) RecordUpgrade(_ context.Context, u store.Upgrade, _ time.T
 	return nil
 }
 
-func (f *fakeDevices) Publish(_ context.Context, topic string, payload []byte) error {
-	if topic != protocol.CommandTopic("dev-1") {
-		return fmt.Errorf("unexpected topic %s", topic)
+func (f *fakeDevices) ListDevices(_ context.Context, filter store.DeviceFilter) ([]store.Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ids := make([]string, 0, len(f.devices))
+	for id := range f.devices {
+		ids = append(ids, id)
 	}
+	sort.Strings(ids)
+	var out []store.Device
+	for _, id := range ids {
+		d := f.devices[id]
+		if id <= filter.After || !strings.HasPrefix(id, filter.Prefix) {
+			continue
+		}
+		if filter.NotReportingKey != "" && d.Reported[filter.NotReportingKey] == filter.NotReportingValue {
+			continue
+		}
+		out = append(out, d)
+		if filter.Limit > 0 && len(out) == filter.Limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeDevices) CountDevices(ctx context.Context, filter store.DeviceFilter) (int, error) {
+	filter.After, filter.Limit = "", 0
+	d, err := f.ListDevices(ctx, filter)
+	return len(d), err
+}
+
+func (f *fakeDevices) Publish(_ context.Context, topic string, payload []byte) error {
 	cmd, err := protocol.ParseCommand(payload)
 	if err != nil {
 		return err

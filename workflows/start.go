@@ -19,6 +19,7 @@ import (
 // Register registers OTAflow's workflows and activities with a worker.
 func Register(r worker.Registry, a *activities.Activities) {
 	r.RegisterWorkflowWithOptions(DeviceUpgradeWorkflow, workflow.RegisterOptions{Name: DeviceUpgradeWorkflowName})
+	r.RegisterWorkflowWithOptions(RolloutWorkflow, workflow.RegisterOptions{Name: RolloutWorkflowName})
 	r.RegisterActivity(a)
 }
 

@@ -117,6 +117,9 @@ type DeviceFilter struct {
 	Labels map[string]string
 	// NotReporting keeps the devices whose status does not show Value under Key.
 	NotReportingKey, NotReportingValue string
+	// List keeps the devices of the explicit target list stored under this name
+	// (PutTargetList); "" means no list.
+	List string
 	// After starts the page after this device ID.
 	After string
 	// Limit is the page size; 0 means 1000.
@@ -132,11 +135,8 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, erro
 	for k, v := range f.Labels {
 		match[k] = v
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices
-		WHERE id > $1 AND starts_with(id, $2)
-		  AND (labels || reported) @> $3::jsonb
-		  AND ($4 = '' OR reported->>$4 IS DISTINCT FROM $5)
-		ORDER BY id LIMIT $6`, f.After, f.Prefix, match, f.NotReportingKey, f.NotReportingValue, f.Limit)
+	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices d WHERE id > $1 AND `+deviceWhere+`
+		ORDER BY id LIMIT $7`, f.After, f.Prefix, match, f.NotReportingKey, f.NotReportingValue, f.List, f.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
@@ -153,6 +153,56 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, erro
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	return out, nil
+}
+
+// deviceWhere is the filter of DeviceFilter over devices d, with parameters $2..$6.
+const deviceWhere = `starts_with(d.id, $2)
+	AND (d.labels || d.reported) @> $3::jsonb
+	AND ($4 = '' OR d.reported->>$4 IS DISTINCT FROM $5)
+	AND ($6 = '' OR EXISTS (SELECT 1 FROM rollout_targets t WHERE t.rollout = $6 AND t.device_id = d.id))`
+
+// CountDevices counts the devices that match f (After and Limit are ignored).
+func (s *Store) CountDevices(ctx context.Context, f DeviceFilter) (int, error) {
+	match := map[string]string{}
+	for k, v := range f.Labels {
+		match[k] = v
+	}
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE $1 = '' AND `+deviceWhere,
+		"", f.Prefix, match, f.NotReportingKey, f.NotReportingValue, f.List).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count devices: %w", err)
+	}
+	return n, nil
+}
+
+// PutTargetList stores an explicit list of devices under a name (a rollout's), replacing any
+// list of that name. It returns the IDs that are not registered devices; they are not stored.
+func (s *Store) PutTargetList(ctx context.Context, name string, ids []string) (unknown []string, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM rollout_targets WHERE rollout = $1`, name); err != nil {
+			return fmt.Errorf("replace target list %s: %w", name, err)
+		}
+		rows, err := tx.Query(ctx, `INSERT INTO rollout_targets (rollout, device_id)
+			SELECT $1, d.id FROM devices d WHERE d.id = ANY($2) ON CONFLICT DO NOTHING RETURNING device_id`, name, ids)
+		if err != nil {
+			return fmt.Errorf("store target list %s: %w", name, err)
+		}
+		stored, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("store target list %s: %w", name, err)
+		}
+		known := make(map[string]bool, len(stored))
+		for _, id := range stored {
+			known[id] = true
+		}
+		for _, id := range ids {
+			if !known[id] {
+				unknown = append(unknown, id)
+			}
+		}
+		return nil
+	})
+	return unknown, err
 }
 
 // RecordStatus stores a device's reported versions and marks it seen. It returns ErrNotFound

@@ -1,0 +1,101 @@
+package activities
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/otaflow/otaflow/internal/store"
+)
+
+// ErrTypePackageMismatch is the error type of a pre-flight check whose package does not match
+// the md5 or size the rollout announces.
+const ErrTypePackageMismatch = "PackageMismatch"
+
+// CountTargets counts the devices a rollout selects.
+func (a *Activities) CountTargets(ctx context.Context, f store.DeviceFilter) (int, error) {
+	return a.Store.CountDevices(ctx, f)
+}
+
+// ResolveTargets returns the next page of device IDs a rollout selects, after f.After.
+func (a *Activities) ResolveTargets(ctx context.Context, f store.DeviceFilter) ([]string, error) {
+	devices, err := a.Store.ListDevices(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(devices))
+	for i, d := range devices {
+		ids[i] = d.ID
+	}
+	return ids, nil
+}
+
+// PackageCheck is a package to check before a rollout sends it to any device.
+type PackageCheck struct {
+	URL  string `json:"url"`
+	MD5  string `json:"md5"`
+	Size int64  `json:"size"`
+}
+
+// CheckPackage downloads a package once, streaming, and checks its md5 and size. A package
+// that does not match, or a URL that answers 4xx, is a permanent failure; network errors and
+// 5xx are retried.
+func (a *Activities) CheckPackage(ctx context.Context, p PackageCheck) error {
+	client := a.HTTPClient
+	if client == nil {
+		client = http.DefaultClient
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL, nil)
+	if err != nil {
+		return temporal.NewNonRetryableApplicationError("bad package URL: "+err.Error(), ErrTypePackageMismatch, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("fetch package %s: %w", p.URL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("package %s: HTTP %s", p.URL, resp.Status), ErrTypePackageMismatch, nil)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("fetch package %s: HTTP %s", p.URL, resp.Status)
+	}
+	h := md5.New()
+	n, err := io.Copy(h, &heartbeatReader{ctx: ctx, r: resp.Body})
+	if err != nil {
+		return fmt.Errorf("read package %s: %w", p.URL, err)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if n != p.Size || got != p.MD5 {
+		return temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("package %s is %d bytes with md5 %s, but the rollout says %d bytes with md5 %s", p.URL, n, got, p.Size, p.MD5),
+			ErrTypePackageMismatch, errors.New("package mismatch"))
+	}
+	return nil
+}
+
+// heartbeatReader heartbeats the running activity as a download goes on.
+type heartbeatReader struct {
+	ctx  context.Context
+	r    io.Reader
+	n    int64
+	last time.Time
+}
+
+func (h *heartbeatReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.n += int64(n)
+	if now := time.Now(); activity.IsActivity(h.ctx) && now.Sub(h.last) > 5*time.Second {
+		h.last = now
+		activity.RecordHeartbeat(h.ctx, h.n)
+	}
+	return n, err
+}

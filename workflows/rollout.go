@@ -1,0 +1,677 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+	_ "time/tzdata" // maintenance windows resolve time zones the same on every worker
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+)
+
+// RolloutInput is the argument of RolloutWorkflow: the request, and, when a run continues as
+// new, where the previous run left off.
+type RolloutInput struct {
+	Request RolloutRequest `json:"request"`
+	Carry   *RolloutCarry  `json:"carry,omitempty"`
+}
+
+// RolloutCarry is the state a rollout run hands to the next when it continues as new.
+type RolloutCarry struct {
+	Progress      RolloutProgress `json:"progress"`
+	WaveEnds      []int           `json:"wave_ends"`
+	Cursor        string          `json:"cursor"`
+	Buffer        []string        `json:"buffer,omitempty"`
+	Exhausted     bool            `json:"exhausted"`
+	WaveOpened    bool            `json:"wave_opened"`
+	Baseline      Counts          `json:"baseline"`
+	WaveBaseline  Counts          `json:"wave_baseline"`
+	Paused        bool            `json:"paused"`
+	Aborting      bool            `json:"aborting"`
+	Cancel        *CancelRequest  `json:"cancel,omitempty"`
+	ApprovedWave  int             `json:"approved_wave"`
+	NextStartAt   time.Time       `json:"next_start_at"`
+	RampStartedAt time.Time       `json:"ramp_started_at"`
+}
+
+var (
+	targetOptions = workflow.ActivityOptions{
+		StartToCloseTimeout: time.Minute,
+		RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+	}
+	preflightOptions = workflow.ActivityOptions{
+		StartToCloseTimeout: 30 * time.Minute,
+		HeartbeatTimeout:    time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, MaximumAttempts: 3,
+			NonRetryableErrorTypes: []string{activities.ErrTypePackageMismatch}},
+	}
+)
+
+// burstWindow is how much unused start rate may be saved up, so that a rate-limited rollout
+// starts devices in small batches rather than waking for each one.
+const burstWindow = 5 * time.Second
+
+type rollout struct {
+	req RolloutRequest
+	c   RolloutCarry
+	p   *RolloutProgress
+
+	running        map[string]workflow.CancelFunc
+	startedThisRun int
+	draining       bool
+	version        int // bumped on every change the main loop waits for
+	searchState    string
+}
+
+// RolloutWorkflow upgrades a fleet in staged waves of DeviceUpgradeWorkflow children, within
+// in-flight and rate limits, pausing or aborting at a failure threshold, and continuing as new
+// every ContinueAfter devices so that no history grows without bound.
+func RolloutWorkflow(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
+	req := in.Request.WithDefaults()
+	if err := req.Validate(); err != nil {
+		return RolloutProgress{}, temporal.NewNonRetryableApplicationError("invalid rollout request: "+err.Error(), ErrTypeInvalidRequest, err)
+	}
+	r := &rollout{req: req, running: map[string]workflow.CancelFunc{}}
+	if in.Carry != nil {
+		r.c = *in.Carry
+		r.c.Progress.Runs++
+	} else {
+		now := workflow.Now(ctx)
+		r.c.Progress = RolloutProgress{Name: req.Name, Type: req.Upgrade.Type, Version: req.Upgrade.Version,
+			State: RolloutPreflight, Runs: 1, StartedAt: now, UpdatedAt: now}
+		r.c.RampStartedAt = now
+	}
+	r.p = &r.c.Progress
+	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(SearchState); ok {
+		r.searchState = v
+	}
+	if err := r.setHandlers(ctx); err != nil {
+		return *r.p, err
+	}
+	if in.Carry == nil {
+		if err := r.prepare(ctx); err != nil {
+			r.finish(ctx, RolloutFailed, err.Error())
+			return *r.p, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeUpgradeFailed, err, *r.p)
+		}
+	}
+	return r.run(ctx)
+}
+
+func (r *rollout) setHandlers(ctx workflow.Context) error {
+	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (RolloutProgress, error) {
+		p := *r.p
+		p.RatePerMinute = r.rate(workflow.Now(ctx))
+		return p, nil
+	}); err != nil {
+		return fmt.Errorf("set query handler: %w", err)
+	}
+	final := func() error {
+		if r.p.State.Final() || r.c.Cancel != nil {
+			return fmt.Errorf("rollout %s is %s", r.req.Name, r.p.State)
+		}
+		return nil
+	}
+	handlers := []struct {
+		name string
+		fn   any
+		opts workflow.UpdateHandlerOptions
+	}{
+		{UpdatePause, func(ctx workflow.Context, reason string) error {
+			r.pause(ctx, "paused by operator: "+reason)
+			return nil
+		}, workflow.UpdateHandlerOptions{Validator: func(string) error {
+			if err := final(); err != nil {
+				return err
+			}
+			if r.c.Paused {
+				return errors.New("rollout is already paused")
+			}
+			return nil
+		}}},
+		{UpdateResume, func(ctx workflow.Context) error {
+			r.c.Paused = false
+			r.p.Reason = ""
+			r.c.Baseline = r.p.Counts
+			if w := r.p.CurrentWave; w >= 1 && w <= len(r.p.Waves) {
+				r.c.WaveBaseline = r.p.Waves[w-1].Counts
+			}
+			r.changed(ctx, RolloutRunning)
+			return nil
+		}, workflow.UpdateHandlerOptions{Validator: func() error {
+			if err := final(); err != nil {
+				return err
+			}
+			if !r.c.Paused {
+				return errors.New("rollout is not paused")
+			}
+			return nil
+		}}},
+		{UpdateCancel, func(ctx workflow.Context, c CancelRequest) error {
+			r.c.Cancel = &c
+			r.p.Reason = "canceled by operator"
+			if c.Reason != "" {
+				r.p.Reason += ": " + c.Reason
+			}
+			r.version++
+			return nil
+		}, workflow.UpdateHandlerOptions{Validator: func(CancelRequest) error { return final() }}},
+		{UpdateApprove, func(ctx workflow.Context, wave int) error {
+			r.c.ApprovedWave = r.p.CurrentWave
+			r.version++
+			return nil
+		}, workflow.UpdateHandlerOptions{Validator: func(wave int) error {
+			if err := final(); err != nil {
+				return err
+			}
+			if r.p.State != RolloutWaitingApproval {
+				return fmt.Errorf("no wave is waiting for approval (rollout is %s)", r.p.State)
+			}
+			if wave != 0 && wave != r.p.CurrentWave {
+				return fmt.Errorf("wave %d is waiting for approval, not wave %d", r.p.CurrentWave, wave)
+			}
+			return nil
+		}}},
+	}
+	for _, h := range handlers {
+		if err := workflow.SetUpdateHandlerWithOptions(ctx, h.name, h.fn, h.opts); err != nil {
+			return fmt.Errorf("set update handler %s: %w", h.name, err)
+		}
+	}
+	return nil
+}
+
+// prepare checks the package and counts and splits the targets into waves.
+func (r *rollout) prepare(ctx workflow.Context) error {
+	r.upsertState(ctx, RolloutPreflight)
+	var t *activities.Activities
+	if !r.req.SkipPreflight {
+		up := r.req.Upgrade
+		err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, preflightOptions), t.CheckPackage,
+			activities.PackageCheck{URL: up.URL, MD5: up.MD5, Size: up.Size}).Get(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("pre-flight check failed, no device was touched: %w", err)
+		}
+	}
+	var total int
+	if err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, targetOptions), t.CountTargets, r.filter("", 0)).Get(ctx, &total); err != nil {
+		return fmt.Errorf("count targets: %w", err)
+	}
+	r.p.Total = total
+	prev := 0
+	for i, w := range r.req.Waves {
+		end := prev + w.Count
+		if w.Percent > 0 {
+			end = int(math.Ceil(float64(total) * w.Percent / 100))
+		}
+		end = min(max(end, prev), total)
+		r.c.WaveEnds = append(r.c.WaveEnds, end)
+		r.p.Waves = append(r.p.Waves, WaveProgress{Number: i + 1, Target: end - prev})
+		prev = end
+	}
+	r.p.CurrentWave = 1
+	r.changed(ctx, RolloutRunning)
+	return nil
+}
+
+func (r *rollout) filter(after string, limit int) store.DeviceFilter {
+	f := store.DeviceFilter{List: r.req.Targets.List, Prefix: r.req.Targets.Prefix, Labels: r.req.Targets.Where,
+		After: after, Limit: limit}
+	if !r.req.Targets.IncludeUpToDate {
+		f.NotReportingKey, f.NotReportingValue = r.req.Upgrade.VersionKey, r.req.Upgrade.Version
+	}
+	return f
+}
+
+func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
+	for r.p.CurrentWave <= len(r.p.Waves) {
+		wi := r.p.CurrentWave - 1
+		wave := r.req.Waves[wi]
+		if !r.c.WaveOpened {
+			if wave.Approve && r.c.ApprovedWave < r.p.CurrentWave {
+				r.changed(ctx, RolloutWaitingApproval)
+				r.p.Reason = fmt.Sprintf("wave %d waits for approval (starter rollout approve %s)", r.p.CurrentWave, r.req.Name)
+				if err := r.await(ctx, func() bool { return r.c.ApprovedWave >= r.p.CurrentWave || r.c.Cancel != nil }); err != nil {
+					return r.end(ctx)
+				}
+				if r.c.Cancel != nil {
+					return r.end(ctx)
+				}
+				r.p.Reason = ""
+			}
+			r.c.WaveOpened = true
+			r.c.WaveBaseline = r.p.Waves[wi].Counts
+			r.changed(ctx, r.activeState())
+		}
+		if done, err := r.runWave(ctx, wi); done || err != nil {
+			return r.end(ctx)
+		}
+		if r.draining {
+			return *r.p, r.continueAsNew(ctx)
+		}
+		// The wave has ended: check its success threshold, bake, and go on.
+		wp := r.p.Waves[wi]
+		if t := wave.SuccessThreshold; t > 0 {
+			c := wp.Counts
+			judged := c.Finished() - c.Canceled - c.Conflict
+			rate := 100.0
+			if judged > 0 {
+				rate = 100 * float64(c.Succeeded+c.Skipped) / float64(judged)
+			}
+			if rate < t {
+				reason := fmt.Sprintf("wave %d: %.1f%% succeeded, below its %.1f%% threshold", wp.Number, rate, t)
+				if r.req.FailureAction == ActionAbort {
+					r.p.Reason = reason
+					r.c.Aborting = true
+					return r.end(ctx)
+				}
+				r.pause(ctx, reason)
+				if err := r.await(ctx, func() bool { return !r.c.Paused || r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
+					return r.end(ctx)
+				}
+			}
+		}
+		if wave.Bake > 0 && r.p.CurrentWave < len(r.p.Waves) {
+			r.changed(ctx, RolloutBaking)
+			r.p.Reason = fmt.Sprintf("baking wave %d for %s", wp.Number, wave.Bake)
+			if _, err := workflow.AwaitWithTimeout(ctx, wave.Bake, func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
+				if err != nil {
+					r.onWorkflowCanceled()
+				}
+				return r.end(ctx)
+			}
+			r.p.Reason = ""
+		}
+		r.p.CurrentWave++
+		r.c.WaveOpened = false
+		if r.p.CurrentWave <= len(r.p.Waves) {
+			r.changed(ctx, r.activeState())
+		}
+		if r.startedThisRun >= r.req.ContinueAfter || workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
+			return *r.p, r.continueAsNew(ctx)
+		}
+	}
+	return r.end(ctx)
+}
+
+// runWave starts and follows the current wave's device upgrades until all of them ended. It
+// reports done when the rollout must end (canceled or aborted).
+func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
+	end := r.c.WaveEnds[wi]
+	for {
+		if r.c.Cancel != nil && r.c.Cancel.CancelRunning {
+			for _, id := range workflow.DeterministicKeys(r.running) {
+				r.running[id]()
+			}
+		}
+		if (r.c.Cancel != nil || r.c.Aborting) && len(r.running) == 0 {
+			return true, nil
+		}
+		if !r.draining && (r.startedThisRun >= r.req.ContinueAfter || workflow.GetInfo(ctx).GetContinueAsNewSuggested()) {
+			r.draining = true
+		}
+		reachedEnd := r.p.Counts.Started >= end || (r.c.Exhausted && len(r.c.Buffer) == 0)
+		if reachedEnd && len(r.running) == 0 {
+			return false, nil
+		}
+		if r.draining && len(r.running) == 0 {
+			return false, nil
+		}
+		now := workflow.Now(ctx)
+		wake := time.Time{}
+		if !reachedEnd && r.mayStart() {
+			if !r.inWindow(now) {
+				wake = r.nextWindowOpen(now)
+				r.changed(ctx, RolloutWaitingWindow)
+			} else {
+				r.changed(ctx, r.activeState())
+				n := min(r.req.MaxInFlight-len(r.running), end-r.p.Counts.Started)
+				n, wake = r.allowance(now, n)
+				if n > 0 {
+					if err := r.startDevices(ctx, wi, n); err != nil {
+						return false, err
+					}
+					continue
+				}
+			}
+		}
+		seen := r.version
+		cond := func() bool { return r.version != seen }
+		if wake.IsZero() {
+			err = workflow.Await(ctx, cond)
+		} else {
+			_, err = workflow.AwaitWithTimeout(ctx, max(wake.Sub(now), time.Millisecond), cond)
+		}
+		if err != nil {
+			r.onWorkflowCanceled()
+			return true, err
+		}
+	}
+}
+
+// mayStart reports whether the rollout may start devices, limits aside.
+func (r *rollout) mayStart() bool {
+	return !r.c.Paused && r.c.Cancel == nil && !r.c.Aborting && !r.draining && len(r.running) < r.req.MaxInFlight
+}
+
+func (r *rollout) activeState() RolloutState {
+	if r.c.Paused {
+		return RolloutPaused
+	}
+	return RolloutRunning
+}
+
+// rate is the start rate per minute in force; 0 means unbounded.
+func (r *rollout) rate(now time.Time) float64 {
+	rate := r.req.MaxPerMinute
+	if rp := r.req.Ramp; rp != nil {
+		steps := float64(now.Sub(r.c.RampStartedAt) / rp.Step)
+		ramped := rp.StartPerMinute * math.Pow(rp.Factor, steps)
+		if rate == 0 || ramped < rate {
+			rate = ramped
+		}
+	}
+	return rate
+}
+
+// allowance returns how many of n starts the rate allows now, and when to look again if none.
+func (r *rollout) allowance(now time.Time, n int) (int, time.Time) {
+	rate := r.rate(now)
+	if rate <= 0 || n <= 0 {
+		return n, time.Time{}
+	}
+	interval := time.Duration(float64(time.Minute) / rate)
+	next := r.c.NextStartAt
+	if floor := now.Add(-burstWindow); next.Before(floor) {
+		next = floor
+	}
+	allowed := 0
+	for allowed < n && !next.After(now) {
+		allowed++
+		next = next.Add(interval)
+	}
+	if allowed == 0 {
+		return 0, next
+	}
+	r.c.NextStartAt = next
+	return allowed, time.Time{}
+}
+
+// startDevices starts up to n device upgrades of wave wi as child workflows.
+func (r *rollout) startDevices(ctx workflow.Context, wi, n int) error {
+	if len(r.c.Buffer) == 0 && !r.c.Exhausted {
+		var ids []string
+		var t *activities.Activities
+		if err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, targetOptions), t.ResolveTargets,
+			r.filter(r.c.Cursor, r.req.PageSize)).Get(ctx, &ids); err != nil {
+			return fmt.Errorf("resolve targets: %w", err)
+		}
+		if len(ids) == 0 {
+			r.c.Exhausted = true
+			r.version++
+			return nil
+		}
+		r.c.Buffer = ids
+		r.c.Cursor = ids[len(ids)-1]
+	}
+	n = min(n, len(r.c.Buffer))
+	for _, id := range r.c.Buffer[:n] {
+		r.startDevice(ctx, wi, id)
+	}
+	r.c.Buffer = r.c.Buffer[n:]
+	if len(r.c.Buffer) == 0 {
+		r.c.Buffer = nil
+	}
+	return nil
+}
+
+func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) {
+	req := r.req.Upgrade
+	req.DeviceID = id
+	opts := ChildOptions(req)
+	opts.ParentClosePolicy = enumspb.PARENT_CLOSE_POLICY_ABANDON
+	opts.WaitForCancellation = true
+	// Children run on a context of their own, so that they are canceled only on purpose.
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	cctx, cancel := workflow.WithCancel(workflow.WithChildOptions(dctx, opts))
+	fut := workflow.ExecuteChildWorkflow(cctx, DeviceUpgradeWorkflowName, req)
+	r.running[id] = cancel
+	r.startedThisRun++
+	r.p.Counts.Started++
+	r.p.Waves[wi].Counts.Started++
+	workflow.Go(dctx, func(gctx workflow.Context) {
+		var st UpgradeStatus
+		err := fut.Get(gctx, &st)
+		state := childState(err, st)
+		delete(r.running, id)
+		r.p.Counts.add(state)
+		r.p.Waves[wi].Counts.add(state)
+		r.p.UpdatedAt = workflow.Now(gctx)
+		r.version++
+		if state == StateConflict {
+			workflow.GetLogger(gctx).Warn("Device already has an upgrade running; recorded as a conflict", "Device", id)
+		}
+		r.checkFailures(gctx)
+	})
+}
+
+// childState is the final state of a device upgrade child from its result.
+func childState(err error, st UpgradeStatus) protocol.State {
+	if err == nil {
+		return st.State
+	}
+	if temporal.IsWorkflowExecutionAlreadyStartedError(err) {
+		return StateConflict
+	}
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) {
+		switch appErr.Type() {
+		case ErrTypeUpgradeTimedOut:
+			return protocol.StateTimedOut
+		}
+		return protocol.StateFailed
+	}
+	var canceled *temporal.CanceledError
+	if errors.As(err, &canceled) {
+		return protocol.StateCanceled
+	}
+	return protocol.StateFailed
+}
+
+// checkFailures applies the failure threshold, overall and to the current wave, counting
+// from the last resume.
+func (r *rollout) checkFailures(ctx workflow.Context) {
+	if r.req.FailurePercent <= 0 || r.c.Paused || r.c.Aborting || r.c.Cancel != nil {
+		return
+	}
+	tripped := func(c Counts) bool {
+		judged := c.Finished() - c.Canceled - c.Conflict
+		return c.Failures() >= r.req.FailureMinCount && judged > 0 &&
+			100*float64(c.Failures())/float64(judged) >= r.req.FailurePercent
+	}
+	overall := r.p.Counts.minus(r.c.Baseline)
+	wi := r.p.CurrentWave - 1
+	var wave Counts
+	if wi >= 0 && wi < len(r.p.Waves) {
+		wave = r.p.Waves[wi].Counts.minus(r.c.WaveBaseline)
+	}
+	var c Counts
+	scope := ""
+	switch {
+	case tripped(wave):
+		c, scope = wave, fmt.Sprintf("in wave %d", wi+1)
+	case tripped(overall):
+		c, scope = overall, "overall"
+	default:
+		return
+	}
+	reason := fmt.Sprintf("failure threshold reached %s: %d of %d finished devices failed or timed out (threshold %.1f%%, at least %d)",
+		scope, c.Failures(), c.Finished()-c.Canceled-c.Conflict, r.req.FailurePercent, r.req.FailureMinCount)
+	if r.req.FailureAction == ActionAbort {
+		r.c.Aborting = true
+		r.p.Reason = reason
+		r.version++
+		return
+	}
+	r.pause(ctx, reason)
+}
+
+func (r *rollout) pause(ctx workflow.Context, reason string) {
+	r.c.Paused = true
+	r.p.Reason = reason
+	r.changed(ctx, RolloutPaused)
+}
+
+// await waits for cond, or returns the error of the rollout workflow being canceled.
+func (r *rollout) await(ctx workflow.Context, cond func() bool) error {
+	if err := workflow.Await(ctx, cond); err != nil {
+		r.onWorkflowCanceled()
+		return err
+	}
+	return nil
+}
+
+// onWorkflowCanceled handles a Temporal cancellation of the rollout itself: unless an
+// operator already chose how to cancel, running device upgrades are canceled too.
+func (r *rollout) onWorkflowCanceled() {
+	if r.c.Cancel == nil {
+		r.c.Cancel = &CancelRequest{CancelRunning: true}
+		r.p.Reason = "rollout workflow canceled"
+	}
+}
+
+// changed records a change the main loop waits for and keeps the state search attribute.
+func (r *rollout) changed(ctx workflow.Context, s RolloutState) {
+	r.version++
+	if r.p.State != s {
+		r.p.State = s
+		r.p.UpdatedAt = workflow.Now(ctx)
+	}
+	r.upsertState(ctx, s)
+}
+
+func (r *rollout) upsertState(ctx workflow.Context, s RolloutState) {
+	if r.searchState == string(s) {
+		return
+	}
+	if err := workflow.UpsertTypedSearchAttributes(ctx, SearchState.ValueSet(string(s))); err != nil {
+		workflow.GetLogger(ctx).Error("Could not upsert the state search attribute", "Error", err)
+		return
+	}
+	r.searchState = string(s)
+}
+
+// end finishes the rollout once no device upgrade it started is running.
+func (r *rollout) end(ctx workflow.Context) (RolloutProgress, error) {
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	if r.c.Cancel != nil && r.c.Cancel.CancelRunning {
+		for _, id := range workflow.DeterministicKeys(r.running) {
+			r.running[id]()
+		}
+	}
+	_ = workflow.Await(dctx, func() bool { return len(r.running) == 0 })
+	switch {
+	case r.c.Cancel != nil:
+		r.finish(dctx, RolloutCanceled, r.p.Reason)
+		if ctx.Err() != nil {
+			return *r.p, temporal.NewCanceledError(*r.p)
+		}
+		return *r.p, nil // canceled by the cancel update: the run itself completes
+	case r.c.Aborting:
+		r.finish(dctx, RolloutAborted, r.p.Reason)
+		return *r.p, temporal.NewNonRetryableApplicationError("rollout aborted: "+r.p.Reason, "RolloutAborted", nil, *r.p)
+	}
+	r.finish(dctx, RolloutCompleted, "")
+	return *r.p, nil
+}
+
+func (r *rollout) finish(ctx workflow.Context, s RolloutState, reason string) {
+	now := workflow.Now(ctx)
+	r.p.Reason = reason
+	r.p.FinishedAt = &now
+	r.changed(ctx, s)
+	_ = workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) })
+}
+
+// continueAsNew hands the rollout, with no device upgrade running, to a fresh run.
+func (r *rollout) continueAsNew(ctx workflow.Context) error {
+	_ = workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) })
+	r.p.UpdatedAt = workflow.Now(ctx)
+	carry := r.c
+	return workflow.NewContinueAsNewError(ctx, RolloutWorkflowName, RolloutInput{Request: r.req, Carry: &carry})
+}
+
+// parse reads a window's times and zone.
+func (w Window) parse() (struct {
+	start, end time.Duration
+	loc        *time.Location
+}, error) {
+	var out struct {
+		start, end time.Duration
+		loc        *time.Location
+	}
+	clock := func(s string) (time.Duration, error) {
+		t, err := time.Parse("15:04", strings.TrimSpace(s))
+		if err != nil {
+			return 0, fmt.Errorf("window time %q must be HH:MM", s)
+		}
+		return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute, nil
+	}
+	var err error
+	if out.start, err = clock(w.Start); err != nil {
+		return out, err
+	}
+	if out.end, err = clock(w.End); err != nil {
+		return out, err
+	}
+	if out.start == out.end {
+		return out, fmt.Errorf("window start and end must differ")
+	}
+	zone := w.TimeZone
+	if zone == "" {
+		zone = "UTC"
+	}
+	if out.loc, err = time.LoadLocation(zone); err != nil {
+		return out, fmt.Errorf("window time zone %q: %w", zone, err)
+	}
+	return out, nil
+}
+
+// inWindow reports whether now is inside the maintenance window (always, without one).
+func (r *rollout) inWindow(now time.Time) bool {
+	if r.req.Window == nil {
+		return true
+	}
+	w, err := r.req.Window.parse()
+	if err != nil {
+		return true // validated at start
+	}
+	local := now.In(w.loc)
+	tod := time.Duration(local.Hour())*time.Hour + time.Duration(local.Minute())*time.Minute + time.Duration(local.Second())*time.Second
+	if w.start < w.end {
+		return tod >= w.start && tod < w.end
+	}
+	return tod >= w.start || tod < w.end
+}
+
+// nextWindowOpen is when the maintenance window next opens after now.
+func (r *rollout) nextWindowOpen(now time.Time) time.Time {
+	w, err := r.req.Window.parse()
+	if err != nil {
+		return now.Add(time.Minute)
+	}
+	local := now.In(w.loc)
+	y, m, d := local.Date()
+	open := time.Date(y, m, d, 0, 0, 0, 0, w.loc).Add(w.start)
+	if !open.After(local) {
+		open = time.Date(y, m, d+1, 0, 0, 0, 0, w.loc).Add(w.start)
+	}
+	return open.UTC()
+}

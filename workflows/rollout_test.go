@@ -1,0 +1,461 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+)
+
+// fleetHarness runs RolloutWorkflow over a fake inventory, with device upgrades replaced by a
+// child workflow whose outcome the test decides per device.
+type fleetHarness struct {
+	testsuite.WorkflowTestSuite
+	env *testsuite.TestWorkflowEnvironment
+	dev *fakeDevices
+
+	mu      sync.Mutex
+	started map[string]time.Time // device -> virtual start time of its upgrade
+	order   []string
+	fail    map[string]protocol.State // devices whose upgrade ends in this state
+	took    time.Duration             // how long each device upgrade takes
+}
+
+func newFleetHarness(t *testing.T, n int) *fleetHarness {
+	h := &fleetHarness{dev: &fakeDevices{devices: map[string]store.Device{}}, started: map[string]time.Time{},
+		fail: map[string]protocol.State{}, took: time.Minute}
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("dev-%03d", i)
+		h.dev.devices[id] = store.Device{ID: id, Reported: protocol.Status{"firmware_ver": "1.0"}}
+	}
+	h.env = h.NewTestWorkflowEnvironment()
+	h.env.RegisterActivity(&activities.Activities{Publisher: h.dev, Store: h.dev})
+	h.env.RegisterWorkflowWithOptions(RolloutWorkflow, workflow.RegisterOptions{Name: RolloutWorkflowName})
+	h.env.RegisterWorkflowWithOptions(
+		func(ctx workflow.Context, req UpgradeRequest) (UpgradeStatus, error) {
+			h.mu.Lock()
+			h.started[req.DeviceID] = workflow.Now(ctx)
+			h.order = append(h.order, req.DeviceID)
+			state, failing := h.fail[req.DeviceID]
+			took := h.took
+			h.mu.Unlock()
+			if err := workflow.Sleep(ctx, took); err != nil {
+				return UpgradeStatus{DeviceID: req.DeviceID, State: protocol.StateCanceled}, temporal.NewCanceledError()
+			}
+			st := UpgradeStatus{DeviceID: req.DeviceID, State: protocol.StateSucceeded}
+			if failing {
+				st.State = state
+				errType := ErrTypeUpgradeFailed
+				if state == protocol.StateTimedOut {
+					errType = ErrTypeUpgradeTimedOut
+				}
+				return st, temporal.NewNonRetryableApplicationError("injected", errType, nil, st)
+			}
+			return st, nil
+		}, workflow.RegisterOptions{Name: DeviceUpgradeWorkflowName})
+	return h
+}
+
+func rolloutRequest(waves ...Wave) RolloutRequest {
+	up := testRequest()
+	up.DeviceID = ""
+	return RolloutRequest{Name: "r1", Upgrade: up, Targets: Targets{Prefix: "dev-"}, Waves: waves, SkipPreflight: true}
+}
+
+func (h *fleetHarness) run(t *testing.T, in RolloutInput) (RolloutProgress, error) {
+	t.Helper()
+	h.env.ExecuteWorkflow(RolloutWorkflowName, in)
+	if !h.env.IsWorkflowCompleted() {
+		t.Fatal("rollout did not complete")
+	}
+	var p RolloutProgress
+	err := h.env.GetWorkflowResult(&p)
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) && appErr.HasDetails() {
+		_ = appErr.Details(&p)
+	}
+	return p, err
+}
+
+func (h *fleetHarness) update(name string, args ...any) func() error {
+	var result error
+	done := false
+	h.env.UpdateWorkflow(name, "", &testsuite.TestUpdateCallback{
+		OnReject:   func(err error) { result, done = err, true },
+		OnAccept:   func() {},
+		OnComplete: func(_ any, err error) { result, done = err, true },
+	}, args...)
+	return func() error {
+		if !done {
+			return errors.New("update did not finish")
+		}
+		return result
+	}
+}
+
+func TestRolloutWaves(t *testing.T) {
+	h := newFleetHarness(t, 20)
+	p, err := h.run(t, RolloutInput{Request: rolloutRequest(Wave{Count: 1}, Wave{Percent: 50, Bake: 10 * time.Minute}, Wave{Percent: 100})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.State != RolloutCompleted || p.Total != 20 || p.Counts.Succeeded != 20 || p.Counts.Started != 20 {
+		t.Fatalf("progress = %+v", p)
+	}
+	for i, want := range []int{1, 9, 10} {
+		if got := p.Waves[i].Counts.Succeeded; got != want || p.Waves[i].Target != want {
+			t.Errorf("wave %d: %d succeeded of target %d, want %d", i+1, got, p.Waves[i].Target, want)
+		}
+	}
+	// Waves are sequential: wave 2 starts after wave 1 ended, wave 3 after wave 2 and its bake.
+	first := h.started["dev-001"]
+	if w2 := h.started["dev-002"]; w2.Sub(first) < h.took {
+		t.Errorf("wave 2 started %s after wave 1, before it ended", w2.Sub(first))
+	}
+	if w3 := h.started["dev-011"]; w3.Sub(h.started["dev-010"]) < h.took+10*time.Minute {
+		t.Errorf("wave 3 started %s after wave 2, before it ended and baked", w3.Sub(h.started["dev-010"]))
+	}
+}
+
+func TestRolloutUpToDateDevicesLeftOut(t *testing.T) {
+	h := newFleetHarness(t, 10)
+	h.dev.devices["dev-003"] = store.Device{ID: "dev-003", Reported: protocol.Status{"firmware_ver": "1.1"}}
+	p, err := h.run(t, RolloutInput{Request: rolloutRequest()})
+	if err != nil || p.Total != 9 || p.Counts.Succeeded != 9 {
+		t.Fatalf("progress = %+v, err %v", p, err)
+	}
+	if _, ok := h.started["dev-003"]; ok {
+		t.Error("an up-to-date device was upgraded")
+	}
+}
+
+func TestRolloutInFlightLimit(t *testing.T) {
+	h := newFleetHarness(t, 12)
+	req := rolloutRequest()
+	req.MaxInFlight = 4
+	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+		t.Fatal(err)
+	}
+	// With 4 in flight and 1 minute each, devices start in 3 groups a minute apart.
+	t0 := h.started["dev-001"]
+	for i, id := range h.order {
+		want := time.Duration(i/4) * h.took
+		if got := h.started[id].Sub(t0); got < want || got > want+time.Second {
+			t.Errorf("%s started at +%s, want +%s", id, got, want)
+		}
+	}
+}
+
+func TestRolloutRateLimit(t *testing.T) {
+	h := newFleetHarness(t, 20)
+	req := rolloutRequest()
+	req.MaxPerMinute = 60
+	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+		t.Fatal(err)
+	}
+	// 60/min with a 5 s burst: 6 at once, then one a second.
+	t0 := h.started[h.order[0]]
+	last := h.started[h.order[len(h.order)-1]].Sub(t0)
+	if last < 13*time.Second || last > 16*time.Second {
+		t.Errorf("last of 20 devices started at +%s, want about 14 s at 60/min", last)
+	}
+	for i := 0; i+10 < len(h.order); i++ {
+		if span := h.started[h.order[i+10]].Sub(h.started[h.order[i]]); span < 4*time.Second {
+			t.Errorf("11 starts within %s: rate limit broken", span)
+		}
+	}
+}
+
+func TestRolloutRamp(t *testing.T) {
+	h := newFleetHarness(t, 30)
+	req := rolloutRequest()
+	req.Ramp = &Ramp{StartPerMinute: 6, Factor: 2, Step: time.Minute}
+	req.MaxPerMinute = 48
+	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := h.started[h.order[0]]
+	inFirstMinute := 0
+	for _, id := range h.order {
+		if h.started[id].Sub(t0) < time.Minute {
+			inFirstMinute++
+		}
+	}
+	// 6/min with a 5 s burst allows at most 7 in the first minute.
+	if inFirstMinute > 7 || inFirstMinute < 5 {
+		t.Errorf("%d started in the first minute at 6/min", inFirstMinute)
+	}
+}
+
+func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
+	h := newFleetHarness(t, 20)
+	for _, id := range []string{"dev-002", "dev-003", "dev-004", "dev-005"} {
+		h.fail[id] = protocol.StateFailed
+	}
+	req := rolloutRequest()
+	req.MaxInFlight = 5
+	req.FailurePercent = 30
+	req.FailureMinCount = 3
+	var paused RolloutProgress
+	var resumed func() error
+	h.env.RegisterDelayedCallback(func() {
+		v, err := h.env.QueryWorkflow(QueryProgress)
+		if err == nil {
+			_ = v.Get(&paused)
+		}
+		resumed = h.update(UpdateResume)
+	}, 10*time.Minute)
+	p, err := h.run(t, RolloutInput{Request: req})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if paused.State != RolloutPaused || paused.Counts.Started >= 20 || paused.Reason == "" {
+		t.Fatalf("at 10 min: state %s, started %d, reason %q; want paused", paused.State, paused.Counts.Started, paused.Reason)
+	}
+	// Nothing starts while paused: every device started either as the first failures came
+	// in (at +1 min) or after the resume (at +10 min).
+	t0 := h.started["dev-001"]
+	for id, at := range h.started {
+		if d := at.Sub(t0); d > time.Minute+time.Second && d < 10*time.Minute {
+			t.Errorf("%s started at +%s, during the pause", id, d)
+		}
+	}
+	if err := resumed(); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if p.State != RolloutCompleted || p.Counts.Succeeded != 16 || p.Counts.Failed != 4 {
+		t.Fatalf("final %+v", p.Counts)
+	}
+}
+
+func TestRolloutFailureThresholdAborts(t *testing.T) {
+	h := newFleetHarness(t, 20)
+	for _, id := range []string{"dev-001", "dev-002", "dev-003"} {
+		h.fail[id] = protocol.StateTimedOut
+	}
+	req := rolloutRequest()
+	req.MaxInFlight = 5
+	req.FailurePercent = 50
+	req.FailureMinCount = 3
+	req.FailureAction = ActionAbort
+	p, err := h.run(t, RolloutInput{Request: req})
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || p.State != RolloutAborted {
+		t.Fatalf("state %s err %v, want aborted", p.State, err)
+	}
+	// The first batch of 5 ends together; the abort comes with the third timeout, so at most
+	// a few devices start in between, and none after.
+	if p.Counts.Started >= 10 || p.Counts.TimedOut != 3 || p.Counts.Succeeded != p.Counts.Started-3 {
+		t.Fatalf("counts %+v: want the rollout stopped within the second batch", p.Counts)
+	}
+	for id, at := range h.started {
+		if d := at.Sub(h.started["dev-001"]); d > time.Minute+time.Second {
+			t.Errorf("%s started at +%s, after the abort", id, d)
+		}
+	}
+}
+
+func TestRolloutWaveSuccessThreshold(t *testing.T) {
+	h := newFleetHarness(t, 10)
+	h.fail["dev-002"] = protocol.StateFailed
+	req := rolloutRequest(Wave{Count: 2, SuccessThreshold: 100}, Wave{Percent: 100})
+	var mid RolloutProgress
+	var resumed func() error
+	h.env.RegisterDelayedCallback(func() {
+		if v, err := h.env.QueryWorkflow(QueryProgress); err == nil {
+			_ = v.Get(&mid)
+		}
+		resumed = h.update(UpdateResume)
+	}, time.Hour)
+	p, err := h.run(t, RolloutInput{Request: req})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mid.State != RolloutPaused || mid.CurrentWave != 1 || mid.Counts.Started != 2 {
+		t.Fatalf("at 1 h: %s in wave %d with %d started; want paused after wave 1", mid.State, mid.CurrentWave, mid.Counts.Started)
+	}
+	if err := resumed(); err != nil {
+		t.Fatal(err)
+	}
+	if p.State != RolloutCompleted || p.Counts.Succeeded != 9 {
+		t.Fatalf("final %+v", p)
+	}
+}
+
+func TestRolloutApproval(t *testing.T) {
+	h := newFleetHarness(t, 10)
+	req := rolloutRequest(Wave{Count: 2}, Wave{Percent: 100, Approve: true})
+	var early, approved func() error
+	var waiting RolloutProgress
+	h.env.RegisterDelayedCallback(func() {
+		early = h.update(UpdateApprove, 3) // wrong wave: rejected
+		if v, err := h.env.QueryWorkflow(QueryProgress); err == nil {
+			_ = v.Get(&waiting)
+		}
+		approved = h.update(UpdateApprove, 2)
+	}, 3*time.Hour)
+	p, err := h.run(t, RolloutInput{Request: req})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if waiting.State != RolloutWaitingApproval || waiting.CurrentWave != 2 {
+		t.Fatalf("at 3 h: %s wave %d, want waiting_approval for wave 2", waiting.State, waiting.CurrentWave)
+	}
+	if early() == nil {
+		t.Error("approving the wrong wave was accepted")
+	}
+	if err := approved(); err != nil {
+		t.Fatalf("approve: %v", err)
+	}
+	if got := h.started["dev-003"].Sub(h.started["dev-001"]); got < 3*time.Hour {
+		t.Errorf("wave 2 started %s after wave 1, before approval", got)
+	}
+	if p.Counts.Succeeded != 10 {
+		t.Fatalf("final %+v", p.Counts)
+	}
+}
+
+func TestRolloutMaintenanceWindow(t *testing.T) {
+	h := newFleetHarness(t, 3)
+	h.env.SetStartTime(time.Date(2026, 11, 26, 23, 30, 0, 0, time.UTC)) // 00:30 in Berlin
+	req := rolloutRequest()
+	req.Window = &Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}
+	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+		t.Fatal(err)
+	}
+	want := time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC) // 01:00 in Berlin
+	for id, at := range h.started {
+		if at.Before(want) || at.After(want.Add(time.Second)) {
+			t.Errorf("%s started at %s, want at the window's opening %s", id, at.UTC(), want)
+		}
+	}
+}
+
+func TestRolloutCancel(t *testing.T) {
+	for _, cancelRunning := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cancel running %v", cancelRunning), func(t *testing.T) {
+			h := newFleetHarness(t, 10)
+			req := rolloutRequest()
+			req.MaxInFlight = 3
+			var canceled func() error
+			h.env.RegisterDelayedCallback(func() {
+				canceled = h.update(UpdateCancel, CancelRequest{CancelRunning: cancelRunning})
+			}, 30*time.Second)
+			p, err := h.run(t, RolloutInput{Request: req})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := canceled(); err != nil {
+				t.Fatal(err)
+			}
+			if p.State != RolloutCanceled || p.Counts.Started != 3 {
+				t.Fatalf("state %s started %d, want canceled with 3 started", p.State, p.Counts.Started)
+			}
+			wantCanceled := 0
+			if cancelRunning {
+				wantCanceled = 3
+			}
+			if p.Counts.Canceled != wantCanceled || p.Counts.Succeeded != 3-wantCanceled {
+				t.Fatalf("counts %+v, want %d canceled", p.Counts, wantCanceled)
+			}
+		})
+	}
+}
+
+func TestRolloutContinuesAsNew(t *testing.T) {
+	req := rolloutRequest(Wave{Count: 3}, Wave{Percent: 100})
+	req.ContinueAfter = 4
+	req.MaxInFlight = 2
+	in := RolloutInput{Request: req}
+	var runs int
+	seen := map[string]bool{}
+	for runs = 1; runs < 10; runs++ {
+		h := newFleetHarness(t, 11)
+		for id := range seen { // the fake inventory reports upgraded devices as on target
+			h.dev.devices[id] = store.Device{ID: id, Reported: protocol.Status{"firmware_ver": "1.1"}}
+		}
+		p, err := h.run(t, in)
+		for _, id := range h.order {
+			if seen[id] {
+				t.Fatalf("run %d upgraded %s again", runs, id)
+			}
+			seen[id] = true
+		}
+		var can *workflow.ContinueAsNewError
+		if errors.As(err, &can) {
+			if len(h.order) > req.ContinueAfter+req.MaxInFlight {
+				t.Fatalf("run %d started %d devices, more than continue-after %d", runs, len(h.order), req.ContinueAfter)
+			}
+			in = RolloutInput{}
+			if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &in); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.State != RolloutCompleted || p.Counts.Succeeded != 11 || p.Runs != runs || p.Waves[0].Counts.Succeeded != 3 {
+			t.Fatalf("final after %d runs: %+v", runs, p)
+		}
+		break
+	}
+	if runs < 3 || len(seen) != 11 {
+		t.Fatalf("%d runs upgraded %d devices; want several runs and all 11", runs, len(seen))
+	}
+}
+
+func TestRolloutInvalidRequest(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*RolloutRequest)
+	}{
+		{"no targets", func(r *RolloutRequest) { r.Targets = Targets{} }},
+		{"bad name", func(r *RolloutRequest) { r.Name = "a b" }},
+		{"decreasing waves", func(r *RolloutRequest) { r.Waves = []Wave{{Percent: 50}, {Percent: 10}} }},
+		{"too many in flight", func(r *RolloutRequest) { r.MaxInFlight = 5000 }},
+		{"bad action", func(r *RolloutRequest) { r.FailureAction = "explode" }},
+		{"bad window", func(r *RolloutRequest) { r.Window = &Window{Start: "25:00", End: "01:00"} }},
+		{"bad zone", func(r *RolloutRequest) { r.Window = &Window{Start: "01:00", End: "02:00", TimeZone: "Mars/Base"} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := rolloutRequest()
+			tt.mod(&req)
+			if err := req.WithDefaults().Validate(); err == nil {
+				t.Fatal("invalid request accepted")
+			}
+		})
+	}
+}
+
+func TestParseWaves(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []Wave
+		wantErr bool
+	}{
+		{in: "1%,10%,50%,100%", want: []Wave{{Percent: 1}, {Percent: 10}, {Percent: 50}, {Percent: 100}}},
+		{in: "5,50%:95,100%", want: []Wave{{Count: 5}, {Percent: 50, SuccessThreshold: 95}, {Percent: 100}}},
+		{in: "0%", wantErr: true},
+		{in: "150%", wantErr: true},
+		{in: "ten", wantErr: true},
+		{in: "10%:101", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := ParseWaves(tt.in)
+		if (err != nil) != tt.wantErr || (!tt.wantErr && fmt.Sprint(got) != fmt.Sprint(tt.want)) {
+			t.Errorf("ParseWaves(%q) = %v, %v; want %v (error %v)", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
