@@ -260,6 +260,9 @@ func ParseProgress(payload []byte) (Progress, error) {
 		return Progress{}, invalid(`"progress" is missing`)
 	}
 	var n json.Number
+	if len(raw) == 0 || raw[0] == '"' { // json.Number would take a quoted number
+		return Progress{}, invalid(`"progress" must be an integer`)
+	}
 	if err := json.Unmarshal(raw, &n); err != nil {
 		return Progress{}, invalid(`"progress" must be an integer`)
 	}
