@@ -56,11 +56,13 @@ func upgradeMemo(req UpgradeRequest) map[string]any {
 // StartOptions are the options to start a device upgrade with a Temporal client.
 func StartOptions(req UpgradeRequest) client.StartWorkflowOptions {
 	return client.StartWorkflowOptions{
-		ID:                    DeviceWorkflowID(req.DeviceID),
-		TaskQueue:             TaskQueue,
-		TypedSearchAttributes: upgradeSearchAttributes(req),
-		Memo:                  upgradeMemo(req),
-		StaticSummary:         upgradeSummary(req),
+		ID:        DeviceWorkflowID(req.DeviceID),
+		TaskQueue: TaskQueue,
+		// A device has at most one upgrade running: a second start is refused, not joined.
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+		TypedSearchAttributes:                    upgradeSearchAttributes(req),
+		Memo:                                     upgradeMemo(req),
+		StaticSummary:                            upgradeSummary(req),
 	}
 }
 
@@ -137,4 +139,39 @@ func NewWorker(c client.Client, a *activities.Activities) worker.Worker {
 	})
 	Register(w, a)
 	return w
+}
+
+// RolloutStartOptions are the options to start a rollout with a Temporal client.
+func RolloutStartOptions(req RolloutRequest) client.StartWorkflowOptions {
+	return client.StartWorkflowOptions{
+		ID:                                       RolloutWorkflowID(req.Name),
+		TaskQueue:                                TaskQueue,
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+		TypedSearchAttributes: temporal.NewSearchAttributes(
+			SearchRollout.ValueSet(req.Name),
+			SearchTargetVersion.ValueSet(req.Upgrade.Version),
+			SearchType.ValueSet(req.Upgrade.Type),
+			SearchState.ValueSet(string(RolloutPreflight)),
+		),
+		Memo:          map[string]any{"url": req.Upgrade.URL, "md5": req.Upgrade.MD5, "size": req.Upgrade.Size, "targets": req.Targets},
+		StaticSummary: fmt.Sprintf("Rollout %s: %s %s", req.Name, req.Upgrade.Type, req.Upgrade.Version),
+	}
+}
+
+// StartRollout validates req and starts its RolloutWorkflow. A rollout of the same name that
+// is still running gives an error naming it.
+func StartRollout(ctx context.Context, c client.Client, req RolloutRequest) (client.WorkflowRun, error) {
+	req = req.WithDefaults()
+	if err := req.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid rollout request: %w", err)
+	}
+	run, err := c.ExecuteWorkflow(ctx, RolloutStartOptions(req), RolloutWorkflowName, RolloutInput{Request: req})
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	if errors.As(err, &started) {
+		return nil, fmt.Errorf("rollout %s is already running (workflow %s, run %s)", req.Name, RolloutWorkflowID(req.Name), started.RunId)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start rollout %s: %w", req.Name, err)
+	}
+	return run, nil
 }
