@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/store"
+)
+
+// listPageSize is how many devices `devices list` reads per query.
+const listPageSize = 500
+
+func devicesCommand(e *appEnv) *cli.Command {
+	deviceIDFlag := func() cli.Flag { return &cli.StringFlag{Name: "device", Usage: "device `ID` (required)"} }
+	return &cli.Command{
+		Name:   "devices",
+		Usage:  "manage the device registry (PostgreSQL)",
+		Action: groupAction,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "list",
+				Usage:     "list devices with their reported versions",
+				UsageText: "starter devices list [--prefix P] [--limit N] [--json]",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "prefix", Usage: "only devices whose ID starts with `P`"},
+					&cli.IntFlag{Name: "limit", Usage: "list at most `N` devices (0: all)"},
+					&cli.BoolFlag{Name: "json", Usage: "print a JSON array of devices"},
+				},
+				Before: requireFlags(),
+				Action: e.listDevicesAction,
+			},
+			{
+				Name:      "add",
+				Usage:     "register a device and print its MQTT secret (shown once)",
+				UsageText: "starter devices add --device D [--label k=v ...] [--json]",
+				Flags: []cli.Flag{
+					deviceIDFlag(),
+					&cli.StringSliceFlag{Name: "label", Usage: "label `KEY=VALUE`, repeatable"},
+					&cli.BoolFlag{Name: "json", Usage: "print one JSON object with the secret"},
+				},
+				Before: requireFlags("device"),
+				Action: e.addDeviceAction,
+			},
+			{
+				Name:      "rotate-secret",
+				Usage:     "issue a new MQTT secret for a registered device (shown once)",
+				UsageText: "starter devices rotate-secret --device D [--json]",
+				Flags: []cli.Flag{
+					deviceIDFlag(),
+					&cli.BoolFlag{Name: "json", Usage: "print one JSON object with the secret"},
+				},
+				Before: requireFlags("device"),
+				Action: e.rotateSecretAction,
+			},
+			{
+				Name:      "disable",
+				Usage:     "disable a device: it can no longer connect and upgrades to it fail",
+				UsageText: "starter devices disable --device D",
+				Flags:     []cli.Flag{deviceIDFlag()},
+				Before:    requireFlags("device"),
+				Action:    func(cCtx *cli.Context) error { return e.setDisabledAction(cCtx, true) },
+			},
+			{
+				Name:      "enable",
+				Usage:     "enable a disabled device again",
+				UsageText: "starter devices enable --device D",
+				Flags:     []cli.Flag{deviceIDFlag()},
+				Before:    requireFlags("device"),
+				Action:    func(cCtx *cli.Context) error { return e.setDisabledAction(cCtx, false) },
+			},
+		},
+	}
+}
+
+func (e *appEnv) listDevicesAction(cCtx *cli.Context) error {
+	limit := cCtx.Int("limit")
+	if limit < 0 {
+		return usageErrorf(cCtx, "--limit must be 0 (all) or more, not %d", limit)
+	}
+	st, err := e.openStore(cCtx)
+	if err != nil {
+		return err
+	}
+	return listDevices(cCtx.Context, st, e.out, cCtx.String("prefix"), limit, cCtx.Bool("json"))
+}
+
+// listDevices writes the matching devices page by page, as a table or a JSON array, so that a
+// large fleet is never held in memory at once.
+func listDevices(ctx context.Context, st *store.Store, out io.Writer, prefix string, limit int, asJSON bool) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	n := 0
+	after := ""
+	if asJSON {
+		fmt.Fprint(out, "[")
+	} else {
+		fmt.Fprintln(tw, "ID\tREPORTED\tLAST SEEN\tDISABLED")
+	}
+	for limit == 0 || n < limit {
+		size := listPageSize
+		if limit > 0 {
+			size = min(size, limit-n)
+		}
+		page, err := st.ListDevices(ctx, store.DeviceFilter{Prefix: prefix, After: after, Limit: size})
+		if err != nil {
+			return err
+		}
+		for _, d := range page {
+			if asJSON {
+				b, err := json.Marshal(d)
+				if err != nil {
+					return fmt.Errorf("encode device %s: %w", d.ID, err)
+				}
+				sep := ",\n  "
+				if n == 0 {
+					sep = "\n  "
+				}
+				fmt.Fprint(out, sep, string(b))
+			} else {
+				reported := formatMap(d.Reported)
+				if reported == "" {
+					reported = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.ID, reported, formatTimePtr(d.LastSeen), yesNo(d.Disabled))
+			}
+			n++
+		}
+		if err := tw.Flush(); err != nil {
+			return fmt.Errorf("write device list: %w", err)
+		}
+		if len(page) < size {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	if asJSON {
+		if n > 0 {
+			fmt.Fprintln(out)
+		}
+		_, err := fmt.Fprintln(out, "]")
+		return err
+	}
+	if n == 0 {
+		fmt.Fprintln(out, "(no devices)")
+	}
+	return nil
+}
+
+// parseLabels parses repeated --label KEY=VALUE flags.
+func parseLabels(values []string) (map[string]string, error) { return parseKeyValues(values, "label") }
+
+// parseKeyValues parses repeated KEY=VALUE flags (labels, or `rollout --where` filters, named
+// by what in messages): keys of 1 to 64 characters, values of at most 128 bytes, each key once.
+func parseKeyValues(values []string, what string) (map[string]string, error) {
+	kvs := make(map[string]string, len(values))
+	for _, kv := range values {
+		k, v, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%s %q is not KEY=VALUE", what, kv)
+		case k == "" || len(k) > 64:
+			return nil, fmt.Errorf("%s %q: the key must be 1 to 64 characters", what, kv)
+		case len(v) > 128:
+			return nil, fmt.Errorf("%s %q: the value is longer than 128 bytes", what, k)
+		}
+		if _, dup := kvs[k]; dup {
+			return nil, fmt.Errorf("%s %q given twice", what, k)
+		}
+		kvs[k] = v
+	}
+	return kvs, nil
+}
+
+// secretReport is the JSON output of `devices add` and `devices rotate-secret`.
+type secretReport struct {
+	DeviceID string `json:"device_id"`
+	Secret   string `json:"secret"`
+}
+
+// newSecret returns a new device secret and its hash.
+func newSecret() (secret, hash string, err error) {
+	if secret, err = credential.NewSecret(); err != nil {
+		return "", "", err
+	}
+	if hash, err = credential.Hash(secret); err != nil {
+		return "", "", fmt.Errorf("hash secret: %w", err)
+	}
+	return secret, hash, nil
+}
+
+func (e *appEnv) addDeviceAction(cCtx *cli.Context) error {
+	id, err := deviceFlag(cCtx)
+	if err != nil {
+		return err
+	}
+	labels, err := parseLabels(cCtx.StringSlice("label"))
+	if err != nil {
+		return usageErrorf(cCtx, "--label: %v", err)
+	}
+	st, err := e.openStore(cCtx)
+	if err != nil {
+		return err
+	}
+	secret, hash, err := newSecret()
+	if err != nil {
+		return err
+	}
+	err = st.AddDevice(cCtx.Context, id, hash, labels)
+	if errors.Is(err, store.ErrExists) {
+		return cli.Exit(fmt.Sprintf("device %s is already registered; to issue it a new secret use `starter devices rotate-secret --device %s`", id, id), exitFailure)
+	}
+	if err != nil {
+		return err
+	}
+	return e.printSecret(cCtx, id, secret, "Registered device "+id+".")
+}
+
+func (e *appEnv) rotateSecretAction(cCtx *cli.Context) error {
+	id, err := deviceFlag(cCtx)
+	if err != nil {
+		return err
+	}
+	st, err := e.openStore(cCtx)
+	if err != nil {
+		return err
+	}
+	// SetSecretHash registers a missing device: rotating must not create one by a typo.
+	if _, err := st.GetDevice(cCtx.Context, id); errors.Is(err, store.ErrNotFound) {
+		return cli.Exit(fmt.Sprintf("unknown device %s: register it with `starter devices add --device %s`", id, id), exitFailure)
+	} else if err != nil {
+		return err
+	}
+	secret, hash, err := newSecret()
+	if err != nil {
+		return err
+	}
+	if err := st.SetSecretHash(cCtx.Context, id, hash); err != nil {
+		return err
+	}
+	return e.printSecret(cCtx, id, secret, "New secret for device "+id+"; the old one no longer works for new connections.")
+}
+
+// printSecret shows a device's new secret, the only time it is ever shown.
+func (e *appEnv) printSecret(cCtx *cli.Context, id, secret, headline string) error {
+	if cCtx.Bool("json") {
+		return writeJSON(e.out, secretReport{DeviceID: id, Secret: secret})
+	}
+	fmt.Fprintln(e.out, headline)
+	fmt.Fprintf(e.out, "MQTT secret: %s\n", secret)
+	fmt.Fprintf(e.out, "Store it now: it is not shown again (only its hash is kept).\n"+
+		"The device connects with client ID = username = %s and this secret as password.\n", id)
+	return nil
+}
+
+func (e *appEnv) setDisabledAction(cCtx *cli.Context, disabled bool) error {
+	id, err := deviceFlag(cCtx)
+	if err != nil {
+		return err
+	}
+	st, err := e.openStore(cCtx)
+	if err != nil {
+		return err
+	}
+	err = st.SetDisabled(cCtx.Context, id, disabled)
+	if errors.Is(err, store.ErrNotFound) {
+		return cli.Exit(fmt.Sprintf("unknown device %s: register it with `starter devices add --device %s`", id, id), exitFailure)
+	}
+	if err != nil {
+		return err
+	}
+	if disabled {
+		fmt.Fprintf(e.out, "Device %s disabled: it can no longer connect, and upgrades to it fail.\n", id)
+	} else {
+		fmt.Fprintf(e.out, "Device %s enabled.\n", id)
+	}
+	return nil
+}

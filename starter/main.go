@@ -1,0 +1,31 @@
+// Command starter is the OTAflow command line for business systems and operators: it starts,
+// follows and cancels device upgrades, shows a device's upgrade status, manages the device
+// registry and inspects packages.
+//
+//	starter upgrade --device sensor-1 --type firmware --version 1.1 \
+//	    --url https://files.example.com/fw/1.1.bin --md5 9e107d9d372bb6826bd81d3542a419d6 --size 1048576 --wait
+//	starter status --device sensor-1
+//	starter cancel --device sensor-1
+//	starter devices add --device sensor-1 --label site=lab
+//	starter devices list --prefix sensor-
+//	starter package inspect --url ./fw-1.1.bin
+//
+// Global flags come before the command and are also read from the environment
+// (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, DATABASE_URL, TEMPORAL_UI_URL). Exit codes: 0 success,
+// 1 failure (including an upgrade that ended failed, timed out or canceled), 2 bad usage or
+// input, 3 the device already has an upgrade running, 130 interrupted while waiting.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

@@ -1,0 +1,554 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// watchInterval is how often `rollout status --watch` and `rollout start --wait` ask the
+// rollout for its progress.
+const watchInterval = time.Second
+
+func rolloutCommand(e *appEnv) *cli.Command {
+	nameCommand := func(name, usage, args, desc string, flags []cli.Flag, action cli.ActionFunc) *cli.Command {
+		return &cli.Command{
+			Name:        name,
+			Usage:       usage,
+			UsageText:   "starter rollout " + name + " NAME" + args,
+			Description: desc,
+			Flags:       flags,
+			Action:      action,
+		}
+	}
+	return &cli.Command{
+		Name:  "rollout",
+		Usage: "roll an upgrade out to many devices in waves, and steer it",
+		Description: "A rollout is the workflow " + workflows.RolloutWorkflowID("NAME") + ": it upgrades the targets in waves,\n" +
+			"within in-flight and rate limits, and pauses or aborts at a failure threshold.\n" +
+			"A rollout started by a schedule runs as " + workflows.RolloutWorkflowID("NAME") + "-<scheduled time>; the commands\n" +
+			"that take NAME find it by name all the same.",
+		Action: groupAction,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "start",
+				Usage:     "start a rollout (and, with --wait, follow it to the end)",
+				UsageText: "starter rollout start --name R --type T --version V --url U --md5 M --size S TARGETS [options]",
+				Description: "TARGETS: --devices and/or --prefix and --where; a device must match every one given.\n" +
+					"An explicit list (--devices or --devices-file) is stored in PostgreSQL under the rollout\n" +
+					"name (DATABASE_URL), replacing the list of an earlier rollout of that name.\n" +
+					"Devices that already report the version are left out unless --include-up-to-date.\n" +
+					"Exit codes: 0 started (with --wait: completed), 1 failed (with --wait: the rollout ended\n" +
+					"other than completed), 2 bad input, 3 a rollout of that name is already running.",
+				Flags: slices.Concat(rolloutRequestFlags(), []cli.Flag{
+					&cli.BoolFlag{Name: "wait", Usage: "follow the rollout's progress until it ends"},
+					&cli.BoolFlag{Name: "json", Usage: "print one JSON object (with --wait, progress goes to stderr)"},
+				}),
+				Before: requireFlags(append([]string{"name"}, packageRequired...)...),
+				Action: e.rolloutStartAction,
+			},
+			nameCommand("status", "show a rollout's progress: state, waves, counts by state", " [--json] [--watch]",
+				"Asks the rollout workflow for its progress (a running or an ended one). With DATABASE_URL set,\n"+
+					"it also shows the upgrade records of PostgreSQL by state, and whether they agree.\n"+
+					"--watch redraws every second until the rollout ends (on a terminal; otherwise it prints\n"+
+					"a new block, or with --json a new line, whenever something changed).\n"+
+					"Wave bars: # finished, ~ running, . not started yet.",
+				[]cli.Flag{
+					&cli.BoolFlag{Name: "json", Usage: "print one JSON object (with --watch, one per line)"},
+					&cli.BoolFlag{Name: "watch", Usage: "follow the progress until the rollout ends"},
+				}, e.rolloutStatusAction),
+			nameCommand("pause", "stop starting device upgrades; the running ones finish", " [--reason TEXT]", "",
+				[]cli.Flag{&cli.StringFlag{Name: "reason", Usage: "why, for the record (`TEXT`)"}}, e.rolloutPauseAction),
+			nameCommand("resume", "start device upgrades again after a pause", "", "", nil, e.rolloutResumeAction),
+			nameCommand("approve", "let the wave waiting for approval start", " [--wave N]", "",
+				[]cli.Flag{&cli.IntFlag{Name: "wave", Usage: "approve only if wave `N` is the one waiting (0: whichever waits)"}},
+				e.rolloutApproveAction),
+			nameCommand("cancel", "end a rollout: no new device upgrades; running ones finish unless --cancel-running", " [--cancel-running] [--reason TEXT] [--wait]", "",
+				[]cli.Flag{
+					&cli.BoolFlag{Name: "cancel-running", Usage: "also cancel the device upgrades running now"},
+					&cli.StringFlag{Name: "reason", Usage: "why, for the record (`TEXT`)"},
+					&cli.BoolFlag{Name: "wait", Usage: "wait until the rollout has ended"},
+				}, e.rolloutCancelAction),
+			{
+				Name:      "list",
+				Usage:     "list rollouts, newest first",
+				UsageText: "starter rollout list [--state S] [--json]",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "state", Usage: "only rollouts in `STATE`: " + joinStates(rolloutStates)},
+					&cli.BoolFlag{Name: "json", Usage: "print a JSON array"},
+				},
+				Before: requireFlags(),
+				Action: e.rolloutListAction,
+			},
+			rolloutScheduleCommand(e),
+		},
+	}
+}
+
+// rolloutRequestFlags are the flags that make a RolloutRequest, shared by `rollout start` and
+// `rollout schedule`.
+func rolloutRequestFlags() []cli.Flag {
+	return slices.Concat(
+		[]cli.Flag{&cli.StringFlag{Name: "name", Usage: "rollout `NAME`, 1 to 64 of A-Z a-z 0-9 _ . - (required)"}},
+		packageFlags(),
+		[]cli.Flag{
+			&cli.StringFlag{Name: "devices", Usage: "target the devices `IDS`, comma-separated"},
+			&cli.StringFlag{Name: "devices-file", Usage: "target the devices listed in `FILE`, one ID a line, # starts a comment"},
+			&cli.StringFlag{Name: "prefix", Usage: "target the devices whose ID starts with `P`"},
+			&cli.StringSliceFlag{Name: "where", Usage: "target the devices with this label or reported status `KEY=VALUE`, repeatable"},
+			&cli.BoolFlag{Name: "include-up-to-date", Usage: "also target devices that already report the version (they end skipped)"},
+			&cli.StringFlag{Name: "waves", Usage: "cumulative `WAVES`: percentages or device counts, each with an optional :PERCENT success\n" +
+				"\tthreshold, e.g. 1%,10%,50%:95,100% (default: one wave of 100%)"},
+			&cli.Float64Flag{Name: "wave-success", Usage: "success threshold `PERCENT` of every wave without its own"},
+			&cli.DurationFlag{Name: "bake", Usage: "wait this `DURATION` after every wave but the last"},
+			&cli.BoolFlag{Name: "approve-waves", Usage: "every wave after the first waits for approval (starter rollout approve NAME)"},
+			&cli.IntFlag{Name: "max-in-flight", Value: workflows.DefaultMaxInFlight, Usage: "at most `N` device upgrades at once, 1 to 1000"},
+			&cli.Float64Flag{Name: "max-per-minute", Usage: "start at most `RATE` device upgrades a minute (0: no bound)"},
+			&cli.StringFlag{Name: "ramp", Usage: "`START,FACTOR,STEP`: start START a minute, times FACTOR every STEP (e.g. 10,2,1m),\n" +
+				"\tup to --max-per-minute"},
+			&cli.Float64Flag{Name: "failure-threshold", Usage: "take --on-failure when this `PERCENT` of finished devices failed or timed out (0: never)"},
+			&cli.IntFlag{Name: "failure-min", Value: workflows.DefaultFailureMinCount, Usage: "... and at least `N` did"},
+			&cli.StringFlag{Name: "on-failure", Value: workflows.ActionPause,
+				Usage: "`ACTION` at the failure threshold or below a wave's success threshold: " + workflows.ActionPause + " or " + workflows.ActionAbort},
+			&cli.StringFlag{Name: "window", Usage: "daily maintenance `WINDOW` HH:MM-HH:MM (e.g. 01:00-05:00): devices start only inside it"},
+			&cli.StringFlag{Name: "tz", Value: "UTC", Usage: "time `ZONE` of --window (and of schedule --cron), e.g. Europe/Berlin"},
+			&cli.BoolFlag{Name: "skip-preflight", Usage: "do not download the package once to check md5 and size before the rollout"},
+		},
+		attemptFlags(),
+	)
+}
+
+// rolloutSpec is a checked rollout request with the explicit device list it needs stored.
+type rolloutSpec struct {
+	req workflows.RolloutRequest
+	// ids is the explicit target list (--devices, --devices-file), nil without one.
+	ids []string
+}
+
+// rolloutRequest builds and checks a rollout request from the flags of rolloutRequestFlags;
+// every error is a usage error. tzForCron says --tz may be given without --window (schedule
+// --cron reads it too).
+func rolloutRequest(cCtx *cli.Context, tzForCron bool) (rolloutSpec, error) {
+	var spec rolloutSpec
+	up, err := upgradeTemplate(cCtx)
+	if err != nil {
+		return spec, err
+	}
+	req := workflows.RolloutRequest{
+		Name:            cCtx.String("name"),
+		Upgrade:         up,
+		MaxInFlight:     cCtx.Int("max-in-flight"),
+		MaxPerMinute:    cCtx.Float64("max-per-minute"),
+		FailurePercent:  cCtx.Float64("failure-threshold"),
+		FailureMinCount: cCtx.Int("failure-min"),
+		FailureAction:   cCtx.String("on-failure"),
+		SkipPreflight:   cCtx.Bool("skip-preflight"),
+	}
+	if err := checkRolloutName(req.Name); err != nil {
+		return spec, usageErrorf(cCtx, "--name: %v", err)
+	}
+	if req.Targets, spec.ids, err = rolloutTargets(cCtx); err != nil {
+		return spec, err
+	}
+	if req.Waves, err = rolloutWaves(cCtx); err != nil {
+		return spec, err
+	}
+	// Zero would silently mean "the default" in the request: such flags are refused.
+	switch {
+	case req.MaxInFlight < 1:
+		return spec, usageErrorf(cCtx, "--max-in-flight must be 1 to 1000, not %d", req.MaxInFlight)
+	case req.MaxPerMinute < 0:
+		return spec, usageErrorf(cCtx, "--max-per-minute must be 0 (no bound) or more, not %g", req.MaxPerMinute)
+	case req.FailurePercent < 0 || req.FailurePercent > 100:
+		return spec, usageErrorf(cCtx, "--failure-threshold must be a percentage, 0 (never) to 100, not %g", req.FailurePercent)
+	case req.FailureMinCount < 1:
+		return spec, usageErrorf(cCtx, "--failure-min must be at least 1, not %d", req.FailureMinCount)
+	case req.FailureAction != workflows.ActionPause && req.FailureAction != workflows.ActionAbort:
+		return spec, usageErrorf(cCtx, "--on-failure must be %s or %s, not %q", workflows.ActionPause, workflows.ActionAbort, req.FailureAction)
+	}
+	if cCtx.IsSet("ramp") {
+		r, err := parseRamp(cCtx.String("ramp"))
+		if err != nil {
+			return spec, usageErrorf(cCtx, "--ramp: %v", err)
+		}
+		req.Ramp = &r
+	}
+	if cCtx.IsSet("window") {
+		w, err := parseWindow(cCtx.String("window"), cCtx.String("tz"))
+		if err != nil {
+			return spec, usageErrorf(cCtx, "--window: %v", err)
+		}
+		req.Window = &w
+	} else if cCtx.IsSet("tz") && !tzForCron {
+		return spec, usageErrorf(cCtx, "--tz is the time zone of --window: give --window too")
+	}
+	if spec.ids != nil {
+		req.Targets.List = req.Name
+		if cCtx.String(flagDatabaseURL) == "" {
+			return spec, usageErrorf(cCtx, "an explicit device list is stored in PostgreSQL: set --%s (before the command) or DATABASE_URL", flagDatabaseURL)
+		}
+	}
+	if err := req.WithDefaults().Validate(); err != nil {
+		msg := strings.TrimPrefix(err.Error(), protocol.ErrInvalidMessage.Error()+": ")
+		return spec, usageErrorf(cCtx, "invalid rollout: %s", msg)
+	}
+	spec.req = req
+	return spec, nil
+}
+
+// rolloutTargets reads the target flags: the filters, and the explicit list if any.
+func rolloutTargets(cCtx *cli.Context) (workflows.Targets, []string, error) {
+	t := workflows.Targets{Prefix: cCtx.String("prefix"), IncludeUpToDate: cCtx.Bool("include-up-to-date")}
+	if cCtx.IsSet("prefix") && t.Prefix == "" {
+		return t, nil, usageErrorf(cCtx, "--prefix must not be empty")
+	}
+	if where := cCtx.StringSlice("where"); len(where) > 0 {
+		m, err := parseKeyValues(where, "filter")
+		if err != nil {
+			return t, nil, usageErrorf(cCtx, "--where: %v", err)
+		}
+		t.Where = m
+	}
+	var ids []string
+	switch {
+	case cCtx.IsSet("devices") && cCtx.IsSet("devices-file"):
+		return t, nil, usageErrorf(cCtx, "--devices and --devices-file both give the device list: give one")
+	case cCtx.IsSet("devices"):
+		var err error
+		if ids, err = parseDeviceList(strings.NewReader(strings.ReplaceAll(cCtx.String("devices"), ",", "\n")), "item"); err != nil {
+			return t, nil, usageErrorf(cCtx, "--devices: %v", err)
+		}
+	case cCtx.IsSet("devices-file"):
+		name := cCtx.String("devices-file")
+		f, err := os.Open(name)
+		if err != nil {
+			return t, nil, usageErrorf(cCtx, "--devices-file: %v", err)
+		}
+		ids, err = parseDeviceList(f, "line")
+		f.Close()
+		if err != nil {
+			return t, nil, usageErrorf(cCtx, "--devices-file %s: %v", name, err)
+		}
+	}
+	if ids == nil && t.Prefix == "" && len(t.Where) == 0 {
+		return t, nil, usageErrorf(cCtx, "no targets: give --devices, --devices-file, --prefix and/or --where")
+	}
+	return t, ids, nil
+}
+
+// parseDeviceList reads device IDs, one a line (from --devices, one an item between commas,
+// which errors call items); blank lines and everything from a # are ignored. Every ID must be
+// valid; duplicates count once. An empty list is an error.
+func parseDeviceList(r io.Reader, unit string) ([]string, error) {
+	ids := []string{}
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(r)
+	for line := 1; sc.Scan(); line++ {
+		text, _, _ := strings.Cut(sc.Text(), "#")
+		id := strings.TrimSpace(text)
+		if id == "" {
+			continue
+		}
+		if err := protocol.ValidateDeviceID(id); err != nil {
+			return nil, fmt.Errorf("%s %d: %q: %w", unit, line, id, err)
+		}
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read device list: %w", err)
+	}
+	if len(ids) == 0 {
+		return nil, errors.New("no device IDs")
+	}
+	return ids, nil
+}
+
+// rolloutWaves reads --waves, --wave-success, --bake and --approve-waves.
+func rolloutWaves(cCtx *cli.Context) ([]workflows.Wave, error) {
+	waves := []workflows.Wave{{Percent: 100}}
+	if cCtx.IsSet("waves") {
+		var err error
+		if waves, err = workflows.ParseWaves(cCtx.String("waves")); err != nil {
+			return nil, usageErrorf(cCtx, "--waves: %v", err)
+		}
+	}
+	if cCtx.IsSet("wave-success") {
+		v := cCtx.Float64("wave-success")
+		if v <= 0 || v > 100 {
+			return nil, usageErrorf(cCtx, "--wave-success must be a percentage above 0, up to 100, not %g", v)
+		}
+		for i := range waves {
+			if waves[i].SuccessThreshold == 0 {
+				waves[i].SuccessThreshold = v
+			}
+		}
+	}
+	if cCtx.IsSet("bake") {
+		d := cCtx.Duration("bake")
+		if d <= 0 {
+			return nil, usageErrorf(cCtx, "--bake must be more than 0, not %s", d)
+		}
+		if len(waves) < 2 {
+			return nil, usageErrorf(cCtx, "--bake waits between waves: give --waves with at least two")
+		}
+		for i := range waves[:len(waves)-1] {
+			waves[i].Bake = d
+		}
+	}
+	if cCtx.Bool("approve-waves") {
+		if len(waves) < 2 {
+			return nil, usageErrorf(cCtx, "--approve-waves holds every wave after the first: give --waves with at least two")
+		}
+		for i := range waves[1:] {
+			waves[i+1].Approve = true
+		}
+	}
+	return waves, nil
+}
+
+// parseRamp parses START,FACTOR,STEP, e.g. "10,2,1m".
+func parseRamp(s string) (workflows.Ramp, error) {
+	var r workflows.Ramp
+	parts := strings.Split(s, ",")
+	if len(parts) != 3 {
+		return r, fmt.Errorf("%q is not START,FACTOR,STEP (e.g. 10,2,1m)", s)
+	}
+	var err error
+	if r.StartPerMinute, err = strconv.ParseFloat(strings.TrimSpace(parts[0]), 64); err != nil || !(r.StartPerMinute > 0) {
+		return r, fmt.Errorf("the start rate %q must be a number of devices a minute above 0", parts[0])
+	}
+	if r.Factor, err = strconv.ParseFloat(strings.TrimSpace(parts[1]), 64); err != nil || !(r.Factor >= 1) {
+		return r, fmt.Errorf("the factor %q must be a number, 1 or more", parts[1])
+	}
+	if r.Step, err = time.ParseDuration(strings.TrimSpace(parts[2])); err != nil || r.Step <= 0 {
+		return r, fmt.Errorf("the step %q must be a duration above 0, e.g. 1m", parts[2])
+	}
+	return r, nil
+}
+
+// parseWindow parses HH:MM-HH:MM in time zone tz. The times and the zone are checked by the
+// request's Validate, so that the rule lives in one place.
+func parseWindow(s, tz string) (workflows.Window, error) {
+	start, end, ok := strings.Cut(s, "-")
+	if !ok || strings.Contains(end, "-") {
+		return workflows.Window{}, fmt.Errorf("%q is not HH:MM-HH:MM (e.g. 01:00-05:00)", s)
+	}
+	return workflows.Window{Start: strings.TrimSpace(start), End: strings.TrimSpace(end), TimeZone: tz}, nil
+}
+
+// rolloutNamePattern is the rule RolloutRequest.Validate applies to names (a test checks
+// they agree); the commands that only take a name check it before dialling.
+var rolloutNamePattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+func checkRolloutName(name string) error {
+	if !rolloutNamePattern.MatchString(name) {
+		return fmt.Errorf("a rollout name is 1 to 64 characters of A-Z a-z 0-9 _ . -, not %q", name)
+	}
+	return nil
+}
+
+// nameArg returns the rollout name of a command written `starter rollout CMD NAME [flags]`.
+// urfave/cli stops reading flags at the first argument, so the flags after the name are
+// parsed here, with the command's own definitions.
+func nameArg(cCtx *cli.Context) (string, error) {
+	args := cCtx.Args().Slice()
+	if len(args) == 0 {
+		return "", usageErrorf(cCtx, "give the rollout name: starter rollout %s NAME", cCtx.Command.Name)
+	}
+	name, rest := args[0], args[1:]
+	if len(rest) > 0 {
+		set := flag.NewFlagSet(cCtx.Command.Name, flag.ContinueOnError)
+		set.SetOutput(io.Discard)
+		for _, f := range cCtx.Command.Flags {
+			if err := f.Apply(set); err != nil {
+				return "", usageErrorf(cCtx, "%v", err)
+			}
+		}
+		if err := set.Parse(rest); err != nil {
+			return "", usageErrorf(cCtx, "%v", err)
+		}
+		if set.NArg() > 0 {
+			return "", usageErrorf(cCtx, "unexpected argument %q (give one rollout name)", set.Arg(0))
+		}
+		var setErr error
+		set.Visit(func(f *flag.Flag) {
+			if err := cCtx.Set(f.Name, f.Value.String()); err != nil && setErr == nil {
+				setErr = err
+			}
+		})
+		if setErr != nil {
+			return "", usageErrorf(cCtx, "%v", setErr)
+		}
+	}
+	if cCtx.Bool("help") { // written after the name
+		if err := cli.ShowSubcommandHelp(cCtx); err != nil {
+			return "", err
+		}
+		return "", cli.Exit("", 0)
+	}
+	if err := checkRolloutName(name); err != nil {
+		return "", usageErrorf(cCtx, "%v", err)
+	}
+	return name, nil
+}
+
+// rolloutStartReport is the JSON output of `rollout start`.
+type rolloutStartReport struct {
+	Name       string `json:"name"`
+	WorkflowID string `json:"workflow_id"`
+	RunID      string `json:"run_id"`
+	WebUI      string `json:"web_ui"`
+	// UnknownDevices are the IDs of the explicit list that are not registered: left out.
+	UnknownDevices []string                   `json:"unknown_devices,omitempty"`
+	Result         *workflows.RolloutProgress `json:"result,omitempty"`
+	Error          string                     `json:"error,omitempty"`
+}
+
+func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
+	spec, err := rolloutRequest(cCtx, false)
+	if err != nil {
+		return err
+	}
+	c, err := e.temporalClient(cCtx)
+	if err != nil {
+		return err
+	}
+	ctx := cCtx.Context
+	req := spec.req
+	if err := refuseRunningRollout(ctx, c, req.Name); err != nil {
+		return err
+	}
+	var unknown []string
+	if spec.ids != nil {
+		if err := refuseScheduledList(ctx, c, req.Name); err != nil {
+			return err
+		}
+		if unknown, err = e.storeTargets(cCtx, req.Name, spec.ids); err != nil {
+			return err
+		}
+	}
+	run, err := workflows.StartRollout(ctx, c, req)
+	if err != nil {
+		return err
+	}
+	asJSON := cCtx.Bool("json")
+	rep := rolloutStartReport{Name: req.Name, WorkflowID: run.GetID(), RunID: run.GetRunID(),
+		WebUI: webUILink(cCtx, run.GetID()), UnknownDevices: unknown}
+	if !asJSON {
+		fmt.Fprintf(e.out, "Started rollout %s: %s %s\n", req.Name, req.Upgrade.Type, req.Upgrade.Version)
+		fmt.Fprintf(e.out, "  workflow  %s\n  run       %s\n  web UI    %s\n", rep.WorkflowID, rep.RunID, rep.WebUI)
+	}
+	if !cCtx.Bool("wait") {
+		if asJSON {
+			return writeJSON(e.out, rep)
+		}
+		fmt.Fprintf(e.out, "Follow it with `starter rollout status %s --watch`.\n", req.Name)
+		return nil
+	}
+
+	progress := e.out
+	if asJSON {
+		progress = e.errOut
+	}
+	ref := rolloutRef{Name: req.Name, WorkflowID: run.GetID(), RunID: run.GetRunID(), Status: enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING}
+	p, err := e.followRollout(cCtx, c, ref, watchOptions{w: progress, tty: isTerminal(progress)})
+	if ctx.Err() != nil {
+		return cli.Exit(fmt.Sprintf("stopped waiting: rollout %s goes on (workflow %s); follow it with "+
+			"`starter rollout status %s --watch`, stop it with `starter rollout cancel %s`", req.Name, rep.WorkflowID, req.Name, req.Name), exitInterrupted)
+	}
+	if p.State == "" {
+		if err == nil {
+			err = errors.New("the workflow returned no progress")
+		}
+		return fmt.Errorf("rollout %s (workflow %s) ended without a result: %w", req.Name, rep.WorkflowID, err)
+	}
+	rep.Result = &p
+	if err != nil {
+		rep.Error = err.Error()
+	}
+	if asJSON {
+		if err := writeJSON(e.out, rep); err != nil {
+			return err
+		}
+	}
+	return rolloutOutcome(p)
+}
+
+// rolloutOutcome is nil for a completed rollout and an exit-1 error saying how it ended
+// otherwise.
+func rolloutOutcome(p workflows.RolloutProgress) error {
+	if p.State == workflows.RolloutCompleted {
+		return nil
+	}
+	msg := fmt.Sprintf("rollout %s ended %s", p.Name, p.State)
+	if p.Reason != "" {
+		msg += ": " + p.Reason
+	}
+	return cli.Exit(msg, exitFailure)
+}
+
+// storeTargets stores the explicit device list of a rollout and warns about the IDs that are
+// not registered; it fails when none is.
+func (e *appEnv) storeTargets(cCtx *cli.Context, name string, ids []string) ([]string, error) {
+	st, err := e.openStore(cCtx)
+	if err != nil {
+		return nil, err
+	}
+	unknown, err := st.PutTargetList(cCtx.Context, name, ids)
+	if err != nil {
+		return nil, err
+	}
+	if len(unknown) == len(ids) {
+		return nil, cli.Exit(fmt.Sprintf("none of the %d listed devices is registered (%s): nothing to roll out",
+			len(ids), abbreviate(unknown, 10)), exitFailure)
+	}
+	if len(unknown) > 0 {
+		fmt.Fprintf(e.errOut, "starter: warning: %d of the %d listed devices are not registered and are left out: %s\n",
+			len(unknown), len(ids), abbreviate(unknown, 20))
+	}
+	return unknown, nil
+}
+
+// abbreviate joins at most n of ids, saying how many more there are.
+func abbreviate(ids []string, n int) string {
+	if len(ids) <= n {
+		return strings.Join(ids, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(ids[:n], ", "), len(ids)-n)
+}
+
+// refuseRunningRollout fails with exit code 3 when a rollout of that name runs: its device
+// list must not be replaced under it.
+func refuseRunningRollout(ctx context.Context, c client.Client, name string) error {
+	ref, err := findRollout(ctx, c, name)
+	if errors.Is(err, errNoRollout) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if ref.running() {
+		return cli.Exit(fmt.Sprintf("rollout %s is already running (workflow %s, run %s): follow it with "+
+			"`starter rollout status %s`, or cancel it first", name, ref.WorkflowID, ref.RunID, name), exitAlreadyRunning)
+	}
+	return nil
+}

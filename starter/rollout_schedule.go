@@ -1,0 +1,484 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// rolloutSchedulePrefix starts the ID of every rollout schedule: rolloutScheduleID.
+const rolloutSchedulePrefix = "rollout-schedule-"
+
+// rolloutScheduleID is the Temporal Schedule ID of a rollout's schedule.
+func rolloutScheduleID(name string) string { return rolloutSchedulePrefix + name }
+
+// scheduleMemoWhen is the schedule memo field that says, for people, when it starts rollouts.
+const scheduleMemoWhen = "when"
+
+// Bounds of the years a Temporal schedule calendar can name.
+const maxScheduleYear = 2100
+
+func rolloutScheduleCommand(e *appEnv) *cli.Command {
+	return &cli.Command{
+		Name:  "schedule",
+		Usage: "start a rollout later, once (--at) or by a cron expression (--cron); list and delete schedules",
+		UsageText: "starter rollout schedule --name R [the request flags of `rollout start`] (--at TIME | --cron EXPR) [--json]\n" +
+			"starter rollout schedule list [--json]\n" +
+			"starter rollout schedule delete NAME",
+		Description: "Creates the Temporal Schedule " + rolloutScheduleID("R") + ", which starts the rollout workflow\n" +
+			workflows.RolloutWorkflowID("R") + "-<scheduled time> (Temporal appends the time) with the request checked now.\n" +
+			"An explicit device list is stored in PostgreSQL now, under the rollout name. --cron reads\n" +
+			"its times in --tz (default UTC). A schedule skips a start while its previous rollout runs.\n" +
+			"Exit codes: 0 scheduled, 1 failed, 2 bad input, 3 the rollout already has a schedule or runs.",
+		Flags: slices.Concat(rolloutRequestFlags(), []cli.Flag{
+			&cli.StringFlag{Name: "at", Usage: "start the rollout once, at `TIME` (RFC 3339, e.g. 2026-11-27T01:00:00Z)"},
+			&cli.StringFlag{Name: "cron", Usage: "start the rollout at the times of `EXPR`, e.g. \"0 1 * * *\" (01:00 every day, in --tz)"},
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
+		}),
+		Action: e.rolloutScheduleAction,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "list",
+				Usage:     "list the rollout schedules",
+				UsageText: "starter rollout schedule list [--json]",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print a JSON array"}},
+				Before:    requireFlags(),
+				Action:    e.scheduleListAction,
+			},
+			{
+				Name:        "delete",
+				Usage:       "delete a rollout's schedule; a rollout it already started goes on",
+				UsageText:   "starter rollout schedule delete NAME",
+				Description: "Deletes the Temporal Schedule " + rolloutScheduleID("NAME") + ".",
+				Action:      e.scheduleDeleteAction,
+			},
+		},
+	}
+}
+
+// scheduleReport is the JSON output of `rollout schedule`.
+type scheduleReport struct {
+	Name       string `json:"name"`
+	ScheduleID string `json:"schedule_id"`
+	When       string `json:"when"`
+	// WorkflowID is the rollout's workflow ID before Temporal appends the scheduled time.
+	WorkflowID      string      `json:"workflow_id"`
+	NextActionTimes []time.Time `json:"next_action_times"`
+	UnknownDevices  []string    `json:"unknown_devices,omitempty"`
+}
+
+func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
+	if cCtx.Args().Present() {
+		return usageErrorf(cCtx, "unknown command %q", cCtx.Args().First())
+	}
+	if cCtx.NumFlags() == 0 {
+		return cli.ShowSubcommandHelp(cCtx)
+	}
+	if err := requireFlags(append([]string{"name"}, packageRequired...)...)(cCtx); err != nil {
+		return err
+	}
+	sched, err := scheduleSpec(cCtx, time.Now())
+	if err != nil {
+		return err
+	}
+	spec, err := rolloutRequest(cCtx, cCtx.IsSet("cron"))
+	if err != nil {
+		return err
+	}
+	req := spec.req.WithDefaults()
+	c, err := e.temporalClient(cCtx)
+	if err != nil {
+		return err
+	}
+	ctx := cCtx.Context
+	id := rolloutScheduleID(req.Name)
+	exists := cli.Exit(fmt.Sprintf("rollout %s already has a schedule (%s): see `starter rollout schedule list`, "+
+		"delete it with `starter rollout schedule delete %s`", req.Name, id, req.Name), exitAlreadyRunning)
+	var notFound *serviceerror.NotFound
+	if _, err := c.ScheduleClient().GetHandle(ctx, id).Describe(ctx); err == nil {
+		return exists
+	} else if !errors.As(err, &notFound) {
+		return fmt.Errorf("describe schedule %s: %w", id, err)
+	}
+	var unknown []string
+	if spec.ids != nil {
+		// The list is stored under the rollout name: not while a rollout of that name uses it.
+		if err := refuseRunningRollout(ctx, c, req.Name); err != nil {
+			return err
+		}
+		if unknown, err = e.storeTargets(cCtx, req.Name, spec.ids); err != nil {
+			return err
+		}
+	}
+	opts := workflows.RolloutStartOptions(req)
+	so := client.ScheduleOptions{
+		ID:   id,
+		Spec: sched.spec,
+		Action: &client.ScheduleWorkflowAction{
+			ID:                    opts.ID,
+			Workflow:              workflows.RolloutWorkflowName,
+			Args:                  []any{workflows.RolloutInput{Request: req}},
+			TaskQueue:             opts.TaskQueue,
+			Memo:                  opts.Memo,
+			TypedSearchAttributes: opts.TypedSearchAttributes,
+			StaticSummary:         opts.StaticSummary,
+		},
+		Memo: map[string]any{scheduleMemoWhen: sched.when},
+		Note: "created by starter rollout schedule",
+	}
+	if sched.once {
+		so.RemainingActions = 1
+	}
+	h, err := c.ScheduleClient().Create(ctx, so)
+	if errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
+		return exists
+	}
+	if err != nil {
+		return fmt.Errorf("create schedule %s: %w", id, err)
+	}
+	rep := scheduleReport{Name: req.Name, ScheduleID: id, When: sched.when, WorkflowID: opts.ID, UnknownDevices: unknown}
+	if desc, err := h.Describe(ctx); err == nil {
+		rep.NextActionTimes = desc.Info.NextActionTimes
+	}
+	if cCtx.Bool("json") {
+		return writeJSON(e.out, rep)
+	}
+	fmt.Fprintf(e.out, "Scheduled rollout %s (schedule %s): %s %s, %s.\n", req.Name, id, req.Upgrade.Type, req.Upgrade.Version, sched.when)
+	if len(rep.NextActionTimes) > 0 {
+		fmt.Fprintf(e.out, "  next start  %s\n", formatTime(rep.NextActionTimes[0]))
+	}
+	fmt.Fprintf(e.out, "It runs as workflow %s-<scheduled time>; follow it with `starter rollout status %s --watch`.\n", opts.ID, req.Name)
+	return nil
+}
+
+// refuseScheduledList fails (exit code 3) when the rollout name has a schedule that may still
+// start a rollout: it would use the device list stored under the name, which a new explicit
+// list would replace.
+func refuseScheduledList(ctx context.Context, c client.Client, name string) error {
+	id := rolloutScheduleID(name)
+	desc, err := c.ScheduleClient().GetHandle(ctx, id).Describe(ctx)
+	var notFound *serviceerror.NotFound
+	switch {
+	case errors.As(err, &notFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("describe schedule %s: %w", id, err)
+	}
+	if st := desc.Schedule.State; st != nil && st.LimitedActions && st.RemainingActions == 0 {
+		return nil // it will start nothing more
+	}
+	return cli.Exit(fmt.Sprintf("rollout %s has a schedule (%s) that starts it with the device list stored under "+
+		"this name: choose another name, or delete the schedule first (`starter rollout schedule delete %s`)", name, id, name), exitAlreadyRunning)
+}
+
+// schedule is when a schedule starts rollouts.
+type schedule struct {
+	spec client.ScheduleSpec
+	when string // for people
+	once bool
+}
+
+// scheduleSpec reads --at or --cron (and --tz for --cron); every error is a usage error.
+func scheduleSpec(cCtx *cli.Context, now time.Time) (schedule, error) {
+	at, cron := cCtx.String("at"), cCtx.String("cron")
+	switch {
+	case cCtx.IsSet("at") && cCtx.IsSet("cron"):
+		return schedule{}, usageErrorf(cCtx, "give --at (once) or --cron (repeatedly), not both")
+	case cCtx.IsSet("at"):
+		t, err := parseAt(at, now)
+		if err != nil {
+			return schedule{}, usageErrorf(cCtx, "--at: %v", err)
+		}
+		return schedule{spec: onceAt(t), when: "once at " + t.Format(time.RFC3339), once: true}, nil
+	case cCtx.IsSet("cron"):
+		if err := checkCron(cron); err != nil {
+			return schedule{}, usageErrorf(cCtx, "--cron: %v", err)
+		}
+		tz := cCtx.String("tz")
+		if _, err := time.LoadLocation(tz); err != nil || tz == "" {
+			return schedule{}, usageErrorf(cCtx, "--tz: unknown time zone %q", tz)
+		}
+		return schedule{spec: client.ScheduleSpec{CronExpressions: []string{strings.TrimSpace(cron)}, TimeZoneName: tz},
+			when: fmt.Sprintf("cron %q in %s", strings.TrimSpace(cron), tz)}, nil
+	}
+	return schedule{}, usageErrorf(cCtx, "say when: --at TIME (once) or --cron EXPR (repeatedly)")
+}
+
+// parseAt parses an RFC 3339 time that must lie in the future. A fraction of a second rounds
+// up: schedules fire on whole seconds.
+func parseAt(s string, now time.Time) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339, strings.TrimSpace(s))
+	if err != nil {
+		return t, fmt.Errorf("%q is not an RFC 3339 time such as 2026-11-27T01:00:00Z", s)
+	}
+	t = t.UTC()
+	if r := t.Truncate(time.Second); !r.Equal(t) {
+		t = r.Add(time.Second)
+	}
+	if !t.After(now) {
+		return t, fmt.Errorf("%s is not in the future", t.Format(time.RFC3339))
+	}
+	if t.Year() > maxScheduleYear {
+		return t, fmt.Errorf("%s is after %d, the last year a schedule can name", t.Format(time.RFC3339), maxScheduleYear)
+	}
+	return t, nil
+}
+
+// onceAt is a schedule spec that matches only t (UTC, whole seconds): a calendar of that
+// year, month, day, hour, minute and second.
+func onceAt(t time.Time) client.ScheduleSpec {
+	one := func(v int) []client.ScheduleRange { return []client.ScheduleRange{{Start: v}} }
+	return client.ScheduleSpec{
+		Calendars: []client.ScheduleCalendarSpec{{
+			Year: one(t.Year()), Month: one(int(t.Month())), DayOfMonth: one(t.Day()),
+			Hour: one(t.Hour()), Minute: one(t.Minute()), Second: one(t.Second()),
+			Comment: "once at " + t.Format(time.RFC3339),
+		}},
+		// Bounds too, so that the schedule never matches another time whatever the server
+		// makes of the calendar.
+		StartAt: t, EndAt: t,
+	}
+}
+
+// cronField is one field of a cron expression: its range and the names its values may have.
+type cronField struct {
+	name     string
+	min, max int
+	names    []string // value names from min (prefixes of at least nameLen letters)
+	nameLen  int
+}
+
+var (
+	cronSecond = cronField{name: "second", max: 59}
+	cronMinute = cronField{name: "minute", max: 59}
+	cronHour   = cronField{name: "hour", max: 23}
+	cronDay    = cronField{name: "day of month", min: 1, max: 31}
+	cronMonth  = cronField{name: "month", min: 1, max: 12, nameLen: 3, names: []string{"january", "february", "march",
+		"april", "may", "june", "july", "august", "september", "october", "november", "december"}}
+	cronWeekday = cronField{name: "day of week", max: 7, nameLen: 2, names: []string{"sunday", "monday", "tuesday",
+		"wednesday", "thursday", "friday", "saturday"}}
+	cronYear = cronField{name: "year", min: 2000, max: maxScheduleYear}
+)
+
+// cronShorthands are the named expressions Temporal accepts.
+var cronShorthands = []string{"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+// cronDays matches a number of days in an @every duration, which Go's durations lack.
+var cronDays = regexp.MustCompile(`(\d+(?:\.\d+)?)d`)
+
+// cronDuration parses a duration of @every: Go's, with d for days of 24 hours.
+func cronDuration(s string) (time.Duration, error) {
+	s = cronDays.ReplaceAllStringFunc(s, func(days string) string {
+		v, _ := strconv.ParseFloat(strings.TrimSuffix(days, "d"), 64)
+		return strconv.FormatFloat(24*v, 'f', -1, 64) + "h"
+	})
+	d, err := time.ParseDuration(s)
+	if err == nil && d < 0 {
+		err = errors.New("negative duration")
+	}
+	return d, err
+}
+
+// checkCron checks a cron expression as Temporal reads it: 5 fields (minute hour
+// day-of-month month day-of-week), 6 (and year) or 7 (second first), each field * or
+// comma-separated values and ranges with an optional /step, months and weekdays by name
+// too; or a shorthand such as @daily, or @every DURATION[/PHASE]; a trailing # comment.
+// The time zone comes from --tz, not from the expression.
+func checkCron(expr string) error {
+	s := strings.TrimSpace(expr)
+	if strings.HasPrefix(s, "TZ=") || strings.HasPrefix(s, "CRON_TZ=") {
+		return errors.New("give the time zone with --tz, not in the expression")
+	}
+	s, _, _ = strings.Cut(s, "#")
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return errors.New("empty expression")
+	}
+	if rest, ok := strings.CutPrefix(s, "@every"); ok {
+		interval, phase, hasPhase := strings.Cut(strings.TrimSpace(rest), "/")
+		if d, err := cronDuration(interval); err != nil || d < time.Second {
+			return fmt.Errorf("@every needs an interval of a second or more such as 12h or 1d, not %q", interval)
+		}
+		if hasPhase {
+			if _, err := cronDuration(phase); err != nil {
+				return fmt.Errorf("@every INTERVAL/PHASE needs a phase such as 30m, not %q", phase)
+			}
+		}
+		return nil
+	}
+	if strings.HasPrefix(s, "@") {
+		if slices.Contains(cronShorthands, s) {
+			return nil
+		}
+		return fmt.Errorf("%q is not one of %s or @every DURATION", s, strings.Join(cronShorthands, ", "))
+	}
+	parts := strings.Fields(s)
+	var fields []cronField
+	switch len(parts) {
+	case 5:
+		fields = []cronField{cronMinute, cronHour, cronDay, cronMonth, cronWeekday}
+	case 6:
+		fields = []cronField{cronMinute, cronHour, cronDay, cronMonth, cronWeekday, cronYear}
+	case 7:
+		fields = []cronField{cronSecond, cronMinute, cronHour, cronDay, cronMonth, cronWeekday, cronYear}
+	default:
+		return fmt.Errorf("%q has %d fields: give 5 (minute hour day-of-month month day-of-week), 6 (and year) or 7 (second first)", s, len(parts))
+	}
+	for i, f := range fields {
+		if err := f.check(parts[i]); err != nil {
+			return fmt.Errorf("%s %q: %w", f.name, parts[i], err)
+		}
+	}
+	return nil
+}
+
+// check checks one field: comma-separated items, each *, V or V-V, with an optional /STEP.
+func (f cronField) check(s string) error {
+	for _, item := range strings.Split(s, ",") {
+		rng, step, hasStep := strings.Cut(item, "/")
+		if hasStep {
+			n, err := strconv.Atoi(step)
+			if err != nil || n < 1 {
+				return fmt.Errorf("the step %q must be a whole number above 0", step)
+			}
+		}
+		if rng == "*" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(rng, "-")
+		a, err := f.value(lo)
+		if err != nil {
+			return err
+		}
+		if isRange {
+			b, err := f.value(hi)
+			if err != nil {
+				return err
+			}
+			if b < a {
+				return fmt.Errorf("the range %s ends before it starts", rng)
+			}
+		}
+	}
+	return nil
+}
+
+// value reads a number in the field's range, or a name.
+func (f cronField) value(s string) (int, error) {
+	if f.names != nil && len(s) >= f.nameLen {
+		for i, n := range f.names {
+			if strings.HasPrefix(n, strings.ToLower(s)) {
+				return f.min + i, nil
+			}
+		}
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < f.min || v > f.max {
+		return 0, fmt.Errorf("%q is not a value from %d to %d", s, f.min, f.max)
+	}
+	return v, nil
+}
+
+// scheduleEntry is one rollout schedule in `rollout schedule list`.
+type scheduleEntry struct {
+	Name            string      `json:"name"`
+	ScheduleID      string      `json:"schedule_id"`
+	When            string      `json:"when"`
+	Paused          bool        `json:"paused"`
+	NextActionTimes []time.Time `json:"next_action_times"`
+	// RecentWorkflowIDs are the rollouts it started lately, oldest first.
+	RecentWorkflowIDs []string `json:"recent_workflow_ids"`
+}
+
+func (e *appEnv) scheduleListAction(cCtx *cli.Context) error {
+	c, err := e.temporalClient(cCtx)
+	if err != nil {
+		return err
+	}
+	ctx := cCtx.Context
+	it, err := c.ScheduleClient().List(ctx, client.ScheduleListOptions{PageSize: 200})
+	if err != nil {
+		return fmt.Errorf("list schedules: %w", err)
+	}
+	entries := []scheduleEntry{}
+	for it.HasNext() {
+		s, err := it.Next()
+		if err != nil {
+			return fmt.Errorf("list schedules: %w", err)
+		}
+		name, ok := strings.CutPrefix(s.ID, rolloutSchedulePrefix)
+		if !ok || s.WorkflowType.Name != workflows.RolloutWorkflowName {
+			continue
+		}
+		en := scheduleEntry{Name: name, ScheduleID: s.ID, Paused: s.Paused, NextActionTimes: s.NextActionTimes, RecentWorkflowIDs: []string{}}
+		if p := s.Memo.GetFields()[scheduleMemoWhen]; p != nil {
+			_ = converter.GetDefaultDataConverter().FromPayload(p, &en.When)
+		}
+		for _, a := range s.RecentActions {
+			if a.StartWorkflowResult != nil {
+				en.RecentWorkflowIDs = append(en.RecentWorkflowIDs, a.StartWorkflowResult.WorkflowID)
+			}
+		}
+		entries = append(entries, en)
+	}
+	slices.SortFunc(entries, func(a, b scheduleEntry) int { return strings.Compare(a.Name, b.Name) })
+	if cCtx.Bool("json") {
+		return writeJSON(e.out, entries)
+	}
+	if len(entries) == 0 {
+		fmt.Fprintln(e.out, "(no rollout schedules)")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tWHEN\tNEXT\tPAUSED\tLAST STARTED")
+	for _, en := range entries {
+		next, last := "-", "-"
+		if len(en.NextActionTimes) > 0 {
+			next = formatTime(en.NextActionTimes[0])
+		}
+		if n := len(en.RecentWorkflowIDs); n > 0 {
+			last = en.RecentWorkflowIDs[n-1]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", en.Name, en.When, next, yesNo(en.Paused), last)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write schedule list: %w", err)
+	}
+	return nil
+}
+
+func (e *appEnv) scheduleDeleteAction(cCtx *cli.Context) error {
+	name, err := nameArg(cCtx)
+	if err != nil {
+		return err
+	}
+	c, err := e.temporalClient(cCtx)
+	if err != nil {
+		return err
+	}
+	id := rolloutScheduleID(name)
+	err = c.ScheduleClient().GetHandle(cCtx.Context, id).Delete(cCtx.Context)
+	var notFound *serviceerror.NotFound
+	if errors.As(err, &notFound) {
+		return cli.Exit(fmt.Sprintf("rollout %s has no schedule (%s): see `starter rollout schedule list`", name, id), exitFailure)
+	}
+	if err != nil {
+		return fmt.Errorf("delete schedule %s: %w", id, err)
+	}
+	fmt.Fprintf(e.out, "Deleted schedule %s; a rollout it already started goes on (see `starter rollout status %s`).\n", id, name)
+	return nil
+}

@@ -1,0 +1,612 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	workflowpb "go.temporal.io/api/workflow/v1"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// rolloutStates are the states a rollout can be in, for `rollout list --state`.
+var rolloutStates = []workflows.RolloutState{
+	workflows.RolloutPreflight, workflows.RolloutRunning, workflows.RolloutPaused, workflows.RolloutWaitingApproval,
+	workflows.RolloutBaking, workflows.RolloutWaitingWindow, workflows.RolloutCompleted, workflows.RolloutAborted,
+	workflows.RolloutCanceled, workflows.RolloutFailed,
+}
+
+func joinStates(states []workflows.RolloutState) string {
+	parts := make([]string, len(states))
+	for i, s := range states {
+		parts[i] = string(s)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// errNoRollout is the error of findRollout when no rollout has the name.
+var errNoRollout = errors.New("no such rollout")
+
+// rolloutRef is one rollout workflow execution as Temporal describes or lists it.
+type rolloutRef struct {
+	Name       string
+	WorkflowID string
+	RunID      string
+	Status     enumspb.WorkflowExecutionStatus
+	// State, Type and Version are the rollout's search attributes.
+	State, Type, Version string
+	StartTime            time.Time
+	CloseTime            *time.Time
+}
+
+func (r rolloutRef) running() bool { return r.Status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING }
+
+// refFromInfo reads a rollout execution from Temporal's description of it.
+func refFromInfo(info *workflowpb.WorkflowExecutionInfo) rolloutRef {
+	sa := info.GetSearchAttributes()
+	r := rolloutRef{
+		Name:       keyword(sa, workflows.SearchRollout),
+		WorkflowID: info.GetExecution().GetWorkflowId(),
+		RunID:      info.GetExecution().GetRunId(),
+		Status:     info.GetStatus(),
+		State:      keyword(sa, workflows.SearchState),
+		Type:       keyword(sa, workflows.SearchType),
+		Version:    keyword(sa, workflows.SearchTargetVersion),
+		StartTime:  info.GetStartTime().AsTime(),
+	}
+	if info.GetCloseTime() != nil {
+		t := info.GetCloseTime().AsTime()
+		r.CloseTime = &t
+	}
+	return r
+}
+
+// keyword reads a keyword search attribute; "" when it is missing.
+func keyword(sa *commonpb.SearchAttributes, key temporal.SearchAttributeKeyKeyword) string {
+	p := sa.GetIndexedFields()[key.GetName()]
+	if p == nil {
+		return ""
+	}
+	var s string
+	if err := converter.GetDefaultDataConverter().FromPayload(p, &s); err != nil {
+		return ""
+	}
+	return s
+}
+
+// rolloutQuery is the visibility query for rollouts, of one name and in one state when
+// given (names and states are checked first: they need no quoting). Runs that continued as
+// new are left out: their rollout goes on in the next run.
+func rolloutQuery(name string, state workflows.RolloutState) string {
+	q := fmt.Sprintf("WorkflowType = '%s' AND ExecutionStatus != '%s'",
+		workflows.RolloutWorkflowName, enumspb.WORKFLOW_EXECUTION_STATUS_CONTINUED_AS_NEW)
+	if name != "" {
+		q += fmt.Sprintf(" AND %s = '%s'", workflows.SearchRollout.GetName(), name)
+	}
+	if state != "" {
+		q += fmt.Sprintf(" AND %s = '%s'", workflows.SearchState.GetName(), state)
+	}
+	return q
+}
+
+// listRollouts lists the rollout executions a visibility query matches, newest first.
+func listRollouts(ctx context.Context, c client.Client, query string) ([]rolloutRef, error) {
+	var refs []rolloutRef
+	var token []byte
+	for {
+		resp, err := c.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
+			Query: query, PageSize: 200, NextPageToken: token,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list rollouts (%s): %w", query, err)
+		}
+		for _, info := range resp.GetExecutions() {
+			refs = append(refs, refFromInfo(info))
+		}
+		if token = resp.GetNextPageToken(); len(token) == 0 {
+			break
+		}
+	}
+	slices.SortStableFunc(refs, func(a, b rolloutRef) int { return b.StartTime.Compare(a.StartTime) })
+	return refs, nil
+}
+
+// findRollout finds the rollout of a name: the one running, else the newest. A rollout
+// started by `rollout start` is the workflow RolloutWorkflowID(name); one started by a schedule
+// runs under that ID with the scheduled time appended (Temporal does that), and is found by
+// its OtaRollout search attribute.
+func findRollout(ctx context.Context, c client.Client, name string) (rolloutRef, error) {
+	id := workflows.RolloutWorkflowID(name)
+	var found []rolloutRef
+	desc, err := c.DescribeWorkflowExecution(ctx, id, "")
+	var notFound *serviceerror.NotFound
+	switch {
+	case errors.As(err, &notFound):
+	case err != nil:
+		return rolloutRef{}, fmt.Errorf("describe workflow %s: %w", id, err)
+	default:
+		ref := refFromInfo(desc.GetWorkflowExecutionInfo())
+		ref.Name = name
+		if ref.running() {
+			return ref, nil
+		}
+		found = append(found, ref)
+	}
+	listed, err := listRollouts(ctx, c, rolloutQuery(name, ""))
+	if err != nil {
+		return rolloutRef{}, err
+	}
+	found = append(found, listed...)
+	if len(found) == 0 {
+		return rolloutRef{}, fmt.Errorf("%w: nothing named %s runs or ran (workflow %s); see `starter rollout list`", errNoRollout, name, id)
+	}
+	best := slices.MinFunc(found, func(a, b rolloutRef) int {
+		if a.running() != b.running() {
+			if a.running() {
+				return -1
+			}
+			return 1
+		}
+		return b.StartTime.Compare(a.StartTime)
+	})
+	best.Name = name
+	return best, nil
+}
+
+// queryProgress asks a rollout workflow for its progress (a run that ended too: the worker
+// replays it).
+func queryProgress(ctx context.Context, c client.Client, workflowID, runID string) (workflows.RolloutProgress, error) {
+	var p workflows.RolloutProgress
+	v, err := c.QueryWorkflow(ctx, workflowID, runID, workflows.QueryProgress)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (no answer: is the OTAflow worker running?)", err)
+		}
+		return p, fmt.Errorf("query progress of workflow %s: %w", workflowID, err)
+	}
+	if err := v.Get(&p); err != nil {
+		return p, fmt.Errorf("decode progress of workflow %s: %w", workflowID, err)
+	}
+	return p, nil
+}
+
+// rolloutResult waits for a rollout run to end and returns its final progress: for an
+// aborted, failed or canceled rollout too, with the workflow's error.
+func rolloutResult(ctx context.Context, run client.WorkflowRun) (workflows.RolloutProgress, error) {
+	var p workflows.RolloutProgress
+	err := run.Get(ctx, &p)
+	if err == nil {
+		return p, nil
+	}
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) && appErr.HasDetails() {
+		if derr := appErr.Details(&p); derr == nil {
+			return p, err
+		}
+	}
+	var canceled *temporal.CanceledError
+	if errors.As(err, &canceled) && canceled.HasDetails() {
+		if derr := canceled.Details(&p); derr == nil {
+			return p, err
+		}
+	}
+	return p, err
+}
+
+// currentProgress returns how a rollout stands. A running one is asked (retrying for a few
+// seconds: a workflow that has just started answers once its first task ran). An ended one
+// is read from its result, which needs no worker, and asked only when the result holds no
+// progress (a terminated run).
+func currentProgress(ctx context.Context, c client.Client, ref rolloutRef) (workflows.RolloutProgress, error) {
+	runID := ""
+	if !ref.running() {
+		runID = ref.RunID
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		p, _ := rolloutResult(rctx, c.GetWorkflow(rctx, ref.WorkflowID, ref.RunID))
+		cancel()
+		if p.State != "" {
+			return p, nil
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		p, err := queryProgress(qctx, c, ref.WorkflowID, runID)
+		cancel()
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return p, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// rolloutStatusReport is what `rollout status` shows: the workflow's progress, and the
+// upgrade records of PostgreSQL by state when DATABASE_URL is set.
+type rolloutStatusReport struct {
+	WorkflowID     string `json:"workflow_id"`
+	RunID          string `json:"run_id,omitempty"`
+	WorkflowStatus string `json:"workflow_status,omitempty"`
+	workflows.RolloutProgress
+	// StoreCounts counts the rollout's upgrade records by state.
+	StoreCounts map[protocol.State]int `json:"store_counts,omitempty"`
+	StoreError  string                 `json:"store_error,omitempty"`
+}
+
+// statusReport puts a rollout's progress and records together.
+func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p workflows.RolloutProgress) rolloutStatusReport {
+	rep := rolloutStatusReport{WorkflowID: ref.WorkflowID, RunID: ref.RunID, RolloutProgress: p}
+	if ref.Status != enumspb.WORKFLOW_EXECUTION_STATUS_UNSPECIFIED {
+		rep.WorkflowStatus = ref.Status.String()
+	}
+	if cCtx.String(flagDatabaseURL) == "" {
+		return rep
+	}
+	st, err := e.openStore(cCtx)
+	if err == nil {
+		rep.StoreCounts, err = st.CountByState(cCtx.Context, ref.Name)
+	}
+	if err != nil {
+		rep.StoreError = err.Error()
+	}
+	return rep
+}
+
+func (e *appEnv) rolloutStatusAction(cCtx *cli.Context) error {
+	name, err := nameArg(cCtx)
+	if err != nil {
+		return err
+	}
+	c, err := e.temporalClient(cCtx)
+	if err != nil {
+		return err
+	}
+	ctx := cCtx.Context
+	ref, err := findRollout(ctx, c, name)
+	if err != nil {
+		return err
+	}
+	asJSON := cCtx.Bool("json")
+	if cCtx.Bool("watch") {
+		p, err := e.followRollout(cCtx, c, ref, watchOptions{w: e.out, json: asJSON, tty: !asJSON && isTerminal(e.out)})
+		if ctx.Err() != nil {
+			return cli.Exit(fmt.Sprintf("stopped watching: rollout %s goes on", name), exitInterrupted)
+		}
+		if p.State == "" {
+			return fmt.Errorf("rollout %s (workflow %s) ended without a result: %w", name, ref.WorkflowID, err)
+		}
+		return nil
+	}
+	p, err := currentProgress(ctx, c, ref)
+	if err != nil {
+		return err
+	}
+	rep := e.statusReport(cCtx, ref, p)
+	if rep.StoreError != "" {
+		fmt.Fprintf(e.errOut, "starter: warning: no records from PostgreSQL: %s\n", rep.StoreError)
+	}
+	if asJSON {
+		return writeJSON(e.out, rep)
+	}
+	_, err = io.WriteString(e.out, renderRollout(rep))
+	return err
+}
+
+// watchOptions say how a rollout is followed.
+type watchOptions struct {
+	w    io.Writer
+	json bool // one JSON object a line, when something changed
+	tty  bool // redraw the block in place every interval
+	// interval between two looks; watchInterval when 0.
+	interval time.Duration
+}
+
+// followRollout shows a rollout's progress every interval (on a terminal by redrawing it,
+// otherwise whenever something changed) until the rollout ends, and returns its final
+// progress with the workflow's error, as rolloutResult does.
+func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRef, o watchOptions) (workflows.RolloutProgress, error) {
+	ctx := cCtx.Context
+	if o.interval <= 0 {
+		o.interval = watchInterval
+	}
+	type result struct {
+		p   workflows.RolloutProgress
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// The latest run: Get follows the rollout through continue-as-new to its end.
+		p, err := rolloutResult(ctx, c.GetWorkflow(ctx, ref.WorkflowID, ""))
+		done <- result{p, err}
+	}()
+	d := &drawer{w: o.w, tty: o.tty, json: o.json}
+	warned := false
+	show := func(ref rolloutRef, p workflows.RolloutProgress) {
+		rep := e.statusReport(cCtx, ref, p)
+		if rep.StoreError != "" && !warned {
+			fmt.Fprintf(e.errOut, "starter: warning: no records from PostgreSQL: %s\n", rep.StoreError)
+			warned = true
+		}
+		d.draw(rep)
+	}
+	look := time.NewTimer(0)
+	defer look.Stop()
+	for {
+		select {
+		case r := <-done:
+			if ctx.Err() != nil {
+				return r.p, r.err
+			}
+			p := r.p
+			if p.State == "" { // no progress in the result (terminated): the last one known
+				qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				p, _ = queryProgress(qctx, c, ref.WorkflowID, "")
+				cancel()
+			}
+			if p.State != "" {
+				if desc, err := c.DescribeWorkflowExecution(ctx, ref.WorkflowID, ""); err == nil {
+					ref.RunID = desc.GetWorkflowExecutionInfo().GetExecution().GetRunId()
+					ref.Status = desc.GetWorkflowExecutionInfo().GetStatus()
+				}
+				show(ref, p)
+			}
+			return p, r.err
+		case <-look.C:
+			look.Reset(o.interval)
+		}
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		p, err := queryProgress(qctx, c, ref.WorkflowID, "")
+		cancel()
+		if err != nil {
+			// Before the first workflow task there is nothing to ask; a failed look only
+			// delays a picture. The result decides the end.
+			continue
+		}
+		show(ref, p)
+	}
+}
+
+// drawer shows successive status reports.
+type drawer struct {
+	w     io.Writer
+	tty   bool
+	json  bool
+	lines int    // lines of the block on the terminal
+	last  string // what the last block printed showed, less what changes by itself
+}
+
+func (d *drawer) draw(rep rolloutStatusReport) {
+	if d.tty {
+		block := renderRollout(rep)
+		if d.lines > 0 {
+			fmt.Fprintf(d.w, "\x1b[%dA\x1b[J", d.lines) // up to the block's first line, clear below
+		}
+		io.WriteString(d.w, block)
+		d.lines = strings.Count(block, "\n")
+		return
+	}
+	// The start rate moves by itself under a ramp, and so does the update time: a new block
+	// for those alone would only repeat the last one.
+	same := rep
+	same.RatePerMinute, same.UpdatedAt = 0, time.Time{}
+	sig, _ := json.Marshal(same)
+	if string(sig) == d.last {
+		return
+	}
+	if d.json {
+		line, err := json.Marshal(rep)
+		if err == nil {
+			fmt.Fprintf(d.w, "%s\n", line)
+		}
+	} else {
+		if d.last != "" {
+			fmt.Fprintln(d.w)
+		}
+		io.WriteString(d.w, renderRollout(rep))
+	}
+	d.last = string(sig)
+}
+
+// isTerminal reports whether w is a terminal that understands cursor movement.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("TERM") == "dumb" {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// barWidth is the width of a wave's progress bar, brackets excluded.
+const barWidth = 30
+
+// progressBar draws a wave: # finished, ~ running, . not started.
+func progressBar(target int, c workflows.Counts) string {
+	if target <= 0 {
+		return "[" + strings.Repeat(" ", barWidth) + "]"
+	}
+	finished := min(c.Finished(), target)
+	started := min(max(c.Started, finished), target)
+	nf := finished * barWidth / target
+	ns := started*barWidth/target - nf
+	return "[" + strings.Repeat("#", nf) + strings.Repeat("~", ns) + strings.Repeat(".", barWidth-nf-ns) + "]"
+}
+
+// countsByState lists the counts, all of them or only those not zero, e.g.
+// "succeeded 3  failed 1  running 2".
+func countsByState(c workflows.Counts, all bool) string {
+	var parts []string
+	for _, kv := range []struct {
+		name string
+		n    int
+	}{
+		{"succeeded", c.Succeeded}, {"skipped", c.Skipped}, {"failed", c.Failed}, {"timed out", c.TimedOut},
+		{"canceled", c.Canceled}, {"conflict", c.Conflict}, {"running", c.Running()},
+	} {
+		if all || kv.n != 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", kv.name, kv.n))
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, "  ")
+}
+
+// recordDifferences compares the workflow's counts with the records, state by state.
+func recordDifferences(c workflows.Counts, records map[protocol.State]int) []string {
+	running := 0
+	for s, n := range records {
+		if !s.Final() {
+			running += n
+		}
+	}
+	var diffs []string
+	for _, kv := range []struct {
+		state    protocol.State
+		workflow int
+		records  int
+	}{
+		{protocol.StateSucceeded, c.Succeeded, records[protocol.StateSucceeded]},
+		{protocol.StateSkipped, c.Skipped, records[protocol.StateSkipped]},
+		{protocol.StateFailed, c.Failed, records[protocol.StateFailed]},
+		{protocol.StateTimedOut, c.TimedOut, records[protocol.StateTimedOut]},
+		{protocol.StateCanceled, c.Canceled, records[protocol.StateCanceled]},
+		{"running", c.Running(), running},
+	} {
+		if kv.workflow != kv.records {
+			diffs = append(diffs, fmt.Sprintf("%s %d in the workflow, %d recorded", kv.state, kv.workflow, kv.records))
+		}
+	}
+	return diffs
+}
+
+// renderRollout is the human form of a status report.
+func renderRollout(rep rolloutStatusReport) string {
+	var b strings.Builder
+	p := rep.RolloutProgress
+	fmt.Fprintf(&b, "Rollout %s: %s %s  (workflow %s", p.Name, p.Type, p.Version, rep.WorkflowID)
+	if rep.WorkflowStatus != "" {
+		fmt.Fprintf(&b, ", %s", rep.WorkflowStatus)
+	}
+	b.WriteString(")\n")
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "State\t%s\n", p.State)
+	if p.Reason != "" {
+		fmt.Fprintf(tw, "Reason\t%s\n", p.Reason)
+	}
+	if len(p.Waves) > 0 {
+		fmt.Fprintf(tw, "Wave\t%d of %d\n", min(max(p.CurrentWave, 1), len(p.Waves)), len(p.Waves))
+	}
+	tw.Flush()
+	for _, w := range p.Waves {
+		fmt.Fprintf(tw, "  wave %d\t%s\t%d/%d\t%s\n", w.Number, progressBar(w.Target, w.Counts), w.Counts.Finished(), w.Target, countsByState(w.Counts, false))
+	}
+	tw.Flush()
+	fmt.Fprintf(tw, "Totals\t%d targets, %d started: %s\n", p.Total, p.Counts.Started, countsByState(p.Counts, true))
+	rate := "unbounded"
+	if p.RatePerMinute > 0 {
+		rate = fmt.Sprintf("%.1f a minute", p.RatePerMinute)
+	}
+	if !p.State.Final() {
+		fmt.Fprintf(tw, "Rate\t%s\n", rate)
+	}
+	if !p.StartedAt.IsZero() {
+		fmt.Fprintf(tw, "Started\t%s\n", formatTime(p.StartedAt))
+	}
+	if p.FinishedAt != nil {
+		fmt.Fprintf(tw, "Finished\t%s\n", formatTime(*p.FinishedAt))
+	}
+	switch {
+	case rep.StoreCounts != nil:
+		var parts []string
+		for _, s := range protocol.AllStates {
+			if n := rep.StoreCounts[s]; n > 0 {
+				parts = append(parts, fmt.Sprintf("%s %d", s, n))
+			}
+		}
+		if len(parts) == 0 {
+			parts = []string{"none"}
+		}
+		verdict := "agree with the workflow"
+		if diffs := recordDifferences(p.Counts, rep.StoreCounts); len(diffs) > 0 {
+			verdict = "differ: " + strings.Join(diffs, ", ") + " (records can lag a moment, and count every rollout of this name)"
+		}
+		fmt.Fprintf(tw, "Records\t%s  (PostgreSQL; %s)\n", strings.Join(parts, "  "), verdict)
+	case rep.StoreError != "":
+		fmt.Fprintf(tw, "Records\tunavailable: %s\n", rep.StoreError)
+	}
+	tw.Flush()
+	return b.String()
+}
+
+// rolloutListEntry is one rollout in `rollout list --json`.
+type rolloutListEntry struct {
+	Name           string     `json:"name"`
+	State          string     `json:"state"`
+	Type           string     `json:"type"`
+	Version        string     `json:"version"`
+	StartTime      time.Time  `json:"start_time"`
+	CloseTime      *time.Time `json:"close_time,omitempty"`
+	WorkflowStatus string     `json:"workflow_status"`
+	WorkflowID     string     `json:"workflow_id"`
+	RunID          string     `json:"run_id"`
+}
+
+func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
+	state := workflows.RolloutState(cCtx.String("state"))
+	if cCtx.IsSet("state") && !slices.Contains(rolloutStates, state) {
+		return usageErrorf(cCtx, "--state must be one of %s, not %q", joinStates(rolloutStates), state)
+	}
+	c, err := e.temporalClient(cCtx)
+	if err != nil {
+		return err
+	}
+	refs, err := listRollouts(cCtx.Context, c, rolloutQuery("", state))
+	if err != nil {
+		return err
+	}
+	entries := make([]rolloutListEntry, 0, len(refs))
+	for _, r := range refs {
+		name := cmp.Or(r.Name, strings.TrimPrefix(r.WorkflowID, workflows.RolloutWorkflowID("")))
+		entries = append(entries, rolloutListEntry{Name: name, State: r.State, Type: r.Type, Version: r.Version,
+			StartTime: r.StartTime, CloseTime: r.CloseTime, WorkflowStatus: r.Status.String(), WorkflowID: r.WorkflowID, RunID: r.RunID})
+	}
+	if cCtx.Bool("json") {
+		return writeJSON(e.out, entries)
+	}
+	if len(entries) == 0 {
+		fmt.Fprintln(e.out, "(no rollouts)")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tTYPE\tVERSION\tSTARTED\tSTATUS\tWORKFLOW")
+	for _, r := range entries {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, cmp.Or(r.State, "-"), cmp.Or(r.Type, "-"), cmp.Or(r.Version, "-"),
+			formatTime(r.StartTime), r.WorkflowStatus, r.WorkflowID)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write rollout list: %w", err)
+	}
+	return nil
+}
