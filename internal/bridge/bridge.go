@@ -1,0 +1,372 @@
+// Package bridge is OTAflow's MQTT bridge: it subscribes to the devices' progress and status
+// topics, validates every message against the device protocol (PROTOCOL.md), records it in
+// PostgreSQL and signals the device's upgrade workflow.
+//
+// Delivery is at least once and nothing is lost: the bridge subscribes at QoS 1 with a
+// persistent session and acknowledges a message only after it has been stored and signalled
+// (or recorded as rejected). A bridge that crashes or stops has its unacknowledged messages
+// redelivered by the broker when it comes back with the same client ID. Failures of the
+// database or of Temporal are retried with capped exponential backoff until they succeed or
+// the bridge stops; the message is never acknowledged before.
+//
+// Messages are processed concurrently in shards keyed by device ID, so one device's reports
+// are handled in the order the broker delivered them. Shard queues are bounded; when they are
+// full the MQTT client's message handler blocks, which stops reading from the broker. (MQTT
+// 3.1.1 has no flow control: a broker that drops messages for a client that reads slowly, as
+// mochi does past its per-client pending-writes and inflight limits, must have room for a
+// bridge that is held up by a database or Temporal outage.)
+//
+// Progress reports are coalesced before they reach Temporal (see Config.ProgressInterval and
+// Config.ProgressStep) to keep workflow histories small; PostgreSQL gets every report.
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+)
+
+// Signaler sends a signal to a workflow. Temporal's client.Client satisfies it.
+type Signaler interface {
+	SignalWorkflow(ctx context.Context, workflowID, runID, signalName string, arg any) error
+}
+
+// Store records what devices report. *store.Store satisfies it.
+type Store interface {
+	// RecordProgress stores a progress report; it returns an error wrapping store.ErrNotFound
+	// for an unregistered device.
+	RecordProgress(ctx context.Context, deviceID string, p protocol.Progress, at time.Time) error
+	// RecordStatus stores a status report; it returns an error wrapping store.ErrNotFound for
+	// an unregistered device.
+	RecordStatus(ctx context.Context, deviceID string, st protocol.Status, at time.Time) error
+	// RecordRejected stores a message the bridge refused and why.
+	RecordRejected(ctx context.Context, r store.Rejected) error
+}
+
+var _ Store = (*store.Store)(nil)
+
+// Defaults of the Config settings left zero.
+const (
+	DefaultClientID         = "otaflow-bridge"
+	DefaultProgressInterval = 60 * time.Second
+	DefaultShards           = 8
+	DefaultQueueSize        = 64
+	DefaultRetryMin         = 100 * time.Millisecond
+	DefaultRetryMax         = 30 * time.Second
+	DefaultAttemptTimeout   = 15 * time.Second
+	DefaultShutdownTimeout  = 10 * time.Second
+	DefaultStatsInterval    = 5 * time.Minute
+	DefaultCoalesceIdle     = time.Hour
+)
+
+// MaxStoredPayload is how many bytes of a rejected message's payload are kept; a longer
+// payload is cut there and a marker saying how long it was is appended.
+const MaxStoredPayload = protocol.MaxPayloadSize
+
+// Config configures a Bridge. Zero values take the defaults above.
+type Config struct {
+	// BrokerURL is the MQTT broker, such as tcp://localhost:1883 (schemes tcp, mqtt, ssl,
+	// mqtts, ws, wss; see mqttconn.Options). Credentials in the URL are used unless Username
+	// is set. Run needs it.
+	BrokerURL string
+	// Username and Password are the bridge's own service credentials.
+	Username, Password string
+	// ClientID is the MQTT client ID, fixed so that the broker keeps the session (and the
+	// messages that arrive while the bridge is down). Every bridge sharing the load with
+	// Shared needs its own. Default DefaultClientID.
+	ClientID string
+	// Shared subscribes through the shared subscription group protocol.SharedGroup, so that
+	// several bridges split the messages between them. Note that the broker then picks a
+	// bridge per message: one device's reports may be handled by different bridges and so
+	// reach its workflow out of order.
+	Shared bool
+
+	// ProgressInterval is the least time between two forwarded progress signals of the same
+	// device (unless another rule forwards one). Default DefaultProgressInterval.
+	ProgressInterval time.Duration
+	// ProgressStep, when more than 0, forwards a progress report that moved at least this
+	// many points from the last forwarded one. 0 turns the rule off.
+	ProgressStep int
+	// CoalesceIdle drops the coalescing state of a device silent for this long, bounding
+	// memory when devices stop reporting halfway. Default DefaultCoalesceIdle.
+	CoalesceIdle time.Duration
+
+	// Shards is how many messages are processed at once (each shard handles its devices in
+	// order). Default DefaultShards.
+	Shards int
+	// QueueSize is how many messages wait per shard before the bridge stops reading from the
+	// broker. Default DefaultQueueSize.
+	QueueSize int
+
+	// RetryMin and RetryMax bound the exponential backoff between attempts after a transient
+	// failure. Defaults DefaultRetryMin and DefaultRetryMax.
+	RetryMin, RetryMax time.Duration
+	// AttemptTimeout bounds one database write or one signal. Default DefaultAttemptTimeout.
+	AttemptTimeout time.Duration
+	// ShutdownTimeout bounds how long Run, once its context is done, waits for the messages
+	// already taken from the broker; those not finished by then are left unacknowledged for
+	// the broker to redeliver. Default DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// StatsInterval is how often a summary of the counters is logged at Info level, when
+	// anything happened; less than 0 turns it off. Default DefaultStatsInterval.
+	StatsInterval time.Duration
+
+	// Logger receives the bridge's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Now returns the current time; tests replace it. Default time.Now.
+	Now func() time.Time
+}
+
+func (c Config) withDefaults() Config {
+	if c.ClientID == "" {
+		c.ClientID = DefaultClientID
+	}
+	setDefault(&c.ProgressInterval, DefaultProgressInterval)
+	setDefault(&c.CoalesceIdle, DefaultCoalesceIdle)
+	setDefault(&c.RetryMin, DefaultRetryMin)
+	setDefault(&c.RetryMax, DefaultRetryMax)
+	setDefault(&c.AttemptTimeout, DefaultAttemptTimeout)
+	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	setDefault(&c.StatsInterval, DefaultStatsInterval)
+	if c.Shards == 0 {
+		c.Shards = DefaultShards
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+func setDefault(d *time.Duration, def time.Duration) {
+	if *d == 0 {
+		*d = def
+	}
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.ProgressInterval < 0:
+		return fmt.Errorf("progress interval must be positive, not %s", c.ProgressInterval)
+	case c.ProgressStep < 0 || c.ProgressStep > 100:
+		return fmt.Errorf("progress step must be 0 to 100, not %d", c.ProgressStep)
+	case c.Shards < 1 || c.Shards > 1024:
+		return fmt.Errorf("shards must be 1 to 1024, not %d", c.Shards)
+	case c.QueueSize < 1:
+		return fmt.Errorf("queue size must be at least 1, not %d", c.QueueSize)
+	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:
+		return fmt.Errorf("retry backoff must satisfy 0 < min <= max, not %s..%s", c.RetryMin, c.RetryMax)
+	case c.AttemptTimeout <= 0 || c.ShutdownTimeout <= 0 || c.CoalesceIdle <= 0:
+		return errors.New("attempt timeout, shutdown timeout and coalesce idle time must be positive")
+	case len(c.ClientID) > 128:
+		return fmt.Errorf("client ID is longer than 128 characters")
+	}
+	return nil
+}
+
+// Stats counts what a Bridge did since it was created.
+type Stats struct {
+	// Received counts the messages taken from the broker (redeliveries included).
+	Received int64 `json:"received"`
+	// Rejected counts the messages refused and recorded as rejected.
+	Rejected int64 `json:"rejected"`
+	// Stored counts the valid progress and status reports recorded.
+	Stored int64 `json:"stored"`
+	// Signalled counts the signals sent, NoWorkflow included.
+	Signalled int64 `json:"signalled"`
+	// NoWorkflow counts the signals whose workflow did not exist or had finished.
+	NoWorkflow int64 `json:"no_workflow"`
+	// Coalesced counts the progress reports stored but not forwarded to the workflow.
+	Coalesced int64 `json:"coalesced"`
+	// Retries counts the attempts repeated after a transient failure.
+	Retries int64 `json:"retries"`
+	// Ignored counts the retained messages a new subscription replayed (they were handled
+	// when first published).
+	Ignored int64 `json:"ignored"`
+	// Acked counts the messages acknowledged to the broker.
+	Acked int64 `json:"acked"`
+	// Unfinished counts the messages given up at shutdown without acknowledgement, for the
+	// broker to redeliver.
+	Unfinished int64 `json:"unfinished"`
+}
+
+type counters struct {
+	received, rejected, stored, signalled, noWorkflow, coalesced, retries, ignored, acked, unfinished atomic.Int64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		Received: c.received.Load(), Rejected: c.rejected.Load(), Stored: c.stored.Load(),
+		Signalled: c.signalled.Load(), NoWorkflow: c.noWorkflow.Load(), Coalesced: c.coalesced.Load(),
+		Retries: c.retries.Load(), Ignored: c.ignored.Load(), Acked: c.acked.Load(), Unfinished: c.unfinished.Load(),
+	}
+}
+
+// message is one message taken from the broker. paho's mqtt.Message satisfies it.
+type message interface {
+	Topic() string
+	Payload() []byte
+	// Retained reports a retained message replayed to a new subscription.
+	Retained() bool
+	// Ack acknowledges the message to the broker.
+	Ack()
+}
+
+// inbound is a message waiting in a shard queue.
+type inbound struct {
+	msg message
+	at  time.Time
+}
+
+// Bridge moves device reports from MQTT to PostgreSQL and Temporal. Create it with New and
+// start it with Run.
+type Bridge struct {
+	cfg   Config
+	sig   Signaler
+	store Store
+	log   *slog.Logger
+	opts  *mqtt.ClientOptions // nil without a BrokerURL (tests of the message handling)
+	stats counters
+
+	queues    []chan inbound
+	stopping  chan struct{} // closed when Run's context is done: take no more messages
+	refused   chan error    // receives the broker's refusal of the subscriptions
+	rejectLog logLimiter
+	ready     chan struct{} // closed once connected and subscribed
+	readyOnce sync.Once
+	running   atomic.Bool
+}
+
+// New checks cfg and returns a Bridge that records in st and signals through sig. It does
+// not connect; Run does.
+func New(cfg Config, sig Signaler, st Store) (*Bridge, error) {
+	if sig == nil || st == nil {
+		return nil, errors.New("new bridge: signaler and store are required")
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("new bridge: %w", err)
+	}
+	b := &Bridge{cfg: cfg, sig: sig, store: st, log: cfg.Logger,
+		stopping: make(chan struct{}), refused: make(chan error, 1), ready: make(chan struct{})}
+	if cfg.BrokerURL != "" {
+		opts, err := b.clientOptions()
+		if err != nil {
+			return nil, fmt.Errorf("new bridge: %w", err)
+		}
+		b.opts = opts
+	}
+	b.queues = make([]chan inbound, cfg.Shards)
+	for i := range b.queues {
+		b.queues[i] = make(chan inbound, cfg.QueueSize)
+	}
+	return b, nil
+}
+
+// Ready is closed once Run has connected to the broker and subscribed: from then on the
+// broker keeps, in the bridge's session, every message for it.
+func (b *Bridge) Ready() <-chan struct{} { return b.ready }
+
+// Stats returns the bridge's counters.
+func (b *Bridge) Stats() Stats { return b.stats.snapshot() }
+
+// shardOf picks the shard of a topic by its device ID, so one device's messages stay in order.
+func (b *Bridge) shardOf(topic string) int {
+	rest := strings.TrimPrefix(topic, protocol.TopicPrefix)
+	device, _, _ := strings.Cut(rest, "/")
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(device))
+	return int(h.Sum32() % uint32(len(b.queues)))
+}
+
+// deliver queues a message for its shard, blocking while the queue is full. Once the bridge
+// is stopping it leaves the message unacknowledged for the broker to redeliver.
+func (b *Bridge) deliver(m message) {
+	b.stats.received.Add(1)
+	in := inbound{msg: m, at: b.cfg.Now()}
+	select {
+	case <-b.stopping:
+		b.stats.unfinished.Add(1)
+		return
+	default:
+	}
+	select {
+	case b.queues[b.shardOf(m.Topic())] <- in:
+	case <-b.stopping:
+		b.stats.unfinished.Add(1)
+	}
+}
+
+// startWorkers starts one goroutine per shard. They process messages until stopping is
+// closed, then finish what is queued: each message gets its attempts until stopCtx is done,
+// then one more attempt each under workCtx (cancelled at the shutdown deadline). The
+// returned function waits for them.
+func (b *Bridge) startWorkers(stopCtx, workCtx context.Context) (wait func()) {
+	var wg sync.WaitGroup
+	for i, q := range b.queues {
+		w := &worker{b: b, id: i, stopCtx: stopCtx, workCtx: workCtx,
+			coalescer: newCoalescer(b.cfg.ProgressInterval, b.cfg.ProgressStep, b.cfg.CoalesceIdle)}
+		wg.Go(func() { w.loop(q) })
+	}
+	return wg.Wait
+}
+
+// logLimiter lets through at most logBurst log lines per logWindow, so that a device
+// flooding the bridge with bad messages does not flood its logs; it counts what it holds back.
+type logLimiter struct {
+	mu         sync.Mutex
+	start      time.Time
+	n          int
+	suppressed int
+}
+
+const (
+	logBurst  = 20
+	logWindow = time.Minute
+)
+
+// allow reports whether a line may be logged now, and how many were held back since the
+// last one that was.
+func (l *logLimiter) allow() (ok bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Sub(l.start) >= logWindow {
+		l.start, l.n = now, 0
+	}
+	if l.n >= logBurst {
+		l.suppressed++
+		return false, 0
+	}
+	l.n++
+	suppressed, l.suppressed = l.suppressed, 0
+	return true, suppressed
+}
+
+// logStats logs a summary of the counters if anything changed since last.
+func (b *Bridge) logStats(last *Stats) {
+	s := b.Stats()
+	if s == *last {
+		return
+	}
+	*last = s
+	b.log.Info("bridge stats", "received", s.Received, "stored", s.Stored, "rejected", s.Rejected,
+		"signalled", s.Signalled, "no_workflow", s.NoWorkflow, "coalesced", s.Coalesced,
+		"retries", s.Retries, "ignored", s.Ignored, "acked", s.Acked, "unfinished", s.Unfinished)
+}

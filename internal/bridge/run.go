@@ -1,0 +1,243 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// subscribeQoS is the QoS of the bridge's subscriptions (PROTOCOL.md: QoS 1 for everything).
+const subscribeQoS = 1
+
+// codePacketIDInUse is the (MQTT 5) reason code mochi returns in a SUBACK whose packet ID
+// collides with one of the messages it has in flight to the client.
+const codePacketIDInUse = 0x91
+
+// ErrRefused is returned by Run when the broker refuses the bridge's credentials or its
+// subscriptions: retrying would not help.
+var ErrRefused = errors.New("refused by the MQTT broker")
+
+// Filters returns the topic filters the bridge subscribes to: the progress and status topics
+// of every device, as shared subscriptions when shared is set.
+func Filters(shared bool) []string {
+	filters := []string{protocol.ProgressFilter, protocol.StatusFilter}
+	if shared {
+		for i, f := range filters {
+			filters[i] = protocol.SharedFilter(f)
+		}
+	}
+	return filters
+}
+
+// clientOptions builds the paho options: QoS 1 subscriptions in a persistent session under a
+// fixed client ID, auto-reconnect, manual acknowledgements, in-order delivery to one handler.
+func (b *Bridge) clientOptions() (*mqtt.ClientOptions, error) {
+	opts, err := mqttconn.Options(b.cfg.BrokerURL, b.cfg.ClientID)
+	if err != nil {
+		return nil, err
+	}
+	if b.cfg.Username != "" {
+		opts.SetUsername(b.cfg.Username)
+		opts.SetPassword(b.cfg.Password)
+	}
+	opts.SetProtocolVersion(4) // MQTT 3.1.1, without paho's silent fallback to 3.1
+	opts.SetCleanSession(false)
+	opts.SetAutoReconnect(true)
+	// Run retries the first connection itself, so that refused credentials end it.
+	opts.SetConnectRetry(false)
+	// Messages are acknowledged only once stored and signalled.
+	opts.SetAutoAckDisabled(true)
+	// One handler, called in order: it queues the message for its shard and blocks while the
+	// queue is full, which is the back-pressure on the broker.
+	opts.SetOrderMatters(true)
+	// Every message goes to the default handler, whatever filter matched: paho's router is not
+	// relied on to match $share/... filters, and messages the broker sends from the persistent
+	// session before the subscriptions are renewed are handled too.
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { b.deliver(m) })
+	// paho forgets subscriptions across reconnects unless they are renewed.
+	opts.SetOnConnectHandler(b.onConnect)
+	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		b.log.Warn("lost connection to MQTT broker, reconnecting", "error", err)
+	})
+	return opts, nil
+}
+
+// onConnect (re)subscribes after every connection.
+func (b *Bridge) onConnect(c mqtt.Client) {
+	b.log.Info("connected to MQTT broker", "client_id", b.cfg.ClientID, "shared", b.cfg.Shared)
+	err := b.subscribe(c)
+	switch {
+	case err == nil:
+		b.readyOnce.Do(func() { close(b.ready) })
+	case errors.Is(err, ErrRefused):
+		b.log.Error("subscribe", "error", err)
+		select {
+		case b.refused <- err:
+		default:
+		}
+	case errors.Is(err, errStopped):
+	default: // the connection was lost: the next connection subscribes again
+		b.log.Warn("subscribe", "error", err)
+	}
+}
+
+// subscribe subscribes to Filters(Shared) and drops the subscriptions of the other mode that
+// a persistent session may still hold, which would deliver every message twice. A timeout is
+// retried while the connection is up.
+func (b *Bridge) subscribe(c mqtt.Client) error {
+	other := Filters(!b.cfg.Shared)
+	if tok := c.Unsubscribe(other...); !tok.WaitTimeout(b.cfg.AttemptTimeout) {
+		b.log.Warn("unsubscribe timed out", "filters", other)
+	} else if err := tok.Error(); err != nil {
+		b.log.Warn("unsubscribe", "filters", other, "error", err)
+	}
+	filters := map[string]byte{}
+	for _, f := range Filters(b.cfg.Shared) {
+		filters[f] = subscribeQoS
+	}
+	backoff := b.cfg.RetryMin
+	for {
+		wait := backoff
+		tok := c.SubscribeMultiple(filters, nil)
+		if tok.WaitTimeout(b.cfg.AttemptTimeout) {
+			if err := tok.Error(); err != nil {
+				return fmt.Errorf("subscribe to %v: %w", Filters(b.cfg.Shared), err)
+			}
+			idInUse := false
+			for f, code := range tok.(*mqtt.SubscribeToken).Result() {
+				switch {
+				case code <= 2: // granted QoS
+				case code == codePacketIDInUse:
+					idInUse = true
+				default: // 0x80 failure, or an MQTT 5 reason code such as 0x87 not authorized
+					return fmt.Errorf("subscribe to %s: %w (code %#x)", f, ErrRefused, code)
+				}
+			}
+			if !idInUse {
+				return nil
+			}
+			// mochi shares packet IDs between the two directions: a message the broker is
+			// redelivering to us from the persistent session holds this ID. The next try
+			// takes the next ID, and acknowledged messages free theirs.
+			wait = 10 * time.Millisecond
+		} else {
+			if !c.IsConnectionOpen() {
+				return fmt.Errorf("subscribe to %v: connection lost", Filters(b.cfg.Shared))
+			}
+			backoff = min(2*backoff, b.cfg.RetryMax)
+		}
+		select {
+		case <-b.stopping:
+			return fmt.Errorf("subscribe to %v: %w", Filters(b.cfg.Shared), errStopped)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// connect makes the first connection, retrying unreachable brokers with backoff until ctx is
+// done; refused credentials end it with ErrRefused.
+func (b *Bridge) connect(ctx context.Context, c mqtt.Client) error {
+	backoff := b.cfg.RetryMin
+	for attempt := 1; ; attempt++ {
+		tok := c.Connect()
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			c.Disconnect(0)
+			return ctx.Err()
+		}
+		err := tok.Error()
+		if err == nil {
+			return nil
+		}
+		switch {
+		case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised),
+			errors.Is(err, packets.ErrorRefusedIDRejected), errors.Is(err, packets.ErrorRefusedBadProtocolVersion):
+			return fmt.Errorf("connect to MQTT broker %s as %q: %w: %w", mqttconn.Redact(b.cfg.BrokerURL), b.cfg.Username, ErrRefused, err)
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			b.log.Warn("cannot reach MQTT broker, retrying", "broker", mqttconn.Redact(b.cfg.BrokerURL), "attempt", attempt, "error", err)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, min(b.cfg.RetryMax, 10*time.Second))
+	}
+}
+
+// Run connects to the broker, subscribes and processes messages until ctx is done. It then
+// takes no more messages, waits (at most ShutdownTimeout) for those already taken, and
+// disconnects; what was not finished stays unacknowledged for the broker to redeliver. It
+// returns nil after a clean stop, ErrRefused wrapped when the broker refuses the bridge, or
+// ctx's error when ctx ends before the first connection. Run may be called once.
+func (b *Bridge) Run(ctx context.Context) error {
+	if b.opts == nil {
+		return errors.New("run bridge: no broker URL configured")
+	}
+	if !b.running.CompareAndSwap(false, true) {
+		return errors.New("run bridge: already run")
+	}
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	wait := b.startWorkers(stopCtx, workCtx)
+	shutdown := func() {
+		stop()
+		close(b.stopping)
+		deadline := time.AfterFunc(b.cfg.ShutdownTimeout, cancelWork)
+		wait()
+		deadline.Stop()
+	}
+
+	client := mqtt.NewClient(b.opts)
+	if err := b.connect(ctx, client); err != nil {
+		shutdown()
+		return fmt.Errorf("run bridge: %w", err)
+	}
+	// Subscriptions the broker refuses at the start end Run; later ones are logged.
+	select {
+	case <-b.ready:
+	case err := <-b.refused:
+		shutdown()
+		client.Disconnect(250)
+		return fmt.Errorf("run bridge: %w", err)
+	case <-ctx.Done():
+	}
+	b.log.Info("bridge running", "broker", mqttconn.Redact(b.cfg.BrokerURL), "client_id", b.cfg.ClientID,
+		"filters", Filters(b.cfg.Shared), "shards", b.cfg.Shards)
+
+	var last Stats
+	var tick <-chan time.Time
+	if b.cfg.StatsInterval > 0 {
+		t := time.NewTicker(b.cfg.StatsInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+loop:
+	for {
+		select {
+		case <-tick:
+			b.logStats(&last)
+		case <-ctx.Done():
+			break loop
+		}
+	}
+	shutdown()
+	// Acknowledgements are sent before the DISCONNECT; give them a moment to go out.
+	client.Disconnect(250)
+	b.logStats(&last)
+	b.log.Info("bridge stopped")
+	return nil
+}

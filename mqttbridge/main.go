@@ -1,0 +1,101 @@
+// Command mqttbridge moves device reports from MQTT to OTAflow: it subscribes to every
+// device's progress and status topics, validates each message against the device protocol,
+// records it in PostgreSQL and signals the device's upgrade workflow in Temporal.
+//
+//	go run ./mqttbridge --mqtt-url tcp://otaflow-bridge:SECRET@localhost:1883 \
+//	    --database-url postgres://... --temporal-address localhost:7233
+//
+// Every flag is also read from an environment variable (MQTT_URL, MQTT_CLIENT_ID,
+// TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, DATABASE_URL, ...). Several bridges can split the
+// load with --shared, each with its own --mqtt-client-id. Ctrl-C stops it cleanly: messages
+// already taken are finished, the rest stay with the broker for the next run.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/otaflow/otaflow/internal/bridge"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/temporalconn"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newApp().RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "mqttbridge:", err)
+		os.Exit(1)
+	}
+}
+
+// newApp returns the command line application; its Action runs the bridge until the context
+// is done.
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "mqttbridge",
+		Usage: "validate device reports from MQTT, record them in PostgreSQL and signal their upgrade workflows",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "mqtt-url", Required: true, EnvVars: []string{"MQTT_URL"},
+				Usage: "MQTT broker URL with the bridge's credentials, e.g. tcp://otaflow-bridge:SECRET@localhost:1883"},
+			&cli.StringFlag{Name: "mqtt-client-id", Value: bridge.DefaultClientID, EnvVars: []string{"MQTT_CLIENT_ID"},
+				Usage: "MQTT client ID; fixed, so the broker keeps messages for the bridge while it is down; unique per bridge"},
+			&cli.StringFlag{Name: "temporal-address", Value: "localhost:7233", EnvVars: []string{"TEMPORAL_ADDRESS"}, Usage: "Temporal frontend host:port"},
+			&cli.StringFlag{Name: "temporal-namespace", Value: "default", EnvVars: []string{"TEMPORAL_NAMESPACE"}, Usage: "Temporal namespace"},
+			&cli.StringFlag{Name: "database-url", Required: true, EnvVars: []string{"DATABASE_URL"}, Usage: "PostgreSQL URL"},
+			&cli.BoolFlag{Name: "shared", EnvVars: []string{"BRIDGE_SHARED"},
+				Usage: "subscribe through the shared subscription group so that several bridges split the load"},
+			&cli.DurationFlag{Name: "progress-interval", Value: bridge.DefaultProgressInterval, EnvVars: []string{"BRIDGE_PROGRESS_INTERVAL"},
+				Usage: "least time between two progress signals of one device (errors, 100 and new attempts always go through)"},
+			&cli.IntFlag{Name: "progress-step", EnvVars: []string{"BRIDGE_PROGRESS_STEP"},
+				Usage: "also signal progress that moved at least this many points (0: off)"},
+			&cli.IntFlag{Name: "shards", Value: bridge.DefaultShards, EnvVars: []string{"BRIDGE_SHARDS"},
+				Usage: "messages processed at once; each device's messages stay in order"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log at debug level"},
+		},
+		Action: run,
+	}
+}
+
+func run(cCtx *cli.Context) error {
+	ctx := cCtx.Context
+	level := slog.LevelInfo
+	if cCtx.Bool("verbose") {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	st, err := store.Open(ctx, cCtx.String("database-url"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	tc, err := temporalconn.Dial(ctx, temporalconn.Options{
+		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"),
+	})
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+
+	b, err := bridge.New(bridge.Config{
+		BrokerURL:        cCtx.String("mqtt-url"),
+		ClientID:         cCtx.String("mqtt-client-id"),
+		Shared:           cCtx.Bool("shared"),
+		ProgressInterval: cCtx.Duration("progress-interval"),
+		ProgressStep:     cCtx.Int("progress-step"),
+		Shards:           cCtx.Int("shards"),
+		Logger:           logger,
+	}, tc, st)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	return b.Run(ctx)
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/otaflow/otaflow/internal/broker"
+	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/testenv"
+)
+
+// TestMainRunsBridge runs the command against a real broker, PostgreSQL and Temporal: a
+// device's status report ends up in the database, and cancelling the context (Ctrl-C) stops
+// the command cleanly.
+func TestMainRunsBridge(t *testing.T) {
+	dbURL, temporalAddr, namespace := databaseURL(t), testenv.TemporalAddress(), testenv.TemporalNamespace()
+	ctx := context.Background()
+	st, err := store.Open(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	device := fmt.Sprintf("main-test-%d", time.Now().UnixNano())
+	secret, err := credential.NewSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := credential.Hash(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddDevice(ctx, device, hash, nil); err != nil {
+		t.Fatal(err)
+	}
+	br, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Credentials: st,
+		Services: map[string]string{"otaflow-bridge": "bridge-secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := br.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- newApp().RunContext(runCtx, []string{"mqttbridge",
+			"--mqtt-url", "tcp://otaflow-bridge:bridge-secret@" + br.Addr(),
+			"--mqtt-client-id", "bridge-main-test",
+			"--database-url", dbURL,
+			"--temporal-address", temporalAddr,
+			"--temporal-namespace", namespace,
+			"--shards", "2", "--progress-interval", "10s",
+		})
+	}()
+
+	dc := paho.NewClient(paho.NewClientOptions().AddBroker(br.URL()).SetClientID(device).
+		SetUsername(device).SetPassword(secret).SetCleanSession(false))
+	if tok := dc.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect device: %v", tok.Error())
+	}
+	defer dc.Disconnect(50)
+	// The bridge may not have subscribed yet; report until the status shows up.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		tok := dc.Publish(protocol.StatusTopic(device), 1, false, `{"firmware_ver":"4.2"}`)
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+		d, err := st.GetDevice(ctx, device)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Reported["firmware_ver"] == "4.2" {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("mqttbridge stopped: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("status not recorded within 30 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("mqttbridge after Ctrl-C: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("mqttbridge did not stop within 20 s of Ctrl-C")
+	}
+}
