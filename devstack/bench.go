@@ -1,0 +1,444 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/urfave/cli/v2"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// The benchmark measures, on one stack with the worker and the bridge in processes of their
+// own: (1) the raw MQTT command -> status round trip of the simulated fleet without Temporal,
+// (2) a minimal Temporal workflow per device (publish, wait for one status signal, complete),
+// and (3) a real rollout; then it prints rates, latencies, history sizes and peak memory.
+
+func benchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "benchmark a rollout over simulated devices on the local stack, against two floors",
+		Flags: append(stackFlags(10000),
+			&cli.IntFlag{Name: "max-in-flight", Value: 1000, Usage: "device upgrades in flight, for the rollout and floor 2"},
+			&cli.IntFlag{Name: "continue-after", Value: workflows.DefaultContinueAfter, Usage: "device upgrades per rollout run before it continues as new"},
+		),
+		Action: func(cCtx *cli.Context) error {
+			cfg, err := configFrom(cCtx)
+			if err != nil {
+				return err
+			}
+			if cfg.Devices < 1 {
+				return cli.Exit("--devices must be at least 1", 2)
+			}
+			cfg.External = true
+			cfg.PackageName = "bench-64k.bin"
+			cfg.PackageSize = 64 << 10
+			return runBench(cCtx.Context, cfg, cCtx.Int("max-in-flight"), cCtx.Int("continue-after"))
+		},
+	}
+}
+
+type benchResult struct {
+	name    string
+	devices int
+	elapsed time.Duration
+}
+
+func (r benchResult) perMinute() float64 { return float64(r.devices) / r.elapsed.Minutes() }
+
+func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) error {
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	procs, err := s.startProcesses(ctx)
+	if err != nil {
+		return err
+	}
+	defer procs.stop()
+	// The bridge process is subscribed once the devices' boot reports reach PostgreSQL.
+	time.Sleep(2 * time.Second)
+	s.say("Connecting %d simulated devices ...", cfg.Devices)
+	if err := s.StartFleet(ctx); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	if err := s.WaitReported(wctx); err != nil {
+		return err
+	}
+	s.say("%d simulated devices connected and reported; the worker (pid %d) and the bridge (pid %d) run apart.",
+		cfg.Devices, procs.worker.Process.Pid, procs.bridge.Process.Pid)
+
+	floor1, err := s.benchRawMQTT(ctx, "1.1")
+	if err != nil {
+		return fmt.Errorf("floor 1: %w", err)
+	}
+	s.say("Floor 1, MQTT round trip without Temporal: %d devices in %s = %.0f/min", floor1.devices, floor1.elapsed.Round(time.Millisecond), floor1.perMinute())
+
+	floor2, err := s.benchMinimalWorkflow(ctx, "1.2", inFlight)
+	if err != nil {
+		return fmt.Errorf("floor 2: %w", err)
+	}
+	s.say("Floor 2, minimal workflow per device: %d devices in %s = %.0f/min", floor2.devices, floor2.elapsed.Round(time.Millisecond), floor2.perMinute())
+
+	name := "bench-" + time.Now().UTC().Format("20060102-150405")
+	req := workflows.RolloutRequest{Name: name,
+		Upgrade:     workflows.UpgradeRequest{Type: "firmware", Version: "1.3", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size},
+		Targets:     workflows.Targets{Prefix: "sim-"},
+		MaxInFlight: inFlight, ContinueAfter: continueAfter, PageSize: 1000,
+	}
+	start := time.Now()
+	run, err := workflows.StartRollout(ctx, s.Client, req)
+	if err != nil {
+		return err
+	}
+	p, err := s.watchRollout(ctx, run)
+	if err != nil {
+		return err
+	}
+	rollout := benchResult{name: "rollout", devices: p.Counts.Succeeded, elapsed: time.Since(start)}
+	lost := cfg.Devices - p.Counts.Finished()
+
+	lat, err := s.latencies(ctx, name)
+	if err != nil {
+		return err
+	}
+	hist, err := s.deviceHistories(ctx, name, 200)
+	if err != nil {
+		return err
+	}
+	runs, maxRollout, err := s.rolloutHistories(ctx, run.GetID())
+	if err != nil {
+		return err
+	}
+	wMem, bMem := peakRSS(procs.worker.Process.Pid), peakRSS(procs.bridge.Process.Pid)
+
+	s.say("\nOTAflow benchmark: %d simulated devices, max %d in flight, one 2-core machine, dev server on its WAL SQLite file", cfg.Devices, inFlight)
+	s.say("  rollout %s: %s, %d succeeded, %d failed, %d timed out, %d lost", name, p.State, p.Counts.Succeeded, p.Counts.Failed, p.Counts.TimedOut, lost)
+	s.say("  device upgrades per minute        %8.0f   (%s for %d devices)", rollout.perMinute(), rollout.elapsed.Round(time.Second), rollout.devices)
+	s.say("  floor 1: raw MQTT round trips/min %8.0f", floor1.perMinute())
+	s.say("  floor 2: minimal workflows/min    %8.0f   (rollout at %.0f%% of it)", floor2.perMinute(), 100*rollout.perMinute()/floor2.perMinute())
+	s.say("  time per device p50 / p99         %8s / %s", lat.p50.Round(time.Millisecond), lat.p99.Round(time.Millisecond))
+	s.say("  history events per device upgrade %8.1f avg, %d max (sample of %d)", hist.avg, hist.max, hist.n)
+	s.say("  largest rollout execution history %8d events (%d runs, continue-as-new every %d devices)", maxRollout, runs, continueAfter)
+	s.say("  peak memory: worker %s, bridge %s", mib(wMem), mib(bMem))
+	return nil
+}
+
+// benchRawMQTT publishes a command to every device at once and waits for every status with
+// the new version, with no Temporal in the path.
+func (s *Stack) benchRawMQTT(ctx context.Context, version string) (benchResult, error) {
+	ids := s.Fleet.IDs()
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	var mu sync.Mutex
+	left := len(ids)
+	done := make(chan struct{})
+	opts, err := mqttconn.Options(s.WorkerMQTTURL, "bench-observer")
+	if err != nil {
+		return benchResult{}, err
+	}
+	opts.SetCleanSession(true)
+	opts.SetOnConnectHandler(func(c paho.Client) {
+		c.Subscribe(protocol.StatusFilter, 1, func(_ paho.Client, m paho.Message) {
+			id, _, err := protocol.ParseTopic(m.Topic())
+			st, perr := protocol.ParseStatus(m.Payload())
+			if err != nil || perr != nil || st["firmware_ver"] != version {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if want[id] {
+				delete(want, id)
+				if left--; left == 0 {
+					close(done)
+				}
+			}
+		}).Wait()
+	})
+	obs, err := mqttconn.Connect(ctx, opts)
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer obs.Disconnect(100)
+	pubOpts, err := mqttconn.Options(s.WorkerMQTTURL, "bench-publisher")
+	if err != nil {
+		return benchResult{}, err
+	}
+	pubOpts.SetCleanSession(true)
+	pc, err := mqttconn.Connect(ctx, pubOpts)
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer pc.Disconnect(100)
+	pub := &mqttconn.Publisher{Client: pc}
+	start := time.Now()
+	for i, id := range ids {
+		cmd := protocol.UpgradeCommand{ID: fmt.Sprintf("raw-%d", i), Type: "firmware", Version: version, URL: s.Package.URL,
+			MD5: s.Package.MD5, Size: s.Package.Size, IssuedAt: start, ExpiresAt: start.Add(time.Hour)}
+		b, _ := json.Marshal(cmd)
+		if err := pub.Publish(ctx, protocol.CommandTopic(id), b); err != nil {
+			return benchResult{}, err
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Minute):
+		return benchResult{}, fmt.Errorf("%d devices never reported %s", left, version)
+	case <-ctx.Done():
+		return benchResult{}, ctx.Err()
+	}
+	return benchResult{name: "raw", devices: len(ids), elapsed: time.Since(start)}, nil
+}
+
+// minimalTaskQueue is the task queue of the floor-2 workflow, served by the bench itself.
+const minimalTaskQueue = "otaflow-bench-minimal"
+
+// minimalUpgrade is the least a Temporal device upgrade can do: publish the command (a local
+// activity), wait for a status signal with the version, complete.
+func minimalUpgrade(ctx workflow.Context, req workflows.UpgradeRequest) error {
+	now := workflow.Now(ctx)
+	info := workflow.GetInfo(ctx)
+	cmd := protocol.UpgradeCommand{ID: info.WorkflowExecution.RunID, Type: req.Type, Version: req.Version, URL: req.URL,
+		MD5: req.MD5, Size: req.Size, IssuedAt: now, ExpiresAt: now.Add(time.Hour)}
+	var a *minimalActivities
+	lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{StartToCloseTimeout: 30 * time.Second})
+	if err := workflow.ExecuteLocalActivity(lctx, a.Publish, cmd, req.DeviceID).Get(ctx, nil); err != nil {
+		return err
+	}
+	ch := workflow.GetSignalChannel(ctx, workflows.SignalStatus)
+	for {
+		var sig workflows.StatusSignal
+		ch.Receive(ctx, &sig)
+		if sig.Status["firmware_ver"] == req.Version {
+			return nil
+		}
+	}
+}
+
+type minimalActivities struct{ pub activities.Publisher }
+
+// Publish sends a command to a device.
+func (m *minimalActivities) Publish(ctx context.Context, cmd protocol.UpgradeCommand, device string) error {
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return err
+	}
+	return m.pub.Publish(ctx, protocol.CommandTopic(device), b)
+}
+
+// benchMinimalWorkflow runs floor 2: a minimal workflow per device, inFlight at a time.
+func (s *Stack) benchMinimalWorkflow(ctx context.Context, version string, inFlight int) (benchResult, error) {
+	opts, err := mqttconn.Options(s.WorkerMQTTURL, "bench-minimal-worker")
+	if err != nil {
+		return benchResult{}, err
+	}
+	opts.SetCleanSession(true)
+	mc, err := mqttconn.Connect(ctx, opts)
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer mc.Disconnect(100)
+	w := worker.New(s.Client, minimalTaskQueue, worker.Options{MaxConcurrentLocalActivityExecutionSize: 200, MaxConcurrentWorkflowTaskExecutionSize: 200})
+	w.RegisterWorkflowWithOptions(minimalUpgrade, workflow.RegisterOptions{Name: "BenchMinimalUpgrade"})
+	w.RegisterActivity(&minimalActivities{pub: &mqttconn.Publisher{Client: mc}})
+	if err := w.Start(); err != nil {
+		return benchResult{}, err
+	}
+	defer w.Stop()
+	ids := s.Fleet.IDs()
+	sem := make(chan struct{}, inFlight)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	for _, id := range ids {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return benchResult{}, ctx.Err()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			req := workflows.UpgradeRequest{DeviceID: id, Type: "firmware", Version: version, URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size}
+			run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.DeviceWorkflowID(id), TaskQueue: minimalTaskQueue,
+				WorkflowExecutionTimeout: 10 * time.Minute}, "BenchMinimalUpgrade", req)
+			if err == nil {
+				err = run.Get(ctx, nil)
+			}
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		return benchResult{}, fmt.Errorf("%d minimal workflows failed, the first: %v", n, firstErr.Load())
+	}
+	return benchResult{name: "minimal", devices: len(ids), elapsed: time.Since(start)}, nil
+}
+
+type latency struct{ p50, p99 time.Duration }
+
+// latencies are the per-device upgrade times of a rollout, from its PostgreSQL records.
+func (s *Stack) latencies(ctx context.Context, rollout string) (latency, error) {
+	var d []time.Duration
+	after := ""
+	for {
+		devs, err := s.Store.ListDevices(ctx, store.DeviceFilter{Prefix: "sim-", After: after, Limit: 1000})
+		if err != nil {
+			return latency{}, err
+		}
+		if len(devs) == 0 {
+			break
+		}
+		for _, dev := range devs {
+			up, err := s.Store.LatestUpgrade(ctx, dev.ID)
+			if err == nil && up.Rollout == rollout && up.FinishedAt != nil {
+				d = append(d, up.FinishedAt.Sub(up.CreatedAt))
+			}
+		}
+		after = devs[len(devs)-1].ID
+	}
+	if len(d) == 0 {
+		return latency{}, errors.New("no finished device upgrade recorded")
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return latency{p50: d[len(d)/2], p99: d[min(len(d)-1, len(d)*99/100)]}, nil
+}
+
+type histories struct {
+	n   int
+	avg float64
+	max int64
+}
+
+// deviceHistories samples the history length of n device upgrades of a rollout.
+func (s *Stack) deviceHistories(ctx context.Context, rollout string, n int) (histories, error) {
+	ids := s.Fleet.IDs()
+	var h histories
+	var sum int64
+	for i := 0; i < len(ids) && h.n < n; i += max(1, len(ids)/n) {
+		d, err := s.Client.DescribeWorkflowExecution(ctx, workflows.DeviceWorkflowID(ids[i]), "")
+		if err != nil {
+			return h, err
+		}
+		l := d.GetWorkflowExecutionInfo().GetHistoryLength()
+		sum += l
+		h.max = max(h.max, l)
+		h.n++
+	}
+	if h.n > 0 {
+		h.avg = float64(sum) / float64(h.n)
+	}
+	return h, nil
+}
+
+// rolloutHistories returns how many runs a rollout took and the largest history among them.
+func (s *Stack) rolloutHistories(ctx context.Context, workflowID string) (runs int, largest int64, err error) {
+	var token []byte
+	for {
+		resp, err := s.Client.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
+			Query: fmt.Sprintf("WorkflowId = '%s'", workflowID), NextPageToken: token})
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, e := range resp.GetExecutions() {
+			runs++
+			largest = max(largest, e.GetHistoryLength())
+		}
+		if token = resp.GetNextPageToken(); len(token) == 0 {
+			return runs, largest, nil
+		}
+	}
+}
+
+type benchProcs struct{ worker, bridge *exec.Cmd }
+
+func (p *benchProcs) stop() {
+	for _, c := range []*exec.Cmd{p.worker, p.bridge} {
+		if c != nil && c.Process != nil {
+			_ = c.Process.Signal(os.Interrupt)
+			_ = c.Wait()
+		}
+	}
+}
+
+// startProcesses builds and starts the worker and the bridge as processes of their own.
+func (s *Stack) startProcesses(ctx context.Context) (*benchProcs, error) {
+	bin := filepath.Join(s.cfg.DataDir, "bin")
+	for _, pkg := range []string{"worker", "mqttbridge"} {
+		s.say("Building ./%s ...", pkg)
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, pkg), "./"+pkg).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("build %s: %w\n%s", pkg, err, out)
+		}
+	}
+	logFile, err := os.OpenFile(filepath.Join(s.cfg.DataDir, "otaflow.log"), os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	env := append(os.Environ(), "TEMPORAL_ADDRESS="+s.temporal.Address(), "DATABASE_URL="+s.DatabaseURL)
+	start := func(name, mqttURL string) (*exec.Cmd, error) {
+		c := exec.Command(filepath.Join(bin, name))
+		c.Env = append(env, "MQTT_URL="+mqttURL)
+		c.Stdout, c.Stderr = logFile, logFile
+		return c, c.Start()
+	}
+	p := &benchProcs{}
+	if p.worker, err = start("worker", s.WorkerMQTTURL); err != nil {
+		return nil, err
+	}
+	if p.bridge, err = start("mqttbridge", s.BridgeMQTTURL); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// peakRSS reads a process's peak resident memory (VmHWM) in bytes.
+func peakRSS(pid int) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/client"
+
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// demoRollout rolls the demo package out to the simulated fleet in three waves and prints
+// the progress until the rollout ends.
+func (s *Stack) demoRollout(ctx context.Context) error {
+	name := "demo-" + time.Now().UTC().Format("20060102-150405")
+	req := workflows.RolloutRequest{
+		Name: name,
+		Upgrade: workflows.UpgradeRequest{Type: "firmware", Version: "1.1",
+			URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size},
+		Targets:         workflows.Targets{Prefix: "sim-"},
+		Waves:           []workflows.Wave{{Percent: 10}, {Percent: 50, Bake: 3 * time.Second}, {Percent: 100}},
+		MaxInFlight:     20,
+		FailurePercent:  20,
+		FailureMinCount: 3,
+	}
+	run, err := workflows.StartRollout(ctx, s.Client, req)
+	if err != nil {
+		return err
+	}
+	s.say("\nStarted rollout %s: firmware 1.1 to %d simulated devices in waves of 10%%, 50%%, 100%%.", name, s.cfg.Devices)
+	s.say("  Watch it in the Web UI: %s/namespaces/default/workflows/%s", s.UIURL, run.GetID())
+	p, err := s.watchRollout(ctx, run)
+	if err != nil {
+		return err
+	}
+	s.say("Rollout %s %s: %d succeeded, %d skipped, %d failed, %d timed out of %d devices.",
+		name, p.State, p.Counts.Succeeded, p.Counts.Skipped, p.Counts.Failed, p.Counts.TimedOut, p.Total)
+	return nil
+}
+
+// watchRollout prints a progress line whenever the rollout's counts change, until it ends.
+func (s *Stack) watchRollout(ctx context.Context, run client.WorkflowRun) (workflows.RolloutProgress, error) {
+	done := make(chan error, 1)
+	go func() { done <- run.Get(ctx, nil) }()
+	last := ""
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var p workflows.RolloutProgress
+		if v, err := s.Client.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress); err == nil {
+			_ = v.Get(&p)
+			if line := progressLine(p); line != last {
+				s.say("%s", line)
+				last = line
+			}
+		}
+		select {
+		case err := <-done:
+			var final workflows.RolloutProgress
+			v, qerr := s.Client.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress)
+			if qerr == nil {
+				qerr = v.Get(&final)
+			}
+			if qerr != nil {
+				return final, errors.Join(err, qerr)
+			}
+			return final, nil
+		case <-ctx.Done():
+			return p, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// progressLine draws one line: the state, the current wave and a bar of the finished devices.
+func progressLine(p workflows.RolloutProgress) string {
+	const width = 30
+	finished := p.Counts.Finished()
+	filled := 0
+	if p.Total > 0 {
+		filled = width * finished / p.Total
+	}
+	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
+	line := fmt.Sprintf("  %-16s wave %d/%d [%s] %d/%d done: %d ok, %d failed, %d running",
+		p.State, min(p.CurrentWave, len(p.Waves)), len(p.Waves), bar, finished, p.Total,
+		p.Counts.Succeeded+p.Counts.Skipped, p.Counts.Failures(), p.Counts.Running())
+	if p.Reason != "" {
+		line += " (" + p.Reason + ")"
+	}
+	return line
+}
+
+// printNext prints the starter commands to try against this stack.
+func (s *Stack) printNext() {
+	env := fmt.Sprintf("export TEMPORAL_ADDRESS=%s DATABASE_URL='%s'", s.temporal.Address(), s.DatabaseURL)
+	s.say("\nTry next, in another terminal:")
+	s.say("  %s", env)
+	s.say("  go run ./starter devices list")
+	s.say("  go run ./starter status --device sim-00001")
+	s.say("  go run ./starter rollout list")
+	s.say("  go run ./starter package inspect --url %s", s.Package.URL)
+	s.say("  go run ./starter upgrade --device sim-00002 --type app --version 3.3 --url %s --md5 %s --size %d --wait",
+		s.Package.URL, s.Package.MD5, s.Package.Size)
+	s.say("Web UI: %s (filter with OtaState, OtaDevice, OtaRollout, OtaTargetVersion)", s.UIURL)
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/log"
+
+	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/simulator"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/system"
+)
+
+// Config is what the local stack runs with.
+type Config struct {
+	DataDir      string
+	Devices      int
+	TemporalPort int
+	UIPort       int
+	MQTTPort     int
+	PostgresPort int
+	HTTPPort     int
+	// DatabaseURL, when set, is used instead of a local PostgreSQL cluster.
+	DatabaseURL string
+	// Out receives what the person at the terminal reads.
+	Out io.Writer
+	// PackageName and PackageSize name the package made in DataDir/packages.
+	PackageName string
+	PackageSize int64
+	// SimTiming paces the simulated devices.
+	SimTiming simulator.Timing
+	// External runs no worker nor bridge in this process (the benchmark runs them apart).
+	External bool
+}
+
+// Stack is the running local system: the servers and the system around them.
+type Stack struct {
+	cfg      Config
+	log      *slog.Logger
+	pg       *localstack.Postgres
+	temporal *localstack.Temporal
+	Store    *store.Store
+	Client   client.Client
+	*system.System
+	UIURL       string
+	DatabaseURL string
+	closers     []func()
+}
+
+func (s *Stack) say(format string, args ...any) { fmt.Fprintf(s.cfg.Out, format+"\n", args...) }
+
+// Start brings every part up, in dependency order; on failure it stops what it started.
+func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
+	s = &Stack{cfg: cfg}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	logFile, err := os.OpenFile(filepath.Join(cfg.DataDir, "otaflow.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open log file: %w", err)
+	}
+	s.closers = append(s.closers, func() { logFile.Close() })
+	s.log = slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	s.say("Logs of every part: %s", logFile.Name())
+
+	for _, p := range []struct {
+		port       int
+		what, flag string
+	}{{cfg.MQTTPort, "MQTT broker", "--mqtt-port"}, {cfg.HTTPPort, "package file server", "--http-port"}} {
+		if err := localstack.CheckPortFree(p.port); err != nil {
+			return nil, fmt.Errorf("the %s cannot listen: %w (choose another port with %s)", p.what, err, p.flag)
+		}
+	}
+
+	cli, err := localstack.EnsureTemporalCLI(ctx, func(format string, args ...any) { s.say(format, args...) })
+	if err != nil {
+		return nil, err
+	}
+
+	s.DatabaseURL = cfg.DatabaseURL
+	if s.DatabaseURL == "" {
+		s.say("Starting PostgreSQL in %s ...", filepath.Join(cfg.DataDir, "postgres"))
+		s.pg, err = localstack.StartPostgres(ctx, localstack.PostgresOptions{
+			Dir: filepath.Join(cfg.DataDir, "postgres"), Port: cfg.PostgresPort, Log: logFile})
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, func() { _ = s.pg.Stop() })
+		s.DatabaseURL = s.pg.URL()
+	}
+	if s.Store, err = store.Open(ctx, s.DatabaseURL); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.Store.Close)
+
+	s.say("Starting the Temporal dev server (state in %s) ...", filepath.Join(cfg.DataDir, "temporal.db"))
+	s.temporal, err = localstack.StartTemporal(ctx, localstack.TemporalOptions{
+		CLIPath: cli, DBFile: filepath.Join(cfg.DataDir, "temporal.db"), Port: cfg.TemporalPort,
+		EnableUI: true, UIPort: cfg.UIPort, Stdout: logFile, Stderr: logFile,
+		Logger: log.NewStructuredLogger(s.log),
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() { _ = s.temporal.Stop() })
+	s.Client = s.temporal.Client()
+	s.UIURL = s.temporal.UIURL()
+
+	if cfg.Devices > 0 {
+		s.say("Starting the broker, the worker, the bridge and %d simulated devices (sim-00001 ...) ...", cfg.Devices)
+	}
+	s.System, err = system.Start(ctx, system.Config{
+		Client: s.Client, Store: s.Store,
+		MQTTAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.MQTTPort)),
+		HTTPAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.HTTPPort)),
+		PackageDir:  filepath.Join(cfg.DataDir, "packages"),
+		PackageName: cfg.PackageName, PackageSize: cfg.PackageSize,
+		Devices: cfg.Devices, Prefix: "sim",
+		Initial:     protocol.Status{"firmware_ver": "1.0", "app_ver": "3.2"},
+		Timing:      cfg.SimTiming,
+		SimStateDir: filepath.Join(cfg.DataDir, "devicesim"),
+		NoWorker:    cfg.External, NoBridge: cfg.External, DeferFleet: cfg.External,
+		Logger: s.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.System.Close)
+	if cfg.Devices > 0 && !cfg.External {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		if err := s.WaitReported(wctx); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Close stops everything, in the reverse order of Start.
+func (s *Stack) Close() {
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
+}

@@ -1,0 +1,210 @@
+package e2e
+
+import (
+	"errors"
+	"sort"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/simulator"
+	"github.com/otaflow/otaflow/internal/system"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// rollout is a fast rollout request over the devices of a prefix.
+func (e *env) rollout(name, prefix string, waves ...workflows.Wave) workflows.RolloutRequest {
+	up := e.request("")
+	return workflows.RolloutRequest{Name: name, Upgrade: up, Targets: workflows.Targets{Prefix: prefix + "-"}, Waves: waves}
+}
+
+func (e *env) startRollout(req workflows.RolloutRequest) client.WorkflowRun {
+	e.t.Helper()
+	run, err := workflows.StartRollout(e.ctx, e.c, req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return run
+}
+
+func (e *env) progress(run client.WorkflowRun) workflows.RolloutProgress {
+	e.t.Helper()
+	v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), "", workflows.QueryProgress)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var p workflows.RolloutProgress
+	if err := v.Get(&p); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+func (e *env) update(run client.WorkflowRun, name string, args ...any) error {
+	h, err := e.c.UpdateWorkflow(e.ctx, client.UpdateWorkflowOptions{WorkflowID: run.GetID(), UpdateName: name,
+		Args: args, WaitForStage: client.WorkflowUpdateStageCompleted})
+	if err != nil {
+		return err
+	}
+	return h.Get(e.ctx, nil)
+}
+
+func (e *env) finish(run client.WorkflowRun) (workflows.RolloutProgress, error) {
+	e.t.Helper()
+	err := run.Get(e.ctx, nil)
+	return e.progress(run), err
+}
+
+// checkRecords compares a rollout's counts with the PostgreSQL records of its devices.
+func (e *env) checkRecords(name string, p workflows.RolloutProgress) {
+	e.t.Helper()
+	got, err := e.store.CountByState(e.ctx, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c := p.Counts
+	want := map[protocol.State]int{protocol.StateSucceeded: c.Succeeded, protocol.StateSkipped: c.Skipped,
+		protocol.StateFailed: c.Failed, protocol.StateTimedOut: c.TimedOut, protocol.StateCanceled: c.Canceled}
+	for s, n := range want {
+		if got[s] != n {
+			e.t.Errorf("PostgreSQL has %d %s upgrades of %s, the rollout counts %d", got[s], s, name, n)
+		}
+	}
+}
+
+func TestRolloutThreeWaves(t *testing.T) {
+	e := newEnv(t, system.Config{Devices: 12, Prefix: "waves"})
+	req := e.rollout("waves", "waves", workflows.Wave{Count: 2}, workflows.Wave{Percent: 50}, workflows.Wave{Percent: 100})
+	run := e.startRollout(req)
+	p, err := e.finish(run)
+	if err != nil || p.State != workflows.RolloutCompleted || p.Counts.Succeeded != 12 || p.Total != 12 {
+		t.Fatalf("rollout %+v, err %v", p, err)
+	}
+	for i, want := range []int{2, 4, 6} {
+		if w := p.Waves[i]; w.Target != want || w.Counts.Succeeded != want {
+			t.Errorf("wave %d: target %d, %d succeeded; want %d", i+1, w.Target, w.Counts.Succeeded, want)
+		}
+	}
+	e.checkRecords("waves", p)
+	// Waves run in order: no device of wave 2 started before wave 1 ended.
+	first, _ := e.store.LatestUpgrade(e.ctx, simID("waves", 2))
+	second, _ := e.store.LatestUpgrade(e.ctx, simID("waves", 3))
+	if first.FinishedAt == nil || second.CreatedAt.Before(*first.FinishedAt) {
+		t.Errorf("wave 2 device started %s, before wave 1 ended %v", second.CreatedAt, first.FinishedAt)
+	}
+	t.Logf("largest rollout history: %d events for 12 devices", e.historyLength(run.GetID(), ""))
+}
+
+func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
+	failing := []string{simID("thresh", 1), simID("thresh", 2), simID("thresh", 3)}
+	e := newEnv(t, system.Config{Devices: 10, Prefix: "thresh",
+		Faults: simulator.Faults{InstallFail: simulator.Fault{Devices: failing}}})
+	req := e.rollout("thresh", "thresh")
+	req.Upgrade.MaxAttempts = 1
+	req.MaxInFlight = 3
+	req.FailurePercent = 50
+	req.FailureMinCount = 3
+	run := e.startRollout(req)
+	waitFor(t, 30*time.Second, "the rollout to pause", func() bool { return e.progress(run).State == workflows.RolloutPaused })
+	p := e.progress(run)
+	if p.Reason == "" || p.Counts.Failed != 3 || p.Counts.Started >= 10 {
+		t.Fatalf("paused at %+v (reason %q); want 3 failures and not every device started", p.Counts, p.Reason)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if again := e.progress(run); again.Counts.Started != p.Counts.Started {
+		t.Fatalf("devices started while paused: %d then %d", p.Counts.Started, again.Counts.Started)
+	}
+	if err := e.update(run, workflows.UpdateResume); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.update(run, workflows.UpdateResume); err == nil {
+		t.Error("resuming a running rollout was accepted")
+	}
+	p, err := e.finish(run)
+	if err != nil || p.State != workflows.RolloutCompleted || p.Counts.Succeeded != 7 || p.Counts.Failed != 3 {
+		t.Fatalf("final %+v %s, err %v", p.Counts, p.State, err)
+	}
+	e.checkRecords("thresh", p)
+}
+
+func TestRolloutCancel(t *testing.T) {
+	for _, cancelRunning := range []bool{false, true} {
+		name := "cancelkeep"
+		if cancelRunning {
+			name = "cancelall"
+		}
+		t.Run(name, func(t *testing.T) {
+			timing := fastTiming
+			timing.InstallDelay = 1500 * time.Millisecond
+			e := newEnv(t, system.Config{Devices: 6, Prefix: name, Timing: timing})
+			req := e.rollout(name, name)
+			req.MaxInFlight = 2
+			run := e.startRollout(req)
+			waitFor(t, 20*time.Second, "two upgrades running", func() bool { return e.progress(run).Counts.Running() == 2 })
+			if err := e.update(run, workflows.UpdateCancel, workflows.CancelRequest{CancelRunning: cancelRunning, Reason: "test"}); err != nil {
+				t.Fatal(err)
+			}
+			p, err := e.finish(run)
+			if err != nil || p.State != workflows.RolloutCanceled || p.Counts.Started != 2 {
+				t.Fatalf("final %+v %s, err %v; want canceled with the 2 running", p.Counts, p.State, err)
+			}
+			if cancelRunning && p.Counts.Canceled != 2 {
+				t.Errorf("cancel running: %+v, want both canceled", p.Counts)
+			}
+			if !cancelRunning && p.Counts.Succeeded != 2 {
+				t.Errorf("let running finish: %+v, want both succeeded", p.Counts)
+			}
+			e.checkRecords(name, p)
+		})
+	}
+}
+
+func TestRolloutPreflightStopsBadMD5(t *testing.T) {
+	e := newEnv(t, system.Config{Devices: 3, Prefix: "preflight"})
+	req := e.rollout("preflight", "preflight")
+	req.Upgrade.MD5 = "00000000000000000000000000000000"
+	p, err := e.finish(e.startRollout(req))
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || p.State != workflows.RolloutFailed || p.Counts.Started != 0 {
+		t.Fatalf("rollout %s %+v, err %v; want failed before any device", p.State, p.Counts, err)
+	}
+	if s := e.sys.Fleet.Stats(); s.Commands != 0 {
+		t.Errorf("devices got %d commands", s.Commands)
+	}
+	t.Logf("pre-flight failure: %s", p.Reason)
+}
+
+func TestRolloutRateLimitHolds(t *testing.T) {
+	e := newEnv(t, system.Config{Devices: 8, Prefix: "rate"})
+	req := e.rollout("rate", "rate")
+	req.MaxPerMinute = 40 // one every 1.5 s, with up to 5 s of unused rate saved up (4 starts)
+	p, err := e.finish(e.startRollout(req))
+	if err != nil || p.Counts.Succeeded != 8 {
+		t.Fatalf("rollout %+v, err %v", p.Counts, err)
+	}
+	var starts []time.Time
+	for i := 1; i <= 8; i++ {
+		up, err := e.store.LatestUpgrade(e.ctx, simID("rate", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		starts = append(starts, up.CreatedAt)
+	}
+	sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
+	span := starts[7].Sub(starts[0])
+	t.Logf("8 starts at 40/min took %s", span.Round(time.Millisecond))
+	// A token bucket of 5 s: 4 at once, the 5th when 1 s of rate has added up, then every
+	// 1.5 s: the 8th at +5.5 s. Starts are recorded when the command is out, so allow 0.5 s of
+	// jitter. Unlimited, all 8 start within a few milliseconds.
+	if span < 5*time.Second {
+		t.Errorf("8 starts within %s: the 40/min limit did not hold", span)
+	}
+	for i := 0; i+5 < len(starts); i++ {
+		if d := starts[i+5].Sub(starts[i]); d < 2*time.Second {
+			t.Errorf("6 starts within %s, want at least 2.5 s", d)
+		}
+	}
+}

@@ -1,0 +1,387 @@
+// Package system wires OTAflow's running parts together on one machine — the embedded MQTT
+// broker, a package file server, the worker, the bridge and a simulated fleet — around a
+// Temporal server and a PostgreSQL store started elsewhere. The local stack (devstack), its
+// benchmark and the end-to-end tests all run the system through it.
+package system
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/bridge"
+	"github.com/otaflow/otaflow/internal/broker"
+	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/simulator"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// Service account names on the embedded broker.
+const (
+	WorkerUser = "otaflow-worker"
+	BridgeUser = "otaflow-bridge"
+)
+
+// Config describes the system to run.
+type Config struct {
+	// Client and Store are the Temporal client and the PostgreSQL store to use. Required.
+	Client client.Client
+	Store  *store.Store
+	// MQTTAddr and HTTPAddr are where the broker and the package file server listen;
+	// "127.0.0.1:0" picks free ports.
+	MQTTAddr, HTTPAddr string
+	// PackageDir is served over HTTP; PackageName (default firmware-1.1.bin), PackageSize
+	// bytes of random data (default 1 MiB), is made there if missing.
+	PackageDir  string
+	PackageName string
+	PackageSize int64
+	// Devices simulated devices named Prefix-00001... (default prefix "sim") start with status
+	// Initial (default firmware_ver=1.0), with Faults and Timing. SimStateDir keeps their
+	// secrets ("" keeps them in memory).
+	Devices     int
+	Prefix      string
+	Initial     protocol.Status
+	Faults      simulator.Faults
+	Timing      simulator.Timing
+	SimStateDir string
+	// Bridge sets the bridge's coalescing and concurrency; connection fields are filled in.
+	Bridge bridge.Config
+	// NoWorker and NoBridge leave those parts out, for running them as separate processes.
+	NoWorker, NoBridge bool
+	// DeferFleet leaves the fleet for StartFleet, once the bridge that records the devices'
+	// boot status runs elsewhere.
+	DeferFleet bool
+	// Logger receives every part's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Package is a package the file server serves, with what a command needs to name it.
+type Package struct {
+	URL  string
+	MD5  string
+	Size int64
+}
+
+// System is the running system.
+type System struct {
+	cfg     Config
+	log     *slog.Logger
+	Broker  *broker.Broker
+	Fleet   *simulator.Fleet
+	Package Package
+	// MQTTURL is the broker's URL without credentials; WorkerMQTTURL and BridgeMQTTURL carry
+	// the service credentials.
+	MQTTURL, WorkerMQTTURL, BridgeMQTTURL string
+
+	files    *http.Server
+	fileBase string
+
+	mu           sync.Mutex
+	worker       worker.Worker
+	workerMQTT   interface{ Disconnect(quiesce uint) }
+	bridge       *bridge.Bridge
+	bridgeCancel context.CancelFunc
+	bridgeDone   chan struct{}
+	fleetCancel  context.CancelFunc
+	closers      []func()
+}
+
+// Start brings the system up; on failure it stops what it started.
+func Start(ctx context.Context, cfg Config) (s *System, err error) {
+	if cfg.Client == nil || cfg.Store == nil {
+		return nil, errors.New("system: Client and Store are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "sim"
+	}
+	if cfg.Initial == nil {
+		cfg.Initial = protocol.Status{"firmware_ver": "1.0"}
+	}
+	s = &System{cfg: cfg, log: cfg.Logger}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	workerPass, bridgePass := randomToken(), randomToken()
+	s.Broker, err = broker.New(broker.Options{
+		Addr:        cfg.MQTTAddr,
+		Credentials: cfg.Store,
+		Services:    map[string]string{WorkerUser: workerPass, BridgeUser: bridgePass},
+		Logger:      cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Broker.Start(ctx); err != nil {
+		return nil, fmt.Errorf("start MQTT broker on %s: %w", cfg.MQTTAddr, err)
+	}
+	s.closers = append(s.closers, func() { _ = s.Broker.Close() })
+	addr := s.Broker.Addr()
+	s.MQTTURL = "tcp://" + addr
+	s.WorkerMQTTURL = "tcp://" + WorkerUser + ":" + workerPass + "@" + addr
+	s.BridgeMQTTURL = "tcp://" + BridgeUser + ":" + bridgePass + "@" + addr
+
+	if err := s.serveFiles(); err != nil {
+		return nil, err
+	}
+	if !cfg.NoWorker {
+		if err := s.StartWorker(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !cfg.NoBridge {
+		if err := s.StartBridge(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Devices > 0 && !cfg.DeferFleet {
+		if err := s.StartFleet(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// StartWorker starts the Temporal worker, with its own MQTT connection.
+func (s *System) StartWorker(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.worker != nil {
+		return errors.New("worker already running")
+	}
+	opts, err := mqttconn.Options(s.WorkerMQTTURL, WorkerUser)
+	if err != nil {
+		return err
+	}
+	opts.SetCleanSession(true)
+	mc, err := mqttconn.Connect(ctx, opts)
+	if err != nil {
+		return err
+	}
+	w := workflows.NewWorker(s.cfg.Client, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: s.cfg.Store})
+	if err := w.Start(); err != nil {
+		mc.Disconnect(0)
+		return fmt.Errorf("start worker: %w", err)
+	}
+	s.worker, s.workerMQTT = w, mc
+	return nil
+}
+
+// StopWorker stops the worker as a shutdown would: running tasks finish first.
+func (s *System) StopWorker() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.worker == nil {
+		return
+	}
+	s.worker.Stop()
+	s.workerMQTT.Disconnect(250)
+	s.worker, s.workerMQTT = nil, nil
+}
+
+// StartBridge starts the bridge and waits until it is subscribed.
+func (s *System) StartBridge(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bridge != nil {
+		return errors.New("bridge already running")
+	}
+	cfg := s.cfg.Bridge
+	cfg.BrokerURL, cfg.Username, cfg.Password = s.BridgeMQTTURL, "", ""
+	if cfg.Logger == nil {
+		cfg.Logger = s.log
+	}
+	b, err := bridge.New(cfg, s.cfg.Client, s.cfg.Store)
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := b.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Error("Bridge stopped", "error", err)
+		}
+	}()
+	select {
+	case <-b.Ready():
+	case <-done:
+		cancel()
+		return errors.New("the bridge stopped as it started; see its log")
+	case <-ctx.Done():
+		cancel()
+		<-done
+		return ctx.Err()
+	}
+	s.bridge, s.bridgeCancel, s.bridgeDone = b, cancel, done
+	return nil
+}
+
+// StopBridge stops the bridge; the broker keeps its session, so nothing sent meanwhile is lost.
+func (s *System) StopBridge() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bridge == nil {
+		return
+	}
+	s.bridgeCancel()
+	<-s.bridgeDone
+	s.bridge = nil
+}
+
+// BridgeStats returns the running bridge's counters.
+func (s *System) BridgeStats() bridge.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bridge == nil {
+		return bridge.Stats{}
+	}
+	return s.bridge.Stats()
+}
+
+// StartFleet connects the simulated devices and waits until they all booted.
+func (s *System) StartFleet(ctx context.Context) error {
+	var err error
+	s.Fleet, err = simulator.New(simulator.Config{
+		BrokerURL: s.MQTTURL, Prefix: s.cfg.Prefix, Count: s.cfg.Devices, Initial: s.cfg.Initial,
+		Registrar: &simulator.StoreRegistrar{Store: s.cfg.Store, StateDir: s.cfg.SimStateDir, Logger: s.log},
+		Faults:    s.cfg.Faults, Timing: s.cfg.Timing, Logger: s.log,
+	})
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if err := s.Fleet.Start(runCtx); err != nil {
+		cancel()
+		return fmt.Errorf("start simulated fleet: %w", err)
+	}
+	s.fleetCancel = cancel
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer wcancel()
+	if err := s.Fleet.WaitConnected(wctx); err != nil {
+		return fmt.Errorf("simulated devices did not all connect: %w", err)
+	}
+	return nil
+}
+
+// WaitReported waits until every simulated device's boot status is in PostgreSQL, which is
+// when a rollout can select it.
+func (s *System) WaitReported(ctx context.Context) error {
+	want := map[string]string{}
+	for k, v := range s.cfg.Initial {
+		want[k] = v
+	}
+	for {
+		got, err := s.cfg.Store.CountDevices(ctx, store.DeviceFilter{Prefix: s.cfg.Prefix + "-", Labels: want})
+		if err != nil {
+			return err
+		}
+		if got >= s.cfg.Devices {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("only %d of %d simulated devices reported their status: %w", got, s.cfg.Devices, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// serveFiles serves PackageDir over HTTP, with the package made on first use.
+func (s *System) serveFiles() error {
+	name, size := s.cfg.PackageName, s.cfg.PackageSize
+	if name == "" {
+		name = "firmware-1.1.bin"
+	}
+	if size <= 0 {
+		size = 1 << 20
+	}
+	if err := os.MkdirAll(s.cfg.PackageDir, 0o755); err != nil {
+		return fmt.Errorf("create package directory: %w", err)
+	}
+	path := filepath.Join(s.cfg.PackageDir, name)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		buf := make([]byte, size)
+		if _, err := rand.Read(buf); err != nil {
+			return fmt.Errorf("make package: %w", err)
+		}
+		if err := os.WriteFile(path, buf, 0o644); err != nil {
+			return fmt.Errorf("write package: %w", err)
+		}
+	}
+	sum, n, err := FileMD5(path)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("package file server on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	s.files = &http.Server{Handler: http.FileServer(http.Dir(s.cfg.PackageDir)), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.files.Serve(ln) }()
+	s.closers = append(s.closers, func() { _ = s.files.Close() })
+	s.fileBase = "http://" + ln.Addr().String()
+	s.Package = Package{URL: s.FileURL(name), MD5: sum, Size: n}
+	return nil
+}
+
+// FileURL is the URL of another file in PackageDir.
+func (s *System) FileURL(name string) string {
+	return s.fileBase + "/" + name
+}
+
+// FileMD5 returns the md5 (hex) and size of a file.
+func FileMD5(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer f.Close()
+	h := md5.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// Close stops everything, in the reverse order of Start.
+func (s *System) Close() {
+	if s.fleetCancel != nil {
+		s.Fleet.Stop()
+		s.fleetCancel()
+	}
+	s.StopBridge()
+	s.StopWorker()
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
+}
+
+func randomToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
