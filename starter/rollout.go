@@ -379,15 +379,26 @@ func nameArg(cCtx *cli.Context) (string, error) {
 		set := flag.NewFlagSet(cCtx.Command.Name, flag.ContinueOnError)
 		set.SetOutput(io.Discard)
 		for _, f := range cCtx.Command.Flags {
+			if f == cli.HelpFlag {
+				continue // a global: applying it would write to it
+			}
 			if err := f.Apply(set); err != nil {
 				return "", usageErrorf(cCtx, "%v", err)
 			}
 		}
+		help := set.Bool("help", false, "")
+		set.BoolVar(help, "h", false, "")
 		if err := set.Parse(rest); err != nil {
 			return "", usageErrorf(cCtx, "%v", err)
 		}
 		if set.NArg() > 0 {
 			return "", usageErrorf(cCtx, "unexpected argument %q (give one rollout name)", set.Arg(0))
+		}
+		if *help {
+			if err := cli.ShowSubcommandHelp(cCtx); err != nil {
+				return "", err
+			}
+			return "", cli.Exit("", 0)
 		}
 		var setErr error
 		set.Visit(func(f *flag.Flag) {
@@ -398,12 +409,6 @@ func nameArg(cCtx *cli.Context) (string, error) {
 		if setErr != nil {
 			return "", usageErrorf(cCtx, "%v", setErr)
 		}
-	}
-	if cCtx.Bool("help") { // written after the name
-		if err := cli.ShowSubcommandHelp(cCtx); err != nil {
-			return "", err
-		}
-		return "", cli.Exit("", 0)
 	}
 	if err := checkRolloutName(name); err != nil {
 		return "", usageErrorf(cCtx, "%v", err)

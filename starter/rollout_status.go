@@ -253,13 +253,13 @@ type rolloutStatusReport struct {
 	StoreError  string                 `json:"store_error,omitempty"`
 }
 
-// statusReport puts a rollout's progress and records together.
-func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p workflows.RolloutProgress) rolloutStatusReport {
+// statusReport puts a rollout's progress and, when records is set, its records together.
+func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p workflows.RolloutProgress, records bool) rolloutStatusReport {
 	rep := rolloutStatusReport{WorkflowID: ref.WorkflowID, RunID: ref.RunID, RolloutProgress: p}
 	if ref.Status != enumspb.WORKFLOW_EXECUTION_STATUS_UNSPECIFIED {
 		rep.WorkflowStatus = ref.Status.String()
 	}
-	if cCtx.String(flagDatabaseURL) == "" {
+	if !records {
 		return rep
 	}
 	st, err := e.openStore(cCtx)
@@ -301,7 +301,7 @@ func (e *appEnv) rolloutStatusAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	rep := e.statusReport(cCtx, ref, p)
+	rep := e.statusReport(cCtx, ref, p, cCtx.String(flagDatabaseURL) != "")
 	if rep.StoreError != "" {
 		fmt.Fprintf(e.errOut, "starter: warning: no records from PostgreSQL: %s\n", rep.StoreError)
 	}
@@ -340,12 +340,14 @@ func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRe
 		done <- result{p, err}
 	}()
 	d := &drawer{w: o.w, tty: o.tty, json: o.json}
-	warned := false
+	// The records are read while they can be: after a failure, no longer (a database that
+	// does not answer would hold every picture up).
+	records := cCtx.String(flagDatabaseURL) != ""
 	show := func(ref rolloutRef, p workflows.RolloutProgress) {
-		rep := e.statusReport(cCtx, ref, p)
-		if rep.StoreError != "" && !warned {
+		rep := e.statusReport(cCtx, ref, p, records)
+		if rep.StoreError != "" {
 			fmt.Fprintf(e.errOut, "starter: warning: no records from PostgreSQL: %s\n", rep.StoreError)
-			warned = true
+			records = false
 		}
 		d.draw(rep)
 	}
@@ -510,32 +512,35 @@ func renderRollout(rep rolloutStatusReport) string {
 		fmt.Fprintf(&b, ", %s", rep.WorkflowStatus)
 	}
 	b.WriteString(")\n")
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "State\t%s\n", p.State)
+	line := func(label, format string, args ...any) {
+		fmt.Fprintf(&b, "%-10s"+format+"\n", append([]any{label}, args...)...)
+	}
+	line("State", "%s", p.State)
 	if p.Reason != "" {
-		fmt.Fprintf(tw, "Reason\t%s\n", p.Reason)
+		line("Reason", "%s", p.Reason)
 	}
 	if len(p.Waves) > 0 {
-		fmt.Fprintf(tw, "Wave\t%d of %d\n", min(max(p.CurrentWave, 1), len(p.Waves)), len(p.Waves))
+		line("Wave", "%d of %d", min(max(p.CurrentWave, 1), len(p.Waves)), len(p.Waves))
+		tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+		for _, w := range p.Waves {
+			fmt.Fprintf(tw, "  wave %d\t%s\t%d/%d\t%s\n", w.Number, progressBar(w.Target, w.Counts), w.Counts.Finished(), w.Target,
+				countsByState(w.Counts, false))
+		}
+		tw.Flush()
 	}
-	tw.Flush()
-	for _, w := range p.Waves {
-		fmt.Fprintf(tw, "  wave %d\t%s\t%d/%d\t%s\n", w.Number, progressBar(w.Target, w.Counts), w.Counts.Finished(), w.Target, countsByState(w.Counts, false))
-	}
-	tw.Flush()
-	fmt.Fprintf(tw, "Totals\t%d targets, %d started: %s\n", p.Total, p.Counts.Started, countsByState(p.Counts, true))
-	rate := "unbounded"
-	if p.RatePerMinute > 0 {
-		rate = fmt.Sprintf("%.1f a minute", p.RatePerMinute)
-	}
+	line("Totals", "%d targets, %d started: %s", p.Total, p.Counts.Started, countsByState(p.Counts, true))
 	if !p.State.Final() {
-		fmt.Fprintf(tw, "Rate\t%s\n", rate)
+		rate := "unbounded"
+		if p.RatePerMinute > 0 {
+			rate = fmt.Sprintf("%.1f a minute", p.RatePerMinute)
+		}
+		line("Rate", "%s", rate)
 	}
 	if !p.StartedAt.IsZero() {
-		fmt.Fprintf(tw, "Started\t%s\n", formatTime(p.StartedAt))
+		line("Started", "%s", formatTime(p.StartedAt))
 	}
 	if p.FinishedAt != nil {
-		fmt.Fprintf(tw, "Finished\t%s\n", formatTime(*p.FinishedAt))
+		line("Finished", "%s", formatTime(*p.FinishedAt))
 	}
 	switch {
 	case rep.StoreCounts != nil:
@@ -550,13 +555,12 @@ func renderRollout(rep rolloutStatusReport) string {
 		}
 		verdict := "agree with the workflow"
 		if diffs := recordDifferences(p.Counts, rep.StoreCounts); len(diffs) > 0 {
-			verdict = "differ: " + strings.Join(diffs, ", ") + " (records can lag a moment, and count every rollout of this name)"
+			verdict = "differ: " + strings.Join(diffs, ", ") + " (they are read a moment apart, and the records count every rollout of this name)"
 		}
-		fmt.Fprintf(tw, "Records\t%s  (PostgreSQL; %s)\n", strings.Join(parts, "  "), verdict)
+		line("Records", "%s  (PostgreSQL; %s)", strings.Join(parts, "  "), verdict)
 	case rep.StoreError != "":
-		fmt.Fprintf(tw, "Records\tunavailable: %s\n", rep.StoreError)
+		line("Records", "unavailable: %s", rep.StoreError)
 	}
-	tw.Flush()
 	return b.String()
 }
 

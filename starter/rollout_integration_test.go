@@ -1,0 +1,537 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	commonpb "go.temporal.io/api/common/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/testenv"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// The package every rollout of these tests installs. No HTTP server serves it: the rollouts
+// skip the pre-flight download.
+var rolloutPackage = []string{"--type", "firmware", "--version", "1.1", "--url", "https://files.example.com/fw/1.1.bin",
+	"--md5", "9e107d9d372bb6826bd81d3542a419d6", "--size", "1024", "--skip-preflight"}
+
+// rolloutStart is a `rollout start` command line of the test package.
+func rolloutStart(name string, more ...string) []string {
+	return slices.Concat([]string{"rollout", "start", "--name", name}, rolloutPackage, more)
+}
+
+// rolloutSchedule is a `rollout schedule` command line of the test package.
+func rolloutSchedule(name string, more ...string) []string {
+	return slices.Concat([]string{"rollout", "schedule", "--name", name}, rolloutPackage, more)
+}
+
+// sent returns how many commands each device got so far.
+func (r *recorder) sent() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := make(map[string]int, len(r.commands))
+	for dev, cmds := range r.commands {
+		n[dev] = len(cmds)
+	}
+	return n
+}
+
+// play plays the devices of a test: for every command the worker sends a device, it asks
+// react for the report the device sends back (a signal name and its payload, as the bridge
+// would signal it), if any, and signals the device's upgrade workflow. It stops when the test
+// ends.
+func (f *fixture) play(t *testing.T, react func(dev string, cmd protocol.UpgradeCommand) (signal string, payload any, ok bool)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		answered := map[string]int{}
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			for dev, n := range f.pub.sent() {
+				if n <= answered[dev] {
+					continue
+				}
+				cmd, _ := f.pub.nth(dev, n)
+				signal, payload, ok := react(dev, cmd)
+				if !ok {
+					answered[dev] = n
+					continue
+				}
+				err := testenv.TemporalClient().SignalWorkflow(ctx, workflows.DeviceWorkflowID(dev), "", signal, payload)
+				var notFound *serviceerror.NotFound
+				if err == nil || errors.As(err, &notFound) {
+					answered[dev] = n // else try again at the next tick
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// answer plays the devices that only selects (all when nil): each reports firmware 1.1 as
+// soon as it gets a command, as after a good install.
+func (f *fixture) answer(t *testing.T, only func(dev string) bool) {
+	f.play(t, func(dev string, _ protocol.UpgradeCommand) (string, any, bool) {
+		if only != nil && !only(dev) {
+			return "", nil, false
+		}
+		return workflows.SignalStatus, workflows.StatusSignal{Status: protocol.Status{protocol.VersionKey("firmware"): "1.1"}, ReceivedAt: time.Now()}, true
+	})
+}
+
+// registerDevices registers n devices prefix1..prefixN reporting firmware 1.0, and cancels
+// their upgrades still running when the test ends.
+func (f *fixture) registerDevices(t *testing.T, prefix string, n int) []string {
+	t.Helper()
+	ctx := context.Background()
+	var ids []string
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("%s%d", prefix, i)
+		if err := f.store.AddDevice(ctx, id, "unused", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.store.RecordStatus(ctx, id, protocol.Status{protocol.VersionKey("firmware"): "1.0"}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		endUpgrade(t, id)
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// endRollout deletes the rollout's schedule and terminates the rollout if it still runs when
+// the test ends (before its devices' upgrades are canceled), so that nothing outlives the
+// test's worker.
+func endRollout(t *testing.T, name string) {
+	t.Cleanup(func() {
+		c := testenv.TemporalClient()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = c.ScheduleClient().GetHandle(ctx, rolloutScheduleID(name)).Delete(ctx)
+		if ref, err := findRollout(ctx, c, name); err == nil && ref.running() {
+			_ = c.TerminateWorkflow(ctx, ref.WorkflowID, "", "the test ended")
+		}
+	})
+}
+
+// statusJSON runs `rollout status NAME --json` and decodes it.
+func statusJSON(t *testing.T, dbURL, name string) rolloutStatusReport {
+	t.Helper()
+	r := runCLI(t, context.Background(), servers(dbURL, "rollout", "status", name, "--json")...)
+	r.check(t, 0)
+	var rep rolloutStatusReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("rollout status --json: %v\n%s", err, r.stdout)
+	}
+	return rep
+}
+
+// waitState waits until the rollout is in state s and returns its status.
+func waitState(t *testing.T, dbURL, name string, s workflows.RolloutState) rolloutStatusReport {
+	t.Helper()
+	var rep rolloutStatusReport
+	waitFor(t, 20*time.Second, fmt.Sprintf("rollout %s %s (last: %+v)", name, s, &rep), func() bool {
+		rep = statusJSON(t, dbURL, name)
+		return rep.State == s
+	})
+	return rep
+}
+
+// listed returns the rollouts of `rollout list --json` (with more arguments) by name, the
+// newest of a name.
+func listed(t *testing.T, dbURL string, more ...string) map[string]rolloutListEntry {
+	t.Helper()
+	r := runCLI(t, context.Background(), servers(dbURL, append([]string{"rollout", "list", "--json"}, more...)...)...)
+	r.check(t, 0)
+	var entries []rolloutListEntry
+	if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
+		t.Fatalf("rollout list --json: %v\n%s", err, r.stdout)
+	}
+	m := map[string]rolloutListEntry{}
+	for _, e := range entries {
+		if _, seen := m[e.Name]; !seen {
+			m[e.Name] = e
+		}
+	}
+	return m
+}
+
+func TestRolloutStartWaitCompletes(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	devs := f.registerDevices(t, "ro-wait-", 6)
+	f.answer(t, nil)
+	const name = "ro-wait"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+
+	r := cli(rolloutStart(name, "--devices", strings.Join(append(slices.Clone(devs), "ghost-1"), ","), "--waves", "2,100%", "--wait")...)
+	r.check(t, 0, "warning: 1 of the 7 listed devices are not registered and are left out: ghost-1")
+	for _, want := range []string{"Started rollout ro-wait: firmware 1.1", "workflow  " + workflows.RolloutWorkflowID(name),
+		"State     completed", "succeeded 6  skipped 0  failed 0"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("rollout start --wait output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	sent := f.pub.sent()
+	for _, d := range devs {
+		if sent[d] != 1 {
+			t.Errorf("%s got %d commands, want 1", d, sent[d])
+		}
+	}
+	if len(sent) != len(devs) {
+		t.Errorf("commands went to %v, want the 6 devices", sent)
+	}
+
+	rep := statusJSON(t, f.dbURL, name)
+	if rep.WorkflowID != workflows.RolloutWorkflowID(name) || rep.WorkflowStatus != "Completed" || rep.State != workflows.RolloutCompleted ||
+		rep.Total != 6 || rep.Counts != (workflows.Counts{Started: 6, Succeeded: 6}) {
+		t.Errorf("status --json = %+v", rep)
+	}
+	if len(rep.Waves) != 2 || rep.Waves[0].Target != 2 || rep.Waves[0].Counts.Succeeded != 2 || rep.Waves[1].Target != 4 || rep.Waves[1].Counts.Succeeded != 4 {
+		t.Errorf("status --json waves = %+v, want 2 then 4 succeeded", rep.Waves)
+	}
+	if rep.StoreCounts[protocol.StateSucceeded] != 6 || len(rep.StoreCounts) != 1 {
+		t.Errorf("status --json store counts = %v, want 6 succeeded", rep.StoreCounts)
+	}
+
+	r = cli("rollout", "status", name)
+	r.check(t, 0)
+	for _, want := range []string{"State     completed", "wave 1  [" + strings.Repeat("#", barWidth) + "]  2/2  succeeded 2",
+		"wave 2  [" + strings.Repeat("#", barWidth) + "]  4/4  succeeded 4", "Records   succeeded 6  (PostgreSQL; agree with the workflow)"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("rollout status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	// Without PostgreSQL, the workflow's progress alone; with it unreachable, a warning too.
+	r = runCLI(t, ctx, servers("", "rollout", "status", name)...)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "State     completed") || strings.Contains(r.stdout, "Records") {
+		t.Errorf("rollout status without a database:\n%s", r.stdout)
+	}
+	r = runCLI(t, ctx, servers("postgres://otaflow@127.0.0.1:1/none?connect_timeout=5", "rollout", "status", name)...)
+	r.check(t, 0, "warning: no records from PostgreSQL")
+	if !strings.Contains(r.stdout, "State     completed") || !strings.Contains(r.stdout, "Records   unavailable: ") {
+		t.Errorf("rollout status with an unreachable database:\n%s", r.stdout)
+	}
+
+	// list shows it, with its state once visibility has it.
+	waitFor(t, 10*time.Second, "rollout list to show ro-wait completed", func() bool {
+		e, ok := listed(t, f.dbURL)[name]
+		return ok && e.State == string(workflows.RolloutCompleted) && e.Version == "1.1" && e.WorkflowStatus == "Completed"
+	})
+	if _, ok := listed(t, f.dbURL, "--state", string(workflows.RolloutPaused))[name]; ok {
+		t.Error("rollout list --state paused shows the completed rollout")
+	}
+	r = cli("rollout", "list", "--state", string(workflows.RolloutCompleted))
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "NAME") || !strings.Contains(r.stdout, name+"  ") {
+		t.Errorf("rollout list table:\n%s", r.stdout)
+	}
+
+	cli("rollout", "pause", name).check(t, exitFailure, "rollout ro-wait has ended (completed", "nothing to pause")
+	cli("rollout", "status", "ro-none").check(t, exitFailure, "no such rollout", "ro-none")
+
+	// Every listed device unknown: nothing is started.
+	cli(rolloutStart("ro-ghosts", "--devices", "ghost-1,ghost-2")...).check(t, exitFailure, "none of the 2 listed devices is registered")
+	if _, err := findRollout(ctx, testenv.TemporalClient(), "ro-ghosts"); !errors.Is(err, errNoRollout) {
+		t.Errorf("a rollout of unknown devices was started: %v", err)
+	}
+}
+
+func TestRolloutWaitReportsAbort(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	devs := f.registerDevices(t, "ro-abort-", 3)
+	// The first device fails its download; the others would succeed.
+	f.play(t, func(dev string, cmd protocol.UpgradeCommand) (string, any, bool) {
+		if dev == devs[0] {
+			return workflows.SignalProgress, workflows.ProgressSignal{Progress: protocol.Progress{ID: cmd.ID, Type: cmd.Type,
+				Version: cmd.Version, Progress: protocol.CodeMD5Mismatch, Desc: "md5 mismatch"}, ReceivedAt: time.Now()}, true
+		}
+		return workflows.SignalStatus, workflows.StatusSignal{Status: protocol.Status{protocol.VersionKey("firmware"): "1.1"}, ReceivedAt: time.Now()}, true
+	})
+	const name = "ro-abort"
+	endRollout(t, name)
+
+	r := runCLI(t, ctx, servers(f.dbURL, rolloutStart(name, "--prefix", "ro-abort-", "--waves", "1,100%", "--max-attempts", "1",
+		"--failure-threshold", "50", "--failure-min", "1", "--on-failure", "abort", "--wait", "--json")...)...)
+	r.check(t, exitFailure, "rollout ro-abort ended aborted: failure threshold reached in wave 1: 1 of 1 finished devices failed")
+	var rep rolloutStartReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("rollout start --wait --json printed no JSON object: %v\n%s", err, r.stdout)
+	}
+	if rep.Result == nil || rep.Result.State != workflows.RolloutAborted || rep.Result.Counts != (workflows.Counts{Started: 1, Failed: 1}) ||
+		!strings.Contains(rep.Error, "rollout aborted") {
+		t.Errorf("rollout start --wait --json = %+v, result %+v", rep, rep.Result)
+	}
+	if !strings.Contains(r.stderr, "State     aborted") {
+		t.Errorf("the progress on stderr does not end aborted:\n%s", r.stderr)
+	}
+	if n := f.pub.sent(); n[devs[1]] != 0 || n[devs[2]] != 0 {
+		t.Errorf("the aborted rollout went on to wave 2: %v", n)
+	}
+}
+
+func TestRolloutPauseResumeApproveCancel(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	devs := f.registerDevices(t, "ro-ctl-", 3)
+	f.answer(t, func(dev string) bool { return dev == devs[0] }) // the others never finish
+	const name = "ro-ctl"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+
+	r := cli(rolloutStart(name, "--prefix", "ro-ctl-", "--waves", "1,100%", "--approve-waves", "--json")...)
+	r.check(t, 0)
+	var started rolloutStartReport
+	if err := json.Unmarshal([]byte(r.stdout), &started); err != nil || started.WorkflowID != workflows.RolloutWorkflowID(name) || started.RunID == "" {
+		t.Fatalf("rollout start --json = %q (%v)", r.stdout, err)
+	}
+	cli(rolloutStart(name, "--prefix", "ro-ctl-")...).check(t, exitAlreadyRunning, "rollout ro-ctl is already running")
+	watch := startCLI(ctx, servers(f.dbURL, "rollout", "status", name, "--watch")...)
+	// Once it shows the rollout, it has read its flags: in-process runs of the command line
+	// must not parse at the same time (urfave/cli's help flag is shared).
+	watch.waitOutput(t, "Rollout ro-ctl: firmware 1.1")
+
+	// Wave 1 (one device) succeeds; wave 2 waits for approval.
+	rep := waitState(t, f.dbURL, name, workflows.RolloutWaitingApproval)
+	if rep.CurrentWave != 2 || rep.Counts.Succeeded != 1 || !strings.Contains(rep.Reason, "starter rollout approve ro-ctl") {
+		t.Errorf("waiting for approval: %+v", rep.RolloutProgress)
+	}
+	cli("rollout", "resume", name).check(t, exitFailure, "rollout ro-ctl refused to resume: rollout is not paused")
+	cli("rollout", "approve", name, "--wave", "3").check(t, exitFailure, "refused to approve: wave 2 is waiting for approval, not wave 3")
+	r = cli("rollout", "approve", name, "--wave", "2")
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Approved wave 2 of rollout ro-ctl") {
+		t.Errorf("approve printed %q", r.stdout)
+	}
+	f.command(t, devs[1], 1)
+	f.command(t, devs[2], 1)
+
+	// pause, refused twice, resume, refused twice.
+	r = cli("rollout", "pause", name, "--reason", "checking the logs")
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Paused rollout ro-ctl") {
+		t.Errorf("pause printed %q", r.stdout)
+	}
+	rep = statusJSON(t, f.dbURL, name)
+	if rep.State != workflows.RolloutPaused || rep.Reason != "paused by operator: checking the logs" {
+		t.Errorf("after pause: state %s, reason %q", rep.State, rep.Reason)
+	}
+	cli("rollout", "pause", name).check(t, exitFailure, "refused to pause: rollout is already paused")
+	cli("rollout", "resume", name).check(t, 0)
+	if rep = statusJSON(t, f.dbURL, name); rep.State != workflows.RolloutRunning || rep.Reason != "" {
+		t.Errorf("after resume: state %s, reason %q", rep.State, rep.Reason)
+	}
+	cli("rollout", "resume", name).check(t, exitFailure, "refused to resume: rollout is not paused")
+
+	// cancel, with the running upgrades.
+	r = cli("rollout", "cancel", name, "--cancel-running", "--reason", "test over", "--wait")
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Rollout ro-ctl canceled: succeeded 1  canceled 2") {
+		t.Errorf("cancel --wait printed:\n%s", r.stdout)
+	}
+	rep = statusJSON(t, f.dbURL, name)
+	if rep.State != workflows.RolloutCanceled || rep.Reason != "canceled by operator: test over" || rep.WorkflowStatus != "Completed" ||
+		rep.Counts != (workflows.Counts{Started: 3, Succeeded: 1, Canceled: 2}) || rep.FinishedAt == nil {
+		t.Errorf("after cancel: %+v", rep)
+	}
+	for _, d := range devs[1:] {
+		if u, err := f.store.LatestUpgrade(ctx, d); err != nil || u.State != protocol.StateCanceled || u.Rollout != name {
+			t.Errorf("upgrade of %s = %+v (%v), want canceled in rollout %s", d, u, err, name)
+		}
+	}
+	cli("rollout", "resume", name).check(t, exitFailure, "has ended (canceled")
+	cli("rollout", "cancel", name).check(t, exitFailure, "has ended")
+
+	// status --watch (not on a terminal) printed a block per change and ended with the rollout.
+	w := watch.wait(t)
+	w.check(t, 0)
+	last := -1
+	for _, s := range []workflows.RolloutState{workflows.RolloutWaitingApproval, workflows.RolloutPaused, workflows.RolloutCanceled} {
+		i := strings.Index(w.stdout, "State     "+string(s))
+		if i < last {
+			t.Errorf("status --watch shows %s missing or out of order:\n%s", s, w.stdout)
+		}
+		last = i
+	}
+	if strings.Contains(w.stdout, "\x1b[") {
+		t.Errorf("status --watch redrew in place on a pipe:\n%q", w.stdout)
+	}
+}
+
+func TestRolloutScheduleAtStartsIt(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-sch-", 2)
+	f.answer(t, nil)
+	const name = "ro-sch"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+	c := testenv.TemporalClient()
+
+	at := time.Now().UTC().Truncate(time.Second).Add(3 * time.Second)
+	schedule := rolloutSchedule(name, "--prefix", "ro-sch-", "--at", at.Format(time.RFC3339), "--json")
+	r := cli(schedule...)
+	r.check(t, 0)
+	var rep scheduleReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("rollout schedule --json: %v\n%s", err, r.stdout)
+	}
+	if rep.ScheduleID != rolloutScheduleID(name) || rep.WorkflowID != workflows.RolloutWorkflowID(name) ||
+		len(rep.NextActionTimes) != 1 || !rep.NextActionTimes[0].Equal(at) {
+		t.Errorf("rollout schedule --json = %+v, want one start at %s", rep, at)
+	}
+	cli(schedule...).check(t, exitAlreadyRunning, "rollout ro-sch already has a schedule")
+
+	// The schedule starts the rollout under rollout-ro-sch-<time>: found by its name (not a
+	// rollout of that name that an earlier run of this test left behind).
+	var ref rolloutRef
+	waitFor(t, 30*time.Second, "the schedule to start the rollout", func() bool {
+		var err error
+		ref, err = findRollout(ctx, c, name)
+		return err == nil && !ref.StartTime.Before(at)
+	})
+	// Temporal appends the scheduled time to the workflow ID of the action.
+	if id := workflows.RolloutWorkflowID(name); ref.WorkflowID != id && ref.WorkflowID != id+"-"+at.Format(time.RFC3339) {
+		t.Errorf("the scheduled rollout runs as %s, want %s or %[2]s-%s", ref.WorkflowID, id, at.Format(time.RFC3339))
+	}
+	if _, err := c.DescribeWorkflowExecution(ctx, ref.WorkflowID, ""); err != nil {
+		t.Errorf("describe %s: %v", ref.WorkflowID, err)
+	}
+	// status --watch --json follows it to the end, one line per change.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	r = runCLI(t, wctx, servers(f.dbURL, "rollout", "status", name, "--watch", "--json")...)
+	r.check(t, 0)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	var final rolloutStatusReport
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &final); err != nil {
+		t.Fatalf("status --watch --json: %v\n%s", err, r.stdout)
+	}
+	if final.State != workflows.RolloutCompleted || final.Counts != (workflows.Counts{Started: 2, Succeeded: 2}) || final.WorkflowID != ref.WorkflowID {
+		t.Errorf("the scheduled rollout ended %+v", final)
+	}
+
+	waitFor(t, 10*time.Second, "rollout list to show ro-sch", func() bool {
+		e, ok := listed(t, f.dbURL)[name]
+		return ok && e.WorkflowID == ref.WorkflowID && e.State == string(workflows.RolloutCompleted)
+	})
+	r = cli("rollout", "schedule", "list")
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, name+"  once at "+at.Format(time.RFC3339)) || !strings.Contains(r.stdout, ref.WorkflowID) {
+		t.Errorf("rollout schedule list:\n%s", r.stdout)
+	}
+
+	cli("rollout", "schedule", "delete", name).check(t, 0)
+	cli("rollout", "schedule", "delete", name).check(t, exitFailure, "rollout ro-sch has no schedule")
+	waitFor(t, 10*time.Second, "the schedule to leave the list", func() bool {
+		r := cli("rollout", "schedule", "list", "--json")
+		var entries []scheduleEntry
+		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &entries) == nil &&
+			!slices.ContainsFunc(entries, func(e scheduleEntry) bool { return e.Name == name })
+	})
+}
+
+func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	devs := f.registerDevices(t, "ro-cron-", 2)
+	const name = "ro-cron"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+	c := testenv.TemporalClient()
+
+	// In 2099 only: it never fires during the test.
+	r := cli(rolloutSchedule(name, "--devices", devs[1]+","+devs[0]+",ghost-9", "--cron", "0 1 * * * 2099", "--tz", "Europe/Berlin",
+		"--window", "01:00-05:00", "--waves", "1,50%:90,100%", "--bake", "5m", "--approve-waves", "--ramp", "10,2,1m",
+		"--max-in-flight", "20", "--failure-threshold", "10", "--on-failure", "abort", "--max-attempts", "2")...)
+	r.check(t, 0, "warning: 1 of the 3 listed devices are not registered and are left out: ghost-9")
+	if !strings.Contains(r.stdout, `Scheduled rollout ro-cron (schedule rollout-schedule-ro-cron): firmware 1.1, cron "0 1 * * * 2099" in Europe/Berlin.`) {
+		t.Errorf("rollout schedule printed:\n%s", r.stdout)
+	}
+
+	// The list is stored under the rollout's name.
+	got, err := f.store.ListDevices(ctx, store.DeviceFilter{List: name})
+	if err != nil || len(got) != 2 {
+		t.Errorf("stored target list = %v (%v), want the 2 known devices", got, err)
+	}
+	// ...so that a rollout of that name with another list is refused while the schedule stands.
+	cli(rolloutStart(name, "--devices", devs[0])...).check(t, exitAlreadyRunning, "has a schedule (rollout-schedule-ro-cron)")
+
+	desc, err := c.ScheduleClient().GetHandle(ctx, rolloutScheduleID(name)).Describe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := desc.Schedule.Spec
+	if spec.TimeZoneName != "Europe/Berlin" || len(spec.Calendars) != 1 || !slices.Equal(spec.Calendars[0].Year, []client.ScheduleRange{{Start: 2099, End: 2099, Step: 1}}) {
+		t.Errorf("schedule spec = %+v", spec)
+	}
+	action, ok := desc.Schedule.Action.(*client.ScheduleWorkflowAction)
+	if !ok {
+		t.Fatalf("schedule action = %T", desc.Schedule.Action)
+	}
+	if action.ID != workflows.RolloutWorkflowID(name) || action.TaskQueue != workflows.TaskQueue || action.Workflow != workflows.RolloutWorkflowName {
+		t.Errorf("schedule action = %+v", action)
+	}
+	if v, _ := action.TypedSearchAttributes.GetKeyword(workflows.SearchRollout); v != name {
+		t.Errorf("schedule action search attribute %s = %q", workflows.SearchRollout.GetName(), v)
+	}
+	if v, _ := action.TypedSearchAttributes.GetKeyword(workflows.SearchState); v != string(workflows.RolloutPreflight) {
+		t.Errorf("schedule action search attribute %s = %q", workflows.SearchState.GetName(), v)
+	}
+	if len(action.Args) != 1 {
+		t.Fatalf("schedule action args = %v", action.Args)
+	}
+	payload, ok := action.Args[0].(*commonpb.Payload)
+	if !ok {
+		t.Fatalf("schedule action arg = %T", action.Args[0])
+	}
+	var in workflows.RolloutInput
+	if err := converter.GetDefaultDataConverter().FromPayload(payload, &in); err != nil {
+		t.Fatal(err)
+	}
+	req := in.Request
+	wantWaves := []workflows.Wave{
+		{Count: 1, Bake: 5 * time.Minute},
+		{Percent: 50, SuccessThreshold: 90, Bake: 5 * time.Minute, Approve: true},
+		{Percent: 100, Approve: true},
+	}
+	if req.Name != name || req.Targets.List != name || !slices.Equal(req.Waves, wantWaves) || req.MaxInFlight != 20 ||
+		req.FailurePercent != 10 || req.FailureAction != workflows.ActionAbort || req.Upgrade.MaxAttempts != 2 || !req.SkipPreflight ||
+		req.Ramp == nil || *req.Ramp != (workflows.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) ||
+		req.Window == nil || *req.Window != (workflows.Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}) || in.Carry != nil {
+		t.Errorf("scheduled request = %+v", req)
+	}
+	if err := req.Validate(); err != nil {
+		t.Errorf("the scheduled request does not validate: %v", err)
+	}
+
+	cli("rollout", "schedule", "delete", name).check(t, 0)
+	// Without the schedule, a new list may replace the stored one.
+	cli(rolloutStart(name, "--devices", devs[0])...).check(t, 0)
+	if got, _ := f.store.ListDevices(ctx, store.DeviceFilter{List: name}); len(got) != 1 || got[0].ID != devs[0] {
+		t.Errorf("stored target list after a new start = %v", got)
+	}
+	cli("rollout", "cancel", name, "--cancel-running", "--wait").check(t, 0)
+}
