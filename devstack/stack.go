@@ -60,8 +60,8 @@ type Stack struct {
 func (s *Stack) say(format string, args ...any) { fmt.Fprintf(s.cfg.Out, format+"\n", args...) }
 
 // Start brings every part up, in dependency order; on failure it stops what it started.
-func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
-	s = &Stack{cfg: cfg}
+func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
+	s := &Stack{cfg: cfg}
 	defer func() {
 		if err != nil {
 			s.Close()

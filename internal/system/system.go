@@ -104,7 +104,7 @@ type System struct {
 }
 
 // Start brings the system up; on failure it stops what it started.
-func Start(ctx context.Context, cfg Config) (s *System, err error) {
+func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if cfg.Client == nil || cfg.Store == nil {
 		return nil, errors.New("system: Client and Store are required")
 	}
@@ -117,7 +117,7 @@ func Start(ctx context.Context, cfg Config) (s *System, err error) {
 	if cfg.Initial == nil {
 		cfg.Initial = protocol.Status{"firmware_ver": "1.0"}
 	}
-	s = &System{cfg: cfg, log: cfg.Logger}
+	s := &System{cfg: cfg, log: cfg.Logger}
 	defer func() {
 		if err != nil {
 			s.Close()
