@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/otaflow/otaflow/internal/broker"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testenv.Start(m, testenv.Needs{Postgres: true}))
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// exitCode is what cli.Exit passed to cli.OsExiter.
+type exitCode int
+
+// runApp runs the command with args, its output going to stdout and stderr, and returns its
+// error and its exit code (0 when it did not exit).
+func runApp(ctx context.Context, stdout, stderr *syncBuffer, args ...string) (err error, code int) {
+	app := newApp()
+	app.Writer, app.ErrWriter = stdout, stderr
+	oldExiter, oldErrWriter := cli.OsExiter, cli.ErrWriter
+	cli.OsExiter = func(c int) { panic(exitCode(c)) }
+	cli.ErrWriter = stderr
+	defer func() {
+		cli.OsExiter, cli.ErrWriter = oldExiter, oldErrWriter
+		if r := recover(); r != nil {
+			c, ok := r.(exitCode)
+			if !ok {
+				panic(r)
+			}
+			code = int(c)
+		}
+	}()
+	return app.RunContext(ctx, append([]string{"devicesim"}, args...)), 0
+}
+
+func TestBadFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"rate not a number", []string{"--fail-download", "abc", "--no-register"}, "invalid value"},
+		{"rate above 1", []string{"--fail-download", "1.5", "--no-register"}, "between 0 and 1"},
+		{"unknown flag", []string{"--no-such-flag"}, "not defined"},
+		{"status without version", []string{"--status", "firmware_ver", "--no-register"}, "KEY=VERSION"},
+		{"empty status", []string{"--status", " , ", "--no-register"}, "status is empty"},
+		{"no devices", []string{"--devices", "0", "--no-register"}, "at least 1"},
+		{"ids and count", []string{"--device-ids", "a,b", "--devices", "3", "--no-register"}, "not both"},
+		{"invalid device ID", []string{"--device-ids", "a/b", "--no-register"}, "device ID"},
+		{"fault device not simulated", []string{"--corrupt-devices", "sim-00099", "--no-register"}, "not in the fleet"},
+		{"bad broker URL", []string{"--broker", "http://localhost", "--no-register"}, "scheme"},
+		{"no database", []string{"--state-dir", "x"}, "--database-url"},
+		{"no secrets kept", []string{"--no-register", "--state-dir", "", "--devices", "1"}, "no secret"},
+	}
+	t.Setenv("DATABASE_URL", "")
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stderr := &syncBuffer{}
+			err, code := runApp(t.Context(), &syncBuffer{}, stderr, tt.args...)
+			if err == nil && code == 0 {
+				t.Fatal("bad flags accepted")
+			}
+			msg := stderr.String()
+			if err != nil {
+				msg += err.Error()
+			}
+			if !strings.Contains(msg, tt.want) {
+				t.Errorf("output %q (exit %d) does not mention %q", msg, code, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	st, err := parseStatus(" firmware_ver=1.0 , app_ver=3.2,")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 2 || st["firmware_ver"] != "1.0" || st["app_ver"] != "3.2" {
+		t.Errorf("status = %v", st)
+	}
+	if _, err := parseStatus("a=1,a=2"); err == nil {
+		t.Error("duplicate key accepted")
+	}
+}
+
+// TestRun registers devices in the real registry, runs them against a broker that checks
+// it, prints summaries and stops on cancellation; a second run reuses the kept secrets
+// without the database.
+func TestRun(t *testing.T) {
+	dbURL := testenv.DatabaseURL(t)
+	st, err := store.Open(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Credentials: st, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.WithoutCancel(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	stateDir := t.TempDir()
+
+	run := func(extra ...string) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		stdout := &syncBuffer{}
+		done := make(chan error, 1)
+		go func() {
+			args := append([]string{"--devices", "2", "--prefix", "cli", "--broker", b.URL(),
+				"--state-dir", stateDir, "--summary-interval", "20ms", "--status", "firmware_ver=1.0,app_ver=3.2"}, extra...)
+			err, code := runApp(ctx, stdout, &syncBuffer{}, args...)
+			if err == nil && code != 0 {
+				err = fmt.Errorf("exit code %d", code)
+			}
+			done <- err
+		}()
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(stdout.String(), "devicesim: devices=2 connected=2 ") {
+			select {
+			case err := <-done:
+				t.Fatalf("simulator ended early: %v; output %q", err, stdout.String())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("devices did not connect; output %q", stdout.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel() // Ctrl-C
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("run ended with %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("cancellation did not stop the simulator")
+		}
+		if !strings.Contains(stdout.String(), "devicesim: stopped: devices=2") {
+			t.Errorf("no final summary in %q", stdout.String())
+		}
+	}
+	run("--database-url", dbURL)
+	for _, id := range []string{"cli-00001", "cli-00002"} {
+		d, err := st.GetDevice(t.Context(), id)
+		if err != nil {
+			t.Fatalf("device not registered: %v", err)
+		}
+		if d.Disabled {
+			t.Errorf("%s disabled", id)
+		}
+	}
+	run("--no-register") // a restart, from the kept secrets alone
+}

@@ -1,0 +1,547 @@
+package simulator
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// Where in a download the download-fail and silent faults strike, in percent.
+const (
+	failAtPercent   = 30
+	silentAtPercent = 50
+)
+
+// downloadBufferSize is the size of one read of a download; it also sets how finely a small
+// package's progress can be reported.
+const downloadBufferSize = 16 * 1024
+
+// commandQueue is how many accepted commands a busy device holds before dropping new ones.
+const commandQueue = 8
+
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, downloadBufferSize); return &b }}
+
+// errSilent ends a download whose device goes silent: nothing more is reported.
+var errSilent = errors.New("device went silent")
+
+// device is one simulated device. Its goroutine (run) works on one command at a time; paho's
+// goroutines hand it commands through cmds.
+type device struct {
+	f      *Fleet
+	id     string
+	secret string
+	faults deviceFaults
+	cmds   chan *protocol.UpgradeCommand
+
+	mu        sync.Mutex
+	client    paho.Client
+	connected bool
+	booted    bool
+	status    protocol.Status
+	seen      map[string]struct{}
+	received  []string
+	working   string
+	attempts  int
+	upgrades  int
+	failures  int
+	ignored   int
+	lastCode  int
+}
+
+func newDevice(f *Fleet, id string) *device {
+	return &device{
+		f:      f,
+		id:     id,
+		faults: f.cfg.Faults.forDevice(id),
+		cmds:   make(chan *protocol.UpgradeCommand, commandQueue),
+		status: maps.Clone(f.cfg.Initial),
+	}
+}
+
+// run boots the device and works on commands until ctx is done.
+func (d *device) run(ctx context.Context) {
+	defer d.disconnect()
+	if !d.boot(ctx) {
+		return
+	}
+	var offline <-chan time.Time
+	if d.faults.any(faultOffline) {
+		t := time.NewTimer(d.f.cfg.Timing.OfflineAfter)
+		defer t.Stop()
+		offline = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-offline:
+			offline = nil
+			d.f.log.Debug("going offline", "device", d.id, "for", d.f.cfg.Timing.OfflineFor)
+			d.disconnect()
+			if !sleep(ctx, d.f.cfg.Timing.OfflineFor) || !d.boot(ctx) {
+				return
+			}
+		case cmd := <-d.cmds:
+			if !d.work(ctx, cmd) {
+				return
+			}
+		}
+	}
+}
+
+// boot connects with a new client (as a device does after power-on), renews the command
+// subscription and reports the status. It retries until connected and returns false when
+// ctx ends first.
+func (d *device) boot(ctx context.Context) bool {
+	t := d.f.cfg.Timing
+	ready := make(chan struct{})
+	var readyOnce sync.Once
+	opts := paho.NewClientOptions().AddBroker(d.f.broker).
+		SetClientID(d.id).SetUsername(d.id).SetPassword(d.secret).
+		SetCleanSession(false).
+		SetAutoReconnect(true).SetConnectRetry(false).
+		SetConnectTimeout(t.ConnectTimeout).SetMaxReconnectInterval(t.MaxReconnectInterval).
+		SetKeepAlive(t.KeepAlive).SetPingTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second).
+		// Commands queued in the persistent session may arrive before the subscription is
+		// renewed; the default handler takes them.
+		SetDefaultPublishHandler(d.onMessage).
+		SetOnConnectHandler(func(c paho.Client) {
+			d.onConnect(ctx, c)
+			readyOnce.Do(func() { close(ready) })
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			d.f.log.Debug("connection lost", "device", d.id, "error", err)
+			d.setConnected(false)
+		})
+
+	backoff := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		c := paho.NewClient(opts)
+		tok := c.Connect()
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			c.Disconnect(0)
+			return false
+		}
+		if err := tok.Error(); err != nil {
+			// Refused credentials are worth a warning; the rest (broker down or busy) shows
+			// in the fleet's connected count.
+			level := d.f.log.Debug
+			if attempt == 1 && (errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) || errors.Is(err, packets.ErrorRefusedNotAuthorised)) {
+				level = d.f.log.Warn
+			}
+			level("cannot connect; retrying", "device", d.id, "attempt", attempt, "error", err)
+			// Jitter spreads the reconnections of a fleet that lost its broker.
+			if !sleep(ctx, backoff/2+rand.N(backoff)) {
+				return false
+			}
+			backoff = min(2*backoff, t.MaxReconnectInterval)
+			continue
+		}
+		d.mu.Lock()
+		d.client = c
+		d.mu.Unlock()
+		break
+	}
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		return false
+	}
+	d.mu.Lock()
+	c := d.client
+	d.mu.Unlock()
+	d.reportBoot(ctx, c)
+	return true
+}
+
+// onConnect renews the command subscription and reports the status, at every connection.
+func (d *device) onConnect(ctx context.Context, c paho.Client) {
+	// mochi refuses a SUBSCRIBE whose packet ID is in use by a message it is redelivering
+	// from the session (code 0x91); the session still holds the subscription then, but try
+	// again so that the renewal is certain.
+	for try := 1; ; try++ {
+		tok := c.Subscribe(protocol.CommandTopic(d.id), 1, d.onMessage)
+		if !d.wait(ctx, tok, "subscribe") {
+			break
+		}
+		var refused byte
+		for _, code := range tok.(*paho.SubscribeToken).Result() {
+			if code > 2 {
+				refused = code
+			}
+		}
+		if refused == 0 {
+			break
+		}
+		if try == 3 {
+			d.f.log.Warn("command subscription refused", "device", d.id, "code", refused)
+			break
+		}
+		if !sleep(ctx, time.Duration(try)*100*time.Millisecond) {
+			return
+		}
+	}
+	d.setConnected(true)
+	d.f.log.Debug("connected", "device", d.id)
+}
+
+// reportBoot publishes the status a device reports at every boot. It runs once the connect
+// has completed: paho's resume of a persistent session marks the stored publishes as
+// duplicates while its writer may be sending them, so nothing is published from the
+// on-connect handler (a reconnect is no boot, and reports nothing).
+func (d *device) reportBoot(ctx context.Context, c paho.Client) {
+	d.mu.Lock()
+	status := maps.Clone(d.status)
+	d.mu.Unlock()
+	d.publishOn(ctx, c, protocol.StatusTopic(d.id), status)
+	d.mu.Lock()
+	first := !d.booted
+	d.booted = true
+	d.mu.Unlock()
+	if first {
+		d.f.booted()
+	}
+	d.f.log.Debug("booted", "device", d.id, "status", status)
+}
+
+func (d *device) setConnected(on bool) {
+	d.mu.Lock()
+	d.connected = on
+	d.mu.Unlock()
+}
+
+// disconnect ends the current connection cleanly; the persistent session stays on the broker.
+func (d *device) disconnect() {
+	d.mu.Lock()
+	c := d.client
+	d.client = nil
+	d.connected = false
+	d.mu.Unlock()
+	if c != nil {
+		c.Disconnect(250)
+	}
+}
+
+// onMessage takes an upgrade command from paho: it ignores invalid, expired and repeated
+// commands and queues the others for the device's goroutine.
+func (d *device) onMessage(_ paho.Client, m paho.Message) {
+	if m.Topic() != protocol.CommandTopic(d.id) {
+		d.f.log.Warn("message on an unexpected topic", "device", d.id, "topic", m.Topic())
+		return
+	}
+	cmd, err := protocol.ParseCommand(m.Payload())
+	d.mu.Lock()
+	if err != nil {
+		d.ignored++
+		d.mu.Unlock()
+		d.f.log.Warn("invalid command ignored", "device", d.id, "error", err)
+		return
+	}
+	d.received = append(d.received, cmd.ID)
+	_, repeated := d.seen[cmd.ID]
+	expired := isExpired(cmd)
+	if repeated || expired {
+		d.ignored++
+		d.mu.Unlock()
+		d.f.log.Debug("command ignored", "device", d.id, "command", cmd.ID, "repeated", repeated, "expired", expired)
+		return
+	}
+	if d.seen == nil {
+		d.seen = make(map[string]struct{})
+	}
+	d.seen[cmd.ID] = struct{}{}
+	d.mu.Unlock()
+	select {
+	case d.cmds <- &cmd:
+	default:
+		d.mu.Lock()
+		d.ignored++
+		d.mu.Unlock()
+		d.f.log.Warn("device busy, command dropped", "device", d.id, "command", cmd.ID)
+	}
+}
+
+func isExpired(cmd protocol.UpgradeCommand) bool {
+	return !cmd.ExpiresAt.IsZero() && time.Now().After(cmd.ExpiresAt)
+}
+
+// work carries out one upgrade command. It returns false when ctx ended it.
+func (d *device) work(ctx context.Context, cmd *protocol.UpgradeCommand) bool {
+	if isExpired(*cmd) { // it waited in the queue behind another upgrade
+		d.mu.Lock()
+		d.ignored++
+		d.mu.Unlock()
+		d.f.log.Debug("command expired while queued", "device", d.id, "command", cmd.ID)
+		return true
+	}
+	d.mu.Lock()
+	d.attempts++
+	attempt := d.attempts
+	d.working = cmd.ID
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.working = ""
+		d.mu.Unlock()
+	}()
+	log := d.f.log.With("device", d.id, "command", cmd.ID, "attempt", attempt)
+	log.Debug("upgrade started", "type", cmd.Type, "version", cmd.Version, "url", cmd.URL)
+
+	sum, n, err := d.download(ctx, cmd, attempt)
+	switch {
+	case ctx.Err() != nil:
+		return false
+	case errors.Is(err, errSilent):
+		log.Debug("went silent during the download")
+		return true
+	case err != nil:
+		d.fail(ctx, cmd, protocol.CodeDownloadFailed, "download failed: "+err.Error())
+		return true
+	case n != cmd.Size:
+		d.fail(ctx, cmd, protocol.CodeMD5Mismatch, fmt.Sprintf("size mismatch: downloaded %d bytes, expected %d", n, cmd.Size))
+		return true
+	case sum != cmd.MD5:
+		d.fail(ctx, cmd, protocol.CodeMD5Mismatch, fmt.Sprintf("md5 mismatch: package is %s, expected %s", sum, cmd.MD5))
+		return true
+	}
+	if d.faults.strikes(faultNoReport, attempt) {
+		log.Debug("downloaded; never reporting the new version")
+		return true
+	}
+
+	if !sleep(ctx, d.f.cfg.Timing.InstallDelay) {
+		return false
+	}
+	if d.faults.strikes(faultInstallFail, attempt) {
+		d.fail(ctx, cmd, protocol.CodeInstallFailed, "install failed: flash write error (simulated)")
+		return true
+	}
+	keepOld := d.faults.strikes(faultOldVersion, attempt)
+
+	// Reboot onto the new version (or, with the old-version fault, back onto the old one).
+	log.Debug("installed; rebooting")
+	d.disconnect()
+	if !sleep(ctx, d.f.cfg.Timing.RebootDelay) {
+		return false
+	}
+	d.mu.Lock()
+	if !keepOld {
+		d.status[protocol.VersionKey(cmd.Type)] = cmd.Version
+		d.upgrades++
+	}
+	d.lastCode = 0
+	d.mu.Unlock()
+	return d.boot(ctx)
+}
+
+// fail reports an error code.
+func (d *device) fail(ctx context.Context, cmd *protocol.UpgradeCommand, code int, desc string) {
+	d.f.log.Debug("upgrade failed", "device", d.id, "command", cmd.ID, "code", code, "desc", desc)
+	d.mu.Lock()
+	d.failures++
+	d.lastCode = code
+	d.mu.Unlock()
+	d.report(ctx, cmd, code, desc)
+}
+
+// report publishes a progress report for cmd.
+func (d *device) report(ctx context.Context, cmd *protocol.UpgradeCommand, progress int, desc string) {
+	d.publish(ctx, protocol.ProgressTopic(d.id), protocol.Progress{
+		ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: progress, Desc: truncate(desc, protocol.MaxDescLength),
+	})
+}
+
+// download streams the package, hashing and reporting progress as it goes, and returns the
+// md5 (hex) and length of what it received. It reads at most one byte more than cmd.Size.
+func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, attempt int) (string, int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cmd.URL, nil)
+	if err != nil {
+		return "", 0, err
+	}
+	resp, err := d.f.http.Do(req)
+	if err != nil {
+		return "", 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", 0, fmt.Errorf("HTTP %s", resp.Status)
+	}
+
+	t := d.f.cfg.Timing
+	slow := d.faults.strikes(faultSlow, attempt)
+	corrupt := d.faults.strikes(faultCorrupt, attempt)
+	failing := d.faults.strikes(faultDownloadFail, attempt)
+	silent := d.faults.strikes(faultSilent, attempt)
+
+	bp := bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(bp)
+	buf := *bp
+	if slow {
+		buf = buf[:max(1, min(int64(len(buf)), t.SlowRate/10))]
+	}
+	body := io.LimitReader(resp.Body, cmd.Size+1)
+	h := md5.New()
+	corruptAt := cmd.Size / 2
+	var n int64
+	lastPct := 0
+	var lastAt time.Time
+	start := time.Now()
+	for {
+		m, rerr := body.Read(buf)
+		if m > 0 {
+			data := buf[:m]
+			if corrupt && corruptAt >= n && corruptAt < n+int64(m) {
+				data[corruptAt-n] ^= 0xff
+			}
+			h.Write(data)
+			n += int64(m)
+			pct := int(min(n, cmd.Size) * 100 / cmd.Size)
+			if silent && pct >= silentAtPercent {
+				return "", n, errSilent
+			}
+			if failing && pct >= failAtPercent {
+				return "", n, errors.New("connection reset by peer (simulated)")
+			}
+			if pct >= 1 && pct != lastPct && (pct == 100 || time.Since(lastAt) >= t.ReportInterval) {
+				d.report(ctx, cmd, pct, "downloading")
+				lastPct, lastAt = pct, time.Now()
+			}
+			if slow {
+				due := start.Add(time.Duration(float64(n) / float64(t.SlowRate) * float64(time.Second)))
+				if !sleep(ctx, time.Until(due)) {
+					return "", n, ctx.Err()
+				}
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return "", n, rerr
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// publish sends v as JSON at QoS 1 on the current connection and waits for the broker's
+// acknowledgement (paho holds it across a reconnection) up to Timing.PublishTimeout.
+func (d *device) publish(ctx context.Context, topic string, v any) {
+	d.mu.Lock()
+	c := d.client
+	d.mu.Unlock()
+	if c == nil {
+		d.f.log.Debug("not connected; report lost", "device", d.id, "topic", topic)
+		return
+	}
+	d.publishOn(ctx, c, topic, v)
+}
+
+func (d *device) publishOn(ctx context.Context, c paho.Client, topic string, v any) {
+	payload, err := json.Marshal(v)
+	if err != nil { // protocol types always marshal
+		d.f.log.Error("encode report", "device", d.id, "error", err)
+		return
+	}
+	d.wait(ctx, c.Publish(topic, 1, false, payload), "publish to "+topic)
+}
+
+// wait waits for a paho token; it reports whether the operation succeeded.
+func (d *device) wait(ctx context.Context, tok paho.Token, what string) bool {
+	timer := time.NewTimer(d.f.cfg.Timing.PublishTimeout)
+	defer timer.Stop()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			d.f.log.Debug(what+" failed", "device", d.id, "error", err)
+			return false
+		}
+		return true
+	case <-timer.C:
+		d.f.log.Debug(what+" not acknowledged in time", "device", d.id)
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// state copies the device's observable state.
+func (d *device) state() DeviceState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return DeviceState{
+		ID:        d.id,
+		Connected: d.connected,
+		Booted:    d.booted,
+		Status:    maps.Clone(d.status),
+		Received:  slices.Clone(d.received),
+		Working:   d.working,
+		Attempts:  d.attempts,
+		Upgrades:  d.upgrades,
+		Failures:  d.failures,
+		Ignored:   d.ignored,
+		LastCode:  d.lastCode,
+	}
+}
+
+func (d *device) addStats(s *Stats) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.connected {
+		s.Connected++
+	}
+	if d.booted {
+		s.Booted++
+	}
+	if d.working != "" {
+		s.Upgrading++
+	}
+	if d.upgrades > 0 {
+		s.Upgraded++
+	}
+	if d.lastCode < 0 {
+		s.Failed++
+	}
+	s.Commands += len(d.received)
+	s.Ignored += d.ignored
+}
+
+// sleep waits for d or until ctx ends; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// truncate shortens s to at most n characters.
+func truncate(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-3]) + "..."
+}

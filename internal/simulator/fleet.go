@@ -1,0 +1,397 @@
+// Package simulator simulates a fleet of OTAflow devices that speak PROTOCOL.md over MQTT:
+// each connects with its own credentials and a persistent session, reports its status at
+// boot, and on an upgrade command really downloads the package over HTTP (streamed, hashed as
+// it goes), reports progress, verifies size and md5, "installs", reboots and reports its new
+// version. Faults (failed or corrupted downloads, failed installs, devices that go silent,
+// never report, come back on the old version, go offline or download slowly) are injected on
+// chosen devices, deterministically. The demo, the integration tests and the 10,000-device
+// benchmark all use it.
+package simulator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// Timing sets the pace of the simulated devices. Zero fields take the DefaultTiming values;
+// tests set small positive values (time.Millisecond) to run fast.
+type Timing struct {
+	// ReportInterval is the least time between two progress reports of a download (the
+	// protocol asks for about a second). The final 100 is always reported.
+	ReportInterval time.Duration
+	// InstallDelay is how long installing takes after a verified download.
+	InstallDelay time.Duration
+	// RebootDelay is how long a device stays disconnected while it reboots.
+	RebootDelay time.Duration
+	// SlowRate is the download speed, in bytes per second, of a device with the slow fault.
+	SlowRate int64
+	// OfflineAfter is when, after its first boot, a device with the offline fault disconnects;
+	// zero means right after its first boot status.
+	OfflineAfter time.Duration
+	// OfflineFor is how long a device with the offline fault stays offline.
+	OfflineFor time.Duration
+	// ConnectTimeout bounds one connection attempt; failed attempts are retried with backoff
+	// up to MaxReconnectInterval.
+	ConnectTimeout       time.Duration
+	MaxReconnectInterval time.Duration
+	// KeepAlive is the MQTT keep-alive of each device.
+	KeepAlive time.Duration
+	// PublishTimeout bounds the wait for the broker to acknowledge one report.
+	PublishTimeout time.Duration
+}
+
+// DefaultTiming returns the timing of a device that follows the protocol at a realistic pace.
+func DefaultTiming() Timing {
+	return Timing{
+		ReportInterval:       time.Second,
+		InstallDelay:         2 * time.Second,
+		RebootDelay:          time.Second,
+		SlowRate:             64 * 1024,
+		OfflineFor:           30 * time.Second,
+		ConnectTimeout:       30 * time.Second,
+		MaxReconnectInterval: 10 * time.Second,
+		KeepAlive:            60 * time.Second,
+		PublishTimeout:       30 * time.Second,
+	}
+}
+
+func (t *Timing) setDefaults() error {
+	d := DefaultTiming()
+	for _, f := range []struct {
+		name      string
+		v, dflt   *time.Duration
+		zeroValid bool
+	}{
+		{"report interval", &t.ReportInterval, &d.ReportInterval, false},
+		{"install delay", &t.InstallDelay, &d.InstallDelay, false},
+		{"reboot delay", &t.RebootDelay, &d.RebootDelay, false},
+		{"offline after", &t.OfflineAfter, &d.OfflineAfter, true},
+		{"offline for", &t.OfflineFor, &d.OfflineFor, false},
+		{"connect timeout", &t.ConnectTimeout, &d.ConnectTimeout, false},
+		{"max reconnect interval", &t.MaxReconnectInterval, &d.MaxReconnectInterval, false},
+		{"keep-alive", &t.KeepAlive, &d.KeepAlive, false},
+		{"publish timeout", &t.PublishTimeout, &d.PublishTimeout, false},
+	} {
+		if *f.v < 0 {
+			return fmt.Errorf("timing: %s %v is negative", f.name, *f.v)
+		}
+		if *f.v == 0 && !f.zeroValid {
+			*f.v = *f.dflt
+		}
+	}
+	if t.KeepAlive < time.Second {
+		return fmt.Errorf("timing: keep-alive %v is shorter than a second", t.KeepAlive)
+	}
+	if t.SlowRate < 0 {
+		return fmt.Errorf("timing: slow rate %d is negative", t.SlowRate)
+	}
+	if t.SlowRate == 0 {
+		t.SlowRate = d.SlowRate
+	}
+	return nil
+}
+
+// Config describes a simulated fleet.
+type Config struct {
+	// BrokerURL is the MQTT broker, tcp://host:port (ssl://, ws:// and wss:// also work).
+	// User information in the URL is ignored: each device uses its own credentials.
+	BrokerURL string
+	// DeviceIDs lists the devices; or, when it is empty, Count devices named Prefix-00001,
+	// Prefix-00002... (at least five digits).
+	DeviceIDs []string
+	Prefix    string
+	Count     int
+	// Initial is the status every device reports until it upgrades, e.g. {"firmware_ver": "1.0"}.
+	Initial protocol.Status
+	// Credentials maps each device ID to its secret. When it is nil, Registrar provides them.
+	Credentials map[string]string
+	Registrar   Registrar
+	// HTTPClient downloads the packages; nil means a client suited to many parallel downloads.
+	HTTPClient *http.Client
+	Faults     Faults
+	Timing     Timing
+	// Logger receives the fleet's logs; per-device steps are logged at debug level. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// DeviceID returns the ID of the n-th (1-based) device of a prefix-named fleet.
+func DeviceID(prefix string, n int) string { return fmt.Sprintf("%s-%05d", prefix, n) }
+
+// DeviceState is what one simulated device has done so far, for tests and summaries.
+type DeviceState struct {
+	ID string
+	// Connected reports whether the device is connected now; Booted whether it has connected
+	// and reported its status at least once.
+	Connected, Booted bool
+	// Status holds the versions the device reports now.
+	Status protocol.Status
+	// Received lists the IDs of every upgrade command received, in order, ignored ones included.
+	Received []string
+	// Working is the ID of the command being worked on, "" when idle.
+	Working string
+	// Attempts counts the commands worked on; Upgrades the installs that ended in a reboot on
+	// the new version; Failures the attempts that ended with an error code.
+	Attempts, Upgrades, Failures int
+	// Ignored counts commands ignored as expired, repeated or invalid.
+	Ignored int
+	// LastCode is the last error code reported (0 after a successful upgrade).
+	LastCode int
+}
+
+// Stats counts the fleet's devices by what they are doing.
+type Stats struct {
+	Devices   int
+	Connected int
+	Booted    int
+	// Upgrading counts the devices working on a command.
+	Upgrading int
+	// Upgraded counts the devices that completed at least one upgrade.
+	Upgraded int
+	// Failed counts the devices whose last attempt ended with an error code.
+	Failed int
+	// Commands counts the upgrade commands received, Ignored those ignored.
+	Commands, Ignored int
+}
+
+// String summarises the stats on one line.
+func (s Stats) String() string {
+	return fmt.Sprintf("devices=%d connected=%d upgrading=%d upgraded=%d failed=%d commands=%d ignored=%d",
+		s.Devices, s.Connected, s.Upgrading, s.Upgraded, s.Failed, s.Commands, s.Ignored)
+}
+
+// Fleet is a running set of simulated devices.
+type Fleet struct {
+	cfg      Config
+	broker   string
+	ids      []string
+	log      *slog.Logger
+	http     *http.Client
+	devices  map[string]*device
+	bootedN  atomic.Int64
+	allUp    chan struct{}
+	allUpSet sync.Once
+
+	mu      sync.Mutex
+	started bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// New checks cfg and prepares a fleet; Start connects it.
+func New(cfg Config) (*Fleet, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	broker, err := brokerURL(cfg.BrokerURL)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := fleetIDs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[string]struct{}, len(ids))
+	for _, id := range ids {
+		set[id] = struct{}{}
+	}
+	if err := cfg.Faults.validate(set); err != nil {
+		return nil, err
+	}
+	if err := cfg.Timing.setDefaults(); err != nil {
+		return nil, err
+	}
+	if len(cfg.Initial) == 0 {
+		return nil, errors.New("simulator: the initial status is empty; give at least one version, e.g. firmware_ver=1.0")
+	}
+	if err := cfg.Initial.Validate(); err != nil {
+		return nil, fmt.Errorf("simulator: initial status: %w", err)
+	}
+	if cfg.Credentials == nil && cfg.Registrar == nil {
+		return nil, errors.New("simulator: give Credentials or a Registrar")
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = 64
+		tr.ResponseHeaderTimeout = 30 * time.Second
+		hc = &http.Client{Transport: tr}
+	}
+	f := &Fleet{
+		cfg:     cfg,
+		broker:  broker,
+		ids:     ids,
+		log:     cfg.Logger,
+		http:    hc,
+		devices: make(map[string]*device, len(ids)),
+		allUp:   make(chan struct{}),
+	}
+	for _, id := range ids {
+		f.devices[id] = newDevice(f, id)
+	}
+	return f, nil
+}
+
+func brokerURL(raw string) (string, error) {
+	if raw == "" {
+		return "", errors.New("simulator: the broker URL is empty")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("simulator: broker URL: %w", err)
+	}
+	switch u.Scheme {
+	case "mqtt":
+		u.Scheme = "tcp"
+	case "tcp", "ssl", "tls", "ws", "wss":
+	default:
+		return "", fmt.Errorf("simulator: broker URL %q: scheme must be tcp, mqtt, ssl, tls, ws or wss", u.Redacted())
+	}
+	if u.Host == "" {
+		return "", fmt.Errorf("simulator: broker URL %q has no host", u.Redacted())
+	}
+	u.User = nil
+	return u.String(), nil
+}
+
+func fleetIDs(cfg Config) ([]string, error) {
+	var ids []string
+	switch {
+	case len(cfg.DeviceIDs) > 0:
+		if cfg.Count != 0 || cfg.Prefix != "" {
+			return nil, errors.New("simulator: give either device IDs or a prefix and count, not both")
+		}
+		ids = slices.Clone(cfg.DeviceIDs)
+	case cfg.Count > 0:
+		if cfg.Prefix == "" {
+			return nil, errors.New("simulator: a device count needs a prefix")
+		}
+		ids = make([]string, cfg.Count)
+		for i := range ids {
+			ids[i] = DeviceID(cfg.Prefix, i+1)
+		}
+	case cfg.Count < 0:
+		return nil, fmt.Errorf("simulator: device count %d is negative", cfg.Count)
+	default:
+		return nil, errors.New("simulator: no devices: give device IDs or a prefix and a count")
+	}
+	seen := make(map[string]struct{}, len(ids))
+	for _, id := range ids {
+		if err := protocol.ValidateDeviceID(id); err != nil {
+			return nil, fmt.Errorf("simulator: %w", err)
+		}
+		if _, dup := seen[id]; dup {
+			return nil, fmt.Errorf("simulator: device %s is listed twice", id)
+		}
+		seen[id] = struct{}{}
+	}
+	return ids, nil
+}
+
+// IDs returns the fleet's device IDs in order.
+func (f *Fleet) IDs() []string { return slices.Clone(f.ids) }
+
+// Start gets the devices' secrets (from Credentials or the Registrar) and starts every device.
+// It returns once they are started, not connected (see WaitConnected). The devices run until
+// Stop is called or ctx is done.
+func (f *Fleet) Start(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.started {
+		return errors.New("simulator: fleet already started")
+	}
+	secrets := f.cfg.Credentials
+	if secrets == nil {
+		var err error
+		if secrets, err = f.cfg.Registrar.Secrets(ctx, f.ids); err != nil {
+			return fmt.Errorf("simulator: get device secrets: %w", err)
+		}
+	}
+	var missing []string
+	for _, id := range f.ids {
+		if secrets[id] == "" {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("simulator: no secret for %d devices: %s", len(missing), abbreviate(missing, 5))
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	f.cancel = cancel
+	f.started = true
+	for _, id := range f.ids {
+		d := f.devices[id]
+		d.secret = secrets[id]
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			d.run(ctx)
+		}()
+	}
+	f.log.Info("fleet started", "devices", len(f.ids), "broker", f.broker)
+	return nil
+}
+
+// Stop disconnects every device and waits for them to end. It may be called more than once.
+func (f *Fleet) Stop() {
+	f.mu.Lock()
+	cancel := f.cancel
+	f.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	f.wg.Wait()
+}
+
+// WaitConnected waits until every device has connected and reported its status at least once.
+func (f *Fleet) WaitConnected(ctx context.Context) error {
+	select {
+	case <-f.allUp:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("simulator: %d of %d devices connected: %w", f.bootedN.Load(), len(f.ids), ctx.Err())
+	}
+}
+
+// booted records a device's first boot.
+func (f *Fleet) booted() {
+	if f.bootedN.Add(1) == int64(len(f.ids)) {
+		f.allUpSet.Do(func() { close(f.allUp) })
+	}
+}
+
+// Device returns the state of one device.
+func (f *Fleet) Device(id string) (DeviceState, bool) {
+	d, ok := f.devices[id]
+	if !ok {
+		return DeviceState{}, false
+	}
+	return d.state(), true
+}
+
+// Stats counts the devices by what they are doing.
+func (f *Fleet) Stats() Stats {
+	s := Stats{Devices: len(f.ids)}
+	for _, id := range f.ids {
+		f.devices[id].addStats(&s)
+	}
+	return s
+}
+
+func abbreviate(ids []string, n int) string {
+	if len(ids) <= n {
+		return fmt.Sprint(ids)
+	}
+	return fmt.Sprintf("%v and %d more", ids[:n], len(ids)-n)
+}
