@@ -92,6 +92,7 @@ type System struct {
 
 	files    *http.Server
 	fileBase string
+	services map[string]string
 
 	mu           sync.Mutex
 	worker       worker.Worker
@@ -124,17 +125,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		}
 	}()
 	workerPass, bridgePass := randomToken(), randomToken()
-	s.Broker, err = broker.New(broker.Options{
-		Addr:        cfg.MQTTAddr,
-		Credentials: cfg.Store,
-		Services:    map[string]string{WorkerUser: workerPass, BridgeUser: bridgePass},
-		Logger:      cfg.Logger,
-	})
-	if err != nil {
+	s.services = map[string]string{WorkerUser: workerPass, BridgeUser: bridgePass}
+	if err := s.startBroker(ctx, cfg.MQTTAddr); err != nil {
 		return nil, err
-	}
-	if err := s.Broker.Start(ctx); err != nil {
-		return nil, fmt.Errorf("start MQTT broker on %s: %w", cfg.MQTTAddr, err)
 	}
 	s.closers = append(s.closers, func() { _ = s.Broker.Close() })
 	addr := s.Broker.Addr()
@@ -161,6 +154,30 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		}
 	}
 	return s, nil
+}
+
+func (s *System) startBroker(ctx context.Context, addr string) error {
+	b, err := broker.New(broker.Options{Addr: addr, Credentials: s.cfg.Store, Services: s.services, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return fmt.Errorf("start MQTT broker on %s: %w", addr, err)
+	}
+	s.Broker = b
+	return nil
+}
+
+// RestartBroker stops the broker and starts a new one on the same address, as a broker
+// crash and restart would: its sessions and queued messages are gone, and every client
+// reconnects by itself.
+func (s *System) RestartBroker(ctx context.Context, down time.Duration) error {
+	addr := s.Broker.Addr()
+	if err := s.Broker.Close(); err != nil {
+		return fmt.Errorf("stop MQTT broker: %w", err)
+	}
+	time.Sleep(down)
+	return s.startBroker(ctx, addr)
 }
 
 // StartWorker starts the Temporal worker, with its own MQTT connection.

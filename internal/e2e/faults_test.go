@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/system"
+	"github.com/otaflow/otaflow/internal/temporalconn"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// TestRolloutSurvivesRestarts restarts, one after another in the middle of a rollout, the
+// worker, the bridge, PostgreSQL and the Temporal server, and checks afterwards that every
+// device ended in a final state, none was upgraded twice, none was lost, and the rollout's
+// counts equal the PostgreSQL records. It runs servers of its own, so that it can stop them.
+func TestRolloutSurvivesRestarts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts servers; skipped in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	cli, err := localstack.EnsureTemporalCLI(ctx, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgPort, err := localstack.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tPort, err := localstack.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgOpts := localstack.PostgresOptions{Dir: filepath.Join(dir, "pg"), Port: pgPort, NoFsync: true}
+	pg, err := localstack.StartPostgres(ctx, pgOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pg.Stop() })
+	tOpts := localstack.TemporalOptions{CLIPath: cli, DBFile: filepath.Join(dir, "temporal.db"), Port: tPort}
+	temporal, err := localstack.StartTemporal(ctx, tOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = temporal.Stop() })
+
+	st, err := store.Open(ctx, pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// A client of its own: it outlives the server it first connected to.
+	c, err := temporalconn.Dial(ctx, temporalconn.Options{Address: temporal.Address()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	timing := fastTiming
+	timing.InstallDelay = 800 * time.Millisecond
+	const devices = 30
+	sys, err := system.Start(ctx, system.Config{Client: c, Store: st, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		PackageDir: filepath.Join(dir, "packages"), PackageSize: 64 << 10, Devices: devices, Prefix: "chaos", Timing: timing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sys.Close()
+	if err := sys.WaitReported(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, ctx: ctx, store: st, sys: sys, c: c}
+	req := e.rollout("chaos", "chaos")
+	req.MaxInFlight = 3
+	req.Upgrade.StartTimeout = 20 * time.Second
+	req.Upgrade.SilenceTimeout = 20 * time.Second
+	req.Upgrade.InstallTimeout = 20 * time.Second
+	run := e.startRollout(req)
+
+	finished := func() int {
+		v, err := c.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress)
+		var p workflows.RolloutProgress
+		if err != nil || v.Get(&p) != nil {
+			return -1 // the server or the worker is down
+		}
+		return p.Counts.Finished()
+	}
+	next := 3
+	step := func(what string, restart func()) {
+		t.Helper()
+		waitFor(t, 90*time.Second, "progress before restarting the "+what, func() bool { return finished() >= next })
+		t.Logf("restarting the %s with %d devices finished", what, finished())
+		restart()
+		next += 4
+	}
+	step("worker", func() {
+		sys.StopWorker()
+		time.Sleep(time.Second)
+		if err := sys.StartWorker(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	step("bridge", func() {
+		sys.StopBridge()
+		time.Sleep(time.Second)
+		if err := sys.StartBridge(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	step("PostgreSQL server", func() {
+		if err := pg.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if pg, err = localstack.StartPostgres(ctx, pgOpts); err != nil {
+			t.Fatal(err)
+		}
+	})
+	step("Temporal server", func() {
+		if err := temporal.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if temporal, err = localstack.StartTemporal(ctx, tOpts); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var p workflows.RolloutProgress
+	waitFor(t, 3*time.Minute, "the rollout to end", func() bool {
+		v, err := c.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress)
+		return err == nil && v.Get(&p) == nil && p.State.Final()
+	})
+	if p.State != workflows.RolloutCompleted || p.Total != devices || p.Counts.Finished() != devices || p.Counts.Running() != 0 {
+		t.Fatalf("rollout %s with %+v of %d; want completed with every device finished", p.State, p.Counts, p.Total)
+	}
+	if p.Counts.Succeeded != devices {
+		t.Errorf("%d of %d devices succeeded: %+v", p.Counts.Succeeded, devices, p.Counts)
+	}
+	for _, id := range sys.Fleet.IDs() {
+		d, _ := sys.Fleet.Device(id)
+		if d.Upgrades != 1 || d.Status["firmware_ver"] != "1.1" {
+			t.Errorf("%s installed %d times and reports %v; want once, on 1.1", id, d.Upgrades, d.Status)
+		}
+	}
+	e.checkRecords("chaos", p)
+}
