@@ -26,6 +26,7 @@ import (
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/workflows"
 )
@@ -73,32 +74,31 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 		return err
 	}
 	defer s.Close()
-	procs, err := s.startProcesses(ctx)
+	procs, err := s.startProcesses(ctx, cfg.Devices)
 	if err != nil {
 		return err
 	}
 	defer procs.stop()
-	// The bridge process is subscribed once the devices' boot reports reach PostgreSQL.
-	time.Sleep(2 * time.Second)
-	s.say("Connecting %d simulated devices ...", cfg.Devices)
-	if err := s.StartFleet(ctx); err != nil {
-		return err
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	s.say("Connecting %d simulated devices (devicesim, pid %d) ...", cfg.Devices, procs.fleet.Process.Pid)
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	if err := s.WaitReported(wctx); err != nil {
+	if err := s.waitBooted(wctx, cfg.Devices); err != nil {
 		return err
 	}
 	s.say("%d simulated devices connected and reported; the worker (pid %d) and the bridge (pid %d) run apart.",
 		cfg.Devices, procs.worker.Process.Pid, procs.bridge.Process.Pid)
 
-	floor1, err := s.benchRawMQTT(ctx, "1.1")
+	ids := make([]string, cfg.Devices)
+	for i := range ids {
+		ids[i] = simulator.DeviceID("sim", i+1)
+	}
+	floor1, err := s.benchRawMQTT(ctx, ids, "1.1", inFlight)
 	if err != nil {
 		return fmt.Errorf("floor 1: %w", err)
 	}
 	s.say("Floor 1, MQTT round trip without Temporal: %d devices in %s = %.0f/min", floor1.devices, floor1.elapsed.Round(time.Millisecond), floor1.perMinute())
 
-	floor2, err := s.benchMinimalWorkflow(ctx, "1.2", inFlight)
+	floor2, err := s.benchMinimalWorkflow(ctx, ids, "1.2", inFlight)
 	if err != nil {
 		return fmt.Errorf("floor 2: %w", err)
 	}
@@ -126,7 +126,7 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 	if err != nil {
 		return err
 	}
-	hist, err := s.deviceHistories(ctx, name, 200)
+	hist, err := s.deviceHistories(ctx, ids, 200)
 	if err != nil {
 		return err
 	}
@@ -134,7 +134,7 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 	if err != nil {
 		return err
 	}
-	wMem, bMem := peakRSS(procs.worker.Process.Pid), peakRSS(procs.bridge.Process.Pid)
+	wMem, bMem, fMem := peakRSS(procs.worker.Process.Pid), peakRSS(procs.bridge.Process.Pid), peakRSS(procs.fleet.Process.Pid)
 
 	s.say("\nOTAflow benchmark: %d simulated devices, max %d in flight, one 2-core machine, dev server on its WAL SQLite file", cfg.Devices, inFlight)
 	s.say("  rollout %s: %s, %d succeeded, %d failed, %d timed out, %d lost", name, p.State, p.Counts.Succeeded, p.Counts.Failed, p.Counts.TimedOut, lost)
@@ -144,21 +144,15 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 	s.say("  time per device p50 / p99         %8s / %s", lat.p50.Round(time.Millisecond), lat.p99.Round(time.Millisecond))
 	s.say("  history events per device upgrade %8.1f avg, %d max (sample of %d)", hist.avg, hist.max, hist.n)
 	s.say("  largest rollout execution history %8d events (%d runs, continue-as-new every %d devices)", maxRollout, runs, continueAfter)
-	s.say("  peak memory: worker %s, bridge %s", mib(wMem), mib(bMem))
+	s.say("  peak memory: worker %s, bridge %s (simulated fleet %s)", mib(wMem), mib(bMem), mib(fMem))
 	return nil
 }
 
-// benchRawMQTT publishes a command to every device at once and waits for every status with
-// the new version, with no Temporal in the path.
-func (s *Stack) benchRawMQTT(ctx context.Context, version string) (benchResult, error) {
-	ids := s.Fleet.IDs()
-	want := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		want[id] = true
-	}
-	var mu sync.Mutex
-	left := len(ids)
-	done := make(chan struct{})
+// benchRawMQTT sends every device a command over MQTT, inFlight outstanding at a time (a new
+// one as each device reports the version), with no Temporal in the path: the round-trip rate
+// of the simulated fleet itself.
+func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, inFlight int) (benchResult, error) {
+	reported := make(chan string, len(ids))
 	opts, err := mqttconn.Options(s.WorkerMQTTURL, "bench-observer")
 	if err != nil {
 		return benchResult{}, err
@@ -168,16 +162,8 @@ func (s *Stack) benchRawMQTT(ctx context.Context, version string) (benchResult, 
 		c.Subscribe(protocol.StatusFilter, 1, func(_ paho.Client, m paho.Message) {
 			id, _, err := protocol.ParseTopic(m.Topic())
 			st, perr := protocol.ParseStatus(m.Payload())
-			if err != nil || perr != nil || st["firmware_ver"] != version {
-				return
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if want[id] {
-				delete(want, id)
-				if left--; left == 0 {
-					close(done)
-				}
+			if err == nil && perr == nil && st["firmware_ver"] == version {
+				reported <- id
 			}
 		}).Wait()
 	})
@@ -198,20 +184,38 @@ func (s *Stack) benchRawMQTT(ctx context.Context, version string) (benchResult, 
 	defer pc.Disconnect(100)
 	pub := &mqttconn.Publisher{Client: pc}
 	start := time.Now()
-	for i, id := range ids {
+	send := func(i int) error {
 		cmd := protocol.UpgradeCommand{ID: fmt.Sprintf("raw-%d", i), Type: "firmware", Version: version, URL: s.Package.URL,
-			MD5: s.Package.MD5, Size: s.Package.Size, IssuedAt: start, ExpiresAt: start.Add(time.Hour)}
+			MD5: s.Package.MD5, Size: s.Package.Size, IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}
 		b, _ := json.Marshal(cmd)
-		if err := pub.Publish(ctx, protocol.CommandTopic(id), b); err != nil {
+		return pub.Publish(ctx, protocol.CommandTopic(ids[i]), b)
+	}
+	next := 0
+	for ; next < min(inFlight, len(ids)); next++ {
+		if err := send(next); err != nil {
 			return benchResult{}, err
 		}
 	}
-	select {
-	case <-done:
-	case <-time.After(30 * time.Minute):
-		return benchResult{}, fmt.Errorf("%d devices never reported %s", left, version)
-	case <-ctx.Done():
-		return benchResult{}, ctx.Err()
+	done := map[string]bool{}
+	timeout := time.After(30 * time.Minute)
+	for len(done) < len(ids) {
+		select {
+		case id := <-reported:
+			if done[id] {
+				continue
+			}
+			done[id] = true
+			if next < len(ids) {
+				if err := send(next); err != nil {
+					return benchResult{}, err
+				}
+				next++
+			}
+		case <-timeout:
+			return benchResult{}, fmt.Errorf("%d devices never reported %s", len(ids)-len(done), version)
+		case <-ctx.Done():
+			return benchResult{}, ctx.Err()
+		}
 	}
 	return benchResult{name: "raw", devices: len(ids), elapsed: time.Since(start)}, nil
 }
@@ -253,7 +257,7 @@ func (m *minimalActivities) Publish(ctx context.Context, cmd protocol.UpgradeCom
 }
 
 // benchMinimalWorkflow runs floor 2: a minimal workflow per device, inFlight at a time.
-func (s *Stack) benchMinimalWorkflow(ctx context.Context, version string, inFlight int) (benchResult, error) {
+func (s *Stack) benchMinimalWorkflow(ctx context.Context, ids []string, version string, inFlight int) (benchResult, error) {
 	opts, err := mqttconn.Options(s.WorkerMQTTURL, "bench-minimal-worker")
 	if err != nil {
 		return benchResult{}, err
@@ -271,7 +275,6 @@ func (s *Stack) benchMinimalWorkflow(ctx context.Context, version string, inFlig
 		return benchResult{}, err
 	}
 	defer w.Stop()
-	ids := s.Fleet.IDs()
 	sem := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
 	var failed atomic.Int64
@@ -304,6 +307,24 @@ func (s *Stack) benchMinimalWorkflow(ctx context.Context, version string, inFlig
 		return benchResult{}, fmt.Errorf("%d minimal workflows failed, the first: %v", n, firstErr.Load())
 	}
 	return benchResult{name: "minimal", devices: len(ids), elapsed: time.Since(start)}, nil
+}
+
+// waitBooted waits until n simulated devices report firmware 1.0 in PostgreSQL.
+func (s *Stack) waitBooted(ctx context.Context, n int) error {
+	for {
+		got, err := s.Store.CountDevices(ctx, store.DeviceFilter{Prefix: "sim-", Labels: map[string]string{"firmware_ver": "1.0"}})
+		if err != nil {
+			return err
+		}
+		if got >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("only %d of %d simulated devices reported: %w", got, n, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 type latency struct{ p50, p99 time.Duration }
@@ -342,8 +363,7 @@ type histories struct {
 }
 
 // deviceHistories samples the history length of n device upgrades of a rollout.
-func (s *Stack) deviceHistories(ctx context.Context, rollout string, n int) (histories, error) {
-	ids := s.Fleet.IDs()
+func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histories, error) {
 	var h histories
 	var sum int64
 	for i := 0; i < len(ids) && h.n < n; i += max(1, len(ids)/n) {
@@ -381,10 +401,10 @@ func (s *Stack) rolloutHistories(ctx context.Context, workflowID string) (runs i
 	}
 }
 
-type benchProcs struct{ worker, bridge *exec.Cmd }
+type benchProcs struct{ worker, bridge, fleet *exec.Cmd }
 
 func (p *benchProcs) stop() {
-	for _, c := range []*exec.Cmd{p.worker, p.bridge} {
+	for _, c := range []*exec.Cmd{p.fleet, p.worker, p.bridge} {
 		if c != nil && c.Process != nil {
 			_ = c.Process.Signal(os.Interrupt)
 			_ = c.Wait()
@@ -392,10 +412,11 @@ func (p *benchProcs) stop() {
 	}
 }
 
-// startProcesses builds and starts the worker and the bridge as processes of their own.
-func (s *Stack) startProcesses(ctx context.Context) (*benchProcs, error) {
+// startProcesses builds and starts the worker, the bridge and the simulated fleet as
+// processes of their own.
+func (s *Stack) startProcesses(ctx context.Context, devices int) (*benchProcs, error) {
 	bin := filepath.Join(s.cfg.DataDir, "bin")
-	for _, pkg := range []string{"worker", "mqttbridge"} {
+	for _, pkg := range []string{"worker", "mqttbridge", "devicesim"} {
 		s.say("Building ./%s ...", pkg)
 		out, err := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, pkg), "./"+pkg).CombinedOutput()
 		if err != nil {
@@ -407,8 +428,8 @@ func (s *Stack) startProcesses(ctx context.Context) (*benchProcs, error) {
 		return nil, err
 	}
 	env := append(os.Environ(), "TEMPORAL_ADDRESS="+s.temporal.Address(), "DATABASE_URL="+s.DatabaseURL)
-	start := func(name, mqttURL string) (*exec.Cmd, error) {
-		c := exec.Command(filepath.Join(bin, name))
+	start := func(name, mqttURL string, args ...string) (*exec.Cmd, error) {
+		c := exec.Command(filepath.Join(bin, name), args...)
 		c.Env = append(env, "MQTT_URL="+mqttURL)
 		c.Stdout, c.Stderr = logFile, logFile
 		return c, c.Start()
@@ -418,6 +439,13 @@ func (s *Stack) startProcesses(ctx context.Context) (*benchProcs, error) {
 		return nil, err
 	}
 	if p.bridge, err = start("mqttbridge", s.BridgeMQTTURL); err != nil {
+		p.stop()
+		return nil, err
+	}
+	// The bridge records the devices' boot reports once it is subscribed.
+	time.Sleep(2 * time.Second)
+	if p.fleet, err = start("devicesim", s.MQTTURL, "--devices", strconv.Itoa(devices), "--prefix", "sim",
+		"--status", "firmware_ver=1.0", "--state-dir", filepath.Join(s.cfg.DataDir, "devicesim"), "--summary-interval", "0"); err != nil {
 		p.stop()
 		return nil, err
 	}

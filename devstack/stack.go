@@ -70,6 +70,10 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
+	// Each simulated device holds a socket in the broker, and one more when simulated here.
+	if need := uint64(2*cfg.Devices + 1024); raiseOpenFiles(need) != nil {
+		s.say("Could not raise the open-file limit to %d; with many devices, raise it (ulimit -n).", need)
+	}
 	logFile, err := os.OpenFile(filepath.Join(cfg.DataDir, "otaflow.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open log file: %w", err)
@@ -122,7 +126,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.UIURL = s.temporal.UIURL()
 
 	if cfg.Devices > 0 {
-		s.say("Starting the broker, the worker, the bridge and %d simulated devices (sim-00001 ...) ...", cfg.Devices)
+		s.say("Starting the broker, the worker, the bridge and %d simulated devices (sim-00001 ...) ...", simulated(cfg))
 	}
 	s.System, err = system.Start(ctx, system.Config{
 		Client: s.Client, Store: s.Store,
@@ -130,11 +134,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		HTTPAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.HTTPPort)),
 		PackageDir:  filepath.Join(cfg.DataDir, "packages"),
 		PackageName: cfg.PackageName, PackageSize: cfg.PackageSize,
-		Devices: cfg.Devices, Prefix: "sim",
+		Devices: simulated(cfg), Prefix: "sim",
 		Initial:     protocol.Status{"firmware_ver": "1.0", "app_ver": "3.2"},
 		Timing:      cfg.SimTiming,
 		SimStateDir: filepath.Join(cfg.DataDir, "devicesim"),
-		NoWorker:    cfg.External, NoBridge: cfg.External, DeferFleet: cfg.External,
+		NoWorker:    cfg.External, NoBridge: cfg.External,
 		Logger: s.log,
 	})
 	if err != nil {
@@ -149,6 +153,15 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 	return s, nil
+}
+
+// simulated is how many devices the stack simulates in its own process: none when the
+// benchmark runs the fleet, the worker and the bridge as processes of their own.
+func simulated(cfg Config) int {
+	if cfg.External {
+		return 0
+	}
+	return cfg.Devices
 }
 
 // Close stops everything, in the reverse order of Start.

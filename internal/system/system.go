@@ -65,9 +65,6 @@ type Config struct {
 	Bridge bridge.Config
 	// NoWorker and NoBridge leave those parts out, for running them as separate processes.
 	NoWorker, NoBridge bool
-	// DeferFleet leaves the fleet for StartFleet, once the bridge that records the devices'
-	// boot status runs elsewhere.
-	DeferFleet bool
 	// Logger receives every part's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -148,8 +145,8 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			return nil, err
 		}
 	}
-	if cfg.Devices > 0 && !cfg.DeferFleet {
-		if err := s.StartFleet(ctx); err != nil {
+	if cfg.Devices > 0 {
+		if err := s.startFleet(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -277,8 +274,8 @@ func (s *System) BridgeStats() bridge.Stats {
 	return s.bridge.Stats()
 }
 
-// StartFleet connects the simulated devices and waits until they all booted.
-func (s *System) StartFleet(ctx context.Context) error {
+// startFleet connects the simulated devices and waits until they all booted.
+func (s *System) startFleet(ctx context.Context) error {
 	var err error
 	s.Fleet, err = simulator.New(simulator.Config{
 		BrokerURL: s.MQTTURL, Prefix: s.cfg.Prefix, Count: s.cfg.Devices, Initial: s.cfg.Initial,

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package main
+
+func raiseOpenFiles(uint64) error { return nil }
