@@ -13,8 +13,9 @@
 // are handled in the order the broker delivered them. Shard queues are bounded; when they are
 // full the MQTT client's message handler blocks, which stops reading from the broker. (MQTT
 // 3.1.1 has no flow control: a broker that drops messages for a client that reads slowly, as
-// mochi does past its per-client pending-writes and inflight limits, must have room for a
-// bridge that is held up by a database or Temporal outage.)
+// mochi does past its per-client in-flight limit, must have room for a bridge that is held up
+// by a database or Temporal outage. internal/broker keeps those that find mochi's write queue
+// full.)
 //
 // Progress reports are coalesced before they reach Temporal (see Config.ProgressInterval and
 // Config.ProgressStep) to keep workflow histories small; PostgreSQL gets every report.
@@ -196,6 +197,10 @@ type Stats struct {
 	Coalesced int64 `json:"coalesced"`
 	// Retries counts the attempts repeated after a transient failure.
 	Retries int64 `json:"retries"`
+	// Duplicates counts the messages the broker sent again, on the same connection, while the
+	// first copy was still being processed; they are not processed twice (the first copy's
+	// acknowledgement covers them). Received includes them.
+	Duplicates int64 `json:"duplicates"`
 	// Ignored counts the retained messages a new subscription replayed (they were handled
 	// when first published).
 	Ignored int64 `json:"ignored"`
@@ -207,14 +212,14 @@ type Stats struct {
 }
 
 type counters struct {
-	received, rejected, stored, signalled, noWorkflow, coalesced, retries, ignored, acked, unfinished atomic.Int64
+	received, rejected, stored, signalled, noWorkflow, coalesced, retries, duplicates, ignored, acked, unfinished atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
 		Received: c.received.Load(), Rejected: c.rejected.Load(), Stored: c.stored.Load(),
 		Signalled: c.signalled.Load(), NoWorkflow: c.noWorkflow.Load(), Coalesced: c.coalesced.Load(),
-		Retries: c.retries.Load(), Ignored: c.ignored.Load(), Acked: c.acked.Load(), Unfinished: c.unfinished.Load(),
+		Retries: c.retries.Load(), Duplicates: c.duplicates.Load(), Ignored: c.ignored.Load(), Acked: c.acked.Load(), Unfinished: c.unfinished.Load(),
 	}
 }
 
@@ -244,6 +249,7 @@ type Bridge struct {
 	opts  *mqtt.ClientOptions // nil without a BrokerURL (tests of the message handling)
 	stats counters
 
+	pending   pendingIDs // packet IDs of the messages taken and not acknowledged
 	queues    []chan inbound
 	stopping  chan struct{} // closed when Run's context is done: take no more messages
 	refused   chan error    // receives the broker's refusal of the subscriptions
@@ -368,5 +374,5 @@ func (b *Bridge) logStats(last *Stats) {
 	*last = s
 	b.log.Info("bridge stats", "received", s.Received, "stored", s.Stored, "rejected", s.Rejected,
 		"signalled", s.Signalled, "no_workflow", s.NoWorkflow, "coalesced", s.Coalesced,
-		"retries", s.Retries, "ignored", s.Ignored, "acked", s.Acked, "unfinished", s.Unfinished)
+		"retries", s.Retries, "duplicates", s.Duplicates, "ignored", s.Ignored, "acked", s.Acked, "unfinished", s.Unfinished)
 }

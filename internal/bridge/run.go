@@ -2,8 +2,10 @@ package bridge
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -60,7 +62,12 @@ func (b *Bridge) clientOptions() (*mqtt.ClientOptions, error) {
 	// Every message goes to the default handler, whatever filter matched: paho's router is not
 	// relied on to match $share/... filters, and messages the broker sends from the persistent
 	// session before the subscriptions are renewed are handled too.
-	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { b.deliver(m) })
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { b.receive(m) })
+	// Each connection starts with no pending packet ID (see pendingIDs).
+	opts.SetConnectionAttemptHandler(func(_ *url.URL, tlsCfg *tls.Config) *tls.Config {
+		b.pending.newConnection()
+		return tlsCfg
+	})
 	// paho forgets subscriptions across reconnects unless they are renewed.
 	opts.SetOnConnectHandler(b.onConnect)
 	opts.SetConnectionLostHandler(func(_ mqtt.Client, err error) {

@@ -103,7 +103,7 @@ func (h *authHook) ID() string { return "otaflow-auth" }
 
 // Provides tells mochi which events the hook handles.
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublishDropped}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
 }
 
 // OnConnectAuthenticate accepts a service or a device with the right credentials.
@@ -283,9 +283,4 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	h.log.Warn("subscribe refused", "device", id, "topic", topic,
 		"reason", "a device may subscribe only to its own command topic")
 	return false
-}
-
-// OnPublishDropped logs a message mochi dropped because the client's write queue was full.
-func (h *authHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
-	h.log.Warn("message dropped: client's write queue is full", "client", cl.ID, "topic", pk.TopicName)
 }

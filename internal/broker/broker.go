@@ -1,7 +1,9 @@
 // Package broker runs OTAflow's embedded MQTT broker (mochi-mqtt) for the local stack and the
 // tests. It authenticates devices against their registered secrets and services against
 // fixed passwords, and enforces PROTOCOL.md's access rule: device {id} may subscribe only to
-// its own command topic and publish only to its own progress and status topics.
+// its own command topic and publish only to its own progress and status topics. It also keeps
+// the QoS 1 and 2 messages that mochi v2.7.9 would lose from persistent sessions (see
+// sessionHook).
 package broker
 
 import (
@@ -28,7 +30,7 @@ const (
 	DefaultAddr             = "127.0.0.1:1883"
 	DefaultMaxPacketSize    = 64 * 1024
 	DefaultMaxPendingWrites = 1024
-	DefaultMaxInflight      = 8192
+	DefaultMaxInflight      = 65535
 	DefaultSessionExpiry    = 7 * 24 * time.Hour
 	DefaultLookupTimeout    = 5 * time.Second
 	DefaultConnectTimeout   = 10 * time.Second
@@ -55,12 +57,16 @@ type Options struct {
 	// bridge, not here.
 	MaxPacketSize uint32
 	// MaxPendingWrites is the per-client queue of messages waiting to be written to the socket.
-	// Its buffer is allocated for every connection (8 bytes per slot), so it is kept modest for
-	// 10,000 devices; a message that finds a service's queue full is dropped and logged, so a
-	// service must read its socket promptly.
+	// Its buffer is allocated for every connection (8 bytes per slot), before the client is
+	// known, so it is kept modest for 10,000 devices. A QoS 1 or 2 message that finds the queue
+	// full (a client not reading, such as the bridge held up by its database) stays in the
+	// client's session and is written once the client reads; a QoS 0 one is dropped and logged.
 	MaxPendingWrites int
 	// MaxInflight bounds the QoS 1/2 messages held per client (unacknowledged, or queued for an
-	// offline persistent session). Held messages take memory only when they exist.
+	// offline persistent session). Held messages take memory only when they exist. mochi drops
+	// a message for a client that holds MaxInflight already, logging "client store quota
+	// reached": for the bridge, it bounds the reports an outage may keep waiting, so the
+	// default is the most MQTT packet IDs allow.
 	MaxInflight uint16
 	// SessionExpiry is how long the persistent session (subscriptions and queued commands) of a
 	// disconnected client is kept.
@@ -158,6 +164,9 @@ func New(opts Options) (*Broker, error) {
 	hook := newAuthHook(opts, log, server)
 	if err := server.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add auth hook: %w", err)
+	}
+	if err := server.AddHook(newSessionHook(server, log), nil); err != nil {
+		return nil, fmt.Errorf("broker: add session hook: %w", err)
 	}
 	return &Broker{
 		opts:   opts,
