@@ -33,6 +33,7 @@ type Publisher interface {
 type Store interface {
 	GetDevice(ctx context.Context, id string) (store.Device, error)
 	RecordUpgrade(ctx context.Context, u store.Upgrade, at time.Time, detail string) error
+	GetUpgrade(ctx context.Context, runID string) (store.Upgrade, error)
 	ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.Device, error)
 	CountDevices(ctx context.Context, f store.DeviceFilter) (int, error)
 }
@@ -65,10 +66,11 @@ type SendCommandResult struct {
 	Reported string `json:"reported"`
 }
 
-// SendCommand publishes an upgrade command to a device (QoS 1, confirmed by the broker) and
-// records the upgrade as sent; or, with CheckSkip, records it as skipped when the device
-// already reports the target version. An unknown or disabled device is a permanent failure.
-// Publishing twice (a retry) is harmless: devices ignore a command ID they already have.
+// SendCommand records the upgrade as sent and publishes its command to the device (QoS 1,
+// confirmed by the broker); or, with CheckSkip, records it as skipped when the device already
+// reports the target version and no command of this run went out before (a retried send must
+// not call the device's fresh report of the new version a skip). An unknown or disabled device
+// is a permanent failure. Publishing twice is harmless: devices ignore a command ID they have.
 func (a *Activities) SendCommand(ctx context.Context, in SendCommandInput) (SendCommandResult, error) {
 	dev, err := a.Store.GetDevice(ctx, in.Upgrade.DeviceID)
 	if errors.Is(err, store.ErrNotFound) {
@@ -83,31 +85,38 @@ func (a *Activities) SendCommand(ctx context.Context, in SendCommandInput) (Send
 		return SendCommandResult{}, temporal.NewNonRetryableApplicationError(
 			fmt.Sprintf("device %s is disabled", dev.ID), ErrTypeDeviceDisabled, nil)
 	}
-	res := SendCommandResult{Reported: dev.Reported[in.VersionKey]}
-	if in.CheckSkip && res.Reported == in.Command.Version {
-		u := in.Upgrade
-		u.State = protocol.StateSkipped
-		if err := a.Store.RecordUpgrade(ctx, u, in.Command.IssuedAt, "device already reports "+in.VersionKey+"="+res.Reported); err != nil {
-			return SendCommandResult{}, err
-		}
-		res.Skipped = true
-		return res, nil
-	}
 	if err := in.Command.Validate(); err != nil {
 		return SendCommandResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidCommand, err)
+	}
+	res := SendCommandResult{Reported: dev.Reported[in.VersionKey]}
+	if in.CheckSkip && res.Reported == in.Command.Version {
+		prev, err := a.Store.GetUpgrade(ctx, in.Upgrade.RunID)
+		switch {
+		case errors.Is(err, store.ErrNotFound) || (err == nil && prev.CommandID != in.Command.ID):
+			u := in.Upgrade
+			u.State = protocol.StateSkipped
+			if err := a.Store.RecordUpgrade(ctx, u, in.Command.IssuedAt, "device already reports "+in.VersionKey+"="+res.Reported); err != nil {
+				return SendCommandResult{}, err
+			}
+			res.Skipped = true
+			return res, nil
+		case err != nil:
+			return SendCommandResult{}, fmt.Errorf("read upgrade %s: %w", in.Upgrade.RunID, err)
+		}
 	}
 	payload, err := json.Marshal(in.Command)
 	if err != nil {
 		return SendCommandResult{}, temporal.NewNonRetryableApplicationError("encode command", ErrTypeInvalidCommand, err)
 	}
-	if err := a.Publisher.Publish(ctx, protocol.CommandTopic(dev.ID), payload); err != nil {
-		return SendCommandResult{}, fmt.Errorf("publish command %s to %s: %w", in.Command.ID, dev.ID, err)
-	}
+	// Recorded before it is published: a retry then knows this command may have gone out.
 	u := in.Upgrade
 	u.State = protocol.StateSent
 	u.CommandID = in.Command.ID
 	if err := a.Store.RecordUpgrade(ctx, u, in.Command.IssuedAt, "command "+in.Command.ID+" sent"); err != nil {
 		return SendCommandResult{}, err
+	}
+	if err := a.Publisher.Publish(ctx, protocol.CommandTopic(dev.ID), payload); err != nil {
+		return SendCommandResult{}, fmt.Errorf("publish command %s to %s: %w", in.Command.ID, dev.ID, err)
 	}
 	return res, nil
 }

@@ -48,6 +48,17 @@ func (f *fakeDevices) RecordUpgrade(_ context.Context, u store.Upgrade, _ time.T
 	return nil
 }
 
+func (f *fakeDevices) GetUpgrade(_ context.Context, runID string) (store.Upgrade, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := len(f.records) - 1; i >= 0; i-- {
+		if f.records[i].RunID == runID {
+			return f.records[i], nil
+		}
+	}
+	return store.Upgrade{}, fmt.Errorf("upgrade %s: %w", runID, store.ErrNotFound)
+}
+
 func (f *fakeDevices) ListDevices(_ context.Context, filter store.DeviceFilter) ([]store.Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
