@@ -106,7 +106,8 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 
 	name := "bench-" + time.Now().UTC().Format("20060102-150405")
 	req := workflows.RolloutRequest{Name: name,
-		Upgrade:     workflows.UpgradeRequest{Type: "firmware", Version: "1.3", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size},
+		Upgrade: workflows.UpgradeRequest{Type: "firmware", Version: "1.3", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
+			StartTimeout: rawRetry, MaxAttempts: 5, RetryBackoff: time.Second},
 		Targets:     workflows.Targets{Prefix: "sim-"},
 		MaxInFlight: inFlight, ContinueAfter: continueAfter, PageSize: 1000,
 	}
@@ -184,9 +185,12 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 	defer pc.Disconnect(100)
 	pub := &mqttconn.Publisher{Client: pc}
 	start := time.Now()
+	sentAt := make([]time.Time, len(ids))
+	resent := 0
 	send := func(i int) error {
-		cmd := protocol.UpgradeCommand{ID: fmt.Sprintf("raw-%d", i), Type: "firmware", Version: version, URL: s.Package.URL,
-			MD5: s.Package.MD5, Size: s.Package.Size, IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}
+		sentAt[i] = time.Now()
+		cmd := protocol.UpgradeCommand{ID: fmt.Sprintf("raw-%d-%d", i, sentAt[i].UnixNano()), Type: "firmware", Version: version, URL: s.Package.URL,
+			MD5: s.Package.MD5, Size: s.Package.Size, IssuedAt: sentAt[i], ExpiresAt: sentAt[i].Add(time.Hour)}
 		b, _ := json.Marshal(cmd)
 		return pub.Publish(ctx, protocol.CommandTopic(ids[i]), b)
 	}
@@ -198,8 +202,21 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 	}
 	done := map[string]bool{}
 	timeout := time.After(30 * time.Minute)
+	// A command with no answer after rawRetry is sent again, as a workflow would after its
+	// start timeout.
+	check := time.NewTicker(5 * time.Second)
+	defer check.Stop()
 	for len(done) < len(ids) {
 		select {
+		case <-check.C:
+			for i := 0; i < next; i++ {
+				if !done[ids[i]] && time.Since(sentAt[i]) > rawRetry {
+					if err := send(i); err != nil {
+						return benchResult{}, err
+					}
+					resent++
+				}
+			}
 		case id := <-reported:
 			if done[id] {
 				continue
@@ -217,8 +234,15 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 			return benchResult{}, ctx.Err()
 		}
 	}
+	if resent > 0 {
+		s.say("  (floor 1 sent %d commands again after %s without an answer)", resent, rawRetry)
+	}
 	return benchResult{name: "raw", devices: len(ids), elapsed: time.Since(start)}, nil
 }
+
+// rawRetry is how long floor 1 waits for a device's answer before sending its command again;
+// the rollout's start timeout is the same.
+const rawRetry = time.Minute
 
 // minimalTaskQueue is the task queue of the floor-2 workflow, served by the bench itself.
 const minimalTaskQueue = "otaflow-bench-minimal"
@@ -238,7 +262,18 @@ func minimalUpgrade(ctx workflow.Context, req workflows.UpgradeRequest) error {
 	ch := workflow.GetSignalChannel(ctx, workflows.SignalStatus)
 	for {
 		var sig workflows.StatusSignal
-		ch.Receive(ctx, &sig)
+		ok, _ := ch.ReceiveWithTimeout(ctx, rawRetry, &sig)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !ok { // no answer: send the command again, as the real workflow's retry would
+			cmd.IssuedAt = workflow.Now(ctx)
+			cmd.ID = fmt.Sprintf("%s-%d", info.WorkflowExecution.RunID, cmd.IssuedAt.UnixNano())
+			if err := workflow.ExecuteLocalActivity(lctx, a.Publish, cmd, req.DeviceID).Get(ctx, nil); err != nil {
+				return err
+			}
+			continue
+		}
 		if sig.Status["firmware_ver"] == req.Version {
 			return nil
 		}

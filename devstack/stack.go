@@ -125,8 +125,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.Client = s.temporal.Client()
 	s.UIURL = s.temporal.UIURL()
 
-	if cfg.Devices > 0 {
-		s.say("Starting the broker, the worker, the bridge and %d simulated devices (sim-00001 ...) ...", simulated(cfg))
+	switch {
+	case cfg.External:
+		s.say("Starting the broker and the package file server ...")
+	case cfg.Devices > 0:
+		s.say("Starting the broker, the worker, the bridge and %d simulated devices (sim-00001 ...) ...", cfg.Devices)
 	}
 	s.System, err = system.Start(ctx, system.Config{
 		Client: s.Client, Store: s.Store,
