@@ -186,7 +186,8 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 	pub := &mqttconn.Publisher{Client: pc}
 	start := time.Now()
 	sentAt := make([]time.Time, len(ids))
-	resent := 0
+	tries := make([]int, len(ids))
+	resent, lost := 0, 0
 	send := func(i int) error {
 		sentAt[i] = time.Now()
 		cmd := protocol.UpgradeCommand{ID: fmt.Sprintf("raw-%d-%d", i, sentAt[i].UnixNano()), Type: "firmware", Version: version, URL: s.Package.URL,
@@ -210,12 +211,25 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 		select {
 		case <-check.C:
 			for i := 0; i < next; i++ {
-				if !done[ids[i]] && time.Since(sentAt[i]) > rawRetry {
-					if err := send(i); err != nil {
-						return benchResult{}, err
-					}
-					resent++
+				if done[ids[i]] || time.Since(sentAt[i]) <= rawRetry {
+					continue
 				}
+				if tries[i] == rawTries {
+					// Give the device up, as a workflow ends timed out after its attempts.
+					done[ids[i]], lost = true, lost+1
+					if next < len(ids) {
+						if err := send(next); err != nil {
+							return benchResult{}, err
+						}
+						next++
+					}
+					continue
+				}
+				if err := send(i); err != nil {
+					return benchResult{}, err
+				}
+				tries[i]++
+				resent++
 			}
 		case id := <-reported:
 			if done[id] {
@@ -235,14 +249,17 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 		}
 	}
 	if resent > 0 {
-		s.say("  (floor 1 sent %d commands again after %s without an answer)", resent, rawRetry)
+		s.say("  (floor 1 sent %d commands again after %s without an answer; %d devices never answered)", resent, rawRetry, lost)
 	}
-	return benchResult{name: "raw", devices: len(ids), elapsed: time.Since(start)}, nil
+	return benchResult{name: "raw", devices: len(ids) - lost, elapsed: time.Since(start)}, nil
 }
 
 // rawRetry is how long floor 1 waits for a device's answer before sending its command again;
 // the rollout's start timeout is the same.
 const rawRetry = time.Minute
+
+// rawTries is how many times floor 1 sends a command again before it gives the device up.
+const rawTries = 2
 
 // minimalTaskQueue is the task queue of the floor-2 workflow, served by the bench itself.
 const minimalTaskQueue = "otaflow-bench-minimal"

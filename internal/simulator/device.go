@@ -172,15 +172,20 @@ func (d *device) boot(ctx context.Context) bool {
 	return true
 }
 
-// onConnect renews the command subscription and reports the status, at every connection.
+// onConnect renews the command subscription at every connection.
 func (d *device) onConnect(ctx context.Context, c paho.Client) {
 	// mochi refuses a SUBSCRIBE whose packet ID is in use by a message it is redelivering
 	// from the session (code 0x91); the session still holds the subscription then, but try
-	// again so that the renewal is certain.
+	// again so that the renewal is certain. A subscription never confirmed (a busy broker,
+	// a lost connection) is tried again too: without it the device would never hear a command.
 	for try := 1; ; try++ {
 		tok := c.Subscribe(protocol.CommandTopic(d.id), 1, d.onMessage)
 		if !d.wait(ctx, tok, "subscribe") {
-			break
+			if ctx.Err() != nil || !c.IsConnectionOpen() {
+				return // a new connection subscribes again
+			}
+			d.f.log.Warn("command subscription not confirmed; subscribing again", "device", d.id, "try", try)
+			continue
 		}
 		var refused byte
 		for _, code := range tok.(*paho.SubscribeToken).Result() {
