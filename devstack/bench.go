@@ -107,7 +107,7 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 	name := "bench-" + time.Now().UTC().Format("20060102-150405")
 	req := workflows.RolloutRequest{Name: name,
 		Upgrade: workflows.UpgradeRequest{Type: "firmware", Version: "1.3", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
-			StartTimeout: rawRetry, MaxAttempts: 5, RetryBackoff: time.Second},
+			StartTimeout: rawRetry, MaxAttempts: rawTries + 1, RetryBackoff: time.Second},
 		Targets:     workflows.Targets{Prefix: "sim-"},
 		MaxInFlight: inFlight, ContinueAfter: continueAfter, PageSize: 1000,
 	}
@@ -254,9 +254,10 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 	return benchResult{name: "raw", devices: len(ids) - lost, elapsed: time.Since(start)}, nil
 }
 
-// rawRetry is how long floor 1 waits for a device's answer before sending its command again;
-// the rollout's start timeout is the same.
-const rawRetry = time.Minute
+// rawRetry is how long the floors wait for a device's answer before sending its command
+// again, and the rollout's start timeout: a few simulated devices in ten thousand stop
+// answering under this load, and each measure gives them up the same way.
+const rawRetry = 20 * time.Second
 
 // rawTries is how many times floor 1 sends a command again before it gives the device up.
 const rawTries = 2
@@ -344,7 +345,7 @@ func (s *Stack) benchMinimalWorkflow(ctx context.Context, ids []string, version 
 			defer func() { <-sem }()
 			req := workflows.UpgradeRequest{DeviceID: id, Type: "firmware", Version: version, URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size}
 			run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.DeviceWorkflowID(id), TaskQueue: minimalTaskQueue,
-				WorkflowExecutionTimeout: 10 * time.Minute}, "BenchMinimalUpgrade", req)
+				WorkflowExecutionTimeout: (rawTries+1)*rawRetry + 5*time.Second}, "BenchMinimalUpgrade", req)
 			if err == nil {
 				err = run.Get(ctx, nil)
 			}
@@ -355,10 +356,14 @@ func (s *Stack) benchMinimalWorkflow(ctx context.Context, ids []string, version 
 		}()
 	}
 	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		return benchResult{}, fmt.Errorf("%d minimal workflows failed, the first: %v", n, firstErr.Load())
+	n := int(failed.Load())
+	if n > 0 {
+		s.say("  (floor 2: %d devices never answered; the first error: %v)", n, firstErr.Load())
 	}
-	return benchResult{name: "minimal", devices: len(ids), elapsed: time.Since(start)}, nil
+	if n == len(ids) {
+		return benchResult{}, fmt.Errorf("every minimal workflow failed, the first: %v", firstErr.Load())
+	}
+	return benchResult{name: "minimal", devices: len(ids) - n, elapsed: time.Since(start)}, nil
 }
 
 // waitBooted waits until n simulated devices report firmware 1.0 in PostgreSQL.
