@@ -377,6 +377,9 @@ func (d *device) report(ctx context.Context, cmd *protocol.UpgradeCommand, progr
 // download streams the package, hashing and reporting progress as it goes, and returns the
 // md5 (hex) and length of what it received. It reads at most one byte more than cmd.Size.
 func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, attempt int) (string, int64, error) {
+	// A real device gives a stalled download up (and reports -1) rather than hang on it.
+	ctx, cancel := context.WithTimeout(ctx, d.f.cfg.Timing.DownloadTimeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cmd.URL, nil)
 	if err != nil {
 		return "", 0, err

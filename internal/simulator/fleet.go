@@ -48,6 +48,9 @@ type Timing struct {
 	KeepAlive time.Duration
 	// PublishTimeout bounds the wait for the broker to acknowledge one report.
 	PublishTimeout time.Duration
+	// DownloadTimeout bounds one download, slow ones included; a download that takes longer
+	// fails with -1.
+	DownloadTimeout time.Duration
 }
 
 // DefaultTiming returns the timing of a device that follows the protocol at a realistic pace.
@@ -62,6 +65,7 @@ func DefaultTiming() Timing {
 		MaxReconnectInterval: 10 * time.Second,
 		KeepAlive:            60 * time.Second,
 		PublishTimeout:       30 * time.Second,
+		DownloadTimeout:      10 * time.Minute,
 	}
 }
 
@@ -81,6 +85,7 @@ func (t *Timing) setDefaults() error {
 		{"max reconnect interval", &t.MaxReconnectInterval, &d.MaxReconnectInterval, false},
 		{"keep-alive", &t.KeepAlive, &d.KeepAlive, false},
 		{"publish timeout", &t.PublishTimeout, &d.PublishTimeout, false},
+		{"download timeout", &t.DownloadTimeout, &d.DownloadTimeout, false},
 	} {
 		if *f.v < 0 {
 			return fmt.Errorf("timing: %s %v is negative", f.name, *f.v)
