@@ -28,6 +28,7 @@ import (
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/system"
 	"github.com/otaflow/otaflow/workflows"
 )
 
@@ -82,7 +83,7 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 	s.say("Connecting %d simulated devices (devicesim, pid %d) ...", cfg.Devices, procs.fleet.Process.Pid)
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	if err := s.waitBooted(wctx, cfg.Devices); err != nil {
+	if err := system.WaitReported(wctx, s.Store, "sim", protocol.Status{"firmware_ver": "1.0"}, cfg.Devices); err != nil {
 		return err
 	}
 	s.say("%d simulated devices connected and reported; the worker (pid %d) and the bridge (pid %d) run apart.",
@@ -364,24 +365,6 @@ func (s *Stack) benchMinimalWorkflow(ctx context.Context, ids []string, version 
 		return benchResult{}, fmt.Errorf("every minimal workflow failed, the first: %v", firstErr.Load())
 	}
 	return benchResult{name: "minimal", devices: len(ids) - n, elapsed: time.Since(start)}, nil
-}
-
-// waitBooted waits until n simulated devices report firmware 1.0 in PostgreSQL.
-func (s *Stack) waitBooted(ctx context.Context, n int) error {
-	for {
-		got, err := s.Store.CountDevices(ctx, store.DeviceFilter{Prefix: "sim-", Labels: map[string]string{"firmware_ver": "1.0"}})
-		if err != nil {
-			return err
-		}
-		if got >= n {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("only %d of %d simulated devices reported: %w", got, n, ctx.Err())
-		case <-time.After(time.Second):
-		}
-	}
 }
 
 type latency struct{ p50, p99 time.Duration }

@@ -165,18 +165,6 @@ func (s *System) startBroker(ctx context.Context, addr string) error {
 	return nil
 }
 
-// RestartBroker stops the broker and starts a new one on the same address, as a broker
-// crash and restart would: its sessions and queued messages are gone, and every client
-// reconnects by itself.
-func (s *System) RestartBroker(ctx context.Context, down time.Duration) error {
-	addr := s.Broker.Addr()
-	if err := s.Broker.Close(); err != nil {
-		return fmt.Errorf("stop MQTT broker: %w", err)
-	}
-	time.Sleep(down)
-	return s.startBroker(ctx, addr)
-}
-
 // StartWorker starts the Temporal worker, with its own MQTT connection.
 func (s *System) StartWorker(ctx context.Context) error {
 	s.mu.Lock()
@@ -302,21 +290,26 @@ func (s *System) startFleet(ctx context.Context) error {
 // WaitReported waits until every simulated device's boot status is in PostgreSQL, which is
 // when a rollout can select it.
 func (s *System) WaitReported(ctx context.Context) error {
+	return WaitReported(ctx, s.cfg.Store, s.cfg.Prefix, s.cfg.Initial, s.cfg.Devices)
+}
+
+// WaitReported waits until n devices named prefix-... report status in PostgreSQL.
+func WaitReported(ctx context.Context, st *store.Store, prefix string, status protocol.Status, n int) error {
 	want := map[string]string{}
-	for k, v := range s.cfg.Initial {
+	for k, v := range status {
 		want[k] = v
 	}
 	for {
-		got, err := s.cfg.Store.CountDevices(ctx, store.DeviceFilter{Prefix: s.cfg.Prefix + "-", Labels: want})
+		got, err := st.CountDevices(ctx, store.DeviceFilter{Prefix: prefix + "-", Labels: want})
 		if err != nil {
 			return err
 		}
-		if got >= s.cfg.Devices {
+		if got >= n {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("only %d of %d simulated devices reported their status: %w", got, s.cfg.Devices, ctx.Err())
+			return fmt.Errorf("only %d of %d simulated devices reported their status: %w", got, n, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
