@@ -65,6 +65,8 @@ var faults = []fault{
 		func(f *simulator.Faults) *simulator.Fault { return &f.Slow }},
 	{"offline", "go offline --offline-after the first boot, for --offline-for", true,
 		func(f *simulator.Faults) *simulator.Fault { return &f.Offline }},
+	{"drop-off", "lose the network at 40% of the download for --offline-for, then reconnect and finish", false,
+		func(f *simulator.Faults) *simulator.Fault { return &f.DropOff }},
 }
 
 // newApp returns the command line application.
@@ -91,7 +93,7 @@ func newApp() *cli.App {
 		&cli.DurationFlag{Name: "reboot-delay", Value: t.RebootDelay, Usage: "time a reboot keeps the device offline"},
 		&cli.Int64Flag{Name: "slow-rate", Value: t.SlowRate, Usage: "download speed of a --slow device, bytes per second"},
 		&cli.DurationFlag{Name: "offline-after", Value: t.OfflineAfter, Usage: "when an --offline device disconnects, after its first boot"},
-		&cli.DurationFlag{Name: "offline-for", Value: t.OfflineFor, Usage: "how long an --offline device stays offline"},
+		&cli.DurationFlag{Name: "offline-for", Value: t.OfflineFor, Usage: "how long an --offline device stays offline, and a --drop-off device without network"},
 		&cli.DurationFlag{Name: "connect-timeout", Value: t.ConnectTimeout, Usage: "bound on one connection attempt"},
 		&cli.DurationFlag{Name: "summary-interval", Value: 10 * time.Second, Usage: "how often to print a summary line (0: never)"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log every device's steps"},

@@ -87,6 +87,30 @@ func TestUpgradeErrorCodesRetriedThenFailed(t *testing.T) {
 	}
 }
 
+// TestUpgradeDeviceDropsOffMidDownload: a device that loses its network halfway through the
+// download, for less than the silence timeout, comes back and finishes on the same attempt.
+func TestUpgradeDeviceDropsOffMidDownload(t *testing.T) {
+	timing := fastTiming
+	timing.OfflineFor = 2 * time.Second
+	e := newEnv(t, system.Config{Devices: 1, Prefix: "dropoff", Timing: timing,
+		Faults: simulator.Faults{DropOff: simulator.Fault{Rate: 1}}})
+	id := simID("dropoff", 1)
+	req := e.request(id)
+	req.SilenceTimeout = 8 * time.Second
+	st, err := e.upgrade(req)
+	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 {
+		t.Fatalf("result %+v, err %v; want succeeded on attempt 1", st, err)
+	}
+	dev, _ := e.sys.Fleet.Device(id)
+	if dev.Drops != 1 || dev.Attempts != 1 || dev.Upgrades != 1 {
+		t.Errorf("device %+v; want one drop during its only attempt", dev)
+	}
+	progress, err := e.store.ProgressEvents(e.ctx, id, 1000)
+	if err != nil || len(progress) < 2 || progress[0].Progress != 100 || progress[len(progress)-1].Progress >= 50 {
+		t.Errorf("progress events %+v, err %v; want reports from before the drop and the 100 after it", progress, err)
+	}
+}
+
 func TestUpgradeOtherErrorCode(t *testing.T) {
 	e := newEnv(t, system.Config{})
 	d := e.scriptedDevice("other-1", protocol.Status{"firmware_ver": "1.0"})

@@ -24,8 +24,9 @@ import (
 
 // Where in a download the download-fail and silent faults strike, in percent.
 const (
-	failAtPercent   = 30
-	silentAtPercent = 50
+	failAtPercent    = 30
+	dropOffAtPercent = 40
+	silentAtPercent  = 50
 )
 
 // downloadBufferSize is the size of one read of a download; it also sets how finely a small
@@ -60,6 +61,7 @@ type device struct {
 	attempts  int
 	upgrades  int
 	failures  int
+	drops     int
 	ignored   int
 	lastCode  int
 }
@@ -108,7 +110,22 @@ func (d *device) run(ctx context.Context) {
 // boot connects with a new client (as a device does after power-on), renews the command
 // subscription and reports the status. It retries until connected and returns false when
 // ctx ends first.
-func (d *device) boot(ctx context.Context) bool {
+func (d *device) boot(ctx context.Context) bool { return d.connect(ctx, true) }
+
+// dropOff loses the network for Timing.OfflineFor and reconnects, without a boot. It returns
+// false when ctx ends first.
+func (d *device) dropOff(ctx context.Context) bool {
+	d.f.log.Debug("network lost mid-download", "device", d.id, "for", d.f.cfg.Timing.OfflineFor)
+	d.disconnect()
+	d.mu.Lock()
+	d.drops++
+	d.mu.Unlock()
+	return sleep(ctx, d.f.cfg.Timing.OfflineFor) && d.connect(ctx, false)
+}
+
+// connect connects with a new client and renews the command subscription; after a boot it
+// also reports the status. It retries until connected and returns false when ctx ends first.
+func (d *device) connect(ctx context.Context, boot bool) bool {
 	t := d.f.cfg.Timing
 	ready := make(chan struct{})
 	var readyOnce sync.Once
@@ -165,10 +182,12 @@ func (d *device) boot(ctx context.Context) bool {
 	case <-ctx.Done():
 		return false
 	}
-	d.mu.Lock()
-	c := d.client
-	d.mu.Unlock()
-	d.reportBoot(ctx, c)
+	if boot {
+		d.mu.Lock()
+		c := d.client
+		d.mu.Unlock()
+		d.reportBoot(ctx, c)
+	}
 	return true
 }
 
@@ -298,6 +317,18 @@ func (d *device) work(ctx context.Context, cmd *protocol.UpgradeCommand) bool {
 		return true
 	}
 	d.mu.Lock()
+	installed := d.status[protocol.VersionKey(cmd.Type)] == cmd.Version
+	status := maps.Clone(d.status)
+	d.mu.Unlock()
+	if installed {
+		// The device already runs the version: its status report says so, and it does not
+		// install it again. That happens when the report of a finished install was lost (a
+		// broker restart) and the upgrade sent the command again after its install timeout.
+		d.f.log.Debug("command for the installed version; reporting status", "device", d.id, "command", cmd.ID)
+		d.publish(ctx, protocol.StatusTopic(d.id), status)
+		return true
+	}
+	d.mu.Lock()
 	d.attempts++
 	attempt := d.attempts
 	d.working = cmd.ID
@@ -398,6 +429,7 @@ func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, att
 	corrupt := d.faults.strikes(faultCorrupt, attempt)
 	failing := d.faults.strikes(faultDownloadFail, attempt)
 	silent := d.faults.strikes(faultSilent, attempt)
+	dropOff := d.faults.strikes(faultDropOff, attempt)
 
 	bp := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(bp)
@@ -427,6 +459,12 @@ func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, att
 			}
 			if failing && pct >= failAtPercent {
 				return "", n, errors.New("connection reset by peer (simulated)")
+			}
+			if dropOff && pct >= dropOffAtPercent {
+				dropOff = false
+				if !d.dropOff(ctx) {
+					return "", n, ctx.Err()
+				}
 			}
 			if pct >= 1 && pct != lastPct && (pct == 100 || time.Since(lastAt) >= t.ReportInterval) {
 				d.report(ctx, cmd, pct, "downloading")
@@ -503,6 +541,7 @@ func (d *device) state() DeviceState {
 		Attempts:  d.attempts,
 		Upgrades:  d.upgrades,
 		Failures:  d.failures,
+		Drops:     d.drops,
 		Ignored:   d.ignored,
 		LastCode:  d.lastCode,
 	}

@@ -43,6 +43,10 @@ type Faults struct {
 	// Offline disconnects Timing.OfflineAfter after the first boot and stays offline for
 	// Timing.OfflineFor; commands sent meanwhile wait in its persistent session.
 	Offline Fault
+	// DropOff loses the network halfway through the download for Timing.OfflineFor: the MQTT
+	// connection closes and the download stalls; then the device reconnects (no boot, so no
+	// status report) and the download goes on where it was.
+	DropOff Fault
 }
 
 // faultKind indexes the faults of a device in a bit set.
@@ -57,18 +61,19 @@ const (
 	faultOldVersion
 	faultSlow
 	faultOffline
+	faultDropOff
 	numFaults
 )
 
 // faultNames are the faults' names in errors (devicesim's flags use them too).
 var faultNames = [numFaults]string{"fail-download", "corrupt", "fail-install", "silent", "no-report",
-	"old-version", "slow", "offline"}
+	"old-version", "slow", "offline", "drop-off"}
 
 func (k faultKind) String() string { return faultNames[k] }
 
 func (f *Faults) byKind() [numFaults]*Fault {
 	return [numFaults]*Fault{&f.DownloadFail, &f.Corrupt, &f.InstallFail, &f.Silent, &f.NoReport,
-		&f.OldVersion, &f.Slow, &f.Offline}
+		&f.OldVersion, &f.Slow, &f.Offline, &f.DropOff}
 }
 
 // validate checks rates and attempt limits, and that listed devices are in the fleet.

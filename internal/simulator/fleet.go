@@ -38,7 +38,8 @@ type Timing struct {
 	// OfflineAfter is when, after its first boot, a device with the offline fault disconnects;
 	// zero means right after its first boot status.
 	OfflineAfter time.Duration
-	// OfflineFor is how long a device with the offline fault stays offline.
+	// OfflineFor is how long a device with the offline fault stays offline, and one with the
+	// drop-off fault without network.
 	OfflineFor time.Duration
 	// ConnectTimeout bounds one connection attempt; failed attempts are retried with backoff
 	// up to MaxReconnectInterval.
@@ -150,6 +151,8 @@ type DeviceState struct {
 	Attempts, Upgrades, Failures int
 	// Ignored counts commands ignored as expired, repeated or invalid.
 	Ignored int
+	// Drops counts the times the drop-off fault took the device's network away.
+	Drops int
 	// LastCode is the last error code reported (0 after a successful upgrade).
 	LastCode int
 }

@@ -140,6 +140,23 @@ func TestFaults(t *testing.T) {
 				}
 			}},
 		{"slow download", func(id string) Faults { return Faults{Slow: Fault{Devices: []string{id}}} }, nil, upgrades},
+		{"drops off mid-download", func(id string) Faults { return Faults{DropOff: Fault{Devices: []string{id}}} }, nil,
+			func(t *testing.T, f *Fleet, id string) {
+				evs := e.watcher.waitFor(t, id, "new version", hasStatus("firmware_ver", "1.1"))
+				st := waitState(t, f, id, "idle", func(s DeviceState) bool { return s.Working == "" })
+				if st.Drops != 1 || st.Attempts != 1 || st.Upgrades != 1 {
+					t.Errorf("state = %+v, want one drop in one attempt that upgraded", st)
+				}
+				// The download went on after the reconnection, and the reconnection was no
+				// boot: the only statuses are the boot one and the new version.
+				p := progressOf(evs, id+"-cmd")
+				if len(p) == 0 || p[len(p)-1].Progress != 100 {
+					t.Errorf("download not reported complete: %v", p)
+				}
+				if st := statusesOf(evs); len(st) != 2 {
+					t.Errorf("status reports %v, want the boot one and the new version", st)
+				}
+			}},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -231,6 +248,35 @@ func TestRepeatedCommandIgnored(t *testing.T) {
 	}
 	if hundred != 1 {
 		t.Errorf("download completed %d times, want 1", hundred)
+	}
+}
+
+// TestCommandForInstalledVersion: a new command for the version the device already runs (its
+// status report was lost, so the upgrade sent the command again) gets a status report, not a
+// second install.
+func TestCommandForInstalledVersion(t *testing.T) {
+	e := newEnv(t)
+	e.files.add("/fw/1.1.bin", pkgSize)
+	f := e.startFleet([]string{"dev-1"}, Faults{})
+
+	e.send("dev-1", e.command("cmd-1", "/fw/1.1.bin"))
+	e.watcher.waitFor(t, "dev-1", "upgrade", hasStatus("firmware_ver", "1.1"))
+	waitState(t, f, "dev-1", "idle after the upgrade", func(s DeviceState) bool { return s.Working == "" && s.Connected })
+	before := len(statusesOf(e.watcher.of("dev-1")))
+
+	e.send("dev-1", e.command("cmd-2", "/fw/1.1.bin"))
+	evs := e.watcher.waitFor(t, "dev-1", "status answering the second command", func(evs []event) bool {
+		return len(statusesOf(evs)) > before
+	})
+	if st := statusesOf(evs); st[len(st)-1]["firmware_ver"] != "1.1" {
+		t.Errorf("status after the second command = %v, want firmware 1.1", st[len(st)-1])
+	}
+	if p := progressOf(evs, "cmd-2"); len(p) != 0 {
+		t.Errorf("the second command was downloaded: %v", p)
+	}
+	st := waitState(t, f, "dev-1", "both commands received", func(s DeviceState) bool { return len(s.Received) >= 2 })
+	if st.Upgrades != 1 || st.Attempts != 1 {
+		t.Errorf("state = %+v, want one install", st)
 	}
 }
 
