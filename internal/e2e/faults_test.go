@@ -14,7 +14,7 @@ import (
 )
 
 // TestRolloutSurvivesRestarts restarts, one after another in the middle of a rollout, the
-// worker, the bridge, PostgreSQL and the Temporal server, and checks afterwards that every
+// worker, the bridge, the MQTT broker, PostgreSQL and the Temporal server, and checks afterwards that every
 // device ended in a final state, none was upgraded twice, none was lost, and the rollout's
 // counts equal the PostgreSQL records. It runs servers of its own, so that it can stop them.
 func TestRolloutSurvivesRestarts(t *testing.T) {
@@ -107,6 +107,11 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 		sys.StopBridge()
 		time.Sleep(time.Second)
 		if err := sys.StartBridge(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	step("MQTT broker", func() {
+		if err := sys.RestartBroker(ctx, time.Second); err != nil {
 			t.Fatal(err)
 		}
 	})

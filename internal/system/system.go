@@ -165,6 +165,25 @@ func (s *System) startBroker(ctx context.Context, addr string) error {
 	return nil
 }
 
+// RestartBroker stops the broker and starts a new one on the same address after down, as a
+// broker crash and restart would: the embedded broker keeps its sessions in memory, so they
+// and the messages they held are gone, and every client reconnects and subscribes again by
+// itself. What the lost messages carried is recovered by the upgrades' timeouts and retries.
+func (s *System) RestartBroker(ctx context.Context, down time.Duration) error {
+	addr := s.Broker.Addr()
+	if err := s.Broker.Close(); err != nil {
+		return fmt.Errorf("stop MQTT broker: %w", err)
+	}
+	t := time.NewTimer(down)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+		return fmt.Errorf("restart MQTT broker: %w", ctx.Err())
+	}
+	return s.startBroker(ctx, addr)
+}
+
 // StartWorker starts the Temporal worker, with its own MQTT connection.
 func (s *System) StartWorker(ctx context.Context) error {
 	s.mu.Lock()
