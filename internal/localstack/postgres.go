@@ -52,6 +52,19 @@ type PostgresOptions struct {
 	Log io.Writer
 	// StartTimeout bounds the wait for the server to accept connections; 0 means one minute.
 	StartTimeout time.Duration
+	// TLS, when set, turns SSL on (connections without it are still accepted).
+	TLS *PostgresTLS
+}
+
+// PostgresTLS are the PEM files of a server with SSL on. They are copied into the data
+// directory, where the server's user owns them and only it may read the key.
+type PostgresTLS struct {
+	// CertFile and KeyFile are the server's certificate and key.
+	CertFile, KeyFile string
+	// ClientCAFile, when set, holds the CAs the server trusts for client certificates
+	// (ssl_ca_file); pg_stat_ssl then shows a client's certificate. pg_hba.conf still trusts
+	// every local connection: a certificate is not required.
+	ClientCAFile string
 }
 
 // Postgres is a running PostgreSQL server started by StartPostgres. It trusts every
@@ -120,6 +133,13 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 	if opts.NoFsync {
 		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
 	}
+	if opts.TLS != nil {
+		tlsArgs, err := installTLSFiles(dir, *opts.TLS, as)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, tlsArgs...)
+	}
 	cmd := exec.Command(filepath.Join(binDir, "postgres"), args...)
 	cmd.Dir = dir
 	cmd.Env = postgresEnv()
@@ -137,6 +157,44 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		return nil, err
 	}
 	return pg, nil
+}
+
+// installTLSFiles copies the TLS files into dir, for the server's user alone, and returns the
+// server arguments that use them.
+func installTLSFiles(dir string, t PostgresTLS, as *runAs) ([]string, error) {
+	if t.CertFile == "" || t.KeyFile == "" {
+		return nil, errors.New("PostgreSQL TLS: both the server certificate and the key file are needed")
+	}
+	files := []struct{ src, name, setting string }{
+		{t.CertFile, "server.crt", "ssl_cert_file"},
+		{t.KeyFile, "server.key", "ssl_key_file"},
+		{t.ClientCAFile, "root.crt", "ssl_ca_file"},
+	}
+	args := []string{"-c", "ssl=on"}
+	for _, f := range files {
+		if f.src == "" {
+			continue
+		}
+		data, err := os.ReadFile(f.src)
+		if err != nil {
+			return nil, fmt.Errorf("PostgreSQL TLS: %w", err)
+		}
+		dst := filepath.Join(dir, f.name)
+		if err := os.WriteFile(dst, data, 0o600); err != nil {
+			return nil, fmt.Errorf("PostgreSQL TLS: %w", err)
+		}
+		// The server refuses a key others may read; WriteFile keeps an existing file's mode.
+		if err := os.Chmod(dst, 0o600); err != nil {
+			return nil, fmt.Errorf("PostgreSQL TLS: %w", err)
+		}
+		if as != nil {
+			if err := os.Lchown(dst, int(as.uid), int(as.gid)); err != nil {
+				return nil, fmt.Errorf("give %s to user %s: %w", dst, as.name, err)
+			}
+		}
+		args = append(args, "-c", f.setting+"="+dst)
+	}
+	return args, nil
 }
 
 // findPostgresBinDir returns the newest /usr/lib/postgresql/*/bin, else the directory of

@@ -4,6 +4,7 @@ package temporalconn
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"time"
@@ -20,6 +21,9 @@ type Options struct {
 	Namespace string
 	// Logger receives the SDK's logs; nil keeps only warnings and errors on stderr.
 	Logger *slog.Logger
+	// TLS, when set, secures the connection (see tlsconfig.Files.Config: a CA bundle, a client
+	// certificate for mutual TLS, a server name); nil connects without TLS.
+	TLS *tls.Config
 }
 
 // Dial connects to Temporal and checks the server answers within 10 seconds.
@@ -33,12 +37,20 @@ func Dial(ctx context.Context, o Options) (client.Client, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := client.DialContext(dctx, client.Options{
+	opts := client.Options{
 		HostPort:  o.Address,
 		Namespace: o.Namespace,
 		Logger:    log.NewStructuredLogger(logger),
-	})
+	}
+	if o.TLS != nil {
+		opts.ConnectionOptions.TLS = o.TLS.Clone()
+	}
+	c, err := client.DialContext(dctx, opts)
 	if err != nil {
+		if o.TLS != nil {
+			return nil, fmt.Errorf("cannot reach Temporal at %s over TLS (namespace %s): %w; is the server running, "+
+				"does it speak TLS on that port, and do the CA, client certificate and server name match it?", o.Address, o.Namespace, err)
+		}
 		return nil, fmt.Errorf("cannot reach Temporal at %s (namespace %s): %w; is the server running? "+
 			"Start the local stack with `go run ./devstack` or set TEMPORAL_ADDRESS", o.Address, o.Namespace, err)
 	}
