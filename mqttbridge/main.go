@@ -6,9 +6,10 @@
 //	    --database-url postgres://... --temporal-address localhost:7233
 //
 // Every flag is also read from an environment variable (MQTT_URL, MQTT_CLIENT_ID,
-// TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, DATABASE_URL, ...). Several bridges can split the
-// load with --shared, each with its own --mqtt-client-id. Ctrl-C stops it cleanly: messages
-// already taken are finished, the rest stay with the broker for the next run.
+// TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, DATABASE_URL, and for TLS MQTT_CA_FILE,
+// TEMPORAL_TLS_CA, ...; see --help). Several bridges can split the load with --shared, each
+// with its own --mqtt-client-id. Ctrl-C stops it cleanly: messages already taken are
+// finished, the rest stay with the broker for the next run.
 package main
 
 import (
@@ -24,6 +25,7 @@ import (
 	"github.com/otaflow/otaflow/internal/bridge"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
+	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
 )
 
 func main() {
@@ -41,14 +43,15 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:  "mqttbridge",
 		Usage: "validate device reports from MQTT, record them in PostgreSQL and signal their upgrade workflows",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "mqtt-url", Required: true, EnvVars: []string{"MQTT_URL"},
 				Usage: "MQTT broker URL with the bridge's credentials, e.g. tcp://otaflow-bridge:SECRET@localhost:1883"},
 			&cli.StringFlag{Name: "mqtt-client-id", Value: bridge.DefaultClientID, EnvVars: []string{"MQTT_CLIENT_ID"},
 				Usage: "MQTT client ID; fixed, so the broker keeps messages for the bridge while it is down; unique per bridge"},
 			&cli.StringFlag{Name: "temporal-address", Value: "localhost:7233", EnvVars: []string{"TEMPORAL_ADDRESS"}, Usage: "Temporal frontend host:port"},
 			&cli.StringFlag{Name: "temporal-namespace", Value: "default", EnvVars: []string{"TEMPORAL_NAMESPACE"}, Usage: "Temporal namespace"},
-			&cli.StringFlag{Name: "database-url", Required: true, EnvVars: []string{"DATABASE_URL"}, Usage: "PostgreSQL URL"},
+			&cli.StringFlag{Name: "database-url", Required: true, EnvVars: []string{"DATABASE_URL"},
+				Usage: "PostgreSQL URL; TLS with ?sslmode=verify-full&sslrootcert=FILE[&sslcert=FILE&sslkey=FILE]"},
 			&cli.BoolFlag{Name: "shared", EnvVars: []string{"BRIDGE_SHARED"},
 				Usage: "subscribe through the shared subscription group so that several bridges split the load"},
 			&cli.DurationFlag{Name: "progress-interval", Value: bridge.DefaultProgressInterval, EnvVars: []string{"BRIDGE_PROGRESS_INTERVAL"},
@@ -56,9 +59,14 @@ func newApp() *cli.App {
 			&cli.IntFlag{Name: "progress-step", EnvVars: []string{"BRIDGE_PROGRESS_STEP"},
 				Usage: "also signal progress that moved at least this many points (0: off)"},
 			&cli.IntFlag{Name: "shards", Value: bridge.DefaultShards, EnvVars: []string{"BRIDGE_SHARDS"},
-				Usage: "messages processed at once; each device's messages stay in order"},
+				Usage: "shards processing messages at once, devices spread over them; each device's messages stay in order"},
+			// Throughput (see bridge.Config).
+			&cli.IntFlag{Name: "batch-size", Value: bridge.DefaultBatchSize, EnvVars: []string{"BRIDGE_BATCH_SIZE"},
+				Usage: "queued messages a shard stores in one database round trip"},
+			&cli.IntFlag{Name: "signal-concurrency", Value: bridge.DefaultSignalConcurrency, EnvVars: []string{"BRIDGE_SIGNAL_CONCURRENCY"},
+				Usage: "Temporal signals sent at once, at most"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log at debug level"},
-		},
+		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
 	}
 }
@@ -71,6 +79,15 @@ func run(cCtx *cli.Context) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	// The TLS files are checked before anything is dialled.
+	mqttTLS, err := tlsflags.MQTT(cCtx)
+	if err != nil {
+		return err
+	}
+	temporalTLS, err := tlsflags.Temporal(cCtx)
+	if err != nil {
+		return err
+	}
 	st, err := store.Open(ctx, cCtx.String("database-url"))
 	if err != nil {
 		return err
@@ -78,7 +95,7 @@ func run(cCtx *cli.Context) error {
 	defer st.Close()
 
 	tc, err := temporalconn.Dial(ctx, temporalconn.Options{
-		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"),
+		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"), TLS: temporalTLS,
 	})
 	if err != nil {
 		return err
@@ -87,12 +104,16 @@ func run(cCtx *cli.Context) error {
 
 	b, err := bridge.New(bridge.Config{
 		BrokerURL:        cCtx.String("mqtt-url"),
+		TLS:              mqttTLS,
 		ClientID:         cCtx.String("mqtt-client-id"),
 		Shared:           cCtx.Bool("shared"),
 		ProgressInterval: cCtx.Duration("progress-interval"),
 		ProgressStep:     cCtx.Int("progress-step"),
 		Shards:           cCtx.Int("shards"),
 		Logger:           logger,
+
+		BatchSize:         cCtx.Int("batch-size"),
+		SignalConcurrency: cCtx.Int("signal-concurrency"),
 	}, tc, st)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)

@@ -10,12 +10,21 @@
 // the bridge stops; the message is never acknowledged before.
 //
 // Messages are processed concurrently in shards keyed by device ID, so one device's reports
-// are handled in the order the broker delivered them. Shard queues are bounded; when they are
-// full the MQTT client's message handler blocks, which stops reading from the broker. (MQTT
-// 3.1.1 has no flow control: a broker that drops messages for a client that reads slowly, as
-// mochi does past its per-client in-flight limit, must have room for a bridge that is held up
-// by a database or Temporal outage. internal/broker keeps those that find mochi's write queue
-// full.)
+// are handled in the order the broker delivered them. Each shard takes what is queued for it,
+// up to Config.BatchSize messages, and records the batch in one PostgreSQL round trip and
+// transaction (store.Store.RecordBatch): the valid reports, in order, and the rejected
+// messages; a report of an unregistered device is then recorded as rejected without failing
+// the others. It then signals the batch's reports, different devices concurrently (at most
+// Config.SignalConcurrency signals at once across the bridge) and each device's in order, and
+// acknowledges each message once it is done. Under light load a batch is one message; under
+// heavy load batches grow and the cost of a database round trip is shared.
+//
+// Shard queues are bounded; when they are full the MQTT client's message handler blocks,
+// which stops reading from the broker, so the bridge holds at most Shards × (QueueSize +
+// BatchSize) messages however many devices publish. (MQTT 3.1.1 has no flow control: a
+// broker that drops messages for a client that reads slowly, as mochi does past its
+// per-client in-flight limit, must have room for a bridge that is held up by a database or
+// Temporal outage. internal/broker keeps those that find mochi's write queue full.)
 //
 // Progress reports are coalesced before they reach Temporal (see Config.ProgressInterval and
 // Config.ProgressStep) to keep workflow histories small; PostgreSQL gets every report.
@@ -23,6 +32,7 @@ package bridge
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -45,30 +55,28 @@ type Signaler interface {
 
 // Store records what devices report. *store.Store satisfies it.
 type Store interface {
-	// RecordProgress stores a progress report; it returns an error wrapping store.ErrNotFound
-	// for an unregistered device.
-	RecordProgress(ctx context.Context, deviceID string, p protocol.Progress, at time.Time) error
-	// RecordStatus stores a status report; it returns an error wrapping store.ErrNotFound for
-	// an unregistered device.
-	RecordStatus(ctx context.Context, deviceID string, st protocol.Status, at time.Time) error
-	// RecordRejected stores a message the bridge refused and why.
-	RecordRejected(ctx context.Context, r store.Rejected) error
+	// RecordBatch stores progress and status reports, in order, and messages the bridge
+	// refused (with why), all or nothing. It returns, for each report, whether it was stored:
+	// false when its device is not registered, which does not stop the others.
+	RecordBatch(ctx context.Context, reports []store.Report, rejected []store.Rejected) (stored []bool, err error)
 }
 
 var _ Store = (*store.Store)(nil)
 
 // Defaults of the Config settings left zero.
 const (
-	DefaultClientID         = "otaflow-bridge"
-	DefaultProgressInterval = 60 * time.Second
-	DefaultShards           = 8
-	DefaultQueueSize        = 64
-	DefaultRetryMin         = 100 * time.Millisecond
-	DefaultRetryMax         = 30 * time.Second
-	DefaultAttemptTimeout   = 15 * time.Second
-	DefaultShutdownTimeout  = 10 * time.Second
-	DefaultStatsInterval    = 5 * time.Minute
-	DefaultCoalesceIdle     = time.Hour
+	DefaultClientID          = "otaflow-bridge"
+	DefaultProgressInterval  = 60 * time.Second
+	DefaultShards            = 8
+	DefaultQueueSize         = 64
+	DefaultBatchSize         = 64
+	DefaultSignalConcurrency = 64
+	DefaultRetryMin          = 100 * time.Millisecond
+	DefaultRetryMax          = 30 * time.Second
+	DefaultAttemptTimeout    = 15 * time.Second
+	DefaultShutdownTimeout   = 10 * time.Second
+	DefaultStatsInterval     = 5 * time.Minute
+	DefaultCoalesceIdle      = time.Hour
 )
 
 // MaxStoredPayload is how many bytes of a rejected message's payload are kept; a longer
@@ -83,6 +91,10 @@ type Config struct {
 	BrokerURL string
 	// Username and Password are the bridge's own service credentials.
 	Username, Password string
+	// TLS secures the connection to the broker (a CA bundle, a client certificate; see
+	// tlsconfig.Files.Config); BrokerURL must then use a TLS scheme. Nil: the system's roots
+	// for a TLS URL, no TLS otherwise.
+	TLS *tls.Config
 	// ClientID is the MQTT client ID, fixed so that the broker keeps the session (and the
 	// messages that arrive while the bridge is down). Every bridge sharing the load with
 	// Shared needs its own. Default DefaultClientID.
@@ -109,6 +121,18 @@ type Config struct {
 	// QueueSize is how many messages wait per shard before the bridge stops reading from the
 	// broker. Default DefaultQueueSize.
 	QueueSize int
+	// BatchSize is how many of its queued messages a shard takes at once: their reports and
+	// rejections are stored in one database round trip, then each is signalled and
+	// acknowledged in turn. A shard does not wait for a batch to fill; under light load
+	// batches hold one message. The bridge holds at most Shards × (QueueSize + BatchSize)
+	// unacknowledged messages (plus one its MQTT handler is queueing). Default
+	// DefaultBatchSize.
+	BatchSize int
+	// SignalConcurrency is how many signals the bridge sends at once, at most. Within a batch
+	// the reports of different devices are signalled concurrently (each device's in order),
+	// so that a slow Temporal round trip does not bound the bridge to one signal per shard at
+	// a time. Default DefaultSignalConcurrency.
+	SignalConcurrency int
 
 	// RetryMin and RetryMax bound the exponential backoff between attempts after a transient
 	// failure. Defaults DefaultRetryMin and DefaultRetryMax.
@@ -146,6 +170,12 @@ func (c Config) withDefaults() Config {
 	if c.QueueSize == 0 {
 		c.QueueSize = DefaultQueueSize
 	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.SignalConcurrency == 0 {
+		c.SignalConcurrency = DefaultSignalConcurrency
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -171,6 +201,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("shards must be 1 to 1024, not %d", c.Shards)
 	case c.QueueSize < 1:
 		return fmt.Errorf("queue size must be at least 1, not %d", c.QueueSize)
+	case c.BatchSize < 1 || c.BatchSize > 10000:
+		return fmt.Errorf("batch size must be 1 to 10000, not %d", c.BatchSize)
+	case c.SignalConcurrency < 1 || c.SignalConcurrency > 10000:
+		return fmt.Errorf("signal concurrency must be 1 to 10000, not %d", c.SignalConcurrency)
 	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:
 		return fmt.Errorf("retry backoff must satisfy 0 < min <= max, not %s..%s", c.RetryMin, c.RetryMax)
 	case c.AttemptTimeout <= 0 || c.ShutdownTimeout <= 0 || c.CoalesceIdle <= 0:
@@ -249,14 +283,15 @@ type Bridge struct {
 	opts  *mqtt.ClientOptions // nil without a BrokerURL (tests of the message handling)
 	stats counters
 
-	pending   pendingIDs // packet IDs of the messages taken and not acknowledged
-	queues    []chan inbound
-	stopping  chan struct{} // closed when Run's context is done: take no more messages
-	refused   chan error    // receives the broker's refusal of the subscriptions
-	rejectLog logLimiter
-	ready     chan struct{} // closed once connected and subscribed
-	readyOnce sync.Once
-	running   atomic.Bool
+	pending     pendingIDs // packet IDs of the messages taken and not acknowledged
+	queues      []chan inbound
+	signalSlots chan struct{} // holds a token per signal being sent (SignalConcurrency)
+	stopping    chan struct{} // closed when Run's context is done: take no more messages
+	refused     chan error    // receives the broker's refusal of the subscriptions
+	rejectLog   logLimiter
+	ready       chan struct{} // closed once connected and subscribed
+	readyOnce   sync.Once
+	running     atomic.Bool
 }
 
 // New checks cfg and returns a Bridge that records in st and signals through sig. It does
@@ -278,6 +313,7 @@ func New(cfg Config, sig Signaler, st Store) (*Bridge, error) {
 		}
 		b.opts = opts
 	}
+	b.signalSlots = make(chan struct{}, cfg.SignalConcurrency)
 	b.queues = make([]chan inbound, cfg.Shards)
 	for i := range b.queues {
 		b.queues[i] = make(chan inbound, cfg.QueueSize)
@@ -327,7 +363,8 @@ func (b *Bridge) startWorkers(stopCtx, workCtx context.Context) (wait func()) {
 	var wg sync.WaitGroup
 	for i, q := range b.queues {
 		w := &worker{b: b, id: i, stopCtx: stopCtx, workCtx: workCtx,
-			coalescer: newCoalescer(b.cfg.ProgressInterval, b.cfg.ProgressStep, b.cfg.CoalesceIdle)}
+			coalescer: newCoalescer(b.cfg.ProgressInterval, b.cfg.ProgressStep, b.cfg.CoalesceIdle),
+			batch:     make([]item, 0, b.cfg.BatchSize)}
 		wg.Go(func() { w.loop(q) })
 	}
 	return wg.Wait

@@ -368,6 +368,126 @@ func TestBackPressure(t *testing.T) {
 	stop()
 }
 
+// TestBatchMixesOutcomes holds the shard on a first batch while a mix of messages queues
+// behind it, so that they form one batch: valid reports, an unregistered device's report
+// (rejected without failing the others), invalid messages and a retained replay. Each must
+// end as it would alone, and be acknowledged once.
+func TestBatchMixesOutcomes(t *testing.T) {
+	clock := newFakeClock()
+	st := newFakeStore(t, dev, "sensor-2")
+	st.gate, st.entered = make(chan struct{}), make(chan struct{}, 10)
+	sig := newFakeSignaler(workflows.DeviceWorkflowID(dev), workflows.DeviceWorkflowID("sensor-2"))
+	cfg := testConfig(clock)
+	cfg.Shards, cfg.QueueSize, cfg.BatchSize = 1, 16, 16
+	b, stop := startTest(t, cfg, sig, st)
+
+	first := newMessage(protocol.ProgressTopic(dev), `{"id":"c1","type":"app","version":"1.1","progress":1}`)
+	b.deliver(first)
+	<-st.entered // the shard holds the first batch: the rest queue up
+	retained := newMessage(protocol.StatusTopic(dev), `{"app_ver":"0.9"}`)
+	retained.retained = true
+	msgs := []*fakeMessage{
+		newMessage(protocol.ProgressTopic(dev), `{"id":"c1","type":"app","version":"1.1","progress":100}`),
+		newMessage(protocol.ProgressTopic("ghost"), `{"id":"c9","type":"app","version":"1.1","progress":5}`),
+		newMessage(protocol.StatusTopic("sensor-2"), `{"app_ver":"2.0"}`),
+		newMessage(protocol.ProgressTopic(dev), `{"id":"c1","type":"app","progress":`),
+		retained,
+		newMessage(protocol.StatusTopic("ghost"), `{"app_ver":"1.0"}`),
+		newMessage(protocol.StatusTopic(dev), `{"app_ver":"1.1"}`),
+		newMessage(protocol.CommandTopic(dev), `{}`),
+	}
+	for _, m := range msgs {
+		b.deliver(m)
+	}
+	close(st.gate)
+	waitAcked(t, first)
+	for _, m := range msgs {
+		waitAcked(t, m)
+	}
+	stop()
+
+	progress, statuses, rejected := st.snapshot()
+	var stored []string
+	for _, p := range progress {
+		stored = append(stored, fmt.Sprintf("%s:%d", p.Device, p.P.Progress))
+	}
+	for _, s := range statuses {
+		stored = append(stored, s.Device+":"+s.St["app_ver"])
+	}
+	if want := []string{dev + ":1", dev + ":100", "sensor-2:2.0", dev + ":1.1"}; !reflect.DeepEqual(stored, want) {
+		t.Errorf("stored %v, want %v", stored, want)
+	}
+	var reasons []string
+	for _, r := range rejected {
+		reasons = append(reasons, r.DeviceID+": "+r.Reason)
+	}
+	want := []string{dev + ": malformed JSON", dev + ": devices do not publish on ota/command topics",
+		"ghost: " + ReasonUnknownDevice, "ghost: " + ReasonUnknownDevice}
+	if len(reasons) != len(want) {
+		t.Fatalf("rejected %v, want %v", reasons, want)
+	}
+	for i := range want {
+		device, reason, _ := strings.Cut(want[i], ": ")
+		if !strings.HasPrefix(reasons[i], device+": ") || !strings.Contains(reasons[i], reason) {
+			t.Errorf("rejection %d: %q, want %q", i, reasons[i], want[i])
+		}
+	}
+	if got := st.batches; len(got) < 2 || got[1] < 5 {
+		t.Errorf("batch sizes %v: the queued messages were not taken as one batch", got)
+	}
+	if got := len(sig.sent()); got != 4 { // progress 1 and 100, two status reports
+		t.Errorf("%d signals, want 4", got)
+	}
+	for _, m := range append(msgs, first) {
+		if m.acks.Load() != 1 {
+			t.Errorf("message on %s acknowledged %d times", m.topic, m.acks.Load())
+		}
+	}
+	want2 := Stats{Received: 9, Rejected: 4, Stored: 4, Signalled: 4, Ignored: 1, Acked: 9}
+	if s := b.Stats(); s != want2 {
+		t.Errorf("stats %+v\nwant  %+v", s, want2)
+	}
+}
+
+// TestSignalOrderWithinBatches checks that, while different devices of a batch are
+// signalled concurrently, each device's signals keep the order of its messages.
+func TestSignalOrderWithinBatches(t *testing.T) {
+	devices := []string{"d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7"}
+	var ids []string
+	for _, d := range devices {
+		ids = append(ids, workflows.DeviceWorkflowID(d))
+	}
+	st := newFakeStore(t, devices...)
+	sig := newFakeSignaler(ids...)
+	cfg := testConfig(newFakeClock())
+	cfg.Shards, cfg.QueueSize, cfg.BatchSize = 2, 64, 32
+	b, stop := startTest(t, cfg, sig, st)
+	var msgs []*fakeMessage
+	for v := 1; v <= 50; v++ {
+		for _, d := range devices {
+			m := newMessage(protocol.StatusTopic(d), fmt.Sprintf(`{"app_ver":"1.%d"}`, v))
+			msgs = append(msgs, m)
+			b.deliver(m)
+		}
+	}
+	for _, m := range msgs {
+		waitAcked(t, m)
+	}
+	stop()
+	next := map[string]int{}
+	for _, s := range sig.sent() {
+		next[s.WorkflowID]++
+		if got, want := s.Arg.(workflows.StatusSignal).Status["app_ver"], fmt.Sprintf("1.%d", next[s.WorkflowID]); got != want {
+			t.Fatalf("%s: signal %d carries %s, want %s", s.WorkflowID, next[s.WorkflowID], got, want)
+		}
+	}
+	for _, id := range ids {
+		if next[id] != 50 {
+			t.Errorf("%s: %d signals, want 50", id, next[id])
+		}
+	}
+}
+
 // TestCoalescingThroughBridge checks that every progress report is stored while only the
 // coalesced selection is signalled.
 func TestCoalescingThroughBridge(t *testing.T) {
@@ -419,6 +539,11 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"negative interval", Config{ProgressInterval: -time.Second}, false},
 		{"negative shards", Config{Shards: -1}, false},
 		{"retry min over max", Config{RetryMin: time.Minute, RetryMax: time.Second}, false},
+		{"batch of one", Config{BatchSize: 1}, true},
+		{"negative batch size", Config{BatchSize: -1}, false},
+		{"huge batch size", Config{BatchSize: 10001}, false},
+		{"one signal at a time", Config{SignalConcurrency: 1}, true},
+		{"negative signal concurrency", Config{SignalConcurrency: -1}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -15,15 +15,17 @@ func TestMain(m *testing.M) {
 	os.Exit(testenv.Start(m, testenv.Needs{Temporal: true, Postgres: true}))
 }
 
-// openStore opens a store on a new database of the test PostgreSQL server.
-func openStore(t testing.TB) *store.Store {
+// openStore opens a store on a new database of the test PostgreSQL server and returns it
+// with the database's URL.
+func openStore(t testing.TB) (*store.Store, string) {
 	t.Helper()
-	st, err := store.Open(context.Background(), testenv.DatabaseURL(t))
+	url := testenv.DatabaseURL(t)
+	st, err := store.Open(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	return st
+	return st, url
 }
 
 // temporalClient is the test Temporal server's shared client.

@@ -32,8 +32,9 @@ type fakeStore struct {
 	rejected []store.Rejected
 	failures map[string]int // "progress", "status", "rejected" -> calls left to fail
 	calls    map[string]int
-	gate     chan struct{} // when set, RecordProgress waits for it
-	entered  chan struct{} // when set, RecordProgress signals it has been called
+	batches  []int         // size of each batch stored
+	gate     chan struct{} // when set, RecordBatch with progress reports waits for it
+	entered  chan struct{} // when set, RecordBatch with progress reports signals it has been called
 	t        testing.TB
 }
 
@@ -57,6 +58,7 @@ func newFakeStore(t testing.TB, devices ...string) *fakeStore {
 	return s
 }
 
+// fail counts a call of op and fails it while failures are configured for op.
 func (s *fakeStore) fail(op string) error {
 	s.calls[op]++
 	if s.failures[op] != 0 {
@@ -68,56 +70,71 @@ func (s *fakeStore) fail(op string) error {
 	return nil
 }
 
-func (s *fakeStore) RecordProgress(ctx context.Context, id string, p protocol.Progress, at time.Time) error {
-	if s.entered != nil {
-		s.entered <- struct{}{}
+// RecordBatch stores the batch unless one of the operations it holds ("progress", "status",
+// "rejected") fails; each of them counts one call. It records every batch's size in batches.
+func (s *fakeStore) RecordBatch(ctx context.Context, reports []store.Report, rejected []store.Rejected) ([]bool, error) {
+	ops := map[string]bool{}
+	for _, r := range reports {
+		if r.Progress != nil {
+			ops["progress"] = true
+		} else {
+			ops["status"] = true
+		}
 	}
-	if s.gate != nil {
-		select {
-		case <-s.gate:
-		case <-ctx.Done():
-			return ctx.Err()
+	if len(rejected) > 0 {
+		ops["rejected"] = true
+	}
+	if ops["progress"] {
+		if s.entered != nil {
+			s.entered <- struct{}{}
+		}
+		if s.gate != nil {
+			select {
+			case <-s.gate:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.fail("progress"); err != nil {
-		return err
-	}
-	if !s.devices[id] {
-		return fmt.Errorf("device %s: %w", id, store.ErrNotFound)
-	}
-	s.progress = append(s.progress, recordedProgress{id, p, at})
-	return nil
-}
-
-func (s *fakeStore) RecordStatus(_ context.Context, id string, st protocol.Status, at time.Time) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.fail("status"); err != nil {
-		return err
-	}
-	if !s.devices[id] {
-		return fmt.Errorf("device %s: %w", id, store.ErrNotFound)
-	}
-	s.statuses = append(s.statuses, recordedStatus{id, st, at})
-	return nil
-}
-
-func (s *fakeStore) RecordRejected(_ context.Context, r store.Rejected) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.fail("rejected"); err != nil {
-		return err
-	}
-	// PostgreSQL text columns take valid UTF-8 without NUL only.
-	for _, v := range []string{r.Topic, r.DeviceID, r.Reason} {
-		if !utf8.ValidString(v) || strings.ContainsRune(v, 0) {
-			s.t.Errorf("RecordRejected got a value PostgreSQL text would refuse: %q", v)
+	var failed error
+	for _, op := range []string{"progress", "status", "rejected"} {
+		if ops[op] {
+			if err := s.fail(op); err != nil && failed == nil {
+				failed = err
+			}
 		}
 	}
-	s.rejected = append(s.rejected, r)
-	return nil
+	if failed != nil {
+		return nil, failed
+	}
+	s.batches = append(s.batches, len(reports)+len(rejected))
+	stored := make([]bool, len(reports))
+	for i, r := range reports {
+		if !s.devices[r.DeviceID] {
+			continue
+		}
+		stored[i] = true
+		if r.Progress != nil {
+			s.progress = append(s.progress, recordedProgress{r.DeviceID, *r.Progress, r.ReceivedAt})
+		} else {
+			s.statuses = append(s.statuses, recordedStatus{r.DeviceID, r.Status, r.ReceivedAt})
+		}
+	}
+	for _, r := range rejected {
+		// PostgreSQL text columns take valid UTF-8 without NUL only, and payload is NOT NULL.
+		for _, v := range []string{r.Topic, r.DeviceID, r.Reason} {
+			if !utf8.ValidString(v) || strings.ContainsRune(v, 0) {
+				s.t.Errorf("RecordBatch got a rejected value PostgreSQL text would refuse: %q", v)
+			}
+		}
+		if r.Payload == nil {
+			s.t.Errorf("RecordBatch got a rejected message with a nil payload (NULL)")
+		}
+		s.rejected = append(s.rejected, r)
+	}
+	return stored, nil
 }
 
 func (s *fakeStore) snapshot() (progress []recordedProgress, statuses []recordedStatus, rejected []store.Rejected) {

@@ -73,6 +73,7 @@ func collectWorkflow(ctx workflow.Context) error {
 type stack struct {
 	t        testing.TB
 	store    *store.Store
+	dbURL    string // the store's database
 	temporal client.Client
 	broker   *broker.Broker
 	brokerAt string // host:port, kept across broker restarts
@@ -83,7 +84,8 @@ type stack struct {
 
 func newStack(t testing.TB) *stack {
 	t.Helper()
-	s := &stack{t: t, store: openStore(t), temporal: temporalClient(t), secrets: map[string]string{}}
+	s := &stack{t: t, temporal: temporalClient(t), secrets: map[string]string{}}
+	s.store, s.dbURL = openStore(t)
 	suffix := randomHex(4)
 	s.queue = "bridge-test-" + suffix
 	s.prefix = "bt" + suffix + "-"
@@ -176,10 +178,19 @@ func (s *stack) bridgeConfig(clientID string) bridge.Config {
 // waits until it has subscribed.
 func (s *stack) runBridge(cfg bridge.Config, st bridge.Store) (*bridge.Bridge, func()) {
 	s.t.Helper()
+	return s.runBridgeWith(cfg, s.temporal, st)
+}
+
+// runBridgeWith is runBridge with a Signaler of the test's choosing (nil: the stack's Temporal).
+func (s *stack) runBridgeWith(cfg bridge.Config, sig bridge.Signaler, st bridge.Store) (*bridge.Bridge, func()) {
+	s.t.Helper()
 	if st == nil {
 		st = s.store
 	}
-	b, err := bridge.New(cfg, s.temporal, st)
+	if sig == nil {
+		sig = s.temporal
+	}
+	b, err := bridge.New(cfg, sig, st)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -497,15 +508,9 @@ type outageStore struct{ *store.Store }
 
 var errDatabaseDown = errors.New("dial tcp 127.0.0.1:5432: connect: connection refused")
 
-func (o *outageStore) RecordProgress(context.Context, string, protocol.Progress, time.Time) error {
-	return errDatabaseDown
+func (o *outageStore) RecordBatch(context.Context, []store.Report, []store.Rejected) ([]bool, error) {
+	return nil, errDatabaseDown
 }
-
-func (o *outageStore) RecordStatus(context.Context, string, protocol.Status, time.Time) error {
-	return errDatabaseDown
-}
-
-func (o *outageStore) RecordRejected(context.Context, store.Rejected) error { return errDatabaseDown }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -21,27 +22,53 @@ const ReasonUnknownDevice = "unknown device"
 // errStopped is returned by retry when the bridge stops before an operation succeeded.
 var errStopped = errors.New("bridge stopping")
 
-// worker processes the messages of one shard, one at a time.
+// worker processes the messages of one shard in batches: it takes what is queued (up to
+// BatchSize messages), stores the batch in one database round trip, then signals and
+// acknowledges the messages, each device's in order.
 type worker struct {
 	b  *Bridge
 	id int
 	// stopCtx is done when the bridge stops: no further retries after it.
 	stopCtx context.Context
 	// workCtx bounds the attempts themselves; it ends at the shutdown deadline.
-	workCtx   context.Context
+	workCtx context.Context
+	// mu guards coalescer: a batch's devices are signalled concurrently.
+	mu        sync.Mutex
 	coalescer *coalescer
+	// batch and reports are reused from one batch to the next.
+	batch   []item
+	reports []store.Report
+}
+
+// item is one message of a batch and what became of it.
+type item struct {
+	in     inbound
+	device string
+	// report is the index of the message's report in the batch's reports, or -1.
+	report   int
+	progress protocol.Progress
+	status   protocol.Status
+	isStatus bool
+	// rejection is why the message is refused, or "".
+	rejection string
+	// ignored is a retained replay, acknowledged without processing.
+	ignored bool
+	// unfinished is a message left unacknowledged because the bridge stopped first.
+	unfinished error
 }
 
 func (w *worker) loop(q <-chan inbound) {
 	for {
 		select {
 		case in := <-q:
-			w.process(in)
+			w.processBatch(w.take(q, in))
+			w.release()
 		case <-w.b.stopping:
 			for {
 				select {
 				case in := <-q:
-					w.process(in)
+					w.processBatch(w.take(q, in))
+					w.release()
 				default:
 					return
 				}
@@ -50,92 +77,231 @@ func (w *worker) loop(q <-chan inbound) {
 	}
 }
 
-// process handles one message to the end and acknowledges it, unless the bridge stopped
-// before it could be stored and signalled.
-func (w *worker) process(in inbound) {
-	if err := w.handle(in); err != nil {
-		w.b.stats.unfinished.Add(1)
-		w.b.log.Debug("message left unacknowledged for redelivery", "topic", safeText(in.msg.Topic(), 200), "error", err)
-		return
+// take makes a batch of first and the messages queued behind it, up to BatchSize; it does
+// not wait for more.
+func (w *worker) take(q <-chan inbound, first inbound) []item {
+	w.batch = append(w.batch[:0], item{in: first})
+	for len(w.batch) < w.b.cfg.BatchSize {
+		select {
+		case in := <-q:
+			w.batch = append(w.batch, item{in: in})
+		default:
+			return w.batch
+		}
 	}
-	in.msg.Ack()
-	w.b.stats.acked.Add(1)
+	return w.batch
 }
 
-// handle validates, stores and signals one message. It returns nil when the message may be
-// acknowledged (rejected messages included) and errStopped when the bridge stopped first.
-func (w *worker) handle(in inbound) error {
-	m := in.msg
+// release drops the finished batch's references to its messages.
+func (w *worker) release() {
+	clear(w.batch)
+	clear(w.reports)
+}
+
+// processBatch handles a batch of messages to the end: it validates each, records the valid
+// reports and the rejections in one write, records the reports of unregistered devices as
+// rejected, then signals and acknowledges the messages (forwardAll). A message is acknowledged
+// only once it is stored and, if forwarded, signalled (or recorded as rejected); those the
+// bridge stopped before finishing stay unacknowledged for the broker to redeliver.
+func (w *worker) processBatch(batch []item) {
+	w.reports = w.reports[:0]
+	var rejected []store.Rejected
+	for i := range batch {
+		it := &batch[i]
+		it.report = -1
+		w.classify(it)
+		switch {
+		case it.ignored:
+		case it.rejection != "":
+			rejected = append(rejected, w.rejection(it))
+		case it.isStatus:
+			it.report = len(w.reports)
+			w.reports = append(w.reports, store.Report{DeviceID: it.device, Status: it.status, ReceivedAt: it.in.at})
+		default:
+			it.report = len(w.reports)
+			w.reports = append(w.reports, store.Report{DeviceID: it.device, Progress: &it.progress, ReceivedAt: it.in.at})
+		}
+	}
+
+	stored, err := w.record(w.reports, rejected)
+	if err != nil {
+		w.leave(batch, err)
+		return
+	}
+	w.b.stats.rejected.Add(int64(len(rejected)))
+
+	// Reports of unregistered devices are recorded as rejected; the others stay stored.
+	var unknown []store.Rejected
+	for i := range batch {
+		if it := &batch[i]; it.report >= 0 && !stored[it.report] {
+			it.report, it.rejection = -1, ReasonUnknownDevice
+			unknown = append(unknown, w.rejection(it))
+		}
+	}
+	if len(unknown) > 0 {
+		if _, err := w.record(nil, unknown); err != nil {
+			for i := range batch {
+				if batch[i].rejection == ReasonUnknownDevice {
+					batch[i].unfinished = err
+				}
+			}
+		} else {
+			w.b.stats.rejected.Add(int64(len(unknown)))
+		}
+	}
+
+	w.forwardAll(batch)
+}
+
+// forwardAll signals the batch's stored reports and acknowledges its messages. Each device's
+// messages are handled in order; different devices' go on at the same time (their signals
+// at most SignalConcurrency at once across the bridge).
+func (w *worker) forwardAll(batch []item) {
+	groups := map[string][]*item{}
+	var order []string
+	for i := range batch {
+		it := &batch[i]
+		if it.report < 0 { // rejected, ignored or unfinished: nothing to forward
+			w.finish(it)
+			continue
+		}
+		w.b.stats.stored.Add(1)
+		if _, ok := groups[it.device]; !ok {
+			order = append(order, it.device)
+		}
+		groups[it.device] = append(groups[it.device], it)
+	}
+	run := func(items []*item) {
+		for _, it := range items {
+			if err := w.forward(it); err != nil {
+				it.unfinished = err
+			}
+			w.finish(it)
+		}
+	}
+	if len(order) == 1 {
+		run(groups[order[0]])
+		return
+	}
+	var wg sync.WaitGroup
+	for _, device := range order {
+		items := groups[device]
+		wg.Go(func() { run(items) })
+	}
+	wg.Wait()
+}
+
+// classify validates a message and fills in its device and report, or why it is rejected.
+func (w *worker) classify(it *item) {
+	m := it.in.msg
 	if m.Retained() {
 		// A retained message replayed because the bridge (re)subscribed: it was handled when
 		// it was published, and replaying it would record stale versions as new.
 		w.b.stats.ignored.Add(1)
-		return nil
+		it.ignored = true
+		return
 	}
-	topic, payload := m.Topic(), m.Payload()
-	device, kind, err := protocol.ParseTopic(topic)
+	device, kind, err := protocol.ParseTopic(m.Topic())
 	if err != nil {
-		return w.reject(in, "", err.Error())
+		it.rejection = err.Error()
+		return
 	}
+	it.device = device
 	switch kind {
 	case protocol.KindProgress:
-		p, err := protocol.ParseProgress(payload)
+		p, err := protocol.ParseProgress(m.Payload())
 		if err != nil {
-			return w.reject(in, device, err.Error())
+			it.rejection = err.Error()
+			return
 		}
-		return w.progress(in, device, p)
+		it.progress = p
 	case protocol.KindStatus:
-		st, err := protocol.ParseStatus(payload)
+		st, err := protocol.ParseStatus(m.Payload())
 		if err != nil {
-			return w.reject(in, device, err.Error())
+			it.rejection = err.Error()
+			return
 		}
-		return w.status(in, device, st)
+		it.status, it.isStatus = st, true
 	default:
-		return w.reject(in, device, fmt.Sprintf("devices do not publish on %s topics", kind))
+		it.rejection = fmt.Sprintf("devices do not publish on %s topics", kind)
 	}
 }
 
-func (w *worker) progress(in inbound, device string, p protocol.Progress) error {
-	err := w.retry("record progress of "+device, func(ctx context.Context) error {
-		return w.b.store.RecordProgress(ctx, device, p, in.at)
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		return w.reject(in, device, ReasonUnknownDevice)
+// record stores reports and rejected messages in one write, retried until it succeeds or
+// the bridge stops. It returns, for each report, whether its device is registered.
+func (w *worker) record(reports []store.Report, rejected []store.Rejected) ([]bool, error) {
+	if len(reports) == 0 && len(rejected) == 0 {
+		return nil, nil
 	}
-	if err != nil {
+	var stored []bool
+	err := w.retry(fmt.Sprintf("record %d reports and %d rejected messages", len(reports), len(rejected)), func(ctx context.Context) error {
+		var err error
+		stored, err = w.b.store.RecordBatch(ctx, reports, rejected)
 		return err
+	})
+	if err == nil && len(stored) != len(reports) {
+		// A Store that breaks its contract must not have messages acknowledged unstored.
+		err = fmt.Errorf("record batch: store answered for %d of %d reports", len(stored), len(reports))
+		w.b.log.Error("messages left unacknowledged", "error", err)
 	}
-	w.b.stats.stored.Add(1)
-	if !w.coalescer.forward(device, p, in.at) {
+	return stored, err
+}
+
+// forward sends a stored report on to the device's workflow: every status report, and the
+// progress reports the coalescer lets through.
+func (w *worker) forward(it *item) error {
+	if it.isStatus {
+		return w.signal(it.device, workflows.SignalStatus, workflows.StatusSignal{Status: it.status, ReceivedAt: it.in.at})
+	}
+	w.mu.Lock()
+	forward := w.coalescer.forward(it.device, it.progress, it.in.at)
+	w.mu.Unlock()
+	if !forward {
 		w.b.stats.coalesced.Add(1)
 		return nil
 	}
-	err = w.signal(device, workflows.SignalProgress, workflows.ProgressSignal{Progress: p, ReceivedAt: in.at})
+	err := w.signal(it.device, workflows.SignalProgress, workflows.ProgressSignal{Progress: it.progress, ReceivedAt: it.in.at})
 	if err != nil {
 		return err
 	}
-	w.coalescer.forwarded(device, p, in.at)
+	w.mu.Lock()
+	w.coalescer.forwarded(it.device, it.progress, it.in.at)
+	w.mu.Unlock()
 	return nil
 }
 
-func (w *worker) status(in inbound, device string, st protocol.Status) error {
-	err := w.retry("record status of "+device, func(ctx context.Context) error {
-		return w.b.store.RecordStatus(ctx, device, st, in.at)
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		return w.reject(in, device, ReasonUnknownDevice)
+// finish acknowledges a message, unless the bridge stopped before it was done.
+func (w *worker) finish(it *item) {
+	if it.unfinished != nil {
+		w.b.stats.unfinished.Add(1)
+		w.b.log.Debug("message left unacknowledged for redelivery", "topic", safeText(it.in.msg.Topic(), 200), "error", it.unfinished)
+		return
 	}
-	if err != nil {
-		return err
+	it.in.msg.Ack()
+	w.b.stats.acked.Add(1)
+}
+
+// leave gives up a batch the bridge stopped before storing: its messages stay
+// unacknowledged, except the retained replays, which needed no storing.
+func (w *worker) leave(batch []item, err error) {
+	for i := range batch {
+		if !batch[i].ignored {
+			batch[i].unfinished = err
+		}
+		w.finish(&batch[i])
 	}
-	w.b.stats.stored.Add(1)
-	return w.signal(device, workflows.SignalStatus, workflows.StatusSignal{Status: st, ReceivedAt: in.at})
 }
 
 // signal signals the device's upgrade workflow. A workflow that does not exist, or has
 // finished, is normal (no upgrade running) and counts as delivered.
 func (w *worker) signal(device, name string, arg any) error {
 	id := workflows.DeviceWorkflowID(device)
+	select {
+	case w.b.signalSlots <- struct{}{}:
+		defer func() { <-w.b.signalSlots }()
+	case <-w.workCtx.Done():
+		return fmt.Errorf("signal %s to %s: %w", name, id, errStopped)
+	}
 	noWorkflow := false
 	err := w.retry("signal "+name+" to "+id, func(ctx context.Context) error {
 		err := w.b.sig.SignalWorkflow(ctx, id, "", name, arg)
@@ -156,30 +322,21 @@ func (w *worker) signal(device, name string, arg any) error {
 	return nil
 }
 
-// reject logs why a message is refused and records it as rejected.
-func (w *worker) reject(in inbound, device, reason string) error {
-	topic := safeText(in.msg.Topic(), 256)
+// rejection logs why a message is refused and returns its record.
+func (w *worker) rejection(it *item) store.Rejected {
+	topic := safeText(it.in.msg.Topic(), 256)
 	if ok, suppressed := w.b.rejectLog.allow(); ok {
-		attrs := []any{"topic", topic, "device", device, "reason", reason}
+		attrs := []any{"topic", topic, "device", it.device, "reason", it.rejection}
 		if suppressed > 0 {
 			attrs = append(attrs, "rejections_not_logged", suppressed)
 		}
 		w.b.log.Warn("rejected device message", attrs...)
 	}
-	r := store.Rejected{Topic: topic, DeviceID: device, Reason: safeText(reason, 1024),
-		Payload: truncatePayload(in.msg.Payload()), ReceivedAt: in.at}
-	err := w.retry("record rejected message", func(ctx context.Context) error {
-		return w.b.store.RecordRejected(ctx, r)
-	})
-	if err != nil {
-		return err
-	}
-	w.b.stats.rejected.Add(1)
-	return nil
+	return store.Rejected{Topic: topic, DeviceID: it.device, Reason: safeText(it.rejection, 1024),
+		Payload: truncatePayload(it.in.msg.Payload()), ReceivedAt: it.in.at}
 }
 
-// retry runs op until it succeeds, fails with store.ErrNotFound (returned as is), or the
-// bridge stops (errStopped). Each attempt is bounded by AttemptTimeout; the waits between
+// retry runs op until it succeeds or the bridge stops (errStopped). Each attempt is bounded by AttemptTimeout; the waits between
 // attempts grow from RetryMin to RetryMax.
 func (w *worker) retry(what string, op func(ctx context.Context) error) error {
 	cfg := &w.b.cfg
@@ -188,11 +345,11 @@ func (w *worker) retry(what string, op func(ctx context.Context) error) error {
 		ctx, cancel := context.WithTimeout(w.workCtx, cfg.AttemptTimeout)
 		err := op(ctx)
 		cancel()
-		if err == nil || errors.Is(err, store.ErrNotFound) {
+		if err == nil {
 			if attempt > 1 {
 				w.b.log.Info("recovered after transient failures", "op", what, "attempts", attempt)
 			}
-			return err
+			return nil
 		}
 		if w.stopCtx.Err() != nil {
 			return fmt.Errorf("%s: %w after %d attempts: %w", what, errStopped, attempt, err)
@@ -228,10 +385,12 @@ func safeText(s string, max int) string {
 	return s[:cut] + "..."
 }
 
-// truncatePayload keeps at most MaxStoredPayload bytes of a payload, marking a cut.
+// truncatePayload keeps at most MaxStoredPayload bytes of a payload, marking a cut. An empty
+// payload gives an empty (not nil) slice, which the database stores as empty rather than
+// refusing as NULL.
 func truncatePayload(p []byte) []byte {
 	if len(p) <= MaxStoredPayload {
-		return append([]byte(nil), p...)
+		return append([]byte{}, p...)
 	}
 	out := append([]byte(nil), p[:MaxStoredPayload]...)
 	return fmt.Appendf(out, "...[truncated, %d bytes in all]", len(p))

@@ -41,7 +41,7 @@ func Filters(shared bool) []string {
 // clientOptions builds the paho options: QoS 1 subscriptions in a persistent session under a
 // fixed client ID, auto-reconnect, manual acknowledgements, in-order delivery to one handler.
 func (b *Bridge) clientOptions() (*mqtt.ClientOptions, error) {
-	opts, err := mqttconn.Options(b.cfg.BrokerURL, b.cfg.ClientID)
+	opts, err := mqttconn.Options(b.cfg.BrokerURL, b.cfg.ClientID, mqttconn.WithTLS(b.cfg.TLS))
 	if err != nil {
 		return nil, err
 	}
