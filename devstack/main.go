@@ -96,7 +96,8 @@ func runDemo(ctx context.Context, cfg Config, demo bool) error {
 	s.say("\nOTAflow is up in %s:", time.Since(start).Round(100*time.Millisecond))
 	s.say("  Temporal        %s (Web UI %s)", s.temporal.Address(), s.UIURL)
 	s.say("  MQTT broker     %s (devices authenticate with their own secrets)", s.MQTTURL)
-	s.say("  PostgreSQL      %s", s.DatabaseURL)
+	shownDB, _ := redactURL(s.DatabaseURL)
+	s.say("  PostgreSQL      %s", shownDB)
 	s.say("  Demo package    %s (md5 %s, %d bytes)", s.Package.URL, s.Package.MD5, s.Package.Size)
 	if demo && cfg.Devices > 0 {
 		if err := s.demoRollout(ctx); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
+	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
 )
 
 // Exit codes of starter.
@@ -76,16 +77,17 @@ func newApp(out, errOut io.Writer) *cli.App {
 		DisableSliceFlagSeparator: true,
 		ExitErrHandler:            func(*cli.Context, error) {},
 		OnUsageError:              onUsageError,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: flagTemporalAddress, Value: "localhost:7233", EnvVars: []string{"TEMPORAL_ADDRESS"},
 				Usage: "Temporal frontend `HOST:PORT`"},
 			&cli.StringFlag{Name: flagTemporalNamespace, Value: "default", EnvVars: []string{"TEMPORAL_NAMESPACE"},
 				Usage: "Temporal `NAMESPACE`"},
 			&cli.StringFlag{Name: flagDatabaseURL, EnvVars: []string{"DATABASE_URL"},
-				Usage: "PostgreSQL `URL`, e.g. postgres://otaflow@localhost:5432/otaflow (commands that read the registry)"},
+				Usage: "PostgreSQL `URL`, e.g. postgres://otaflow@localhost:5432/otaflow (commands that read the registry); " +
+					"TLS with ?sslmode=verify-full&sslrootcert=FILE[&sslcert=FILE&sslkey=FILE]"},
 			&cli.StringFlag{Name: flagUIURL, Value: "http://localhost:8233", EnvVars: []string{"TEMPORAL_UI_URL"},
 				Usage: "base `URL` of the Temporal Web UI, for the links starter prints"},
-		},
+		}, tlsflags.TemporalFlags()...),
 		Commands: []*cli.Command{
 			upgradeCommand(e),
 			statusCommand(e),
@@ -171,9 +173,14 @@ func (e *appEnv) temporalClient(cCtx *cli.Context) (client.Client, error) {
 	if e.temporal != nil {
 		return e.temporal, nil
 	}
+	tlsCfg, err := tlsflags.Temporal(cCtx)
+	if err != nil {
+		return nil, usageErrorf(cCtx, "%v", err)
+	}
 	c, err := temporalconn.Dial(cCtx.Context, temporalconn.Options{
 		Address:   cCtx.String(flagTemporalAddress),
 		Namespace: cCtx.String(flagTemporalNamespace),
+		TLS:       tlsCfg,
 	})
 	if err != nil {
 		return nil, err

@@ -5,7 +5,8 @@
 //	    --mqtt-url tcp://otaflow-worker:SECRET@localhost:1883
 //
 // Every flag is also read from an environment variable (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
-// DATABASE_URL, MQTT_URL). Ctrl-C stops it gracefully: running activities get time to finish.
+// DATABASE_URL, MQTT_URL, and for TLS MQTT_CA_FILE, TEMPORAL_TLS_CA, ...; see --help). Ctrl-C
+// stops it gracefully: running activities get time to finish.
 package main
 
 import (
@@ -22,6 +23,7 @@ import (
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
+	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
 	"github.com/otaflow/otaflow/workflows"
 )
 
@@ -31,13 +33,13 @@ func main() {
 	app := &cli.App{
 		Name:  "worker",
 		Usage: "run OTAflow's Temporal worker",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "temporal-address", Value: "localhost:7233", EnvVars: []string{"TEMPORAL_ADDRESS"}, Usage: "Temporal frontend host:port"},
 			&cli.StringFlag{Name: "temporal-namespace", Value: "default", EnvVars: []string{"TEMPORAL_NAMESPACE"}, Usage: "Temporal namespace"},
-			&cli.StringFlag{Name: "database-url", Required: true, EnvVars: []string{"DATABASE_URL"}, Usage: "PostgreSQL URL"},
+			&cli.StringFlag{Name: "database-url", Required: true, EnvVars: []string{"DATABASE_URL"}, Usage: "PostgreSQL URL; TLS with ?sslmode=verify-full&sslrootcert=FILE[&sslcert=FILE&sslkey=FILE]"},
 			&cli.StringFlag{Name: "mqtt-url", Required: true, EnvVars: []string{"MQTT_URL"}, Usage: "MQTT broker URL with the worker's credentials, e.g. tcp://otaflow-worker:SECRET@localhost:1883"},
 			&cli.StringFlag{Name: "mqtt-client-id", EnvVars: []string{"MQTT_CLIENT_ID"}, Usage: "MQTT client ID (default otaflow-worker-HOSTNAME-PID)"},
-		},
+		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
 	}
 	if err := app.RunContext(ctx, os.Args); err != nil {
@@ -49,6 +51,15 @@ func main() {
 func run(cCtx *cli.Context) error {
 	ctx := cCtx.Context
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The TLS files are checked before anything is dialled.
+	mqttTLS, err := tlsflags.MQTT(cCtx)
+	if err != nil {
+		return err
+	}
+	temporalTLS, err := tlsflags.Temporal(cCtx)
+	if err != nil {
+		return err
+	}
 	st, err := store.Open(ctx, cCtx.String("database-url"))
 	if err != nil {
 		return err
@@ -60,7 +71,7 @@ func run(cCtx *cli.Context) error {
 		host, _ := os.Hostname()
 		clientID = fmt.Sprintf("otaflow-worker-%s-%d", host, os.Getpid())
 	}
-	opts, err := mqttconn.Options(cCtx.String("mqtt-url"), clientID)
+	opts, err := mqttconn.Options(cCtx.String("mqtt-url"), clientID, mqttconn.WithTLS(mqttTLS))
 	if err != nil {
 		return err
 	}
@@ -72,7 +83,7 @@ func run(cCtx *cli.Context) error {
 	defer mc.Disconnect(250)
 
 	c, err := temporalconn.Dial(ctx, temporalconn.Options{
-		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"), Logger: logger,
+		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"), Logger: logger, TLS: temporalTLS,
 	})
 	if err != nil {
 		return err
