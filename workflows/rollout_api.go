@@ -193,11 +193,11 @@ func (r RolloutRequest) Validate() error {
 	last := 0.0
 	for i, w := range r.Waves {
 		switch {
-		case w.Percent < 0 || w.Percent > 100 || w.Count < 0 || (w.Percent > 0) == (w.Count > 0):
+		case !(w.Percent >= 0 && w.Percent <= 100) || w.Count < 0 || (w.Percent > 0) == (w.Count > 0):
 			return fmt.Errorf("wave %d: give either a percentage (0-100] or a count > 0", i+1)
 		case w.Percent > 0 && w.Percent < last:
 			return fmt.Errorf("wave %d: percentages are cumulative and must not decrease (%g after %g)", i+1, w.Percent, last)
-		case w.SuccessThreshold < 0 || w.SuccessThreshold > 100:
+		case !(w.SuccessThreshold >= 0 && w.SuccessThreshold <= 100):
 			return fmt.Errorf("wave %d: success threshold must be 0-100", i+1)
 		case w.Bake < 0:
 			return fmt.Errorf("wave %d: bake time must not be negative", i+1)
@@ -209,9 +209,9 @@ func (r RolloutRequest) Validate() error {
 	switch {
 	case r.MaxInFlight < 1 || r.MaxInFlight > maxInFlightLimit:
 		return fmt.Errorf("max in flight must be 1 to %d, not %d", maxInFlightLimit, r.MaxInFlight)
-	case r.MaxPerMinute < 0:
-		return fmt.Errorf("max per minute must not be negative")
-	case r.FailurePercent < 0 || r.FailurePercent > 100:
+	case !(r.MaxPerMinute >= 0) || math.IsInf(r.MaxPerMinute, 1):
+		return fmt.Errorf("max per minute must be a number, 0 or more, not %g", r.MaxPerMinute)
+	case !(r.FailurePercent >= 0 && r.FailurePercent <= 100):
 		return fmt.Errorf("failure threshold must be 0-100 percent")
 	case r.FailureMinCount < 1:
 		return fmt.Errorf("failure minimum count must be at least 1")
@@ -222,7 +222,8 @@ func (r RolloutRequest) Validate() error {
 	case r.ContinueAfter < 1:
 		return fmt.Errorf("continue-after must be at least 1")
 	}
-	if r.Ramp != nil && (r.Ramp.StartPerMinute <= 0 || r.Ramp.Factor < 1 || r.Ramp.Step <= 0) {
+	if r.Ramp != nil && (!(r.Ramp.StartPerMinute > 0) || math.IsInf(r.Ramp.StartPerMinute, 1) ||
+		!(r.Ramp.Factor >= 1) || math.IsInf(r.Ramp.Factor, 1) || r.Ramp.Step <= 0) {
 		return fmt.Errorf("ramp needs a start rate > 0, a factor >= 1 and a step > 0")
 	}
 	if r.Window != nil {
@@ -256,7 +257,7 @@ func ParseWaves(s string) ([]Wave, error) {
 		}
 		if hasThreshold {
 			v, err := strconv.ParseFloat(strings.TrimSuffix(threshold, "%"), 64)
-			if err != nil || v < 0 || v > 100 {
+			if err != nil || !(v >= 0 && v <= 100) { // NaN too
 				return nil, fmt.Errorf("wave %q: success threshold must be 0-100", item)
 			}
 			w.SuccessThreshold = v
