@@ -8,6 +8,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 
@@ -49,6 +51,7 @@ func devicesCommand(e *appEnv) *cli.Command {
 				Before: requireFlags("device"),
 				Action: e.addDeviceAction,
 			},
+			importCommand(e),
 			{
 				Name:      "rotate-secret",
 				Usage:     "issue a new MQTT secret for a registered device (shown once)",
@@ -157,19 +160,18 @@ func listDevices(ctx context.Context, st *store.Store, out io.Writer, prefix str
 func parseLabels(values []string) (map[string]string, error) { return parseKeyValues(values, "label") }
 
 // parseKeyValues parses repeated KEY=VALUE flags (labels, or `rollout --where` filters, named
-// by what in messages): keys of 1 to 64 characters, values of at most 128 bytes, each key once.
+// by what in messages) with the rules of checkKeyValue; the key is trimmed of spaces and
+// each key may be given once.
 func parseKeyValues(values []string, what string) (map[string]string, error) {
 	kvs := make(map[string]string, len(values))
 	for _, kv := range values {
 		k, v, ok := strings.Cut(kv, "=")
-		k = strings.TrimSpace(k)
-		switch {
-		case !ok:
+		if !ok {
 			return nil, fmt.Errorf("%s %q is not KEY=VALUE", what, kv)
-		case k == "" || len(k) > 64:
-			return nil, fmt.Errorf("%s %q: the key must be 1 to 64 characters", what, kv)
-		case len(v) > 128:
-			return nil, fmt.Errorf("%s %q: the value is longer than 128 bytes", what, k)
+		}
+		k = strings.TrimSpace(k)
+		if err := checkKeyValue(what, k, v); err != nil {
+			return nil, err
 		}
 		if _, dup := kvs[k]; dup {
 			return nil, fmt.Errorf("%s %q given twice", what, k)
@@ -177,6 +179,43 @@ func parseKeyValues(values []string, what string) (map[string]string, error) {
 		kvs[k] = v
 	}
 	return kvs, nil
+}
+
+// Limits of a label (or --where filter): the registry keeps them in a jsonb object.
+const (
+	maxLabelKeyLen   = 64
+	maxLabelValueLen = 128
+)
+
+// checkKeyValue checks one label or filter (what names it in messages): a key of 1 to 64
+// bytes without '=' (so that it can be written KEY=VALUE) nor spaces around it, and a value
+// of at most 128 bytes, both valid UTF-8 without control characters (PostgreSQL's jsonb
+// refuses NUL, terminals act on escape sequences).
+func checkKeyValue(what, k, v string) error {
+	switch {
+	case k == "" || len(k) > maxLabelKeyLen || strings.Contains(k, "="):
+		return fmt.Errorf("%s %q: the key must be 1 to %d characters, without =", what, truncate(k+"="+v, 80), maxLabelKeyLen)
+	case k != strings.TrimSpace(k):
+		return fmt.Errorf("%s %q: the key must not start or end with a space", what, truncate(k, 80))
+	case len(v) > maxLabelValueLen:
+		return fmt.Errorf("%s %q: the value is longer than %d bytes", what, truncate(k, 80), maxLabelValueLen)
+	case !utf8.ValidString(k) || !utf8.ValidString(v):
+		return fmt.Errorf("%s %q: not valid UTF-8", what, truncate(k+"="+v, 80))
+	case strings.IndexFunc(k+v, unicode.IsControl) >= 0:
+		return fmt.Errorf("%s %q: control characters are not allowed", what, truncate(k+"="+v, 80))
+	}
+	return nil
+}
+
+// truncate shortens s to at most n bytes (not splitting a character) for a message.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 // secretReport is the JSON output of `devices add` and `devices rotate-secret`.

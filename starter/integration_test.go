@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"regexp"
@@ -22,7 +23,23 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if fuzzOnly() {
+		os.Exit(m.Run())
+	}
 	os.Exit(testenv.Start(m, testenv.Needs{Temporal: true, Postgres: true}))
+}
+
+// fuzzOnly reports whether this run of the test binary only fuzzes, which needs no server: a
+// fuzzing worker process, or `go test -run '^$' -fuzz F` (how scripts/test runs each target).
+func fuzzOnly() bool {
+	value := func(name string) string {
+		if f := flag.Lookup(name); f != nil {
+			return f.Value.String()
+		}
+		return ""
+	}
+	return value("test.fuzzworker") == "true" || (value("test.fuzz") != "" && value("test.run") == "^$")
 }
 
 // servers returns the global flags that point starter at the test servers, with a database of

@@ -9,6 +9,7 @@
 //	starter cancel --device sensor-1
 //	starter devices add --device sensor-1 --label site=lab
 //	starter devices list --prefix sensor-
+//	starter devices import --file devices.csv --out secrets.csv
 //	starter package inspect --url ./fw-1.1.bin
 //	starter rollout start --name fw-1.1 --type firmware --version 1.1 --url U --md5 M --size S \
 //	    --prefix sensor- --waves 1%,10%,50%,100% --wave-success 95 --bake 10m --failure-threshold 10

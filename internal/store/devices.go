@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -40,6 +41,56 @@ func (s *Store) AddDevice(ctx context.Context, id, secretHash string, labels map
 		return fmt.Errorf("add device %s: %w", id, err)
 	}
 	return nil
+}
+
+// NewDevice is a device to register with AddDevices.
+type NewDevice struct {
+	ID         string
+	SecretHash string
+	Labels     map[string]string
+}
+
+// AddDevices registers devices in one transaction: all of them, or, on any error, none. It
+// returns ErrExists, naming a device, when one of them is already registered (or is given
+// twice).
+func (s *Store) AddDevices(ctx context.Context, devices []NewDevice) error {
+	rows := make([][]any, len(devices))
+	for i, d := range devices {
+		if err := protocol.ValidateDeviceID(d.ID); err != nil {
+			return err
+		}
+		labels := d.Labels
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		rows[i] = []any{d.ID, d.SecretHash, labels}
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, []string{"id", "secret_hash", "labels"}, pgx.CopyFromRows(rows))
+		return err
+	})
+	var pgErr *pgconn.PgError
+	if isUniqueViolation(err) && errors.As(err, &pgErr) {
+		// The detail names the device: Key (id)=(dev-1) already exists.
+		return fmt.Errorf("add %d devices: %s: %w", len(devices), pgErr.Detail, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("add %d devices: %w", len(devices), err)
+	}
+	return nil
+}
+
+// RegisteredDevices returns those of ids that are registered devices, in ID order.
+func (s *Store) RegisteredDevices(ctx context.Context, ids []string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM devices WHERE id = ANY($1) ORDER BY id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("look up %d devices: %w", len(ids), err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("look up %d devices: %w", len(ids), err)
+	}
+	return found, nil
 }
 
 // SetSecretHash replaces a device's secret hash, registering the device if it is missing.
