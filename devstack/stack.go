@@ -141,6 +141,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		Initial:     protocol.Status{"firmware_ver": "1.0", "app_ver": "3.2"},
 		Timing:      cfg.SimTiming,
 		SimStateDir: filepath.Join(cfg.DataDir, "devicesim"),
+		BrokerStore: filepath.Join(cfg.DataDir, "broker-sessions.db"),
 		NoWorker:    cfg.External, NoBridge: cfg.External,
 		Logger: s.log,
 	})

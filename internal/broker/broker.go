@@ -51,6 +51,13 @@ type Options struct {
 	// Logger receives the broker's logs, refusals included (never secrets). Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// StorePath, when set, is a file (bbolt) where the broker keeps its persistent sessions:
+	// subscriptions and the QoS 1/2 messages held for each client. A broker started on the
+	// file of one that stopped carries on with its sessions, so the commands queued for
+	// offline devices and the reports not yet acknowledged by the bridge survive a restart.
+	// Empty keeps sessions in memory only. Writes are not synced to disk (a crash of the
+	// process loses nothing, a crash of the machine may).
+	StorePath string
 
 	// MaxPacketSize is the largest packet, in bytes, a client may send; a client sending a
 	// bigger one is disconnected. Payloads are checked against protocol.MaxPayloadSize by the
@@ -165,7 +172,19 @@ func New(opts Options) (*Broker, error) {
 	if err := server.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add auth hook: %w", err)
 	}
-	if err := server.AddHook(newSessionHook(server, log), nil); err != nil {
+	var store heldMessages
+	if opts.StorePath != "" {
+		hook, err := openSessionStore(opts.StorePath, log)
+		if err != nil {
+			return nil, fmt.Errorf("broker: %w", err)
+		}
+		if err := server.AddHook(hook, nil); err != nil {
+			_ = hook.Stop()
+			return nil, fmt.Errorf("broker: add session store: %w", err)
+		}
+		store = hook
+	}
+	if err := server.AddHook(newSessionHook(server, log, store), nil); err != nil {
 		return nil, fmt.Errorf("broker: add session hook: %w", err)
 	}
 	return &Broker{

@@ -56,7 +56,7 @@ func (m *memCreds) DeviceCredentials(_ context.Context, id string) (string, bool
 }
 
 // add registers a device with a new secret and returns the secret.
-func (m *memCreds) add(t *testing.T, id string) string {
+func (m *memCreds) add(t testing.TB, id string) string {
 	t.Helper()
 	secret, err := credential.NewSecret()
 	if err != nil {
@@ -66,7 +66,7 @@ func (m *memCreds) add(t *testing.T, id string) string {
 	return secret
 }
 
-func (m *memCreds) setSecret(t *testing.T, id, secret string) {
+func (m *memCreds) setSecret(t testing.TB, id, secret string) {
 	t.Helper()
 	hash, err := credential.Hash(secret)
 	if err != nil {

@@ -59,6 +59,9 @@ type sessionHook struct {
 
 	server *mqtt.Server
 	log    *slog.Logger
+	// store, when sessions are persisted, is told of the messages the hook puts in a session
+	// or takes out of one, which mochi does not report to its hooks.
+	store heldMessages
 
 	mu        sync.Mutex
 	takeovers map[*mqtt.Client]*takeover // by the connection taken over
@@ -91,10 +94,26 @@ type backlog struct {
 	queue []packets.Packet
 }
 
-func newSessionHook(server *mqtt.Server, log *slog.Logger) *sessionHook {
+// heldMessages is told when a message is held in, or removed from, a client's session.
+type heldMessages interface {
+	OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int)
+	OnQosComplete(cl *mqtt.Client, pk packets.Packet)
+}
+
+// noStore is the heldMessages of a broker that keeps its sessions in memory only.
+type noStore struct{}
+
+func (noStore) OnQosPublish(*mqtt.Client, packets.Packet, int64, int) {}
+func (noStore) OnQosComplete(*mqtt.Client, packets.Packet)            {}
+
+func newSessionHook(server *mqtt.Server, log *slog.Logger, store heldMessages) *sessionHook {
+	if store == nil {
+		store = noStore{}
+	}
 	return &sessionHook{
 		server:    server,
 		log:       log,
+		store:     store,
 		takeovers: make(map[*mqtt.Client]*takeover),
 		heirs:     make(map[*mqtt.Client]*takeover),
 		backlogs:  make(map[*mqtt.Client]*backlog),
@@ -246,6 +265,7 @@ func (h *sessionHook) restore(cl *mqtt.Client) {
 	if cl.State.Inflight.Set(sent) {
 		atomic.AddInt64(&h.server.Info.Inflight, 1)
 	}
+	h.store.OnQosPublish(cl, sent, sent.Created, 0)
 }
 
 // delivery is the packet mochi sends cl for pk, as publishToClient builds it (except topic
@@ -338,6 +358,7 @@ func (h *sessionHook) adopt(cl *mqtt.Client, s stranded) (packets.Packet, bool) 
 		if in, ok := s.from.State.Inflight.Get(s.pk.PacketID); ok && samePacket(in, s.pk) &&
 			s.from.State.Inflight.Delete(s.pk.PacketID) {
 			atomic.AddInt64(&h.server.Info.Inflight, -1)
+			h.store.OnQosComplete(s.from, s.pk)
 		}
 	}
 	id, err := cl.NextPacketID()
@@ -352,6 +373,7 @@ func (h *sessionHook) adopt(cl *mqtt.Client, s stranded) (packets.Packet, bool) 
 	if cl.State.Inflight.Set(out) {
 		atomic.AddInt64(&h.server.Info.Inflight, 1)
 	}
+	h.store.OnQosPublish(cl, out, out.Created, 0)
 	return out, true
 }
 

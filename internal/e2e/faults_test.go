@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/system"
 	"github.com/otaflow/otaflow/internal/temporalconn"
@@ -64,7 +65,8 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 	timing.InstallDelay = 800 * time.Millisecond
 	const devices = 30
 	sys, err := system.Start(ctx, system.Config{Client: c, Store: st, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		PackageDir: filepath.Join(dir, "packages"), PackageSize: 64 << 10, Devices: devices, Prefix: "chaos", Timing: timing})
+		BrokerStore: filepath.Join(dir, "broker-sessions.db"),
+		PackageDir:  filepath.Join(dir, "packages"), PackageSize: 64 << 10, Devices: devices, Prefix: "chaos", Timing: timing})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,11 +146,81 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 	if p.Counts.Succeeded != devices {
 		t.Errorf("%d of %d devices succeeded: %+v", p.Counts.Succeeded, devices, p.Counts)
 	}
+	retried := 0
 	for _, id := range sys.Fleet.IDs() {
+		if up, err := st.LatestUpgrade(ctx, id); err == nil && up.Attempt > 1 {
+			retried++
+		}
 		d, _ := sys.Fleet.Device(id)
 		if d.Upgrades != 1 || d.Status["firmware_ver"] != "1.1" {
 			t.Errorf("%s installed %d times and reports %v; want once, on 1.1", id, d.Upgrades, d.Status)
 		}
 	}
+	t.Logf("%d of %d devices needed more than one attempt", retried, devices)
 	e.checkRecords("chaos", p)
+}
+
+// TestBrokerRestartWithReportsWaiting restarts the broker while it holds the reports of a
+// whole rollout for a stopped bridge: every device has installed and reported the new
+// version, and nothing has reached the workflows yet. A broker that keeps its sessions
+// (Config.BrokerStore) delivers the reports after the restart and every upgrade succeeds on
+// its first attempt. One that loses them leaves the upgrades waiting for news until their
+// start timeout; the retry's command finds the device on the target version, which answers
+// with its status: every upgrade succeeds on its second attempt, and no device installs twice.
+func TestBrokerRestartWithReportsWaiting(t *testing.T) {
+	tests := []struct {
+		name        string
+		store       bool
+		wantAttempt int
+	}{
+		{"sessions kept", true, 1},
+		{"sessions lost", false, 2},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			const devices = 6
+			prefix := "brk" + string(rune('a'+i))
+			cfg := system.Config{Devices: devices, Prefix: prefix}
+			if tt.store {
+				cfg.BrokerStore = filepath.Join(t.TempDir(), "broker-sessions.db")
+			}
+			e := newEnv(t, cfg)
+			e.sys.StopBridge()
+			req := e.rollout(prefix, prefix)
+			req.MaxInFlight = devices
+			req.Upgrade.StartTimeout = 8 * time.Second
+			run := e.startRollout(req)
+			waitFor(t, time.Minute, "every device on the new version", func() bool {
+				for _, id := range e.sys.Fleet.IDs() {
+					if d, _ := e.sys.Fleet.Device(id); d.Upgrades != 1 || !d.Connected {
+						return false
+					}
+				}
+				return true
+			})
+			if err := e.sys.RestartBroker(e.ctx, 500*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.sys.StartBridge(e.ctx); err != nil {
+				t.Fatal(err)
+			}
+			var p workflows.RolloutProgress
+			if err := run.Get(e.ctx, &p); err != nil {
+				t.Fatal(err)
+			}
+			if p.State != workflows.RolloutCompleted || p.Counts.Succeeded != devices {
+				t.Fatalf("rollout %s with %+v; want every device succeeded", p.State, p.Counts)
+			}
+			for _, id := range e.sys.Fleet.IDs() {
+				up, err := e.store.LatestUpgrade(e.ctx, id)
+				if err != nil || up.State != protocol.StateSucceeded || up.Attempt != tt.wantAttempt {
+					t.Errorf("%s: upgrade %+v, err %v; want succeeded on attempt %d", id, up, err, tt.wantAttempt)
+				}
+				if d, _ := e.sys.Fleet.Device(id); d.Upgrades != 1 || d.Attempts != 1 {
+					t.Errorf("%s installed %d times in %d attempts; want once", id, d.Upgrades, d.Attempts)
+				}
+			}
+			e.checkRecords(prefix, p)
+		})
+	}
 }

@@ -47,6 +47,9 @@ type Config struct {
 	// MQTTAddr and HTTPAddr are where the broker and the package file server listen;
 	// "127.0.0.1:0" picks free ports.
 	MQTTAddr, HTTPAddr string
+	// BrokerStore is the file where the broker keeps its persistent sessions across
+	// restarts (broker.Options.StorePath); "" keeps them in memory.
+	BrokerStore string
 	// PackageDir is served over HTTP; PackageName (default firmware-1.1.bin), PackageSize
 	// bytes of random data (default 1 MiB), is made there if missing.
 	PackageDir  string
@@ -154,7 +157,8 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 }
 
 func (s *System) startBroker(ctx context.Context, addr string) error {
-	b, err := broker.New(broker.Options{Addr: addr, Credentials: s.cfg.Store, Services: s.services, Logger: s.log})
+	b, err := broker.New(broker.Options{Addr: addr, Credentials: s.cfg.Store, Services: s.services, Logger: s.log,
+		StorePath: s.cfg.BrokerStore})
 	if err != nil {
 		return err
 	}
@@ -166,9 +170,10 @@ func (s *System) startBroker(ctx context.Context, addr string) error {
 }
 
 // RestartBroker stops the broker and starts a new one on the same address after down, as a
-// broker crash and restart would: the embedded broker keeps its sessions in memory, so they
-// and the messages they held are gone, and every client reconnects and subscribes again by
-// itself. What the lost messages carried is recovered by the upgrades' timeouts and retries.
+// broker restart would; every client reconnects and subscribes again by itself. With
+// Config.BrokerStore the new broker carries on with the sessions and the messages they held;
+// without it they are gone, and what the lost messages carried is recovered by the upgrades'
+// timeouts and retries.
 func (s *System) RestartBroker(ctx context.Context, down time.Duration) error {
 	addr := s.Broker.Addr()
 	if err := s.Broker.Close(); err != nil {

@@ -1,0 +1,84 @@
+package broker
+
+import (
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// BenchmarkRelay measures QoS 1 reports relayed from devices to a persistent service
+// subscription (the bridge's path through the broker), with sessions in memory and in a
+// session store file.
+func BenchmarkRelay(b *testing.B) {
+	for _, stored := range []bool{false, true} {
+		b.Run(fmt.Sprintf("store=%v", stored), func(b *testing.B) {
+			benchmarkRelay(b, stored)
+		})
+	}
+}
+
+func benchmarkRelay(b *testing.B, stored bool) {
+	const devices = 16
+	creds := newMemCreds()
+	opts := Options{Addr: "127.0.0.1:0", Credentials: creds,
+		Services: map[string]string{bridgeUser: bridgePass}, Logger: slog.New(slog.DiscardHandler)}
+	if stored {
+		opts.StorePath = filepath.Join(b.TempDir(), "sessions.db")
+	}
+	br, err := New(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := br.Start(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+
+	var got atomic.Int64
+	sub := paho.NewClient(paho.NewClientOptions().AddBroker(br.URL()).SetClientID("bench-bridge").
+		SetUsername(bridgeUser).SetPassword(bridgePass).SetCleanSession(false).SetOrderMatters(false))
+	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		b.Fatal("connect service", tok.Error())
+	}
+	defer sub.Disconnect(50)
+	if tok := sub.Subscribe(protocol.ProgressFilter, 1, func(paho.Client, paho.Message) { got.Add(1) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		b.Fatal("subscribe", tok.Error())
+	}
+	var pubs []paho.Client
+	for i := range devices {
+		id := fmt.Sprintf("bench-%d", i)
+		secret := creds.add(b, id)
+		c := paho.NewClient(paho.NewClientOptions().AddBroker(br.URL()).SetClientID(id).
+			SetUsername(id).SetPassword(secret).SetCleanSession(false))
+		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			b.Fatal("connect device", tok.Error())
+		}
+		defer c.Disconnect(50)
+		pubs = append(pubs, c)
+	}
+	payload := `{"id":"c1","type":"firmware","version":"1.1","progress":42,"desc":"downloading"}`
+	b.ResetTimer()
+	start := time.Now()
+	for i := range b.N {
+		for int64(i)-got.Load() >= 512 { // stay within the service's write queue
+			time.Sleep(50 * time.Microsecond)
+		}
+		d := i % devices
+		pubs[d].Publish(protocol.ProgressTopic(fmt.Sprintf("bench-%d", d)), 1, false, payload)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for got.Load() < int64(b.N) {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d messages relayed", got.Load(), b.N)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}

@@ -1,0 +1,76 @@
+package broker
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// TestSessionsSurviveRestart: with a StorePath, a broker that stops and starts again on the
+// same file still holds what its persistent sessions held: the command queued for an offline
+// device and the device report not yet taken by an offline bridge are delivered after the
+// restart, to clients that do not subscribe again, and what was acknowledged is not.
+func TestSessionsSurviveRestart(t *testing.T) {
+	tests := []struct {
+		name string
+		// receiver is the persistent client that subscribes and goes offline; sender then
+		// publishes topic to it.
+		receiver, sender func(secret string) clientConfig
+		filter, topic    string
+	}{
+		{
+			name:     "command queued for an offline device",
+			receiver: func(secret string) clientConfig { return deviceConfig("dev-p", secret) },
+			sender:   func(string) clientConfig { return serviceConfig("worker-p") },
+			filter:   protocol.CommandTopic("dev-p"),
+			topic:    protocol.CommandTopic("dev-p"),
+		},
+		{
+			name:     "report queued for an offline bridge",
+			receiver: func(string) clientConfig { return persistentService("bridge-p", nil) },
+			sender:   func(secret string) clientConfig { return deviceConfig("dev-p", secret) },
+			filter:   protocol.ProgressFilter,
+			topic:    protocol.ProgressTopic("dev-p"),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			creds := newMemCreds()
+			secret := creds.add(t, "dev-p")
+			path := filepath.Join(t.TempDir(), "sessions.db")
+			withStore := func(o *Options) { o.StorePath = path }
+			b, _ := startBroker(t, creds, withStore)
+
+			recv := tt.receiver(secret)
+			before := newCollector()
+			rc := mustDial(t, b, recv)
+			subscribe(t, rc, tt.filter, before.handler)
+			sender := mustDial(t, b, tt.sender(secret))
+			// A message acknowledged before the restart must not come back after it.
+			publish(t, sender, tt.topic, 1, "acknowledged")
+			if m := before.next(t); m.payload != "acknowledged" {
+				t.Fatalf("got %+v before the restart", m)
+			}
+			rc.Disconnect(50)
+			waitFor(t, "broker to see the receiver offline", func() bool {
+				cl, ok := b.server.Clients.Get(recv.clientID)
+				return ok && cl.Closed()
+			})
+			publish(t, sender, tt.topic, 1, "kept")
+
+			addr := b.Addr()
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			b2, _ := startBroker(t, creds, withStore, func(o *Options) { o.Addr = addr })
+
+			got := newCollector()
+			recv.defaultHandler = got.handler
+			mustDial(t, b2, recv)
+			if m := got.next(t); m.topic != tt.topic || m.payload != "kept" {
+				t.Fatalf("got %+v after the restart, want the message queued before it", m)
+			}
+		})
+	}
+}
