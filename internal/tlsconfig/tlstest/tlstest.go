@@ -223,6 +223,16 @@ func (p *proxy) forward(c *tls.Conn) {
 	defer p.untrack(c)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := c.Handshake(); err != nil {
+		// The alert is on its way to the client. Closing now, with the client's first
+		// packet unread, would make the kernel reset the connection, and the reset may
+		// overtake the alert: the client would see "connection reset" or "broken pipe"
+		// instead of the reason. Half-close and drain first, as a TLS server would.
+		raw := c.NetConn()
+		if tcp, ok := raw.(*net.TCPConn); ok {
+			_ = tcp.CloseWrite()
+		}
+		_ = raw.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, _ = io.Copy(io.Discard, raw)
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
