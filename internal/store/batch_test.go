@@ -202,21 +202,37 @@ func TestRecordBatchMatchesOneByOne(t *testing.T) {
 	}
 }
 
-// TestRecordBatchNilPayload checks a rejected message without payload is stored (empty)
-// rather than failing the batch on the column's NOT NULL.
-func TestRecordBatchNilPayload(t *testing.T) {
-	ctx := context.Background()
-	st := openStore(t)
-	r := store.Rejected{Topic: "devices/x/ota/progress", DeviceID: "x", Reason: "empty payload", ReceivedAt: time.Now()}
-	if _, err := st.RecordBatch(ctx, nil, []store.Rejected{r}); err != nil {
-		t.Fatalf("RecordBatch: %v", err)
+// TestRecordRejectedNilPayload checks a rejected message without payload is stored (empty)
+// rather than failing on the column's NOT NULL, by RecordBatch and by RecordRejected.
+func TestRecordRejectedNilPayload(t *testing.T) {
+	tests := []struct {
+		name   string
+		record func(ctx context.Context, st *store.Store, r store.Rejected) error
+	}{
+		{"RecordBatch", func(ctx context.Context, st *store.Store, r store.Rejected) error {
+			_, err := st.RecordBatch(ctx, nil, []store.Rejected{r})
+			return err
+		}},
+		{"RecordRejected", func(ctx context.Context, st *store.Store, r store.Rejected) error {
+			return st.RecordRejected(ctx, r)
+		}},
 	}
-	got, err := st.RejectedMessages(ctx, "x", 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 1 || len(got[0].Payload) != 0 || got[0].Reason != r.Reason {
-		t.Errorf("rejected messages %+v", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			st := openStore(t)
+			r := store.Rejected{Topic: "devices/x/ota/progress", DeviceID: "x", Reason: "empty payload", ReceivedAt: time.Now()}
+			if err := tt.record(ctx, st.Store, r); err != nil {
+				t.Fatalf("%s: %v", tt.name, err)
+			}
+			got, err := st.RejectedMessages(ctx, "x", 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 || len(got[0].Payload) != 0 || got[0].Reason != r.Reason {
+				t.Errorf("rejected messages %+v", got)
+			}
+		})
 	}
 }
 

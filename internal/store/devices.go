@@ -338,6 +338,9 @@ type Rejected struct {
 
 // RecordRejected stores a refused message and the reason.
 func (s *Store) RecordRejected(ctx context.Context, r Rejected) error {
+	if r.Payload == nil {
+		r.Payload = []byte{} // an empty message; the column is NOT NULL
+	}
 	if _, err := s.pool.Exec(ctx, `INSERT INTO rejected_messages (topic, device_id, reason, payload, received_at)
 		VALUES ($1, $2, $3, $4, $5)`, r.Topic, r.DeviceID, r.Reason, r.Payload, r.ReceivedAt); err != nil {
 		return fmt.Errorf("record rejected message on %q: %w", r.Topic, err)
