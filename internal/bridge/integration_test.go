@@ -23,8 +23,11 @@ import (
 	"github.com/otaflow/otaflow/internal/bridge"
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/tlsconfig"
+	"github.com/otaflow/otaflow/internal/tlsconfig/tlstest"
 	"github.com/otaflow/otaflow/workflows"
 )
 
@@ -500,6 +503,30 @@ func TestRefusedCredentials(t *testing.T) {
 	defer cancel()
 	if err := b.Run(ctx); !errors.Is(err, bridge.ErrRefused) {
 		t.Errorf("Run with a wrong password: %v, want ErrRefused", err)
+	}
+}
+
+// TestTLSFailureEndsRun checks Run ends with mqttconn.ErrTLS when the broker's certificate
+// is not trusted, instead of retrying a handshake that cannot succeed.
+func TestTLSFailureEndsRun(t *testing.T) {
+	s := newStack(t)
+	pki, other := tlstest.NewPKI(t, "broker"), tlstest.NewPKI(t, "other")
+	addr := tlstest.Proxy(t, s.brokerAt, pki.ServerConfig(t))
+	tlsCfg, err := tlsconfig.Files{CA: other.CAFile, Cert: pki.ClientCertFile, Key: pki.ClientKeyFile}.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.bridgeConfig("bridge-tls")
+	cfg.BrokerURL = fmt.Sprintf("ssl://%s:%s@%s", bridgeUser, bridgePass, addr)
+	cfg.TLS = tlsCfg
+	b, err := bridge.New(cfg, s.temporal, s.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := b.Run(ctx); !errors.Is(err, mqttconn.ErrTLS) || strings.Contains(err.Error(), bridgePass) {
+		t.Errorf("Run with an untrusted broker certificate: %v, want mqttconn.ErrTLS without the password", err)
 	}
 }
 

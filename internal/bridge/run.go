@@ -149,7 +149,8 @@ func (b *Bridge) subscribe(c mqtt.Client) error {
 }
 
 // connect makes the first connection, retrying unreachable brokers with backoff until ctx is
-// done; refused credentials end it with ErrRefused.
+// done; refused credentials end it with ErrRefused, a failed TLS handshake with
+// mqttconn.ErrTLS.
 func (b *Bridge) connect(ctx context.Context, c mqtt.Client) error {
 	backoff := b.cfg.RetryMin
 	for attempt := 1; ; attempt++ {
@@ -168,6 +169,8 @@ func (b *Bridge) connect(ctx context.Context, c mqtt.Client) error {
 		case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised),
 			errors.Is(err, packets.ErrorRefusedIDRejected), errors.Is(err, packets.ErrorRefusedBadProtocolVersion):
 			return fmt.Errorf("connect to MQTT broker %s as %q: %w: %w", mqttconn.Redact(b.cfg.BrokerURL), b.cfg.Username, ErrRefused, err)
+		case mqttconn.IsTLSFailure(err):
+			return fmt.Errorf("connect to MQTT broker %s: %w: %w", mqttconn.Redact(b.cfg.BrokerURL), mqttconn.ErrTLS, err)
 		}
 		if attempt == 1 || attempt%10 == 0 {
 			b.log.Warn("cannot reach MQTT broker, retrying", "broker", mqttconn.Redact(b.cfg.BrokerURL), "attempt", attempt, "error", err)
@@ -186,8 +189,9 @@ func (b *Bridge) connect(ctx context.Context, c mqtt.Client) error {
 // Run connects to the broker, subscribes and processes messages until ctx is done. It then
 // takes no more messages, waits (at most ShutdownTimeout) for those already taken, and
 // disconnects; what was not finished stays unacknowledged for the broker to redeliver. It
-// returns nil after a clean stop, ErrRefused wrapped when the broker refuses the bridge, or
-// ctx's error when ctx ends before the first connection. Run may be called once.
+// returns nil after a clean stop, ErrRefused wrapped when the broker refuses the bridge,
+// mqttconn.ErrTLS wrapped when the TLS handshake fails, or ctx's error when ctx ends before
+// the first connection. Run may be called once.
 func (b *Bridge) Run(ctx context.Context) error {
 	if b.opts == nil {
 		return errors.New("run bridge: no broker URL configured")

@@ -125,7 +125,7 @@ func Connect(ctx context.Context, opts *mqtt.ClientOptions) (mqtt.Client, error)
 			mu.Lock()
 			lastErr = f.Reason
 			mu.Unlock()
-			if isTLSFailure(f.Reason) {
+			if IsTLSFailure(f.Reason) {
 				select {
 				case tlsFailed <- f.Reason:
 				default:
@@ -141,7 +141,7 @@ func Connect(ctx context.Context, opts *mqtt.ClientOptions) (mqtt.Client, error)
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
-			if isTLSFailure(err) {
+			if IsTLSFailure(err) {
 				return nil, fmt.Errorf("connect to MQTT broker: %w: %w", ErrTLS, err)
 			}
 			return nil, fmt.Errorf("connect to MQTT broker: %w", err)
@@ -161,10 +161,10 @@ func Connect(ctx context.Context, opts *mqtt.ClientOptions) (mqtt.Client, error)
 	return c, nil
 }
 
-// isTLSFailure reports whether err is a failed TLS handshake that retrying cannot mend: the
+// IsTLSFailure reports whether err is a failed TLS handshake that retrying cannot mend: the
 // server's certificate did not verify, the server sent a TLS alert (it refused the client's
 // certificate, or none was sent), or the server does not speak TLS.
-func isTLSFailure(err error) bool {
+func IsTLSFailure(err error) bool {
 	var (
 		verify   *tls.CertificateVerificationError
 		unknown  x509.UnknownAuthorityError
