@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,30 +20,12 @@ func TestMain(m *testing.M) {
 	os.Exit(testenv.Start(m, testenv.Needs{Postgres: true}))
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // exitCode is what cli.Exit passed to cli.OsExiter.
 type exitCode int
 
 // runApp runs the command with args, its output going to stdout and stderr, and returns its
 // error and its exit code (0 when it did not exit).
-func runApp(ctx context.Context, stdout, stderr *syncBuffer, args ...string) (err error, code int) {
+func runApp(ctx context.Context, stdout, stderr *testenv.Buffer, args ...string) (err error, code int) {
 	app := newApp()
 	app.Writer, app.ErrWriter = stdout, stderr
 	oldExiter, oldErrWriter := cli.OsExiter, cli.ErrWriter
@@ -87,8 +67,8 @@ func TestBadFlags(t *testing.T) {
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			stderr := &syncBuffer{}
-			err, code := runApp(t.Context(), &syncBuffer{}, stderr, tt.args...)
+			stderr := &testenv.Buffer{}
+			err, code := runApp(t.Context(), &testenv.Buffer{}, stderr, tt.args...)
 			if err == nil && code == 0 {
 				t.Fatal("bad flags accepted")
 			}
@@ -140,12 +120,12 @@ func TestRun(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		stdout := &syncBuffer{}
+		stdout := &testenv.Buffer{}
 		done := make(chan error, 1)
 		go func() {
 			args := append([]string{"--devices", "2", "--prefix", "cli", "--broker", b.URL(),
 				"--state-dir", stateDir, "--summary-interval", "20ms", "--status", "firmware_ver=1.0,app_ver=3.2"}, extra...)
-			err, code := runApp(ctx, stdout, &syncBuffer{}, args...)
+			err, code := runApp(ctx, stdout, &testenv.Buffer{}, args...)
 			if err == nil && code != 0 {
 				err = fmt.Errorf("exit code %d", code)
 			}

@@ -80,11 +80,7 @@ func run(cCtx *cli.Context) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	// The TLS files are checked before anything is dialled.
-	mqttTLS, err := tlsflags.MQTT(cCtx)
-	if err != nil {
-		return err
-	}
-	temporalTLS, err := tlsflags.Temporal(cCtx)
+	mqttTLS, temporalTLS, err := tlsflags.Services(cCtx)
 	if err != nil {
 		return err
 	}

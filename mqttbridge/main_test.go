@@ -62,16 +62,23 @@ func TestMainRunsBridge(t *testing.T) {
 		})
 	}()
 
-	dc := paho.NewClient(paho.NewClientOptions().AddBroker(br.URL()).SetClientID(device).
+	reportUntilRecorded(t, ctx, st, br.URL(), device, secret, "4.2", done)
+	stopApp(t, cancel, done)
+}
+
+// reportUntilRecorded makes device report firmware version until PostgreSQL has it (the bridge
+// may not have subscribed yet); it fails the test if the bridge (done) stops first.
+func reportUntilRecorded(t *testing.T, ctx context.Context, st *store.Store, brokerURL, device, secret, version string, done <-chan error) {
+	t.Helper()
+	dc := paho.NewClient(paho.NewClientOptions().AddBroker(brokerURL).SetClientID(device).
 		SetUsername(device).SetPassword(secret).SetCleanSession(false))
 	if tok := dc.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect device: %v", tok.Error())
 	}
 	defer dc.Disconnect(50)
-	// The bridge may not have subscribed yet; report until the status shows up.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		tok := dc.Publish(protocol.StatusTopic(device), 1, false, `{"firmware_ver":"4.2"}`)
+		tok := dc.Publish(protocol.StatusTopic(device), 1, false, `{"firmware_ver":"`+version+`"}`)
 		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("publish: %v", tok.Error())
 		}
@@ -79,8 +86,8 @@ func TestMainRunsBridge(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d.Reported["firmware_ver"] == "4.2" {
-			break
+		if d.Reported["firmware_ver"] == version {
+			return
 		}
 		select {
 		case err := <-done:
@@ -92,6 +99,11 @@ func TestMainRunsBridge(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// stopApp cancels the running command, as Ctrl-C does, and checks it stops cleanly.
+func stopApp(t *testing.T, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	cancel()
 	select {
 	case err := <-done:

@@ -10,11 +10,8 @@ import (
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/credential"
-	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
@@ -98,45 +95,8 @@ func TestMainOverTLS(t *testing.T) {
 		})
 	}()
 
-	dc := paho.NewClient(paho.NewClientOptions().AddBroker(br.URL()).SetClientID(device).
-		SetUsername(device).SetPassword(secret).SetCleanSession(false))
-	if tok := dc.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect device: %v", tok.Error())
-	}
-	defer dc.Disconnect(50)
-	// The bridge may not have subscribed yet; report until the status shows up.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		tok := dc.Publish(protocol.StatusTopic(device), 1, false, `{"firmware_ver":"4.3"}`)
-		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish: %v", tok.Error())
-		}
-		d, err := st.GetDevice(ctx, device)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d.Reported["firmware_ver"] == "4.3" {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("mqttbridge stopped: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("status not recorded within 30 s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("mqttbridge after Ctrl-C: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("mqttbridge did not stop within 20 s of Ctrl-C")
-	}
+	reportUntilRecorded(t, ctx, st, br.URL(), device, secret, "4.3", done)
+	stopApp(t, cancel, done)
 	os.Stderr = stderr
 	b, err := os.ReadFile(logPath)
 	if err != nil {

@@ -1,31 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/otaflow/otaflow/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer that a running command may write while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // result is what one in-process run of starter produced.
 type result struct {
@@ -38,7 +20,7 @@ type result struct {
 // code and output.
 func runCLI(t *testing.T, ctx context.Context, args ...string) result {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testenv.Buffer
 	code := run(ctx, append([]string{"starter"}, args...), &out, &errOut)
 	return result{code: code, stdout: out.String(), stderr: errOut.String()}
 }

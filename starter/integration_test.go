@@ -164,7 +164,7 @@ func signalStatus(t *testing.T, dev string, st protocol.Status) {
 
 // running is a starter command running in a goroutine.
 type running struct {
-	out, errOut syncBuffer
+	out, errOut testenv.Buffer
 	done        chan int
 }
 

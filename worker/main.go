@@ -52,11 +52,7 @@ func run(cCtx *cli.Context) error {
 	ctx := cCtx.Context
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// The TLS files are checked before anything is dialled.
-	mqttTLS, err := tlsflags.MQTT(cCtx)
-	if err != nil {
-		return err
-	}
-	temporalTLS, err := tlsflags.Temporal(cCtx)
+	mqttTLS, temporalTLS, err := tlsflags.Services(cCtx)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/testenv"
 )
 
 const (
@@ -93,28 +93,10 @@ func (m *memCreds) setErr(err error) {
 	m.err = err
 }
 
-// logBuffer collects log output safely across goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // startBroker starts a broker on a free port with the test services, closed at the test's end.
-func startBroker(t *testing.T, creds Credentials, configure ...func(*Options)) (*Broker, *logBuffer) {
+func startBroker(t *testing.T, creds Credentials, configure ...func(*Options)) (*Broker, *testenv.Buffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testenv.Buffer{}
 	opts := Options{
 		Addr:        "127.0.0.1:0",
 		Credentials: creds,

@@ -1,19 +1,18 @@
 package mqttconn_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/testenv"
 	"github.com/otaflow/otaflow/internal/tlsconfig"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlstest"
 )
@@ -30,29 +29,11 @@ func (noDevices) DeviceCredentials(_ context.Context, id string) (string, bool, 
 	return "", false, fmt.Errorf("device %s: not registered", id)
 }
 
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startBroker starts the embedded broker on a free port, plain TCP, closed at the test's end;
 // its logs go to the returned buffer.
-func startBroker(t *testing.T) (*broker.Broker, *syncBuffer) {
+func startBroker(t *testing.T) (*broker.Broker, *testenv.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	b, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Credentials: noDevices{},
 		Services: map[string]string{serviceUser: servicePass},
 		Logger:   slog.New(slog.NewTextHandler(logs, nil))})

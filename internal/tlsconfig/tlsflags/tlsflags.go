@@ -119,3 +119,15 @@ func Temporal(cCtx *cli.Context) (*tls.Config, error) {
 	}
 	return cfg, nil
 }
+
+// Services loads the MQTT and the Temporal TLS settings of a service that connects to both
+// (the worker, the bridge), so that a bad file stops it before anything is dialled.
+func Services(cCtx *cli.Context) (mqtt, temporal *tls.Config, err error) {
+	if mqtt, err = MQTT(cCtx); err != nil {
+		return nil, nil, err
+	}
+	if temporal, err = Temporal(cCtx); err != nil {
+		return nil, nil, err
+	}
+	return mqtt, temporal, nil
+}
