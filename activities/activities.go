@@ -44,6 +44,8 @@ type Activities struct {
 	Store     Store
 	// HTTPClient fetches packages for the pre-flight check; nil means http.DefaultClient.
 	HTTPClient *http.Client
+	// Temporal reads the results of device upgrades for AwaitWorkflows.
+	Temporal WorkflowResults
 }
 
 // SendCommandInput is what SendCommand needs: the upgrade record to write as sent and the

@@ -86,7 +86,7 @@ func run(cCtx *cli.Context) error {
 	}
 	defer c.Close()
 
-	w := workflows.NewWorker(c, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st})
+	w := workflows.NewWorker(c, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c})
 	if err := w.Start(); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}

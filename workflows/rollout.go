@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -40,6 +41,17 @@ type RolloutCarry struct {
 	ApprovedWave  int             `json:"approved_wave"`
 	NextStartAt   time.Time       `json:"next_start_at"`
 	RampStartedAt time.Time       `json:"ramp_started_at"`
+	// Handed lists the device upgrades still running when the run continued as new; the
+	// next run follows them to their end.
+	Handed []HandedUpgrade `json:"handed,omitempty"`
+}
+
+// HandedUpgrade is a device upgrade one rollout run started and the next follows.
+type HandedUpgrade struct {
+	Device string `json:"device"`
+	RunID  string `json:"run_id"`
+	// Wave is the index of the wave that started it.
+	Wave int `json:"wave"`
 }
 
 var (
@@ -55,6 +67,21 @@ var (
 	}
 )
 
+// awaitOptions run AwaitWorkflows, which follows handed-over device upgrades for as long as
+// they run; its heartbeat notices a lost worker.
+var awaitOptions = workflow.ActivityOptions{
+	StartToCloseTimeout: 30 * 24 * time.Hour,
+	HeartbeatTimeout:    time.Minute,
+	RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+}
+
+// awaitGather is how long AwaitWorkflows gathers the upgrades that end together.
+const awaitGather = 2 * time.Second
+
+// handoverChange versions the continue-as-new that hands running device upgrades to the next
+// run instead of waiting for all of them to end (runs recorded before it drain as they did).
+const handoverChange = "handover-running-upgrades"
+
 // burstWindow is how much unused start rate may be saved up, so that a rate-limited rollout
 // starts devices in small batches rather than waking for each one.
 const burstWindow = 5 * time.Second
@@ -65,6 +92,9 @@ type rollout struct {
 	p   *RolloutProgress
 
 	running        map[string]workflow.CancelFunc
+	runIDs         map[string]string // run IDs of the running upgrades, once started
+	waveOf         map[string]int    // wave index of the running upgrades
+	handover       bool              // hand running upgrades over at continue-as-new
 	startedThisRun int
 	draining       bool
 	version        int // bumped on every change the main loop waits for
@@ -79,7 +109,8 @@ func RolloutWorkflow(ctx workflow.Context, in RolloutInput) (RolloutProgress, er
 	if err := req.Validate(); err != nil {
 		return RolloutProgress{}, temporal.NewNonRetryableApplicationError("invalid rollout request: "+err.Error(), ErrTypeInvalidRequest, err)
 	}
-	r := &rollout{req: req, running: map[string]workflow.CancelFunc{}}
+	r := &rollout{req: req, running: map[string]workflow.CancelFunc{}, runIDs: map[string]string{}, waveOf: map[string]int{}}
+	r.handover = workflow.GetVersion(ctx, handoverChange, workflow.DefaultVersion, 1) >= 1
 	if in.Carry != nil {
 		r.c = *in.Carry
 		r.c.Progress.Runs++
@@ -95,6 +126,10 @@ func RolloutWorkflow(ctx workflow.Context, in RolloutInput) (RolloutProgress, er
 	}
 	if err := r.setHandlers(ctx); err != nil {
 		return *r.p, err
+	}
+	if in.Carry != nil && len(in.Carry.Handed) > 0 {
+		r.follow(ctx, in.Carry.Handed)
+		r.c.Handed = nil
 	}
 	if in.Carry == nil {
 		if err := r.prepare(ctx); err != nil {
@@ -321,7 +356,8 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 		if reachedEnd && len(r.running) == 0 {
 			return false, nil
 		}
-		if r.draining && len(r.running) == 0 {
+		if r.draining && (len(r.running) == 0 || (r.handover && len(r.runIDs) == len(r.running))) {
+			// Every running upgrade has started: the next run follows them.
 			return false, nil
 		}
 		now := workflow.Now(ctx)
@@ -443,23 +479,116 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) {
 	cctx, cancel := workflow.WithCancel(workflow.WithChildOptions(dctx, opts))
 	fut := workflow.ExecuteChildWorkflow(cctx, DeviceUpgradeWorkflowName, req)
 	r.running[id] = cancel
+	r.waveOf[id] = wi
 	r.startedThisRun++
 	r.p.Counts.Started++
 	r.p.Waves[wi].Counts.Started++
 	workflow.Go(dctx, func(gctx workflow.Context) {
+		if r.handover {
+			var exec workflow.Execution
+			if err := fut.GetChildWorkflowExecution().Get(gctx, &exec); err == nil {
+				r.runIDs[id] = exec.RunID
+				r.version++
+			}
+		}
 		var st UpgradeStatus
 		err := fut.Get(gctx, &st)
-		state := childState(err, st)
-		delete(r.running, id)
-		r.p.Counts.add(state)
-		r.p.Waves[wi].Counts.add(state)
-		r.p.UpdatedAt = workflow.Now(gctx)
-		r.version++
-		if state == StateConflict {
-			workflow.GetLogger(gctx).Warn("Device already has an upgrade running; recorded as a conflict", "Device", id)
-		}
-		r.checkFailures(gctx)
+		r.ended(gctx, id, childState(err, st))
 	})
+}
+
+// ended counts a device upgrade that ended in state.
+func (r *rollout) ended(ctx workflow.Context, id string, state protocol.State) {
+	wi := r.waveOf[id]
+	delete(r.running, id)
+	delete(r.runIDs, id)
+	delete(r.waveOf, id)
+	r.p.Counts.add(state)
+	r.p.Waves[wi].Counts.add(state)
+	r.p.UpdatedAt = workflow.Now(ctx)
+	r.version++
+	if state == StateConflict {
+		workflow.GetLogger(ctx).Warn("Device already has an upgrade running; recorded as a conflict", "Device", id)
+	}
+	r.checkFailures(ctx)
+}
+
+// follow takes over the device upgrades an earlier run handed over: they count as running
+// until AwaitWorkflows reports their end, and canceling the rollout's running upgrades
+// cancels them too.
+func (r *rollout) follow(ctx workflow.Context, handed []HandedUpgrade) {
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	pending := map[string]activities.Execution{}
+	var order []string
+	for _, h := range handed {
+		wid := DeviceWorkflowID(h.Device)
+		exec := activities.Execution{WorkflowID: wid, RunID: h.RunID}
+		pending[wid] = exec
+		order = append(order, wid)
+		r.runIDs[h.Device] = h.RunID
+		r.waveOf[h.Device] = h.Wave
+		requested := false
+		r.running[h.Device] = func() {
+			// Once, without waiting, as canceling a child: the upgrade ends canceled and
+			// AwaitWorkflows says so.
+			if !requested {
+				requested = true
+				workflow.RequestCancelExternalWorkflow(dctx, exec.WorkflowID, exec.RunID)
+			}
+		}
+	}
+	device := map[string]string{}
+	for _, h := range handed {
+		device[DeviceWorkflowID(h.Device)] = h.Device
+	}
+	workflow.Go(dctx, func(gctx workflow.Context) {
+		var a *activities.Activities
+		actx := workflow.WithActivityOptions(gctx, awaitOptions)
+		for len(pending) > 0 {
+			var execs []activities.Execution
+			for _, wid := range order {
+				if e, ok := pending[wid]; ok {
+					execs = append(execs, e)
+				}
+			}
+			var outcomes []activities.Outcome
+			if err := workflow.ExecuteActivity(actx, a.AwaitWorkflows,
+				activities.AwaitWorkflowsInput{Executions: execs, Gather: awaitGather}).Get(gctx, &outcomes); err != nil {
+				// Only a worker without a Temporal client gets here (the activity retries
+				// everything else): count them failed rather than wait forever.
+				workflow.GetLogger(gctx).Error("Cannot follow the handed-over device upgrades; counting them failed", "Error", err)
+				for _, e := range execs {
+					r.ended(gctx, device[e.WorkflowID], protocol.StateFailed)
+				}
+				return
+			}
+			for _, o := range outcomes {
+				if _, ok := pending[o.WorkflowID]; !ok {
+					continue
+				}
+				delete(pending, o.WorkflowID)
+				r.ended(gctx, device[o.WorkflowID], outcomeState(o))
+			}
+		}
+	})
+}
+
+// outcomeState is the final state of a device upgrade from how AwaitWorkflows saw it end,
+// read as childState reads a child's result.
+func outcomeState(o activities.Outcome) protocol.State {
+	switch {
+	case !o.Failed:
+		var st UpgradeStatus
+		if err := json.Unmarshal(o.Result, &st); err != nil || st.State == "" {
+			return protocol.StateFailed
+		}
+		return st.State
+	case o.ErrorType == ErrTypeUpgradeTimedOut:
+		return protocol.StateTimedOut
+	case o.Canceled:
+		return protocol.StateCanceled
+	}
+	return protocol.StateFailed
 }
 
 // childState is the final state of a device upgrade child from its result.
@@ -600,11 +729,16 @@ func (r *rollout) finish(ctx workflow.Context, s RolloutState, reason string) {
 	_ = workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) })
 }
 
-// continueAsNew hands the rollout, with no device upgrade running, to a fresh run.
+// continueAsNew hands the rollout to a fresh run, with the device upgrades still running (none
+// in runs recorded before handoverChange).
 func (r *rollout) continueAsNew(ctx workflow.Context) error {
 	_ = workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) })
 	r.p.UpdatedAt = workflow.Now(ctx)
 	carry := r.c
+	carry.Handed = nil
+	for _, id := range workflow.DeterministicKeys(r.running) {
+		carry.Handed = append(carry.Handed, HandedUpgrade{Device: id, RunID: r.runIDs[id], Wave: r.waveOf[id]})
+	}
 	return workflow.NewContinueAsNewError(ctx, RolloutWorkflowName, RolloutInput{Request: r.req, Carry: &carry})
 }
 

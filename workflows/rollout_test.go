@@ -1,6 +1,8 @@
 package workflows
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,6 +13,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
+
+	"github.com/stretchr/testify/mock"
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -29,6 +33,8 @@ type fleetHarness struct {
 	order   []string
 	fail    map[string]protocol.State // devices whose upgrade ends in this state
 	took    time.Duration             // how long each device upgrade takes
+	// followed lists the workflow IDs of the upgrades AwaitWorkflows followed.
+	followed []string
 }
 
 func newFleetHarness(t *testing.T, n int) *fleetHarness {
@@ -63,6 +69,21 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 			}
 			return st, nil
 		}, workflow.RegisterOptions{Name: DeviceUpgradeWorkflowName})
+	// AwaitWorkflows, which follows upgrades handed over by an earlier run, reports them
+	// succeeded after took.
+	var a *activities.Activities
+	h.env.OnActivity(a.AwaitWorkflows, mock.Anything, mock.Anything).After(h.took).Return(
+		func(_ context.Context, in activities.AwaitWorkflowsInput) ([]activities.Outcome, error) {
+			var out []activities.Outcome
+			for _, e := range in.Executions {
+				res, _ := json.Marshal(UpgradeStatus{State: protocol.StateSucceeded})
+				out = append(out, activities.Outcome{WorkflowID: e.WorkflowID, Result: res})
+				h.mu.Lock()
+				h.followed = append(h.followed, e.WorkflowID)
+				h.mu.Unlock()
+			}
+			return out, nil
+		})
 	return h
 }
 
@@ -379,6 +400,7 @@ func TestRolloutContinuesAsNew(t *testing.T) {
 	in := RolloutInput{Request: req}
 	var runs int
 	seen := map[string]bool{}
+	handed := map[string]bool{} // workflow IDs handed over by the last run
 	for runs = 1; runs < 10; runs++ {
 		h := newFleetHarness(t, 11)
 		for id := range seen { // the fake inventory reports upgraded devices as on target
@@ -391,6 +413,16 @@ func TestRolloutContinuesAsNew(t *testing.T) {
 			}
 			seen[id] = true
 		}
+		// Devices handed over by the previous run are followed to their end, not started again.
+		for _, wid := range h.followed {
+			if !handed[wid] {
+				t.Fatalf("run %d followed %s, which was not handed over", runs, wid)
+			}
+			delete(handed, wid)
+		}
+		if len(handed) > 0 {
+			t.Fatalf("run %d did not follow %v", runs, handed)
+		}
 		var can *workflow.ContinueAsNewError
 		if errors.As(err, &can) {
 			if len(h.order) > req.ContinueAfter+req.MaxInFlight {
@@ -399,6 +431,16 @@ func TestRolloutContinuesAsNew(t *testing.T) {
 			in = RolloutInput{}
 			if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &in); err != nil {
 				t.Fatal(err)
+			}
+			// The run continued as new without waiting for its running upgrades.
+			if len(in.Carry.Handed) == 0 {
+				t.Fatalf("run %d continued as new with no upgrade running; want the running ones handed over", runs)
+			}
+			for _, hu := range in.Carry.Handed {
+				if !seen[hu.Device] || hu.RunID == "" {
+					t.Fatalf("run %d handed over %+v, which it did not start", runs, hu)
+				}
+				handed[DeviceWorkflowID(hu.Device)] = true
 			}
 			continue
 		}

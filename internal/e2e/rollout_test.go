@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -98,6 +100,50 @@ func TestRolloutThreeWaves(t *testing.T) {
 	t.Logf("largest rollout history: %d events for 12 devices", e.historyLength(run.GetID(), ""))
 }
 
+// TestRolloutHandsRunningUpgradesOver: a rollout that continues as new every few devices hands
+// the upgrades still running to its next run, which follows them to their end (real Temporal
+// server, AwaitWorkflows on the worker).
+func TestRolloutHandsRunningUpgradesOver(t *testing.T) {
+	timing := fastTiming
+	timing.InstallDelay = time.Second
+	e := newEnv(t, system.Config{Devices: 9, Prefix: "handover", Timing: timing})
+	req := e.rollout("handover", "handover")
+	req.ContinueAfter = 3
+	req.MaxInFlight = 3
+	run := e.startRollout(req)
+	firstRun := run.GetRunID() // Get follows the runs
+	p, err := e.finish(run)
+	if err != nil || p.State != workflows.RolloutCompleted || p.Counts.Succeeded != 9 {
+		t.Fatalf("rollout %+v, err %v", p, err)
+	}
+	if p.Runs < 3 {
+		t.Errorf("rollout took %d runs; want a continue-as-new every 3 devices", p.Runs)
+	}
+	for _, id := range e.sys.Fleet.IDs() {
+		if d, _ := e.sys.Fleet.Device(id); d.Upgrades != 1 {
+			t.Errorf("%s installed %d times; want once", id, d.Upgrades)
+		}
+	}
+	e.checkRecords("handover", p)
+	// The first run ended while its upgrades were still running: it handed them over.
+	first := e.c.GetWorkflowHistory(e.ctx, run.GetID(), firstRun, false, enumspb.HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT)
+	ev, err := first.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs := ev.GetWorkflowExecutionContinuedAsNewEventAttributes()
+	if attrs == nil {
+		t.Fatalf("first run closed with %s; want continued as new", ev.GetEventType())
+	}
+	var in workflows.RolloutInput
+	if err := converter.GetDefaultDataConverter().FromPayloads(attrs.GetInput(), &in); err != nil {
+		t.Fatal(err)
+	}
+	if in.Carry == nil || len(in.Carry.Handed) == 0 {
+		t.Errorf("first run handed over %+v; want its running upgrades", in.Carry)
+	}
+}
+
 func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 	failing := []string{simID("thresh", 1), simID("thresh", 2), simID("thresh", 3)}
 	e := newEnv(t, system.Config{Devices: 10, Prefix: "thresh",
@@ -131,19 +177,31 @@ func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 }
 
 func TestRolloutCancel(t *testing.T) {
-	for _, cancelRunning := range []bool{false, true} {
-		name := "cancelkeep"
-		if cancelRunning {
-			name = "cancelall"
-		}
+	tests := []struct {
+		name          string
+		cancelRunning bool
+		// continueAfter 2 makes the rollout continue as new as soon as its two upgrades have
+		// started: the next run cancels upgrades it did not start.
+		continueAfter int
+	}{
+		{"cancelkeep", false, 0},
+		{"cancelall", true, 0},
+		{"cancelhanded", true, 2},
+	}
+	for _, tt := range tests {
+		name, cancelRunning := tt.name, tt.cancelRunning
 		t.Run(name, func(t *testing.T) {
 			timing := fastTiming
 			timing.InstallDelay = 1500 * time.Millisecond
 			e := newEnv(t, system.Config{Devices: 6, Prefix: name, Timing: timing})
 			req := e.rollout(name, name)
 			req.MaxInFlight = 2
+			req.ContinueAfter = tt.continueAfter
 			run := e.startRollout(req)
-			waitFor(t, 20*time.Second, "two upgrades running", func() bool { return e.progress(run).Counts.Running() == 2 })
+			waitFor(t, 20*time.Second, "two upgrades running", func() bool {
+				p := e.progress(run)
+				return p.Counts.Running() == 2 && (tt.continueAfter == 0 || p.Runs > 1)
+			})
 			if err := e.update(run, workflows.UpdateCancel, workflows.CancelRequest{CancelRunning: cancelRunning, Reason: "test"}); err != nil {
 				t.Fatal(err)
 			}

@@ -205,7 +205,8 @@ func (s *System) StartWorker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w := workflows.NewWorker(s.cfg.Client, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: s.cfg.Store})
+	w := workflows.NewWorker(s.cfg.Client, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: s.cfg.Store,
+		Temporal: s.cfg.Client})
 	if err := w.Start(); err != nil {
 		mc.Disconnect(0)
 		return fmt.Errorf("start worker: %w", err)
