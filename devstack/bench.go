@@ -189,6 +189,7 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 	sentAt := make([]time.Time, len(ids))
 	tries := make([]int, len(ids))
 	resent, lost := 0, 0
+	var lostIDs []string
 	send := func(i int) error {
 		sentAt[i] = time.Now()
 		cmd := protocol.UpgradeCommand{ID: fmt.Sprintf("raw-%d-%d", i, sentAt[i].UnixNano()), Type: "firmware", Version: version, URL: s.Package.URL,
@@ -218,6 +219,7 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 				if tries[i] == rawTries {
 					// Give the device up, as a workflow ends timed out after its attempts.
 					done[ids[i]], lost = true, lost+1
+					lostIDs = append(lostIDs, ids[i])
 					if next < len(ids) {
 						if err := send(next); err != nil {
 							return benchResult{}, err
@@ -251,6 +253,10 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 	}
 	if resent > 0 {
 		s.say("  (floor 1 sent %d commands again after %s without an answer; %d devices never answered)", resent, rawRetry, lost)
+	}
+	for _, id := range lostIDs[:min(len(lostIDs), 5)] {
+		info, ok := s.System.Broker.Client(id)
+		s.say("  (never answered: %s; broker session: found %v, %+v)", id, ok, info)
 	}
 	return benchResult{name: "raw", devices: len(ids) - lost, elapsed: time.Since(start)}, nil
 }

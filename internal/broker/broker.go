@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -259,4 +260,30 @@ func (b *Broker) Close() error {
 		return fmt.Errorf("close broker: %w", err)
 	}
 	return nil
+}
+
+// ClientInfo is what the broker holds of one client's session, for diagnostics.
+type ClientInfo struct {
+	// Connected reports whether the client is connected now.
+	Connected bool
+	// Subscriptions are the session's topic filters, sorted.
+	Subscriptions []string
+	// Held counts the QoS 1 and 2 messages held for the client (unacknowledged or queued).
+	Held int
+}
+
+// Client describes the session of the client with this ID; ok is false when the broker holds
+// none.
+func (b *Broker) Client(id string) (info ClientInfo, ok bool) {
+	cl, ok := b.server.Clients.Get(id)
+	if !ok {
+		return ClientInfo{}, false
+	}
+	info.Connected = !cl.Closed()
+	for f := range cl.State.Subscriptions.GetAll() {
+		info.Subscriptions = append(info.Subscriptions, f)
+	}
+	slices.Sort(info.Subscriptions)
+	info.Held = cl.State.Inflight.Len()
+	return info, true
 }

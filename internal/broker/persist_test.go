@@ -74,3 +74,29 @@ func TestSessionsSurviveRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestClientInfo checks what Client reports of a session: connected with its subscription,
+// then disconnected holding a queued command, and nothing for an unknown client.
+func TestClientInfo(t *testing.T) {
+	creds := newMemCreds()
+	secret := creds.add(t, "dev-i")
+	b, _ := startBroker(t, creds)
+	if _, ok := b.Client("dev-i"); ok {
+		t.Fatal("a session before the device connected")
+	}
+	dev := mustDial(t, b, deviceConfig("dev-i", secret))
+	subscribe(t, dev, protocol.CommandTopic("dev-i"), nil)
+	if info, ok := b.Client("dev-i"); !ok || !info.Connected || info.Held != 0 ||
+		len(info.Subscriptions) != 1 || info.Subscriptions[0] != protocol.CommandTopic("dev-i") {
+		t.Fatalf("connected device: %+v, %v", info, ok)
+	}
+	dev.Disconnect(50)
+	waitFor(t, "broker to see the device offline", func() bool {
+		info, _ := b.Client("dev-i")
+		return !info.Connected
+	})
+	publish(t, mustDial(t, b, serviceConfig("worker-i")), protocol.CommandTopic("dev-i"), 1, "queued")
+	if info, ok := b.Client("dev-i"); !ok || info.Connected || info.Held != 1 || len(info.Subscriptions) != 1 {
+		t.Fatalf("offline device with a queued command: %+v, %v", info, ok)
+	}
+}
