@@ -59,6 +59,14 @@ type authHook struct {
 	running  map[verifyKey]*verifyCall // verifications under way
 
 	verifications atomic.Int64 // argon2id verifications run, for tests
+
+	// Connections are numbered as their CONNECT arrives (OnConnect). A connection whose
+	// authentication ends after a later connection of the same client ID was accepted is
+	// stale (see OnConnectAuthenticate).
+	connSeq     atomic.Uint64
+	seqMu       sync.Mutex
+	arrived     map[*mqtt.Client]uint64
+	newestAdmit map[string]uint64 // client ID -> number of the newest connection accepted
 }
 
 // verifiedSecret records that the secret with this sha256 matched this stored hash.
@@ -83,6 +91,8 @@ func newAuthHook(opts Options, log *slog.Logger, server *mqtt.Server) *authHook 
 		verifySlots:   make(chan struct{}, max(1, runtime.GOMAXPROCS(0))),
 		verified:      make(map[string]verifiedSecret),
 		running:       make(map[verifyKey]*verifyCall),
+		arrived:       make(map[*mqtt.Client]uint64),
+		newestAdmit:   make(map[string]uint64),
 	}
 }
 
@@ -103,11 +113,57 @@ func (h *authHook) ID() string { return "otaflow-auth" }
 
 // Provides tells mochi which events the hook handles.
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+}
+
+// OnConnect numbers the connection as its CONNECT arrives.
+func (h *authHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	h.seqMu.Lock()
+	h.arrived[cl] = h.connSeq.Add(1)
+	h.seqMu.Unlock()
+	return nil
+}
+
+// admit accepts cl unless a connection of the same client ID whose CONNECT arrived later was
+// accepted first. Such a stale connection is one whose client gave up waiting for its CONNACK
+// (authentication queued behind thousands of others) and connected again; mochi would let it
+// take the session over from the live, newer connection, disconnecting that one and leaving
+// the session to a connection nobody reads.
+func (h *authHook) admit(cl *mqtt.Client) bool {
+	h.seqMu.Lock()
+	defer h.seqMu.Unlock()
+	seq, ok := h.arrived[cl]
+	delete(h.arrived, cl)
+	if !ok {
+		return true // not numbered (no OnConnect): nothing to compare
+	}
+	if h.newestAdmit[cl.ID] > seq {
+		return false
+	}
+	h.newestAdmit[cl.ID] = seq
+	return true
 }
 
 // OnConnectAuthenticate accepts a service or a device with the right credentials.
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	ok := h.authenticate(cl, pk)
+	if !ok {
+		h.seqMu.Lock()
+		delete(h.arrived, cl)
+		h.seqMu.Unlock()
+		return false
+	}
+	if !h.admit(cl) {
+		h.log.Warn("connection refused", "client", cl.ID, "remote", cl.Net.Remote,
+			"reason", "a newer connection of this client was accepted while this one waited for authentication")
+		_ = h.server.SendConnack(cl, packets.ErrServerUnavailable, false, nil)
+		return false
+	}
+	return true
+}
+
+// authenticate checks the credentials.
+func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	username := string(pk.Connect.Username)
 	clientID := cl.ID
 	refuse := func(reason string, attrs ...any) bool {

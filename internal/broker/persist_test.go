@@ -1,8 +1,16 @@
 package broker
 
 import (
+	"bytes"
+	"context"
+	"net"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -98,5 +106,78 @@ func TestClientInfo(t *testing.T) {
 	publish(t, mustDial(t, b, serviceConfig("worker-i")), protocol.CommandTopic("dev-i"), 1, "queued")
 	if info, ok := b.Client("dev-i"); !ok || info.Connected || info.Held != 1 || len(info.Subscriptions) != 1 {
 		t.Fatalf("offline device with a queued command: %+v, %v", info, ok)
+	}
+}
+
+// blockFirst holds the first credentials lookup until release is closed, as a connection
+// waits behind thousands of others in a connection storm.
+type blockFirst struct {
+	*memCreds
+	once    sync.Once
+	blocked chan struct{}
+	release chan struct{}
+}
+
+func (c *blockFirst) DeviceCredentials(ctx context.Context, id string) (string, bool, error) {
+	first := false
+	c.once.Do(func() { first = true })
+	if first {
+		close(c.blocked)
+		<-c.release
+	}
+	return c.memCreds.DeviceCredentials(ctx, id)
+}
+
+// TestStaleConnectDoesNotTakeOver: a device whose first connection waits too long for its
+// authentication gives up and connects again; the first connection's authentication, ending
+// after the second was accepted, must not take the session over from it.
+func TestStaleConnectDoesNotTakeOver(t *testing.T) {
+	creds := &blockFirst{memCreds: newMemCreds(), blocked: make(chan struct{}), release: make(chan struct{})}
+	secret := creds.add(t, "dev-s")
+	b, logs := startBroker(t, creds)
+
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(creds.release) }) }
+	t.Cleanup(release) // before the broker closes, should the test fail first
+
+	// The first connection sends its CONNECT and, its authentication held, gives up.
+	conn, err := net.Dial("tcp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: "dev-s", Keepalive: 30,
+			UsernameFlag: true, Username: []byte("dev-s"), PasswordFlag: true, Password: []byte(secret)}}
+	if err := connect.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	<-creds.blocked
+	conn.Close()
+
+	// The second connection is accepted and subscribes.
+	got := newCollector()
+	live := mustDial(t, b, clientConfig{clientID: "dev-s", username: "dev-s", password: secret, defaultHandler: got.handler})
+	subscribe(t, live, protocol.CommandTopic("dev-s"), got.handler)
+
+	release()
+	waitFor(t, "the stale connection's authentication to end", func() bool {
+		b.hook.seqMu.Lock()
+		defer b.hook.seqMu.Unlock()
+		return len(b.hook.arrived) == 0
+	})
+	time.Sleep(200 * time.Millisecond) // what a takeover would do happens right after
+	if !strings.Contains(logs.String(), "a newer connection of this client was accepted") {
+		t.Error("the stale connection was not refused as such")
+	}
+	if info, _ := b.Client("dev-s"); !info.Connected || len(info.Subscriptions) != 1 || !live.IsConnectionOpen() {
+		t.Fatalf("after the stale connection: session %+v, live connection open %v", info, live.IsConnectionOpen())
+	}
+	publish(t, mustDial(t, b, serviceConfig("worker-s")), protocol.CommandTopic("dev-s"), 1, "command")
+	if m := got.next(t); m.payload != "command" {
+		t.Fatalf("the live connection got %+v, want the command", m)
 	}
 }
