@@ -124,11 +124,12 @@ var ErrClosed = errors.New("broker closed")
 
 // Broker is an embedded MQTT broker with OTAflow's authentication and access rules.
 type Broker struct {
-	opts   Options
-	log    *slog.Logger
-	server *mqtt.Server
-	hook   *authHook
-	tcp    *tcpListener
+	opts      Options
+	log       *slog.Logger
+	server    *mqtt.Server
+	hook      *authHook
+	establish *establishHook
+	tcp       *tcpListener
 
 	mu      sync.Mutex
 	started bool
@@ -173,6 +174,10 @@ func New(opts Options) (*Broker, error) {
 	if err := server.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: add auth hook: %w", err)
 	}
+	establish := newEstablishHook()
+	if err := server.AddHook(establish, nil); err != nil {
+		return nil, fmt.Errorf("broker: add establish hook: %w", err)
+	}
 	var store heldMessages
 	if opts.StorePath != "" {
 		hook, err := openSessionStore(opts.StorePath, log)
@@ -189,11 +194,12 @@ func New(opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("broker: add session hook: %w", err)
 	}
 	return &Broker{
-		opts:   opts,
-		log:    log,
-		server: server,
-		hook:   hook,
-		tcp:    newTCPListener("tcp", opts.Addr, opts.ConnectTimeout),
+		opts:      opts,
+		log:       log,
+		server:    server,
+		hook:      hook,
+		establish: establish,
+		tcp:       newTCPListener("tcp", opts.Addr, opts.ConnectTimeout),
 	}, nil
 }
 

@@ -104,6 +104,11 @@ func TestClientInfo(t *testing.T) {
 		return !info.Connected
 	})
 	publish(t, mustDial(t, b, serviceConfig("worker-i")), protocol.CommandTopic("dev-i"), 1, "queued")
+	// mochi acknowledges a publish before it routes it.
+	waitFor(t, "the command held", func() bool {
+		info, _ := b.Client("dev-i")
+		return info.Held == 1
+	})
 	if info, ok := b.Client("dev-i"); !ok || info.Connected || info.Held != 1 || len(info.Subscriptions) != 1 {
 		t.Fatalf("offline device with a queued command: %+v, %v", info, ok)
 	}
@@ -179,5 +184,39 @@ func TestStaleConnectDoesNotTakeOver(t *testing.T) {
 	publish(t, mustDial(t, b, serviceConfig("worker-s")), protocol.CommandTopic("dev-s"), 1, "command")
 	if m := got.next(t); m.payload != "command" {
 		t.Fatalf("the live connection got %+v, want the command", m)
+	}
+}
+
+// TestConcurrentConnectionsOfOneClient connects one device many times at once: session
+// establishment is serialized per client ID, every connection's hold is released, and the
+// device's session, taken over again and again, still delivers a command to its last
+// connection.
+func TestConcurrentConnectionsOfOneClient(t *testing.T) {
+	creds := newMemCreds()
+	secret := creds.add(t, "dev-c")
+	b, _ := startBroker(t, creds)
+	mustDial(t, b, deviceConfig("dev-c", secret)).Disconnect(50) // verification cached
+
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			if c, err := dial(t, b, deviceConfig("dev-c", secret)); err == nil {
+				c.Disconnect(0)
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(t, "every hold released", func() bool {
+		b.establish.mu.Lock()
+		defer b.establish.mu.Unlock()
+		return len(b.establish.held) == 0
+	})
+
+	got := newCollector()
+	last := mustDial(t, b, clientConfig{clientID: "dev-c", username: "dev-c", password: secret, defaultHandler: got.handler})
+	subscribe(t, last, protocol.CommandTopic("dev-c"), got.handler)
+	publish(t, mustDial(t, b, serviceConfig("worker-c")), protocol.CommandTopic("dev-c"), 1, "command")
+	if m := got.next(t); m.payload != "command" {
+		t.Fatalf("got %+v, want the command", m)
 	}
 }
