@@ -451,12 +451,27 @@ type benchProcs struct{ worker, bridge, fleet *exec.Cmd }
 
 func (p *benchProcs) stop() {
 	for _, c := range []*exec.Cmd{p.fleet, p.worker, p.bridge} {
-		if c != nil && c.Process != nil {
-			_ = c.Process.Signal(os.Interrupt)
+		if c == nil || c.Process == nil {
+			continue
+		}
+		_ = c.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() {
 			_ = c.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(procStopTimeout):
+			// A process left behind would keep polling the next run's task queue.
+			_ = c.Process.Kill()
+			<-done
 		}
 	}
 }
+
+// procStopTimeout is how long a benchmark process may take to stop after Ctrl-C.
+const procStopTimeout = 20 * time.Second
 
 // startProcesses builds and starts the worker, the bridge and the simulated fleet as
 // processes of their own.

@@ -26,18 +26,7 @@ func TestMainRunsBridge(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	device := fmt.Sprintf("main-test-%d", time.Now().UnixNano())
-	secret, err := credential.NewSecret()
-	if err != nil {
-		t.Fatal(err)
-	}
-	hash, err := credential.Hash(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.AddDevice(ctx, device, hash, nil); err != nil {
-		t.Fatal(err)
-	}
+	device, secret := registerDevice(t, ctx, st, "main-test")
 	br, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Credentials: st,
 		Services: map[string]string{"otaflow-bridge": "bridge-secret"}})
 	if err != nil {
@@ -113,4 +102,23 @@ func stopApp(t *testing.T, cancel context.CancelFunc, done <-chan error) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("mqttbridge did not stop within 20 s of Ctrl-C")
 	}
+}
+
+// registerDevice registers a new device named prefix-<nanoseconds> and returns it with its
+// secret.
+func registerDevice(t *testing.T, ctx context.Context, st *store.Store, prefix string) (id, secret string) {
+	t.Helper()
+	id = fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano())
+	secret, err := credential.NewSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := credential.Hash(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddDevice(ctx, id, hash, nil); err != nil {
+		t.Fatal(err)
+	}
+	return id, secret
 }

@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/otaflow/otaflow/internal/broker"
-	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
@@ -41,18 +38,7 @@ func TestMainOverTLS(t *testing.T) {
 	u.User = url.UserPassword(u.User.Username(), dbPass)
 	dbURLWithPassword := u.String()
 
-	device := fmt.Sprintf("tls-test-%d", time.Now().UnixNano())
-	secret, err := credential.NewSecret()
-	if err != nil {
-		t.Fatal(err)
-	}
-	hash, err := credential.Hash(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.AddDevice(ctx, device, hash, nil); err != nil {
-		t.Fatal(err)
-	}
+	device, secret := registerDevice(t, ctx, st, "tls-test")
 	br, err := broker.New(broker.Options{Addr: "127.0.0.1:0", Credentials: st,
 		Services: map[string]string{"otaflow-bridge": bridgePass}})
 	if err != nil {
