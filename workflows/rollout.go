@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 	_ "time/tzdata" // maintenance windows resolve time zones the same on every worker
@@ -518,38 +519,28 @@ func (r *rollout) ended(ctx workflow.Context, id string, state protocol.State) {
 // cancels them too.
 func (r *rollout) follow(ctx workflow.Context, handed []HandedUpgrade) {
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
-	pending := map[string]activities.Execution{}
-	var order []string
 	for _, h := range handed {
-		wid := DeviceWorkflowID(h.Device)
-		exec := activities.Execution{WorkflowID: wid, RunID: h.RunID}
-		pending[wid] = exec
-		order = append(order, wid)
 		r.runIDs[h.Device] = h.RunID
 		r.waveOf[h.Device] = h.Wave
+		wid, runID := DeviceWorkflowID(h.Device), h.RunID
 		requested := false
 		r.running[h.Device] = func() {
 			// Once, without waiting, as canceling a child: the upgrade ends canceled and
 			// AwaitWorkflows says so.
 			if !requested {
 				requested = true
-				workflow.RequestCancelExternalWorkflow(dctx, exec.WorkflowID, exec.RunID)
+				workflow.RequestCancelExternalWorkflow(dctx, wid, runID)
 			}
 		}
-	}
-	device := map[string]string{}
-	for _, h := range handed {
-		device[DeviceWorkflowID(h.Device)] = h.Device
 	}
 	workflow.Go(dctx, func(gctx workflow.Context) {
 		var a *activities.Activities
 		actx := workflow.WithActivityOptions(gctx, awaitOptions)
+		pending := slices.Clone(handed)
 		for len(pending) > 0 {
-			var execs []activities.Execution
-			for _, wid := range order {
-				if e, ok := pending[wid]; ok {
-					execs = append(execs, e)
-				}
+			execs := make([]activities.Execution, len(pending))
+			for i, h := range pending {
+				execs[i] = activities.Execution{WorkflowID: DeviceWorkflowID(h.Device), RunID: h.RunID}
 			}
 			var outcomes []activities.Outcome
 			if err := workflow.ExecuteActivity(actx, a.AwaitWorkflows,
@@ -557,18 +548,25 @@ func (r *rollout) follow(ctx workflow.Context, handed []HandedUpgrade) {
 				// Only a worker without a Temporal client gets here (the activity retries
 				// everything else): count them failed rather than wait forever.
 				workflow.GetLogger(gctx).Error("Cannot follow the handed-over device upgrades; counting them failed", "Error", err)
-				for _, e := range execs {
-					r.ended(gctx, device[e.WorkflowID], protocol.StateFailed)
+				for _, h := range pending {
+					r.ended(gctx, h.Device, protocol.StateFailed)
 				}
 				return
 			}
+			states := make(map[string]protocol.State, len(outcomes)) // by workflow ID
 			for _, o := range outcomes {
-				if _, ok := pending[o.WorkflowID]; !ok {
-					continue
-				}
-				delete(pending, o.WorkflowID)
-				r.ended(gctx, device[o.WorkflowID], outcomeState(o))
+				states[o.WorkflowID] = outcomeState(o)
 			}
+			// In pending's order, which is the outcomes' order.
+			still := pending[:0]
+			for _, h := range pending {
+				if st, ok := states[DeviceWorkflowID(h.Device)]; ok {
+					r.ended(gctx, h.Device, st)
+				} else {
+					still = append(still, h)
+				}
+			}
+			pending = still
 		}
 	})
 }
