@@ -27,41 +27,20 @@ func BenchmarkRelay(b *testing.B) {
 func benchmarkRelay(b *testing.B, stored bool) {
 	const devices = 16
 	creds := newMemCreds()
-	opts := Options{Addr: "127.0.0.1:0", Credentials: creds,
-		Services: map[string]string{bridgeUser: bridgePass}, Logger: slog.New(slog.DiscardHandler)}
-	if stored {
-		opts.StorePath = filepath.Join(b.TempDir(), "sessions.db")
-	}
-	br, err := New(opts)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := br.Start(b.Context()); err != nil {
-		b.Fatal(err)
-	}
-	defer br.Close()
+	br, _ := startBroker(b, creds, func(o *Options) {
+		o.Logger = slog.New(slog.DiscardHandler)
+		if stored {
+			o.StorePath = filepath.Join(b.TempDir(), "sessions.db")
+		}
+	})
 
 	var got atomic.Int64
-	sub := paho.NewClient(paho.NewClientOptions().AddBroker(br.URL()).SetClientID("bench-bridge").
-		SetUsername(bridgeUser).SetPassword(bridgePass).SetCleanSession(false).SetOrderMatters(false))
-	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		b.Fatal("connect service", tok.Error())
-	}
-	defer sub.Disconnect(50)
-	if tok := sub.Subscribe(protocol.ProgressFilter, 1, func(paho.Client, paho.Message) { got.Add(1) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		b.Fatal("subscribe", tok.Error())
-	}
+	sub := mustDial(b, br, persistentService("bench-bridge", nil))
+	subscribe(b, sub, protocol.ProgressFilter, func(paho.Client, paho.Message) { got.Add(1) })
 	var pubs []paho.Client
 	for i := range devices {
 		id := fmt.Sprintf("bench-%d", i)
-		secret := creds.add(b, id)
-		c := paho.NewClient(paho.NewClientOptions().AddBroker(br.URL()).SetClientID(id).
-			SetUsername(id).SetPassword(secret).SetCleanSession(false))
-		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-			b.Fatal("connect device", tok.Error())
-		}
-		defer c.Disconnect(50)
-		pubs = append(pubs, c)
+		pubs = append(pubs, mustDial(b, br, deviceConfig(id, creds.add(b, id))))
 	}
 	payload := `{"id":"c1","type":"firmware","version":"1.1","progress":42,"desc":"downloading"}`
 	b.ResetTimer()

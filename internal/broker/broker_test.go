@@ -94,7 +94,7 @@ func (m *memCreds) setErr(err error) {
 }
 
 // startBroker starts a broker on a free port with the test services, closed at the test's end.
-func startBroker(t *testing.T, creds Credentials, configure ...func(*Options)) (*Broker, *testenv.Buffer) {
+func startBroker(t testing.TB, creds Credentials, configure ...func(*Options)) (*Broker, *testenv.Buffer) {
 	t.Helper()
 	logs := &testenv.Buffer{}
 	opts := Options{
@@ -129,7 +129,7 @@ type clientConfig struct {
 }
 
 // dial connects one paho client (no automatic reconnection) and disconnects it at the end.
-func dial(t *testing.T, b *Broker, c clientConfig) (paho.Client, error) {
+func dial(t testing.TB, b *Broker, c clientConfig) (paho.Client, error) {
 	t.Helper()
 	opts := paho.NewClientOptions().AddBroker(b.URL()).
 		SetClientID(c.clientID).SetUsername(c.username).SetPassword(c.password).
@@ -153,7 +153,7 @@ func dial(t *testing.T, b *Broker, c clientConfig) (paho.Client, error) {
 	return cl, nil
 }
 
-func mustDial(t *testing.T, b *Broker, c clientConfig) paho.Client {
+func mustDial(t testing.TB, b *Broker, c clientConfig) paho.Client {
 	t.Helper()
 	cl, err := dial(t, b, c)
 	if err != nil {
@@ -199,7 +199,7 @@ func (c *collector) next(t *testing.T) message {
 	}
 }
 
-func subscribe(t *testing.T, cl paho.Client, filter string, h paho.MessageHandler) byte {
+func subscribe(t testing.TB, cl paho.Client, filter string, h paho.MessageHandler) byte {
 	t.Helper()
 	tok := cl.Subscribe(filter, 1, h)
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
