@@ -1,6 +1,8 @@
 package workflows
 
 import (
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"go.temporal.io/sdk/worker"
@@ -9,24 +11,38 @@ import (
 
 // TestReplayRecordedHistories replays histories recorded by earlier versions of the
 // workflows, as a new worker replays the runs still open when it is deployed: a change to the
-// commands a recorded run issued (activities, timers, children, markers, in their order)
-// without a workflow.GetVersion guard fails here with a nondeterminism error. (The SDK's
-// replayer does not notice a run that would close earlier than recorded, which is all that
-// handoverChange would alter in this history without its guard.)
+// commands a recorded run issued (activities, timers, children, markers, search attribute
+// upserts, in their order) without a workflow.GetVersion guard fails here with a
+// nondeterminism error.
+//
+//   - testdata/rollout-before-handover.json: a rollout run recorded before versionHandover
+//     that waited for its running upgrades to end before it continued as new (ContinueAfter
+//     3, MaxInFlight 2). (The SDK's replayer does not notice a run that would close earlier
+//     than recorded, which is all that the handover would alter in it without its guard.)
+//   - testdata/v1/: upgrades and rollouts recorded by internal/e2e's TestRecordHistories
+//     before the changes of issue 15 (versionControl, statusNeedsKeyChange,
+//     progressAfterDownloadChange, silenceChange): retries, timeouts, cancels, a status
+//     without the version key, progress going back, pauses, approvals, hand-overs, a
+//     threshold pause and a Temporal cancel.
 func TestReplayRecordedHistories(t *testing.T) {
-	tests := []struct {
-		name, file string
-	}{
-		// A rollout run, recorded before handoverChange, that waited for its running
-		// upgrades to end before it continued as new (ContinueAfter 3, MaxInFlight 2).
-		{"rollout draining before continue-as-new", "testdata/rollout-before-handover.json"},
+	files, err := filepath.Glob("testdata/*.json")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+	more, err := filepath.Glob("testdata/*/*.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, more...)
+	if len(files) < 19 {
+		t.Fatalf("found %d recorded histories, want the 19 recorded so far", len(files))
+	}
+	for _, file := range files {
+		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()
 			r.RegisterWorkflowWithOptions(RolloutWorkflow, workflow.RegisterOptions{Name: RolloutWorkflowName})
 			r.RegisterWorkflowWithOptions(DeviceUpgradeWorkflow, workflow.RegisterOptions{Name: DeviceUpgradeWorkflowName})
-			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, tt.file); err != nil {
+			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, file); err != nil {
 				t.Fatal(err)
 			}
 		})

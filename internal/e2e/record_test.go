@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/sdk/client"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/simulator"
+	"github.com/otaflow/otaflow/internal/system"
+	"github.com/otaflow/otaflow/workflows"
+)
+
+// envRecordHistories names the directory where TestRecordHistories writes the histories it
+// records; the test is skipped without it.
+const envRecordHistories = "OTAFLOW_RECORD_HISTORIES"
+
+// TestRecordHistories runs the device upgrade and rollout workflows through situations that
+// exercise their branches (retries, timeouts, cancels, pauses, approvals, hand-overs) on the
+// real servers and writes each run's history as JSON, for workflows/replay_test.go:
+//
+//	OTAFLOW_RECORD_HISTORIES=$PWD/workflows/testdata/v1 go test -run TestRecordHistories ./internal/e2e/
+//
+// A history recorded before a change to a workflow, and replayed after it, shows that runs
+// still open when the new worker is deployed carry on (or that the change needs a
+// workflow.GetVersion guard).
+func TestRecordHistories(t *testing.T) {
+	dir := os.Getenv(envRecordHistories)
+	if dir == "" {
+		t.Skip(envRecordHistories + " is not set")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("upgrades", func(t *testing.T) { recordUpgrades(t, dir) })
+	t.Run("rollouts", func(t *testing.T) { recordRollouts(t, dir) })
+}
+
+// save writes every run of a workflow, oldest first, as name.json, name-2.json, ...
+func (e *env) save(dir, name, workflowID string) {
+	e.t.Helper()
+	runID := ""
+	var runs []*historypb.History
+	// The latest run first, then the runs it continued from.
+	for {
+		h := &historypb.History{}
+		it := e.c.GetWorkflowHistory(e.ctx, workflowID, runID, false, 0)
+		for it.HasNext() {
+			ev, err := it.Next()
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			h.Events = append(h.Events, ev)
+		}
+		runs = append([]*historypb.History{h}, runs...)
+		prev := h.Events[0].GetWorkflowExecutionStartedEventAttributes().GetContinuedExecutionRunId()
+		if prev == "" {
+			break
+		}
+		runID = prev
+	}
+	for i, h := range runs {
+		b, err := protojson.Marshal(h)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		file := name + ".json"
+		if i > 0 {
+			file = fmt.Sprintf("%s-%d.json", name, i+1)
+		}
+		if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
+			e.t.Fatal(err)
+		}
+		e.t.Logf("recorded %s: %d events", file, len(h.Events))
+	}
+}
+
+// recordUpgrades drives scripted devices message by message.
+func recordUpgrades(t *testing.T, dir string) {
+	e := newEnv(t, system.Config{})
+	old := protocol.Status{"firmware_ver": "1.0"}
+	progress := func(cmd protocol.UpgradeCommand, n int) protocol.Progress {
+		return protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: n}
+	}
+	type scenario struct {
+		name  string
+		tweak func(*workflows.UpgradeRequest)
+		drive func(d *scripted, run client.WorkflowRun)
+	}
+	scenarios := []scenario{
+		{"upgrade-succeeded", nil, func(d *scripted, _ client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, 10))
+			d.progress(progress(cmd, 100))
+			d.status(protocol.Status{"firmware_ver": "1.1"})
+		}},
+		{"upgrade-retried-after-error", nil, func(d *scripted, _ client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, -1))
+			cmd = d.command()
+			d.progress(progress(cmd, 100))
+			d.status(protocol.Status{"firmware_ver": "1.1"})
+		}},
+		// A status without the version key after the download (issue 15, defect 7).
+		{"upgrade-status-without-key", nil, func(d *scripted, _ client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, 100))
+			d.status(protocol.Status{"app_ver": "9"})
+			cmd = d.command()
+			d.progress(progress(cmd, 100))
+			d.status(protocol.Status{"firmware_ver": "1.1"})
+		}},
+		// Progress that goes back after 100, and a repeated 100.
+		{"upgrade-progress-backwards", nil, func(d *scripted, _ client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, 100))
+			d.progress(progress(cmd, 50))
+			d.progress(progress(cmd, 100))
+			d.status(protocol.Status{"firmware_ver": "1.1"})
+		}},
+		{"upgrade-silence-then-retry", nil, func(d *scripted, _ client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, 10))
+			cmd = d.command() // after the silence timeout
+			d.progress(progress(cmd, 100))
+			d.status(protocol.Status{"firmware_ver": "1.1"})
+		}},
+		{"upgrade-wrong-version-after-download", nil, func(d *scripted, _ client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, 100))
+			d.status(old)
+			cmd = d.command()
+			d.progress(progress(cmd, 100))
+			d.status(protocol.Status{"firmware_ver": "1.1"})
+		}},
+		{"upgrade-canceled", nil, func(d *scripted, run client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, 10))
+			if err := e.c.CancelWorkflow(e.ctx, run.GetID(), run.GetRunID()); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"upgrade-timed-out", func(r *workflows.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
+			d.command()
+			d.command()
+		}},
+		{"upgrade-skipped", nil, nil},
+	}
+	for i, sc := range scenarios {
+		device := fmt.Sprintf("rec-%02d", i)
+		status := old
+		if sc.drive == nil {
+			status = protocol.Status{"firmware_ver": "1.1"}
+		}
+		d := e.scriptedDevice(device, status)
+		req := e.request(device)
+		if sc.tweak != nil {
+			sc.tweak(&req)
+		}
+		run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sc.drive != nil {
+			sc.drive(d, run)
+		}
+		st, err := workflows.UpgradeResult(e.ctx, run)
+		t.Logf("%s: %s after %d attempt(s) (%v)", sc.name, st.State, st.Attempt, err)
+		e.save(dir, sc.name, run.GetID())
+	}
+}
+
+// recordRollouts runs rollouts over simulated fleets.
+func recordRollouts(t *testing.T, dir string) {
+	timing := fastTiming
+	timing.InstallDelay = 2 * time.Second
+	// rall-00041..43 fail to install: the failure threshold's fleet is rall-00040..49.
+	faults := simulator.Faults{InstallFail: simulator.Fault{Devices: []string{simID("rall", 41), simID("rall", 42), simID("rall", 43)}}}
+	e := newEnv(t, system.Config{Devices: 49, Prefix: "rall", Timing: timing, Faults: faults})
+	wait := func(run client.WorkflowRun, what string, cond func(workflows.RolloutProgress) bool) {
+		t.Helper()
+		waitFor(t, time.Minute, what, func() bool { return cond(e.progress(run)) })
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// group n is rall-000n0..rall-000n9 (n = 0: rall-00001..09).
+	targets := func(n int) workflows.Targets { return workflows.Targets{Prefix: fmt.Sprintf("rall-%04d", n)} }
+
+	// Waves with a bake and an approval; rate limited; paused and resumed.
+	req := e.rollout("rec-waves", "rall")
+	req.Targets = targets(1)
+	req.Waves = []workflows.Wave{{Count: 2, Bake: 2 * time.Second}, {Percent: 100, Approve: true}}
+	req.MaxPerMinute = 120
+	run := e.startRollout(req)
+	wait(run, "wave 2 waiting for approval", func(p workflows.RolloutProgress) bool { return p.State == workflows.RolloutWaitingApproval })
+	must(e.update(run, workflows.UpdateApprove, 0))
+	wait(run, "wave 2 started", func(p workflows.RolloutProgress) bool { return p.Counts.Started >= 4 })
+	must(e.update(run, workflows.UpdatePause, "recording"))
+	must(e.update(run, workflows.UpdateResume))
+	_, err := e.finish(run)
+	must(err)
+	e.save(dir, "rollout-waves-approval-pause", run.GetID())
+
+	// Pause while waiting for approval, resume, then cancel (issue 15, defect 1: it never
+	// goes on by itself).
+	req = e.rollout("rec-approval-pause", "rall")
+	req.Targets = targets(2)
+	req.Waves = []workflows.Wave{{Count: 1}, {Percent: 100, Approve: true}}
+	run = e.startRollout(req)
+	wait(run, "waiting for approval", func(p workflows.RolloutProgress) bool { return p.State == workflows.RolloutWaitingApproval })
+	must(e.update(run, workflows.UpdatePause, "recording"))
+	must(e.update(run, workflows.UpdateResume))
+	must(e.update(run, workflows.UpdateCancel, workflows.CancelRequest{Reason: "recording"}))
+	_, err = e.finish(run)
+	must(err)
+	e.save(dir, "rollout-approval-paused-canceled", run.GetID())
+
+	// Continue-as-new every three devices, with upgrades handed over.
+	req = e.rollout("rec-handover", "rall")
+	req.Targets = targets(3)
+	req.ContinueAfter = 3
+	req.MaxInFlight = 2
+	run = e.startRollout(req)
+	_, err = e.finish(run)
+	must(err)
+	e.save(dir, "rollout-handover", run.GetID())
+
+	// Canceled with the running upgrades, mid-wave.
+	req = e.rollout("rec-cancel-running", "rall")
+	req.Targets = targets(0)
+	req.MaxInFlight = 3
+	req.Upgrade.InstallTimeout = time.Minute
+	run = e.startRollout(req)
+	wait(run, "upgrades running", func(p workflows.RolloutProgress) bool { return p.Counts.Started >= 3 })
+	must(e.update(run, workflows.UpdateCancel, workflows.CancelRequest{CancelRunning: true, Reason: "recording"}))
+	_, err = e.finish(run)
+	must(err)
+	e.save(dir, "rollout-cancel-running", run.GetID())
+
+	// The failure threshold pauses; resumed, the rollout completes.
+	req = e.rollout("rec-threshold", "rall")
+	req.Targets = targets(4)
+	req.MaxInFlight = 2
+	req.FailurePercent = 50
+	req.FailureMinCount = 2
+	req.Upgrade.MaxAttempts = 1
+	run = e.startRollout(req)
+	wait(run, "paused by the threshold", func(p workflows.RolloutProgress) bool { return p.State == workflows.RolloutPaused })
+	must(e.update(run, workflows.UpdateResume))
+	_, err = e.finish(run)
+	e.save(dir, "rollout-threshold-paused-resumed", run.GetID())
+
+	// A Temporal cancel of the rollout workflow (Web UI, temporal workflow cancel).
+	// Upgraded devices are included again (they end skipped) so that the group has targets.
+	req = e.rollout("rec-temporal-cancel", "rall")
+	req.Targets = targets(0)
+	req.Targets.IncludeUpToDate = true
+	req.MaxInFlight = 2
+	req.Upgrade.Version = "1.2"
+	run = e.startRollout(req)
+	wait(run, "upgrades running", func(p workflows.RolloutProgress) bool { return p.Counts.Started >= 2 })
+	must(e.c.CancelWorkflow(e.ctx, run.GetID(), ""))
+	_ = run.Get(e.ctx, nil)
+	e.save(dir, "rollout-temporal-cancel", run.GetID())
+}
