@@ -36,6 +36,9 @@ type Store interface {
 	GetUpgrade(ctx context.Context, runID string) (store.Upgrade, error)
 	ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.Device, error)
 	CountDevices(ctx context.Context, f store.DeviceFilter) (int, error)
+	SnapshotTargets(ctx context.Context, key string, f store.DeviceFilter) (int, error)
+	DeleteTargetLists(ctx context.Context, keys []string) error
+	LastProgress(ctx context.Context, device string, attempt store.AttemptKey) (store.ProgressEvent, error)
 }
 
 // Activities are OTAflow's activities, with their dependencies.
@@ -121,6 +124,34 @@ func (a *Activities) SendCommand(ctx context.Context, in SendCommandInput) (Send
 		return SendCommandResult{}, fmt.Errorf("publish command %s to %s: %w", in.Command.ID, dev.ID, err)
 	}
 	return res, nil
+}
+
+// LastReportInput names a device and the upgrade attempt whose reports it asks about.
+type LastReportInput struct {
+	DeviceID string           `json:"device_id"`
+	Attempt  store.AttemptKey `json:"attempt"`
+}
+
+// LastReport is the latest stored progress report of an attempt, if any.
+type LastReport struct {
+	Found      bool      `json:"found"`
+	Progress   int       `json:"progress,omitempty"`
+	Desc       string    `json:"desc,omitempty"`
+	ReceivedAt time.Time `json:"received_at,omitempty"`
+}
+
+// LastProgress returns the latest progress report PostgreSQL has of an upgrade attempt. The
+// bridge stores every report but forwards only some to the workflow, so a workflow whose
+// silence timeout fires asks here whether the device is in fact still reporting.
+func (a *Activities) LastProgress(ctx context.Context, in LastReportInput) (LastReport, error) {
+	e, err := a.Store.LastProgress(ctx, in.DeviceID, in.Attempt)
+	if errors.Is(err, store.ErrNotFound) {
+		return LastReport{}, nil
+	}
+	if err != nil {
+		return LastReport{}, err
+	}
+	return LastReport{Found: true, Progress: e.Progress, Desc: e.Desc, ReceivedAt: e.ReceivedAt}, nil
 }
 
 // RecordStateInput is one state change of an upgrade, at the workflow's time.

@@ -25,6 +25,24 @@ func (a *Activities) CountTargets(ctx context.Context, f store.DeviceFilter) (in
 	return a.Store.CountDevices(ctx, f)
 }
 
+// SnapshotInput names the list to store a rollout's targets under and selects them.
+type SnapshotInput struct {
+	Key    string             `json:"key"`
+	Filter store.DeviceFilter `json:"filter"`
+}
+
+// SnapshotTargets fixes a rollout's targets at pre-flight: the registered, enabled devices
+// that match are stored as the list in.Key, which the rollout then reads page by page. It
+// returns how many there are.
+func (a *Activities) SnapshotTargets(ctx context.Context, in SnapshotInput) (int, error) {
+	return a.Store.SnapshotTargets(ctx, in.Key, in.Filter)
+}
+
+// DeleteTargetLists removes stored target lists (a finished rollout's snapshot).
+func (a *Activities) DeleteTargetLists(ctx context.Context, keys []string) error {
+	return a.Store.DeleteTargetLists(ctx, keys)
+}
+
 // ResolveTargets returns the next page of device IDs a rollout selects, after f.After.
 func (a *Activities) ResolveTargets(ctx context.Context, f store.DeviceFilter) ([]string, error) {
 	devices, err := a.Store.ListDevices(ctx, f)

@@ -30,8 +30,8 @@ import (
 // rolloutStates are the states a rollout can be in, for `rollout list --state`.
 var rolloutStates = []workflows.RolloutState{
 	workflows.RolloutPreflight, workflows.RolloutRunning, workflows.RolloutPaused, workflows.RolloutWaitingApproval,
-	workflows.RolloutBaking, workflows.RolloutWaitingWindow, workflows.RolloutCompleted, workflows.RolloutAborted,
-	workflows.RolloutCanceled, workflows.RolloutFailed,
+	workflows.RolloutBaking, workflows.RolloutWaitingWindow, workflows.RolloutCanceling, workflows.RolloutAborting,
+	workflows.RolloutCompleted, workflows.RolloutAborted, workflows.RolloutCanceled, workflows.RolloutFailed,
 }
 
 func joinStates(states []workflows.RolloutState) string {

@@ -49,6 +49,27 @@ var (
 	}
 )
 
+// Changes to what a running DeviceUpgradeWorkflow does, each guarded by workflow.GetVersion
+// where it alters the commands of a run recorded before it. Each is asked only on the rare
+// path it changes, so that an upgrade that never takes it records no marker.
+const (
+	// statusNeedsKeyChange: a status report without the version key says nothing about the
+	// install (before: it counted as the old version, an install failure after the download).
+	statusNeedsKeyChange = "status-needs-version-key"
+	// progressAfterDownloadChange: once downloaded, progress reports other than errors are
+	// ignored (before: 50 after 100 went back to downloading, and a repeated 100 restarted
+	// the install timeout).
+	progressAfterDownloadChange = "progress-after-download-ignored"
+	// silenceChange: before a silence timeout ends an attempt, the reports PostgreSQL stored
+	// are read, so that a device reporting more often than the bridge forwards is not
+	// timed out.
+	silenceChange = "silence-follows-stored-reports"
+	// finalRecordChange: an outcome decided in the same workflow task as a cancel request
+	// is recorded in PostgreSQL all the same (before: the canceled local activity left the
+	// record unfinished).
+	finalRecordChange = "final-record-survives-cancel"
+)
+
 // upgrade is the state of one DeviceUpgradeWorkflow run.
 type upgrade struct {
 	req    UpgradeRequest
@@ -167,6 +188,7 @@ func (u *upgrade) send(ctx workflow.Context) {
 	}
 	rec := u.record
 	rec.Attempt = attempt
+	rec.Progress = 0
 	var a *activities.Activities
 	var res activities.SendCommandResult
 	err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, sendOptions), a.SendCommand,
@@ -225,6 +247,10 @@ func (u *upgrade) onProgress(ctx workflow.Context, p protocol.Progress) {
 		u.endAttempt(ctx, p.Progress, desc, false)
 		return
 	}
+	if u.st.State == protocol.StateDownloaded &&
+		workflow.GetVersion(ctx, progressAfterDownloadChange, workflow.DefaultVersion, 1) >= 1 {
+		return // the download is done; only the status report says how the install went
+	}
 	u.st.Progress = p.Progress
 	u.st.Desc = p.Desc
 	u.phaseSince = now
@@ -243,7 +269,12 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 	if u.phase == phaseDone {
 		return
 	}
-	reported := st[u.req.VersionKey]
+	reported, ok := st[u.req.VersionKey]
+	if !ok && workflow.GetVersion(ctx, statusNeedsKeyChange, workflow.DefaultVersion, 1) >= 1 {
+		// A report without the version key (another type's versions) says nothing of
+		// this install.
+		return
+	}
 	u.st.Reported = reported
 	u.st.UpdatedAt = workflow.Now(ctx)
 	if reported == u.req.Version {
@@ -315,10 +346,38 @@ func (u *upgrade) onTimer(ctx workflow.Context) {
 	case u.st.State == protocol.StateSent:
 		u.endAttempt(ctx, 0, fmt.Sprintf("no report from the device within %s of the command", u.req.StartTimeout), true)
 	case u.st.State == protocol.StateDownloading:
+		if workflow.GetVersion(ctx, silenceChange, workflow.DefaultVersion, 1) >= 1 && u.stillReporting(ctx) {
+			return // armTimer sets the timer for the new silence deadline
+		}
 		u.endAttempt(ctx, 0, fmt.Sprintf("no progress for %s while downloading", u.req.SilenceTimeout), true)
 	default:
 		u.endAttempt(ctx, 0, fmt.Sprintf("no new version reported within %s of the download", u.req.InstallTimeout), true)
 	}
+}
+
+// stillReporting asks PostgreSQL for the attempt's latest progress report: the bridge stores
+// every report but forwards at most one a ProgressInterval, which may be longer than the
+// silence timeout. A report within the silence timeout moves the silence deadline and the
+// progress on, and the attempt goes on.
+func (u *upgrade) stillReporting(ctx workflow.Context) bool {
+	var a *activities.Activities
+	var last activities.LastReport
+	in := activities.LastReportInput{DeviceID: u.req.DeviceID,
+		Attempt: store.AttemptKey{CommandID: u.st.CommandID, Type: u.req.Type, Version: u.req.Version}}
+	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.LastProgress, in).Get(ctx, &last); err != nil {
+		workflow.GetLogger(ctx).Warn("Could not read the device's stored reports; the silence timeout applies", "Error", err)
+		return false
+	}
+	now := workflow.Now(ctx)
+	if !last.Found || !last.ReceivedAt.Add(u.req.SilenceTimeout).After(now) || !last.ReceivedAt.After(u.phaseSince) {
+		return false
+	}
+	u.phaseSince = last.ReceivedAt
+	if last.Progress < 100 && last.Progress > u.st.Progress {
+		u.st.Progress, u.st.Desc = last.Progress, last.Desc
+	}
+	u.st.UpdatedAt = now
+	return true
 }
 
 // endAttempt ends the current attempt with an error code or a timeout, and either waits to
@@ -366,10 +425,12 @@ func (u *upgrade) transition(ctx workflow.Context, s protocol.State, detail stri
 
 // finish ends the upgrade in a final state.
 func (u *upgrade) finish(ctx workflow.Context, s protocol.State, code int, desc string) {
-	u.st.ErrorCode = code
-	if s != protocol.StateSucceeded {
-		u.st.Desc = desc
+	if ctx.Err() != nil && workflow.GetVersion(ctx, finalRecordChange, workflow.DefaultVersion, 1) >= 1 {
+		// A cancel request came with the outcome: the outcome stands, and is recorded.
+		ctx, _ = workflow.NewDisconnectedContext(ctx)
 	}
+	u.st.ErrorCode = code
+	u.st.Desc = desc
 	u.record.ErrorCode = code
 	u.record.ErrorDesc = ""
 	if s != protocol.StateSucceeded {

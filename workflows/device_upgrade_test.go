@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -25,6 +26,10 @@ type fakeDevices struct {
 	devices  map[string]store.Device
 	commands []protocol.UpgradeCommand
 	records  []store.Upgrade
+	// lists are the stored target lists by name.
+	lists map[string]map[string]bool
+	// progress are the progress reports the bridge stored, oldest first.
+	progress []store.ProgressEvent
 }
 
 func newFakeDevices(reported protocol.Status) *fakeDevices {
@@ -73,6 +78,9 @@ func (f *fakeDevices) ListDevices(_ context.Context, filter store.DeviceFilter) 
 		if id <= filter.After || !strings.HasPrefix(id, filter.Prefix) {
 			continue
 		}
+		if filter.List != "" && !f.lists[filter.List][id] {
+			continue
+		}
 		if filter.NotReportingKey != "" && d.Reported[filter.NotReportingKey] == filter.NotReportingValue {
 			continue
 		}
@@ -88,6 +96,49 @@ func (f *fakeDevices) CountDevices(ctx context.Context, filter store.DeviceFilte
 	filter.After, filter.Limit = "", 0
 	d, err := f.ListDevices(ctx, filter)
 	return len(d), err
+}
+
+func (f *fakeDevices) SnapshotTargets(ctx context.Context, key string, filter store.DeviceFilter) (int, error) {
+	filter.After, filter.Limit = "", 0
+	devices, err := f.ListDevices(ctx, filter)
+	if err != nil {
+		return 0, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.lists == nil {
+		f.lists = map[string]map[string]bool{}
+	}
+	if f.lists[key] == nil {
+		f.lists[key] = map[string]bool{}
+	}
+	for _, d := range devices {
+		if !d.Disabled {
+			f.lists[key][d.ID] = true
+		}
+	}
+	return len(f.lists[key]), nil
+}
+
+func (f *fakeDevices) DeleteTargetLists(_ context.Context, keys []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, k := range keys {
+		delete(f.lists, k)
+	}
+	return nil
+}
+
+func (f *fakeDevices) LastProgress(_ context.Context, device string, a store.AttemptKey) (store.ProgressEvent, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := len(f.progress) - 1; i >= 0; i-- {
+		e := f.progress[i]
+		if e.DeviceID == device && e.Progress > 0 && (e.CommandID == a.CommandID || (e.CommandID == "" && e.Type == a.Type && e.Version == a.Version)) {
+			return e, nil
+		}
+	}
+	return store.ProgressEvent{}, fmt.Errorf("progress of %s: %w", device, store.ErrNotFound)
 }
 
 func (f *fakeDevices) Publish(_ context.Context, topic string, payload []byte) error {
@@ -133,6 +184,20 @@ type step struct {
 	staleID  bool   // the progress carries an old command ID
 	version  string // progress version, default the target
 	cancel   bool
+	// storedOnly: the bridge stored the progress report but did not forward it (it forwards
+	// at most one a ProgressInterval).
+	storedOnly bool
+	// rawStatus is a status report sent as it is.
+	rawStatus protocol.Status
+}
+
+// every returns progress steps every interval from from (inclusive) to to (exclusive).
+func every(from, to, interval time.Duration, progress int, storedOnly bool) []step {
+	var steps []step
+	for at := from; at < to; at += interval {
+		steps = append(steps, step{at: at, progress: progress, storedOnly: storedOnly})
+	}
+	return steps
 }
 
 type harness struct {
@@ -163,7 +228,15 @@ func (h *harness) schedule(steps []step) {
 				if s.version != "" {
 					p.Version = s.version
 				}
-				h.env.SignalWorkflow(SignalProgress, ProgressSignal{Progress: p})
+				h.dev.mu.Lock()
+				h.dev.progress = append(h.dev.progress, store.ProgressEvent{DeviceID: "dev-1", CommandID: p.ID, Type: p.Type,
+					Version: p.Version, Progress: p.Progress, Desc: p.Desc, ReceivedAt: h.env.Now()})
+				h.dev.mu.Unlock()
+				if !s.storedOnly {
+					h.env.SignalWorkflow(SignalProgress, ProgressSignal{Progress: p})
+				}
+			case s.rawStatus != nil:
+				h.env.SignalWorkflow(SignalStatus, StatusSignal{Status: s.rawStatus})
 			case s.status != "":
 				h.env.SignalWorkflow(SignalStatus, StatusSignal{Status: protocol.Status{"firmware_ver": s.status}})
 			}
@@ -284,6 +357,53 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			name: "cancel ends canceled", reported: "1.0",
 			steps:     []step{{at: time.Second, progress: 10}, {at: 10 * time.Second, cancel: true}},
 			wantState: protocol.StateCanceled, wantAttempts: 1, wantCommands: 1,
+		},
+		{
+			// Issue 15, defect 7.
+			name: "a status without the version key after the download says nothing", reported: "1.0",
+			req: func(r *UpgradeRequest) { r.RetryCodes = noRetry },
+			steps: []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, rawStatus: protocol.Status{"app_ver": "9"}},
+				{at: 20 * time.Second, status: "1.1"}},
+			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantEndAfter: 20 * time.Second, wantEndBefore: 21 * time.Second,
+		},
+		{
+			// Issue 15, defect 8: reports every 2 s against a 10 s silence timeout, of which
+			// the bridge forwards one a minute.
+			name: "a device reporting more often than the bridge forwards is not timed out", reported: "1.0",
+			req: func(r *UpgradeRequest) { r.SilenceTimeout = 10 * time.Second },
+			steps: slices.Concat([]step{{at: time.Second, progress: 10}},
+				every(3*time.Second, 61*time.Second, 2*time.Second, 20, true),
+				[]step{{at: 61 * time.Second, progress: 50}},
+				every(63*time.Second, 121*time.Second, 2*time.Second, 70, true),
+				[]step{{at: 121 * time.Second, progress: 100}, {at: 125 * time.Second, status: "1.1"}}),
+			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantEndAfter: 125 * time.Second, wantEndBefore: 126 * time.Second,
+		},
+		{
+			name: "a device whose stored reports stop is timed out at the silence timeout", reported: "1.0",
+			req: func(r *UpgradeRequest) { r.SilenceTimeout = 10 * time.Second; r.MaxAttempts = 1 },
+			steps: slices.Concat([]step{{at: time.Second, progress: 10}},
+				every(3*time.Second, 30*time.Second, 2*time.Second, 20, true)),
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
+			// The last report at 29 s, silent from then on.
+			wantEndAfter: 39 * time.Second, wantEndBefore: 40 * time.Second,
+		},
+		{
+			name: "progress going back after the download is ignored", reported: "1.0",
+			req: func(r *UpgradeRequest) { r.RetryCodes = noRetry },
+			steps: []step{{at: time.Second, progress: 100}, {at: 2 * time.Second, progress: 50},
+				{at: 3 * time.Second, status: "1.0"}},
+			// Still downloaded: the old version is an install failure.
+			wantState: protocol.StateFailed, wantCode: protocol.CodeInstallFailed, wantAttempts: 1, wantCommands: 1,
+			wantErrType: ErrTypeUpgradeFailed,
+		},
+		{
+			name: "a repeated 100 does not restart the install timeout", reported: "1.0",
+			req:       func(r *UpgradeRequest) { r.MaxAttempts = 1 },
+			steps:     []step{{at: time.Second, progress: 100}, {at: 10 * time.Minute, progress: 100}},
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
+			wantEndAfter: time.Second + DefaultInstallTimeout, wantEndBefore: 2*time.Second + DefaultInstallTimeout,
 		},
 		{
 			name: "overall deadline", reported: "1.0",
@@ -426,5 +546,21 @@ func TestDeviceUpgradeUnknownDevice(t *testing.T) {
 	st, err := h.run(t, req)
 	if st.State != protocol.StateFailed || err == nil {
 		t.Fatalf("state %s err %v, want failed", st.State, err)
+	}
+}
+
+// TestDeviceUpgradeOutcomeWithCancel: a status report that ends the upgrade, arriving in the
+// same workflow task as a cancel request, is recorded in PostgreSQL as the outcome (the
+// record was left unfinished when the cancel canceled the recording).
+func TestDeviceUpgradeOutcomeWithCancel(t *testing.T) {
+	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(SignalStatus, StatusSignal{Status: protocol.Status{"firmware_ver": "1.1"}})
+		h.env.CancelWorkflow()
+	}, 10*time.Second)
+	st, _ := h.run(t, testRequest())
+	states := h.dev.states()
+	if len(states) == 0 || states[len(states)-1] != st.State || !st.State.Final() {
+		t.Fatalf("workflow ended %s, recorded states %v: the last record must be the outcome", st.State, states)
 	}
 }

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-	_ "time/tzdata" // maintenance windows resolve time zones the same on every worker
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
@@ -17,6 +17,7 @@ import (
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/zones"
 )
 
 // RolloutInput is the argument of RolloutWorkflow: the request, and, when a run continues as
@@ -45,6 +46,14 @@ type RolloutCarry struct {
 	// Handed lists the device upgrades still running when the run continued as new; the
 	// next run follows them to their end.
 	Handed []HandedUpgrade `json:"handed,omitempty"`
+	// Snapshot names the stored list of the rollout's targets, fixed at pre-flight (empty
+	// for rollouts started before versionControl, which select their targets page by page).
+	Snapshot string `json:"snapshot,omitempty"`
+	// PauseReason, CancelReason and AbortReason say why the rollout is paused, being
+	// canceled or aborted; the state shown gives the reason of what it is doing.
+	PauseReason  string `json:"pause_reason,omitempty"`
+	CancelReason string `json:"cancel_reason,omitempty"`
+	AbortReason  string `json:"abort_reason,omitempty"`
 }
 
 // HandedUpgrade is a device upgrade one rollout run started and the next follows.
@@ -68,6 +77,12 @@ var (
 	}
 )
 
+// cleanupOptions run the removal of a finished rollout's target snapshot.
+var cleanupOptions = workflow.ActivityOptions{
+	StartToCloseTimeout: time.Minute,
+	RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second, MaximumAttempts: 10},
+}
+
 // awaitOptions run AwaitWorkflows, which follows handed-over device upgrades for as long as
 // they run; its heartbeat notices a lost worker.
 var awaitOptions = workflow.ActivityOptions{
@@ -79,9 +94,25 @@ var awaitOptions = workflow.ActivityOptions{
 // awaitGather is how long AwaitWorkflows gathers the upgrades that end together.
 const awaitGather = 2 * time.Second
 
-// handoverChange versions the continue-as-new that hands running device upgrades to the next
-// run instead of waiting for all of them to end (runs recorded before it drain as they did).
-const handoverChange = "handover-running-upgrades"
+// rolloutChange versions the changes to what a running RolloutWorkflow does. Its marker is
+// named for the first of them; each later change raises the version, so that one marker per
+// run covers them all:
+//
+//   - versionHandover: a run that continues as new hands its running device upgrades to the
+//     next run instead of waiting for all of them to end;
+//   - versionControl: no device upgrade starts once a pause, cancel, abort or closed window
+//     is known, however late (checked at each start, after target resolution too); a Temporal
+//     cancel ends the rollout canceled in every phase; a pending cancel shows as canceling;
+//     the targets are fixed at pre-flight in a snapshot, and removed at the end.
+//
+// Runs recorded before a version keep the behaviour they had.
+const rolloutChange = "handover-running-upgrades"
+
+// Versions of rolloutChange.
+const (
+	versionHandover = 1
+	versionControl  = 2
+)
 
 // burstWindow is how much unused start rate may be saved up, so that a rate-limited rollout
 // starts devices in small batches rather than waking for each one.
@@ -95,31 +126,48 @@ type rollout struct {
 	running        map[string]workflow.CancelFunc
 	runIDs         map[string]string // run IDs of the running upgrades, once started
 	waveOf         map[string]int    // wave index of the running upgrades
-	handover       bool              // hand running upgrades over at continue-as-new
+	handover       bool              // hand running upgrades over at continue-as-new (versionHandover)
+	control        bool              // the rules of versionControl apply
 	startedThisRun int
 	draining       bool
 	version        int // bumped on every change the main loop waits for
 	searchState    string
+
+	// phase is what the main loop is doing (preflight, running, waiting_approval, baking,
+	// waiting_window, or a final state) and phaseReason why; the state shown is derived from
+	// them, a pause and a pending cancel (show), so that a pause and a resume never lose
+	// what the rollout was waiting for.
+	phase       RolloutState
+	phaseReason string
 }
 
 // RolloutWorkflow upgrades a fleet in staged waves of DeviceUpgradeWorkflow children, within
 // in-flight and rate limits, pausing or aborting at a failure threshold, and continuing as new
 // every ContinueAfter devices so that no history grows without bound.
+//
+// Once a pause, cancel or abort is acknowledged, no further device upgrade starts: mayStart
+// is checked by startDevice, the one place that starts them, right before each start.
 func RolloutWorkflow(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 	req := in.Request.WithDefaults()
 	if err := req.Validate(); err != nil {
 		return RolloutProgress{}, temporal.NewNonRetryableApplicationError("invalid rollout request: "+err.Error(), ErrTypeInvalidRequest, err)
 	}
 	r := &rollout{req: req, running: map[string]workflow.CancelFunc{}, runIDs: map[string]string{}, waveOf: map[string]int{}}
-	r.handover = workflow.GetVersion(ctx, handoverChange, workflow.DefaultVersion, 1) >= 1
+	v := workflow.GetVersion(ctx, rolloutChange, workflow.DefaultVersion, versionControl)
+	r.handover, r.control = v >= versionHandover, v >= versionControl
 	if in.Carry != nil {
 		r.c = *in.Carry
 		r.c.Progress.Runs++
+		r.phase = RolloutRunning
+		if r.c.Paused && r.c.PauseReason == "" { // carried by a run before versionControl
+			r.c.PauseReason = r.c.Progress.Reason
+		}
 	} else {
 		now := workflow.Now(ctx)
 		r.c.Progress = RolloutProgress{Name: req.Name, Type: req.Upgrade.Type, Version: req.Upgrade.Version,
 			State: RolloutPreflight, Runs: 1, StartedAt: now, UpdatedAt: now}
 		r.c.RampStartedAt = now
+		r.phase = RolloutPreflight
 	}
 	r.p = &r.c.Progress
 	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(SearchState); ok {
@@ -134,6 +182,11 @@ func RolloutWorkflow(ctx workflow.Context, in RolloutInput) (RolloutProgress, er
 	}
 	if in.Carry == nil {
 		if err := r.prepare(ctx); err != nil {
+			if r.control && ctx.Err() != nil {
+				// A Temporal cancel (Web UI, temporal workflow cancel) during the pre-flight.
+				r.onWorkflowCanceled()
+				return r.end(ctx)
+			}
 			r.finish(ctx, RolloutFailed, err.Error())
 			return *r.p, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeUpgradeFailed, err, *r.p)
 		}
@@ -149,82 +202,136 @@ func (r *rollout) setHandlers(ctx workflow.Context) error {
 	}); err != nil {
 		return fmt.Errorf("set query handler: %w", err)
 	}
-	final := func() error {
-		if r.p.State.Final() || r.c.Cancel != nil {
-			return fmt.Errorf("rollout %s is %s", r.req.Name, r.p.State)
-		}
-		return nil
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdatePause, r.onPause,
+		workflow.UpdateHandlerOptions{Validator: r.validatePause}); err != nil {
+		return fmt.Errorf("set update handler %s: %w", UpdatePause, err)
 	}
-	handlers := []struct {
-		name string
-		fn   any
-		opts workflow.UpdateHandlerOptions
-	}{
-		{UpdatePause, func(ctx workflow.Context, reason string) error {
-			r.pause(ctx, "paused by operator: "+reason)
-			return nil
-		}, workflow.UpdateHandlerOptions{Validator: func(string) error {
-			if err := final(); err != nil {
-				return err
-			}
-			if r.c.Paused {
-				return errors.New("rollout is already paused")
-			}
-			return nil
-		}}},
-		{UpdateResume, func(ctx workflow.Context) error {
-			r.c.Paused = false
-			r.p.Reason = ""
-			r.c.Baseline = r.p.Counts
-			if w := r.p.CurrentWave; w >= 1 && w <= len(r.p.Waves) {
-				r.c.WaveBaseline = r.p.Waves[w-1].Counts
-			}
-			r.changed(ctx, RolloutRunning)
-			return nil
-		}, workflow.UpdateHandlerOptions{Validator: func() error {
-			if err := final(); err != nil {
-				return err
-			}
-			if !r.c.Paused {
-				return errors.New("rollout is not paused")
-			}
-			return nil
-		}}},
-		{UpdateCancel, func(ctx workflow.Context, c CancelRequest) error {
-			r.c.Cancel = &c
-			r.p.Reason = "canceled by operator"
-			if c.Reason != "" {
-				r.p.Reason += ": " + c.Reason
-			}
-			r.version++
-			return nil
-		}, workflow.UpdateHandlerOptions{Validator: func(CancelRequest) error { return final() }}},
-		{UpdateApprove, func(ctx workflow.Context, wave int) error {
-			r.c.ApprovedWave = r.p.CurrentWave
-			r.version++
-			return nil
-		}, workflow.UpdateHandlerOptions{Validator: func(wave int) error {
-			if err := final(); err != nil {
-				return err
-			}
-			if r.p.State != RolloutWaitingApproval {
-				return fmt.Errorf("no wave is waiting for approval (rollout is %s)", r.p.State)
-			}
-			if wave != 0 && wave != r.p.CurrentWave {
-				return fmt.Errorf("wave %d is waiting for approval, not wave %d", r.p.CurrentWave, wave)
-			}
-			return nil
-		}}},
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateResume, r.onResume,
+		workflow.UpdateHandlerOptions{Validator: r.validateResume}); err != nil {
+		return fmt.Errorf("set update handler %s: %w", UpdateResume, err)
 	}
-	for _, h := range handlers {
-		if err := workflow.SetUpdateHandlerWithOptions(ctx, h.name, h.fn, h.opts); err != nil {
-			return fmt.Errorf("set update handler %s: %w", h.name, err)
-		}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateCancel, r.onCancel,
+		workflow.UpdateHandlerOptions{Validator: r.validateCancel}); err != nil {
+		return fmt.Errorf("set update handler %s: %w", UpdateCancel, err)
+	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateApprove, r.onApprove,
+		workflow.UpdateHandlerOptions{Validator: r.validateApprove}); err != nil {
+		return fmt.Errorf("set update handler %s: %w", UpdateApprove, err)
 	}
 	return nil
 }
 
-// prepare checks the package and counts and splits the targets into waves.
+// final refuses control updates once the rollout has ended or is being canceled.
+func (r *rollout) final() error {
+	if r.p.State.Final() || r.c.Cancel != nil {
+		return fmt.Errorf("rollout %s is %s", r.req.Name, r.p.State)
+	}
+	return nil
+}
+
+func (r *rollout) validatePause(string) error {
+	if err := r.final(); err != nil {
+		return err
+	}
+	if r.c.Paused {
+		return errors.New("rollout is already paused")
+	}
+	return nil
+}
+
+func (r *rollout) onPause(ctx workflow.Context, reason string) error {
+	r.pause(ctx, "paused by operator: "+reason)
+	return nil
+}
+
+func (r *rollout) validateResume() error {
+	if err := r.final(); err != nil {
+		return err
+	}
+	if !r.c.Paused {
+		return errors.New("rollout is not paused")
+	}
+	return nil
+}
+
+func (r *rollout) onResume(ctx workflow.Context) error {
+	r.c.Paused = false
+	r.c.PauseReason = ""
+	r.c.Baseline = r.p.Counts
+	if w := r.p.CurrentWave; w >= 1 && w <= len(r.p.Waves) {
+		r.c.WaveBaseline = r.p.Waves[w-1].Counts
+	}
+	if !r.control {
+		// Before versionControl a resume showed running whatever the rollout waited for.
+		r.p.Reason = ""
+		r.phase, r.phaseReason = RolloutRunning, ""
+		r.changed(ctx, RolloutRunning)
+		return nil
+	}
+	r.show(ctx)
+	return nil
+}
+
+// validateCancel refuses a cancel of an ended rollout, and a second cancel unless it also
+// cancels the running upgrades where the first did not.
+func (r *rollout) validateCancel(c CancelRequest) error {
+	if r.p.State.Final() {
+		return fmt.Errorf("rollout %s is %s", r.req.Name, r.p.State)
+	}
+	if prev := r.c.Cancel; prev != nil && (prev.CancelRunning || !c.CancelRunning) {
+		if prev.CancelRunning {
+			return fmt.Errorf("rollout %s is already being canceled with its running upgrades", r.req.Name)
+		}
+		return fmt.Errorf("rollout %s is already being canceled; cancel with --cancel-running to cancel its running upgrades too", r.req.Name)
+	}
+	return nil
+}
+
+func (r *rollout) onCancel(ctx workflow.Context, c CancelRequest) error {
+	if r.c.Cancel != nil { // escalated: the running upgrades are canceled too
+		r.c.Cancel.CancelRunning = true
+		r.version++
+		return nil
+	}
+	r.c.Cancel = &c
+	reason := "canceled by operator"
+	if c.Reason != "" {
+		reason += ": " + c.Reason
+	}
+	if !r.control {
+		r.p.Reason = reason
+		r.version++
+		return nil
+	}
+	r.c.CancelReason = reason
+	r.show(ctx)
+	return nil
+}
+
+// validateApprove accepts an approval of the wave that waits for one, also while the rollout
+// is paused (the wave then starts on resume).
+func (r *rollout) validateApprove(wave int) error {
+	if err := r.final(); err != nil {
+		return err
+	}
+	if r.phase != RolloutWaitingApproval {
+		return fmt.Errorf("no wave is waiting for approval (rollout is %s)", r.p.State)
+	}
+	if wave != 0 && wave != r.p.CurrentWave {
+		return fmt.Errorf("wave %d is waiting for approval, not wave %d", r.p.CurrentWave, wave)
+	}
+	return nil
+}
+
+func (r *rollout) onApprove(ctx workflow.Context, wave int) error {
+	r.c.ApprovedWave = r.p.CurrentWave
+	r.version++
+	return nil
+}
+
+// prepare checks the package and counts and splits the targets into waves. From
+// versionControl on, the targets are fixed here: the devices that match, registered and
+// enabled, are stored as the rollout's snapshot list, which the later pages read.
 func (r *rollout) prepare(ctx workflow.Context) error {
 	r.upsertState(ctx, RolloutPreflight)
 	var t *activities.Activities
@@ -237,7 +344,15 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 		}
 	}
 	var total int
-	if err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, targetOptions), t.CountTargets, r.filter("", 0)).Get(ctx, &total); err != nil {
+	actx := workflow.WithActivityOptions(ctx, targetOptions)
+	if r.control {
+		key := snapshotKey(r.req.Name, workflow.GetInfo(ctx).OriginalRunID)
+		in := activities.SnapshotInput{Key: key, Filter: r.filter("", 0)}
+		if err := workflow.ExecuteActivity(actx, t.SnapshotTargets, in).Get(ctx, &total); err != nil {
+			return fmt.Errorf("resolve targets: %w", err)
+		}
+		r.c.Snapshot = key
+	} else if err := workflow.ExecuteActivity(actx, t.CountTargets, r.filter("", 0)).Get(ctx, &total); err != nil {
 		return fmt.Errorf("count targets: %w", err)
 	}
 	r.p.Total = total
@@ -253,11 +368,21 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 		prev = end
 	}
 	r.p.CurrentWave = 1
-	r.changed(ctx, RolloutRunning)
+	r.enter(ctx, RolloutRunning, "")
 	return nil
 }
 
+// snapshotKey names the snapshot list of a rollout's targets: one per rollout, whatever its
+// runs (originalRunID is the first run's).
+func snapshotKey(name, originalRunID string) string {
+	return RolloutWorkflowID(name) + "@" + originalRunID
+}
+
+// filter selects the rollout's targets: the snapshot, once taken, or the request's targets.
 func (r *rollout) filter(after string, limit int) store.DeviceFilter {
+	if r.c.Snapshot != "" {
+		return store.DeviceFilter{List: r.c.Snapshot, After: after, Limit: limit}
+	}
 	f := store.DeviceFilter{List: r.req.Targets.List, Prefix: r.req.Targets.Prefix, Labels: r.req.Targets.Where,
 		After: after, Limit: limit}
 	if !r.req.Targets.IncludeUpToDate {
@@ -272,19 +397,21 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 		wave := r.req.Waves[wi]
 		if !r.c.WaveOpened {
 			if wave.Approve && r.c.ApprovedWave < r.p.CurrentWave {
-				r.changed(ctx, RolloutWaitingApproval)
-				r.p.Reason = fmt.Sprintf("wave %d waits for approval (starter rollout approve %s)", r.p.CurrentWave, r.req.Name)
+				r.enter(ctx, RolloutWaitingApproval,
+					fmt.Sprintf("wave %d waits for approval (starter rollout approve %s)", r.p.CurrentWave, r.req.Name))
 				if err := r.await(ctx, func() bool { return r.c.ApprovedWave >= r.p.CurrentWave || r.c.Cancel != nil }); err != nil {
 					return r.end(ctx)
 				}
 				if r.c.Cancel != nil {
 					return r.end(ctx)
 				}
-				r.p.Reason = ""
+				if !r.control {
+					r.p.Reason = ""
+				}
 			}
 			r.c.WaveOpened = true
 			r.c.WaveBaseline = r.p.Waves[wi].Counts
-			r.changed(ctx, r.activeState())
+			r.enter(ctx, RolloutRunning, "")
 		}
 		if done, err := r.runWave(ctx, wi); done || err != nil {
 			return r.end(ctx)
@@ -304,8 +431,7 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 			if rate < t {
 				reason := fmt.Sprintf("wave %d: %.1f%% succeeded, below its %.1f%% threshold", wp.Number, rate, t)
 				if r.req.FailureAction == ActionAbort {
-					r.p.Reason = reason
-					r.c.Aborting = true
+					r.abort(ctx, reason)
 					return r.end(ctx)
 				}
 				r.pause(ctx, reason)
@@ -315,20 +441,21 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 			}
 		}
 		if wave.Bake > 0 && r.p.CurrentWave < len(r.p.Waves) {
-			r.changed(ctx, RolloutBaking)
-			r.p.Reason = fmt.Sprintf("baking wave %d for %s", wp.Number, wave.Bake)
+			r.enter(ctx, RolloutBaking, fmt.Sprintf("baking wave %d for %s", wp.Number, wave.Bake))
 			if _, err := workflow.AwaitWithTimeout(ctx, wave.Bake, func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
 				if err != nil {
 					r.onWorkflowCanceled()
 				}
 				return r.end(ctx)
 			}
-			r.p.Reason = ""
+			if !r.control {
+				r.p.Reason = ""
+			}
 		}
 		r.p.CurrentWave++
 		r.c.WaveOpened = false
 		if r.p.CurrentWave <= len(r.p.Waves) {
-			r.changed(ctx, r.activeState())
+			r.enter(ctx, RolloutRunning, "")
 		}
 		if r.startedThisRun >= r.req.ContinueAfter || workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
 			return *r.p, r.continueAsNew(ctx)
@@ -343,9 +470,7 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 	end := r.c.WaveEnds[wi]
 	for {
 		if r.c.Cancel != nil && r.c.Cancel.CancelRunning {
-			for _, id := range workflow.DeterministicKeys(r.running) {
-				r.running[id]()
-			}
+			r.cancelRunning()
 		}
 		if (r.c.Cancel != nil || r.c.Aborting) && len(r.running) == 0 {
 			return true, nil
@@ -366,9 +491,13 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 		if !reachedEnd && r.mayStart() {
 			if !r.inWindow(now) {
 				wake = r.nextWindowOpen(now)
-				r.changed(ctx, RolloutWaitingWindow)
+				r.enter(ctx, RolloutWaitingWindow, r.windowReason(wake))
+				if r.control {
+					r.p.NextWindowAt = &wake
+				}
 			} else {
-				r.changed(ctx, r.activeState())
+				r.enter(ctx, RolloutRunning, "")
+				r.p.NextWindowAt = nil
 				n := min(r.req.MaxInFlight-len(r.running), end-r.p.Counts.Started)
 				n, wake = r.allowance(now, n)
 				if n > 0 {
@@ -398,6 +527,7 @@ func (r *rollout) mayStart() bool {
 	return !r.c.Paused && r.c.Cancel == nil && !r.c.Aborting && !r.draining && len(r.running) < r.req.MaxInFlight
 }
 
+// activeState is what the rollout showed before versionControl while starting devices.
 func (r *rollout) activeState() RolloutState {
 	if r.c.Paused {
 		return RolloutPaused
@@ -441,7 +571,8 @@ func (r *rollout) allowance(now time.Time, n int) (int, time.Time) {
 	return allowed, time.Time{}
 }
 
-// startDevices starts up to n device upgrades of wave wi as child workflows.
+// startDevices starts up to n device upgrades of wave wi as child workflows, resolving the
+// next page of targets first when none is buffered.
 func (r *rollout) startDevices(ctx workflow.Context, wi, n int) error {
 	if len(r.c.Buffer) == 0 && !r.c.Exhausted {
 		var ids []string
@@ -459,17 +590,28 @@ func (r *rollout) startDevices(ctx workflow.Context, wi, n int) error {
 		r.c.Cursor = ids[len(ids)-1]
 	}
 	n = min(n, len(r.c.Buffer))
+	started := 0
 	for _, id := range r.c.Buffer[:n] {
-		r.startDevice(ctx, wi, id)
+		if !r.startDevice(ctx, wi, id) {
+			break
+		}
+		started++
 	}
-	r.c.Buffer = r.c.Buffer[n:]
+	r.c.Buffer = r.c.Buffer[started:]
 	if len(r.c.Buffer) == 0 {
 		r.c.Buffer = nil
 	}
 	return nil
 }
 
-func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) {
+// startDevice starts the upgrade of one device as a child workflow, unless the rollout may no
+// longer start devices (from versionControl on): a pause, cancel or abort acknowledged, or
+// the maintenance window closed, while the targets were being resolved. It reports whether
+// it started it.
+func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
+	if r.control && (!r.mayStart() || !r.inWindow(workflow.Now(ctx))) {
+		return false
+	}
 	req := r.req.Upgrade
 	req.DeviceID = id
 	opts := ChildOptions(req)
@@ -496,6 +638,15 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) {
 		err := fut.Get(gctx, &st)
 		r.ended(gctx, id, childState(err, st))
 	})
+	return true
+}
+
+// cancelRunning cancels every running device upgrade (again, harmlessly, for those already
+// asked).
+func (r *rollout) cancelRunning() {
+	for _, id := range workflow.DeterministicKeys(r.running) {
+		r.running[id]()
+	}
 }
 
 // ended counts a device upgrade that ended in state.
@@ -642,9 +793,7 @@ func (r *rollout) checkFailures(ctx workflow.Context) {
 	reason := fmt.Sprintf("failure threshold reached %s: %d of %d finished devices failed or timed out (threshold %.1f%%, at least %d)",
 		scope, c.Failures(), c.Finished()-c.Canceled-c.Conflict, r.req.FailurePercent, r.req.FailureMinCount)
 	if r.req.FailureAction == ActionAbort {
-		r.c.Aborting = true
-		r.p.Reason = reason
-		r.version++
+		r.abort(ctx, reason)
 		return
 	}
 	r.pause(ctx, reason)
@@ -652,8 +801,25 @@ func (r *rollout) checkFailures(ctx workflow.Context) {
 
 func (r *rollout) pause(ctx workflow.Context, reason string) {
 	r.c.Paused = true
-	r.p.Reason = reason
-	r.changed(ctx, RolloutPaused)
+	if !r.control {
+		r.p.Reason = reason
+		r.changed(ctx, RolloutPaused)
+		return
+	}
+	r.c.PauseReason = reason
+	r.show(ctx)
+}
+
+// abort makes the rollout end aborted once its running upgrades have ended.
+func (r *rollout) abort(ctx workflow.Context, reason string) {
+	r.c.Aborting = true
+	if !r.control {
+		r.p.Reason = reason
+		r.version++
+		return
+	}
+	r.c.AbortReason = reason
+	r.show(ctx)
 }
 
 // await waits for cond, or returns the error of the rollout workflow being canceled.
@@ -671,7 +837,42 @@ func (r *rollout) onWorkflowCanceled() {
 	if r.c.Cancel == nil {
 		r.c.Cancel = &CancelRequest{CancelRunning: true}
 		r.p.Reason = "rollout workflow canceled"
+		r.c.CancelReason = r.p.Reason
 	}
+}
+
+// enter records what the main loop does now, and why, and shows it.
+func (r *rollout) enter(ctx workflow.Context, phase RolloutState, reason string) {
+	r.phase, r.phaseReason = phase, reason
+	if r.control {
+		r.show(ctx)
+		return
+	}
+	// Before versionControl the state was the phase, or paused while devices could start.
+	switch phase {
+	case RolloutRunning:
+		phase = r.activeState()
+	case RolloutWaitingApproval, RolloutBaking:
+		r.p.Reason = reason
+	}
+	r.changed(ctx, phase)
+}
+
+// show derives the state shown, and its reason, from the phase, a pending cancel or abort and
+// a pause.
+func (r *rollout) show(ctx workflow.Context) {
+	s, reason := r.phase, r.phaseReason
+	switch {
+	case s.Final():
+	case r.c.Cancel != nil:
+		s, reason = RolloutCanceling, r.c.CancelReason
+	case r.c.Aborting:
+		s, reason = RolloutAborting, r.c.AbortReason
+	case r.c.Paused:
+		s, reason = RolloutPaused, r.c.PauseReason
+	}
+	r.p.Reason = reason
+	r.changed(ctx, s)
 }
 
 // changed records a change the main loop waits for and keeps the state search attribute.
@@ -698,12 +899,28 @@ func (r *rollout) upsertState(ctx workflow.Context, s RolloutState) {
 // end finishes the rollout once no device upgrade it started is running.
 func (r *rollout) end(ctx workflow.Context) (RolloutProgress, error) {
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
-	if r.c.Cancel != nil && r.c.Cancel.CancelRunning {
-		for _, id := range workflow.DeterministicKeys(r.running) {
-			r.running[id]()
-		}
+	if r.control && ctx.Err() != nil {
+		// Canceled in Temporal (Web UI, temporal workflow cancel) wherever the loop was.
+		r.onWorkflowCanceled()
+		r.show(dctx)
 	}
-	_ = workflow.Await(dctx, func() bool { return len(r.running) == 0 })
+	if !r.control {
+		if r.c.Cancel != nil && r.c.Cancel.CancelRunning {
+			r.cancelRunning()
+		}
+		_ = workflow.Await(dctx, func() bool { return len(r.running) == 0 })
+	}
+	for r.control && len(r.running) > 0 {
+		// A cancel that comes, or turns into a cancel of the running upgrades, meanwhile
+		// cancels them too.
+		canceling := r.c.Cancel != nil && r.c.Cancel.CancelRunning
+		if canceling {
+			r.cancelRunning()
+		}
+		_ = workflow.Await(dctx, func() bool {
+			return len(r.running) == 0 || (!canceling && r.c.Cancel != nil && r.c.Cancel.CancelRunning)
+		})
+	}
 	switch {
 	case r.c.Cancel != nil:
 		r.finish(dctx, RolloutCanceled, r.p.Reason)
@@ -719,11 +936,21 @@ func (r *rollout) end(ctx workflow.Context) (RolloutProgress, error) {
 	return *r.p, nil
 }
 
+// finish ends the rollout in a final state; from versionControl on it removes the snapshot
+// of its targets (bookkeeping: a failure is logged, the rollout ends all the same).
 func (r *rollout) finish(ctx workflow.Context, s RolloutState, reason string) {
 	now := workflow.Now(ctx)
 	r.p.Reason = reason
 	r.p.FinishedAt = &now
+	r.phase, r.phaseReason = s, reason
 	r.changed(ctx, s)
+	if r.control && r.c.Snapshot != "" {
+		var t *activities.Activities
+		if err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, cleanupOptions), t.DeleteTargetLists,
+			[]string{r.c.Snapshot}).Get(ctx, nil); err != nil {
+			workflow.GetLogger(ctx).Error("Could not remove the rollout's target snapshot", "List", r.c.Snapshot, "Error", err)
+		}
+	}
 	_ = workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) })
 }
 
@@ -740,43 +967,45 @@ func (r *rollout) continueAsNew(ctx workflow.Context) error {
 	return workflow.NewContinueAsNewError(ctx, RolloutWorkflowName, RolloutInput{Request: r.req, Carry: &carry})
 }
 
-// parse reads a window's times and zone.
-func (w Window) parse() (struct {
-	start, end time.Duration
-	loc        *time.Location
-}, error) {
-	var out struct {
-		start, end time.Duration
-		loc        *time.Location
-	}
-	clock := func(s string) (time.Duration, error) {
+// window is a parsed maintenance window: times of day as hours and minutes, and the zone.
+type window struct {
+	startH, startM, endH, endM int
+	loc                        *time.Location
+}
+
+// parse reads a window's times and zone. Zones come from the IANA data built into OTAflow
+// (zones.Load), never from the machine, so every worker decides a window the same way.
+func (w Window) parse() (window, error) {
+	var out window
+	clock := func(s string) (int, int, error) {
 		t, err := time.Parse("15:04", strings.TrimSpace(s))
 		if err != nil {
-			return 0, fmt.Errorf("window time %q must be HH:MM", s)
+			return 0, 0, fmt.Errorf("window time %q must be HH:MM", s)
 		}
-		return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute, nil
+		return t.Hour(), t.Minute(), nil
 	}
 	var err error
-	if out.start, err = clock(w.Start); err != nil {
+	if out.startH, out.startM, err = clock(w.Start); err != nil {
 		return out, err
 	}
-	if out.end, err = clock(w.End); err != nil {
+	if out.endH, out.endM, err = clock(w.End); err != nil {
 		return out, err
 	}
-	if out.start == out.end {
+	if out.startH == out.endH && out.startM == out.endM {
 		return out, fmt.Errorf("window start and end must differ")
 	}
 	zone := w.TimeZone
 	if zone == "" {
 		zone = "UTC"
 	}
-	if out.loc, err = time.LoadLocation(zone); err != nil {
+	if out.loc, err = zones.Load(zone); err != nil {
 		return out, fmt.Errorf("window time zone %q: %w", zone, err)
 	}
 	return out, nil
 }
 
-// inWindow reports whether now is inside the maintenance window (always, without one).
+// inWindow reports whether now is inside the maintenance window (always, without one): the
+// wall-clock time of day in the window's zone, so daylight-saving days keep their hours.
 func (r *rollout) inWindow(now time.Time) bool {
 	if r.req.Window == nil {
 		return true
@@ -786,14 +1015,17 @@ func (r *rollout) inWindow(now time.Time) bool {
 		return true // validated at start
 	}
 	local := now.In(w.loc)
-	tod := time.Duration(local.Hour())*time.Hour + time.Duration(local.Minute())*time.Minute + time.Duration(local.Second())*time.Second
-	if w.start < w.end {
-		return tod >= w.start && tod < w.end
+	tod := local.Hour()*60 + local.Minute()
+	start, end := w.startH*60+w.startM, w.endH*60+w.endM
+	if start < end {
+		return tod >= start && tod < end
 	}
-	return tod >= w.start || tod < w.end
+	return tod >= start || tod < end
 }
 
-// nextWindowOpen is when the maintenance window next opens after now.
+// nextWindowOpen is when the maintenance window next opens after now: the window's start
+// on the wall clock of today or a later day in its zone. On a day whose clocks skip the
+// start (a daylight-saving change), it opens at the change.
 func (r *rollout) nextWindowOpen(now time.Time) time.Time {
 	w, err := r.req.Window.parse()
 	if err != nil {
@@ -801,9 +1033,31 @@ func (r *rollout) nextWindowOpen(now time.Time) time.Time {
 	}
 	local := now.In(w.loc)
 	y, m, d := local.Date()
-	open := time.Date(y, m, d, 0, 0, 0, 0, w.loc).Add(w.start)
-	if !open.After(local) {
-		open = time.Date(y, m, d+1, 0, 0, 0, 0, w.loc).Add(w.start)
+	for day := 0; ; day++ {
+		open := time.Date(y, m, d+day, w.startH, w.startM, 0, 0, w.loc)
+		if h, m, _ := open.Clock(); h != w.startH || m != w.startM {
+			// The clocks skip the start: the window opens at the change, which bounds the
+			// zone period time.Date normalized the start into (before or after it).
+			start, end := open.ZoneBounds()
+			if h*60+m < w.startH*60+w.startM {
+				open = end
+			} else {
+				open = start
+			}
+		}
+		if open.After(now) {
+			return open.UTC()
+		}
 	}
-	return open.UTC()
+}
+
+// windowReason says why no device starts while the window is closed, and when it opens.
+func (r *rollout) windowReason(opens time.Time) string {
+	w := r.req.Window
+	zone := cmp.Or(w.TimeZone, "UTC")
+	at := opens.UTC().Format("2006-01-02 15:04 MST")
+	if pw, err := w.parse(); err == nil {
+		at = opens.In(pw.loc).Format("2006-01-02 15:04 MST")
+	}
+	return fmt.Sprintf("outside the maintenance window %s-%s %s; it opens %s", w.Start, w.End, zone, at)
 }

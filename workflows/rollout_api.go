@@ -47,10 +47,14 @@ const (
 	RolloutWaitingApproval RolloutState = "waiting_approval"
 	RolloutBaking          RolloutState = "baking"
 	RolloutWaitingWindow   RolloutState = "waiting_window"
-	RolloutCompleted       RolloutState = "completed"
-	RolloutAborted         RolloutState = "aborted"
-	RolloutCanceled        RolloutState = "canceled"
-	RolloutFailed          RolloutState = "failed"
+	// RolloutCanceling and RolloutAborting: no device upgrade starts any more; the rollout
+	// ends canceled or aborted when the running ones have ended.
+	RolloutCanceling RolloutState = "canceling"
+	RolloutAborting  RolloutState = "aborting"
+	RolloutCompleted RolloutState = "completed"
+	RolloutAborted   RolloutState = "aborted"
+	RolloutCanceled  RolloutState = "canceled"
+	RolloutFailed    RolloutState = "failed"
 )
 
 // Final reports whether the rollout has ended.
@@ -337,9 +341,11 @@ type RolloutProgress struct {
 	Waves       []WaveProgress `json:"waves"`
 	Counts      Counts         `json:"counts"`
 	// RatePerMinute is the start rate in force; 0 means unbounded.
-	RatePerMinute float64    `json:"rate_per_minute"`
-	Runs          int        `json:"runs"`
-	StartedAt     time.Time  `json:"started_at"`
-	UpdatedAt     time.Time  `json:"updated_at"`
-	FinishedAt    *time.Time `json:"finished_at,omitempty"`
+	RatePerMinute float64 `json:"rate_per_minute"`
+	// NextWindowAt is when the maintenance window opens, while the rollout waits for it.
+	NextWindowAt *time.Time `json:"next_window_at,omitempty"`
+	Runs         int        `json:"runs"`
+	StartedAt    time.Time  `json:"started_at"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+	FinishedAt   *time.Time `json:"finished_at,omitempty"`
 }

@@ -105,6 +105,10 @@ func (h *fleetHarness) run(t *testing.T, in RolloutInput) (RolloutProgress, erro
 	if errors.As(err, &appErr) && appErr.HasDetails() {
 		_ = appErr.Details(&p)
 	}
+	var canceled *temporal.CanceledError
+	if errors.As(err, &canceled) && canceled.HasDetails() {
+		_ = canceled.Details(&p)
+	}
 	return p, err
 }
 

@@ -93,10 +93,9 @@ func (s *Store) RecordBatch(ctx context.Context, reports []Report, rejected []Re
 
 // recordProgressBatch stores progress reports given as parallel arrays ($1 device, $2
 // command ID, $3 type, $4 version, $5 progress, $6 description, $7 received at): it marks
-// the registered devices seen, inserts their reports in array order, and moves each
-// unfinished upgrade to the progress of the last report that belongs to it (as
-// RecordProgress: same command ID, or, without one, same type and version; progress above
-// 0). It returns the IDs of the registered devices.
+// the registered devices seen and inserts their reports in array order. It returns the IDs
+// of the registered devices. (An upgrade's own record, its state and progress, is written by
+// its workflow only, so that the record and the workflow never disagree.)
 const recordProgressBatch = `WITH r AS (
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[])
 		WITH ORDINALITY AS r(device_id, command_id, type, version, progress, description, received_at, ord)
@@ -109,16 +108,6 @@ const recordProgressBatch = `WITH r AS (
 	INSERT INTO progress_events (device_id, command_id, type, version, progress, description, received_at)
 	SELECT r.device_id, r.command_id, r.type, r.version, r.progress, r.description, r.received_at
 	FROM r WHERE r.device_id IN (SELECT id FROM seen) ORDER BY r.ord
-), moved AS (
-	UPDATE upgrades u SET (progress, updated_at) = (
-		SELECT r.progress, r.received_at FROM r
-		WHERE r.device_id = u.device_id AND r.progress > 0
-		  AND (u.command_id = r.command_id OR (r.command_id = '' AND u.type = r.type AND u.version = r.version))
-		ORDER BY r.ord DESC LIMIT 1)
-	WHERE u.finished_at IS NULL AND u.device_id IN (SELECT id FROM seen)
-	  AND EXISTS (SELECT 1 FROM r
-		WHERE r.device_id = u.device_id AND r.progress > 0
-		  AND (u.command_id = r.command_id OR (r.command_id = '' AND u.type = r.type AND u.version = r.version)))
 )
 SELECT id FROM seen`
 

@@ -270,9 +270,8 @@ func (s *Store) RecordStatus(ctx context.Context, id string, st protocol.Status,
 	return nil
 }
 
-// RecordProgress stores a progress report, marks the device seen and moves the progress of the
-// device's unfinished upgrade it belongs to (same command ID, or, without one, same type and
-// version). It returns ErrNotFound for an unregistered device.
+// RecordProgress stores a progress report and marks the device seen. It returns ErrNotFound
+// for an unregistered device. (The upgrade's record is its workflow's to write.)
 func (s *Store) RecordProgress(ctx context.Context, id string, p protocol.Progress, at time.Time) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE devices SET last_seen = GREATEST(last_seen, $2) WHERE id = $1`, id, at)
@@ -285,14 +284,6 @@ func (s *Store) RecordProgress(ctx context.Context, id string, p protocol.Progre
 		if _, err := tx.Exec(ctx, `INSERT INTO progress_events (device_id, command_id, type, version, progress, description, received_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)`, id, p.ID, p.Type, p.Version, p.Progress, p.Desc, at); err != nil {
 			return fmt.Errorf("record progress of %s: %w", id, err)
-		}
-		if p.Progress > 0 {
-			if _, err := tx.Exec(ctx, `UPDATE upgrades SET progress = $2, updated_at = $3
-				WHERE device_id = $1 AND finished_at IS NULL
-				  AND (command_id = $4 OR ($4 = '' AND type = $5 AND version = $6))`,
-				id, p.Progress, at, p.ID, p.Type, p.Version); err != nil {
-				return fmt.Errorf("record progress of %s: %w", id, err)
-			}
 		}
 		return nil
 	})

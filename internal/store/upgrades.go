@@ -44,7 +44,9 @@ type UpgradeEvent struct {
 
 // RecordUpgrade records the state of an upgrade run at time at: it creates or updates the run's
 // row and appends a state change event. Recording the same state and attempt again (an
-// activity retried) changes nothing, and a finished run is never reopened.
+// activity retried) changes nothing, and a finished run is never reopened. The run's
+// workflow is the only writer of its record: state, attempt and progress are what the
+// workflow says, so the two cannot drift apart.
 func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, detail string) error {
 	var finished *time.Time
 	if u.State.Final() {
@@ -71,7 +73,7 @@ func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 			return nil
 		default:
 			if _, err := tx.Exec(ctx, `UPDATE upgrades SET state = $2, attempt = $3, command_id = $4,
-				progress = GREATEST(progress, $5), error_code = $6, error_desc = $7, updated_at = $8, finished_at = $9
+				progress = $5, error_code = $6, error_desc = $7, updated_at = $8, finished_at = $9
 				WHERE run_id = $1`, u.RunID, string(u.State), u.Attempt, u.CommandID, u.Progress, u.ErrorCode, u.ErrorDesc, at, finished); err != nil {
 				return fmt.Errorf("update upgrade %s: %w", u.RunID, err)
 			}

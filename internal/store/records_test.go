@@ -1,0 +1,129 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
+)
+
+// TestUpgradeRecordHasOneWriter: device reports never change an upgrade's record, and the
+// record's progress is what the workflow last recorded, also when a new attempt resets it
+// (issue 15, defect 9).
+func TestUpgradeRecordHasOneWriter(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	batchFixture(t, st, t0)
+	get := func() store.Upgrade {
+		t.Helper()
+		u, err := st.GetUpgrade(ctx, "r1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	before := get()
+	reports := []store.Report{
+		{DeviceID: "d1", ReceivedAt: t0.Add(time.Second), Progress: &protocol.Progress{ID: "c1", Type: "firmware", Version: "1.1", Progress: 70}},
+		{DeviceID: "d1", ReceivedAt: t0.Add(2 * time.Second), Progress: &protocol.Progress{Type: "firmware", Version: "1.1", Progress: 80}},
+	}
+	if _, err := st.RecordBatch(ctx, reports, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RecordProgress(ctx, "d1", protocol.Progress{ID: "c1", Type: "firmware", Version: "1.1", Progress: 90}, t0.Add(3*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if after := get(); after.Progress != before.Progress || !after.UpdatedAt.Equal(before.UpdatedAt) {
+		t.Errorf("reports changed the record: progress %d -> %d, updated %s -> %s", before.Progress, after.Progress, before.UpdatedAt, after.UpdatedAt)
+	}
+	// The workflow records attempt 1 at 60%, then attempt 2 starting over.
+	u := before
+	u.State, u.Progress = protocol.StateDownloading, 60
+	if err := st.RecordUpgrade(ctx, u, t0.Add(4*time.Second), ""); err != nil {
+		t.Fatal(err)
+	}
+	u.State, u.Attempt, u.CommandID, u.Progress = protocol.StateSent, 2, "c1-2", 0
+	if err := st.RecordUpgrade(ctx, u, t0.Add(5*time.Second), ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(); got.Progress != 0 || got.Attempt != 2 || got.State != protocol.StateSent {
+		t.Errorf("record after the second attempt's command: %s attempt %d progress %d; want sent attempt 2 progress 0", got.State, got.Attempt, got.Progress)
+	}
+}
+
+func TestLastProgress(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	batchFixture(t, st, t0)
+	p := func(id string, n, s int) store.Report {
+		return store.Report{DeviceID: "d1", ReceivedAt: t0.Add(time.Duration(s) * time.Second),
+			Progress: &protocol.Progress{ID: id, Type: "firmware", Version: "1.1", Progress: n}}
+	}
+	if _, err := st.RecordBatch(ctx, []store.Report{p("c1", 10, 1), p("c1", 20, 2), p("", 30, 3), p("other", 40, 4), p("c1", -1, 5)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		attempt  store.AttemptKey
+		want     int // progress; 0 means not found
+		wantSecs int
+	}{
+		{store.AttemptKey{CommandID: "c1", Type: "firmware", Version: "1.1"}, 30, 3}, // the report without ID counts
+		{store.AttemptKey{CommandID: "other", Type: "firmware", Version: "1.1"}, 40, 4},
+		{store.AttemptKey{CommandID: "c9", Type: "firmware", Version: "2.0"}, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.attempt.CommandID, func(t *testing.T) {
+			e, err := st.LastProgress(ctx, "d1", tt.attempt)
+			if tt.want == 0 {
+				if !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("got %+v, %v; want not found", e, err)
+				}
+				return
+			}
+			if err != nil || e.Progress != tt.want || !e.ReceivedAt.Equal(t0.Add(time.Duration(tt.wantSecs)*time.Second)) {
+				t.Fatalf("got %+v, %v; want %d at +%ds", e, err, tt.want, tt.wantSecs)
+			}
+		})
+	}
+}
+
+func TestSnapshotTargets(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	for i := 1; i <= 6; i++ {
+		if err := st.AddDevice(ctx, fmt.Sprintf("s-%d", i), "hash", map[string]string{"site": "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.SetDisabled(ctx, "s-2", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RecordStatus(ctx, "s-3", protocol.Status{"firmware_ver": "1.1"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	f := store.DeviceFilter{Prefix: "s-", Labels: map[string]string{"site": "a"}, NotReportingKey: "firmware_ver", NotReportingValue: "1.1"}
+	n, err := st.SnapshotTargets(ctx, "snap", f)
+	if err != nil || n != 4 {
+		t.Fatalf("snapshot: %d, %v; want 4 (not the disabled one nor the up-to-date one)", n, err)
+	}
+	// A device registered later is not in the snapshot.
+	if err := st.AddDevice(ctx, "s-7", "hash", map[string]string{"site": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	page, err := st.ListDevices(ctx, store.DeviceFilter{List: "snap", After: "s-1", Limit: 2})
+	if err != nil || len(page) != 2 || page[0].ID != "s-4" || page[1].ID != "s-5" {
+		t.Fatalf("page after s-1: %+v, %v; want s-4, s-5", page, err)
+	}
+	if err := st.DeleteTargetLists(ctx, []string{"snap", "no-such-list"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.CountDevices(ctx, store.DeviceFilter{List: "snap"}); err != nil || n != 0 {
+		t.Fatalf("after delete: %d devices in the list, %v", n, err)
+	}
+}
