@@ -40,13 +40,16 @@ type env struct {
 	store *store.Store
 	sys   *system.System
 	c     client.Client
+	// dbURL is the URL of the test's database.
+	dbURL string
 }
 
 func newEnv(t *testing.T, cfg system.Config) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	st, err := store.Open(ctx, testenv.DatabaseURL(t))
+	dbURL := testenv.DatabaseURL(t)
+	st, err := store.Open(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +78,7 @@ func newEnv(t *testing.T, cfg system.Config) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{t: t, ctx: ctx, store: st, sys: sys, c: cfg.Client}
+	return &env{t: t, ctx: ctx, store: st, sys: sys, c: cfg.Client, dbURL: dbURL}
 }
 
 // request is a fast device upgrade request for the test package.

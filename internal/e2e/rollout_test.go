@@ -72,7 +72,7 @@ func (e *env) checkRecords(name string, p workflows.RolloutProgress) {
 		protocol.StateFailed: c.Failed, protocol.StateTimedOut: c.TimedOut, protocol.StateCanceled: c.Canceled}
 	for s, n := range want {
 		if got[s] != n {
-			e.t.Errorf("PostgreSQL has %d %s upgrades of %s, the rollout counts %d", got[s], s, name, n)
+			e.t.Errorf("PostgreSQL has %d %s upgrades of %s, the rollout counts %d (records %v, counts %+v)", got[s], s, name, n, got, c)
 		}
 	}
 }
