@@ -1,4 +1,4 @@
-// Package protocol defines the OTAflow device protocol (../shared/PROTOCOL.md, version 1):
+// Package protocol defines the OTAflow device protocol (docs/PROTOCOL.md, version 1.1):
 // MQTT topics, payloads, error codes and upgrade states, with the parsers and validators
 // that every process (worker, bridge, starter, device simulator) shares.
 package protocol
@@ -17,8 +17,43 @@ import (
 // MaxPayloadSize is the largest payload, in bytes, that a device may send or receive.
 const MaxPayloadSize = 4096
 
-// MaxDescLength is the longest desc, in characters, a progress report may carry.
-const MaxDescLength = 256
+// Limits of PROTOCOL.md 1.1 on field values. Lengths in characters, except where bytes.
+const (
+	// MaxDescLength is the longest desc a progress report may carry.
+	MaxDescLength = 256
+	// MaxIDLength bounds a command ID (and a progress report's id).
+	MaxIDLength = 64
+	// MaxTypeLength bounds an upgrade type, of the characters typePattern allows.
+	MaxTypeLength = 32
+	// MaxVersionLength bounds a version.
+	MaxVersionLength = 64
+	// MaxStatusKeys bounds how many versions one status report carries.
+	MaxStatusKeys = 64
+	// MaxStatusKeyLength bounds a status key.
+	MaxStatusKeyLength = 64
+	// MaxStatusValueBytes bounds a status value, in bytes.
+	MaxStatusValueBytes = 128
+)
+
+// typePattern is what an upgrade type may be: 1 to MaxTypeLength of a-z 0-9 _ -.
+var typePattern = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
+
+// validateFields checks the fields a command and a progress report share.
+func validateFields(id, typ, version string, idRequired bool) error {
+	switch n := utf8.RuneCountInString(id); {
+	case n > MaxIDLength || (idRequired && n == 0):
+		if idRequired {
+			return invalid(`"id" must be 1 to %d characters`, MaxIDLength)
+		}
+		return invalid(`"id" must be at most %d characters`, MaxIDLength)
+	case !typePattern.MatchString(typ):
+		return invalid(`"type" must be 1 to %d characters of a-z 0-9 _ -, not %q`, MaxTypeLength, truncate(typ, 40))
+	}
+	if n := utf8.RuneCountInString(version); n == 0 || n > MaxVersionLength {
+		return invalid(`"version" must be 1 to %d characters`, MaxVersionLength)
+	}
+	return nil
+}
 
 // Topic kinds, the last part(s) of a device topic.
 const (
@@ -276,13 +311,10 @@ func ParseProgress(payload []byte) (Progress, error) {
 
 // Validate checks a progress report's field values.
 func (p Progress) Validate() error {
+	if err := validateFields(p.ID, p.Type, p.Version, false); err != nil {
+		return err
+	}
 	switch {
-	case p.Type == "" || len(p.Type) > 32:
-		return invalid(`"type" must be 1 to 32 characters`)
-	case p.Version == "" || len(p.Version) > 64:
-		return invalid(`"version" must be 1 to 64 characters`)
-	case len(p.ID) > 64:
-		return invalid(`"id" must be at most 64 characters`)
 	case utf8.RuneCountInString(p.Desc) > MaxDescLength:
 		return invalid(`"desc" is longer than %d characters`, MaxDescLength)
 	case p.Progress == 0 || p.Progress > 100 || p.Progress < CodeOther:
@@ -303,6 +335,9 @@ func ParseStatus(payload []byte) (Status, error) {
 	if len(fields) == 0 {
 		return nil, invalid("status reports no versions")
 	}
+	if len(fields) > MaxStatusKeys {
+		return nil, invalid("status reports %d versions, more than %d", len(fields), MaxStatusKeys)
+	}
 	st := make(Status, len(fields))
 	for k, raw := range fields {
 		var s string
@@ -316,12 +351,15 @@ func ParseStatus(payload []byte) (Status, error) {
 
 // Validate checks a status report's keys and values.
 func (s Status) Validate() error {
+	if len(s) > MaxStatusKeys {
+		return invalid("status reports %d versions, more than %d", len(s), MaxStatusKeys)
+	}
 	for k, v := range s {
-		if k == "" || len(k) > 64 {
-			return invalid("status key %q must be 1 to 64 characters", truncate(k, 40))
+		if n := utf8.RuneCountInString(k); n == 0 || n > MaxStatusKeyLength {
+			return invalid("status key %q must be 1 to %d characters", truncate(k, 40), MaxStatusKeyLength)
 		}
-		if len(v) > 128 {
-			return invalid("status value of %q is longer than 128 bytes", truncate(k, 40))
+		if len(v) > MaxStatusValueBytes {
+			return invalid("status value of %q is longer than %d bytes", truncate(k, 40), MaxStatusValueBytes)
 		}
 	}
 	return nil
@@ -354,13 +392,10 @@ func ValidateMD5(md5 string) error {
 
 // Validate checks an upgrade command's fields.
 func (c UpgradeCommand) Validate() error {
+	if err := validateFields(c.ID, c.Type, c.Version, true); err != nil {
+		return err
+	}
 	switch {
-	case c.ID == "" || len(c.ID) > 64:
-		return invalid(`"id" must be 1 to 64 characters`)
-	case c.Type == "" || len(c.Type) > 32:
-		return invalid(`"type" must be 1 to 32 characters`)
-	case c.Version == "" || len(c.Version) > 64:
-		return invalid(`"version" must be 1 to 64 characters`)
 	case c.URL == "" || len(c.URL) > 2048:
 		return invalid(`"url" must be 1 to 2048 characters`)
 	case c.Size <= 0:

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -34,6 +35,22 @@ func TestParseProgress(t *testing.T) {
 		{"not UTF-8", "{\"type\":\"a\xff\",\"version\":\"1\",\"progress\":1}", Progress{}, "UTF-8"},
 		{"oversized", `{"type":"a","version":"1","progress":1,"pad":"` + strings.Repeat("x", MaxPayloadSize) + `"}`, Progress{}, "more than"},
 		{"empty", ``, Progress{}, "empty"},
+		// PROTOCOL.md 1.1 Limits, at and past each edge.
+		{"id of 64", `{"id":"` + strings.Repeat("i", 64) + `","type":"a","version":"1","progress":1}`,
+			Progress{ID: strings.Repeat("i", 64), Type: "a", Version: "1", Progress: 1}, ""},
+		{"id of 65", `{"id":"` + strings.Repeat("i", 65) + `","type":"a","version":"1","progress":1}`, Progress{}, `"id"`},
+		{"type of 32", `{"type":"` + strings.Repeat("t", 32) + `","version":"1","progress":1}`,
+			Progress{Type: strings.Repeat("t", 32), Version: "1", Progress: 1}, ""},
+		{"type of 33", `{"type":"` + strings.Repeat("t", 33) + `","version":"1","progress":1}`, Progress{}, `"type"`},
+		{"type with capitals", `{"type":"Firmware","version":"1","progress":1}`, Progress{}, `a-z 0-9 _ -`},
+		{"type with a dot", `{"type":"fw.main","version":"1","progress":1}`, Progress{}, `a-z 0-9 _ -`},
+		{"type with _ and -", `{"type":"main_fw-2","version":"1","progress":1}`, Progress{Type: "main_fw-2", Version: "1", Progress: 1}, ""},
+		{"version of 64 characters", `{"type":"a","version":"` + strings.Repeat("é", 64) + `","progress":1}`,
+			Progress{Type: "a", Version: strings.Repeat("é", 64), Progress: 1}, ""},
+		{"version of 65", `{"type":"a","version":"` + strings.Repeat("v", 65) + `","progress":1}`, Progress{}, `"version"`},
+		{"empty version", `{"type":"a","version":"","progress":1}`, Progress{}, `"version"`},
+		{"desc of 256 characters", `{"type":"a","version":"1","progress":1,"desc":"` + strings.Repeat("é", 256) + `"}`,
+			Progress{Type: "a", Version: "1", Progress: 1, Desc: strings.Repeat("é", 256)}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,6 +81,12 @@ func TestParseStatus(t *testing.T) {
 		{"empty object", `{}`, nil, "no versions"},
 		{"array", `["1"]`, nil, "malformed"},
 		{"long value", `{"a":"` + strings.Repeat("1", 129) + `"}`, nil, "longer"},
+		// PROTOCOL.md 1.1 Limits, at and past each edge.
+		{"value of 128 bytes", `{"a":"` + strings.Repeat("1", 128) + `"}`, Status{"a": strings.Repeat("1", 128)}, ""},
+		{"key of 64", `{"` + strings.Repeat("k", 64) + `":"1"}`, Status{strings.Repeat("k", 64): "1"}, ""},
+		{"key of 65", `{"` + strings.Repeat("k", 65) + `":"1"}`, nil, "1 to 64 characters"},
+		{"64 keys", statusWithKeys(64), statusOf(64), ""},
+		{"65 keys", statusWithKeys(65), nil, "more than 64"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -84,6 +107,23 @@ func TestParseStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+// statusWithKeys is a status payload of n versions; statusOf the Status it holds.
+func statusWithKeys(n int) string {
+	parts := make([]string, n)
+	for i := range parts {
+		parts[i] = fmt.Sprintf(`"k%d":"1"`, i)
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
+
+func statusOf(n int) Status {
+	st := Status{}
+	for i := 0; i < n; i++ {
+		st[fmt.Sprintf("k%d", i)] = "1"
+	}
+	return st
 }
 
 func TestParseTopic(t *testing.T) {
