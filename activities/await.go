@@ -49,8 +49,9 @@ type Outcome struct {
 	Error     string `json:"error,omitempty"`
 }
 
-// awaitHeartbeat is how often AwaitWorkflows heartbeats while it waits.
-const awaitHeartbeat = 10 * time.Second
+// awaitHeartbeat is how often AwaitWorkflows heartbeats while it waits: well within the
+// rollout's heartbeat timeout (15 s), so that a lost worker is noticed soon.
+const awaitHeartbeat = 5 * time.Second
 
 // AwaitWorkflows waits until at least one of the executions has ended and returns the
 // outcomes of those that ended (in the order given). A rollout that continued as new uses it

@@ -84,10 +84,11 @@ var cleanupOptions = workflow.ActivityOptions{
 }
 
 // awaitOptions run AwaitWorkflows, which follows handed-over device upgrades for as long as
-// they run; its heartbeat notices a lost worker.
+// they run; its heartbeat notices a lost worker within 15 s, after which another worker
+// follows them (and sees those that ended meanwhile at once).
 var awaitOptions = workflow.ActivityOptions{
 	StartToCloseTimeout: 30 * 24 * time.Hour,
-	HeartbeatTimeout:    time.Minute,
+	HeartbeatTimeout:    15 * time.Second,
 	RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
 }
 
