@@ -390,6 +390,20 @@ func TestUpgradeWaitFollowsProgressToSuccess(t *testing.T) {
 	if !slices.Equal(states, []protocol.State{protocol.StateSent, protocol.StateDownloading}) {
 		t.Errorf("status --json events = %v, want sent, downloading", states)
 	}
+	// A report the bridge stored but did not forward shows as the last report.
+	st, err := store.Open(ctx, f.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.RecordProgress(ctx, dev, protocol.Progress{ID: cmd.ID, Type: "firmware", Version: "1.1", Progress: 57, Desc: "downloading"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(t, ctx, servers(f.dbURL, "status", "--device", dev)...)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Last report  57%  downloading") {
+		t.Errorf("status lacks the last stored report:\n%s", r.stdout)
+	}
 
 	signalProgress(t, dev, protocol.Progress{ID: cmd.ID, Type: "firmware", Version: "1.1", Progress: 100, Desc: "downloaded"})
 	up.waitOutput(t, dev+"  downloaded  100%  attempt 1/3")

@@ -59,6 +59,10 @@ type statusReport struct {
 	// Upgrade is the device's latest upgrade as recorded in PostgreSQL, if any.
 	Upgrade *store.Upgrade       `json:"upgrade,omitempty"`
 	Events  []store.UpgradeEvent `json:"events,omitempty"`
+	// LastReport is the device's latest progress report of the latest upgrade's current
+	// attempt: the bridge stores every report, while the upgrade's record and its workflow
+	// see at most one a progress interval.
+	LastReport *store.ProgressEvent `json:"last_report,omitempty"`
 	// Running is set while the device's upgrade workflow runs; Live is then its state.
 	Running   bool                     `json:"running"`
 	RunID     string                   `json:"run_id,omitempty"`
@@ -117,6 +121,15 @@ func deviceStatus(ctx context.Context, st *store.Store, id string) (statusReport
 	rep.Upgrade = &up
 	if rep.Events, err = st.UpgradeEvents(ctx, up.RunID); err != nil {
 		return rep, err
+	}
+	if up.CommandID != "" {
+		last, err := st.LastProgress(ctx, id, store.AttemptKey{CommandID: up.CommandID, Type: up.Type, Version: up.Version})
+		switch {
+		case err == nil:
+			rep.LastReport = &last
+		case !errors.Is(err, store.ErrNotFound):
+			return rep, err
+		}
 	}
 	return rep, nil
 }
@@ -186,6 +199,9 @@ func printStatus(out io.Writer, rep statusReport) error {
 		u := rep.Upgrade
 		fmt.Fprintf(out, "\nLatest upgrade: %s %s (workflow %s, run %s)\n", u.Type, u.Version, u.WorkflowID, u.RunID)
 		fmt.Fprintf(tw, "  State\t%s  %d%%  attempt %d\n", u.State, u.Progress, u.Attempt)
+		if r := rep.LastReport; r != nil {
+			fmt.Fprintf(tw, "  Last report\t%d%%  %s  (at %s)\n", r.Progress, r.Desc, formatTime(r.ReceivedAt))
+		}
 		if u.ErrorCode != 0 || u.ErrorDesc != "" {
 			fmt.Fprintf(tw, "  Error\t%s\n", codeDesc(u.ErrorCode, u.ErrorDesc))
 		}
