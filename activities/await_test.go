@@ -15,8 +15,8 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/testenv"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 func TestMain(m *testing.M) {
@@ -29,7 +29,7 @@ func succeeds(workflow.Context) (map[string]string, error) {
 }
 
 func fails(workflow.Context) error {
-	return temporal.NewNonRetryableApplicationError("device timed out", workflows.ErrTypeUpgradeTimedOut, nil)
+	return temporal.NewNonRetryableApplicationError("device timed out", ota.ErrTypeUpgradeTimedOut, nil)
 }
 
 func waits(ctx workflow.Context) error {
@@ -67,7 +67,7 @@ func TestAwaitWorkflows(t *testing.T) {
 	}{
 		{"completed and failed", []string{"succeeds", "fails"}, -1, []activities.Outcome{
 			{Result: json.RawMessage(`{"state":"succeeded"}`)},
-			{Failed: true, ErrorType: workflows.ErrTypeUpgradeTimedOut},
+			{Failed: true, ErrorType: ota.ErrTypeUpgradeTimedOut},
 		}},
 		{"only the ended are returned", []string{"waits", "succeeds"}, -1, []activities.Outcome{
 			{Result: json.RawMessage(`{"state":"succeeded"}`)},

@@ -12,8 +12,8 @@ import (
 	"testing"
 
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // aclRule is one topic line of the broker's ACL file.
@@ -166,7 +166,7 @@ func TestSearchAttributeScriptMatchesWorkflows(t *testing.T) {
 		}
 		got = append(got, m[1])
 	}
-	want := append([]string(nil), workflows.SearchAttributeNames...)
+	want := append([]string(nil), ota.SearchAttributeNames...)
 	sort.Strings(got)
 	sort.Strings(want)
 	if !reflect.DeepEqual(got, want) {

@@ -17,7 +17,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/otaflow/otaflow/internal/localstack"
-	"github.com/otaflow/otaflow/workflows"
+	"github.com/otaflow/otaflow/internal/ota"
 )
 
 // TestSearchAttributeScriptRegisters runs register-search-attributes.sh, as the
@@ -71,8 +71,8 @@ func TestSearchAttributeScriptRegisters(t *testing.T) {
 		return list.GetCustomAttributes()
 	}
 	for _, ns := range []string{"default", "fleet"} {
-		if _, ok := registered(ns)[workflows.SearchAttributeNames[0]]; ok {
-			t.Fatalf("namespace %s already has %s before the script ran", ns, workflows.SearchAttributeNames[0])
+		if _, ok := registered(ns)[ota.SearchAttributeNames[0]]; ok {
+			t.Fatalf("namespace %s already has %s before the script ran", ns, ota.SearchAttributeNames[0])
 		}
 		for run := 1; run <= 2; run++ {
 			cmd := exec.Command("sh", filepath.Join("temporal", "register-search-attributes.sh"))
@@ -83,7 +83,7 @@ func TestSearchAttributeScriptRegisters(t *testing.T) {
 			}
 		}
 		got := registered(ns)
-		for _, name := range workflows.SearchAttributeNames {
+		for _, name := range ota.SearchAttributeNames {
 			if got[name] != enums.INDEXED_VALUE_TYPE_KEYWORD {
 				t.Errorf("namespace %s: search attribute %s is %s, want Keyword", ns, name, got[name])
 			}

@@ -25,11 +25,11 @@ import (
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/system"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // The benchmark measures, on one stack with the worker and the bridge in processes of their
@@ -43,7 +43,7 @@ func benchCommand() *cli.Command {
 		Usage: "benchmark a rollout over simulated devices on the local stack, against two floors",
 		Flags: append(stackFlags(10000),
 			&cli.IntFlag{Name: "max-in-flight", Value: 1000, Usage: "device upgrades in flight, for the rollout and floor 2"},
-			&cli.IntFlag{Name: "continue-after", Value: workflows.DefaultContinueAfter, Usage: "device upgrades per rollout run before it continues as new"},
+			&cli.IntFlag{Name: "continue-after", Value: ota.DefaultContinueAfter, Usage: "device upgrades per rollout run before it continues as new"},
 		),
 		Action: func(cCtx *cli.Context) error {
 			cfg, err := configFrom(cCtx)
@@ -106,14 +106,14 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 	s.say("Floor 2, minimal workflow per device: %d devices in %s = %.0f/min", floor2.devices, floor2.elapsed.Round(time.Millisecond), floor2.perMinute())
 
 	name := "bench-" + time.Now().UTC().Format("20060102-150405")
-	req := workflows.RolloutRequest{Name: name,
-		Upgrade: workflows.UpgradeRequest{Type: "firmware", Version: "1.3", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
+	req := ota.RolloutRequest{Name: name,
+		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.3", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
 			StartTimeout: rawRetry, MaxAttempts: rawTries + 1, RetryBackoff: time.Second},
-		Targets:     workflows.Targets{Prefix: "sim-"},
+		Targets:     ota.Targets{Prefix: "sim-"},
 		MaxInFlight: inFlight, ContinueAfter: continueAfter, PageSize: 1000,
 	}
 	start := time.Now()
-	run, err := workflows.StartRollout(ctx, s.Client, req)
+	run, err := ota.StartRollout(ctx, s.Client, req)
 	if err != nil {
 		return err
 	}
@@ -274,7 +274,7 @@ const minimalTaskQueue = "otaflow-bench-minimal"
 
 // minimalUpgrade is the least a Temporal device upgrade can do: publish the command (a local
 // activity), wait for a status signal with the version, complete.
-func minimalUpgrade(ctx workflow.Context, req workflows.UpgradeRequest) error {
+func minimalUpgrade(ctx workflow.Context, req ota.UpgradeRequest) error {
 	now := workflow.Now(ctx)
 	info := workflow.GetInfo(ctx)
 	cmd := protocol.UpgradeCommand{ID: info.WorkflowExecution.RunID, Type: req.Type, Version: req.Version, URL: req.URL,
@@ -284,9 +284,9 @@ func minimalUpgrade(ctx workflow.Context, req workflows.UpgradeRequest) error {
 	if err := workflow.ExecuteLocalActivity(lctx, a.Publish, cmd, req.DeviceID).Get(ctx, nil); err != nil {
 		return err
 	}
-	ch := workflow.GetSignalChannel(ctx, workflows.SignalStatus)
+	ch := workflow.GetSignalChannel(ctx, ota.SignalStatus)
 	for {
-		var sig workflows.StatusSignal
+		var sig ota.StatusSignal
 		ok, _ := ch.ReceiveWithTimeout(ctx, rawRetry, &sig)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -350,8 +350,8 @@ func (s *Stack) benchMinimalWorkflow(ctx context.Context, ids []string, version 
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			req := workflows.UpgradeRequest{DeviceID: id, Type: "firmware", Version: version, URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size}
-			run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.DeviceWorkflowID(id), TaskQueue: minimalTaskQueue,
+			req := ota.UpgradeRequest{DeviceID: id, Type: "firmware", Version: version, URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size}
+			run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: ota.DeviceWorkflowID(id), TaskQueue: minimalTaskQueue,
 				WorkflowExecutionTimeout: (rawTries+1)*rawRetry + 5*time.Second}, "BenchMinimalUpgrade", req)
 			if err == nil {
 				err = run.Get(ctx, nil)
@@ -413,7 +413,7 @@ func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histo
 	var h histories
 	var sum int64
 	for i := 0; i < len(ids) && h.n < n; i += max(1, len(ids)/n) {
-		d, err := s.Client.DescribeWorkflowExecution(ctx, workflows.DeviceWorkflowID(ids[i]), "")
+		d, err := s.Client.DescribeWorkflowExecution(ctx, ota.DeviceWorkflowID(ids[i]), "")
 		if err != nil {
 			return h, err
 		}

@@ -8,26 +8,25 @@ import (
 	"strings"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/sdk/client"
-
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // demoRollout rolls the demo package out to the simulated fleet in three waves and prints
 // the progress until the rollout ends.
 func (s *Stack) demoRollout(ctx context.Context) error {
 	name := "demo-" + time.Now().UTC().Format("20060102-150405")
-	req := workflows.RolloutRequest{
+	req := ota.RolloutRequest{
 		Name: name,
-		Upgrade: workflows.UpgradeRequest{Type: "firmware", Version: "1.1",
+		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.1",
 			URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size},
-		Targets:         workflows.Targets{Prefix: "sim-"},
-		Waves:           []workflows.Wave{{Percent: 10}, {Percent: 50, Bake: 3 * time.Second}, {Percent: 100}},
+		Targets:         ota.Targets{Prefix: "sim-"},
+		Waves:           []ota.Wave{{Percent: 10}, {Percent: 50, Bake: 3 * time.Second}, {Percent: 100}},
 		MaxInFlight:     20,
 		FailurePercent:  20,
 		FailureMinCount: 3,
 	}
-	run, err := workflows.StartRollout(ctx, s.Client, req)
+	run, err := ota.StartRollout(ctx, s.Client, req)
 	if err != nil {
 		return err
 	}
@@ -43,15 +42,15 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 }
 
 // watchRollout prints a progress line whenever the rollout's counts change, until it ends.
-func (s *Stack) watchRollout(ctx context.Context, run client.WorkflowRun) (workflows.RolloutProgress, error) {
+func (s *Stack) watchRollout(ctx context.Context, run client.WorkflowRun) (ota.RolloutProgress, error) {
 	done := make(chan error, 1)
 	go func() { done <- run.Get(ctx, nil) }()
 	last := ""
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		var p workflows.RolloutProgress
-		if v, err := s.Client.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress); err == nil {
+		var p ota.RolloutProgress
+		if v, err := s.Client.QueryWorkflow(ctx, run.GetID(), "", ota.QueryProgress); err == nil {
 			_ = v.Get(&p)
 			if line := progressLine(p); line != last {
 				s.say("%s", line)
@@ -60,8 +59,8 @@ func (s *Stack) watchRollout(ctx context.Context, run client.WorkflowRun) (workf
 		}
 		select {
 		case err := <-done:
-			var final workflows.RolloutProgress
-			v, qerr := s.Client.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress)
+			var final ota.RolloutProgress
+			v, qerr := s.Client.QueryWorkflow(ctx, run.GetID(), "", ota.QueryProgress)
 			if qerr == nil {
 				qerr = v.Get(&final)
 			}
@@ -77,7 +76,7 @@ func (s *Stack) watchRollout(ctx context.Context, run client.WorkflowRun) (workf
 }
 
 // progressLine draws one line: the state, the current wave and a bar of the finished devices.
-func progressLine(p workflows.RolloutProgress) string {
+func progressLine(p ota.RolloutProgress) string {
 	const width = 30
 	finished := p.Counts.Finished()
 	filled := 0

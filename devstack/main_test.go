@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/otaflow/otaflow/internal/localstack"
-	"github.com/otaflow/otaflow/workflows"
+	"github.com/otaflow/otaflow/internal/ota"
 )
 
 // TestStackRunsDemoRollout starts the whole local stack on free ports, as `go run ./devstack`
@@ -52,7 +52,7 @@ func TestStackRunsDemoRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	d, err := s.Client.DescribeWorkflowExecution(ctx, workflows.RolloutWorkflowID(name), "")
+	d, err := s.Client.DescribeWorkflowExecution(ctx, ota.RolloutWorkflowID(name), "")
 	if err != nil {
 		t.Fatalf("the first run's rollout %s is gone after a restart: %v", name, err)
 	}

@@ -8,10 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/sdk/converter"
-
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // rolloutFlagsFuzzed are the flags of `rollout start` that FuzzRolloutFlags sets, in the order
@@ -127,7 +126,7 @@ func FuzzRolloutFlags(f *testing.F) {
 		if err != nil {
 			t.Fatalf("flags %q: the accepted request cannot be sent to the workflow: %v", args, err)
 		}
-		var got workflows.RolloutRequest
+		var got ota.RolloutRequest
 		if err := dc.FromPayload(p, &got); err != nil {
 			t.Fatalf("flags %q: the workflow cannot read the request: %v", args, err)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
@@ -123,8 +124,8 @@ func endUpgrade(t *testing.T, dev string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if runID, err := runningUpgrade(ctx, c, dev); err == nil && runID != "" {
-			_ = c.CancelWorkflow(ctx, workflows.DeviceWorkflowID(dev), runID)
-			_, _ = workflows.UpgradeResult(ctx, c.GetWorkflow(ctx, workflows.DeviceWorkflowID(dev), runID))
+			_ = c.CancelWorkflow(ctx, ota.DeviceWorkflowID(dev), runID)
+			_, _ = ota.UpgradeResult(ctx, c.GetWorkflow(ctx, ota.DeviceWorkflowID(dev), runID))
 		}
 	})
 }
@@ -145,8 +146,8 @@ func (f *fixture) command(t *testing.T, dev string, n int) protocol.UpgradeComma
 // signalProgress sends the device's progress report to its workflow, as the bridge does.
 func signalProgress(t *testing.T, dev string, p protocol.Progress) {
 	t.Helper()
-	err := testenv.TemporalClient().SignalWorkflow(context.Background(), workflows.DeviceWorkflowID(dev), "",
-		workflows.SignalProgress, workflows.ProgressSignal{Progress: p, ReceivedAt: time.Now()})
+	err := testenv.TemporalClient().SignalWorkflow(context.Background(), ota.DeviceWorkflowID(dev), "",
+		ota.SignalProgress, ota.ProgressSignal{Progress: p, ReceivedAt: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,8 +156,8 @@ func signalProgress(t *testing.T, dev string, p protocol.Progress) {
 // signalStatus sends the device's status report to its workflow, as the bridge does.
 func signalStatus(t *testing.T, dev string, st protocol.Status) {
 	t.Helper()
-	err := testenv.TemporalClient().SignalWorkflow(context.Background(), workflows.DeviceWorkflowID(dev), "",
-		workflows.SignalStatus, workflows.StatusSignal{Status: st, ReceivedAt: time.Now()})
+	err := testenv.TemporalClient().SignalWorkflow(context.Background(), ota.DeviceWorkflowID(dev), "",
+		ota.SignalStatus, ota.StatusSignal{Status: st, ReceivedAt: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,7 +411,7 @@ func TestUpgradeWaitFollowsProgressToSuccess(t *testing.T) {
 	signalStatus(t, dev, protocol.Status{protocol.VersionKey("firmware"): "1.1"})
 	r = up.wait(t)
 	r.check(t, 0)
-	if !strings.Contains(r.stdout, dev+"  succeeded  100%  attempt 1/3") || !strings.Contains(r.stdout, "workflow  "+workflows.DeviceWorkflowID(dev)) {
+	if !strings.Contains(r.stdout, dev+"  succeeded  100%  attempt 1/3") || !strings.Contains(r.stdout, "workflow  "+ota.DeviceWorkflowID(dev)) {
 		t.Errorf("upgrade --wait output:\n%s", r.stdout)
 	}
 
@@ -440,7 +441,7 @@ func TestUpgradeWaitReportsFailure(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("upgrade --json --wait printed no JSON object: %v\n%s", err, r.stdout)
 	}
-	if rep.Result == nil || rep.Result.State != protocol.StateFailed || rep.Result.ErrorCode != protocol.CodeMD5Mismatch || rep.WorkflowID != workflows.DeviceWorkflowID(dev) {
+	if rep.Result == nil || rep.Result.State != protocol.StateFailed || rep.Result.ErrorCode != protocol.CodeMD5Mismatch || rep.WorkflowID != ota.DeviceWorkflowID(dev) {
 		t.Errorf("upgrade --json result = %+v", rep)
 	}
 
@@ -472,7 +473,7 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 	r = waiting.wait(t)
 	r.check(t, exitInterrupted, "stopped waiting", "goes on", "starter cancel --device "+dev)
 	runID := regexp.MustCompile(`(?m)^  run       (\S+)$`).FindStringSubmatch(r.stdout)
-	link := "http://localhost:8233/namespaces/" + testenv.TemporalNamespace() + "/workflows/" + workflows.DeviceWorkflowID(dev)
+	link := "http://localhost:8233/namespaces/" + testenv.TemporalNamespace() + "/workflows/" + ota.DeviceWorkflowID(dev)
 	if runID == nil || !strings.Contains(r.stdout, link) {
 		t.Fatalf("upgrade printed no run ID or Web UI link %s:\n%s", link, r.stdout)
 	}
@@ -480,7 +481,7 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 
 	// A second upgrade of the same device is refused, naming the running one.
 	r = cli(append(upgrade, "--version", "9.2")...)
-	r.check(t, exitAlreadyRunning, "already has an upgrade running", workflows.DeviceWorkflowID(dev), runID[1])
+	r.check(t, exitAlreadyRunning, "already has an upgrade running", ota.DeviceWorkflowID(dev), runID[1])
 
 	r = cli("status", "--device", dev, "--json")
 	r.check(t, 0)
@@ -497,7 +498,7 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 	if !strings.Contains(r.stdout, runID[1]) || !strings.Contains(r.stdout, dev+"  canceled") {
 		t.Errorf("cancel --wait output:\n%s", r.stdout)
 	}
-	st, err := workflows.UpgradeResult(ctx, testenv.TemporalClient().GetWorkflow(ctx, workflows.DeviceWorkflowID(dev), runID[1]))
+	st, err := ota.UpgradeResult(ctx, testenv.TemporalClient().GetWorkflow(ctx, ota.DeviceWorkflowID(dev), runID[1]))
 	if st.State != protocol.StateCanceled {
 		t.Errorf("the upgrade ended %s (%v), want canceled", st.State, err)
 	}

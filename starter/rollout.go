@@ -18,8 +18,8 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // watchInterval is how often `rollout status --watch` and `rollout start --wait` ask the
@@ -40,9 +40,9 @@ func rolloutCommand(e *appEnv) *cli.Command {
 	return &cli.Command{
 		Name:  "rollout",
 		Usage: "roll an upgrade out to many devices in waves, and steer it",
-		Description: "A rollout is the workflow " + workflows.RolloutWorkflowID("NAME") + ": it upgrades the targets in waves,\n" +
+		Description: "A rollout is the workflow " + ota.RolloutWorkflowID("NAME") + ": it upgrades the targets in waves,\n" +
 			"within in-flight and rate limits, and pauses or aborts at a failure threshold.\n" +
-			"A rollout started by a schedule runs as " + workflows.RolloutWorkflowID("NAME") + "-<scheduled time>; the commands\n" +
+			"A rollout started by a schedule runs as " + ota.RolloutWorkflowID("NAME") + "-<scheduled time>; the commands\n" +
 			"that take NAME find it by name all the same.",
 		Action: groupAction,
 		Subcommands: []*cli.Command{
@@ -118,14 +118,14 @@ func rolloutRequestFlags() []cli.Flag {
 			&cli.Float64Flag{Name: "wave-success", Usage: "success threshold `PERCENT` of every wave without its own"},
 			&cli.DurationFlag{Name: "bake", Usage: "wait this `DURATION` after every wave but the last"},
 			&cli.BoolFlag{Name: "approve-waves", Usage: "every wave after the first waits for approval (starter rollout approve NAME)"},
-			&cli.IntFlag{Name: "max-in-flight", Value: workflows.DefaultMaxInFlight, Usage: "at most `N` device upgrades at once, 1 to 1000"},
+			&cli.IntFlag{Name: "max-in-flight", Value: ota.DefaultMaxInFlight, Usage: "at most `N` device upgrades at once, 1 to 1000"},
 			&cli.Float64Flag{Name: "max-per-minute", Usage: "start at most `RATE` device upgrades a minute (0: no bound)"},
 			&cli.StringFlag{Name: "ramp", Usage: "`START,FACTOR,STEP`: start START a minute, times FACTOR every STEP (e.g. 10,2,1m),\n" +
 				"\tup to --max-per-minute"},
 			&cli.Float64Flag{Name: "failure-threshold", Usage: "take --on-failure when this `PERCENT` of finished devices failed or timed out (0: never)"},
-			&cli.IntFlag{Name: "failure-min", Value: workflows.DefaultFailureMinCount, Usage: "... and at least `N` did"},
-			&cli.StringFlag{Name: "on-failure", Value: workflows.ActionPause,
-				Usage: "`ACTION` at the failure threshold or below a wave's success threshold: " + workflows.ActionPause + " or " + workflows.ActionAbort},
+			&cli.IntFlag{Name: "failure-min", Value: ota.DefaultFailureMinCount, Usage: "... and at least `N` did"},
+			&cli.StringFlag{Name: "on-failure", Value: ota.ActionPause,
+				Usage: "`ACTION` at the failure threshold or below a wave's success threshold: " + ota.ActionPause + " or " + ota.ActionAbort},
 			&cli.StringFlag{Name: "window", Usage: "daily maintenance `WINDOW` HH:MM-HH:MM (e.g. 01:00-05:00): devices start only inside it"},
 			&cli.StringFlag{Name: "tz", Value: "UTC", Usage: "time `ZONE` of --window (and of schedule --cron), e.g. Europe/Berlin"},
 			&cli.BoolFlag{Name: "skip-preflight", Usage: "do not download the package once to check md5 and size before the rollout"},
@@ -136,7 +136,7 @@ func rolloutRequestFlags() []cli.Flag {
 
 // rolloutSpec is a checked rollout request with the explicit device list it needs stored.
 type rolloutSpec struct {
-	req workflows.RolloutRequest
+	req ota.RolloutRequest
 	// ids is the explicit target list (--devices, --devices-file), nil without one.
 	ids []string
 }
@@ -150,7 +150,7 @@ func rolloutRequest(cCtx *cli.Context, tzForCron bool) (rolloutSpec, error) {
 	if err != nil {
 		return spec, err
 	}
-	req := workflows.RolloutRequest{
+	req := ota.RolloutRequest{
 		Name:            cCtx.String("name"),
 		Upgrade:         up,
 		MaxInFlight:     cCtx.Int("max-in-flight"),
@@ -179,8 +179,8 @@ func rolloutRequest(cCtx *cli.Context, tzForCron bool) (rolloutSpec, error) {
 		return spec, usageErrorf(cCtx, "--failure-threshold must be a percentage, 0 (never) to 100, not %g", req.FailurePercent)
 	case req.FailureMinCount < 1:
 		return spec, usageErrorf(cCtx, "--failure-min must be at least 1, not %d", req.FailureMinCount)
-	case req.FailureAction != workflows.ActionPause && req.FailureAction != workflows.ActionAbort:
-		return spec, usageErrorf(cCtx, "--on-failure must be %s or %s, not %q", workflows.ActionPause, workflows.ActionAbort, req.FailureAction)
+	case req.FailureAction != ota.ActionPause && req.FailureAction != ota.ActionAbort:
+		return spec, usageErrorf(cCtx, "--on-failure must be %s or %s, not %q", ota.ActionPause, ota.ActionAbort, req.FailureAction)
 	}
 	if cCtx.IsSet("ramp") {
 		r, err := parseRamp(cCtx.String("ramp"))
@@ -213,8 +213,8 @@ func rolloutRequest(cCtx *cli.Context, tzForCron bool) (rolloutSpec, error) {
 }
 
 // rolloutTargets reads the target flags: the filters, and the explicit list if any.
-func rolloutTargets(cCtx *cli.Context) (workflows.Targets, []string, error) {
-	t := workflows.Targets{Prefix: cCtx.String("prefix"), IncludeUpToDate: cCtx.Bool("include-up-to-date")}
+func rolloutTargets(cCtx *cli.Context) (ota.Targets, []string, error) {
+	t := ota.Targets{Prefix: cCtx.String("prefix"), IncludeUpToDate: cCtx.Bool("include-up-to-date")}
 	if cCtx.IsSet("prefix") && t.Prefix == "" {
 		return t, nil, usageErrorf(cCtx, "--prefix must not be empty")
 	}
@@ -283,11 +283,11 @@ func parseDeviceList(r io.Reader, unit string) ([]string, error) {
 }
 
 // rolloutWaves reads --waves, --wave-success, --bake and --approve-waves.
-func rolloutWaves(cCtx *cli.Context) ([]workflows.Wave, error) {
-	waves := []workflows.Wave{{Percent: 100}}
+func rolloutWaves(cCtx *cli.Context) ([]ota.Wave, error) {
+	waves := []ota.Wave{{Percent: 100}}
 	if cCtx.IsSet("waves") {
 		var err error
-		if waves, err = workflows.ParseWaves(cCtx.String("waves")); err != nil {
+		if waves, err = ota.ParseWaves(cCtx.String("waves")); err != nil {
 			return nil, usageErrorf(cCtx, "--waves: %v", err)
 		}
 	}
@@ -326,8 +326,8 @@ func rolloutWaves(cCtx *cli.Context) ([]workflows.Wave, error) {
 }
 
 // parseRamp parses START,FACTOR,STEP, e.g. "10,2,1m".
-func parseRamp(s string) (workflows.Ramp, error) {
-	var r workflows.Ramp
+func parseRamp(s string) (ota.Ramp, error) {
+	var r ota.Ramp
 	parts := strings.Split(s, ",")
 	if len(parts) != 3 {
 		return r, fmt.Errorf("%q is not START,FACTOR,STEP (e.g. 10,2,1m)", s)
@@ -347,12 +347,12 @@ func parseRamp(s string) (workflows.Ramp, error) {
 
 // parseWindow parses HH:MM-HH:MM in time zone tz. The times and the zone are checked by the
 // request's Validate, so that the rule lives in one place.
-func parseWindow(s, tz string) (workflows.Window, error) {
+func parseWindow(s, tz string) (ota.Window, error) {
 	start, end, ok := strings.Cut(s, "-")
 	if !ok || strings.Contains(end, "-") {
-		return workflows.Window{}, fmt.Errorf("%q is not HH:MM-HH:MM (e.g. 01:00-05:00)", s)
+		return ota.Window{}, fmt.Errorf("%q is not HH:MM-HH:MM (e.g. 01:00-05:00)", s)
 	}
-	return workflows.Window{Start: strings.TrimSpace(start), End: strings.TrimSpace(end), TimeZone: tz}, nil
+	return ota.Window{Start: strings.TrimSpace(start), End: strings.TrimSpace(end), TimeZone: tz}, nil
 }
 
 // rolloutNamePattern is the rule RolloutRequest.Validate applies to names (a test checks
@@ -423,9 +423,9 @@ type rolloutStartReport struct {
 	RunID      string `json:"run_id"`
 	WebUI      string `json:"web_ui"`
 	// UnknownDevices are the IDs of the explicit list that are not registered: left out.
-	UnknownDevices []string                   `json:"unknown_devices,omitempty"`
-	Result         *workflows.RolloutProgress `json:"result,omitempty"`
-	Error          string                     `json:"error,omitempty"`
+	UnknownDevices []string             `json:"unknown_devices,omitempty"`
+	Result         *ota.RolloutProgress `json:"result,omitempty"`
+	Error          string               `json:"error,omitempty"`
 }
 
 func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
@@ -451,7 +451,7 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 			return err
 		}
 	}
-	run, err := workflows.StartRollout(ctx, c, req)
+	run, err := ota.StartRollout(ctx, c, req)
 	if err != nil {
 		return err
 	}
@@ -500,8 +500,8 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 
 // rolloutOutcome is nil for a completed rollout and an exit-1 error saying how it ended
 // otherwise.
-func rolloutOutcome(p workflows.RolloutProgress) error {
-	if p.State == workflows.RolloutCompleted {
+func rolloutOutcome(p ota.RolloutProgress) error {
+	if p.State == ota.RolloutCompleted {
 		return nil
 	}
 	msg := fmt.Sprintf("rollout %s ended %s", p.Name, p.State)

@@ -8,12 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
-
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // updateTimeout bounds a rollout update: a worker must run its validator and handler.
@@ -25,7 +24,7 @@ func (e *appEnv) rolloutPauseAction(cCtx *cli.Context) error {
 		return err
 	}
 	reason := cmp.Or(strings.TrimSpace(cCtx.String("reason")), "no reason given")
-	ref, err := e.updateRollout(cCtx, name, workflows.UpdatePause, "pause", reason)
+	ref, err := e.updateRollout(cCtx, name, ota.UpdatePause, "pause", reason)
 	if err != nil {
 		return err
 	}
@@ -39,7 +38,7 @@ func (e *appEnv) rolloutResumeAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ref, err := e.updateRollout(cCtx, name, workflows.UpdateResume, "resume")
+	ref, err := e.updateRollout(cCtx, name, ota.UpdateResume, "resume")
 	if err != nil {
 		return err
 	}
@@ -56,7 +55,7 @@ func (e *appEnv) rolloutApproveAction(cCtx *cli.Context) error {
 	if wave < 0 {
 		return usageErrorf(cCtx, "--wave must be a wave number from 1, or 0 for whichever waits, not %d", wave)
 	}
-	ref, err := e.updateRollout(cCtx, name, workflows.UpdateApprove, "approve", wave)
+	ref, err := e.updateRollout(cCtx, name, ota.UpdateApprove, "approve", wave)
 	if err != nil {
 		return err
 	}
@@ -73,8 +72,8 @@ func (e *appEnv) rolloutCancelAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cr := workflows.CancelRequest{CancelRunning: cCtx.Bool("cancel-running"), Reason: strings.TrimSpace(cCtx.String("reason"))}
-	ref, err := e.updateRollout(cCtx, name, workflows.UpdateCancel, "cancel", cr)
+	cr := ota.CancelRequest{CancelRunning: cCtx.Bool("cancel-running"), Reason: strings.TrimSpace(cCtx.String("reason"))}
+	ref, err := e.updateRollout(cCtx, name, ota.UpdateCancel, "cancel", cr)
 	if err != nil {
 		return err
 	}
@@ -99,7 +98,7 @@ func (e *appEnv) rolloutCancelAction(cCtx *cli.Context) error {
 		return fmt.Errorf("rollout %s (workflow %s) ended without a result: %w", name, ref.WorkflowID, err)
 	}
 	fmt.Fprintf(e.out, "Rollout %s %s: %s\n", name, p.State, countsByState(p.Counts, false))
-	if p.State != workflows.RolloutCanceled {
+	if p.State != ota.RolloutCanceled {
 		return cli.Exit(fmt.Sprintf("rollout %s ended %s before the cancel took effect", name, p.State), exitFailure)
 	}
 	return nil

@@ -15,10 +15,10 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // The package every rollout of these tests installs. No HTTP server serves it: the rollouts
@@ -75,7 +75,7 @@ func (f *fixture) play(t *testing.T, react func(dev string, cmd protocol.Upgrade
 					answered[dev] = n
 					continue
 				}
-				err := testenv.TemporalClient().SignalWorkflow(ctx, workflows.DeviceWorkflowID(dev), "", signal, payload)
+				err := testenv.TemporalClient().SignalWorkflow(ctx, ota.DeviceWorkflowID(dev), "", signal, payload)
 				var notFound *serviceerror.NotFound
 				if err == nil || errors.As(err, &notFound) {
 					answered[dev] = n // else try again at the next tick
@@ -93,7 +93,7 @@ func (f *fixture) answer(t *testing.T, only func(dev string) bool) {
 		if only != nil && !only(dev) {
 			return "", nil, false
 		}
-		return workflows.SignalStatus, workflows.StatusSignal{Status: protocol.Status{protocol.VersionKey("firmware"): "1.1"}, ReceivedAt: time.Now()}, true
+		return ota.SignalStatus, ota.StatusSignal{Status: protocol.Status{protocol.VersionKey("firmware"): "1.1"}, ReceivedAt: time.Now()}, true
 	})
 }
 
@@ -145,7 +145,7 @@ func statusJSON(t *testing.T, dbURL, name string) rolloutStatusReport {
 }
 
 // waitState waits until the rollout is in state s and returns its status.
-func waitState(t *testing.T, dbURL, name string, s workflows.RolloutState) rolloutStatusReport {
+func waitState(t *testing.T, dbURL, name string, s ota.RolloutState) rolloutStatusReport {
 	t.Helper()
 	var rep rolloutStatusReport
 	waitFor(t, 20*time.Second, fmt.Sprintf("rollout %s %s (last: %+v)", name, s, &rep), func() bool {
@@ -185,7 +185,7 @@ func TestRolloutStartWaitCompletes(t *testing.T) {
 
 	r := cli(rolloutStart(name, "--devices", strings.Join(append(slices.Clone(devs), "ghost-1"), ","), "--waves", "2,100%", "--wait")...)
 	r.check(t, 0, "warning: 1 of the 7 listed devices are not registered and are left out: ghost-1")
-	for _, want := range []string{"Started rollout ro-wait: firmware 1.1", "workflow  " + workflows.RolloutWorkflowID(name),
+	for _, want := range []string{"Started rollout ro-wait: firmware 1.1", "workflow  " + ota.RolloutWorkflowID(name),
 		"State     completed", "succeeded 6  skipped 0  failed 0"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("rollout start --wait output lacks %q:\n%s", want, r.stdout)
@@ -202,8 +202,8 @@ func TestRolloutStartWaitCompletes(t *testing.T) {
 	}
 
 	rep := statusJSON(t, f.dbURL, name)
-	if rep.WorkflowID != workflows.RolloutWorkflowID(name) || rep.WorkflowStatus != "Completed" || rep.State != workflows.RolloutCompleted ||
-		rep.Total != 6 || rep.Counts != (workflows.Counts{Started: 6, Succeeded: 6}) {
+	if rep.WorkflowID != ota.RolloutWorkflowID(name) || rep.WorkflowStatus != "Completed" || rep.State != ota.RolloutCompleted ||
+		rep.Total != 6 || rep.Counts != (ota.Counts{Started: 6, Succeeded: 6}) {
 		t.Errorf("status --json = %+v", rep)
 	}
 	if len(rep.Waves) != 2 || rep.Waves[0].Target != 2 || rep.Waves[0].Counts.Succeeded != 2 || rep.Waves[1].Target != 4 || rep.Waves[1].Counts.Succeeded != 4 {
@@ -237,12 +237,12 @@ func TestRolloutStartWaitCompletes(t *testing.T) {
 	// list shows it, with its state once visibility has it.
 	waitFor(t, 10*time.Second, "rollout list to show ro-wait completed", func() bool {
 		e, ok := listed(t, f.dbURL)[name]
-		return ok && e.State == string(workflows.RolloutCompleted) && e.Version == "1.1" && e.WorkflowStatus == "Completed"
+		return ok && e.State == string(ota.RolloutCompleted) && e.Version == "1.1" && e.WorkflowStatus == "Completed"
 	})
-	if _, ok := listed(t, f.dbURL, "--state", string(workflows.RolloutPaused))[name]; ok {
+	if _, ok := listed(t, f.dbURL, "--state", string(ota.RolloutPaused))[name]; ok {
 		t.Error("rollout list --state paused shows the completed rollout")
 	}
-	r = cli("rollout", "list", "--state", string(workflows.RolloutCompleted))
+	r = cli("rollout", "list", "--state", string(ota.RolloutCompleted))
 	r.check(t, 0)
 	if !strings.Contains(r.stdout, "NAME") || !strings.Contains(r.stdout, name+"  ") {
 		t.Errorf("rollout list table:\n%s", r.stdout)
@@ -265,10 +265,10 @@ func TestRolloutWaitReportsAbort(t *testing.T) {
 	// The first device fails its download; the others would succeed.
 	f.play(t, func(dev string, cmd protocol.UpgradeCommand) (string, any, bool) {
 		if dev == devs[0] {
-			return workflows.SignalProgress, workflows.ProgressSignal{Progress: protocol.Progress{ID: cmd.ID, Type: cmd.Type,
+			return ota.SignalProgress, ota.ProgressSignal{Progress: protocol.Progress{ID: cmd.ID, Type: cmd.Type,
 				Version: cmd.Version, Progress: protocol.CodeMD5Mismatch, Desc: "md5 mismatch"}, ReceivedAt: time.Now()}, true
 		}
-		return workflows.SignalStatus, workflows.StatusSignal{Status: protocol.Status{protocol.VersionKey("firmware"): "1.1"}, ReceivedAt: time.Now()}, true
+		return ota.SignalStatus, ota.StatusSignal{Status: protocol.Status{protocol.VersionKey("firmware"): "1.1"}, ReceivedAt: time.Now()}, true
 	})
 	const name = "ro-abort"
 	endRollout(t, name)
@@ -280,7 +280,7 @@ func TestRolloutWaitReportsAbort(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("rollout start --wait --json printed no JSON object: %v\n%s", err, r.stdout)
 	}
-	if rep.Result == nil || rep.Result.State != workflows.RolloutAborted || rep.Result.Counts != (workflows.Counts{Started: 1, Failed: 1}) ||
+	if rep.Result == nil || rep.Result.State != ota.RolloutAborted || rep.Result.Counts != (ota.Counts{Started: 1, Failed: 1}) ||
 		!strings.Contains(rep.Error, "rollout aborted") {
 		t.Errorf("rollout start --wait --json = %+v, result %+v", rep, rep.Result)
 	}
@@ -304,7 +304,7 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 	r := cli(rolloutStart(name, "--prefix", "ro-ctl-", "--waves", "1,100%", "--approve-waves", "--json")...)
 	r.check(t, 0)
 	var started rolloutStartReport
-	if err := json.Unmarshal([]byte(r.stdout), &started); err != nil || started.WorkflowID != workflows.RolloutWorkflowID(name) || started.RunID == "" {
+	if err := json.Unmarshal([]byte(r.stdout), &started); err != nil || started.WorkflowID != ota.RolloutWorkflowID(name) || started.RunID == "" {
 		t.Fatalf("rollout start --json = %q (%v)", r.stdout, err)
 	}
 	cli(rolloutStart(name, "--prefix", "ro-ctl-")...).check(t, exitAlreadyRunning, "rollout ro-ctl is already running")
@@ -314,7 +314,7 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 	watch.waitOutput(t, "Rollout ro-ctl: firmware 1.1")
 
 	// Wave 1 (one device) succeeds; wave 2 waits for approval.
-	rep := waitState(t, f.dbURL, name, workflows.RolloutWaitingApproval)
+	rep := waitState(t, f.dbURL, name, ota.RolloutWaitingApproval)
 	if rep.CurrentWave != 2 || rep.Counts.Succeeded != 1 || !strings.Contains(rep.Reason, "starter rollout approve ro-ctl") {
 		t.Errorf("waiting for approval: %+v", rep.RolloutProgress)
 	}
@@ -335,12 +335,12 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 		t.Errorf("pause printed %q", r.stdout)
 	}
 	rep = statusJSON(t, f.dbURL, name)
-	if rep.State != workflows.RolloutPaused || rep.Reason != "paused by operator: checking the logs" {
+	if rep.State != ota.RolloutPaused || rep.Reason != "paused by operator: checking the logs" {
 		t.Errorf("after pause: state %s, reason %q", rep.State, rep.Reason)
 	}
 	cli("rollout", "pause", name).check(t, exitFailure, "refused to pause: rollout is already paused")
 	cli("rollout", "resume", name).check(t, 0)
-	if rep = statusJSON(t, f.dbURL, name); rep.State != workflows.RolloutRunning || rep.Reason != "" {
+	if rep = statusJSON(t, f.dbURL, name); rep.State != ota.RolloutRunning || rep.Reason != "" {
 		t.Errorf("after resume: state %s, reason %q", rep.State, rep.Reason)
 	}
 	cli("rollout", "resume", name).check(t, exitFailure, "refused to resume: rollout is not paused")
@@ -352,8 +352,8 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 		t.Errorf("cancel --wait printed:\n%s", r.stdout)
 	}
 	rep = statusJSON(t, f.dbURL, name)
-	if rep.State != workflows.RolloutCanceled || rep.Reason != "canceled by operator: test over" || rep.WorkflowStatus != "Completed" ||
-		rep.Counts != (workflows.Counts{Started: 3, Succeeded: 1, Canceled: 2}) || rep.FinishedAt == nil {
+	if rep.State != ota.RolloutCanceled || rep.Reason != "canceled by operator: test over" || rep.WorkflowStatus != "Completed" ||
+		rep.Counts != (ota.Counts{Started: 3, Succeeded: 1, Canceled: 2}) || rep.FinishedAt == nil {
 		t.Errorf("after cancel: %+v", rep)
 	}
 	for _, d := range devs[1:] {
@@ -368,7 +368,7 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 	w := watch.wait(t)
 	w.check(t, 0)
 	last := -1
-	for _, s := range []workflows.RolloutState{workflows.RolloutWaitingApproval, workflows.RolloutPaused, workflows.RolloutCanceled} {
+	for _, s := range []ota.RolloutState{ota.RolloutWaitingApproval, ota.RolloutPaused, ota.RolloutCanceled} {
 		i := strings.Index(w.stdout, "State     "+string(s))
 		if i < last {
 			t.Errorf("status --watch shows %s missing or out of order:\n%s", s, w.stdout)
@@ -398,7 +398,7 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("rollout schedule --json: %v\n%s", err, r.stdout)
 	}
-	if rep.ScheduleID != rolloutScheduleID(name) || rep.WorkflowID != workflows.RolloutWorkflowID(name) ||
+	if rep.ScheduleID != rolloutScheduleID(name) || rep.WorkflowID != ota.RolloutWorkflowID(name) ||
 		len(rep.NextActionTimes) != 1 || !rep.NextActionTimes[0].Equal(at) {
 		t.Errorf("rollout schedule --json = %+v, want one start at %s", rep, at)
 	}
@@ -413,7 +413,7 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 		return err == nil && !ref.StartTime.Before(at)
 	})
 	// Temporal appends the scheduled time to the workflow ID of the action.
-	if id := workflows.RolloutWorkflowID(name); ref.WorkflowID != id && ref.WorkflowID != id+"-"+at.Format(time.RFC3339) {
+	if id := ota.RolloutWorkflowID(name); ref.WorkflowID != id && ref.WorkflowID != id+"-"+at.Format(time.RFC3339) {
 		t.Errorf("the scheduled rollout runs as %s, want %s or %[2]s-%s", ref.WorkflowID, id, at.Format(time.RFC3339))
 	}
 	if _, err := c.DescribeWorkflowExecution(ctx, ref.WorkflowID, ""); err != nil {
@@ -429,13 +429,13 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &final); err != nil {
 		t.Fatalf("status --watch --json: %v\n%s", err, r.stdout)
 	}
-	if final.State != workflows.RolloutCompleted || final.Counts != (workflows.Counts{Started: 2, Succeeded: 2}) || final.WorkflowID != ref.WorkflowID {
+	if final.State != ota.RolloutCompleted || final.Counts != (ota.Counts{Started: 2, Succeeded: 2}) || final.WorkflowID != ref.WorkflowID {
 		t.Errorf("the scheduled rollout ended %+v", final)
 	}
 
 	waitFor(t, 10*time.Second, "rollout list to show ro-sch", func() bool {
 		e, ok := listed(t, f.dbURL)[name]
-		return ok && e.WorkflowID == ref.WorkflowID && e.State == string(workflows.RolloutCompleted)
+		return ok && e.WorkflowID == ref.WorkflowID && e.State == string(ota.RolloutCompleted)
 	})
 	r = cli("rollout", "schedule", "list")
 	r.check(t, 0)
@@ -491,14 +491,14 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 	if !ok {
 		t.Fatalf("schedule action = %T", desc.Schedule.Action)
 	}
-	if action.ID != workflows.RolloutWorkflowID(name) || action.TaskQueue != workflows.TaskQueue || action.Workflow != workflows.RolloutWorkflowName {
+	if action.ID != ota.RolloutWorkflowID(name) || action.TaskQueue != ota.TaskQueue || action.Workflow != ota.RolloutWorkflowName {
 		t.Errorf("schedule action = %+v", action)
 	}
-	if v, _ := action.TypedSearchAttributes.GetKeyword(workflows.SearchRollout); v != name {
-		t.Errorf("schedule action search attribute %s = %q", workflows.SearchRollout.GetName(), v)
+	if v, _ := action.TypedSearchAttributes.GetKeyword(ota.SearchRollout); v != name {
+		t.Errorf("schedule action search attribute %s = %q", ota.SearchRollout.GetName(), v)
 	}
-	if v, _ := action.TypedSearchAttributes.GetKeyword(workflows.SearchState); v != string(workflows.RolloutPreflight) {
-		t.Errorf("schedule action search attribute %s = %q", workflows.SearchState.GetName(), v)
+	if v, _ := action.TypedSearchAttributes.GetKeyword(ota.SearchState); v != string(ota.RolloutPreflight) {
+		t.Errorf("schedule action search attribute %s = %q", ota.SearchState.GetName(), v)
 	}
 	if len(action.Args) != 1 {
 		t.Fatalf("schedule action args = %v", action.Args)
@@ -507,20 +507,20 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 	if !ok {
 		t.Fatalf("schedule action arg = %T", action.Args[0])
 	}
-	var in workflows.RolloutInput
+	var in ota.RolloutInput
 	if err := converter.GetDefaultDataConverter().FromPayload(payload, &in); err != nil {
 		t.Fatal(err)
 	}
 	req := in.Request
-	wantWaves := []workflows.Wave{
+	wantWaves := []ota.Wave{
 		{Count: 1, Bake: 5 * time.Minute},
 		{Percent: 50, SuccessThreshold: 90, Bake: 5 * time.Minute, Approve: true},
 		{Percent: 100, Approve: true},
 	}
 	if req.Name != name || req.Targets.List != name || !slices.Equal(req.Waves, wantWaves) || req.MaxInFlight != 20 ||
-		req.FailurePercent != 10 || req.FailureAction != workflows.ActionAbort || req.Upgrade.MaxAttempts != 2 || !req.SkipPreflight ||
-		req.Ramp == nil || *req.Ramp != (workflows.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) ||
-		req.Window == nil || *req.Window != (workflows.Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}) || in.Carry != nil {
+		req.FailurePercent != 10 || req.FailureAction != ota.ActionAbort || req.Upgrade.MaxAttempts != 2 || !req.SkipPreflight ||
+		req.Ramp == nil || *req.Ramp != (ota.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) ||
+		req.Window == nil || *req.Window != (ota.Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}) || in.Carry != nil {
 		t.Errorf("scheduled request = %+v", req)
 	}
 	if err := req.Validate(); err != nil {

@@ -11,13 +11,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
-
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // rolloutSchedulePrefix starts the ID of every rollout schedule: rolloutScheduleID.
@@ -40,7 +39,7 @@ func rolloutScheduleCommand(e *appEnv) *cli.Command {
 			"starter rollout schedule list [--json]\n" +
 			"starter rollout schedule delete NAME",
 		Description: "Creates the Temporal Schedule " + rolloutScheduleID("R") + ", which starts the rollout workflow\n" +
-			workflows.RolloutWorkflowID("R") + "-<scheduled time> (Temporal appends the time) with the request checked now.\n" +
+			ota.RolloutWorkflowID("R") + "-<scheduled time> (Temporal appends the time) with the request checked now.\n" +
 			"An explicit device list is stored in PostgreSQL now, under the rollout name. --cron reads\n" +
 			"its times in --tz (default UTC). A schedule skips a start while its previous rollout runs.\n" +
 			"Exit codes: 0 scheduled, 1 failed, 2 bad input, 3 the rollout already has a schedule or runs.",
@@ -124,14 +123,14 @@ func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
 			return err
 		}
 	}
-	opts := workflows.RolloutStartOptions(req)
+	opts := ota.RolloutStartOptions(req)
 	so := client.ScheduleOptions{
 		ID:   id,
 		Spec: sched.spec,
 		Action: &client.ScheduleWorkflowAction{
 			ID:                    opts.ID,
-			Workflow:              workflows.RolloutWorkflowName,
-			Args:                  []any{workflows.RolloutInput{Request: req}},
+			Workflow:              ota.RolloutWorkflowName,
+			Args:                  []any{ota.RolloutInput{Request: req}},
 			TaskQueue:             opts.TaskQueue,
 			Memo:                  opts.Memo,
 			TypedSearchAttributes: opts.TypedSearchAttributes,
@@ -421,7 +420,7 @@ func (e *appEnv) scheduleListAction(cCtx *cli.Context) error {
 			return fmt.Errorf("list schedules: %w", err)
 		}
 		name, ok := strings.CutPrefix(s.ID, rolloutSchedulePrefix)
-		if !ok || s.WorkflowType.Name != workflows.RolloutWorkflowName {
+		if !ok || s.WorkflowType.Name != ota.RolloutWorkflowName {
 			continue
 		}
 		en := scheduleEntry{Name: name, ScheduleID: s.ID, Paused: s.Paused, NextActionTimes: s.NextActionTimes, RecentWorkflowIDs: []string{}}

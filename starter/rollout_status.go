@@ -23,18 +23,18 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // rolloutStates are the states a rollout can be in, for `rollout list --state`.
-var rolloutStates = []workflows.RolloutState{
-	workflows.RolloutPreflight, workflows.RolloutRunning, workflows.RolloutPaused, workflows.RolloutWaitingApproval,
-	workflows.RolloutBaking, workflows.RolloutWaitingWindow, workflows.RolloutCanceling, workflows.RolloutAborting,
-	workflows.RolloutCompleted, workflows.RolloutAborted, workflows.RolloutCanceled, workflows.RolloutFailed,
+var rolloutStates = []ota.RolloutState{
+	ota.RolloutPreflight, ota.RolloutRunning, ota.RolloutPaused, ota.RolloutWaitingApproval,
+	ota.RolloutBaking, ota.RolloutWaitingWindow, ota.RolloutCanceling, ota.RolloutAborting,
+	ota.RolloutCompleted, ota.RolloutAborted, ota.RolloutCanceled, ota.RolloutFailed,
 }
 
-func joinStates(states []workflows.RolloutState) string {
+func joinStates(states []ota.RolloutState) string {
 	parts := make([]string, len(states))
 	for i, s := range states {
 		parts[i] = string(s)
@@ -63,13 +63,13 @@ func (r rolloutRef) running() bool { return r.Status == enumspb.WORKFLOW_EXECUTI
 func refFromInfo(info *workflowpb.WorkflowExecutionInfo) rolloutRef {
 	sa := info.GetSearchAttributes()
 	r := rolloutRef{
-		Name:       keyword(sa, workflows.SearchRollout),
+		Name:       keyword(sa, ota.SearchRollout),
 		WorkflowID: info.GetExecution().GetWorkflowId(),
 		RunID:      info.GetExecution().GetRunId(),
 		Status:     info.GetStatus(),
-		State:      keyword(sa, workflows.SearchState),
-		Type:       keyword(sa, workflows.SearchType),
-		Version:    keyword(sa, workflows.SearchTargetVersion),
+		State:      keyword(sa, ota.SearchState),
+		Type:       keyword(sa, ota.SearchType),
+		Version:    keyword(sa, ota.SearchTargetVersion),
 		StartTime:  info.GetStartTime().AsTime(),
 	}
 	if info.GetCloseTime() != nil {
@@ -95,14 +95,14 @@ func keyword(sa *commonpb.SearchAttributes, key temporal.SearchAttributeKeyKeywo
 // rolloutQuery is the visibility query for rollouts, of one name and in one state when
 // given (names and states are checked first: they need no quoting). Runs that continued as
 // new are left out: their rollout goes on in the next run.
-func rolloutQuery(name string, state workflows.RolloutState) string {
+func rolloutQuery(name string, state ota.RolloutState) string {
 	q := fmt.Sprintf("WorkflowType = '%s' AND ExecutionStatus != '%s'",
-		workflows.RolloutWorkflowName, enumspb.WORKFLOW_EXECUTION_STATUS_CONTINUED_AS_NEW)
+		ota.RolloutWorkflowName, enumspb.WORKFLOW_EXECUTION_STATUS_CONTINUED_AS_NEW)
 	if name != "" {
-		q += fmt.Sprintf(" AND %s = '%s'", workflows.SearchRollout.GetName(), name)
+		q += fmt.Sprintf(" AND %s = '%s'", ota.SearchRollout.GetName(), name)
 	}
 	if state != "" {
-		q += fmt.Sprintf(" AND %s = '%s'", workflows.SearchState.GetName(), state)
+		q += fmt.Sprintf(" AND %s = '%s'", ota.SearchState.GetName(), state)
 	}
 	return q
 }
@@ -134,7 +134,7 @@ func listRollouts(ctx context.Context, c client.Client, query string) ([]rollout
 // runs under that ID with the scheduled time appended (Temporal does that), and is found by
 // its OtaRollout search attribute.
 func findRollout(ctx context.Context, c client.Client, name string) (rolloutRef, error) {
-	id := workflows.RolloutWorkflowID(name)
+	id := ota.RolloutWorkflowID(name)
 	var found []rolloutRef
 	desc, err := c.DescribeWorkflowExecution(ctx, id, "")
 	var notFound *serviceerror.NotFound
@@ -173,9 +173,9 @@ func findRollout(ctx context.Context, c client.Client, name string) (rolloutRef,
 
 // queryProgress asks a rollout workflow for its progress (a run that ended too: the worker
 // replays it).
-func queryProgress(ctx context.Context, c client.Client, workflowID, runID string) (workflows.RolloutProgress, error) {
-	var p workflows.RolloutProgress
-	v, err := c.QueryWorkflow(ctx, workflowID, runID, workflows.QueryProgress)
+func queryProgress(ctx context.Context, c client.Client, workflowID, runID string) (ota.RolloutProgress, error) {
+	var p ota.RolloutProgress
+	v, err := c.QueryWorkflow(ctx, workflowID, runID, ota.QueryProgress)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w (no answer: is the OTAflow worker running?)", err)
@@ -190,8 +190,8 @@ func queryProgress(ctx context.Context, c client.Client, workflowID, runID strin
 
 // rolloutResult waits for a rollout run to end and returns its final progress: for an
 // aborted, failed or canceled rollout too, with the workflow's error.
-func rolloutResult(ctx context.Context, run client.WorkflowRun) (workflows.RolloutProgress, error) {
-	var p workflows.RolloutProgress
+func rolloutResult(ctx context.Context, run client.WorkflowRun) (ota.RolloutProgress, error) {
+	var p ota.RolloutProgress
 	err := run.Get(ctx, &p)
 	if err == nil {
 		return p, nil
@@ -215,7 +215,7 @@ func rolloutResult(ctx context.Context, run client.WorkflowRun) (workflows.Rollo
 // seconds: a workflow that has just started answers once its first task ran). An ended one
 // is read from its result, which needs no worker, and asked only when the result holds no
 // progress (a terminated run).
-func currentProgress(ctx context.Context, c client.Client, ref rolloutRef) (workflows.RolloutProgress, error) {
+func currentProgress(ctx context.Context, c client.Client, ref rolloutRef) (ota.RolloutProgress, error) {
 	runID := ""
 	if !ref.running() {
 		runID = ref.RunID
@@ -247,14 +247,14 @@ type rolloutStatusReport struct {
 	WorkflowID     string `json:"workflow_id"`
 	RunID          string `json:"run_id,omitempty"`
 	WorkflowStatus string `json:"workflow_status,omitempty"`
-	workflows.RolloutProgress
+	ota.RolloutProgress
 	// StoreCounts counts the rollout's upgrade records by state.
 	StoreCounts map[protocol.State]int `json:"store_counts,omitempty"`
 	StoreError  string                 `json:"store_error,omitempty"`
 }
 
 // statusReport puts a rollout's progress and, when records is set, its records together.
-func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p workflows.RolloutProgress, records bool) rolloutStatusReport {
+func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p ota.RolloutProgress, records bool) rolloutStatusReport {
 	rep := rolloutStatusReport{WorkflowID: ref.WorkflowID, RunID: ref.RunID, RolloutProgress: p}
 	if ref.Status != enumspb.WORKFLOW_EXECUTION_STATUS_UNSPECIFIED {
 		rep.WorkflowStatus = ref.Status.String()
@@ -324,13 +324,13 @@ type watchOptions struct {
 // followRollout shows a rollout's progress every interval (on a terminal by redrawing it,
 // otherwise whenever something changed) until the rollout ends, and returns its final
 // progress with the workflow's error, as rolloutResult does.
-func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRef, o watchOptions) (workflows.RolloutProgress, error) {
+func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRef, o watchOptions) (ota.RolloutProgress, error) {
 	ctx := cCtx.Context
 	if o.interval <= 0 {
 		o.interval = watchInterval
 	}
 	type result struct {
-		p   workflows.RolloutProgress
+		p   ota.RolloutProgress
 		err error
 	}
 	done := make(chan result, 1)
@@ -343,7 +343,7 @@ func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRe
 	// The records are read while they can be: after a failure, no longer (a database that
 	// does not answer would hold every picture up).
 	records := cCtx.String(flagDatabaseURL) != ""
-	show := func(ref rolloutRef, p workflows.RolloutProgress) {
+	show := func(ref rolloutRef, p ota.RolloutProgress) {
 		rep := e.statusReport(cCtx, ref, p, records)
 		if rep.StoreError != "" {
 			fmt.Fprintf(e.errOut, "starter: warning: no records from PostgreSQL: %s\n", rep.StoreError)
@@ -443,7 +443,7 @@ func isTerminal(w io.Writer) bool {
 const barWidth = 30
 
 // progressBar draws a wave: # finished, ~ running, . not started.
-func progressBar(target int, c workflows.Counts) string {
+func progressBar(target int, c ota.Counts) string {
 	if target <= 0 {
 		return "[" + strings.Repeat(" ", barWidth) + "]"
 	}
@@ -456,7 +456,7 @@ func progressBar(target int, c workflows.Counts) string {
 
 // countsByState lists the counts, all of them or only those not zero, e.g.
 // "succeeded 3  failed 1  running 2".
-func countsByState(c workflows.Counts, all bool) string {
+func countsByState(c ota.Counts, all bool) string {
 	var parts []string
 	for _, kv := range []struct {
 		name string
@@ -476,7 +476,7 @@ func countsByState(c workflows.Counts, all bool) string {
 }
 
 // recordDifferences compares the workflow's counts with the records, state by state.
-func recordDifferences(c workflows.Counts, records map[protocol.State]int) []string {
+func recordDifferences(c ota.Counts, records map[protocol.State]int) []string {
 	running := 0
 	for s, n := range records {
 		if !s.Final() {
@@ -578,7 +578,7 @@ type rolloutListEntry struct {
 }
 
 func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
-	state := workflows.RolloutState(cCtx.String("state"))
+	state := ota.RolloutState(cCtx.String("state"))
 	if cCtx.IsSet("state") && !slices.Contains(rolloutStates, state) {
 		return usageErrorf(cCtx, "--state must be one of %s, not %q", joinStates(rolloutStates), state)
 	}
@@ -592,7 +592,7 @@ func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
 	}
 	entries := make([]rolloutListEntry, 0, len(refs))
 	for _, r := range refs {
-		name := cmp.Or(r.Name, strings.TrimPrefix(r.WorkflowID, workflows.RolloutWorkflowID("")))
+		name := cmp.Or(r.Name, strings.TrimPrefix(r.WorkflowID, ota.RolloutWorkflowID("")))
 		entries = append(entries, rolloutListEntry{Name: name, State: r.State, Type: r.Type, Version: r.Version,
 			StartTime: r.StartTime, CloseTime: r.CloseTime, WorkflowStatus: r.Status.String(), WorkflowID: r.WorkflowID, RunID: r.RunID})
 	}

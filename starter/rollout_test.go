@@ -15,8 +15,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // goodRollout is a valid `rollout start` command line.
@@ -210,19 +210,19 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 				r.Targets.Prefix != "sensor-" || r.Targets.List != "" || s.ids != nil {
 				t.Errorf("request = %+v, ids %v", r, s.ids)
 			}
-			if !slices.Equal(r.Waves, []workflows.Wave{{Percent: 100}}) || r.MaxInFlight != workflows.DefaultMaxInFlight ||
-				r.FailureAction != workflows.ActionPause || r.FailureMinCount != workflows.DefaultFailureMinCount ||
+			if !slices.Equal(r.Waves, []ota.Wave{{Percent: 100}}) || r.MaxInFlight != ota.DefaultMaxInFlight ||
+				r.FailureAction != ota.ActionPause || r.FailureMinCount != ota.DefaultFailureMinCount ||
 				r.Ramp != nil || r.Window != nil || r.SkipPreflight {
 				t.Errorf("defaults = %+v", r)
 			}
-			if r.Upgrade.MaxAttempts != workflows.DefaultMaxAttempts || r.Upgrade.StartTimeout != workflows.DefaultStartTimeout ||
+			if r.Upgrade.MaxAttempts != ota.DefaultMaxAttempts || r.Upgrade.StartTimeout != ota.DefaultStartTimeout ||
 				r.Upgrade.RetryTimeouts == nil || !*r.Upgrade.RetryTimeouts {
 				t.Errorf("upgrade defaults = %+v", r.Upgrade)
 			}
 		}},
 		{"waves with thresholds, bake and approvals", plus(base, "--waves", "1%,10%,50%:95,100%", "--wave-success", "90",
 			"--bake", "10m", "--approve-waves"), func(t *testing.T, s rolloutSpec) {
-			want := []workflows.Wave{
+			want := []ota.Wave{
 				{Percent: 1, SuccessThreshold: 90, Bake: 10 * time.Minute},
 				{Percent: 10, SuccessThreshold: 90, Bake: 10 * time.Minute, Approve: true},
 				{Percent: 50, SuccessThreshold: 95, Bake: 10 * time.Minute, Approve: true},
@@ -233,7 +233,7 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 			}
 		}},
 		{"wave success without waves", plus(base, "--wave-success", "80"), func(t *testing.T, s rolloutSpec) {
-			if !slices.Equal(s.req.Waves, []workflows.Wave{{Percent: 100, SuccessThreshold: 80}}) {
+			if !slices.Equal(s.req.Waves, []ota.Wave{{Percent: 100, SuccessThreshold: 80}}) {
 				t.Errorf("waves = %+v", s.req.Waves)
 			}
 		}},
@@ -242,13 +242,13 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 			"--on-failure", "abort", "--skip-preflight"), func(t *testing.T, s rolloutSpec) {
 			r := s.req
 			if r.MaxInFlight != 50 || r.MaxPerMinute != 120 || r.FailurePercent != 10 || r.FailureMinCount != 3 ||
-				r.FailureAction != workflows.ActionAbort || !r.SkipPreflight {
+				r.FailureAction != ota.ActionAbort || !r.SkipPreflight {
 				t.Errorf("request = %+v", r)
 			}
-			if r.Ramp == nil || *r.Ramp != (workflows.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) {
+			if r.Ramp == nil || *r.Ramp != (ota.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) {
 				t.Errorf("ramp = %+v", r.Ramp)
 			}
-			if r.Window == nil || *r.Window != (workflows.Window{Start: "22:00", End: "05:00", TimeZone: "Europe/Berlin"}) {
+			if r.Window == nil || *r.Window != (ota.Window{Start: "22:00", End: "05:00", TimeZone: "Europe/Berlin"}) {
 				t.Errorf("window = %+v", r.Window)
 			}
 		}},
@@ -288,10 +288,10 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 }
 
 func TestRolloutNameCheckAgreesWithValidate(t *testing.T) {
-	valid := workflows.RolloutRequest{
-		Upgrade: workflows.UpgradeRequest{Type: "firmware", Version: "1.1", URL: "https://files.example.com/fw.bin",
+	valid := ota.RolloutRequest{
+		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.1", URL: "https://files.example.com/fw.bin",
 			MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1},
-		Targets: workflows.Targets{Prefix: "sensor-"},
+		Targets: ota.Targets{Prefix: "sensor-"},
 	}
 	for _, name := range []string{"fw-11", "a", "A.b_c-9", strings.Repeat("n", 64), strings.Repeat("n", 65), "",
 		"fw 11", "fw/11", "fw'11", "fw\n", "ünïcode", "fw*"} {
@@ -396,15 +396,15 @@ func TestParseDeviceList(t *testing.T) {
 func TestProgressBar(t *testing.T) {
 	tests := []struct {
 		target int
-		c      workflows.Counts
+		c      ota.Counts
 		want   string
 	}{
-		{10, workflows.Counts{}, "[" + strings.Repeat(".", 30) + "]"},
-		{10, workflows.Counts{Started: 10, Succeeded: 10}, "[" + strings.Repeat("#", 30) + "]"},
-		{10, workflows.Counts{Started: 5, Succeeded: 2, Failed: 1}, "[" + strings.Repeat("#", 9) + strings.Repeat("~", 6) + strings.Repeat(".", 15) + "]"},
-		{3, workflows.Counts{Started: 1}, "[" + strings.Repeat("~", 10) + strings.Repeat(".", 20) + "]"},
-		{0, workflows.Counts{}, "[" + strings.Repeat(" ", 30) + "]"},
-		{2, workflows.Counts{Started: 3, Succeeded: 3}, "[" + strings.Repeat("#", 30) + "]"}, // more than the target: full
+		{10, ota.Counts{}, "[" + strings.Repeat(".", 30) + "]"},
+		{10, ota.Counts{Started: 10, Succeeded: 10}, "[" + strings.Repeat("#", 30) + "]"},
+		{10, ota.Counts{Started: 5, Succeeded: 2, Failed: 1}, "[" + strings.Repeat("#", 9) + strings.Repeat("~", 6) + strings.Repeat(".", 15) + "]"},
+		{3, ota.Counts{Started: 1}, "[" + strings.Repeat("~", 10) + strings.Repeat(".", 20) + "]"},
+		{0, ota.Counts{}, "[" + strings.Repeat(" ", 30) + "]"},
+		{2, ota.Counts{Started: 3, Succeeded: 3}, "[" + strings.Repeat("#", 30) + "]"}, // more than the target: full
 	}
 	for _, tt := range tests {
 		if got := progressBar(tt.target, tt.c); got != tt.want {
@@ -417,14 +417,14 @@ func TestProgressBar(t *testing.T) {
 func sampleReport() rolloutStatusReport {
 	started := time.Date(2026, 11, 26, 1, 0, 0, 0, time.UTC)
 	return rolloutStatusReport{
-		WorkflowID: workflows.RolloutWorkflowID("fw-11"), RunID: "run-1", WorkflowStatus: "Running",
-		RolloutProgress: workflows.RolloutProgress{
-			Name: "fw-11", Type: "firmware", Version: "1.1", State: workflows.RolloutRunning, Total: 6, CurrentWave: 2,
-			Waves: []workflows.WaveProgress{
-				{Number: 1, Target: 2, Counts: workflows.Counts{Started: 2, Succeeded: 2}},
-				{Number: 2, Target: 4, Counts: workflows.Counts{Started: 3, Succeeded: 1, Failed: 1}},
+		WorkflowID: ota.RolloutWorkflowID("fw-11"), RunID: "run-1", WorkflowStatus: "Running",
+		RolloutProgress: ota.RolloutProgress{
+			Name: "fw-11", Type: "firmware", Version: "1.1", State: ota.RolloutRunning, Total: 6, CurrentWave: 2,
+			Waves: []ota.WaveProgress{
+				{Number: 1, Target: 2, Counts: ota.Counts{Started: 2, Succeeded: 2}},
+				{Number: 2, Target: 4, Counts: ota.Counts{Started: 3, Succeeded: 1, Failed: 1}},
 			},
-			Counts:        workflows.Counts{Started: 5, Succeeded: 3, Failed: 1},
+			Counts:        ota.Counts{Started: 5, Succeeded: 3, Failed: 1},
 			RatePerMinute: 12, Runs: 1, StartedAt: started, UpdatedAt: started.Add(time.Minute),
 		},
 	}
@@ -523,12 +523,12 @@ func TestDrawer(t *testing.T) {
 }
 
 func TestRolloutQuery(t *testing.T) {
-	base := fmt.Sprintf("WorkflowType = '%s' AND ExecutionStatus != 'ContinuedAsNew'", workflows.RolloutWorkflowName)
+	base := fmt.Sprintf("WorkflowType = '%s' AND ExecutionStatus != 'ContinuedAsNew'", ota.RolloutWorkflowName)
 	if got := rolloutQuery("", ""); got != base {
 		t.Errorf("rolloutQuery() = %q, want %q", got, base)
 	}
-	want := base + fmt.Sprintf(" AND %s = 'fw-11' AND %s = 'paused'", workflows.SearchRollout.GetName(), workflows.SearchState.GetName())
-	if got := rolloutQuery("fw-11", workflows.RolloutPaused); got != want {
+	want := base + fmt.Sprintf(" AND %s = 'fw-11' AND %s = 'paused'", ota.SearchRollout.GetName(), ota.SearchState.GetName())
+	if got := rolloutQuery("fw-11", ota.RolloutPaused); got != want {
 		t.Errorf("rolloutQuery(fw-11, paused) = %q, want %q", got, want)
 	}
 }

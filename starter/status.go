@@ -16,9 +16,9 @@ import (
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 func statusCommand(e *appEnv) *cli.Command {
@@ -27,7 +27,7 @@ func statusCommand(e *appEnv) *cli.Command {
 		Usage:     "show a device's versions and its current or last upgrade",
 		UsageText: "starter status --device D [--json]",
 		Description: "Reads the registry and upgrade history from PostgreSQL and, while the workflow\n" +
-			workflows.DeviceWorkflowID("<device>") + " runs, its live state from Temporal.",
+			ota.DeviceWorkflowID("<device>") + " runs, its live state from Temporal.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "device", Usage: "device `ID` (required)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
@@ -42,7 +42,7 @@ func cancelCommand(e *appEnv) *cli.Command {
 		Name:      "cancel",
 		Usage:     "cancel a device's running upgrade",
 		UsageText: "starter cancel --device D [--wait]",
-		Description: "Asks the workflow " + workflows.DeviceWorkflowID("<device>") + " to cancel; it records the upgrade as canceled.\n" +
+		Description: "Asks the workflow " + ota.DeviceWorkflowID("<device>") + " to cancel; it records the upgrade as canceled.\n" +
 			"Exit code 1 when the device has no upgrade running.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "device", Usage: "device `ID` (required)"},
@@ -64,10 +64,10 @@ type statusReport struct {
 	// see at most one a progress interval.
 	LastReport *store.ProgressEvent `json:"last_report,omitempty"`
 	// Running is set while the device's upgrade workflow runs; Live is then its state.
-	Running   bool                     `json:"running"`
-	RunID     string                   `json:"run_id,omitempty"`
-	Live      *workflows.UpgradeStatus `json:"live,omitempty"`
-	LiveError string                   `json:"live_error,omitempty"`
+	Running   bool               `json:"running"`
+	RunID     string             `json:"run_id,omitempty"`
+	Live      *ota.UpgradeStatus `json:"live,omitempty"`
+	LiveError string             `json:"live_error,omitempty"`
 }
 
 func (e *appEnv) statusAction(cCtx *cli.Context) error {
@@ -137,7 +137,7 @@ func deviceStatus(ctx context.Context, st *store.Store, id string) (statusReport
 // runningUpgrade returns the run ID of the device's running upgrade workflow, or "" when none
 // runs.
 func runningUpgrade(ctx context.Context, c client.Client, deviceID string) (string, error) {
-	wid := workflows.DeviceWorkflowID(deviceID)
+	wid := ota.DeviceWorkflowID(deviceID)
 	desc, err := c.DescribeWorkflowExecution(ctx, wid, "")
 	var notFound *serviceerror.NotFound
 	if errors.As(err, &notFound) {
@@ -163,7 +163,7 @@ func liveStatus(ctx context.Context, c client.Client, deviceID string, rep *stat
 	rep.RunID = runID
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	live, err := queryState(qctx, c, workflows.DeviceWorkflowID(deviceID), runID)
+	live, err := queryState(qctx, c, ota.DeviceWorkflowID(deviceID), runID)
 	if err != nil {
 		return err
 	}
@@ -256,7 +256,7 @@ func (e *appEnv) cancelAction(cCtx *cli.Context) error {
 		return err
 	}
 	ctx := cCtx.Context
-	wid := workflows.DeviceWorkflowID(id)
+	wid := ota.DeviceWorkflowID(id)
 	notRunning := cli.Exit(fmt.Sprintf("device %s has no upgrade running (workflow %s): nothing to cancel", id, wid), exitFailure)
 	runID, err := runningUpgrade(ctx, c, id)
 	if err != nil {
@@ -276,7 +276,7 @@ func (e *appEnv) cancelAction(cCtx *cli.Context) error {
 	if !cCtx.Bool("wait") {
 		return nil
 	}
-	st, err := workflows.UpgradeResult(ctx, c.GetWorkflow(ctx, wid, runID))
+	st, err := ota.UpgradeResult(ctx, c.GetWorkflow(ctx, wid, runID))
 	if ctx.Err() != nil {
 		return cli.Exit("stopped waiting; the cancel request stands", exitInterrupted)
 	}

@@ -14,8 +14,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // pollInterval is how often `upgrade --wait` asks the workflow for its state.
@@ -26,7 +26,7 @@ func upgradeCommand(e *appEnv) *cli.Command {
 		Name:      "upgrade",
 		Usage:     "start the upgrade of one device (and, with --wait, follow it to the end)",
 		UsageText: "starter upgrade --device D --type T --version V --url U --md5 M --size S [options]",
-		Description: "Starts the workflow " + workflows.DeviceWorkflowID("<device>") + ", which sends the device the package URL,\n" +
+		Description: "Starts the workflow " + ota.DeviceWorkflowID("<device>") + ", which sends the device the package URL,\n" +
 			"follows its progress and succeeds when the device reports the new version.\n" +
 			"Get --md5 and --size with `starter package inspect --url U`.\n" +
 			"Exit codes: 0 started (with --wait: succeeded or skipped), 1 failed/timed out/canceled,\n" +
@@ -55,7 +55,7 @@ func (e *appEnv) upgradeAction(cCtx *cli.Context) error {
 		return err
 	}
 	return e.startUpgrade(cCtx.Context, c, req, upgradeOutput{
-		wait: cCtx.Bool("wait"), json: cCtx.Bool("json"), link: webUILink(cCtx, workflows.DeviceWorkflowID(req.DeviceID)),
+		wait: cCtx.Bool("wait"), json: cCtx.Bool("json"), link: webUILink(cCtx, ota.DeviceWorkflowID(req.DeviceID)),
 	})
 }
 
@@ -78,27 +78,27 @@ func packageFlags() []cli.Flag {
 // attemptFlags are the per-device timeout and retry flags, shared like packageFlags.
 func attemptFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.DurationFlag{Name: "start-timeout", Value: workflows.DefaultStartTimeout,
+		&cli.DurationFlag{Name: "start-timeout", Value: ota.DefaultStartTimeout,
 			Usage: "wait at most this `DURATION` for the device's first report after a command"},
-		&cli.DurationFlag{Name: "silence-timeout", Value: workflows.DefaultSilenceTimeout,
+		&cli.DurationFlag{Name: "silence-timeout", Value: ota.DefaultSilenceTimeout,
 			Usage: "longest silence (`DURATION`) between progress reports while downloading"},
-		&cli.DurationFlag{Name: "install-timeout", Value: workflows.DefaultInstallTimeout,
+		&cli.DurationFlag{Name: "install-timeout", Value: ota.DefaultInstallTimeout,
 			Usage: "wait at most this `DURATION` for the new version after the download"},
-		&cli.DurationFlag{Name: "deadline", Value: workflows.DefaultDeadline,
+		&cli.DurationFlag{Name: "deadline", Value: ota.DefaultDeadline,
 			Usage: "`DURATION` bound on the whole upgrade, all attempts included"},
-		&cli.IntFlag{Name: "max-attempts", Value: workflows.DefaultMaxAttempts,
+		&cli.IntFlag{Name: "max-attempts", Value: ota.DefaultMaxAttempts,
 			Usage: "`N` commands sent at most, 1 to 100"},
-		&cli.StringFlag{Name: "retry-codes", Value: formatCodes(workflows.DefaultRetryCodes),
+		&cli.StringFlag{Name: "retry-codes", Value: formatCodes(ota.DefaultRetryCodes),
 			Usage: "device error `CODES` that start another attempt, comma-separated, or \"none\""},
 		&cli.BoolFlag{Name: "retry-timeouts", Value: true,
 			Usage: "start another attempt after a timeout (--retry-timeouts=false to stop)"},
-		&cli.DurationFlag{Name: "retry-backoff", Value: workflows.DefaultRetryBackoff,
+		&cli.DurationFlag{Name: "retry-backoff", Value: ota.DefaultRetryBackoff,
 			Usage: "wait (`DURATION`) before the second attempt; doubles for each further one"},
 	}
 }
 
 // upgradeRequest builds and checks the request from the flags; every error is a usage error.
-func upgradeRequest(cCtx *cli.Context) (workflows.UpgradeRequest, error) {
+func upgradeRequest(cCtx *cli.Context) (ota.UpgradeRequest, error) {
 	req, err := upgradeTemplate(cCtx)
 	if err != nil {
 		return req, err
@@ -117,8 +117,8 @@ func upgradeRequest(cCtx *cli.Context) (workflows.UpgradeRequest, error) {
 // upgradeTemplate reads the flags of packageFlags and attemptFlags into an upgrade request
 // without a device, checking what people get wrong most so that the message names the flag;
 // every error is a usage error. The caller validates the whole request.
-func upgradeTemplate(cCtx *cli.Context) (workflows.UpgradeRequest, error) {
-	req := workflows.UpgradeRequest{
+func upgradeTemplate(cCtx *cli.Context) (ota.UpgradeRequest, error) {
+	req := ota.UpgradeRequest{
 		Type:           cCtx.String("type"),
 		Version:        cCtx.String("version"),
 		URL:            cCtx.String("url"),
@@ -217,18 +217,18 @@ type upgradeOutput struct {
 
 // upgradeReport is the JSON output of `upgrade`.
 type upgradeReport struct {
-	DeviceID   string                   `json:"device_id"`
-	WorkflowID string                   `json:"workflow_id"`
-	RunID      string                   `json:"run_id"`
-	WebUI      string                   `json:"web_ui"`
-	Result     *workflows.UpgradeStatus `json:"result,omitempty"`
-	Error      string                   `json:"error,omitempty"`
+	DeviceID   string             `json:"device_id"`
+	WorkflowID string             `json:"workflow_id"`
+	RunID      string             `json:"run_id"`
+	WebUI      string             `json:"web_ui"`
+	Result     *ota.UpgradeStatus `json:"result,omitempty"`
+	Error      string             `json:"error,omitempty"`
 }
 
 // startUpgrade starts the upgrade and, when asked, follows it to its end.
-func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req workflows.UpgradeRequest, o upgradeOutput) error {
-	run, err := workflows.StartDeviceUpgrade(ctx, c, req)
-	var running *workflows.AlreadyRunningError
+func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req ota.UpgradeRequest, o upgradeOutput) error {
+	run, err := ota.StartDeviceUpgrade(ctx, c, req)
+	var running *ota.AlreadyRunningError
 	if errors.As(err, &running) {
 		return cli.Exit(fmt.Sprintf("%v\nSee it with `starter status --device %s` or %s", running, req.DeviceID, o.link), exitAlreadyRunning)
 	}
@@ -286,14 +286,14 @@ func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req workflow
 // followUpgrade prints a progress line whenever the state, progress or attempt of the run
 // changes (polling its state query every interval) until the run ends, and returns the final
 // status as workflows.UpgradeResult does.
-func followUpgrade(ctx context.Context, c client.Client, run client.WorkflowRun, w io.Writer, interval time.Duration) (workflows.UpgradeStatus, error) {
+func followUpgrade(ctx context.Context, c client.Client, run client.WorkflowRun, w io.Writer, interval time.Duration) (ota.UpgradeStatus, error) {
 	type result struct {
-		st  workflows.UpgradeStatus
+		st  ota.UpgradeStatus
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		st, err := workflows.UpgradeResult(ctx, run)
+		st, err := ota.UpgradeResult(ctx, run)
 		done <- result{st, err}
 	}()
 	ticker := time.NewTicker(interval)
@@ -321,9 +321,9 @@ func followUpgrade(ctx context.Context, c client.Client, run client.WorkflowRun,
 }
 
 // queryState asks a running upgrade workflow for its state.
-func queryState(ctx context.Context, c client.Client, workflowID, runID string) (workflows.UpgradeStatus, error) {
-	var st workflows.UpgradeStatus
-	v, err := c.QueryWorkflow(ctx, workflowID, runID, workflows.QueryState)
+func queryState(ctx context.Context, c client.Client, workflowID, runID string) (ota.UpgradeStatus, error) {
+	var st ota.UpgradeStatus
+	v, err := c.QueryWorkflow(ctx, workflowID, runID, ota.QueryState)
 	if err != nil {
 		return st, fmt.Errorf("query state of workflow %s: %w", workflowID, err)
 	}
@@ -334,7 +334,7 @@ func queryState(ctx context.Context, c client.Client, workflowID, runID string) 
 }
 
 // progressLine is one line of live progress, e.g. "dev-1  downloading  42%  attempt 1/3".
-func progressLine(st workflows.UpgradeStatus) string {
+func progressLine(st ota.UpgradeStatus) string {
 	line := fmt.Sprintf("%s  %s  %d%%  attempt %d/%d", st.DeviceID, st.State, st.Progress, st.Attempt, st.MaxAttempts)
 	if st.ErrorCode != 0 && !st.State.Final() {
 		line += "  after " + codeDesc(st.ErrorCode, st.Desc)
@@ -343,7 +343,7 @@ func progressLine(st workflows.UpgradeStatus) string {
 }
 
 // finalLine is the progress line of the final state, with its error if any.
-func finalLine(st workflows.UpgradeStatus) string {
+func finalLine(st ota.UpgradeStatus) string {
 	line := fmt.Sprintf("%s  %s  %d%%  attempt %d/%d", st.DeviceID, st.State, st.Progress, st.Attempt, st.MaxAttempts)
 	if !st.State.Successful() {
 		line += "  " + outcome(st)
@@ -354,7 +354,7 @@ func finalLine(st workflows.UpgradeStatus) string {
 }
 
 // outcome says how an upgrade ended: state, code and desc.
-func outcome(st workflows.UpgradeStatus) string {
+func outcome(st ota.UpgradeStatus) string {
 	s := string(st.State)
 	if st.ErrorCode != 0 || st.Desc != "" {
 		s += ": " + codeDesc(st.ErrorCode, st.Desc)

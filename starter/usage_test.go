@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/otaflow/otaflow/workflows"
+	"github.com/otaflow/otaflow/internal/ota"
 )
 
 // noServers points starter at addresses where nothing listens and at no database, so that a
@@ -142,19 +142,19 @@ func TestParseCodes(t *testing.T) {
 			t.Errorf("parseCodes(%q) = %#v, want %#v", tt.in, got, tt.want)
 		}
 	}
-	if formatCodes(workflows.DefaultRetryCodes) != "-1,-2,-3,-4" {
-		t.Errorf("formatCodes(defaults) = %q", formatCodes(workflows.DefaultRetryCodes))
+	if formatCodes(ota.DefaultRetryCodes) != "-1,-2,-3,-4" {
+		t.Errorf("formatCodes(defaults) = %q", formatCodes(ota.DefaultRetryCodes))
 	}
 }
 
 func TestProgressLine(t *testing.T) {
 	tests := []struct {
-		st   workflows.UpgradeStatus
+		st   ota.UpgradeStatus
 		want string
 	}{
-		{workflows.UpgradeStatus{DeviceID: "dev-1", State: "downloading", Progress: 42, Attempt: 1, MaxAttempts: 3},
+		{ota.UpgradeStatus{DeviceID: "dev-1", State: "downloading", Progress: 42, Attempt: 1, MaxAttempts: 3},
 			"dev-1  downloading  42%  attempt 1/3"},
-		{workflows.UpgradeStatus{DeviceID: "dev-1", State: "pending", Progress: 10, Attempt: 1, MaxAttempts: 3, ErrorCode: -2, Desc: "bad md5"},
+		{ota.UpgradeStatus{DeviceID: "dev-1", State: "pending", Progress: 10, Attempt: 1, MaxAttempts: 3, ErrorCode: -2, Desc: "bad md5"},
 			"dev-1  pending  10%  attempt 1/3  after code -2 (md5 check failed) bad md5"},
 	}
 	for _, tt := range tests {
@@ -162,7 +162,7 @@ func TestProgressLine(t *testing.T) {
 			t.Errorf("progressLine = %q, want %q", got, tt.want)
 		}
 	}
-	failed := workflows.UpgradeStatus{DeviceID: "dev-1", State: "failed", Attempt: 3, MaxAttempts: 3, ErrorCode: -1, Desc: "http 404"}
+	failed := ota.UpgradeStatus{DeviceID: "dev-1", State: "failed", Attempt: 3, MaxAttempts: 3, ErrorCode: -1, Desc: "http 404"}
 	if got, want := finalLine(failed), "dev-1  failed  0%  attempt 3/3  failed: code -1 (download failed) http 404"; got != want {
 		t.Errorf("finalLine = %q, want %q", got, want)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
@@ -90,7 +91,7 @@ func run(cCtx *cli.Context) error {
 	if err := w.Start(); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
-	logger.Info("OTAflow worker running", "taskQueue", workflows.TaskQueue, "temporal", cCtx.String("temporal-address"))
+	logger.Info("OTAflow worker running", "taskQueue", ota.TaskQueue, "temporal", cCtx.String("temporal-address"))
 	<-ctx.Done()
 	logger.Info("Stopping worker: waiting for running tasks")
 	w.Stop()

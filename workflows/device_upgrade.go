@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 )
@@ -72,8 +73,8 @@ const (
 
 // upgrade is the state of one DeviceUpgradeWorkflow run.
 type upgrade struct {
-	req    UpgradeRequest
-	st     UpgradeStatus
+	req    ota.UpgradeRequest
+	st     ota.UpgradeStatus
 	record store.Upgrade // the PostgreSQL row, as last recorded
 
 	phase      phase
@@ -97,10 +98,10 @@ type upgrade struct {
 // only when a status report shows the target version. It returns the final UpgradeStatus;
 // failed and timed-out upgrades fail with an ApplicationError whose details hold it, and a
 // canceled upgrade ends canceled.
-func DeviceUpgradeWorkflow(ctx workflow.Context, req UpgradeRequest) (UpgradeStatus, error) {
+func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.UpgradeStatus, error) {
 	req = req.WithDefaults()
 	if err := req.Validate(); err != nil {
-		return UpgradeStatus{}, temporal.NewNonRetryableApplicationError("invalid upgrade request: "+err.Error(), ErrTypeInvalidRequest, err)
+		return ota.UpgradeStatus{}, temporal.NewNonRetryableApplicationError("invalid upgrade request: "+err.Error(), ota.ErrTypeInvalidRequest, err)
 	}
 	info := workflow.GetInfo(ctx)
 	now := workflow.Now(ctx)
@@ -109,7 +110,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req UpgradeRequest) (UpgradeSta
 		phase:      phaseSend,
 		deadline:   now.Add(req.Deadline),
 		minTimeout: min(req.StartTimeout, req.SilenceTimeout, req.InstallTimeout),
-		st: UpgradeStatus{
+		st: ota.UpgradeStatus{
 			DeviceID: req.DeviceID, Type: req.Type, Version: req.Version, Rollout: req.Rollout,
 			State: protocol.StatePending, MaxAttempts: req.MaxAttempts, StartedAt: now, UpdatedAt: now,
 		},
@@ -118,14 +119,14 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req UpgradeRequest) (UpgradeSta
 			Rollout: req.Rollout, Type: req.Type, Version: req.Version, URL: req.URL, MD5: req.MD5, Size: req.Size,
 		},
 	}
-	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(SearchState); ok {
+	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(ota.SearchState); ok {
 		u.searchState = v
 	}
-	if err := workflow.SetQueryHandler(ctx, QueryState, func() (UpgradeStatus, error) { return u.st, nil }); err != nil {
-		return UpgradeStatus{}, fmt.Errorf("set query handler: %w", err)
+	if err := workflow.SetQueryHandler(ctx, ota.QueryState, func() (ota.UpgradeStatus, error) { return u.st, nil }); err != nil {
+		return ota.UpgradeStatus{}, fmt.Errorf("set query handler: %w", err)
 	}
-	progressCh := workflow.GetSignalChannel(ctx, SignalProgress)
-	statusCh := workflow.GetSignalChannel(ctx, SignalStatus)
+	progressCh := workflow.GetSignalChannel(ctx, ota.SignalProgress)
+	statusCh := workflow.GetSignalChannel(ctx, ota.SignalStatus)
 
 	for u.phase != phaseDone {
 		if ctx.Err() != nil {
@@ -139,12 +140,12 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req UpgradeRequest) (UpgradeSta
 		}
 		sel := workflow.NewSelector(ctx)
 		sel.AddReceive(progressCh, func(c workflow.ReceiveChannel, _ bool) {
-			var sig ProgressSignal
+			var sig ota.ProgressSignal
 			c.Receive(ctx, &sig)
 			u.onProgress(ctx, sig.Progress)
 		})
 		sel.AddReceive(statusCh, func(c workflow.ReceiveChannel, _ bool) {
-			var sig StatusSignal
+			var sig ota.StatusSignal
 			c.Receive(ctx, &sig)
 			u.onStatus(ctx, sig.Status)
 		})
@@ -158,9 +159,9 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req UpgradeRequest) (UpgradeSta
 	}
 	switch u.st.State {
 	case protocol.StateFailed:
-		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ErrTypeUpgradeFailed, nil, u.st)
+		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeFailed, nil, u.st)
 	case protocol.StateTimedOut:
-		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ErrTypeUpgradeTimedOut, nil, u.st)
+		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeTimedOut, nil, u.st)
 	}
 	return u.st, nil
 }
@@ -396,10 +397,10 @@ func (u *upgrade) endAttempt(ctx workflow.Context, code int, desc string, timedO
 	}
 	now := workflow.Now(ctx)
 	backoff := u.req.RetryBackoff
-	for i := 1; i < u.st.Attempt && backoff < DefaultMaxBackoff; i++ {
+	for i := 1; i < u.st.Attempt && backoff < ota.DefaultMaxBackoff; i++ {
 		backoff *= 2
 	}
-	backoff = min(backoff, max(DefaultMaxBackoff, u.req.RetryBackoff))
+	backoff = min(backoff, max(ota.DefaultMaxBackoff, u.req.RetryBackoff))
 	if !retry || !now.Add(backoff).Before(u.deadline) {
 		u.finish(ctx, final, code, desc)
 		return
@@ -466,7 +467,7 @@ func (u *upgrade) upsertState(ctx workflow.Context, s protocol.State) {
 	if u.searchState == string(s) {
 		return
 	}
-	if err := workflow.UpsertTypedSearchAttributes(ctx, SearchState.ValueSet(string(s))); err != nil {
+	if err := workflow.UpsertTypedSearchAttributes(ctx, ota.SearchState.ValueSet(string(s))); err != nil {
 		workflow.GetLogger(ctx).Error("Could not upsert the state search attribute", "Error", err)
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 )
@@ -171,8 +172,8 @@ func (f *fakeDevices) states() []protocol.State {
 	return out
 }
 
-func testRequest() UpgradeRequest {
-	return UpgradeRequest{DeviceID: "dev-1", Type: "firmware", Version: "1.1",
+func testRequest() ota.UpgradeRequest {
+	return ota.UpgradeRequest{DeviceID: "dev-1", Type: "firmware", Version: "1.1",
 		URL: "http://files.local/fw-1.1.bin", MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1024}
 }
 
@@ -233,24 +234,24 @@ func (h *harness) schedule(steps []step) {
 					Version: p.Version, Progress: p.Progress, Desc: p.Desc, ReceivedAt: h.env.Now()})
 				h.dev.mu.Unlock()
 				if !s.storedOnly {
-					h.env.SignalWorkflow(SignalProgress, ProgressSignal{Progress: p})
+					h.env.SignalWorkflow(ota.SignalProgress, ota.ProgressSignal{Progress: p})
 				}
 			case s.rawStatus != nil:
-				h.env.SignalWorkflow(SignalStatus, StatusSignal{Status: s.rawStatus})
+				h.env.SignalWorkflow(ota.SignalStatus, ota.StatusSignal{Status: s.rawStatus})
 			case s.status != "":
-				h.env.SignalWorkflow(SignalStatus, StatusSignal{Status: protocol.Status{"firmware_ver": s.status}})
+				h.env.SignalWorkflow(ota.SignalStatus, ota.StatusSignal{Status: protocol.Status{"firmware_ver": s.status}})
 			}
 		}, s.at)
 	}
 }
 
-func (h *harness) run(t *testing.T, req UpgradeRequest) (UpgradeStatus, error) {
+func (h *harness) run(t *testing.T, req ota.UpgradeRequest) (ota.UpgradeStatus, error) {
 	t.Helper()
 	h.env.ExecuteWorkflow(DeviceUpgradeWorkflow, req)
 	if !h.env.IsWorkflowCompleted() {
 		t.Fatal("workflow did not complete")
 	}
-	var st UpgradeStatus
+	var st ota.UpgradeStatus
 	err := h.env.GetWorkflowResult(&st)
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) && appErr.HasDetails() {
@@ -272,7 +273,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 	tests := []struct {
 		name         string
 		reported     string
-		req          func(*UpgradeRequest)
+		req          func(*ota.UpgradeRequest)
 		steps        []step
 		wantState    protocol.State
 		wantCode     int
@@ -300,17 +301,17 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		},
 		{
 			name: "progress 100 alone never succeeds", reported: "1.0",
-			req:       func(r *UpgradeRequest) { r.MaxAttempts = 1 },
+			req:       func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
 			steps:     []step{{at: time.Second, progress: 100}},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
-			wantEndAfter: DefaultInstallTimeout, wantEndBefore: DefaultInstallTimeout + 2*time.Second,
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantEndAfter: ota.DefaultInstallTimeout, wantEndBefore: ota.DefaultInstallTimeout + 2*time.Second,
 		},
 		{
 			name: "status with an old version after the download is an install failure", reported: "1.0",
-			req:       func(r *UpgradeRequest) { r.RetryCodes = noRetry },
+			req:       func(r *ota.UpgradeRequest) { r.RetryCodes = noRetry },
 			steps:     []step{{at: time.Second, progress: 100}, {at: time.Minute, status: "1.0"}},
 			wantState: protocol.StateFailed, wantCode: protocol.CodeInstallFailed, wantAttempts: 1, wantCommands: 1,
-			wantErrType: ErrTypeUpgradeFailed,
+			wantErrType: ota.ErrTypeUpgradeFailed,
 		},
 		{
 			name: "status with an old version before the download is ignored", reported: "1.0",
@@ -320,25 +321,25 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		},
 		{
 			name: "stale progress is ignored", reported: "1.0",
-			req: func(r *UpgradeRequest) { r.MaxAttempts = 1 },
+			req: func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
 			// Only stale reports: the attempt must time out at the start timeout.
 			steps: []step{{at: time.Second, progress: 100, staleID: true}, {at: 2 * time.Second, progress: -3, staleID: true},
 				{at: 3 * time.Second, progress: 50, version: "0.9"}},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
-			wantEndAfter: DefaultStartTimeout, wantEndBefore: DefaultStartTimeout + time.Second,
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantEndAfter: ota.DefaultStartTimeout, wantEndBefore: ota.DefaultStartTimeout + time.Second,
 		},
 		{
 			name: "no first report: start timeout, retried, then timed out", reported: "1.0",
-			wantState: protocol.StateTimedOut, wantAttempts: 3, wantCommands: 3, wantErrType: ErrTypeUpgradeTimedOut,
+			wantState: protocol.StateTimedOut, wantAttempts: 3, wantCommands: 3, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			// 3 start timeouts + backoffs of 30 s and 60 s.
-			wantEndAfter: 3*DefaultStartTimeout + 90*time.Second, wantEndBefore: 3*DefaultStartTimeout + 91*time.Second,
+			wantEndAfter: 3*ota.DefaultStartTimeout + 90*time.Second, wantEndBefore: 3*ota.DefaultStartTimeout + 91*time.Second,
 		},
 		{
 			name: "silence while downloading times out", reported: "1.0",
-			req:       func(r *UpgradeRequest) { r.MaxAttempts = 1 },
+			req:       func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
 			steps:     []step{{at: time.Second, progress: 10}, {at: 2 * time.Minute, progress: 20}},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
-			wantEndAfter: 2*time.Minute + DefaultSilenceTimeout, wantEndBefore: 2*time.Minute + DefaultSilenceTimeout + time.Second,
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantEndAfter: 2*time.Minute + ota.DefaultSilenceTimeout, wantEndBefore: 2*time.Minute + ota.DefaultSilenceTimeout + time.Second,
 		},
 		{
 			name: "error on first attempt, success on second", reported: "1.0",
@@ -348,10 +349,10 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		},
 		{
 			name: "codes not configured to retry fail at once", reported: "1.0",
-			req:       func(r *UpgradeRequest) { r.RetryCodes = []int{protocol.CodeDownloadFailed} },
+			req:       func(r *ota.UpgradeRequest) { r.RetryCodes = []int{protocol.CodeDownloadFailed} },
 			steps:     []step{{at: time.Second, progress: -2}},
 			wantState: protocol.StateFailed, wantCode: protocol.CodeMD5Mismatch, wantAttempts: 1, wantCommands: 1,
-			wantErrType: ErrTypeUpgradeFailed,
+			wantErrType: ota.ErrTypeUpgradeFailed,
 		},
 		{
 			name: "cancel ends canceled", reported: "1.0",
@@ -361,7 +362,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		{
 			// Issue 15, defect 7.
 			name: "a status without the version key after the download says nothing", reported: "1.0",
-			req: func(r *UpgradeRequest) { r.RetryCodes = noRetry },
+			req: func(r *ota.UpgradeRequest) { r.RetryCodes = noRetry },
 			steps: []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, rawStatus: protocol.Status{"app_ver": "9"}},
 				{at: 20 * time.Second, status: "1.1"}},
 			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
@@ -371,7 +372,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			// Issue 15, defect 8: reports every 2 s against a 10 s silence timeout, of which
 			// the bridge forwards one a minute.
 			name: "a device reporting more often than the bridge forwards is not timed out", reported: "1.0",
-			req: func(r *UpgradeRequest) { r.SilenceTimeout = 10 * time.Second },
+			req: func(r *ota.UpgradeRequest) { r.SilenceTimeout = 10 * time.Second },
 			steps: slices.Concat([]step{{at: time.Second, progress: 10}},
 				every(3*time.Second, 61*time.Second, 2*time.Second, 20, true),
 				[]step{{at: 61 * time.Second, progress: 50}},
@@ -382,37 +383,37 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		},
 		{
 			name: "a device whose stored reports stop is timed out at the silence timeout", reported: "1.0",
-			req: func(r *UpgradeRequest) { r.SilenceTimeout = 10 * time.Second; r.MaxAttempts = 1 },
+			req: func(r *ota.UpgradeRequest) { r.SilenceTimeout = 10 * time.Second; r.MaxAttempts = 1 },
 			steps: slices.Concat([]step{{at: time.Second, progress: 10}},
 				every(3*time.Second, 30*time.Second, 2*time.Second, 20, true)),
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			// The last report at 29 s, silent from then on.
 			wantEndAfter: 39 * time.Second, wantEndBefore: 40 * time.Second,
 		},
 		{
 			name: "progress going back after the download is ignored", reported: "1.0",
-			req: func(r *UpgradeRequest) { r.RetryCodes = noRetry },
+			req: func(r *ota.UpgradeRequest) { r.RetryCodes = noRetry },
 			steps: []step{{at: time.Second, progress: 100}, {at: 2 * time.Second, progress: 50},
 				{at: 3 * time.Second, status: "1.0"}},
 			// Still downloaded: the old version is an install failure.
 			wantState: protocol.StateFailed, wantCode: protocol.CodeInstallFailed, wantAttempts: 1, wantCommands: 1,
-			wantErrType: ErrTypeUpgradeFailed,
+			wantErrType: ota.ErrTypeUpgradeFailed,
 		},
 		{
 			name: "a repeated 100 does not restart the install timeout", reported: "1.0",
-			req:       func(r *UpgradeRequest) { r.MaxAttempts = 1 },
+			req:       func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
 			steps:     []step{{at: time.Second, progress: 100}, {at: 10 * time.Minute, progress: 100}},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
-			wantEndAfter: time.Second + DefaultInstallTimeout, wantEndBefore: 2*time.Second + DefaultInstallTimeout,
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantEndAfter: time.Second + ota.DefaultInstallTimeout, wantEndBefore: 2*time.Second + ota.DefaultInstallTimeout,
 		},
 		{
 			name: "overall deadline", reported: "1.0",
-			req: func(r *UpgradeRequest) {
+			req: func(r *ota.UpgradeRequest) {
 				r.Deadline = 3 * time.Minute
 				r.StartTimeout = time.Hour
 				r.SilenceTimeout = time.Hour
 			},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ErrTypeUpgradeTimedOut,
+			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			wantEndAfter: 3 * time.Minute, wantEndBefore: 3*time.Minute + time.Second,
 		},
 	}
@@ -420,7 +421,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		tests = append(tests, struct {
 			name                        string
 			reported                    string
-			req                         func(*UpgradeRequest)
+			req                         func(*ota.UpgradeRequest)
 			steps                       []step
 			wantState                   protocol.State
 			wantCode                    int
@@ -433,7 +434,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			// Each attempt reports the error a second after its command.
 			steps: []step{{at: time.Second, progress: code}, {at: 32 * time.Second, progress: code},
 				{at: 93 * time.Second, progress: code}},
-			wantState: protocol.StateFailed, wantCode: code, wantAttempts: 3, wantCommands: 3, wantErrType: ErrTypeUpgradeFailed,
+			wantState: protocol.StateFailed, wantCode: code, wantAttempts: 3, wantCommands: 3, wantErrType: ota.ErrTypeUpgradeFailed,
 		})
 	}
 	for _, tt := range tests {
@@ -493,8 +494,8 @@ func TestDeviceUpgradeCommands(t *testing.T) {
 	if first.ID == second.ID {
 		t.Errorf("retry reused command ID %s", first.ID)
 	}
-	if got := first.ExpiresAt.Sub(first.IssuedAt); got != DefaultStartTimeout {
-		t.Errorf("command expires %s after issue, want %s", got, DefaultStartTimeout)
+	if got := first.ExpiresAt.Sub(first.IssuedAt); got != ota.DefaultStartTimeout {
+		t.Errorf("command expires %s after issue, want %s", got, ota.DefaultStartTimeout)
 	}
 	want := []protocol.State{protocol.StateSent, protocol.StatePending, protocol.StateSent, protocol.StateSucceeded}
 	if got := h.dev.states(); fmt.Sprint(got) != fmt.Sprint(want) {
@@ -505,9 +506,9 @@ func TestDeviceUpgradeCommands(t *testing.T) {
 func TestDeviceUpgradeQuery(t *testing.T) {
 	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
 	h.schedule([]step{{at: time.Second, progress: 42}, {at: time.Minute, status: "1.1"}})
-	var mid UpgradeStatus
+	var mid ota.UpgradeStatus
 	h.env.RegisterDelayedCallback(func() {
-		v, err := h.env.QueryWorkflow(QueryState)
+		v, err := h.env.QueryWorkflow(ota.QueryState)
 		if err != nil {
 			t.Errorf("query: %v", err)
 			return
@@ -531,8 +532,8 @@ func TestDeviceUpgradeInvalidRequest(t *testing.T) {
 	req.MD5 = "not-an-md5"
 	_, err := h.run(t, req)
 	var appErr *temporal.ApplicationError
-	if !errors.As(err, &appErr) || appErr.Type() != ErrTypeInvalidRequest {
-		t.Fatalf("error = %v, want %s", err, ErrTypeInvalidRequest)
+	if !errors.As(err, &appErr) || appErr.Type() != ota.ErrTypeInvalidRequest {
+		t.Fatalf("error = %v, want %s", err, ota.ErrTypeInvalidRequest)
 	}
 	if len(h.dev.commands) != 0 {
 		t.Fatal("a command was sent for an invalid request")
@@ -555,7 +556,7 @@ func TestDeviceUpgradeUnknownDevice(t *testing.T) {
 func TestDeviceUpgradeOutcomeWithCancel(t *testing.T) {
 	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
 	h.env.RegisterDelayedCallback(func() {
-		h.env.SignalWorkflow(SignalStatus, StatusSignal{Status: protocol.Status{"firmware_ver": "1.1"}})
+		h.env.SignalWorkflow(ota.SignalStatus, ota.StatusSignal{Status: protocol.Status{"firmware_ver": "1.1"}})
 		h.env.CancelWorkflow()
 	}, 10*time.Second)
 	st, _ := h.run(t, testRequest())

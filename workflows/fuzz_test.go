@@ -6,11 +6,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/sdk/converter"
 )
 
 // formatWaves writes waves in the syntax ParseWaves reads.
-func formatWaves(waves []Wave) string {
+func formatWaves(waves []ota.Wave) string {
 	items := make([]string, len(waves))
 	for i, w := range waves {
 		if w.Percent > 0 {
@@ -38,7 +39,7 @@ func FuzzRolloutRequest(f *testing.F) {
 	f.Add("50%,10%,1e2%", 100.0, 1e308, 100.0, 1e308, 1e308, "00:00", "00:00", "../etc/passwd")
 	f.Fuzz(func(t *testing.T, waves string, success, maxPerMinute, failurePercent, rampStart, rampFactor float64,
 		start, end, tz string) {
-		ws, err := ParseWaves(waves)
+		ws, err := ota.ParseWaves(waves)
 		if err != nil {
 			if !strings.Contains(err.Error(), "wave") {
 				t.Fatalf("ParseWaves(%q): the error does not name the wave: %v", waves, err)
@@ -51,7 +52,7 @@ func FuzzRolloutRequest(f *testing.F) {
 					t.Fatalf("ParseWaves(%q) accepted the wave %+v", waves, w)
 				}
 			}
-			if again, err := ParseWaves(formatWaves(ws)); err != nil || !reflect.DeepEqual(again, ws) {
+			if again, err := ota.ParseWaves(formatWaves(ws)); err != nil || !reflect.DeepEqual(again, ws) {
 				t.Fatalf("ParseWaves(%q) = %+v, written %q, reads back as %+v (%v)", waves, ws, formatWaves(ws), again, err)
 			}
 		}
@@ -63,10 +64,10 @@ func FuzzRolloutRequest(f *testing.F) {
 		req := rolloutRequest(ws...)
 		req.MaxPerMinute, req.FailurePercent = maxPerMinute, failurePercent
 		if rampStart != 0 || rampFactor != 0 {
-			req.Ramp = &Ramp{StartPerMinute: rampStart, Factor: rampFactor, Step: 1}
+			req.Ramp = &ota.Ramp{StartPerMinute: rampStart, Factor: rampFactor, Step: 1}
 		}
 		if start != "" || end != "" || tz != "" {
-			req.Window = &Window{Start: start, End: end, TimeZone: tz}
+			req.Window = &ota.Window{Start: start, End: end, TimeZone: tz}
 		}
 		req = req.WithDefaults()
 		if req.Validate() != nil {
@@ -77,7 +78,7 @@ func FuzzRolloutRequest(f *testing.F) {
 		if err != nil {
 			t.Fatalf("a valid request cannot be sent to the workflow: %v\n%+v", err, req)
 		}
-		var got RolloutRequest
+		var got ota.RolloutRequest
 		if err := dc.FromPayload(p, &got); err != nil {
 			t.Fatalf("the workflow cannot read a valid request: %v", err)
 		}

@@ -1,13 +1,11 @@
 package workflows
 
 import (
-	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
-	"strings"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -15,54 +13,10 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/zones"
 )
-
-// RolloutInput is the argument of RolloutWorkflow: the request, and, when a run continues as
-// new, where the previous run left off.
-type RolloutInput struct {
-	Request RolloutRequest `json:"request"`
-	Carry   *RolloutCarry  `json:"carry,omitempty"`
-}
-
-// RolloutCarry is the state a rollout run hands to the next when it continues as new.
-type RolloutCarry struct {
-	Progress      RolloutProgress `json:"progress"`
-	WaveEnds      []int           `json:"wave_ends"`
-	Cursor        string          `json:"cursor"`
-	Buffer        []string        `json:"buffer,omitempty"`
-	Exhausted     bool            `json:"exhausted"`
-	WaveOpened    bool            `json:"wave_opened"`
-	Baseline      Counts          `json:"baseline"`
-	WaveBaseline  Counts          `json:"wave_baseline"`
-	Paused        bool            `json:"paused"`
-	Aborting      bool            `json:"aborting"`
-	Cancel        *CancelRequest  `json:"cancel,omitempty"`
-	ApprovedWave  int             `json:"approved_wave"`
-	NextStartAt   time.Time       `json:"next_start_at"`
-	RampStartedAt time.Time       `json:"ramp_started_at"`
-	// Handed lists the device upgrades still running when the run continued as new; the
-	// next run follows them to their end.
-	Handed []HandedUpgrade `json:"handed,omitempty"`
-	// Snapshot names the stored list of the rollout's targets, fixed at pre-flight (empty
-	// for rollouts started before versionControl, which select their targets page by page).
-	Snapshot string `json:"snapshot,omitempty"`
-	// PauseReason, CancelReason and AbortReason say why the rollout is paused, being
-	// canceled or aborted; the state shown gives the reason of what it is doing.
-	PauseReason  string `json:"pause_reason,omitempty"`
-	CancelReason string `json:"cancel_reason,omitempty"`
-	AbortReason  string `json:"abort_reason,omitempty"`
-}
-
-// HandedUpgrade is a device upgrade one rollout run started and the next follows.
-type HandedUpgrade struct {
-	Device string `json:"device"`
-	RunID  string `json:"run_id"`
-	// Wave is the index of the wave that started it.
-	Wave int `json:"wave"`
-}
 
 var (
 	targetOptions = workflow.ActivityOptions{
@@ -120,9 +74,9 @@ const (
 const burstWindow = 5 * time.Second
 
 type rollout struct {
-	req RolloutRequest
-	c   RolloutCarry
-	p   *RolloutProgress
+	req ota.RolloutRequest
+	c   ota.RolloutCarry
+	p   *ota.RolloutProgress
 
 	running        map[string]workflow.CancelFunc
 	runIDs         map[string]string // run IDs of the running upgrades, once started
@@ -138,7 +92,7 @@ type rollout struct {
 	// waiting_window, or a final state) and phaseReason why; the state shown is derived from
 	// them, a pause and a pending cancel (show), so that a pause and a resume never lose
 	// what the rollout was waiting for.
-	phase       RolloutState
+	phase       ota.RolloutState
 	phaseReason string
 }
 
@@ -148,10 +102,10 @@ type rollout struct {
 //
 // Once a pause, cancel or abort is acknowledged, no further device upgrade starts: mayStart
 // is checked by startDevice, the one place that starts them, right before each start.
-func RolloutWorkflow(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
+func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProgress, error) {
 	req := in.Request.WithDefaults()
 	if err := req.Validate(); err != nil {
-		return RolloutProgress{}, temporal.NewNonRetryableApplicationError("invalid rollout request: "+err.Error(), ErrTypeInvalidRequest, err)
+		return ota.RolloutProgress{}, temporal.NewNonRetryableApplicationError("invalid rollout request: "+err.Error(), ota.ErrTypeInvalidRequest, err)
 	}
 	r := &rollout{req: req, running: map[string]workflow.CancelFunc{}, runIDs: map[string]string{}, waveOf: map[string]int{}}
 	v := workflow.GetVersion(ctx, rolloutChange, workflow.DefaultVersion, versionControl)
@@ -159,19 +113,19 @@ func RolloutWorkflow(ctx workflow.Context, in RolloutInput) (RolloutProgress, er
 	if in.Carry != nil {
 		r.c = *in.Carry
 		r.c.Progress.Runs++
-		r.phase = RolloutRunning
+		r.phase = ota.RolloutRunning
 		if r.c.Paused && r.c.PauseReason == "" { // carried by a run before versionControl
 			r.c.PauseReason = r.c.Progress.Reason
 		}
 	} else {
 		now := workflow.Now(ctx)
-		r.c.Progress = RolloutProgress{Name: req.Name, Type: req.Upgrade.Type, Version: req.Upgrade.Version,
-			State: RolloutPreflight, Runs: 1, StartedAt: now, UpdatedAt: now}
+		r.c.Progress = ota.RolloutProgress{Name: req.Name, Type: req.Upgrade.Type, Version: req.Upgrade.Version,
+			State: ota.RolloutPreflight, Runs: 1, StartedAt: now, UpdatedAt: now}
 		r.c.RampStartedAt = now
-		r.phase = RolloutPreflight
+		r.phase = ota.RolloutPreflight
 	}
 	r.p = &r.c.Progress
-	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(SearchState); ok {
+	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(ota.SearchState); ok {
 		r.searchState = v
 	}
 	if err := r.setHandlers(ctx); err != nil {
@@ -188,36 +142,36 @@ func RolloutWorkflow(ctx workflow.Context, in RolloutInput) (RolloutProgress, er
 				r.onWorkflowCanceled()
 				return r.end(ctx)
 			}
-			r.finish(ctx, RolloutFailed, err.Error())
-			return *r.p, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeUpgradeFailed, err, *r.p)
+			r.finish(ctx, ota.RolloutFailed, err.Error())
+			return *r.p, temporal.NewNonRetryableApplicationError(err.Error(), ota.ErrTypeUpgradeFailed, err, *r.p)
 		}
 	}
 	return r.run(ctx)
 }
 
 func (r *rollout) setHandlers(ctx workflow.Context) error {
-	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (RolloutProgress, error) {
+	if err := workflow.SetQueryHandler(ctx, ota.QueryProgress, func() (ota.RolloutProgress, error) {
 		p := *r.p
 		p.RatePerMinute = r.rate(workflow.Now(ctx))
 		return p, nil
 	}); err != nil {
 		return fmt.Errorf("set query handler: %w", err)
 	}
-	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdatePause, r.onPause,
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, ota.UpdatePause, r.onPause,
 		workflow.UpdateHandlerOptions{Validator: r.validatePause}); err != nil {
-		return fmt.Errorf("set update handler %s: %w", UpdatePause, err)
+		return fmt.Errorf("set update handler %s: %w", ota.UpdatePause, err)
 	}
-	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateResume, r.onResume,
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, ota.UpdateResume, r.onResume,
 		workflow.UpdateHandlerOptions{Validator: r.validateResume}); err != nil {
-		return fmt.Errorf("set update handler %s: %w", UpdateResume, err)
+		return fmt.Errorf("set update handler %s: %w", ota.UpdateResume, err)
 	}
-	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateCancel, r.onCancel,
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, ota.UpdateCancel, r.onCancel,
 		workflow.UpdateHandlerOptions{Validator: r.validateCancel}); err != nil {
-		return fmt.Errorf("set update handler %s: %w", UpdateCancel, err)
+		return fmt.Errorf("set update handler %s: %w", ota.UpdateCancel, err)
 	}
-	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateApprove, r.onApprove,
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, ota.UpdateApprove, r.onApprove,
 		workflow.UpdateHandlerOptions{Validator: r.validateApprove}); err != nil {
-		return fmt.Errorf("set update handler %s: %w", UpdateApprove, err)
+		return fmt.Errorf("set update handler %s: %w", ota.UpdateApprove, err)
 	}
 	return nil
 }
@@ -265,8 +219,8 @@ func (r *rollout) onResume(ctx workflow.Context) error {
 	if !r.control {
 		// Before versionControl a resume showed running whatever the rollout waited for.
 		r.p.Reason = ""
-		r.phase, r.phaseReason = RolloutRunning, ""
-		r.changed(ctx, RolloutRunning)
+		r.phase, r.phaseReason = ota.RolloutRunning, ""
+		r.changed(ctx, ota.RolloutRunning)
 		return nil
 	}
 	r.show(ctx)
@@ -275,7 +229,7 @@ func (r *rollout) onResume(ctx workflow.Context) error {
 
 // validateCancel refuses a cancel of an ended rollout, and a second cancel unless it also
 // cancels the running upgrades where the first did not.
-func (r *rollout) validateCancel(c CancelRequest) error {
+func (r *rollout) validateCancel(c ota.CancelRequest) error {
 	if r.p.State.Final() {
 		return fmt.Errorf("rollout %s is %s", r.req.Name, r.p.State)
 	}
@@ -288,7 +242,7 @@ func (r *rollout) validateCancel(c CancelRequest) error {
 	return nil
 }
 
-func (r *rollout) onCancel(ctx workflow.Context, c CancelRequest) error {
+func (r *rollout) onCancel(ctx workflow.Context, c ota.CancelRequest) error {
 	if r.c.Cancel != nil { // escalated: the running upgrades are canceled too
 		r.c.Cancel.CancelRunning = true
 		r.version++
@@ -315,7 +269,7 @@ func (r *rollout) validateApprove(wave int) error {
 	if err := r.final(); err != nil {
 		return err
 	}
-	if r.phase != RolloutWaitingApproval {
+	if r.phase != ota.RolloutWaitingApproval {
 		return fmt.Errorf("no wave is waiting for approval (rollout is %s)", r.p.State)
 	}
 	if wave != 0 && wave != r.p.CurrentWave {
@@ -334,7 +288,7 @@ func (r *rollout) onApprove(ctx workflow.Context, wave int) error {
 // versionControl on, the targets are fixed here: the devices that match, registered and
 // enabled, are stored as the rollout's snapshot list, which the later pages read.
 func (r *rollout) prepare(ctx workflow.Context) error {
-	r.upsertState(ctx, RolloutPreflight)
+	r.upsertState(ctx, ota.RolloutPreflight)
 	var t *activities.Activities
 	if !r.req.SkipPreflight {
 		up := r.req.Upgrade
@@ -365,18 +319,18 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 		}
 		end = min(max(end, prev), total)
 		r.c.WaveEnds = append(r.c.WaveEnds, end)
-		r.p.Waves = append(r.p.Waves, WaveProgress{Number: i + 1, Target: end - prev})
+		r.p.Waves = append(r.p.Waves, ota.WaveProgress{Number: i + 1, Target: end - prev})
 		prev = end
 	}
 	r.p.CurrentWave = 1
-	r.enter(ctx, RolloutRunning, "")
+	r.enter(ctx, ota.RolloutRunning, "")
 	return nil
 }
 
 // snapshotKey names the snapshot list of a rollout's targets: one per rollout, whatever its
 // runs (originalRunID is the first run's).
 func snapshotKey(name, originalRunID string) string {
-	return RolloutWorkflowID(name) + "@" + originalRunID
+	return ota.RolloutWorkflowID(name) + "@" + originalRunID
 }
 
 // filter selects the rollout's targets: the snapshot, once taken, or the request's targets.
@@ -392,13 +346,13 @@ func (r *rollout) filter(after string, limit int) store.DeviceFilter {
 	return f
 }
 
-func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
+func (r *rollout) run(ctx workflow.Context) (ota.RolloutProgress, error) {
 	for r.p.CurrentWave <= len(r.p.Waves) {
 		wi := r.p.CurrentWave - 1
 		wave := r.req.Waves[wi]
 		if !r.c.WaveOpened {
 			if wave.Approve && r.c.ApprovedWave < r.p.CurrentWave {
-				r.enter(ctx, RolloutWaitingApproval,
+				r.enter(ctx, ota.RolloutWaitingApproval,
 					fmt.Sprintf("wave %d waits for approval (starter rollout approve %s)", r.p.CurrentWave, r.req.Name))
 				if err := r.await(ctx, func() bool { return r.c.ApprovedWave >= r.p.CurrentWave || r.c.Cancel != nil }); err != nil {
 					return r.end(ctx)
@@ -412,7 +366,7 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 			}
 			r.c.WaveOpened = true
 			r.c.WaveBaseline = r.p.Waves[wi].Counts
-			r.enter(ctx, RolloutRunning, "")
+			r.enter(ctx, ota.RolloutRunning, "")
 		}
 		if done, err := r.runWave(ctx, wi); done || err != nil {
 			return r.end(ctx)
@@ -431,7 +385,7 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 			}
 			if rate < t {
 				reason := fmt.Sprintf("wave %d: %.1f%% succeeded, below its %.1f%% threshold", wp.Number, rate, t)
-				if r.req.FailureAction == ActionAbort {
+				if r.req.FailureAction == ota.ActionAbort {
 					r.abort(ctx, reason)
 					return r.end(ctx)
 				}
@@ -442,7 +396,7 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 			}
 		}
 		if wave.Bake > 0 && r.p.CurrentWave < len(r.p.Waves) {
-			r.enter(ctx, RolloutBaking, fmt.Sprintf("baking wave %d for %s", wp.Number, wave.Bake))
+			r.enter(ctx, ota.RolloutBaking, fmt.Sprintf("baking wave %d for %s", wp.Number, wave.Bake))
 			if _, err := workflow.AwaitWithTimeout(ctx, wave.Bake, func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
 				if err != nil {
 					r.onWorkflowCanceled()
@@ -456,7 +410,7 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 		r.p.CurrentWave++
 		r.c.WaveOpened = false
 		if r.p.CurrentWave <= len(r.p.Waves) {
-			r.enter(ctx, RolloutRunning, "")
+			r.enter(ctx, ota.RolloutRunning, "")
 		}
 		if r.startedThisRun >= r.req.ContinueAfter || workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
 			return *r.p, r.continueAsNew(ctx)
@@ -492,12 +446,12 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 		if !reachedEnd && r.mayStart() {
 			if !r.inWindow(now) {
 				wake = r.nextWindowOpen(now)
-				r.enter(ctx, RolloutWaitingWindow, r.windowReason(wake))
+				r.enter(ctx, ota.RolloutWaitingWindow, r.windowReason(wake))
 				if r.control {
 					r.p.NextWindowAt = &wake
 				}
 			} else {
-				r.enter(ctx, RolloutRunning, "")
+				r.enter(ctx, ota.RolloutRunning, "")
 				r.p.NextWindowAt = nil
 				n := min(r.req.MaxInFlight-len(r.running), end-r.p.Counts.Started)
 				n, wake = r.allowance(now, n)
@@ -529,11 +483,11 @@ func (r *rollout) mayStart() bool {
 }
 
 // activeState is what the rollout showed before versionControl while starting devices.
-func (r *rollout) activeState() RolloutState {
+func (r *rollout) activeState() ota.RolloutState {
 	if r.c.Paused {
-		return RolloutPaused
+		return ota.RolloutPaused
 	}
-	return RolloutRunning
+	return ota.RolloutRunning
 }
 
 // rate is the start rate per minute in force; 0 means unbounded.
@@ -621,7 +575,7 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	// Children run on a context of their own, so that they are canceled only on purpose.
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	cctx, cancel := workflow.WithCancel(workflow.WithChildOptions(dctx, opts))
-	fut := workflow.ExecuteChildWorkflow(cctx, DeviceUpgradeWorkflowName, req)
+	fut := workflow.ExecuteChildWorkflow(cctx, ota.DeviceUpgradeWorkflowName, req)
 	r.running[id] = cancel
 	r.waveOf[id] = wi
 	r.startedThisRun++
@@ -635,7 +589,7 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 				r.version++
 			}
 		}
-		var st UpgradeStatus
+		var st ota.UpgradeStatus
 		err := fut.Get(gctx, &st)
 		r.ended(gctx, id, childState(err, st))
 	})
@@ -656,11 +610,11 @@ func (r *rollout) ended(ctx workflow.Context, id string, state protocol.State) {
 	delete(r.running, id)
 	delete(r.runIDs, id)
 	delete(r.waveOf, id)
-	r.p.Counts.add(state)
-	r.p.Waves[wi].Counts.add(state)
+	r.p.Counts.Add(state)
+	r.p.Waves[wi].Counts.Add(state)
 	r.p.UpdatedAt = workflow.Now(ctx)
 	r.version++
-	if state == StateConflict {
+	if state == ota.StateConflict {
 		workflow.GetLogger(ctx).Warn("Device already has an upgrade running; recorded as a conflict", "Device", id)
 	}
 	r.checkFailures(ctx)
@@ -669,12 +623,12 @@ func (r *rollout) ended(ctx workflow.Context, id string, state protocol.State) {
 // follow takes over the device upgrades an earlier run handed over: they count as running
 // until AwaitWorkflows reports their end, and canceling the rollout's running upgrades
 // cancels them too.
-func (r *rollout) follow(ctx workflow.Context, handed []HandedUpgrade) {
+func (r *rollout) follow(ctx workflow.Context, handed []ota.HandedUpgrade) {
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	for _, h := range handed {
 		r.runIDs[h.Device] = h.RunID
 		r.waveOf[h.Device] = h.Wave
-		wid, runID := DeviceWorkflowID(h.Device), h.RunID
+		wid, runID := ota.DeviceWorkflowID(h.Device), h.RunID
 		requested := false
 		r.running[h.Device] = func() {
 			// Once, without waiting, as canceling a child: the upgrade ends canceled and
@@ -692,7 +646,7 @@ func (r *rollout) follow(ctx workflow.Context, handed []HandedUpgrade) {
 		for len(pending) > 0 {
 			execs := make([]activities.Execution, len(pending))
 			for i, h := range pending {
-				execs[i] = activities.Execution{WorkflowID: DeviceWorkflowID(h.Device), RunID: h.RunID}
+				execs[i] = activities.Execution{WorkflowID: ota.DeviceWorkflowID(h.Device), RunID: h.RunID}
 			}
 			var outcomes []activities.Outcome
 			if err := workflow.ExecuteActivity(actx, a.AwaitWorkflows,
@@ -712,7 +666,7 @@ func (r *rollout) follow(ctx workflow.Context, handed []HandedUpgrade) {
 			// In pending's order, which is the outcomes' order.
 			still := pending[:0]
 			for _, h := range pending {
-				if st, ok := states[DeviceWorkflowID(h.Device)]; ok {
+				if st, ok := states[ota.DeviceWorkflowID(h.Device)]; ok {
 					r.ended(gctx, h.Device, st)
 				} else {
 					still = append(still, h)
@@ -728,12 +682,12 @@ func (r *rollout) follow(ctx workflow.Context, handed []HandedUpgrade) {
 func outcomeState(o activities.Outcome) protocol.State {
 	switch {
 	case !o.Failed:
-		var st UpgradeStatus
+		var st ota.UpgradeStatus
 		if err := json.Unmarshal(o.Result, &st); err != nil || st.State == "" {
 			return protocol.StateFailed
 		}
 		return st.State
-	case o.ErrorType == ErrTypeUpgradeTimedOut:
+	case o.ErrorType == ota.ErrTypeUpgradeTimedOut:
 		return protocol.StateTimedOut
 	case o.Canceled:
 		return protocol.StateCanceled
@@ -742,17 +696,17 @@ func outcomeState(o activities.Outcome) protocol.State {
 }
 
 // childState is the final state of a device upgrade child from its result.
-func childState(err error, st UpgradeStatus) protocol.State {
+func childState(err error, st ota.UpgradeStatus) protocol.State {
 	if err == nil {
 		return st.State
 	}
 	if temporal.IsWorkflowExecutionAlreadyStartedError(err) {
-		return StateConflict
+		return ota.StateConflict
 	}
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) {
 		switch appErr.Type() {
-		case ErrTypeUpgradeTimedOut:
+		case ota.ErrTypeUpgradeTimedOut:
 			return protocol.StateTimedOut
 		}
 		return protocol.StateFailed
@@ -770,18 +724,18 @@ func (r *rollout) checkFailures(ctx workflow.Context) {
 	if r.req.FailurePercent <= 0 || r.c.Paused || r.c.Aborting || r.c.Cancel != nil {
 		return
 	}
-	tripped := func(c Counts) bool {
+	tripped := func(c ota.Counts) bool {
 		judged := c.Finished() - c.Canceled - c.Conflict
 		return c.Failures() >= r.req.FailureMinCount && judged > 0 &&
 			100*float64(c.Failures())/float64(judged) >= r.req.FailurePercent
 	}
-	overall := r.p.Counts.minus(r.c.Baseline)
+	overall := r.p.Counts.Minus(r.c.Baseline)
 	wi := r.p.CurrentWave - 1
-	var wave Counts
+	var wave ota.Counts
 	if wi >= 0 && wi < len(r.p.Waves) {
-		wave = r.p.Waves[wi].Counts.minus(r.c.WaveBaseline)
+		wave = r.p.Waves[wi].Counts.Minus(r.c.WaveBaseline)
 	}
-	var c Counts
+	var c ota.Counts
 	scope := ""
 	switch {
 	case tripped(wave):
@@ -793,7 +747,7 @@ func (r *rollout) checkFailures(ctx workflow.Context) {
 	}
 	reason := fmt.Sprintf("failure threshold reached %s: %d of %d finished devices failed or timed out (threshold %.1f%%, at least %d)",
 		scope, c.Failures(), c.Finished()-c.Canceled-c.Conflict, r.req.FailurePercent, r.req.FailureMinCount)
-	if r.req.FailureAction == ActionAbort {
+	if r.req.FailureAction == ota.ActionAbort {
 		r.abort(ctx, reason)
 		return
 	}
@@ -804,7 +758,7 @@ func (r *rollout) pause(ctx workflow.Context, reason string) {
 	r.c.Paused = true
 	if !r.control {
 		r.p.Reason = reason
-		r.changed(ctx, RolloutPaused)
+		r.changed(ctx, ota.RolloutPaused)
 		return
 	}
 	r.c.PauseReason = reason
@@ -836,14 +790,14 @@ func (r *rollout) await(ctx workflow.Context, cond func() bool) error {
 // operator already chose how to cancel, running device upgrades are canceled too.
 func (r *rollout) onWorkflowCanceled() {
 	if r.c.Cancel == nil {
-		r.c.Cancel = &CancelRequest{CancelRunning: true}
+		r.c.Cancel = &ota.CancelRequest{CancelRunning: true}
 		r.p.Reason = "rollout workflow canceled"
 		r.c.CancelReason = r.p.Reason
 	}
 }
 
 // enter records what the main loop does now, and why, and shows it.
-func (r *rollout) enter(ctx workflow.Context, phase RolloutState, reason string) {
+func (r *rollout) enter(ctx workflow.Context, phase ota.RolloutState, reason string) {
 	r.phase, r.phaseReason = phase, reason
 	if r.control {
 		r.show(ctx)
@@ -851,9 +805,9 @@ func (r *rollout) enter(ctx workflow.Context, phase RolloutState, reason string)
 	}
 	// Before versionControl the state was the phase, or paused while devices could start.
 	switch phase {
-	case RolloutRunning:
+	case ota.RolloutRunning:
 		phase = r.activeState()
-	case RolloutWaitingApproval, RolloutBaking:
+	case ota.RolloutWaitingApproval, ota.RolloutBaking:
 		r.p.Reason = reason
 	}
 	r.changed(ctx, phase)
@@ -866,18 +820,18 @@ func (r *rollout) show(ctx workflow.Context) {
 	switch {
 	case s.Final():
 	case r.c.Cancel != nil:
-		s, reason = RolloutCanceling, r.c.CancelReason
+		s, reason = ota.RolloutCanceling, r.c.CancelReason
 	case r.c.Aborting:
-		s, reason = RolloutAborting, r.c.AbortReason
+		s, reason = ota.RolloutAborting, r.c.AbortReason
 	case r.c.Paused:
-		s, reason = RolloutPaused, r.c.PauseReason
+		s, reason = ota.RolloutPaused, r.c.PauseReason
 	}
 	r.p.Reason = reason
 	r.changed(ctx, s)
 }
 
 // changed records a change the main loop waits for and keeps the state search attribute.
-func (r *rollout) changed(ctx workflow.Context, s RolloutState) {
+func (r *rollout) changed(ctx workflow.Context, s ota.RolloutState) {
 	r.version++
 	if r.p.State != s {
 		r.p.State = s
@@ -886,11 +840,11 @@ func (r *rollout) changed(ctx workflow.Context, s RolloutState) {
 	r.upsertState(ctx, s)
 }
 
-func (r *rollout) upsertState(ctx workflow.Context, s RolloutState) {
+func (r *rollout) upsertState(ctx workflow.Context, s ota.RolloutState) {
 	if r.searchState == string(s) {
 		return
 	}
-	if err := workflow.UpsertTypedSearchAttributes(ctx, SearchState.ValueSet(string(s))); err != nil {
+	if err := workflow.UpsertTypedSearchAttributes(ctx, ota.SearchState.ValueSet(string(s))); err != nil {
 		workflow.GetLogger(ctx).Error("Could not upsert the state search attribute", "Error", err)
 		return
 	}
@@ -898,7 +852,7 @@ func (r *rollout) upsertState(ctx workflow.Context, s RolloutState) {
 }
 
 // end finishes the rollout once no device upgrade it started is running.
-func (r *rollout) end(ctx workflow.Context) (RolloutProgress, error) {
+func (r *rollout) end(ctx workflow.Context) (ota.RolloutProgress, error) {
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	if r.control && ctx.Err() != nil {
 		// Canceled in Temporal (Web UI, temporal workflow cancel) wherever the loop was.
@@ -924,22 +878,22 @@ func (r *rollout) end(ctx workflow.Context) (RolloutProgress, error) {
 	}
 	switch {
 	case r.c.Cancel != nil:
-		r.finish(dctx, RolloutCanceled, r.p.Reason)
+		r.finish(dctx, ota.RolloutCanceled, r.p.Reason)
 		if ctx.Err() != nil {
 			return *r.p, temporal.NewCanceledError(*r.p)
 		}
 		return *r.p, nil // canceled by the cancel update: the run itself completes
 	case r.c.Aborting:
-		r.finish(dctx, RolloutAborted, r.p.Reason)
+		r.finish(dctx, ota.RolloutAborted, r.p.Reason)
 		return *r.p, temporal.NewNonRetryableApplicationError("rollout aborted: "+r.p.Reason, "RolloutAborted", nil, *r.p)
 	}
-	r.finish(dctx, RolloutCompleted, "")
+	r.finish(dctx, ota.RolloutCompleted, "")
 	return *r.p, nil
 }
 
 // finish ends the rollout in a final state; from versionControl on it removes the snapshot
 // of its targets (bookkeeping: a failure is logged, the rollout ends all the same).
-func (r *rollout) finish(ctx workflow.Context, s RolloutState, reason string) {
+func (r *rollout) finish(ctx workflow.Context, s ota.RolloutState, reason string) {
 	now := workflow.Now(ctx)
 	r.p.Reason = reason
 	r.p.FinishedAt = &now
@@ -963,102 +917,22 @@ func (r *rollout) continueAsNew(ctx workflow.Context) error {
 	carry := r.c
 	carry.Handed = nil
 	for _, id := range workflow.DeterministicKeys(r.running) {
-		carry.Handed = append(carry.Handed, HandedUpgrade{Device: id, RunID: r.runIDs[id], Wave: r.waveOf[id]})
+		carry.Handed = append(carry.Handed, ota.HandedUpgrade{Device: id, RunID: r.runIDs[id], Wave: r.waveOf[id]})
 	}
-	return workflow.NewContinueAsNewError(ctx, RolloutWorkflowName, RolloutInput{Request: r.req, Carry: &carry})
+	return workflow.NewContinueAsNewError(ctx, ota.RolloutWorkflowName, ota.RolloutInput{Request: r.req, Carry: &carry})
 }
 
-// window is a parsed maintenance window: times of day as hours and minutes, and the zone.
-type window struct {
-	startH, startM, endH, endM int
-	loc                        *time.Location
-}
-
-// parse reads a window's times and zone. Zones come from the IANA data built into OTAflow
-// (zones.Load), never from the machine, so every worker decides a window the same way.
-func (w Window) parse() (window, error) {
-	var out window
-	clock := func(s string) (int, int, error) {
-		t, err := time.Parse("15:04", strings.TrimSpace(s))
-		if err != nil {
-			return 0, 0, fmt.Errorf("window time %q must be HH:MM", s)
-		}
-		return t.Hour(), t.Minute(), nil
-	}
-	var err error
-	if out.startH, out.startM, err = clock(w.Start); err != nil {
-		return out, err
-	}
-	if out.endH, out.endM, err = clock(w.End); err != nil {
-		return out, err
-	}
-	if out.startH == out.endH && out.startM == out.endM {
-		return out, fmt.Errorf("window start and end must differ")
-	}
-	zone := w.TimeZone
-	if zone == "" {
-		zone = "UTC"
-	}
-	if out.loc, err = zones.Load(zone); err != nil {
-		return out, fmt.Errorf("window time zone %q: %w", zone, err)
-	}
-	return out, nil
-}
-
-// inWindow reports whether now is inside the maintenance window (always, without one): the
-// wall-clock time of day in the window's zone, so daylight-saving days keep their hours.
+// inWindow reports whether now is inside the maintenance window (always, without one).
 func (r *rollout) inWindow(now time.Time) bool {
-	if r.req.Window == nil {
-		return true
-	}
-	w, err := r.req.Window.parse()
-	if err != nil {
-		return true // validated at start
-	}
-	local := now.In(w.loc)
-	tod := local.Hour()*60 + local.Minute()
-	start, end := w.startH*60+w.startM, w.endH*60+w.endM
-	if start < end {
-		return tod >= start && tod < end
-	}
-	return tod >= start || tod < end
+	return r.req.Window == nil || r.req.Window.Contains(now)
 }
 
-// nextWindowOpen is when the maintenance window next opens after now: the window's start
-// on the wall clock of today or a later day in its zone. On a day whose clocks skip the
-// start (a daylight-saving change), it opens at the change.
+// nextWindowOpen is when the maintenance window next opens after now.
 func (r *rollout) nextWindowOpen(now time.Time) time.Time {
-	w, err := r.req.Window.parse()
-	if err != nil {
-		return now.Add(time.Minute)
-	}
-	local := now.In(w.loc)
-	y, m, d := local.Date()
-	for day := 0; ; day++ {
-		open := time.Date(y, m, d+day, w.startH, w.startM, 0, 0, w.loc)
-		if h, m, _ := open.Clock(); h != w.startH || m != w.startM {
-			// The clocks skip the start: the window opens at the change, which bounds the
-			// zone period time.Date normalized the start into (before or after it).
-			start, end := open.ZoneBounds()
-			if h*60+m < w.startH*60+w.startM {
-				open = end
-			} else {
-				open = start
-			}
-		}
-		if open.After(now) {
-			return open.UTC()
-		}
-	}
+	return r.req.Window.NextOpen(now)
 }
 
 // windowReason says why no device starts while the window is closed, and when it opens.
 func (r *rollout) windowReason(opens time.Time) string {
-	w := r.req.Window
-	zone := cmp.Or(w.TimeZone, "UTC")
-	at := opens.UTC().Format("2006-01-02 15:04 MST")
-	if pw, err := w.parse(); err == nil {
-		at = opens.In(pw.loc).Format("2006-01-02 15:04 MST")
-	}
-	return fmt.Sprintf("outside the maintenance window %s-%s %s; it opens %s", w.Start, w.End, zone, at)
+	return r.req.Window.Waiting(opens)
 }

@@ -12,6 +12,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/zones"
@@ -32,10 +33,10 @@ func (h *fleetHarness) slowResolve(d time.Duration) {
 }
 
 // query returns the rollout's progress now.
-func (h *fleetHarness) query(t *testing.T) RolloutProgress {
+func (h *fleetHarness) query(t *testing.T) ota.RolloutProgress {
 	t.Helper()
-	var p RolloutProgress
-	v, err := h.env.QueryWorkflow(QueryProgress)
+	var p ota.RolloutProgress
+	v, err := h.env.QueryWorkflow(ota.QueryProgress)
 	if err != nil {
 		t.Errorf("query: %v", err)
 		return p
@@ -56,72 +57,74 @@ func TestRolloutControlDuringTargetResolution(t *testing.T) {
 	tests := []struct {
 		name  string
 		took  time.Duration // how long each device upgrade takes
-		setup func(h *fleetHarness, req *RolloutRequest)
+		setup func(h *fleetHarness, req *ota.RolloutRequest)
 		event func(h *fleetHarness) func() error
 		// check looks at the rollout at 10 minutes, when it may still wait (then the test
 		// cancels it).
-		check     func(t *testing.T, p RolloutProgress)
-		wantState RolloutState
+		check     func(t *testing.T, p ota.RolloutProgress)
+		wantState ota.RolloutState
 		wantErr   bool // the workflow fails or is canceled
 		wantCanc  int  // upgrades counted canceled
 	}{
 		{
 			name:  "pause",
-			event: func(h *fleetHarness) func() error { return h.update(UpdatePause, "test") },
-			check: func(t *testing.T, p RolloutProgress) {
-				if p.State != RolloutPaused || p.Counts.Started != 5 {
+			event: func(h *fleetHarness) func() error { return h.update(ota.UpdatePause, "test") },
+			check: func(t *testing.T, p ota.RolloutProgress) {
+				if p.State != ota.RolloutPaused || p.Counts.Started != 5 {
 					t.Errorf("at 10 min: %s with %d started; want paused with 5", p.State, p.Counts.Started)
 				}
 			},
-			wantState: RolloutCanceled,
+			wantState: ota.RolloutCanceled,
 		},
 		{
 			name:      "cancel",
-			event:     func(h *fleetHarness) func() error { return h.update(UpdateCancel, CancelRequest{}) },
-			wantState: RolloutCanceled,
+			event:     func(h *fleetHarness) func() error { return h.update(ota.UpdateCancel, ota.CancelRequest{}) },
+			wantState: ota.RolloutCanceled,
 		},
 		{
-			name:      "cancel running",
-			event:     func(h *fleetHarness) func() error { return h.update(UpdateCancel, CancelRequest{CancelRunning: true}) },
-			wantState: RolloutCanceled, wantCanc: 5,
+			name: "cancel running",
+			event: func(h *fleetHarness) func() error {
+				return h.update(ota.UpdateCancel, ota.CancelRequest{CancelRunning: true})
+			},
+			wantState: ota.RolloutCanceled, wantCanc: 5,
 		},
 		{
 			name: "threshold trip",
 			took: 20 * time.Second, // the first page fails at 50 s, during the second resolution
-			setup: func(h *fleetHarness, req *RolloutRequest) {
+			setup: func(h *fleetHarness, req *ota.RolloutRequest) {
 				for i := 1; i <= 5; i++ {
 					h.fail[fmt.Sprintf("dev-%03d", i)] = protocol.StateFailed
 				}
 				req.FailurePercent, req.FailureMinCount = 50, 3
 			},
-			check: func(t *testing.T, p RolloutProgress) {
-				if p.State != RolloutPaused || p.Counts.Started != 5 || !strings.Contains(p.Reason, "failure threshold") {
+			check: func(t *testing.T, p ota.RolloutProgress) {
+				if p.State != ota.RolloutPaused || p.Counts.Started != 5 || !strings.Contains(p.Reason, "failure threshold") {
 					t.Errorf("at 10 min: %s (%q) with %d started; want paused by the threshold with 5", p.State, p.Reason, p.Counts.Started)
 				}
 			},
-			wantState: RolloutCanceled,
+			wantState: ota.RolloutCanceled,
 		},
 		{
 			name: "window closes",
-			setup: func(h *fleetHarness, req *RolloutRequest) {
+			setup: func(h *fleetHarness, req *ota.RolloutRequest) {
 				// The window closes 45 s after the start.
 				h.env.SetStartTime(time.Date(2026, 11, 27, 0, 59, 15, 0, time.UTC))
-				req.Window = &Window{Start: "00:00", End: "01:00", TimeZone: "UTC"}
+				req.Window = &ota.Window{Start: "00:00", End: "01:00", TimeZone: "UTC"}
 			},
-			check: func(t *testing.T, p RolloutProgress) {
+			check: func(t *testing.T, p ota.RolloutProgress) {
 				want := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
-				if p.State != RolloutWaitingWindow || p.Counts.Started != 5 || p.NextWindowAt == nil || !p.NextWindowAt.Equal(want) ||
+				if p.State != ota.RolloutWaitingWindow || p.Counts.Started != 5 || p.NextWindowAt == nil || !p.NextWindowAt.Equal(want) ||
 					!strings.Contains(p.Reason, "2026-11-28 00:00 UTC") {
 					t.Errorf("at 10 min: %s (%q, next %v) with %d started; want waiting for the window of %s with 5",
 						p.State, p.Reason, p.NextWindowAt, p.Counts.Started, want)
 				}
 			},
-			wantState: RolloutCanceled,
+			wantState: ota.RolloutCanceled,
 		},
 		{
 			name:      "Temporal cancel",
 			event:     func(h *fleetHarness) func() error { h.env.CancelWorkflow(); return func() error { return nil } },
-			wantState: RolloutCanceled, wantErr: true, wantCanc: 5,
+			wantState: ota.RolloutCanceled, wantErr: true, wantCanc: 5,
 		},
 	}
 	for _, tt := range tests {
@@ -140,15 +143,15 @@ func TestRolloutControlDuringTargetResolution(t *testing.T) {
 			if tt.event != nil {
 				h.env.RegisterDelayedCallback(func() { eventDone = tt.event(h) }, at)
 			}
-			var mid RolloutProgress
+			var mid ota.RolloutProgress
 			var cancelDone func() error
 			h.env.RegisterDelayedCallback(func() {
 				mid = h.query(t)
-				if !mid.State.Final() && mid.State != RolloutCanceling {
-					cancelDone = h.update(UpdateCancel, CancelRequest{Reason: "end of test"})
+				if !mid.State.Final() && mid.State != ota.RolloutCanceling {
+					cancelDone = h.update(ota.UpdateCancel, ota.CancelRequest{Reason: "end of test"})
 				}
 			}, 10*time.Minute)
-			p, err := h.run(t, RolloutInput{Request: req})
+			p, err := h.run(t, ota.RolloutInput{Request: req})
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("rollout error %v, want error %v", err, tt.wantErr)
 			}
@@ -178,18 +181,18 @@ func TestRolloutControlDuringTargetResolution(t *testing.T) {
 // TestRolloutPauseWhileWaitingForApproval: a rollout paused while a wave waits for approval
 // goes on once resumed and approved, in either order (issue 15, defect 1).
 func TestRolloutPauseWhileWaitingForApproval(t *testing.T) {
-	for _, order := range [][]string{{UpdatePause, UpdateResume, UpdateApprove}, {UpdatePause, UpdateApprove, UpdateResume}} {
+	for _, order := range [][]string{{ota.UpdatePause, ota.UpdateResume, ota.UpdateApprove}, {ota.UpdatePause, ota.UpdateApprove, ota.UpdateResume}} {
 		t.Run(strings.Join(order, " "), func(t *testing.T) {
 			h := newFleetHarness(t, 10)
-			req := rolloutRequest(Wave{Count: 2}, Wave{Percent: 100, Approve: true})
+			req := rolloutRequest(ota.Wave{Count: 2}, ota.Wave{Percent: 100, Approve: true})
 			results := make([]func() error, len(order))
-			states := make([]RolloutProgress, len(order))
+			states := make([]ota.RolloutProgress, len(order))
 			for i, name := range order {
 				h.env.RegisterDelayedCallback(func() {
 					switch name {
-					case UpdatePause:
+					case ota.UpdatePause:
 						results[i] = h.update(name, "test")
-					case UpdateApprove:
+					case ota.UpdateApprove:
 						results[i] = h.update(name, 0)
 					default:
 						results[i] = h.update(name)
@@ -197,7 +200,7 @@ func TestRolloutPauseWhileWaitingForApproval(t *testing.T) {
 				}, 3*time.Hour+time.Duration(i)*time.Hour)
 				h.env.RegisterDelayedCallback(func() { states[i] = h.query(t) }, 3*time.Hour+time.Duration(i)*time.Hour+time.Minute)
 			}
-			p, err := h.run(t, RolloutInput{Request: req})
+			p, err := h.run(t, ota.RolloutInput{Request: req})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -206,13 +209,13 @@ func TestRolloutPauseWhileWaitingForApproval(t *testing.T) {
 					t.Errorf("%s: %v", name, err)
 				}
 			}
-			if states[0].State != RolloutPaused || !strings.Contains(states[0].Reason, "paused by operator") {
+			if states[0].State != ota.RolloutPaused || !strings.Contains(states[0].Reason, "paused by operator") {
 				t.Errorf("after pause: %s (%q), want paused", states[0].State, states[0].Reason)
 			}
-			if order[1] == UpdateResume && (states[1].State != RolloutWaitingApproval || !strings.Contains(states[1].Reason, "approval")) {
+			if order[1] == ota.UpdateResume && (states[1].State != ota.RolloutWaitingApproval || !strings.Contains(states[1].Reason, "approval")) {
 				t.Errorf("after resume: %s (%q), want waiting_approval again", states[1].State, states[1].Reason)
 			}
-			if p.State != RolloutCompleted || p.Counts.Succeeded != 10 {
+			if p.State != ota.RolloutCompleted || p.Counts.Succeeded != 10 {
 				t.Fatalf("ended %s with %+v; want completed with 10", p.State, p.Counts)
 			}
 			if got := h.started["dev-003"].Sub(h.started["dev-001"]); got < 5*time.Hour {
@@ -232,9 +235,9 @@ func TestRolloutCancelDuringPreflight(t *testing.T) {
 	req.SkipPreflight = false
 	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 10*time.Second)
 	start := h.env.Now()
-	p, err := h.run(t, RolloutInput{Request: req})
+	p, err := h.run(t, ota.RolloutInput{Request: req})
 	var canceled *temporal.CanceledError
-	if !errors.As(err, &canceled) || p.State != RolloutCanceled {
+	if !errors.As(err, &canceled) || p.State != ota.RolloutCanceled {
 		t.Fatalf("ended %s, err %v; want canceled", p.State, err)
 	}
 	if took := h.env.Now().Sub(start); took > time.Minute {
@@ -253,14 +256,14 @@ func TestRolloutCancelThenCancelRunning(t *testing.T) {
 	req := rolloutRequest()
 	req.MaxInFlight = 4
 	var first, second, third func() error
-	var between RolloutProgress
-	h.env.RegisterDelayedCallback(func() { first = h.update(UpdateCancel, CancelRequest{Reason: "stop"}) }, time.Minute)
+	var between ota.RolloutProgress
+	h.env.RegisterDelayedCallback(func() { first = h.update(ota.UpdateCancel, ota.CancelRequest{Reason: "stop"}) }, time.Minute)
 	h.env.RegisterDelayedCallback(func() {
 		between = h.query(t)
-		second = h.update(UpdateCancel, CancelRequest{CancelRunning: true})
-		third = h.update(UpdateCancel, CancelRequest{CancelRunning: true})
+		second = h.update(ota.UpdateCancel, ota.CancelRequest{CancelRunning: true})
+		third = h.update(ota.UpdateCancel, ota.CancelRequest{CancelRunning: true})
 	}, 2*time.Minute)
-	p, err := h.run(t, RolloutInput{Request: req})
+	p, err := h.run(t, ota.RolloutInput{Request: req})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,10 +276,10 @@ func TestRolloutCancelThenCancelRunning(t *testing.T) {
 	if third() == nil {
 		t.Error("a third cancel was accepted")
 	}
-	if between.State != RolloutCanceling || !strings.Contains(between.Reason, "stop") {
+	if between.State != ota.RolloutCanceling || !strings.Contains(between.Reason, "stop") {
 		t.Errorf("after the cancel: %s (%q), want canceling", between.State, between.Reason)
 	}
-	if p.State != RolloutCanceled || p.Counts.Started != 4 || p.Counts.Canceled != 4 {
+	if p.State != ota.RolloutCanceled || p.Counts.Started != 4 || p.Counts.Canceled != 4 {
 		t.Fatalf("ended %s with %+v; want canceled with the 4 running canceled", p.State, p.Counts)
 	}
 	if d := h.env.Now().Sub(h.started["dev-001"]); d > 3*time.Minute {
@@ -288,13 +291,13 @@ func TestRolloutCancelThenCancelRunning(t *testing.T) {
 // reason, and the bake keeps its length.
 func TestRolloutResumeDuringBake(t *testing.T) {
 	h := newFleetHarness(t, 4)
-	req := rolloutRequest(Wave{Count: 2, Bake: time.Hour}, Wave{Percent: 100})
+	req := rolloutRequest(ota.Wave{Count: 2, Bake: time.Hour}, ota.Wave{Percent: 100})
 	var paused, resumed func() error
-	var after RolloutProgress
-	h.env.RegisterDelayedCallback(func() { paused = h.update(UpdatePause, "look") }, 10*time.Minute)
-	h.env.RegisterDelayedCallback(func() { resumed = h.update(UpdateResume) }, 20*time.Minute)
+	var after ota.RolloutProgress
+	h.env.RegisterDelayedCallback(func() { paused = h.update(ota.UpdatePause, "look") }, 10*time.Minute)
+	h.env.RegisterDelayedCallback(func() { resumed = h.update(ota.UpdateResume) }, 20*time.Minute)
 	h.env.RegisterDelayedCallback(func() { after = h.query(t) }, 21*time.Minute)
-	p, err := h.run(t, RolloutInput{Request: req})
+	p, err := h.run(t, ota.RolloutInput{Request: req})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,10 +307,10 @@ func TestRolloutResumeDuringBake(t *testing.T) {
 	if err := resumed(); err != nil {
 		t.Fatal(err)
 	}
-	if after.State != RolloutBaking || !strings.Contains(after.Reason, "baking wave 1") {
+	if after.State != ota.RolloutBaking || !strings.Contains(after.Reason, "baking wave 1") {
 		t.Errorf("after the resume: %s (%q), want baking", after.State, after.Reason)
 	}
-	if p.State != RolloutCompleted || p.Counts.Succeeded != 4 {
+	if p.State != ota.RolloutCompleted || p.Counts.Succeeded != 4 {
 		t.Fatalf("ended %s with %+v", p.State, p.Counts)
 	}
 	if got := h.started["dev-003"].Sub(h.started["dev-001"]); got < time.Hour+h.took {
@@ -320,28 +323,28 @@ func TestRolloutResumeDuringBake(t *testing.T) {
 func TestNextWindowOpenOnDaylightSavingDays(t *testing.T) {
 	tests := []struct {
 		name       string
-		window     Window
+		window     ota.Window
 		now        time.Time // UTC
 		wantOpenAt time.Time // UTC
 	}{
-		{"Berlin, clocks back (03:00 CET)", Window{Start: "03:00", End: "05:00", TimeZone: "Europe/Berlin"},
+		{"Berlin, clocks back (03:00 CET)", ota.Window{Start: "03:00", End: "05:00", TimeZone: "Europe/Berlin"},
 			time.Date(2026, 10, 24, 22, 0, 0, 0, time.UTC), time.Date(2026, 10, 25, 2, 0, 0, 0, time.UTC)},
-		{"Berlin, clocks forward (03:00 CEST)", Window{Start: "03:00", End: "05:00", TimeZone: "Europe/Berlin"},
+		{"Berlin, clocks forward (03:00 CEST)", ota.Window{Start: "03:00", End: "05:00", TimeZone: "Europe/Berlin"},
 			time.Date(2027, 3, 27, 22, 0, 0, 0, time.UTC), time.Date(2027, 3, 28, 1, 0, 0, 0, time.UTC)},
-		{"Berlin, the day after clocks back (03:00 CET)", Window{Start: "03:00", End: "05:00", TimeZone: "Europe/Berlin"},
+		{"Berlin, the day after clocks back (03:00 CET)", ota.Window{Start: "03:00", End: "05:00", TimeZone: "Europe/Berlin"},
 			time.Date(2026, 10, 25, 4, 0, 0, 0, time.UTC), time.Date(2026, 10, 26, 2, 0, 0, 0, time.UTC)},
-		{"New York, clocks back (01:30 EST, after the first 01:30)", Window{Start: "03:00", End: "04:00", TimeZone: "America/New_York"},
+		{"New York, clocks back (01:30 EST, after the first 01:30)", ota.Window{Start: "03:00", End: "04:00", TimeZone: "America/New_York"},
 			time.Date(2026, 11, 1, 3, 0, 0, 0, time.UTC), time.Date(2026, 11, 1, 8, 0, 0, 0, time.UTC)},
-		{"New York, clocks forward (03:00 EDT)", Window{Start: "03:00", End: "04:00", TimeZone: "America/New_York"},
+		{"New York, clocks forward (03:00 EDT)", ota.Window{Start: "03:00", End: "04:00", TimeZone: "America/New_York"},
 			time.Date(2027, 3, 14, 4, 0, 0, 0, time.UTC), time.Date(2027, 3, 14, 7, 0, 0, 0, time.UTC)},
-		{"New York, a start the clocks skip opens at the change", Window{Start: "02:30", End: "04:00", TimeZone: "America/New_York"},
+		{"New York, a start the clocks skip opens at the change", ota.Window{Start: "02:30", End: "04:00", TimeZone: "America/New_York"},
 			time.Date(2027, 3, 14, 4, 0, 0, 0, time.UTC), time.Date(2027, 3, 14, 7, 0, 0, 0, time.UTC)},
-		{"overnight window", Window{Start: "22:00", End: "02:00", TimeZone: "Europe/Berlin"},
+		{"overnight window", ota.Window{Start: "22:00", End: "02:00", TimeZone: "Europe/Berlin"},
 			time.Date(2026, 10, 25, 12, 0, 0, 0, time.UTC), time.Date(2026, 10, 25, 21, 0, 0, 0, time.UTC)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := &rollout{req: RolloutRequest{Window: &tt.window}}
+			r := &rollout{req: ota.RolloutRequest{Window: &tt.window}}
 			got := r.nextWindowOpen(tt.now)
 			if !got.Equal(tt.wantOpenAt) {
 				loc, _ := zones.Load(tt.window.TimeZone)
@@ -360,8 +363,8 @@ func TestRolloutWindowOnDaylightSavingDay(t *testing.T) {
 	h := newFleetHarness(t, 2)
 	h.env.SetStartTime(time.Date(2026, 10, 24, 22, 0, 0, 0, time.UTC)) // 00:00 CEST
 	req := rolloutRequest()
-	req.Window = &Window{Start: "03:00", End: "05:00", TimeZone: "Europe/Berlin"}
-	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+	req.Window = &ota.Window{Start: "03:00", End: "05:00", TimeZone: "Europe/Berlin"}
+	if _, err := h.run(t, ota.RolloutInput{Request: req}); err != nil {
 		t.Fatal(err)
 	}
 	want := time.Date(2026, 10, 25, 2, 0, 0, 0, time.UTC)
@@ -386,7 +389,7 @@ func TestRolloutTargetsFixedAtPreflight(t *testing.T) {
 		h.dev.devices["dev-007"] = store.Device{ID: "dev-007", Reported: protocol.Status{"firmware_ver": "1.0"}}
 		h.dev.mu.Unlock()
 	}, 90*time.Second)
-	p, err := h.run(t, RolloutInput{Request: req})
+	p, err := h.run(t, ota.RolloutInput{Request: req})
 	if err != nil {
 		t.Fatal(err)
 	}

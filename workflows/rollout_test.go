@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/mock"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 )
@@ -46,9 +47,9 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 	}
 	h.env = h.NewTestWorkflowEnvironment()
 	h.env.RegisterActivity(&activities.Activities{Publisher: h.dev, Store: h.dev})
-	h.env.RegisterWorkflowWithOptions(RolloutWorkflow, workflow.RegisterOptions{Name: RolloutWorkflowName})
+	h.env.RegisterWorkflowWithOptions(RolloutWorkflow, workflow.RegisterOptions{Name: ota.RolloutWorkflowName})
 	h.env.RegisterWorkflowWithOptions(
-		func(ctx workflow.Context, req UpgradeRequest) (UpgradeStatus, error) {
+		func(ctx workflow.Context, req ota.UpgradeRequest) (ota.UpgradeStatus, error) {
 			h.mu.Lock()
 			h.started[req.DeviceID] = workflow.Now(ctx)
 			h.order = append(h.order, req.DeviceID)
@@ -56,19 +57,19 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 			took := h.took
 			h.mu.Unlock()
 			if err := workflow.Sleep(ctx, took); err != nil {
-				return UpgradeStatus{DeviceID: req.DeviceID, State: protocol.StateCanceled}, temporal.NewCanceledError()
+				return ota.UpgradeStatus{DeviceID: req.DeviceID, State: protocol.StateCanceled}, temporal.NewCanceledError()
 			}
-			st := UpgradeStatus{DeviceID: req.DeviceID, State: protocol.StateSucceeded}
+			st := ota.UpgradeStatus{DeviceID: req.DeviceID, State: protocol.StateSucceeded}
 			if failing {
 				st.State = state
-				errType := ErrTypeUpgradeFailed
+				errType := ota.ErrTypeUpgradeFailed
 				if state == protocol.StateTimedOut {
-					errType = ErrTypeUpgradeTimedOut
+					errType = ota.ErrTypeUpgradeTimedOut
 				}
 				return st, temporal.NewNonRetryableApplicationError("injected", errType, nil, st)
 			}
 			return st, nil
-		}, workflow.RegisterOptions{Name: DeviceUpgradeWorkflowName})
+		}, workflow.RegisterOptions{Name: ota.DeviceUpgradeWorkflowName})
 	// AwaitWorkflows, which follows upgrades handed over by an earlier run, reports them
 	// succeeded after took.
 	var a *activities.Activities
@@ -76,7 +77,7 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 		func(_ context.Context, in activities.AwaitWorkflowsInput) ([]activities.Outcome, error) {
 			var out []activities.Outcome
 			for _, e := range in.Executions {
-				res, _ := json.Marshal(UpgradeStatus{State: protocol.StateSucceeded})
+				res, _ := json.Marshal(ota.UpgradeStatus{State: protocol.StateSucceeded})
 				out = append(out, activities.Outcome{WorkflowID: e.WorkflowID, Result: res})
 				h.mu.Lock()
 				h.followed = append(h.followed, e.WorkflowID)
@@ -87,19 +88,19 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 	return h
 }
 
-func rolloutRequest(waves ...Wave) RolloutRequest {
+func rolloutRequest(waves ...ota.Wave) ota.RolloutRequest {
 	up := testRequest()
 	up.DeviceID = ""
-	return RolloutRequest{Name: "r1", Upgrade: up, Targets: Targets{Prefix: "dev-"}, Waves: waves, SkipPreflight: true}
+	return ota.RolloutRequest{Name: "r1", Upgrade: up, Targets: ota.Targets{Prefix: "dev-"}, Waves: waves, SkipPreflight: true}
 }
 
-func (h *fleetHarness) run(t *testing.T, in RolloutInput) (RolloutProgress, error) {
+func (h *fleetHarness) run(t *testing.T, in ota.RolloutInput) (ota.RolloutProgress, error) {
 	t.Helper()
-	h.env.ExecuteWorkflow(RolloutWorkflowName, in)
+	h.env.ExecuteWorkflow(ota.RolloutWorkflowName, in)
 	if !h.env.IsWorkflowCompleted() {
 		t.Fatal("rollout did not complete")
 	}
-	var p RolloutProgress
+	var p ota.RolloutProgress
 	err := h.env.GetWorkflowResult(&p)
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) && appErr.HasDetails() {
@@ -130,11 +131,11 @@ func (h *fleetHarness) update(name string, args ...any) func() error {
 
 func TestRolloutWaves(t *testing.T) {
 	h := newFleetHarness(t, 20)
-	p, err := h.run(t, RolloutInput{Request: rolloutRequest(Wave{Count: 1}, Wave{Percent: 50, Bake: 10 * time.Minute}, Wave{Percent: 100})})
+	p, err := h.run(t, ota.RolloutInput{Request: rolloutRequest(ota.Wave{Count: 1}, ota.Wave{Percent: 50, Bake: 10 * time.Minute}, ota.Wave{Percent: 100})})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.State != RolloutCompleted || p.Total != 20 || p.Counts.Succeeded != 20 || p.Counts.Started != 20 {
+	if p.State != ota.RolloutCompleted || p.Total != 20 || p.Counts.Succeeded != 20 || p.Counts.Started != 20 {
 		t.Fatalf("progress = %+v", p)
 	}
 	for i, want := range []int{1, 9, 10} {
@@ -155,7 +156,7 @@ func TestRolloutWaves(t *testing.T) {
 func TestRolloutUpToDateDevicesLeftOut(t *testing.T) {
 	h := newFleetHarness(t, 10)
 	h.dev.devices["dev-003"] = store.Device{ID: "dev-003", Reported: protocol.Status{"firmware_ver": "1.1"}}
-	p, err := h.run(t, RolloutInput{Request: rolloutRequest()})
+	p, err := h.run(t, ota.RolloutInput{Request: rolloutRequest()})
 	if err != nil || p.Total != 9 || p.Counts.Succeeded != 9 {
 		t.Fatalf("progress = %+v, err %v", p, err)
 	}
@@ -168,7 +169,7 @@ func TestRolloutInFlightLimit(t *testing.T) {
 	h := newFleetHarness(t, 12)
 	req := rolloutRequest()
 	req.MaxInFlight = 4
-	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+	if _, err := h.run(t, ota.RolloutInput{Request: req}); err != nil {
 		t.Fatal(err)
 	}
 	// With 4 in flight and 1 minute each, devices start in 3 groups a minute apart.
@@ -185,7 +186,7 @@ func TestRolloutRateLimit(t *testing.T) {
 	h := newFleetHarness(t, 20)
 	req := rolloutRequest()
 	req.MaxPerMinute = 60
-	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+	if _, err := h.run(t, ota.RolloutInput{Request: req}); err != nil {
 		t.Fatal(err)
 	}
 	// 60/min with a 5 s burst: 6 at once, then one a second.
@@ -204,9 +205,9 @@ func TestRolloutRateLimit(t *testing.T) {
 func TestRolloutRamp(t *testing.T) {
 	h := newFleetHarness(t, 30)
 	req := rolloutRequest()
-	req.Ramp = &Ramp{StartPerMinute: 6, Factor: 2, Step: time.Minute}
+	req.Ramp = &ota.Ramp{StartPerMinute: 6, Factor: 2, Step: time.Minute}
 	req.MaxPerMinute = 48
-	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+	if _, err := h.run(t, ota.RolloutInput{Request: req}); err != nil {
 		t.Fatal(err)
 	}
 	t0 := h.started[h.order[0]]
@@ -231,20 +232,20 @@ func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 	req.MaxInFlight = 5
 	req.FailurePercent = 30
 	req.FailureMinCount = 3
-	var paused RolloutProgress
+	var paused ota.RolloutProgress
 	var resumed func() error
 	h.env.RegisterDelayedCallback(func() {
-		v, err := h.env.QueryWorkflow(QueryProgress)
+		v, err := h.env.QueryWorkflow(ota.QueryProgress)
 		if err == nil {
 			_ = v.Get(&paused)
 		}
-		resumed = h.update(UpdateResume)
+		resumed = h.update(ota.UpdateResume)
 	}, 10*time.Minute)
-	p, err := h.run(t, RolloutInput{Request: req})
+	p, err := h.run(t, ota.RolloutInput{Request: req})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if paused.State != RolloutPaused || paused.Counts.Started >= 20 || paused.Reason == "" {
+	if paused.State != ota.RolloutPaused || paused.Counts.Started >= 20 || paused.Reason == "" {
 		t.Fatalf("at 10 min: state %s, started %d, reason %q; want paused", paused.State, paused.Counts.Started, paused.Reason)
 	}
 	// Nothing starts while paused: every device started either as the first failures came
@@ -258,7 +259,7 @@ func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 	if err := resumed(); err != nil {
 		t.Fatalf("resume: %v", err)
 	}
-	if p.State != RolloutCompleted || p.Counts.Succeeded != 16 || p.Counts.Failed != 4 {
+	if p.State != ota.RolloutCompleted || p.Counts.Succeeded != 16 || p.Counts.Failed != 4 {
 		t.Fatalf("final %+v", p.Counts)
 	}
 }
@@ -272,10 +273,10 @@ func TestRolloutFailureThresholdAborts(t *testing.T) {
 	req.MaxInFlight = 5
 	req.FailurePercent = 50
 	req.FailureMinCount = 3
-	req.FailureAction = ActionAbort
-	p, err := h.run(t, RolloutInput{Request: req})
+	req.FailureAction = ota.ActionAbort
+	p, err := h.run(t, ota.RolloutInput{Request: req})
 	var appErr *temporal.ApplicationError
-	if !errors.As(err, &appErr) || p.State != RolloutAborted {
+	if !errors.As(err, &appErr) || p.State != ota.RolloutAborted {
 		t.Fatalf("state %s err %v, want aborted", p.State, err)
 	}
 	// The first batch of 5 ends together; the abort comes with the third timeout, so at most
@@ -293,47 +294,47 @@ func TestRolloutFailureThresholdAborts(t *testing.T) {
 func TestRolloutWaveSuccessThreshold(t *testing.T) {
 	h := newFleetHarness(t, 10)
 	h.fail["dev-002"] = protocol.StateFailed
-	req := rolloutRequest(Wave{Count: 2, SuccessThreshold: 100}, Wave{Percent: 100})
-	var mid RolloutProgress
+	req := rolloutRequest(ota.Wave{Count: 2, SuccessThreshold: 100}, ota.Wave{Percent: 100})
+	var mid ota.RolloutProgress
 	var resumed func() error
 	h.env.RegisterDelayedCallback(func() {
-		if v, err := h.env.QueryWorkflow(QueryProgress); err == nil {
+		if v, err := h.env.QueryWorkflow(ota.QueryProgress); err == nil {
 			_ = v.Get(&mid)
 		}
-		resumed = h.update(UpdateResume)
+		resumed = h.update(ota.UpdateResume)
 	}, time.Hour)
-	p, err := h.run(t, RolloutInput{Request: req})
+	p, err := h.run(t, ota.RolloutInput{Request: req})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mid.State != RolloutPaused || mid.CurrentWave != 1 || mid.Counts.Started != 2 {
+	if mid.State != ota.RolloutPaused || mid.CurrentWave != 1 || mid.Counts.Started != 2 {
 		t.Fatalf("at 1 h: %s in wave %d with %d started; want paused after wave 1", mid.State, mid.CurrentWave, mid.Counts.Started)
 	}
 	if err := resumed(); err != nil {
 		t.Fatal(err)
 	}
-	if p.State != RolloutCompleted || p.Counts.Succeeded != 9 {
+	if p.State != ota.RolloutCompleted || p.Counts.Succeeded != 9 {
 		t.Fatalf("final %+v", p)
 	}
 }
 
 func TestRolloutApproval(t *testing.T) {
 	h := newFleetHarness(t, 10)
-	req := rolloutRequest(Wave{Count: 2}, Wave{Percent: 100, Approve: true})
+	req := rolloutRequest(ota.Wave{Count: 2}, ota.Wave{Percent: 100, Approve: true})
 	var early, approved func() error
-	var waiting RolloutProgress
+	var waiting ota.RolloutProgress
 	h.env.RegisterDelayedCallback(func() {
-		early = h.update(UpdateApprove, 3) // wrong wave: rejected
-		if v, err := h.env.QueryWorkflow(QueryProgress); err == nil {
+		early = h.update(ota.UpdateApprove, 3) // wrong wave: rejected
+		if v, err := h.env.QueryWorkflow(ota.QueryProgress); err == nil {
 			_ = v.Get(&waiting)
 		}
-		approved = h.update(UpdateApprove, 2)
+		approved = h.update(ota.UpdateApprove, 2)
 	}, 3*time.Hour)
-	p, err := h.run(t, RolloutInput{Request: req})
+	p, err := h.run(t, ota.RolloutInput{Request: req})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if waiting.State != RolloutWaitingApproval || waiting.CurrentWave != 2 {
+	if waiting.State != ota.RolloutWaitingApproval || waiting.CurrentWave != 2 {
 		t.Fatalf("at 3 h: %s wave %d, want waiting_approval for wave 2", waiting.State, waiting.CurrentWave)
 	}
 	if early() == nil {
@@ -354,8 +355,8 @@ func TestRolloutMaintenanceWindow(t *testing.T) {
 	h := newFleetHarness(t, 3)
 	h.env.SetStartTime(time.Date(2026, 11, 26, 23, 30, 0, 0, time.UTC)) // 00:30 in Berlin
 	req := rolloutRequest()
-	req.Window = &Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}
-	if _, err := h.run(t, RolloutInput{Request: req}); err != nil {
+	req.Window = &ota.Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}
+	if _, err := h.run(t, ota.RolloutInput{Request: req}); err != nil {
 		t.Fatal(err)
 	}
 	want := time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC) // 01:00 in Berlin
@@ -374,16 +375,16 @@ func TestRolloutCancel(t *testing.T) {
 			req.MaxInFlight = 3
 			var canceled func() error
 			h.env.RegisterDelayedCallback(func() {
-				canceled = h.update(UpdateCancel, CancelRequest{CancelRunning: cancelRunning})
+				canceled = h.update(ota.UpdateCancel, ota.CancelRequest{CancelRunning: cancelRunning})
 			}, 30*time.Second)
-			p, err := h.run(t, RolloutInput{Request: req})
+			p, err := h.run(t, ota.RolloutInput{Request: req})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if err := canceled(); err != nil {
 				t.Fatal(err)
 			}
-			if p.State != RolloutCanceled || p.Counts.Started != 3 {
+			if p.State != ota.RolloutCanceled || p.Counts.Started != 3 {
 				t.Fatalf("state %s started %d, want canceled with 3 started", p.State, p.Counts.Started)
 			}
 			wantCanceled := 0
@@ -398,10 +399,10 @@ func TestRolloutCancel(t *testing.T) {
 }
 
 func TestRolloutContinuesAsNew(t *testing.T) {
-	req := rolloutRequest(Wave{Count: 3}, Wave{Percent: 100})
+	req := rolloutRequest(ota.Wave{Count: 3}, ota.Wave{Percent: 100})
 	req.ContinueAfter = 4
 	req.MaxInFlight = 2
-	in := RolloutInput{Request: req}
+	in := ota.RolloutInput{Request: req}
 	var runs int
 	seen := map[string]bool{}
 	handed := map[string]bool{} // workflow IDs handed over by the last run
@@ -432,7 +433,7 @@ func TestRolloutContinuesAsNew(t *testing.T) {
 			if len(h.order) > req.ContinueAfter+req.MaxInFlight {
 				t.Fatalf("run %d started %d devices, more than continue-after %d", runs, len(h.order), req.ContinueAfter)
 			}
-			in = RolloutInput{}
+			in = ota.RolloutInput{}
 			if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &in); err != nil {
 				t.Fatal(err)
 			}
@@ -444,14 +445,14 @@ func TestRolloutContinuesAsNew(t *testing.T) {
 				if !seen[hu.Device] || hu.RunID == "" {
 					t.Fatalf("run %d handed over %+v, which it did not start", runs, hu)
 				}
-				handed[DeviceWorkflowID(hu.Device)] = true
+				handed[ota.DeviceWorkflowID(hu.Device)] = true
 			}
 			continue
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.State != RolloutCompleted || p.Counts.Succeeded != 11 || p.Runs != runs || p.Waves[0].Counts.Succeeded != 3 {
+		if p.State != ota.RolloutCompleted || p.Counts.Succeeded != 11 || p.Runs != runs || p.Waves[0].Counts.Succeeded != 3 {
 			t.Fatalf("final after %d runs: %+v", runs, p)
 		}
 		break
@@ -464,15 +465,17 @@ func TestRolloutContinuesAsNew(t *testing.T) {
 func TestRolloutInvalidRequest(t *testing.T) {
 	tests := []struct {
 		name string
-		mod  func(*RolloutRequest)
+		mod  func(*ota.RolloutRequest)
 	}{
-		{"no targets", func(r *RolloutRequest) { r.Targets = Targets{} }},
-		{"bad name", func(r *RolloutRequest) { r.Name = "a b" }},
-		{"decreasing waves", func(r *RolloutRequest) { r.Waves = []Wave{{Percent: 50}, {Percent: 10}} }},
-		{"too many in flight", func(r *RolloutRequest) { r.MaxInFlight = 5000 }},
-		{"bad action", func(r *RolloutRequest) { r.FailureAction = "explode" }},
-		{"bad window", func(r *RolloutRequest) { r.Window = &Window{Start: "25:00", End: "01:00"} }},
-		{"bad zone", func(r *RolloutRequest) { r.Window = &Window{Start: "01:00", End: "02:00", TimeZone: "Mars/Base"} }},
+		{"no targets", func(r *ota.RolloutRequest) { r.Targets = ota.Targets{} }},
+		{"bad name", func(r *ota.RolloutRequest) { r.Name = "a b" }},
+		{"decreasing waves", func(r *ota.RolloutRequest) { r.Waves = []ota.Wave{{Percent: 50}, {Percent: 10}} }},
+		{"too many in flight", func(r *ota.RolloutRequest) { r.MaxInFlight = 5000 }},
+		{"bad action", func(r *ota.RolloutRequest) { r.FailureAction = "explode" }},
+		{"bad window", func(r *ota.RolloutRequest) { r.Window = &ota.Window{Start: "25:00", End: "01:00"} }},
+		{"bad zone", func(r *ota.RolloutRequest) {
+			r.Window = &ota.Window{Start: "01:00", End: "02:00", TimeZone: "Mars/Base"}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -488,18 +491,18 @@ func TestRolloutInvalidRequest(t *testing.T) {
 func TestParseWaves(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    []Wave
+		want    []ota.Wave
 		wantErr bool
 	}{
-		{in: "1%,10%,50%,100%", want: []Wave{{Percent: 1}, {Percent: 10}, {Percent: 50}, {Percent: 100}}},
-		{in: "5,50%:95,100%", want: []Wave{{Count: 5}, {Percent: 50, SuccessThreshold: 95}, {Percent: 100}}},
+		{in: "1%,10%,50%,100%", want: []ota.Wave{{Percent: 1}, {Percent: 10}, {Percent: 50}, {Percent: 100}}},
+		{in: "5,50%:95,100%", want: []ota.Wave{{Count: 5}, {Percent: 50, SuccessThreshold: 95}, {Percent: 100}}},
 		{in: "0%", wantErr: true},
 		{in: "150%", wantErr: true},
 		{in: "ten", wantErr: true},
 		{in: "10%:101", wantErr: true},
 	}
 	for _, tt := range tests {
-		got, err := ParseWaves(tt.in)
+		got, err := ota.ParseWaves(tt.in)
 		if (err != nil) != tt.wantErr || (!tt.wantErr && fmt.Sprint(got) != fmt.Sprint(tt.want)) {
 			t.Errorf("ParseWaves(%q) = %v, %v; want %v (error %v)", tt.in, got, err, tt.want, tt.wantErr)
 		}

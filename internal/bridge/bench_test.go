@@ -14,8 +14,8 @@ import (
 	"go.temporal.io/api/serviceerror"
 
 	"github.com/otaflow/otaflow/internal/bridge"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // BenchmarkIngest measures the whole path: devices publish to the real broker, the bridge
@@ -96,9 +96,9 @@ func benchMessage(kind string, ids []string, i int) (d int, topic, payload, key 
 // signalKey is the key of the message a signal carries (see benchMessage).
 func signalKey(arg any) string {
 	switch a := arg.(type) {
-	case workflows.StatusSignal:
+	case ota.StatusSignal:
 		return a.Status["firmware_ver"]
-	case workflows.ProgressSignal:
+	case ota.ProgressSignal:
 		return a.Progress.ID + "/" + strconv.Itoa(a.Progress.Progress)
 	}
 	return ""

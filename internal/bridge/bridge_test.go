@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 const dev = "sensor-1"
@@ -54,7 +54,7 @@ func TestRejectedMessages(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := newFakeClock()
 			st := newFakeStore(t, dev)
-			sig := newFakeSignaler(workflows.DeviceWorkflowID(dev), workflows.DeviceWorkflowID("ghost"))
+			sig := newFakeSignaler(ota.DeviceWorkflowID(dev), ota.DeviceWorkflowID("ghost"))
 			b, stop := startTest(t, testConfig(clock), sig, st)
 			m := newMessage(tt.topic, tt.payload)
 			b.deliver(m)
@@ -124,7 +124,7 @@ func TestSafeText(t *testing.T) {
 func TestValidMessagesAreStoredAndSignalled(t *testing.T) {
 	clock := newFakeClock()
 	st := newFakeStore(t, dev)
-	sig := newFakeSignaler(workflows.DeviceWorkflowID(dev))
+	sig := newFakeSignaler(ota.DeviceWorkflowID(dev))
 	b, stop := startTest(t, testConfig(clock), sig, st)
 
 	pm := newMessage(protocol.ProgressTopic(dev), `{"id":"c1","type":"firmware","version":"1.1","progress":70,"desc":"downloading","extra":true}`)
@@ -148,8 +148,8 @@ func TestValidMessagesAreStoredAndSignalled(t *testing.T) {
 		t.Errorf("rejected %+v", rejected)
 	}
 	wantSignals := []sentSignal{
-		{workflows.DeviceWorkflowID(dev), "", workflows.SignalProgress, workflows.ProgressSignal{Progress: wantP, ReceivedAt: clock.Now()}},
-		{workflows.DeviceWorkflowID(dev), "", workflows.SignalStatus, workflows.StatusSignal{Status: wantS, ReceivedAt: clock.Now()}},
+		{ota.DeviceWorkflowID(dev), "", ota.SignalProgress, ota.ProgressSignal{Progress: wantP, ReceivedAt: clock.Now()}},
+		{ota.DeviceWorkflowID(dev), "", ota.SignalStatus, ota.StatusSignal{Status: wantS, ReceivedAt: clock.Now()}},
 	}
 	if got := sig.sent(); !reflect.DeepEqual(got, wantSignals) {
 		t.Errorf("signals %+v\nwant %+v", got, wantSignals)
@@ -186,7 +186,7 @@ func TestNoWorkflowIsNotAnError(t *testing.T) {
 
 func TestRetainedReplayIsIgnored(t *testing.T) {
 	st := newFakeStore(t, dev)
-	sig := newFakeSignaler(workflows.DeviceWorkflowID(dev))
+	sig := newFakeSignaler(ota.DeviceWorkflowID(dev))
 	b, stop := startTest(t, testConfig(newFakeClock()), sig, st)
 	m := newMessage(protocol.StatusTopic(dev), `{"app_ver":"0.9"}`)
 	m.retained = true
@@ -234,7 +234,7 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 			for op, n := range tt.storeFailures {
 				st.failures[op] = n
 			}
-			sig := newFakeSignaler(workflows.DeviceWorkflowID(dev))
+			sig := newFakeSignaler(ota.DeviceWorkflowID(dev))
 			sig.failures = tt.signalFails
 			b, stop := startTest(t, testConfig(newFakeClock()), sig, st)
 			m := newMessage(tt.topic, tt.payload)
@@ -274,7 +274,7 @@ func TestStopDuringOutageLeavesMessageUnacknowledged(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			st := newFakeStore(t, dev)
-			sig := newFakeSignaler(workflows.DeviceWorkflowID(dev))
+			sig := newFakeSignaler(ota.DeviceWorkflowID(dev))
 			tt.outage(st, sig)
 			b, stop := startTest(t, testConfig(newFakeClock()), sig, st)
 			msgs := []*fakeMessage{newMessage(protocol.StatusTopic(dev), `{"app_ver":"1.1"}`),
@@ -376,7 +376,7 @@ func TestBatchMixesOutcomes(t *testing.T) {
 	clock := newFakeClock()
 	st := newFakeStore(t, dev, "sensor-2")
 	st.gate, st.entered = make(chan struct{}), make(chan struct{}, 10)
-	sig := newFakeSignaler(workflows.DeviceWorkflowID(dev), workflows.DeviceWorkflowID("sensor-2"))
+	sig := newFakeSignaler(ota.DeviceWorkflowID(dev), ota.DeviceWorkflowID("sensor-2"))
 	cfg := testConfig(clock)
 	cfg.Shards, cfg.QueueSize, cfg.BatchSize = 1, 16, 16
 	b, stop := startTest(t, cfg, sig, st)
@@ -455,7 +455,7 @@ func TestSignalOrderWithinBatches(t *testing.T) {
 	devices := []string{"d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7"}
 	var ids []string
 	for _, d := range devices {
-		ids = append(ids, workflows.DeviceWorkflowID(d))
+		ids = append(ids, ota.DeviceWorkflowID(d))
 	}
 	st := newFakeStore(t, devices...)
 	sig := newFakeSignaler(ids...)
@@ -477,7 +477,7 @@ func TestSignalOrderWithinBatches(t *testing.T) {
 	next := map[string]int{}
 	for _, s := range sig.sent() {
 		next[s.WorkflowID]++
-		if got, want := s.Arg.(workflows.StatusSignal).Status["app_ver"], fmt.Sprintf("1.%d", next[s.WorkflowID]); got != want {
+		if got, want := s.Arg.(ota.StatusSignal).Status["app_ver"], fmt.Sprintf("1.%d", next[s.WorkflowID]); got != want {
 			t.Fatalf("%s: signal %d carries %s, want %s", s.WorkflowID, next[s.WorkflowID], got, want)
 		}
 	}
@@ -493,7 +493,7 @@ func TestSignalOrderWithinBatches(t *testing.T) {
 func TestCoalescingThroughBridge(t *testing.T) {
 	clock := newFakeClock()
 	st := newFakeStore(t, dev)
-	sig := newFakeSignaler(workflows.DeviceWorkflowID(dev))
+	sig := newFakeSignaler(ota.DeviceWorkflowID(dev))
 	cfg := testConfig(clock)
 	cfg.ProgressInterval = time.Minute
 	b, stop := startTest(t, cfg, sig, st)
@@ -513,7 +513,7 @@ func TestCoalescingThroughBridge(t *testing.T) {
 	}
 	var got []int
 	for _, s := range sig.sent() {
-		got = append(got, s.Arg.(workflows.ProgressSignal).Progress.Progress)
+		got = append(got, s.Arg.(ota.ProgressSignal).Progress.Progress)
 	}
 	// 1 starts the attempt; one a minute later (61); 100 ends it.
 	if want := []int{1, 61, 100}; !reflect.DeepEqual(got, want) {

@@ -24,11 +24,11 @@ import (
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/tlsconfig"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlstest"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // Service credentials of the test broker.
@@ -42,8 +42,8 @@ const querySignals = "bridge-test-signals"
 
 // received is what the test workflow collected.
 type received struct {
-	Progress []workflows.ProgressSignal
-	Status   []workflows.StatusSignal
+	Progress []ota.ProgressSignal
+	Status   []ota.StatusSignal
 }
 
 // collectWorkflow stands in for DeviceUpgradeWorkflow (registered under its name): it keeps
@@ -53,16 +53,16 @@ func collectWorkflow(ctx workflow.Context) error {
 	if err := workflow.SetQueryHandler(ctx, querySignals, func() (received, error) { return got, nil }); err != nil {
 		return err
 	}
-	progress := workflow.GetSignalChannel(ctx, workflows.SignalProgress)
-	status := workflow.GetSignalChannel(ctx, workflows.SignalStatus)
+	progress := workflow.GetSignalChannel(ctx, ota.SignalProgress)
+	status := workflow.GetSignalChannel(ctx, ota.SignalStatus)
 	sel := workflow.NewSelector(ctx)
 	sel.AddReceive(progress, func(c workflow.ReceiveChannel, _ bool) {
-		var s workflows.ProgressSignal
+		var s ota.ProgressSignal
 		c.Receive(ctx, &s)
 		got.Progress = append(got.Progress, s)
 	})
 	sel.AddReceive(status, func(c workflow.ReceiveChannel, _ bool) {
-		var s workflows.StatusSignal
+		var s ota.StatusSignal
 		c.Receive(ctx, &s)
 		got.Status = append(got.Status, s)
 	})
@@ -93,7 +93,7 @@ func newStack(t testing.TB) *stack {
 	s.queue = "bridge-test-" + suffix
 	s.prefix = "bt" + suffix + "-"
 	w := worker.New(s.temporal, s.queue, worker.Options{})
-	w.RegisterWorkflowWithOptions(collectWorkflow, workflow.RegisterOptions{Name: workflows.DeviceUpgradeWorkflowName})
+	w.RegisterWorkflowWithOptions(collectWorkflow, workflow.RegisterOptions{Name: ota.DeviceUpgradeWorkflowName})
 	if err := w.Start(); err != nil {
 		t.Fatalf("start worker: %v", err)
 	}
@@ -145,8 +145,8 @@ func (s *stack) startWorkflow(device string) {
 	s.t.Helper()
 	ctx := context.Background()
 	run, err := s.temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID: workflows.DeviceWorkflowID(device), TaskQueue: s.queue,
-	}, workflows.DeviceUpgradeWorkflowName)
+		ID: ota.DeviceWorkflowID(device), TaskQueue: s.queue,
+	}, ota.DeviceUpgradeWorkflowName)
 	if err != nil {
 		s.t.Fatalf("start workflow: %v", err)
 	}
@@ -156,7 +156,7 @@ func (s *stack) startWorkflow(device string) {
 // signals queries what a device's workflow received.
 func (s *stack) signals(device string) received {
 	s.t.Helper()
-	v, err := s.temporal.QueryWorkflow(context.Background(), workflows.DeviceWorkflowID(device), "", querySignals)
+	v, err := s.temporal.QueryWorkflow(context.Background(), ota.DeviceWorkflowID(device), "", querySignals)
 	if err != nil {
 		s.t.Fatalf("query workflow of %s: %v", device, err)
 	}

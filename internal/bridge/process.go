@@ -11,9 +11,9 @@ import (
 
 	"go.temporal.io/api/serviceerror"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // ReasonUnknownDevice is the rejection reason of a message from an unregistered device.
@@ -251,7 +251,7 @@ func (w *worker) record(reports []store.Report, rejected []store.Rejected) ([]bo
 // progress reports the coalescer lets through.
 func (w *worker) forward(it *item) error {
 	if it.isStatus {
-		return w.signal(it.device, workflows.SignalStatus, workflows.StatusSignal{Status: it.status, ReceivedAt: it.in.at})
+		return w.signal(it.device, ota.SignalStatus, ota.StatusSignal{Status: it.status, ReceivedAt: it.in.at})
 	}
 	w.mu.Lock()
 	forward := w.coalescer.forward(it.device, it.progress, it.in.at)
@@ -260,7 +260,7 @@ func (w *worker) forward(it *item) error {
 		w.b.stats.coalesced.Add(1)
 		return nil
 	}
-	err := w.signal(it.device, workflows.SignalProgress, workflows.ProgressSignal{Progress: it.progress, ReceivedAt: it.in.at})
+	err := w.signal(it.device, ota.SignalProgress, ota.ProgressSignal{Progress: it.progress, ReceivedAt: it.in.at})
 	if err != nil {
 		return err
 	}
@@ -295,7 +295,7 @@ func (w *worker) leave(batch []item, err error) {
 // signal signals the device's upgrade workflow. A workflow that does not exist, or has
 // finished, is normal (no upgrade running) and counts as delivered.
 func (w *worker) signal(device, name string, arg any) error {
-	id := workflows.DeviceWorkflowID(device)
+	id := ota.DeviceWorkflowID(device)
 	select {
 	case w.b.signalSlots <- struct{}{}:
 		defer func() { <-w.b.signalSlots }()

@@ -11,9 +11,9 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/system"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // lockTargets holds an exclusive lock on the rollout target lists until the returned
@@ -92,9 +92,9 @@ func TestNoStartAfterControlDuringTargetResolution(t *testing.T) {
 		update string
 		arg    any
 	}{
-		{"ctlpause", workflows.UpdatePause, "test"},
-		{"ctlcancel", workflows.UpdateCancel, workflows.CancelRequest{Reason: "test"}},
-		{"ctlcancelrun", workflows.UpdateCancel, workflows.CancelRequest{CancelRunning: true, Reason: "test"}},
+		{"ctlpause", ota.UpdatePause, "test"},
+		{"ctlcancel", ota.UpdateCancel, ota.CancelRequest{Reason: "test"}},
+		{"ctlcancelrun", ota.UpdateCancel, ota.CancelRequest{CancelRunning: true, Reason: "test"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,14 +121,14 @@ func TestNoStartAfterControlDuringTargetResolution(t *testing.T) {
 			}
 			release()
 			waitFor(t, 30*time.Second, "the page resolved", func() bool { return !e.pendingActivity(run.GetID(), "ResolveTargets") })
-			if tt.update == workflows.UpdatePause {
+			if tt.update == ota.UpdatePause {
 				// The rollout stays paused; cancel it to end the test.
-				if err := e.update(run, workflows.UpdateCancel, workflows.CancelRequest{Reason: "end of test"}); err != nil {
+				if err := e.update(run, ota.UpdateCancel, ota.CancelRequest{Reason: "end of test"}); err != nil {
 					t.Fatal(err)
 				}
 			}
 			p, err := e.finish(run)
-			if err != nil || p.State != workflows.RolloutCanceled || p.Counts.Started != 5 {
+			if err != nil || p.State != ota.RolloutCanceled || p.Counts.Started != 5 {
 				t.Fatalf("ended %s with %+v, err %v; want canceled with the first page only", p.State, p.Counts, err)
 			}
 			if starts, accepted := e.childStartsAfterUpdate(run.GetID(), "", tt.update); !accepted || starts > 0 {
@@ -153,7 +153,7 @@ func TestReportingDeviceNotTimedOutBySilence(t *testing.T) {
 	req := e.request("chatty")
 	req.StartTimeout, req.SilenceTimeout, req.InstallTimeout = 10*time.Second, 10*time.Second, 10*time.Second
 	req.MaxAttempts = 1
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, req)
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestReportingDeviceNotTimedOutBySilence(t *testing.T) {
 	}
 	d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	d.status(protocol.Status{"firmware_ver": "1.1"})
-	st, err := workflows.UpgradeResult(e.ctx, run)
+	st, err := ota.UpgradeResult(e.ctx, run)
 	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 {
 		t.Fatalf("upgrade %s after %d attempts (%s), err %v; want succeeded in one", st.State, st.Attempt, st.Desc, err)
 	}
@@ -190,7 +190,7 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 	tests := []struct {
 		name  string
 		state protocol.State
-		tweak func(*workflows.UpgradeRequest)
+		tweak func(*ota.UpgradeRequest)
 		drive drive
 	}{
 		{"rec-succeeded", protocol.StateSucceeded, nil, func(d *scripted, _ client.WorkflowRun) {
@@ -202,7 +202,7 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			report(d, cmd, 30)
 			d.status(protocol.Status{"firmware_ver": "1.1"})
 		}},
-		{"rec-failed", protocol.StateFailed, func(r *workflows.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
+		{"rec-failed", protocol.StateFailed, func(r *ota.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
 			cmd := d.command()
 			report(d, cmd, 100)
 			report(d, cmd, -3)
@@ -210,7 +210,7 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			report(d, cmd, 40)
 			report(d, cmd, -1)
 		}},
-		{"rec-timedout", protocol.StateTimedOut, func(r *workflows.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
+		{"rec-timedout", protocol.StateTimedOut, func(r *ota.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
 			cmd := d.command()
 			report(d, cmd, 70)
 			cmd = d.command() // after the silence timeout
@@ -222,8 +222,8 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			cmd = d.command()
 			report(d, cmd, 50)
 			waitFor(e.t, 10*time.Second, "progress 50 in the workflow", func() bool {
-				v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), workflows.QueryState)
-				var st workflows.UpgradeStatus
+				v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
+				var st ota.UpgradeStatus
 				return err == nil && v.Get(&st) == nil && st.Progress == 50
 			})
 			if err := e.c.CancelWorkflow(e.ctx, run.GetID(), run.GetRunID()); err != nil {
@@ -243,14 +243,14 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			if tt.tweak != nil {
 				tt.tweak(&req)
 			}
-			run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, req)
+			run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if tt.drive != nil {
 				tt.drive(d, run)
 			}
-			st, _ := workflows.UpgradeResult(e.ctx, run)
+			st, _ := ota.UpgradeResult(e.ctx, run)
 			if st.State != tt.state {
 				t.Fatalf("upgrade ended %s (%s), want %s", st.State, st.Desc, tt.state)
 			}

@@ -7,11 +7,11 @@ import (
 	"time"
 
 	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/system"
 	"github.com/otaflow/otaflow/internal/temporalconn"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // TestRolloutSurvivesRestarts restarts, one after another in the middle of a rollout, the
@@ -83,8 +83,8 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 	run := e.startRollout(req)
 
 	finished := func() int {
-		v, err := c.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress)
-		var p workflows.RolloutProgress
+		v, err := c.QueryWorkflow(ctx, run.GetID(), "", ota.QueryProgress)
+		var p ota.RolloutProgress
 		if err != nil || v.Get(&p) != nil {
 			return -1 // the server or the worker is down
 		}
@@ -135,12 +135,12 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	var p workflows.RolloutProgress
+	var p ota.RolloutProgress
 	waitFor(t, 3*time.Minute, "the rollout to end", func() bool {
-		v, err := c.QueryWorkflow(ctx, run.GetID(), "", workflows.QueryProgress)
+		v, err := c.QueryWorkflow(ctx, run.GetID(), "", ota.QueryProgress)
 		return err == nil && v.Get(&p) == nil && p.State.Final()
 	})
-	if p.State != workflows.RolloutCompleted || p.Total != devices || p.Counts.Finished() != devices || p.Counts.Running() != 0 {
+	if p.State != ota.RolloutCompleted || p.Total != devices || p.Counts.Finished() != devices || p.Counts.Running() != 0 {
 		t.Fatalf("rollout %s with %+v of %d; want completed with every device finished", p.State, p.Counts, p.Total)
 	}
 	if p.Counts.Succeeded != devices {
@@ -204,11 +204,11 @@ func TestBrokerRestartWithReportsWaiting(t *testing.T) {
 			if err := e.sys.StartBridge(e.ctx); err != nil {
 				t.Fatal(err)
 			}
-			var p workflows.RolloutProgress
+			var p ota.RolloutProgress
 			if err := run.Get(e.ctx, &p); err != nil {
 				t.Fatal(err)
 			}
-			if p.State != workflows.RolloutCompleted || p.Counts.Succeeded != devices {
+			if p.State != ota.RolloutCompleted || p.Counts.Succeeded != devices {
 				t.Fatalf("rollout %s with %+v; want every device succeeded", p.State, p.Counts)
 			}
 			for _, id := range e.sys.Fleet.IDs() {

@@ -16,12 +16,12 @@ import (
 
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/system"
 	"github.com/otaflow/otaflow/internal/testenv"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 func TestMain(m *testing.M) {
@@ -82,21 +82,21 @@ func newEnv(t *testing.T, cfg system.Config) *env {
 }
 
 // request is a fast device upgrade request for the test package.
-func (e *env) request(device string) workflows.UpgradeRequest {
-	return workflows.UpgradeRequest{DeviceID: device, Type: "firmware", Version: "1.1",
+func (e *env) request(device string) ota.UpgradeRequest {
+	return ota.UpgradeRequest{DeviceID: device, Type: "firmware", Version: "1.1",
 		URL: e.sys.Package.URL, MD5: e.sys.Package.MD5, Size: e.sys.Package.Size,
 		StartTimeout: 4 * time.Second, SilenceTimeout: 3 * time.Second, InstallTimeout: 3 * time.Second,
 		RetryBackoff: 200 * time.Millisecond, Deadline: 2 * time.Minute}
 }
 
 // upgrade runs a device upgrade to its end and returns its final status.
-func (e *env) upgrade(req workflows.UpgradeRequest) (workflows.UpgradeStatus, error) {
+func (e *env) upgrade(req ota.UpgradeRequest) (ota.UpgradeStatus, error) {
 	e.t.Helper()
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, req)
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 	if err != nil {
 		e.t.Fatalf("start upgrade of %s: %v", req.DeviceID, err)
 	}
-	return workflows.UpgradeResult(e.ctx, run)
+	return ota.UpgradeResult(e.ctx, run)
 }
 
 // waitFor polls cond until it holds or the deadline passes.

@@ -11,10 +11,10 @@ import (
 	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/system"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // envRecordHistories names the directory where TestRecordHistories writes the histories it
@@ -90,7 +90,7 @@ func recordUpgrades(t *testing.T, dir string) {
 	}
 	type scenario struct {
 		name  string
-		tweak func(*workflows.UpgradeRequest)
+		tweak func(*ota.UpgradeRequest)
 		drive func(d *scripted, run client.WorkflowRun)
 	}
 	scenarios := []scenario{
@@ -146,7 +146,7 @@ func recordUpgrades(t *testing.T, dir string) {
 				t.Fatal(err)
 			}
 		}},
-		{"upgrade-timed-out", func(r *workflows.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
+		{"upgrade-timed-out", func(r *ota.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
 			d.command()
 			d.command()
 		}},
@@ -163,14 +163,14 @@ func recordUpgrades(t *testing.T, dir string) {
 		if sc.tweak != nil {
 			sc.tweak(&req)
 		}
-		run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, req)
+		run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if sc.drive != nil {
 			sc.drive(d, run)
 		}
-		st, err := workflows.UpgradeResult(e.ctx, run)
+		st, err := ota.UpgradeResult(e.ctx, run)
 		t.Logf("%s: %s after %d attempt(s) (%v)", sc.name, st.State, st.Attempt, err)
 		e.save(dir, sc.name, run.GetID())
 	}
@@ -183,7 +183,7 @@ func recordRollouts(t *testing.T, dir string) {
 	// rall-00041..43 fail to install: the failure threshold's fleet is rall-00040..49.
 	faults := simulator.Faults{InstallFail: simulator.Fault{Devices: []string{simID("rall", 41), simID("rall", 42), simID("rall", 43)}}}
 	e := newEnv(t, system.Config{Devices: 49, Prefix: "rall", Timing: timing, Faults: faults})
-	wait := func(run client.WorkflowRun, what string, cond func(workflows.RolloutProgress) bool) {
+	wait := func(run client.WorkflowRun, what string, cond func(ota.RolloutProgress) bool) {
 		t.Helper()
 		waitFor(t, time.Minute, what, func() bool { return cond(e.progress(run)) })
 	}
@@ -194,19 +194,19 @@ func recordRollouts(t *testing.T, dir string) {
 		}
 	}
 	// group n is rall-000n0..rall-000n9 (n = 0: rall-00001..09).
-	targets := func(n int) workflows.Targets { return workflows.Targets{Prefix: fmt.Sprintf("rall-%04d", n)} }
+	targets := func(n int) ota.Targets { return ota.Targets{Prefix: fmt.Sprintf("rall-%04d", n)} }
 
 	// Waves with a bake and an approval; rate limited; paused and resumed.
 	req := e.rollout("rec-waves", "rall")
 	req.Targets = targets(1)
-	req.Waves = []workflows.Wave{{Count: 2, Bake: 2 * time.Second}, {Percent: 100, Approve: true}}
+	req.Waves = []ota.Wave{{Count: 2, Bake: 2 * time.Second}, {Percent: 100, Approve: true}}
 	req.MaxPerMinute = 120
 	run := e.startRollout(req)
-	wait(run, "wave 2 waiting for approval", func(p workflows.RolloutProgress) bool { return p.State == workflows.RolloutWaitingApproval })
-	must(e.update(run, workflows.UpdateApprove, 0))
-	wait(run, "wave 2 started", func(p workflows.RolloutProgress) bool { return p.Counts.Started >= 4 })
-	must(e.update(run, workflows.UpdatePause, "recording"))
-	must(e.update(run, workflows.UpdateResume))
+	wait(run, "wave 2 waiting for approval", func(p ota.RolloutProgress) bool { return p.State == ota.RolloutWaitingApproval })
+	must(e.update(run, ota.UpdateApprove, 0))
+	wait(run, "wave 2 started", func(p ota.RolloutProgress) bool { return p.Counts.Started >= 4 })
+	must(e.update(run, ota.UpdatePause, "recording"))
+	must(e.update(run, ota.UpdateResume))
 	_, err := e.finish(run)
 	must(err)
 	e.save(dir, "rollout-waves-approval-pause", run.GetID())
@@ -215,12 +215,12 @@ func recordRollouts(t *testing.T, dir string) {
 	// goes on by itself).
 	req = e.rollout("rec-approval-pause", "rall")
 	req.Targets = targets(2)
-	req.Waves = []workflows.Wave{{Count: 1}, {Percent: 100, Approve: true}}
+	req.Waves = []ota.Wave{{Count: 1}, {Percent: 100, Approve: true}}
 	run = e.startRollout(req)
-	wait(run, "waiting for approval", func(p workflows.RolloutProgress) bool { return p.State == workflows.RolloutWaitingApproval })
-	must(e.update(run, workflows.UpdatePause, "recording"))
-	must(e.update(run, workflows.UpdateResume))
-	must(e.update(run, workflows.UpdateCancel, workflows.CancelRequest{Reason: "recording"}))
+	wait(run, "waiting for approval", func(p ota.RolloutProgress) bool { return p.State == ota.RolloutWaitingApproval })
+	must(e.update(run, ota.UpdatePause, "recording"))
+	must(e.update(run, ota.UpdateResume))
+	must(e.update(run, ota.UpdateCancel, ota.CancelRequest{Reason: "recording"}))
 	_, err = e.finish(run)
 	must(err)
 	e.save(dir, "rollout-approval-paused-canceled", run.GetID())
@@ -241,8 +241,8 @@ func recordRollouts(t *testing.T, dir string) {
 	req.MaxInFlight = 3
 	req.Upgrade.InstallTimeout = time.Minute
 	run = e.startRollout(req)
-	wait(run, "upgrades running", func(p workflows.RolloutProgress) bool { return p.Counts.Started >= 3 })
-	must(e.update(run, workflows.UpdateCancel, workflows.CancelRequest{CancelRunning: true, Reason: "recording"}))
+	wait(run, "upgrades running", func(p ota.RolloutProgress) bool { return p.Counts.Started >= 3 })
+	must(e.update(run, ota.UpdateCancel, ota.CancelRequest{CancelRunning: true, Reason: "recording"}))
 	_, err = e.finish(run)
 	must(err)
 	e.save(dir, "rollout-cancel-running", run.GetID())
@@ -255,8 +255,8 @@ func recordRollouts(t *testing.T, dir string) {
 	req.FailureMinCount = 2
 	req.Upgrade.MaxAttempts = 1
 	run = e.startRollout(req)
-	wait(run, "paused by the threshold", func(p workflows.RolloutProgress) bool { return p.State == workflows.RolloutPaused })
-	must(e.update(run, workflows.UpdateResume))
+	wait(run, "paused by the threshold", func(p ota.RolloutProgress) bool { return p.State == ota.RolloutPaused })
+	must(e.update(run, ota.UpdateResume))
 	_, err = e.finish(run)
 	e.save(dir, "rollout-threshold-paused-resumed", run.GetID())
 
@@ -268,7 +268,7 @@ func recordRollouts(t *testing.T, dir string) {
 	req.MaxInFlight = 2
 	req.Upgrade.Version = "1.2"
 	run = e.startRollout(req)
-	wait(run, "upgrades running", func(p workflows.RolloutProgress) bool { return p.Counts.Started >= 2 })
+	wait(run, "upgrades running", func(p ota.RolloutProgress) bool { return p.Counts.Started >= 2 })
 	must(e.c.CancelWorkflow(e.ctx, run.GetID(), ""))
 	_ = run.Get(e.ctx, nil)
 	e.save(dir, "rollout-temporal-cancel", run.GetID())

@@ -11,34 +11,34 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/system"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // rollout is a fast rollout request over the devices of a prefix.
-func (e *env) rollout(name, prefix string, waves ...workflows.Wave) workflows.RolloutRequest {
+func (e *env) rollout(name, prefix string, waves ...ota.Wave) ota.RolloutRequest {
 	up := e.request("")
-	return workflows.RolloutRequest{Name: name, Upgrade: up, Targets: workflows.Targets{Prefix: prefix + "-"}, Waves: waves}
+	return ota.RolloutRequest{Name: name, Upgrade: up, Targets: ota.Targets{Prefix: prefix + "-"}, Waves: waves}
 }
 
-func (e *env) startRollout(req workflows.RolloutRequest) client.WorkflowRun {
+func (e *env) startRollout(req ota.RolloutRequest) client.WorkflowRun {
 	e.t.Helper()
-	run, err := workflows.StartRollout(e.ctx, e.c, req)
+	run, err := ota.StartRollout(e.ctx, e.c, req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return run
 }
 
-func (e *env) progress(run client.WorkflowRun) workflows.RolloutProgress {
+func (e *env) progress(run client.WorkflowRun) ota.RolloutProgress {
 	e.t.Helper()
-	v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), "", workflows.QueryProgress)
+	v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), "", ota.QueryProgress)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	var p workflows.RolloutProgress
+	var p ota.RolloutProgress
 	if err := v.Get(&p); err != nil {
 		e.t.Fatal(err)
 	}
@@ -54,14 +54,14 @@ func (e *env) update(run client.WorkflowRun, name string, args ...any) error {
 	return h.Get(e.ctx, nil)
 }
 
-func (e *env) finish(run client.WorkflowRun) (workflows.RolloutProgress, error) {
+func (e *env) finish(run client.WorkflowRun) (ota.RolloutProgress, error) {
 	e.t.Helper()
 	err := run.Get(e.ctx, nil)
 	return e.progress(run), err
 }
 
 // checkRecords compares a rollout's counts with the PostgreSQL records of its devices.
-func (e *env) checkRecords(name string, p workflows.RolloutProgress) {
+func (e *env) checkRecords(name string, p ota.RolloutProgress) {
 	e.t.Helper()
 	got, err := e.store.CountByState(e.ctx, name)
 	if err != nil {
@@ -79,10 +79,10 @@ func (e *env) checkRecords(name string, p workflows.RolloutProgress) {
 
 func TestRolloutThreeWaves(t *testing.T) {
 	e := newEnv(t, system.Config{Devices: 12, Prefix: "waves"})
-	req := e.rollout("waves", "waves", workflows.Wave{Count: 2}, workflows.Wave{Percent: 50}, workflows.Wave{Percent: 100})
+	req := e.rollout("waves", "waves", ota.Wave{Count: 2}, ota.Wave{Percent: 50}, ota.Wave{Percent: 100})
 	run := e.startRollout(req)
 	p, err := e.finish(run)
-	if err != nil || p.State != workflows.RolloutCompleted || p.Counts.Succeeded != 12 || p.Total != 12 {
+	if err != nil || p.State != ota.RolloutCompleted || p.Counts.Succeeded != 12 || p.Total != 12 {
 		t.Fatalf("rollout %+v, err %v", p, err)
 	}
 	for i, want := range []int{2, 4, 6} {
@@ -113,7 +113,7 @@ func TestRolloutHandsRunningUpgradesOver(t *testing.T) {
 	run := e.startRollout(req)
 	firstRun := run.GetRunID() // Get follows the runs
 	p, err := e.finish(run)
-	if err != nil || p.State != workflows.RolloutCompleted || p.Counts.Succeeded != 9 {
+	if err != nil || p.State != ota.RolloutCompleted || p.Counts.Succeeded != 9 {
 		t.Fatalf("rollout %+v, err %v", p, err)
 	}
 	if p.Runs < 3 {
@@ -135,7 +135,7 @@ func TestRolloutHandsRunningUpgradesOver(t *testing.T) {
 	if attrs == nil {
 		t.Fatalf("first run closed with %s; want continued as new", ev.GetEventType())
 	}
-	var in workflows.RolloutInput
+	var in ota.RolloutInput
 	if err := converter.GetDefaultDataConverter().FromPayloads(attrs.GetInput(), &in); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 	req.FailurePercent = 50
 	req.FailureMinCount = 3
 	run := e.startRollout(req)
-	waitFor(t, 30*time.Second, "the rollout to pause", func() bool { return e.progress(run).State == workflows.RolloutPaused })
+	waitFor(t, 30*time.Second, "the rollout to pause", func() bool { return e.progress(run).State == ota.RolloutPaused })
 	p := e.progress(run)
 	if p.Reason == "" || p.Counts.Failed != 3 || p.Counts.Started >= 10 {
 		t.Fatalf("paused at %+v (reason %q); want 3 failures and not every device started", p.Counts, p.Reason)
@@ -163,14 +163,14 @@ func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 	if again := e.progress(run); again.Counts.Started != p.Counts.Started {
 		t.Fatalf("devices started while paused: %d then %d", p.Counts.Started, again.Counts.Started)
 	}
-	if err := e.update(run, workflows.UpdateResume); err != nil {
+	if err := e.update(run, ota.UpdateResume); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.update(run, workflows.UpdateResume); err == nil {
+	if err := e.update(run, ota.UpdateResume); err == nil {
 		t.Error("resuming a running rollout was accepted")
 	}
 	p, err := e.finish(run)
-	if err != nil || p.State != workflows.RolloutCompleted || p.Counts.Succeeded != 7 || p.Counts.Failed != 3 {
+	if err != nil || p.State != ota.RolloutCompleted || p.Counts.Succeeded != 7 || p.Counts.Failed != 3 {
 		t.Fatalf("final %+v %s, err %v", p.Counts, p.State, err)
 	}
 	e.checkRecords("thresh", p)
@@ -202,11 +202,11 @@ func TestRolloutCancel(t *testing.T) {
 				p := e.progress(run)
 				return p.Counts.Running() == 2 && (tt.continueAfter == 0 || p.Runs > 1)
 			})
-			if err := e.update(run, workflows.UpdateCancel, workflows.CancelRequest{CancelRunning: cancelRunning, Reason: "test"}); err != nil {
+			if err := e.update(run, ota.UpdateCancel, ota.CancelRequest{CancelRunning: cancelRunning, Reason: "test"}); err != nil {
 				t.Fatal(err)
 			}
 			p, err := e.finish(run)
-			if err != nil || p.State != workflows.RolloutCanceled || p.Counts.Started != 2 {
+			if err != nil || p.State != ota.RolloutCanceled || p.Counts.Started != 2 {
 				t.Fatalf("final %+v %s, err %v; want canceled with the 2 running", p.Counts, p.State, err)
 			}
 			if cancelRunning && p.Counts.Canceled != 2 {
@@ -226,7 +226,7 @@ func TestRolloutPreflightStopsBadMD5(t *testing.T) {
 	req.Upgrade.MD5 = "00000000000000000000000000000000"
 	p, err := e.finish(e.startRollout(req))
 	var appErr *temporal.ApplicationError
-	if !errors.As(err, &appErr) || p.State != workflows.RolloutFailed || p.Counts.Started != 0 {
+	if !errors.As(err, &appErr) || p.State != ota.RolloutFailed || p.Counts.Started != 0 {
 		t.Fatalf("rollout %s %+v, err %v; want failed before any device", p.State, p.Counts, err)
 	}
 	if s := e.sys.Fleet.Stats(); s.Commands != 0 {

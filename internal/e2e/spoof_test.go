@@ -7,9 +7,9 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/system"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // TestSpoofingDeviceCannotTouchAnotherUpgrade: a device with valid credentials tries to
@@ -30,7 +30,7 @@ func TestSpoofingDeviceCannotTouchAnotherUpgrade(t *testing.T) {
 		t.Errorf("subscribing to another device's commands answered %v, want 0x80 (refused)", codes)
 	}
 
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, e.request(victim.id))
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, e.request(victim.id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,11 +53,11 @@ func TestSpoofingDeviceCannotTouchAnotherUpgrade(t *testing.T) {
 
 	// Nothing reached the victim's upgrade or records.
 	time.Sleep(500 * time.Millisecond)
-	v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), workflows.QueryState)
+	v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mid workflows.UpgradeStatus
+	var mid ota.UpgradeStatus
 	if err := v.Get(&mid); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestSpoofingDeviceCannotTouchAnotherUpgrade(t *testing.T) {
 	// The victim finishes its own upgrade normally.
 	victim.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	victim.status(protocol.Status{"firmware_ver": "1.1"})
-	st, err := workflows.UpgradeResult(e.ctx, run)
+	st, err := ota.UpgradeResult(e.ctx, run)
 	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 {
 		t.Fatalf("victim's upgrade: %+v, err %v", st, err)
 	}

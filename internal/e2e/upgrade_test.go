@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/system"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // maxHistoryEvents is the most history events a successful device upgrade may take.
@@ -19,11 +19,11 @@ const maxHistoryEvents = 25
 func TestUpgradeHappyPath(t *testing.T) {
 	e := newEnv(t, system.Config{Devices: 1, Prefix: "happy"})
 	id := simID("happy", 1)
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, e.request(id))
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, e.request(id))
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := workflows.UpgradeResult(e.ctx, run)
+	st, err := ota.UpgradeResult(e.ctx, run)
 	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 || st.Reported != "1.1" {
 		t.Fatalf("result %+v, err %v; want succeeded on attempt 1", st, err)
 	}
@@ -116,7 +116,7 @@ func TestUpgradeOtherErrorCode(t *testing.T) {
 	d := e.scriptedDevice("other-1", protocol.Status{"firmware_ver": "1.0"})
 	req := e.request(d.id)
 	req.MaxAttempts = 2
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, req)
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestUpgradeOtherErrorCode(t *testing.T) {
 		cmd := d.command()
 		d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: protocol.CodeOther, Desc: "disk full"})
 	}
-	st, err := workflows.UpgradeResult(e.ctx, run)
+	st, err := ota.UpgradeResult(e.ctx, run)
 	if err == nil || st.State != protocol.StateFailed || st.ErrorCode != protocol.CodeOther || st.Desc != "disk full" {
 		t.Fatalf("result %+v, err %v; want failed with -4 and the device's desc", st, err)
 	}
@@ -160,7 +160,7 @@ func TestUpgradeAlreadyOnTargetSkipped(t *testing.T) {
 func TestUpgradeStaleProgressIgnored(t *testing.T) {
 	e := newEnv(t, system.Config{})
 	d := e.scriptedDevice("stale-1", protocol.Status{"firmware_ver": "1.0"})
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, e.request(d.id))
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, e.request(d.id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,13 +172,13 @@ func TestUpgradeStaleProgressIgnored(t *testing.T) {
 	// A report without an ID counts when type and version match (the seed's format).
 	d.progress(protocol.Progress{Type: cmd.Type, Version: cmd.Version, Progress: 40, Desc: "downloading"})
 	waitFor(t, 10*time.Second, "the query to show 40%", func() bool {
-		v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), workflows.QueryState)
-		var st workflows.UpgradeStatus
+		v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
+		var st ota.UpgradeStatus
 		return err == nil && v.Get(&st) == nil && st.Progress == 40 && st.State == protocol.StateDownloading
 	})
 	d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	d.status(protocol.Status{"firmware_ver": "1.1"})
-	st, err := workflows.UpgradeResult(e.ctx, run)
+	st, err := ota.UpgradeResult(e.ctx, run)
 	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 || st.ErrorCode != 0 {
 		t.Fatalf("result %+v, err %v; want success on the first attempt, stale errors ignored", st, err)
 	}
@@ -187,22 +187,22 @@ func TestUpgradeStaleProgressIgnored(t *testing.T) {
 func TestSecondConcurrentUpgradeRefused(t *testing.T) {
 	e := newEnv(t, system.Config{})
 	d := e.scriptedDevice("busy-1", protocol.Status{"firmware_ver": "1.0"})
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, e.request(d.id))
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, e.request(d.id))
 	if err != nil {
 		t.Fatal(err)
 	}
 	d.command()
 	second := e.request(d.id)
 	second.Version = "1.2"
-	_, err = workflows.StartDeviceUpgrade(e.ctx, e.c, second)
-	var running *workflows.AlreadyRunningError
-	if !errors.As(err, &running) || running.RunID != run.GetRunID() || !strings.Contains(err.Error(), workflows.DeviceWorkflowID(d.id)) {
+	_, err = ota.StartDeviceUpgrade(e.ctx, e.c, second)
+	var running *ota.AlreadyRunningError
+	if !errors.As(err, &running) || running.RunID != run.GetRunID() || !strings.Contains(err.Error(), ota.DeviceWorkflowID(d.id)) {
 		t.Fatalf("second start: %v; want AlreadyRunningError naming run %s", err, run.GetRunID())
 	}
 	if err := e.c.CancelWorkflow(e.ctx, run.GetID(), ""); err != nil {
 		t.Fatal(err)
 	}
-	st, _ := workflows.UpgradeResult(e.ctx, run)
+	st, _ := ota.UpgradeResult(e.ctx, run)
 	if st.State != protocol.StateCanceled {
 		t.Fatalf("after cancel: %+v", st)
 	}
@@ -219,7 +219,7 @@ func TestWorkerRestartMidUpgrade(t *testing.T) {
 	id := simID("restart", 1)
 	req := e.request(id)
 	req.InstallTimeout = time.Minute
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, req)
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func TestWorkerRestartMidUpgrade(t *testing.T) {
 	if err := e.sys.StartWorker(e.ctx); err != nil {
 		t.Fatal(err)
 	}
-	st, err := workflows.UpgradeResult(e.ctx, run)
+	st, err := ota.UpgradeResult(e.ctx, run)
 	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 {
 		t.Fatalf("result %+v, err %v; want success across the worker restart", st, err)
 	}
@@ -245,7 +245,7 @@ func TestWorkerRestartMidUpgrade(t *testing.T) {
 func TestMalformedMessagesRejectedValidOnesFlow(t *testing.T) {
 	e := newEnv(t, system.Config{})
 	d := e.scriptedDevice("hostile-1", protocol.Status{"firmware_ver": "1.0"})
-	run, err := workflows.StartDeviceUpgrade(e.ctx, e.c, e.request(d.id))
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, e.request(d.id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +266,7 @@ func TestMalformedMessagesRejectedValidOnesFlow(t *testing.T) {
 	// Valid reports flow on: the upgrade succeeds.
 	d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	d.status(protocol.Status{"firmware_ver": "1.1"})
-	st, err := workflows.UpgradeResult(e.ctx, run)
+	st, err := ota.UpgradeResult(e.ctx, run)
 	if err != nil || st.State != protocol.StateSucceeded {
 		t.Fatalf("result %+v, err %v", st, err)
 	}

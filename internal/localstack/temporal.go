@@ -17,12 +17,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
-
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // TemporalCLIModule is the Go package, at the version the project uses, that `go install`
@@ -219,7 +218,7 @@ func temporalArgs(opts TemporalOptions, port, uiPort int) []string {
 	}
 	// The dev server registers these only in a namespace it creates; RegisterSearchAttributes
 	// adds them to one a database file already holds.
-	for _, name := range workflows.SearchAttributeNames {
+	for _, name := range ota.SearchAttributeNames {
 		args = append(args, "--search-attribute", name+"=Keyword")
 	}
 	return args
@@ -271,7 +270,7 @@ func RegisterSearchAttributes(ctx context.Context, c client.Client, namespace st
 		return fmt.Errorf("list the search attributes of namespace %s: %w", namespace, err)
 	}
 	missing := map[string]enums.IndexedValueType{}
-	for _, name := range workflows.SearchAttributeNames {
+	for _, name := range ota.SearchAttributeNames {
 		typ, ok := list.GetCustomAttributes()[name]
 		switch {
 		case !ok:

@@ -15,14 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
-
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // probeTaskQueue is polled by no worker: the workflows the tests start just wait there.
@@ -216,8 +215,8 @@ func TestStartTemporalAddsSearchAttributesToOldDBFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := list.GetCustomAttributes()[workflows.SearchAttributeNames[0]]; ok {
-		t.Fatalf("the old server already has %s", workflows.SearchAttributeNames[0])
+	if _, ok := list.GetCustomAttributes()[ota.SearchAttributeNames[0]]; ok {
+		t.Fatalf("the old server already has %s", ota.SearchAttributeNames[0])
 	}
 	if err := old.Stop(); err != nil {
 		t.Fatal(err)
@@ -287,7 +286,7 @@ func startProbe(t *testing.T, c client.Client, id, device string) string {
 	run, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
 		ID:                    id,
 		TaskQueue:             probeTaskQueue,
-		TypedSearchAttributes: temporal.NewSearchAttributes(workflows.SearchDevice.ValueSet(device)),
+		TypedSearchAttributes: temporal.NewSearchAttributes(ota.SearchDevice.ValueSet(device)),
 	}, "LocalstackProbe")
 	if err != nil {
 		t.Fatalf("start workflow %s: %v", id, err)
@@ -323,7 +322,7 @@ func assertSearchAttributes(t *testing.T, c client.Client, namespace string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range workflows.SearchAttributeNames {
+	for _, name := range ota.SearchAttributeNames {
 		if typ, ok := list.GetCustomAttributes()[name]; !ok || typ != enums.INDEXED_VALUE_TYPE_KEYWORD {
 			t.Errorf("search attribute %s in namespace %s: registered %v, type %s; want Keyword", name, namespace, ok, typ)
 		}

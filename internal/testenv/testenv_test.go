@@ -22,7 +22,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/internal/localstack"
-	"github.com/otaflow/otaflow/workflows"
+	"github.com/otaflow/otaflow/internal/ota"
 )
 
 func TestMain(m *testing.M) {
@@ -80,7 +80,7 @@ func TestTemporalRunsWorkflows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range workflows.SearchAttributeNames {
+	for _, name := range ota.SearchAttributeNames {
 		if list.GetCustomAttributes()[name] != enums.INDEXED_VALUE_TYPE_KEYWORD {
 			t.Errorf("search attribute %s is not registered as Keyword", name)
 		}

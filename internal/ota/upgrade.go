@@ -1,7 +1,4 @@
-// Package workflows holds OTAflow's durable workflows: DeviceUpgradeWorkflow, one run per
-// device upgrade, and the names (task queue, workflow IDs, signals, queries, search
-// attributes) that the worker, the bridge and the starter share.
-package workflows
+package ota
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package workflows
+package ota
 
 import (
 	"fmt"
@@ -231,7 +231,7 @@ func (r RolloutRequest) Validate() error {
 		return fmt.Errorf("ramp needs a start rate > 0, a factor >= 1 and a step > 0")
 	}
 	if r.Window != nil {
-		if _, err := r.Window.parse(); err != nil {
+		if err := r.Window.Validate(); err != nil {
 			return err
 		}
 	}
@@ -300,7 +300,9 @@ func (c Counts) Running() int { return c.Started - c.Finished() }
 // Failures counts the failed and timed-out upgrades.
 func (c Counts) Failures() int { return c.Failed + c.TimedOut }
 
-func (c *Counts) add(s protocol.State) {
+// Add counts an upgrade that ended in state s. A state that is not a final one (which a
+// finished upgrade never reports) counts as failed: it is a failure to account for.
+func (c *Counts) Add(s protocol.State) {
 	switch s {
 	case protocol.StateSucceeded:
 		c.Succeeded++
@@ -312,12 +314,15 @@ func (c *Counts) add(s protocol.State) {
 		c.TimedOut++
 	case protocol.StateCanceled:
 		c.Canceled++
-	default:
+	case StateConflict:
 		c.Conflict++
+	default:
+		c.Failed++
 	}
 }
 
-func (c Counts) minus(b Counts) Counts {
+// Minus is c less b, count by count.
+func (c Counts) Minus(b Counts) Counts {
 	return Counts{Started: c.Started - b.Started, Succeeded: c.Succeeded - b.Succeeded, Skipped: c.Skipped - b.Skipped,
 		Failed: c.Failed - b.Failed, TimedOut: c.TimedOut - b.TimedOut, Canceled: c.Canceled - b.Canceled, Conflict: c.Conflict - b.Conflict}
 }
@@ -348,4 +353,48 @@ type RolloutProgress struct {
 	StartedAt    time.Time  `json:"started_at"`
 	UpdatedAt    time.Time  `json:"updated_at"`
 	FinishedAt   *time.Time `json:"finished_at,omitempty"`
+}
+
+// RolloutInput is the argument of RolloutWorkflow: the request, and, when a run continues as
+// new, where the previous run left off.
+type RolloutInput struct {
+	Request RolloutRequest `json:"request"`
+	Carry   *RolloutCarry  `json:"carry,omitempty"`
+}
+
+// RolloutCarry is the state a rollout run hands to the next when it continues as new.
+type RolloutCarry struct {
+	Progress      RolloutProgress `json:"progress"`
+	WaveEnds      []int           `json:"wave_ends"`
+	Cursor        string          `json:"cursor"`
+	Buffer        []string        `json:"buffer,omitempty"`
+	Exhausted     bool            `json:"exhausted"`
+	WaveOpened    bool            `json:"wave_opened"`
+	Baseline      Counts          `json:"baseline"`
+	WaveBaseline  Counts          `json:"wave_baseline"`
+	Paused        bool            `json:"paused"`
+	Aborting      bool            `json:"aborting"`
+	Cancel        *CancelRequest  `json:"cancel,omitempty"`
+	ApprovedWave  int             `json:"approved_wave"`
+	NextStartAt   time.Time       `json:"next_start_at"`
+	RampStartedAt time.Time       `json:"ramp_started_at"`
+	// Handed lists the device upgrades still running when the run continued as new; the
+	// next run follows them to their end.
+	Handed []HandedUpgrade `json:"handed,omitempty"`
+	// Snapshot names the stored list of the rollout's targets, fixed at pre-flight (empty
+	// for rollouts started before versionControl, which select their targets page by page).
+	Snapshot string `json:"snapshot,omitempty"`
+	// PauseReason, CancelReason and AbortReason say why the rollout is paused, being
+	// canceled or aborted; the state shown gives the reason of what it is doing.
+	PauseReason  string `json:"pause_reason,omitempty"`
+	CancelReason string `json:"cancel_reason,omitempty"`
+	AbortReason  string `json:"abort_reason,omitempty"`
+}
+
+// HandedUpgrade is a device upgrade one rollout run started and the next follows.
+type HandedUpgrade struct {
+	Device string `json:"device"`
+	RunID  string `json:"run_id"`
+	// Wave is the index of the wave that started it.
+	Wave int `json:"wave"`
 }
