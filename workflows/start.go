@@ -20,6 +20,7 @@ import (
 func Register(r worker.Registry, a *activities.Activities) {
 	r.RegisterWorkflowWithOptions(DeviceUpgradeWorkflow, workflow.RegisterOptions{Name: DeviceUpgradeWorkflowName})
 	r.RegisterWorkflowWithOptions(RolloutWorkflow, workflow.RegisterOptions{Name: RolloutWorkflowName})
+	r.RegisterWorkflowWithOptions(ScheduledRolloutWorkflow, workflow.RegisterOptions{Name: ScheduledRolloutWorkflowName})
 	r.RegisterActivity(a)
 }
 
@@ -141,25 +142,52 @@ func NewWorker(c client.Client, a *activities.Activities) worker.Worker {
 	return w
 }
 
+// rolloutSearchAttributes are the search attributes a rollout starts with.
+func rolloutSearchAttributes(req RolloutRequest) temporal.SearchAttributes {
+	return temporal.NewSearchAttributes(
+		SearchRollout.ValueSet(req.Name),
+		SearchTargetVersion.ValueSet(req.Upgrade.Version),
+		SearchType.ValueSet(req.Upgrade.Type),
+		SearchState.ValueSet(string(RolloutPreflight)),
+	)
+}
+
+// rolloutMemo is what the Web UI shows of a rollout's package and targets.
+func rolloutMemo(req RolloutRequest) map[string]any {
+	return map[string]any{"url": req.Upgrade.URL, "md5": req.Upgrade.MD5, "size": req.Upgrade.Size, "targets": req.Targets}
+}
+
+// rolloutSummary is the one line the Web UI shows for a rollout.
+func rolloutSummary(req RolloutRequest) string {
+	return fmt.Sprintf("Rollout %s: %s %s", req.Name, req.Upgrade.Type, req.Upgrade.Version)
+}
+
 // RolloutStartOptions are the options to start a rollout with a Temporal client.
 func RolloutStartOptions(req RolloutRequest) client.StartWorkflowOptions {
 	return client.StartWorkflowOptions{
 		ID:                                       RolloutWorkflowID(req.Name),
 		TaskQueue:                                TaskQueue,
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
-		TypedSearchAttributes: temporal.NewSearchAttributes(
-			SearchRollout.ValueSet(req.Name),
-			SearchTargetVersion.ValueSet(req.Upgrade.Version),
-			SearchType.ValueSet(req.Upgrade.Type),
-			SearchState.ValueSet(string(RolloutPreflight)),
-		),
-		Memo:          map[string]any{"url": req.Upgrade.URL, "md5": req.Upgrade.MD5, "size": req.Upgrade.Size, "targets": req.Targets},
-		StaticSummary: fmt.Sprintf("Rollout %s: %s %s", req.Name, req.Upgrade.Type, req.Upgrade.Version),
+		TypedSearchAttributes:                    rolloutSearchAttributes(req),
+		Memo:                                     rolloutMemo(req),
+		StaticSummary:                            rolloutSummary(req),
 	}
 }
 
+// RolloutRunningError is returned when a rollout of the name is already running.
+type RolloutRunningError struct {
+	Name       string
+	WorkflowID string
+	RunID      string
+}
+
+func (e *RolloutRunningError) Error() string {
+	return fmt.Sprintf("rollout %s is already running (workflow %s, run %s)", e.Name, e.WorkflowID, e.RunID)
+}
+
 // StartRollout validates req and starts its RolloutWorkflow. A rollout of the same name that
-// is still running gives an error naming it.
+// is still running gives a *RolloutRunningError naming it: of two starts of one name, exactly
+// one starts a rollout.
 func StartRollout(ctx context.Context, c client.Client, req RolloutRequest) (client.WorkflowRun, error) {
 	req = req.WithDefaults()
 	if err := req.Validate(); err != nil {
@@ -168,7 +196,7 @@ func StartRollout(ctx context.Context, c client.Client, req RolloutRequest) (cli
 	run, err := c.ExecuteWorkflow(ctx, RolloutStartOptions(req), RolloutWorkflowName, RolloutInput{Request: req})
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &started) {
-		return nil, fmt.Errorf("rollout %s is already running (workflow %s, run %s)", req.Name, RolloutWorkflowID(req.Name), started.RunId)
+		return nil, &RolloutRunningError{Name: req.Name, WorkflowID: RolloutWorkflowID(req.Name), RunID: started.RunId}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start rollout %s: %w", req.Name, err)

@@ -1,0 +1,106 @@
+package workflows
+
+import (
+	"errors"
+	"testing"
+
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+)
+
+// scheduledRequest is a rollout request as `rollout schedule` makes one.
+func scheduledRequest() RolloutRequest {
+	return RolloutRequest{Name: "sched-1", Targets: Targets{List: "sched-1/00112233aabbccdd"}, SkipPreflight: true,
+		Upgrade: UpgradeRequest{Type: "firmware", Version: "1.1", URL: "http://files.local/fw-1.1.bin",
+			MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1024}}
+}
+
+func TestScheduledRolloutStartsTheRollout(t *testing.T) {
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflowWithOptions(ScheduledRolloutWorkflow, workflow.RegisterOptions{Name: ScheduledRolloutWorkflowName})
+	// The rollout, as far as the test needs it: it notes what it was started with.
+	type startedChild struct {
+		id, rollout, state string
+		req                RolloutRequest
+	}
+	var child startedChild
+	env.RegisterWorkflowWithOptions(func(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
+		sa := workflow.GetTypedSearchAttributes(ctx)
+		child.id = workflow.GetInfo(ctx).WorkflowExecution.ID
+		child.rollout, _ = sa.GetKeyword(SearchRollout)
+		child.state, _ = sa.GetKeyword(SearchState)
+		child.req = in.Request
+		return RolloutProgress{Name: in.Request.Name, State: RolloutCompleted}, nil
+	}, workflow.RegisterOptions{Name: RolloutWorkflowName})
+
+	env.ExecuteWorkflow(ScheduledRolloutWorkflowName, RolloutInput{Request: scheduledRequest()})
+	if !env.IsWorkflowCompleted() {
+		t.Fatal("the scheduled start did not end")
+	}
+	var res ScheduledStart
+	if err := env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Name != "sched-1" || res.WorkflowID != RolloutWorkflowID("sched-1") || res.RunID == "" {
+		t.Errorf("result = %+v, want the rollout %s", res, RolloutWorkflowID("sched-1"))
+	}
+	if child.id != RolloutWorkflowID("sched-1") || child.rollout != "sched-1" || child.state != string(RolloutPreflight) {
+		t.Errorf("the rollout ran as %+v, want ID %s with its search attributes", child, RolloutWorkflowID("sched-1"))
+	}
+	if child.req.Targets.List != "sched-1/00112233aabbccdd" || child.req.Upgrade.Version != "1.1" {
+		t.Errorf("the rollout got request %+v", child.req)
+	}
+}
+
+func TestScheduledRolloutRefusesBadInput(t *testing.T) {
+	tests := []struct {
+		name string
+		in   func() RolloutInput
+	}{
+		{"invalid request", func() RolloutInput {
+			req := scheduledRequest()
+			req.Targets = Targets{}
+			return RolloutInput{Request: req}
+		}},
+		{"carried state", func() RolloutInput {
+			return RolloutInput{Request: scheduledRequest(), Carry: &RolloutCarry{}}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s testsuite.WorkflowTestSuite
+			env := s.NewTestWorkflowEnvironment()
+			env.RegisterWorkflowWithOptions(ScheduledRolloutWorkflow, workflow.RegisterOptions{Name: ScheduledRolloutWorkflowName})
+			env.ExecuteWorkflow(ScheduledRolloutWorkflowName, tt.in())
+			var appErr *temporal.ApplicationError
+			if err := env.GetWorkflowError(); !errors.As(err, &appErr) || appErr.Type() != ErrTypeInvalidRequest || !appErr.NonRetryable() {
+				t.Errorf("error = %v, want a non-retryable %s", err, ErrTypeInvalidRequest)
+			}
+		})
+	}
+}
+
+func TestScheduleAction(t *testing.T) {
+	req := scheduledRequest()
+	a := ScheduleAction(req)
+	if a.ID != ScheduledRolloutWorkflowID(req.Name) || a.Workflow != ScheduledRolloutWorkflowName || a.TaskQueue != TaskQueue {
+		t.Errorf("action = %+v", a)
+	}
+	if v, _ := a.TypedSearchAttributes.GetKeyword(SearchRollout); v != req.Name {
+		t.Errorf("action search attribute %s = %q, want %q", SearchRollout.GetName(), v, req.Name)
+	}
+	if len(a.Args) != 1 {
+		t.Fatalf("action args = %v", a.Args)
+	}
+	p, err := converter.GetDefaultDataConverter().ToPayload(a.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in RolloutInput
+	if err := converter.GetDefaultDataConverter().FromPayload(p, &in); err != nil || in.Request.Targets.List != req.Targets.List || in.Request.Name != req.Name || in.Carry != nil {
+		t.Errorf("action input = %+v (%v), want the request", in, err)
+	}
+}
