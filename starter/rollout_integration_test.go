@@ -5,15 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	commonpb "go.temporal.io/api/common/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/converter"
 
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
@@ -404,17 +403,16 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 	}
 	cli(schedule...).check(t, exitAlreadyRunning, "rollout ro-sch already has a schedule")
 
-	// The schedule starts the rollout under rollout-ro-sch-<time>: found by its name (not a
-	// rollout of that name that an earlier run of this test left behind).
+	// The schedule starts the rollout as rollout-ro-sch (not a rollout of that name that an
+	// earlier run of this test left behind).
 	var ref rolloutRef
 	waitFor(t, 30*time.Second, "the schedule to start the rollout", func() bool {
 		var err error
 		ref, err = findRollout(ctx, c, name)
 		return err == nil && !ref.StartTime.Before(at)
 	})
-	// Temporal appends the scheduled time to the workflow ID of the action.
-	if id := workflows.RolloutWorkflowID(name); ref.WorkflowID != id && ref.WorkflowID != id+"-"+at.Format(time.RFC3339) {
-		t.Errorf("the scheduled rollout runs as %s, want %s or %[2]s-%s", ref.WorkflowID, id, at.Format(time.RFC3339))
+	if id := workflows.RolloutWorkflowID(name); ref.WorkflowID != id {
+		t.Errorf("the scheduled rollout runs as %s, want %s", ref.WorkflowID, id)
 	}
 	if _, err := c.DescribeWorkflowExecution(ctx, ref.WorkflowID, ""); err != nil {
 		t.Errorf("describe %s: %v", ref.WorkflowID, err)
@@ -437,20 +435,57 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 		e, ok := listed(t, f.dbURL)[name]
 		return ok && e.WorkflowID == ref.WorkflowID && e.State == string(workflows.RolloutCompleted)
 	})
+	// The one-shot is spent: done, with what its start did.
 	r = cli("rollout", "schedule", "list")
 	r.check(t, 0)
-	if !strings.Contains(r.stdout, name+"  once at "+at.Format(time.RFC3339)) || !strings.Contains(r.stdout, ref.WorkflowID) {
+	row := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\s+once at ` + regexp.QuoteMeta(at.Format(time.RFC3339)) +
+		`\s+done\s+-\s+` + regexp.QuoteMeta(formatTime(at)+" started "+ref.WorkflowID) + `$`)
+	if !row.MatchString(r.stdout) {
 		t.Errorf("rollout schedule list:\n%s", r.stdout)
 	}
+	entry := scheduleListed(t, f.dbURL, name)
+	if entry == nil || entry.State != scheduleDone || entry.LastStart == nil || entry.LastStart.Outcome != startStarted ||
+		entry.LastStart.Rollout != ref.WorkflowID || !entry.LastStart.ScheduledAt.Equal(at) ||
+		!strings.HasPrefix(entry.LastStart.WorkflowID, workflows.ScheduledRolloutWorkflowID(name)+"-") {
+		t.Errorf("schedule list --json entry = %+v, last start %+v", entry, entry.LastStart)
+	}
+
+	// ...and a new schedule of the name replaces it.
+	at2 := at.Add(time.Hour)
+	r = cli(rolloutSchedule(name, "--prefix", "ro-sch-", "--at", at2.Format(time.RFC3339))...)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Replaced the spent one-shot schedule "+rolloutScheduleID(name)) {
+		t.Errorf("rollout schedule over a spent one printed:\n%s", r.stdout)
+	}
+	if entry := scheduleListed(t, f.dbURL, name); entry == nil || entry.State != scheduleActive || len(entry.NextActionTimes) != 1 ||
+		!entry.NextActionTimes[0].Equal(at2) || entry.LastStart != nil {
+		t.Errorf("the replacing schedule is listed as %+v", entry)
+	}
+	cli(rolloutSchedule(name, "--prefix", "ro-sch-", "--at", at2.Format(time.RFC3339))...).check(t, exitAlreadyRunning, "already has a schedule")
 
 	cli("rollout", "schedule", "delete", name).check(t, 0)
 	cli("rollout", "schedule", "delete", name).check(t, exitFailure, "rollout ro-sch has no schedule")
-	waitFor(t, 10*time.Second, "the schedule to leave the list", func() bool {
-		r := cli("rollout", "schedule", "list", "--json")
-		var entries []scheduleEntry
-		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &entries) == nil &&
-			!slices.ContainsFunc(entries, func(e scheduleEntry) bool { return e.Name == name })
-	})
+	if entry := scheduleListed(t, f.dbURL, name); entry != nil {
+		t.Errorf("the deleted schedule is listed: %+v", entry)
+	}
+}
+
+// scheduleListed returns the entry of `rollout schedule list --json` of the rollout name; nil
+// when there is none.
+func scheduleListed(t *testing.T, dbURL, name string) *scheduleEntry {
+	t.Helper()
+	r := runCLI(t, context.Background(), servers(dbURL, "rollout", "schedule", "list", "--json")...)
+	r.check(t, 0)
+	var entries []scheduleEntry
+	if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
+		t.Fatalf("rollout schedule list --json: %v\n%s", err, r.stdout)
+	}
+	for _, e := range entries {
+		if e.Name == name {
+			return &e
+		}
+	}
+	return nil
 }
 
 func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
@@ -471,13 +506,15 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 		t.Errorf("rollout schedule printed:\n%s", r.stdout)
 	}
 
-	// The list is stored under the rollout's name.
-	got, err := f.store.ListDevices(ctx, store.DeviceFilter{List: name})
-	if err != nil || len(got) != 2 {
+	// The list is stored under a key of its own.
+	lists, err := f.store.TargetLists(ctx, name)
+	if err != nil || len(lists) != 1 || !strings.HasPrefix(lists[0].Key, name+store.TargetListSeparator) {
+		t.Fatalf("stored target lists = %+v (%v), want one keyed %s/...", lists, err, name)
+	}
+	scheduled := lists[0].Key
+	if got, err := f.store.ListDevices(ctx, store.DeviceFilter{List: scheduled}); err != nil || len(got) != 2 {
 		t.Errorf("stored target list = %v (%v), want the 2 known devices", got, err)
 	}
-	// ...so that a rollout of that name with another list is refused while the schedule stands.
-	cli(rolloutStart(name, "--devices", devs[0])...).check(t, exitAlreadyRunning, "has a schedule (rollout-schedule-ro-cron)")
 
 	desc, err := c.ScheduleClient().GetHandle(ctx, rolloutScheduleID(name)).Describe(ctx)
 	if err != nil {
@@ -491,24 +528,15 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 	if !ok {
 		t.Fatalf("schedule action = %T", desc.Schedule.Action)
 	}
-	if action.ID != workflows.RolloutWorkflowID(name) || action.TaskQueue != workflows.TaskQueue || action.Workflow != workflows.RolloutWorkflowName {
+	if action.ID != workflows.ScheduledRolloutWorkflowID(name) || action.TaskQueue != workflows.TaskQueue ||
+		action.Workflow != workflows.ScheduledRolloutWorkflowName {
 		t.Errorf("schedule action = %+v", action)
 	}
 	if v, _ := action.TypedSearchAttributes.GetKeyword(workflows.SearchRollout); v != name {
 		t.Errorf("schedule action search attribute %s = %q", workflows.SearchRollout.GetName(), v)
 	}
-	if v, _ := action.TypedSearchAttributes.GetKeyword(workflows.SearchState); v != string(workflows.RolloutPreflight) {
-		t.Errorf("schedule action search attribute %s = %q", workflows.SearchState.GetName(), v)
-	}
-	if len(action.Args) != 1 {
-		t.Fatalf("schedule action args = %v", action.Args)
-	}
-	payload, ok := action.Args[0].(*commonpb.Payload)
-	if !ok {
-		t.Fatalf("schedule action arg = %T", action.Args[0])
-	}
-	var in workflows.RolloutInput
-	if err := converter.GetDefaultDataConverter().FromPayload(payload, &in); err != nil {
+	in, err := scheduledInput(desc.Schedule.Action)
+	if err != nil {
 		t.Fatal(err)
 	}
 	req := in.Request
@@ -517,7 +545,7 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 		{Percent: 50, SuccessThreshold: 90, Bake: 5 * time.Minute, Approve: true},
 		{Percent: 100, Approve: true},
 	}
-	if req.Name != name || req.Targets.List != name || !slices.Equal(req.Waves, wantWaves) || req.MaxInFlight != 20 ||
+	if req.Name != name || req.Targets.List != scheduled || !slices.Equal(req.Waves, wantWaves) || req.MaxInFlight != 20 ||
 		req.FailurePercent != 10 || req.FailureAction != workflows.ActionAbort || req.Upgrade.MaxAttempts != 2 || !req.SkipPreflight ||
 		req.Ramp == nil || *req.Ramp != (workflows.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) ||
 		req.Window == nil || *req.Window != (workflows.Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}) || in.Carry != nil {
@@ -527,11 +555,95 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 		t.Errorf("the scheduled request does not validate: %v", err)
 	}
 
-	cli("rollout", "schedule", "delete", name).check(t, 0)
-	// Without the schedule, a new list may replace the stored one.
-	cli(rolloutStart(name, "--devices", devs[0])...).check(t, 0)
-	if got, _ := f.store.ListDevices(ctx, store.DeviceFilter{List: name}); len(got) != 1 || got[0].ID != devs[0] {
-		t.Errorf("stored target list after a new start = %v", got)
+	// A rollout of that name may start meanwhile, with a list of its own: the schedule's
+	// stays as it was.
+	var started rolloutStartReport
+	r = cli(rolloutStart(name, "--devices", devs[0], "--json")...)
+	r.check(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &started); err != nil {
+		t.Fatal(err)
+	}
+	f.command(t, devs[0], 1)
+	if got, _ := f.store.ListDevices(ctx, store.DeviceFilter{List: scheduled}); len(got) != 2 {
+		t.Errorf("the schedule's list after a start of the name = %v, want its 2 devices", got)
+	}
+	if lists, _ := f.store.TargetLists(ctx, name); len(lists) != 2 {
+		t.Errorf("stored lists = %+v, want the schedule's and the rollout's", lists)
 	}
 	cli("rollout", "cancel", name, "--cancel-running", "--wait").check(t, 0)
+
+	// Deleting the schedule prunes the lists nothing uses any more (here: at once).
+	grace := targetListGrace
+	targetListGrace = 0
+	t.Cleanup(func() { targetListGrace = grace })
+	cli("rollout", "schedule", "delete", name).check(t, 0)
+	if lists, err := f.store.TargetLists(ctx, name); err != nil || len(lists) != 0 {
+		t.Errorf("stored lists after the schedule was deleted = %+v (%v), want none", lists, err)
+	}
+}
+
+// TestRolloutConcurrentStartsOneWins starts two rollouts of one name at once, from two
+// processes, with disjoint device lists, a few times over: each time exactly one starts, and
+// its rollout upgrades exactly its own list; the other exits 3, and its devices get no command
+// and no upgrade record, and its list is not kept.
+func TestRolloutConcurrentStartsOneWins(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	const name = "ro-race"
+	endRollout(t, name)
+	for round := 1; round <= 3; round++ {
+		lists := [2][]string{
+			f.registerDevices(t, fmt.Sprintf("ro-race-%d-a", round), 5),
+			f.registerDevices(t, fmt.Sprintf("ro-race-%d-b", round), 5),
+		}
+		var procs [2]*process
+		for i, l := range lists {
+			procs[i] = startProcess(t, servers(f.dbURL, rolloutStart(name, "--devices", strings.Join(l, ","))...)...)
+		}
+		res := [2]result{procs[0].wait(t), procs[1].wait(t)}
+		won := slices.IndexFunc(res[:], func(r result) bool { return r.code == 0 })
+		if won < 0 || res[1-won].code != exitAlreadyRunning {
+			t.Fatalf("round %d: exit codes %d and %d, want 0 and %d\nstderr a:\n%s\nstderr b:\n%s", round, res[0].code, res[1].code,
+				exitAlreadyRunning, res[0].stderr, res[1].stderr)
+		}
+		winner, loser := lists[won], lists[1-won]
+		res[1-won].check(t, exitAlreadyRunning, "rollout ro-race is already running", "nothing was started")
+
+		// The devices answer only now: the winner's rollout ran while the loser tried.
+		f.answer(t, func(dev string) bool { return slices.Contains(winner, dev) })
+		rep := waitState(t, f.dbURL, name, workflows.RolloutCompleted)
+		if rep.Total != len(winner) || rep.Counts != (workflows.Counts{Started: len(winner), Succeeded: len(winner)}) {
+			t.Errorf("round %d: the rollout ended %+v, want the winner's %d devices upgraded", round, rep.RolloutProgress, len(winner))
+		}
+		sent := f.pub.sent()
+		for _, d := range winner {
+			if sent[d] != 1 {
+				t.Errorf("round %d: winner's device %s got %d commands, want 1", round, d, sent[d])
+			}
+		}
+		for _, d := range loser {
+			if sent[d] != 0 {
+				t.Errorf("round %d: loser's device %s got %d commands", round, d, sent[d])
+			}
+			if u, err := f.store.LatestUpgrade(ctx, d); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("round %d: loser's device %s has an upgrade record %+v (%v)", round, d, u, err)
+			}
+		}
+		stored, err := f.store.TargetLists(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range stored {
+			devs, err := f.store.ListDevices(ctx, store.DeviceFilter{List: l.Key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range devs {
+				if slices.Contains(loser, d.ID) {
+					t.Errorf("round %d: the loser's list %s is still stored", round, l.Key)
+					break
+				}
+			}
+		}
+	}
 }

@@ -168,8 +168,8 @@ type DeviceFilter struct {
 	Labels map[string]string
 	// NotReporting keeps the devices whose status does not show Value under Key.
 	NotReportingKey, NotReportingValue string
-	// List keeps the devices of the explicit target list stored under this name
-	// (PutTargetList); "" means no list.
+	// List keeps the devices of the explicit target list with this key (CreateTargetList);
+	// "" means no list.
 	List string
 	// After starts the page after this device ID.
 	After string
@@ -224,36 +224,6 @@ func (s *Store) CountDevices(ctx context.Context, f DeviceFilter) (int, error) {
 		return 0, fmt.Errorf("count devices: %w", err)
 	}
 	return n, nil
-}
-
-// PutTargetList stores an explicit list of devices under a name (a rollout's), replacing any
-// list of that name. It returns the IDs that are not registered devices; they are not stored.
-func (s *Store) PutTargetList(ctx context.Context, name string, ids []string) (unknown []string, err error) {
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM rollout_targets WHERE rollout = $1`, name); err != nil {
-			return fmt.Errorf("replace target list %s: %w", name, err)
-		}
-		rows, err := tx.Query(ctx, `INSERT INTO rollout_targets (rollout, device_id)
-			SELECT $1, d.id FROM devices d WHERE d.id = ANY($2) ON CONFLICT DO NOTHING RETURNING device_id`, name, ids)
-		if err != nil {
-			return fmt.Errorf("store target list %s: %w", name, err)
-		}
-		stored, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return fmt.Errorf("store target list %s: %w", name, err)
-		}
-		known := make(map[string]bool, len(stored))
-		for _, id := range stored {
-			known[id] = true
-		}
-		for _, id := range ids {
-			if !known[id] {
-				unknown = append(unknown, id)
-			}
-		}
-		return nil
-	})
-	return unknown, err
 }
 
 // RecordStatus stores a device's reported versions and marks it seen. It returns ErrNotFound
