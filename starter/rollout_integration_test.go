@@ -5,13 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/temporalproto"
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -645,5 +650,175 @@ func TestRolloutConcurrentStartsOneWins(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// recordHistoriesEnv names a directory where TestScheduleFiresWhileRolloutRuns writes the
+// histories of the ScheduledRolloutWorkflow runs it sees, for the replay tests of
+// workflows/testdata: OTAFLOW_RECORD_HISTORIES=$PWD/workflows/testdata go test -run
+// TestScheduleFiresWhileRolloutRuns ./starter
+const recordHistoriesEnv = "OTAFLOW_RECORD_HISTORIES"
+
+// recordHistory writes a workflow run's history as JSON, as `temporal workflow show --output
+// json` does, to file in the directory recordHistoriesEnv names; without it, nothing.
+func recordHistory(t *testing.T, workflowID, runID, file string) {
+	t.Helper()
+	dir := os.Getenv(recordHistoriesEnv)
+	if dir == "" {
+		return
+	}
+	ctx := context.Background()
+	hist := &historypb.History{}
+	it := testenv.TemporalClient().GetWorkflowHistory(ctx, workflowID, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		hist.Events = append(hist.Events, ev)
+	}
+	b, err := temporalproto.CustomJSONMarshalOptions{}.Marshal(hist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, file), append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recorded %s (%d events)", file, len(hist.Events))
+}
+
+// TestScheduleFiresWhileRolloutRuns fires a rollout's schedule while a rollout of its name
+// runs: no second rollout starts, the scheduled start says it was skipped, and the commands
+// that take the name reach the one rollout. Once that rollout has ended, the schedule starts
+// the next one under the same workflow ID.
+func TestScheduleFiresWhileRolloutRuns(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-dup-", 2)
+	const name = "ro-dup"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+	c := testenv.TemporalClient()
+	id := workflows.RolloutWorkflowID(name)
+
+	// The devices do not answer yet: the rollout runs until the test says.
+	var first rolloutStartReport
+	r := cli(rolloutStart(name, "--prefix", "ro-dup-", "--json")...)
+	r.check(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &first); err != nil {
+		t.Fatal(err)
+	}
+	f.command(t, "ro-dup-1", 1)
+	// In 2099 only: it fires when the test triggers it.
+	cli(rolloutSchedule(name, "--prefix", "ro-dup-", "--cron", "0 1 * * * 2099")...).check(t, 0)
+	h := c.ScheduleClient().GetHandle(ctx, rolloutScheduleID(name))
+	if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var entry *scheduleEntry
+	waitFor(t, 20*time.Second, "the scheduled start to end", func() bool {
+		entry = scheduleListed(t, f.dbURL, name)
+		return entry != nil && entry.LastStart != nil && entry.LastStart.Outcome != startStarting
+	})
+	last := entry.LastStart
+	if last.Outcome != startSkipped || last.Rollout != "" ||
+		last.Detail != "rollout ro-dup is already running (workflow rollout-ro-dup); this scheduled start was skipped" {
+		t.Errorf("the scheduled start = %+v, want it skipped", last)
+	}
+	recordHistory(t, last.WorkflowID, last.RunID, "scheduled-rollout-skipped.json")
+
+	// One rollout of the name runs: the first.
+	running, err := listRollouts(ctx, c, fmt.Sprintf("%s AND ExecutionStatus = 'Running'", rolloutQuery(name, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(running) != 1 || running[0].WorkflowID != id || running[0].RunID != first.RunID {
+		t.Errorf("running rollouts of %s = %+v, want only the first (%s)", name, running, first.RunID)
+	}
+	r = cli("rollout", "pause", name, "--reason", "one at a time")
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Paused rollout ro-dup (workflow rollout-ro-dup)") {
+		t.Errorf("pause printed %q", r.stdout)
+	}
+	rep := statusJSON(t, f.dbURL, name)
+	if rep.WorkflowID != id || rep.RunID != first.RunID || rep.State != workflows.RolloutPaused || rep.Total != 2 || rep.Counts.Started != 2 {
+		t.Errorf("status = %+v, want the first rollout, paused, with its 2 devices", rep)
+	}
+	cli("rollout", "cancel", name, "--cancel-running", "--wait").check(t, 0)
+
+	// With no rollout running, the schedule starts the next one as rollout-ro-dup.
+	f.answer(t, nil)
+	if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the second scheduled start to end", func() bool {
+		entry = scheduleListed(t, f.dbURL, name)
+		return entry != nil && entry.LastStart != nil && entry.LastStart.RunID != last.RunID &&
+			entry.LastStart.Outcome != startStarting
+	})
+	if l := entry.LastStart; l.Outcome != startStarted || l.Rollout != id || len(entry.RecentWorkflowIDs) != 2 {
+		t.Errorf("the second scheduled start = %+v (recent %v), want rollout %s started", l, entry.RecentWorkflowIDs, id)
+	}
+	recordHistory(t, entry.LastStart.WorkflowID, entry.LastStart.RunID, "scheduled-rollout-started.json")
+	rep = waitState(t, f.dbURL, name, workflows.RolloutCompleted)
+	if rep.WorkflowID != id || rep.RunID == first.RunID || rep.Counts != (workflows.Counts{Started: 2, Succeeded: 2}) {
+		t.Errorf("the scheduled rollout = %+v, want a new run of %s that upgraded both devices", rep, id)
+	}
+}
+
+// TestScheduleOfEarlierVersion fires a schedule as earlier versions created them, which starts
+// the rollout itself as rollout-<name>-<scheduled time>: status, pause and cancel still find
+// it by name, and `schedule list` shows it.
+func TestScheduleOfEarlierVersion(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-old-", 1)
+	const name = "ro-old"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+	c := testenv.TemporalClient()
+
+	req := workflows.RolloutRequest{Name: name, Targets: workflows.Targets{Prefix: "ro-old-"}, SkipPreflight: true,
+		Upgrade: workflows.UpgradeRequest{Type: "firmware", Version: "1.1", URL: "https://files.example.com/fw/1.1.bin",
+			MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1024}}.WithDefaults()
+	opts := workflows.RolloutStartOptions(req)
+	h, err := c.ScheduleClient().Create(ctx, client.ScheduleOptions{
+		ID:   rolloutScheduleID(name),
+		Spec: client.ScheduleSpec{CronExpressions: []string{"0 1 * * * 2099"}},
+		Action: &client.ScheduleWorkflowAction{ID: opts.ID, Workflow: workflows.RolloutWorkflowName,
+			Args: []any{workflows.RolloutInput{Request: req}}, TaskQueue: opts.TaskQueue, Memo: opts.Memo,
+			TypedSearchAttributes: opts.TypedSearchAttributes, StaticSummary: opts.StaticSummary},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var ref rolloutRef
+	waitFor(t, 20*time.Second, "the old schedule to start the rollout", func() bool {
+		ref, err = findRollout(ctx, c, name)
+		return err == nil && ref.running()
+	})
+	if !strings.HasPrefix(ref.WorkflowID, workflows.RolloutWorkflowID(name)+"-") {
+		t.Fatalf("the rollout runs as %s, want %s-<time>", ref.WorkflowID, workflows.RolloutWorkflowID(name))
+	}
+	f.command(t, "ro-old-1", 1)
+	if rep := statusJSON(t, f.dbURL, name); rep.WorkflowID != ref.WorkflowID || rep.Counts.Started != 1 {
+		t.Errorf("status = %+v, want %s", rep, ref.WorkflowID)
+	}
+	r := cli("rollout", "pause", name)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Paused rollout ro-old (workflow "+ref.WorkflowID+")") {
+		t.Errorf("pause printed %q", r.stdout)
+	}
+	if entry := scheduleListed(t, f.dbURL, name); entry == nil || entry.State != scheduleActive || entry.LastStart == nil ||
+		entry.LastStart.Outcome != startStarted || entry.LastStart.Rollout != ref.WorkflowID {
+		t.Errorf("schedule list shows %+v", entry)
+	}
+	r = cli("rollout", "cancel", name, "--cancel-running", "--wait")
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Canceling rollout ro-old (workflow "+ref.WorkflowID+")") {
+		t.Errorf("cancel printed %q", r.stdout)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 )
 
@@ -102,5 +103,21 @@ func TestScheduleAction(t *testing.T) {
 	var in RolloutInput
 	if err := converter.GetDefaultDataConverter().FromPayload(p, &in); err != nil || in.Request.Targets.List != req.Targets.List || in.Request.Name != req.Name || in.Carry != nil {
 		t.Errorf("action input = %+v (%v), want the request", in, err)
+	}
+}
+
+// TestReplayScheduledRollout replays ScheduledRolloutWorkflow over histories recorded on a
+// Temporal server (see TestScheduleFiresWhileRolloutRuns in ./starter, which records them
+// with OTAFLOW_RECORD_HISTORIES set): one that started its rollout, one that found the
+// rollout running and skipped.
+func TestReplayScheduledRollout(t *testing.T) {
+	for _, file := range []string{"testdata/scheduled-rollout-started.json", "testdata/scheduled-rollout-skipped.json"} {
+		t.Run(file, func(t *testing.T) {
+			r := worker.NewWorkflowReplayer()
+			r.RegisterWorkflowWithOptions(ScheduledRolloutWorkflow, workflow.RegisterOptions{Name: ScheduledRolloutWorkflowName})
+			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, file); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
