@@ -106,7 +106,8 @@ func (s *Store) SetSecretHash(ctx context.Context, id, secretHash string) error 
 	return nil
 }
 
-// SetDisabled disables or enables a device; a disabled device cannot connect.
+// SetDisabled disables or enables a device. A disabled device cannot connect (the embedded
+// broker also closes its connection, see DisabledAmong) and no command is sent to it.
 func (s *Store) SetDisabled(ctx context.Context, id string, disabled bool) error {
 	tag, err := s.pool.Exec(ctx, `UPDATE devices SET disabled = $2 WHERE id = $1`, id, disabled)
 	if err != nil {
@@ -116,6 +117,21 @@ func (s *Store) SetDisabled(ctx context.Context, id string, disabled bool) error
 		return fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}
 	return nil
+}
+
+// DisabledAmong returns those of ids that are registered devices and disabled, in ID order.
+// A broker asks it about its connected devices, to close the connections of devices disabled
+// after they connected.
+func (s *Store) DisabledAmong(ctx context.Context, ids []string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM devices WHERE id = ANY($1) AND disabled ORDER BY id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("look up disabled devices among %d: %w", len(ids), err)
+	}
+	disabled, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("look up disabled devices among %d: %w", len(ids), err)
+	}
+	return disabled, nil
 }
 
 // DeviceCredentials returns the secret hash of a device and whether it is disabled.

@@ -216,3 +216,21 @@ func TestTargetListsOfEarlierVersions(t *testing.T) {
 		t.Errorf("the pruned list still selects %v", got)
 	}
 }
+
+func TestDisabledAmong(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	addDevices(t, st.Store, "on-1", "off-1", "off-2")
+	for _, id := range []string{"off-1", "off-2"} {
+		if err := st.SetDisabled(ctx, id, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := st.DisabledAmong(ctx, []string{"off-2", "on-1", "ghost", "off-1"})
+	if err != nil || !slices.Equal(got, []string{"off-1", "off-2"}) {
+		t.Errorf("DisabledAmong = %v, %v; want [off-1 off-2]", got, err)
+	}
+	if got, err := st.DisabledAmong(ctx, []string{"on-1"}); err != nil || len(got) != 0 {
+		t.Errorf("DisabledAmong(on-1) = %v, %v; want none", got, err)
+	}
+}
