@@ -378,10 +378,17 @@ func TestDevicesRoundTrip(t *testing.T) {
 		t.Errorf("rotate-secret of an unknown device registered it: %v", err)
 	}
 
-	// disable / enable.
-	cli("devices", "disable", "--device", "dev-b").check(t, 0)
+	// disable / enable. Disable also cancels the device's running upgrade, which needs Temporal:
+	// without it, the device is disabled all the same, and the command says what it could not do.
+	cli("devices", "disable", "--device", "dev-b").check(t, exitFailure,
+		"device dev-b is disabled, but its running upgrade (workflow ota-dev-b) could not be canceled", "starter cancel --device dev-b")
 	if _, disabled, _ := st.DeviceCredentials(ctx, "dev-b"); !disabled {
 		t.Error("dev-b is not disabled")
+	}
+	r = runCLI(t, ctx, servers(dbURL, "devices", "disable", "--device", "dev-b")...)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Device dev-b disabled") || !strings.Contains(r.stdout, "It had no upgrade running.") {
+		t.Errorf("devices disable printed:\n%s", r.stdout)
 	}
 	r = cli("devices", "list", "--prefix", "dev-b")
 	if !regexp.MustCompile(`(?m)^dev-b\s+-\s+never\s+yes$`).MatchString(r.stdout) {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,8 +14,10 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	commonpb "go.temporal.io/api/common/v1"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -270,6 +274,26 @@ func (e *appEnv) cancelAction(cCtx *cli.Context) error {
 	fmt.Fprintln(e.out, finalLine(st))
 	if st.State != protocol.StateCanceled {
 		return cli.Exit(fmt.Sprintf("the upgrade of %s ended %s before the cancel took effect", id, st.State), exitFailure)
+	}
+	return nil
+}
+
+// requestCancel asks Temporal to cancel a workflow run, for a reason the run's history keeps
+// (the WorkflowExecutionCancelRequested event), which client.CancelWorkflow cannot give.
+func requestCancel(ctx context.Context, c client.Client, namespace, workflowID, runID, reason string) error {
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return fmt.Errorf("cancel workflow %s: %w", workflowID, err)
+	}
+	_, err := c.WorkflowService().RequestCancelWorkflowExecution(ctx, &workflowservice.RequestCancelWorkflowExecutionRequest{
+		Namespace:         namespace,
+		WorkflowExecution: &commonpb.WorkflowExecution{WorkflowId: workflowID, RunId: runID},
+		Identity:          "starter",
+		RequestId:         hex.EncodeToString(id[:]),
+		Reason:            reason,
+	})
+	if err != nil {
+		return fmt.Errorf("cancel workflow %s run %s: %w", workflowID, runID, err)
 	}
 	return nil
 }
