@@ -130,9 +130,9 @@ func listRollouts(ctx context.Context, c client.Client, query string) ([]rollout
 }
 
 // findRollout finds the rollout of a name: the one running, else the newest. A rollout
-// started by `rollout start` is the workflow RolloutWorkflowID(name); one started by a schedule
-// runs under that ID with the scheduled time appended (Temporal does that), and is found by
-// its OtaRollout search attribute.
+// started by `rollout start` or by a schedule is the workflow RolloutWorkflowID(name); one
+// started by a schedule of an earlier version runs under that ID with the scheduled time
+// appended (Temporal does that), and is found by its OtaRollout search attribute.
 func findRollout(ctx context.Context, c client.Client, name string) (rolloutRef, error) {
 	id := workflows.RolloutWorkflowID(name)
 	var found []rolloutRef
