@@ -553,18 +553,18 @@ func describeStart(ctx context.Context, c client.Client, name string, a client.S
 		s.Rollout = w.WorkflowID
 		return s
 	}
-	desc, err := c.DescribeWorkflowExecution(ctx, w.WorkflowID, w.FirstExecutionRunID)
+	desc, err := c.DescribeWorkflow(ctx, w.WorkflowID, w.FirstExecutionRunID)
 	if err != nil {
 		s.Outcome, s.Detail = startFailed, "cannot tell: "+err.Error()
 		return s
 	}
-	switch desc.GetWorkflowExecutionInfo().GetStatus() {
+	switch desc.Status {
 	case enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING:
 		s.Outcome = startStarting
 	case enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
 		s.Rollout = workflows.RolloutWorkflowID(name)
 	default:
-		s.Outcome, s.Detail = startFailed, strings.ToLower(desc.GetWorkflowExecutionInfo().GetStatus().String())
+		s.Outcome, s.Detail = startFailed, strings.ToLower(desc.Status.String())
 		it := c.GetWorkflowHistory(ctx, w.WorkflowID, w.FirstExecutionRunID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT)
 		if it.HasNext() {
 			if ev, err := it.Next(); err == nil {

@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/urfave/cli/v2"
 	commonpb "go.temporal.io/api/common/v1"
 	enumspb "go.temporal.io/api/enums/v1"
-	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 
@@ -106,17 +104,13 @@ func (e *appEnv) pruneTargetLists(cCtx *cli.Context, c client.Client, name, ownR
 // rollout that has just ended may still count as running, which only delays a prune).
 func otherRolloutRunning(ctx context.Context, c client.Client, name, ownRunID string) (bool, error) {
 	id := workflows.RolloutWorkflowID(name)
-	desc, err := c.DescribeWorkflowExecution(ctx, id, "")
-	var notFound *serviceerror.NotFound
+	desc, err := c.DescribeWorkflow(ctx, id, "")
 	switch {
-	case errors.As(err, &notFound):
+	case isNotFound(err):
 	case err != nil:
 		return false, fmt.Errorf("describe workflow %s: %w", id, err)
-	default:
-		info := desc.GetWorkflowExecutionInfo()
-		if info.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING && info.GetExecution().GetRunId() != ownRunID {
-			return true, nil
-		}
+	case desc.Status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING && desc.WorkflowExecution.RunID != ownRunID:
+		return true, nil
 	}
 	refs, err := listRollouts(ctx, c, fmt.Sprintf("%s AND ExecutionStatus = '%s'", rolloutQuery(name, ""), enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING))
 	if err != nil {
@@ -135,8 +129,7 @@ func otherRolloutRunning(ctx context.Context, c client.Client, name, ownRunID st
 func scheduleTargetList(ctx context.Context, c client.Client, name string) (string, error) {
 	id := rolloutScheduleID(name)
 	desc, err := c.ScheduleClient().GetHandle(ctx, id).Describe(ctx)
-	var notFound *serviceerror.NotFound
-	if errors.As(err, &notFound) {
+	if isNotFound(err) {
 		return "", nil
 	}
 	if err != nil {
