@@ -419,7 +419,7 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 	if id := workflows.RolloutWorkflowID(name); ref.WorkflowID != id {
 		t.Errorf("the scheduled rollout runs as %s, want %s", ref.WorkflowID, id)
 	}
-	if _, err := c.DescribeWorkflowExecution(ctx, ref.WorkflowID, ""); err != nil {
+	if _, err := c.DescribeWorkflow(ctx, ref.WorkflowID, ""); err != nil {
 		t.Errorf("describe %s: %v", ref.WorkflowID, err)
 	}
 	// status --watch --json follows it to the end, one line per change.

@@ -136,14 +136,14 @@ func listRollouts(ctx context.Context, c client.Client, query string) ([]rollout
 func findRollout(ctx context.Context, c client.Client, name string) (rolloutRef, error) {
 	id := workflows.RolloutWorkflowID(name)
 	var found []rolloutRef
-	desc, err := c.DescribeWorkflowExecution(ctx, id, "")
+	desc, err := c.DescribeWorkflow(ctx, id, "")
 	var notFound *serviceerror.NotFound
 	switch {
 	case errors.As(err, &notFound):
 	case err != nil:
 		return rolloutRef{}, fmt.Errorf("describe workflow %s: %w", id, err)
 	default:
-		ref := refFromInfo(desc.GetWorkflowExecutionInfo())
+		ref := refFromInfo(desc.RawResponse.GetWorkflowExecutionInfo())
 		ref.Name = name
 		if ref.running() {
 			return ref, nil
@@ -366,9 +366,8 @@ func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRe
 				cancel()
 			}
 			if p.State != "" {
-				if desc, err := c.DescribeWorkflowExecution(ctx, ref.WorkflowID, ""); err == nil {
-					ref.RunID = desc.GetWorkflowExecutionInfo().GetExecution().GetRunId()
-					ref.Status = desc.GetWorkflowExecutionInfo().GetStatus()
+				if desc, err := c.DescribeWorkflow(ctx, ref.WorkflowID, ""); err == nil {
+					ref.RunID, ref.Status = desc.WorkflowExecution.RunID, desc.Status
 				}
 				show(ref, p)
 			}

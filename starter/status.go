@@ -129,7 +129,7 @@ func deviceStatus(ctx context.Context, st *store.Store, id string) (statusReport
 // runs.
 func runningUpgrade(ctx context.Context, c client.Client, deviceID string) (string, error) {
 	wid := workflows.DeviceWorkflowID(deviceID)
-	desc, err := c.DescribeWorkflowExecution(ctx, wid, "")
+	desc, err := c.DescribeWorkflow(ctx, wid, "")
 	var notFound *serviceerror.NotFound
 	if errors.As(err, &notFound) {
 		return "", nil
@@ -137,11 +137,10 @@ func runningUpgrade(ctx context.Context, c client.Client, deviceID string) (stri
 	if err != nil {
 		return "", fmt.Errorf("describe workflow %s: %w", wid, err)
 	}
-	info := desc.GetWorkflowExecutionInfo()
-	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	if desc.Status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		return "", nil
 	}
-	return info.GetExecution().GetRunId(), nil
+	return desc.WorkflowExecution.RunID, nil
 }
 
 // liveStatus adds the running workflow's state to rep.
