@@ -17,7 +17,8 @@ import (
 // nothing while the database or the broker restarts (a notification sent meanwhile would be
 // lost, and a resynchronising query would be needed anyway), and also catches a device that
 // passed its credentials check just before it was disabled. Its price is the delay, at most
-// one interval, and one query per interval.
+// one interval, and one query per interval: about 14 ms with 10,000 devices connected on
+// this project's 2-core machine (BenchmarkDisabledAmong in internal/store).
 
 // watchDisabled closes the connections of disabled devices every interval until ctx ends.
 func (b *Broker) watchDisabled(ctx context.Context) {

@@ -234,3 +234,36 @@ func TestDisabledAmong(t *testing.T) {
 		t.Errorf("DisabledAmong(on-1) = %v, %v; want none", got, err)
 	}
 }
+
+// BenchmarkDisabledAmong measures the embedded broker's poll for disabled devices with 10,000
+// devices connected (the benchmark fleet), 10 of them disabled.
+func BenchmarkDisabledAmong(b *testing.B) {
+	ctx := context.Background()
+	url := testenv.DatabaseURL(b)
+	st, err := store.Open(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	const n = 10000
+	devices := make([]store.NewDevice, n)
+	ids := make([]string, n)
+	for i := range devices {
+		ids[i] = fmt.Sprintf("sim-%05d", i+1)
+		devices[i] = store.NewDevice{ID: ids[i], SecretHash: "hash"}
+	}
+	if err := st.AddDevices(ctx, devices); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < n; i += n / 10 {
+		if err := st.SetDisabled(ctx, ids[i], true); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		got, err := st.DisabledAmong(ctx, ids)
+		if err != nil || len(got) != 10 {
+			b.Fatalf("DisabledAmong = %d devices, %v; want 10", len(got), err)
+		}
+	}
+}
