@@ -90,7 +90,9 @@ type scheduleReport struct {
 	// WorkflowID is the workflow ID the scheduled rollouts run as.
 	WorkflowID      string      `json:"workflow_id"`
 	NextActionTimes []time.Time `json:"next_action_times"`
-	UnknownDevices  []string    `json:"unknown_devices,omitempty"`
+	// ReplacedSpent says a spent one-shot schedule of the name was replaced.
+	ReplacedSpent  bool     `json:"replaced_spent,omitempty"`
+	UnknownDevices []string `json:"unknown_devices,omitempty"`
 }
 
 func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
@@ -120,21 +122,30 @@ func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
 	id := rolloutScheduleID(req.Name)
 	exists := cli.Exit(fmt.Sprintf("rollout %s already has a schedule (%s): see `starter rollout schedule list`, "+
 		"delete it with `starter rollout schedule delete %s`", req.Name, id, req.Name), exitAlreadyRunning)
-	replaced, err := replaceSpentSchedule(ctx, c, id)
-	if err != nil {
-		return err
-	}
-	if !replaced {
-		if _, err := c.ScheduleClient().GetHandle(ctx, id).Describe(ctx); err == nil {
-			return exists
-		} else if !isNotFound(err) {
-			return fmt.Errorf("describe schedule %s: %w", id, err)
-		}
+	// A spent one-shot (it fired) is replaced; any other schedule of the name stands.
+	h := c.ScheduleClient().GetHandle(ctx, id)
+	spentOne := false
+	switch desc, err := h.Describe(ctx); {
+	case isNotFound(err):
+	case err != nil:
+		return fmt.Errorf("describe schedule %s: %w", id, err)
+	case !spent(desc.Schedule.State):
+		return exists
+	default:
+		spentOne = true
 	}
 	var unknown []string
 	if spec.ids != nil {
 		if req.Targets.List, unknown, err = e.storeTargets(cCtx, req.Name, spec.ids); err != nil {
 			return err
+		}
+	}
+	if spentOne {
+		if err := h.Delete(ctx); err != nil && !isNotFound(err) {
+			if spec.ids != nil {
+				e.dropTargets(cCtx, req.Targets.List)
+			}
+			return fmt.Errorf("delete the spent schedule %s: %w", id, err)
 		}
 	}
 	so := client.ScheduleOptions{
@@ -147,7 +158,7 @@ func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
 	if sched.once {
 		so.RemainingActions = 1
 	}
-	h, err := c.ScheduleClient().Create(ctx, so)
+	h, err = c.ScheduleClient().Create(ctx, so)
 	if errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
 		if spec.ids != nil {
 			e.dropTargets(cCtx, req.Targets.List)
@@ -161,14 +172,14 @@ func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
 		e.pruneTargetLists(cCtx, c, req.Name, "", req.Targets.List)
 	}
 	rep := scheduleReport{Name: req.Name, ScheduleID: id, When: sched.when, WorkflowID: workflows.RolloutWorkflowID(req.Name),
-		UnknownDevices: unknown}
+		ReplacedSpent: spentOne, UnknownDevices: unknown}
 	if desc, err := h.Describe(ctx); err == nil {
 		rep.NextActionTimes = desc.Info.NextActionTimes
 	}
 	if cCtx.Bool("json") {
 		return writeJSON(e.out, rep)
 	}
-	if replaced {
+	if spentOne {
 		fmt.Fprintf(e.out, "Replaced the spent one-shot schedule %s.\n", id)
 	}
 	fmt.Fprintf(e.out, "Scheduled rollout %s (schedule %s): %s %s, %s.\n", req.Name, id, req.Upgrade.Type, req.Upgrade.Version, sched.when)
@@ -189,26 +200,6 @@ func isNotFound(err error) bool {
 // spent reports whether a schedule will start nothing more: a one-shot (--at) that fired.
 func spent(st *client.ScheduleState) bool {
 	return st != nil && st.LimitedActions && st.RemainingActions == 0
-}
-
-// replaceSpentSchedule deletes the schedule if it is spent, so that a new one of the name can
-// be created, and reports whether it did.
-func replaceSpentSchedule(ctx context.Context, c client.Client, id string) (bool, error) {
-	h := c.ScheduleClient().GetHandle(ctx, id)
-	desc, err := h.Describe(ctx)
-	if isNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("describe schedule %s: %w", id, err)
-	}
-	if !spent(desc.Schedule.State) {
-		return false, nil
-	}
-	if err := h.Delete(ctx); err != nil && !isNotFound(err) {
-		return false, fmt.Errorf("delete the spent schedule %s: %w", id, err)
-	}
-	return true, nil
 }
 
 // schedule is when a schedule starts rollouts.
