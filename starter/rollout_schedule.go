@@ -439,6 +439,7 @@ const (
 	startSkipped  = "skipped"  // a rollout of the name was running: none started
 	startFailed   = "failed"   // the scheduled workflow failed otherwise
 	startStarting = "starting" // the scheduled workflow has not ended yet
+	startUnknown  = "unknown"  // the scheduled workflow could not be described
 )
 
 // scheduledStart is one time a rollout schedule fired, and what came of it.
@@ -546,7 +547,10 @@ func describeStart(ctx context.Context, c client.Client, name string, a client.S
 	}
 	desc, err := c.DescribeWorkflow(ctx, w.WorkflowID, w.FirstExecutionRunID)
 	if err != nil {
-		s.Outcome, s.Detail = startFailed, "cannot tell: "+err.Error()
+		s.Outcome, s.Detail = startUnknown, err.Error()
+		if isNotFound(err) {
+			s.Detail = "Temporal no longer keeps the scheduled workflow (past its namespace's retention)"
+		}
 		return s
 	}
 	switch desc.Status {
