@@ -36,7 +36,7 @@ type Store interface {
 	GetUpgrade(ctx context.Context, runID string) (store.Upgrade, error)
 	ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.Device, error)
 	CountDevices(ctx context.Context, f store.DeviceFilter) (int, error)
-	SnapshotTargets(ctx context.Context, key string, f store.DeviceFilter) (int, error)
+	SnapshotTargets(ctx context.Context, rollout, key string, f store.DeviceFilter) (int, error)
 	DeleteTargetLists(ctx context.Context, keys []string) error
 	LastProgress(ctx context.Context, device string, attempt store.AttemptKey) (store.ProgressEvent, error)
 }

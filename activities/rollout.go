@@ -27,15 +27,16 @@ func (a *Activities) CountTargets(ctx context.Context, f store.DeviceFilter) (in
 
 // SnapshotInput names the list to store a rollout's targets under and selects them.
 type SnapshotInput struct {
-	Key    string             `json:"key"`
-	Filter store.DeviceFilter `json:"filter"`
+	Rollout string             `json:"rollout"`
+	Key     string             `json:"key"`
+	Filter  store.DeviceFilter `json:"filter"`
 }
 
 // SnapshotTargets fixes a rollout's targets at pre-flight: the registered, enabled devices
 // that match are stored as the list in.Key, which the rollout then reads page by page. It
 // returns how many there are.
 func (a *Activities) SnapshotTargets(ctx context.Context, in SnapshotInput) (int, error) {
-	return a.Store.SnapshotTargets(ctx, in.Key, in.Filter)
+	return a.Store.SnapshotTargets(ctx, in.Rollout, in.Key, in.Filter)
 }
 
 // DeleteTargetLists removes stored target lists (a finished rollout's snapshot).

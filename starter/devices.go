@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
 )
 
@@ -65,19 +66,28 @@ func devicesCommand(e *appEnv) *cli.Command {
 			},
 			{
 				Name:      "disable",
-				Usage:     "disable a device: it can no longer connect and upgrades to it fail",
+				Usage:     "disable a device: its running upgrade is canceled, it is disconnected and cannot connect",
 				UsageText: "starter devices disable --device D",
-				Flags:     []cli.Flag{deviceIDFlag()},
-				Before:    requireFlags("device"),
-				Action:    func(cCtx *cli.Context) error { return e.setDisabledAction(cCtx, true) },
+				Description: "Marks the device disabled in the registry (PostgreSQL), then cancels its running upgrade, if any\n" +
+					"(the workflow " + ota.DeviceWorkflowID("D") + ", which needs Temporal; the cancel request names the disable, and\n" +
+					"the upgrade ends canceled, also in its rollout). While disabled, the device cannot connect to the\n" +
+					"broker (the credentials check refuses it), the embedded broker closes its connection within a\n" +
+					"few seconds if it is connected, and no upgrade command is sent to it (a new upgrade or rollout\n" +
+					"ends failed for it). Its broker session and queued commands are kept. `devices enable` undoes it.\n" +
+					"Exit codes: 0 disabled (and its upgrade canceled), 1 unknown device, or disabled but its upgrade\n" +
+					"could not be looked for or canceled (the message says so), 2 bad input.",
+				Flags:  []cli.Flag{deviceIDFlag()},
+				Before: requireFlags("device"),
+				Action: func(cCtx *cli.Context) error { return e.setDisabledAction(cCtx, true) },
 			},
 			{
-				Name:      "enable",
-				Usage:     "enable a disabled device again",
-				UsageText: "starter devices enable --device D",
-				Flags:     []cli.Flag{deviceIDFlag()},
-				Before:    requireFlags("device"),
-				Action:    func(cCtx *cli.Context) error { return e.setDisabledAction(cCtx, false) },
+				Name:        "enable",
+				Usage:       "enable a disabled device again: it can connect, and be upgraded",
+				UsageText:   "starter devices enable --device D",
+				Description: "An upgrade canceled by `devices disable` is not restarted: start a new one.",
+				Flags:       []cli.Flag{deviceIDFlag()},
+				Before:      requireFlags("device"),
+				Action:      func(cCtx *cli.Context) error { return e.setDisabledAction(cCtx, false) },
 			},
 		},
 	}
@@ -315,10 +325,42 @@ func (e *appEnv) setDisabledAction(cCtx *cli.Context, disabled bool) error {
 	if err != nil {
 		return err
 	}
-	if disabled {
-		fmt.Fprintf(e.out, "Device %s disabled: it can no longer connect, and upgrades to it fail.\n", id)
-	} else {
-		fmt.Fprintf(e.out, "Device %s enabled.\n", id)
+	if !disabled {
+		fmt.Fprintf(e.out, "Device %s enabled: it can connect again, and be upgraded.\n", id)
+		return nil
 	}
+	fmt.Fprintf(e.out, "Device %s disabled: it cannot connect, the broker closes its connection, and no upgrade command is sent to it.\n", id)
+	return e.cancelForDisable(cCtx, id)
+}
+
+// cancelForDisable cancels the running upgrade of a device that has just been disabled.
+func (e *appEnv) cancelForDisable(cCtx *cli.Context, id string) error {
+	wid := ota.DeviceWorkflowID(id)
+	failed := func(err error) error {
+		return cli.Exit(fmt.Sprintf("device %s is disabled, but its running upgrade (workflow %s) could not be canceled: %v\n"+
+			"Cancel it with `starter cancel --device %s`.", id, wid, err, id), exitFailure)
+	}
+	c, err := e.temporalClient(cCtx)
+	if err != nil {
+		return failed(err)
+	}
+	ctx := cCtx.Context
+	runID, err := runningUpgrade(ctx, c, id)
+	if err != nil {
+		return failed(err)
+	}
+	if runID == "" {
+		fmt.Fprintln(e.out, "It had no upgrade running.")
+		return nil
+	}
+	reason := fmt.Sprintf("device %s was disabled (starter devices disable)", id)
+	switch err := requestCancel(ctx, c, cCtx.String(flagTemporalNamespace), wid, runID, reason); {
+	case isNotFound(err):
+		fmt.Fprintln(e.out, "Its upgrade ended meanwhile.")
+		return nil
+	case err != nil:
+		return failed(err)
+	}
+	fmt.Fprintf(e.out, "Its running upgrade (workflow %s, run %s) is canceled: %s.\n", wid, runID, reason)
 	return nil
 }

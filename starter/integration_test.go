@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -23,7 +24,15 @@ import (
 	"github.com/otaflow/otaflow/workflows"
 )
 
+// starterMainEnv makes the test binary run as starter (the arguments are the command line
+// without the program name), so that tests can run several starters as separate processes,
+// as operators do; in-process runs must not parse command lines at the same time.
+const starterMainEnv = "OTAFLOW_STARTER_TEST_MAIN"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(starterMainEnv) == "1" {
+		os.Exit(run(context.Background(), append([]string{"starter"}, os.Args[1:]...), os.Stdout, os.Stderr))
+	}
 	flag.Parse()
 	if fuzzOnly() {
 		os.Exit(m.Run())
@@ -194,6 +203,46 @@ func (r *running) wait(t *testing.T) result {
 	}
 }
 
+// process is starter running as a process of its own (see starterMainEnv).
+type process struct {
+	cmd         *exec.Cmd
+	out, errOut testenv.Buffer
+	done        chan struct{}
+}
+
+// startProcess runs starter with args in a process of its own.
+func startProcess(t *testing.T, args ...string) *process {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: exec.Command(exe, args...), done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), starterMainEnv+"=1")
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.errOut
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// wait waits for the process to end and returns its result.
+func (p *process) wait(t *testing.T) result {
+	t.Helper()
+	select {
+	case <-p.done:
+		return result{code: p.cmd.ProcessState.ExitCode(), stdout: p.out.String(), stderr: p.errOut.String()}
+	case <-time.After(time.Minute):
+		t.Fatalf("starter %v did not end\nstdout:\n%s\nstderr:\n%s", p.cmd.Args[1:], p.out.String(), p.errOut.String())
+		return result{}
+	}
+}
+
 var secretLine = regexp.MustCompile(`(?m)^MQTT secret: ([0-9a-f]{64})$`)
 
 func TestDevicesRoundTrip(t *testing.T) {
@@ -330,10 +379,17 @@ func TestDevicesRoundTrip(t *testing.T) {
 		t.Errorf("rotate-secret of an unknown device registered it: %v", err)
 	}
 
-	// disable / enable.
-	cli("devices", "disable", "--device", "dev-b").check(t, 0)
+	// disable / enable. Disable also cancels the device's running upgrade, which needs Temporal:
+	// without it, the device is disabled all the same, and the command says what it could not do.
+	cli("devices", "disable", "--device", "dev-b").check(t, exitFailure,
+		"device dev-b is disabled, but its running upgrade (workflow ota-dev-b) could not be canceled", "starter cancel --device dev-b")
 	if _, disabled, _ := st.DeviceCredentials(ctx, "dev-b"); !disabled {
 		t.Error("dev-b is not disabled")
+	}
+	r = runCLI(t, ctx, servers(dbURL, "devices", "disable", "--device", "dev-b")...)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Device dev-b disabled") || !strings.Contains(r.stdout, "It had no upgrade running.") {
+		t.Errorf("devices disable printed:\n%s", r.stdout)
 	}
 	r = cli("devices", "list", "--prefix", "dev-b")
 	if !regexp.MustCompile(`(?m)^dev-b\s+-\s+never\s+yes$`).MatchString(r.stdout) {

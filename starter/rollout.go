@@ -42,8 +42,9 @@ func rolloutCommand(e *appEnv) *cli.Command {
 		Usage: "roll an upgrade out to many devices in waves, and steer it",
 		Description: "A rollout is the workflow " + ota.RolloutWorkflowID("NAME") + ": it upgrades the targets in waves,\n" +
 			"within in-flight and rate limits, and pauses or aborts at a failure threshold.\n" +
-			"A rollout started by a schedule runs as " + ota.RolloutWorkflowID("NAME") + "-<scheduled time>; the commands\n" +
-			"that take NAME find it by name all the same.",
+			"A schedule (`rollout schedule`) starts it as the same workflow, and skips a start while it runs.\n" +
+			"A rollout started by a schedule of an earlier version runs as " + ota.RolloutWorkflowID("NAME") + "-<scheduled time>;\n" +
+			"the commands that take NAME find it by name all the same.",
 		Action: groupAction,
 		Subcommands: []*cli.Command{
 			{
@@ -51,8 +52,9 @@ func rolloutCommand(e *appEnv) *cli.Command {
 				Usage:     "start a rollout (and, with --wait, follow it to the end)",
 				UsageText: "starter rollout start --name R --type T --version V --url U --md5 M --size S TARGETS [options]",
 				Description: "TARGETS: --devices and/or --prefix and --where; a device must match every one given.\n" +
-					"An explicit list (--devices or --devices-file) is stored in PostgreSQL under the rollout\n" +
-					"name (DATABASE_URL), replacing the list of an earlier rollout of that name.\n" +
+					"An explicit list (--devices or --devices-file) is stored in PostgreSQL (DATABASE_URL) under a\n" +
+					"key of its own. Of two starts of one name at once, exactly one starts the rollout, which\n" +
+					"upgrades exactly its own list; the other starts nothing, deletes its list and exits 3.\n" +
 					"Devices that already report the version are left out unless --include-up-to-date.\n" +
 					"Exit codes: 0 started (with --wait: completed), 1 failed (with --wait: the rollout ended\n" +
 					"other than completed), 2 bad input, 3 a rollout of that name is already running.",
@@ -199,6 +201,7 @@ func rolloutRequest(cCtx *cli.Context, tzForCron bool) (rolloutSpec, error) {
 		return spec, usageErrorf(cCtx, "--tz is the time zone of --window: give --window too")
 	}
 	if spec.ids != nil {
+		// A stand-in for the validation: the list's key comes when it is stored (storeTargets).
 		req.Targets.List = req.Name
 		if cCtx.String(flagDatabaseURL) == "" {
 			return spec, usageErrorf(cCtx, "an explicit device list is stored in PostgreSQL: set --%s (before the command) or DATABASE_URL", flagDatabaseURL)
@@ -439,21 +442,31 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 	}
 	ctx := cCtx.Context
 	req := spec.req
+	// Refused early, before a list is stored; the start itself settles a race.
 	if err := refuseRunningRollout(ctx, c, req.Name); err != nil {
 		return err
 	}
 	var unknown []string
 	if spec.ids != nil {
-		if err := refuseScheduledList(ctx, c, req.Name); err != nil {
-			return err
-		}
-		if unknown, err = e.storeTargets(cCtx, req.Name, spec.ids); err != nil {
+		if req.Targets.List, unknown, err = e.storeTargets(cCtx, req.Name, spec.ids); err != nil {
 			return err
 		}
 	}
 	run, err := ota.StartRollout(ctx, c, req)
+	var running *ota.RolloutRunningError
+	if errors.As(err, &running) {
+		// Another start of this name won: its rollout runs with its own list, and this
+		// start's list goes.
+		if spec.ids != nil {
+			e.dropTargets(cCtx, req.Targets.List)
+		}
+		return alreadyRunning(req.Name, running.WorkflowID, running.RunID)
+	}
 	if err != nil {
 		return err
+	}
+	if spec.ids != nil {
+		e.pruneTargetLists(cCtx, c, req.Name, run.GetRunID(), req.Targets.List)
 	}
 	asJSON := cCtx.Bool("json")
 	rep := rolloutStartReport{Name: req.Name, WorkflowID: run.GetID(), RunID: run.GetRunID(),
@@ -511,28 +524,6 @@ func rolloutOutcome(p ota.RolloutProgress) error {
 	return cli.Exit(msg, exitFailure)
 }
 
-// storeTargets stores the explicit device list of a rollout and warns about the IDs that are
-// not registered; it fails when none is.
-func (e *appEnv) storeTargets(cCtx *cli.Context, name string, ids []string) ([]string, error) {
-	st, err := e.openStore(cCtx)
-	if err != nil {
-		return nil, err
-	}
-	unknown, err := st.PutTargetList(cCtx.Context, name, ids)
-	if err != nil {
-		return nil, err
-	}
-	if len(unknown) == len(ids) {
-		return nil, cli.Exit(fmt.Sprintf("none of the %d listed devices is registered (%s): nothing to roll out",
-			len(ids), abbreviate(unknown, 10)), exitFailure)
-	}
-	if len(unknown) > 0 {
-		fmt.Fprintf(e.errOut, "starter: warning: %d of the %d listed devices are not registered and are left out: %s\n",
-			len(unknown), len(ids), abbreviate(unknown, 20))
-	}
-	return unknown, nil
-}
-
 // abbreviate joins at most n of ids, saying how many more there are.
 func abbreviate(ids []string, n int) string {
 	if len(ids) <= n {
@@ -541,8 +532,7 @@ func abbreviate(ids []string, n int) string {
 	return fmt.Sprintf("%s and %d more", strings.Join(ids[:n], ", "), len(ids)-n)
 }
 
-// refuseRunningRollout fails with exit code 3 when a rollout of that name runs: its device
-// list must not be replaced under it.
+// refuseRunningRollout fails with exit code 3 when a rollout of that name runs.
 func refuseRunningRollout(ctx context.Context, c client.Client, name string) error {
 	ref, err := findRollout(ctx, c, name)
 	if errors.Is(err, errNoRollout) {
@@ -552,8 +542,13 @@ func refuseRunningRollout(ctx context.Context, c client.Client, name string) err
 		return err
 	}
 	if ref.running() {
-		return cli.Exit(fmt.Sprintf("rollout %s is already running (workflow %s, run %s): follow it with "+
-			"`starter rollout status %s`, or cancel it first", name, ref.WorkflowID, ref.RunID, name), exitAlreadyRunning)
+		return alreadyRunning(name, ref.WorkflowID, ref.RunID)
 	}
 	return nil
+}
+
+// alreadyRunning is the exit-3 error of a start refused because a rollout of the name runs.
+func alreadyRunning(name, workflowID, runID string) error {
+	return cli.Exit(fmt.Sprintf("rollout %s is already running (workflow %s, run %s): nothing was started; follow it with "+
+		"`starter rollout status %s`, or cancel it first", name, workflowID, runID, name), exitAlreadyRunning)
 }

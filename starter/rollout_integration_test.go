@@ -5,15 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	commonpb "go.temporal.io/api/common/v1"
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/temporalproto"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/converter"
 
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -404,19 +408,18 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 	}
 	cli(schedule...).check(t, exitAlreadyRunning, "rollout ro-sch already has a schedule")
 
-	// The schedule starts the rollout under rollout-ro-sch-<time>: found by its name (not a
-	// rollout of that name that an earlier run of this test left behind).
+	// The schedule starts the rollout as rollout-ro-sch (not a rollout of that name that an
+	// earlier run of this test left behind).
 	var ref rolloutRef
 	waitFor(t, 30*time.Second, "the schedule to start the rollout", func() bool {
 		var err error
 		ref, err = findRollout(ctx, c, name)
 		return err == nil && !ref.StartTime.Before(at)
 	})
-	// Temporal appends the scheduled time to the workflow ID of the action.
-	if id := ota.RolloutWorkflowID(name); ref.WorkflowID != id && ref.WorkflowID != id+"-"+at.Format(time.RFC3339) {
-		t.Errorf("the scheduled rollout runs as %s, want %s or %[2]s-%s", ref.WorkflowID, id, at.Format(time.RFC3339))
+	if id := ota.RolloutWorkflowID(name); ref.WorkflowID != id {
+		t.Errorf("the scheduled rollout runs as %s, want %s", ref.WorkflowID, id)
 	}
-	if _, err := c.DescribeWorkflowExecution(ctx, ref.WorkflowID, ""); err != nil {
+	if _, err := c.DescribeWorkflow(ctx, ref.WorkflowID, ""); err != nil {
 		t.Errorf("describe %s: %v", ref.WorkflowID, err)
 	}
 	// status --watch --json follows it to the end, one line per change.
@@ -437,20 +440,57 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 		e, ok := listed(t, f.dbURL)[name]
 		return ok && e.WorkflowID == ref.WorkflowID && e.State == string(ota.RolloutCompleted)
 	})
+	// The one-shot is spent: done, with what its start did.
 	r = cli("rollout", "schedule", "list")
 	r.check(t, 0)
-	if !strings.Contains(r.stdout, name+"  once at "+at.Format(time.RFC3339)) || !strings.Contains(r.stdout, ref.WorkflowID) {
+	row := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\s+once at ` + regexp.QuoteMeta(at.Format(time.RFC3339)) +
+		`\s+done\s+-\s+` + regexp.QuoteMeta(formatTime(at)+" started "+ref.WorkflowID) + `$`)
+	if !row.MatchString(r.stdout) {
 		t.Errorf("rollout schedule list:\n%s", r.stdout)
 	}
+	entry := scheduleListed(t, f.dbURL, name)
+	if entry == nil || entry.State != scheduleDone || entry.LastStart == nil || entry.LastStart.Outcome != startStarted ||
+		entry.LastStart.Rollout != ref.WorkflowID || !entry.LastStart.ScheduledAt.Equal(at) ||
+		!strings.HasPrefix(entry.LastStart.WorkflowID, ota.ScheduledRolloutWorkflowID(name)+"-") {
+		t.Errorf("schedule list --json entry = %+v, last start %+v", entry, entry.LastStart)
+	}
+
+	// ...and a new schedule of the name replaces it.
+	at2 := at.Add(time.Hour)
+	r = cli(rolloutSchedule(name, "--prefix", "ro-sch-", "--at", at2.Format(time.RFC3339))...)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Replaced the spent one-shot schedule "+rolloutScheduleID(name)) {
+		t.Errorf("rollout schedule over a spent one printed:\n%s", r.stdout)
+	}
+	if entry := scheduleListed(t, f.dbURL, name); entry == nil || entry.State != scheduleActive || len(entry.NextActionTimes) != 1 ||
+		!entry.NextActionTimes[0].Equal(at2) || entry.LastStart != nil {
+		t.Errorf("the replacing schedule is listed as %+v", entry)
+	}
+	cli(rolloutSchedule(name, "--prefix", "ro-sch-", "--at", at2.Format(time.RFC3339))...).check(t, exitAlreadyRunning, "already has a schedule")
 
 	cli("rollout", "schedule", "delete", name).check(t, 0)
 	cli("rollout", "schedule", "delete", name).check(t, exitFailure, "rollout ro-sch has no schedule")
-	waitFor(t, 10*time.Second, "the schedule to leave the list", func() bool {
-		r := cli("rollout", "schedule", "list", "--json")
-		var entries []scheduleEntry
-		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &entries) == nil &&
-			!slices.ContainsFunc(entries, func(e scheduleEntry) bool { return e.Name == name })
-	})
+	if entry := scheduleListed(t, f.dbURL, name); entry != nil {
+		t.Errorf("the deleted schedule is listed: %+v", entry)
+	}
+}
+
+// scheduleListed returns the entry of `rollout schedule list --json` of the rollout name; nil
+// when there is none.
+func scheduleListed(t *testing.T, dbURL, name string) *scheduleEntry {
+	t.Helper()
+	r := runCLI(t, context.Background(), servers(dbURL, "rollout", "schedule", "list", "--json")...)
+	r.check(t, 0)
+	var entries []scheduleEntry
+	if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
+		t.Fatalf("rollout schedule list --json: %v\n%s", err, r.stdout)
+	}
+	for _, e := range entries {
+		if e.Name == name {
+			return &e
+		}
+	}
+	return nil
 }
 
 func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
@@ -471,13 +511,15 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 		t.Errorf("rollout schedule printed:\n%s", r.stdout)
 	}
 
-	// The list is stored under the rollout's name.
-	got, err := f.store.ListDevices(ctx, store.DeviceFilter{List: name})
-	if err != nil || len(got) != 2 {
+	// The list is stored under a key of its own.
+	lists, err := f.store.TargetLists(ctx, name)
+	if err != nil || len(lists) != 1 || !strings.HasPrefix(lists[0].Key, name+store.TargetListSeparator) {
+		t.Fatalf("stored target lists = %+v (%v), want one keyed %s/...", lists, err, name)
+	}
+	scheduled := lists[0].Key
+	if got, err := f.store.ListDevices(ctx, store.DeviceFilter{List: scheduled}); err != nil || len(got) != 2 {
 		t.Errorf("stored target list = %v (%v), want the 2 known devices", got, err)
 	}
-	// ...so that a rollout of that name with another list is refused while the schedule stands.
-	cli(rolloutStart(name, "--devices", devs[0])...).check(t, exitAlreadyRunning, "has a schedule (rollout-schedule-ro-cron)")
 
 	desc, err := c.ScheduleClient().GetHandle(ctx, rolloutScheduleID(name)).Describe(ctx)
 	if err != nil {
@@ -491,24 +533,15 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 	if !ok {
 		t.Fatalf("schedule action = %T", desc.Schedule.Action)
 	}
-	if action.ID != ota.RolloutWorkflowID(name) || action.TaskQueue != ota.TaskQueue || action.Workflow != ota.RolloutWorkflowName {
+	if action.ID != ota.ScheduledRolloutWorkflowID(name) || action.TaskQueue != ota.TaskQueue ||
+		action.Workflow != ota.ScheduledRolloutWorkflowName {
 		t.Errorf("schedule action = %+v", action)
 	}
 	if v, _ := action.TypedSearchAttributes.GetKeyword(ota.SearchRollout); v != name {
 		t.Errorf("schedule action search attribute %s = %q", ota.SearchRollout.GetName(), v)
 	}
-	if v, _ := action.TypedSearchAttributes.GetKeyword(ota.SearchState); v != string(ota.RolloutPreflight) {
-		t.Errorf("schedule action search attribute %s = %q", ota.SearchState.GetName(), v)
-	}
-	if len(action.Args) != 1 {
-		t.Fatalf("schedule action args = %v", action.Args)
-	}
-	payload, ok := action.Args[0].(*commonpb.Payload)
-	if !ok {
-		t.Fatalf("schedule action arg = %T", action.Args[0])
-	}
-	var in ota.RolloutInput
-	if err := converter.GetDefaultDataConverter().FromPayload(payload, &in); err != nil {
+	in, err := scheduledInput(desc.Schedule.Action)
+	if err != nil {
 		t.Fatal(err)
 	}
 	req := in.Request
@@ -517,7 +550,7 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 		{Percent: 50, SuccessThreshold: 90, Bake: 5 * time.Minute, Approve: true},
 		{Percent: 100, Approve: true},
 	}
-	if req.Name != name || req.Targets.List != name || !slices.Equal(req.Waves, wantWaves) || req.MaxInFlight != 20 ||
+	if req.Name != name || req.Targets.List != scheduled || !slices.Equal(req.Waves, wantWaves) || req.MaxInFlight != 20 ||
 		req.FailurePercent != 10 || req.FailureAction != ota.ActionAbort || req.Upgrade.MaxAttempts != 2 || !req.SkipPreflight ||
 		req.Ramp == nil || *req.Ramp != (ota.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) ||
 		req.Window == nil || *req.Window != (ota.Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}) || in.Carry != nil {
@@ -527,11 +560,273 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 		t.Errorf("the scheduled request does not validate: %v", err)
 	}
 
-	cli("rollout", "schedule", "delete", name).check(t, 0)
-	// Without the schedule, a new list may replace the stored one.
-	cli(rolloutStart(name, "--devices", devs[0])...).check(t, 0)
-	if got, _ := f.store.ListDevices(ctx, store.DeviceFilter{List: name}); len(got) != 1 || got[0].ID != devs[0] {
-		t.Errorf("stored target list after a new start = %v", got)
+	// A rollout of that name may start meanwhile, with a list of its own: the schedule's
+	// stays as it was.
+	var started rolloutStartReport
+	r = cli(rolloutStart(name, "--devices", devs[0], "--json")...)
+	r.check(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &started); err != nil {
+		t.Fatal(err)
+	}
+	f.command(t, devs[0], 1)
+	if got, _ := f.store.ListDevices(ctx, store.DeviceFilter{List: scheduled}); len(got) != 2 {
+		t.Errorf("the schedule's list after a start of the name = %v, want its 2 devices", got)
+	}
+	// The schedule's list, the start's, and the snapshot the rollout took at its pre-flight.
+	lists, _ = f.store.TargetLists(ctx, name)
+	snapshots := 0
+	for _, l := range lists {
+		if strings.HasPrefix(l.Key, ota.RolloutWorkflowID(name)+"@") {
+			snapshots++
+		}
+	}
+	if len(lists) != 3 || snapshots != 1 {
+		t.Errorf("stored lists = %+v, want the schedule's, the start's and the rollout's snapshot", lists)
 	}
 	cli("rollout", "cancel", name, "--cancel-running", "--wait").check(t, 0)
+
+	// Deleting the schedule prunes the lists nothing uses any more (here: at once).
+	grace := targetListGrace
+	targetListGrace = 0
+	t.Cleanup(func() { targetListGrace = grace })
+	cli("rollout", "schedule", "delete", name).check(t, 0)
+	if lists, err := f.store.TargetLists(ctx, name); err != nil || len(lists) != 0 {
+		t.Errorf("stored lists after the schedule was deleted = %+v (%v), want none", lists, err)
+	}
+}
+
+// TestRolloutConcurrentStartsOneWins starts two rollouts of one name at once, from two
+// processes, with disjoint device lists, a few times over: each time exactly one starts, and
+// its rollout upgrades exactly its own list; the other exits 3, and its devices get no command
+// and no upgrade record, and its list is not kept.
+func TestRolloutConcurrentStartsOneWins(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	const name = "ro-race"
+	endRollout(t, name)
+	for round := 1; round <= 3; round++ {
+		lists := [2][]string{
+			f.registerDevices(t, fmt.Sprintf("ro-race-%d-a", round), 5),
+			f.registerDevices(t, fmt.Sprintf("ro-race-%d-b", round), 5),
+		}
+		var procs [2]*process
+		for i, l := range lists {
+			procs[i] = startProcess(t, servers(f.dbURL, rolloutStart(name, "--devices", strings.Join(l, ","))...)...)
+		}
+		res := [2]result{procs[0].wait(t), procs[1].wait(t)}
+		won := slices.IndexFunc(res[:], func(r result) bool { return r.code == 0 })
+		if won < 0 || res[1-won].code != exitAlreadyRunning {
+			t.Fatalf("round %d: exit codes %d and %d, want 0 and %d\nstderr a:\n%s\nstderr b:\n%s", round, res[0].code, res[1].code,
+				exitAlreadyRunning, res[0].stderr, res[1].stderr)
+		}
+		winner, loser := lists[won], lists[1-won]
+		res[1-won].check(t, exitAlreadyRunning, "rollout ro-race is already running", "nothing was started")
+
+		// The devices answer only now: the winner's rollout ran while the loser tried.
+		f.answer(t, func(dev string) bool { return slices.Contains(winner, dev) })
+		rep := waitState(t, f.dbURL, name, ota.RolloutCompleted)
+		if rep.Total != len(winner) || rep.Counts != (ota.Counts{Started: len(winner), Succeeded: len(winner)}) {
+			t.Errorf("round %d: the rollout ended %+v, want the winner's %d devices upgraded", round, rep.RolloutProgress, len(winner))
+		}
+		sent := f.pub.sent()
+		for _, d := range winner {
+			if sent[d] != 1 {
+				t.Errorf("round %d: winner's device %s got %d commands, want 1", round, d, sent[d])
+			}
+		}
+		for _, d := range loser {
+			if sent[d] != 0 {
+				t.Errorf("round %d: loser's device %s got %d commands", round, d, sent[d])
+			}
+			if u, err := f.store.LatestUpgrade(ctx, d); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("round %d: loser's device %s has an upgrade record %+v (%v)", round, d, u, err)
+			}
+		}
+		stored, err := f.store.TargetLists(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range stored {
+			devs, err := f.store.ListDevices(ctx, store.DeviceFilter{List: l.Key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range devs {
+				if slices.Contains(loser, d.ID) {
+					t.Errorf("round %d: the loser's list %s is still stored", round, l.Key)
+					break
+				}
+			}
+		}
+	}
+}
+
+// recordHistoriesEnv names a directory where TestScheduleFiresWhileRolloutRuns writes the
+// histories of the ScheduledRolloutWorkflow runs it sees, for the replay tests of
+// workflows/testdata: OTAFLOW_RECORD_HISTORIES=$PWD/workflows/testdata go test -run
+// TestScheduleFiresWhileRolloutRuns ./starter
+const recordHistoriesEnv = "OTAFLOW_RECORD_HISTORIES"
+
+// recordHistory writes a workflow run's history as JSON, as `temporal workflow show --output
+// json` does, to file in the directory recordHistoriesEnv names; without it, nothing.
+func recordHistory(t *testing.T, workflowID, runID, file string) {
+	t.Helper()
+	dir := os.Getenv(recordHistoriesEnv)
+	if dir == "" {
+		return
+	}
+	ctx := context.Background()
+	hist := &historypb.History{}
+	it := testenv.TemporalClient().GetWorkflowHistory(ctx, workflowID, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		hist.Events = append(hist.Events, ev)
+	}
+	b, err := temporalproto.CustomJSONMarshalOptions{}.Marshal(hist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, file), append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recorded %s (%d events)", file, len(hist.Events))
+}
+
+// TestScheduleFiresWhileRolloutRuns fires a rollout's schedule while a rollout of its name
+// runs: no second rollout starts, the scheduled start says it was skipped, and the commands
+// that take the name reach the one rollout. Once that rollout has ended, the schedule starts
+// the next one under the same workflow ID.
+func TestScheduleFiresWhileRolloutRuns(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-dup-", 2)
+	const name = "ro-dup"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+	c := testenv.TemporalClient()
+	id := ota.RolloutWorkflowID(name)
+
+	// The devices do not answer yet: the rollout runs until the test says.
+	var first rolloutStartReport
+	r := cli(rolloutStart(name, "--prefix", "ro-dup-", "--json")...)
+	r.check(t, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &first); err != nil {
+		t.Fatal(err)
+	}
+	f.command(t, "ro-dup-1", 1)
+	// In 2099 only: it fires when the test triggers it.
+	cli(rolloutSchedule(name, "--prefix", "ro-dup-", "--cron", "0 1 * * * 2099")...).check(t, 0)
+	h := c.ScheduleClient().GetHandle(ctx, rolloutScheduleID(name))
+	if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var entry *scheduleEntry
+	waitFor(t, 20*time.Second, "the scheduled start to end", func() bool {
+		entry = scheduleListed(t, f.dbURL, name)
+		return entry != nil && entry.LastStart != nil && entry.LastStart.Outcome != startStarting
+	})
+	last := entry.LastStart
+	if last.Outcome != startSkipped || last.Rollout != "" ||
+		last.Detail != "rollout ro-dup is already running (workflow rollout-ro-dup); this scheduled start was skipped" {
+		t.Errorf("the scheduled start = %+v, want it skipped", last)
+	}
+	recordHistory(t, last.WorkflowID, last.RunID, "scheduled-rollout-skipped.json")
+
+	// One rollout of the name runs: the first.
+	running, err := listRollouts(ctx, c, fmt.Sprintf("%s AND ExecutionStatus = 'Running'", rolloutQuery(name, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(running) != 1 || running[0].WorkflowID != id || running[0].RunID != first.RunID {
+		t.Errorf("running rollouts of %s = %+v, want only the first (%s)", name, running, first.RunID)
+	}
+	r = cli("rollout", "pause", name, "--reason", "one at a time")
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Paused rollout ro-dup (workflow rollout-ro-dup)") {
+		t.Errorf("pause printed %q", r.stdout)
+	}
+	rep := statusJSON(t, f.dbURL, name)
+	if rep.WorkflowID != id || rep.RunID != first.RunID || rep.State != ota.RolloutPaused || rep.Total != 2 || rep.Counts.Started != 2 {
+		t.Errorf("status = %+v, want the first rollout, paused, with its 2 devices", rep)
+	}
+	cli("rollout", "cancel", name, "--cancel-running", "--wait").check(t, 0)
+
+	// With no rollout running, the schedule starts the next one as rollout-ro-dup.
+	f.answer(t, nil)
+	if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the second scheduled start to end", func() bool {
+		entry = scheduleListed(t, f.dbURL, name)
+		return entry != nil && entry.LastStart != nil && entry.LastStart.RunID != last.RunID &&
+			entry.LastStart.Outcome != startStarting
+	})
+	if l := entry.LastStart; l.Outcome != startStarted || l.Rollout != id || len(entry.RecentWorkflowIDs) != 2 {
+		t.Errorf("the second scheduled start = %+v (recent %v), want rollout %s started", l, entry.RecentWorkflowIDs, id)
+	}
+	recordHistory(t, entry.LastStart.WorkflowID, entry.LastStart.RunID, "scheduled-rollout-started.json")
+	rep = waitState(t, f.dbURL, name, ota.RolloutCompleted)
+	if rep.WorkflowID != id || rep.RunID == first.RunID || rep.Counts != (ota.Counts{Started: 2, Succeeded: 2}) {
+		t.Errorf("the scheduled rollout = %+v, want a new run of %s that upgraded both devices", rep, id)
+	}
+}
+
+// TestScheduleOfEarlierVersion fires a schedule as earlier versions created them, which starts
+// the rollout itself as rollout-<name>-<scheduled time>: status, pause and cancel still find
+// it by name, and `schedule list` shows it.
+func TestScheduleOfEarlierVersion(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-old-", 1)
+	const name = "ro-old"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+	c := testenv.TemporalClient()
+
+	req := ota.RolloutRequest{Name: name, Targets: ota.Targets{Prefix: "ro-old-"}, SkipPreflight: true,
+		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.1", URL: "https://files.example.com/fw/1.1.bin",
+			MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1024}}.WithDefaults()
+	opts := ota.RolloutStartOptions(req)
+	h, err := c.ScheduleClient().Create(ctx, client.ScheduleOptions{
+		ID:   rolloutScheduleID(name),
+		Spec: client.ScheduleSpec{CronExpressions: []string{"0 1 * * * 2099"}},
+		Action: &client.ScheduleWorkflowAction{ID: opts.ID, Workflow: ota.RolloutWorkflowName,
+			Args: []any{ota.RolloutInput{Request: req}}, TaskQueue: opts.TaskQueue, Memo: opts.Memo,
+			TypedSearchAttributes: opts.TypedSearchAttributes, StaticSummary: opts.StaticSummary},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var ref rolloutRef
+	waitFor(t, 20*time.Second, "the old schedule to start the rollout", func() bool {
+		ref, err = findRollout(ctx, c, name)
+		return err == nil && ref.running()
+	})
+	if !strings.HasPrefix(ref.WorkflowID, ota.RolloutWorkflowID(name)+"-") {
+		t.Fatalf("the rollout runs as %s, want %s-<time>", ref.WorkflowID, ota.RolloutWorkflowID(name))
+	}
+	f.command(t, "ro-old-1", 1)
+	if rep := statusJSON(t, f.dbURL, name); rep.WorkflowID != ref.WorkflowID || rep.Counts.Started != 1 {
+		t.Errorf("status = %+v, want %s", rep, ref.WorkflowID)
+	}
+	r := cli("rollout", "pause", name)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Paused rollout ro-old (workflow "+ref.WorkflowID+")") {
+		t.Errorf("pause printed %q", r.stdout)
+	}
+	if entry := scheduleListed(t, f.dbURL, name); entry == nil || entry.State != scheduleActive || entry.LastStart == nil ||
+		entry.LastStart.Outcome != startStarted || entry.LastStart.Rollout != ref.WorkflowID {
+		t.Errorf("schedule list shows %+v", entry)
+	}
+	r = cli("rollout", "cancel", name, "--cancel-running", "--wait")
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Canceling rollout ro-old (workflow "+ref.WorkflowID+")") {
+		t.Errorf("cancel printed %q", r.stdout)
+	}
 }

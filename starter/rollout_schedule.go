@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/urfave/cli/v2"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
@@ -38,11 +40,16 @@ func rolloutScheduleCommand(e *appEnv) *cli.Command {
 		UsageText: "starter rollout schedule --name R [the request flags of `rollout start`] (--at TIME | --cron EXPR) [--json]\n" +
 			"starter rollout schedule list [--json]\n" +
 			"starter rollout schedule delete NAME",
-		Description: "Creates the Temporal Schedule " + rolloutScheduleID("R") + ", which starts the rollout workflow\n" +
-			ota.RolloutWorkflowID("R") + "-<scheduled time> (Temporal appends the time) with the request checked now.\n" +
-			"An explicit device list is stored in PostgreSQL now, under the rollout name. --cron reads\n" +
-			"its times in --tz (default UTC). A schedule skips a start while its previous rollout runs.\n" +
-			"Exit codes: 0 scheduled, 1 failed, 2 bad input, 3 the rollout already has a schedule or runs.",
+		Description: "Creates the Temporal Schedule " + rolloutScheduleID("R") + ". At each of its times it starts the workflow\n" +
+			ota.ScheduledRolloutWorkflowID("R") + "-<scheduled time> (Temporal appends the time), which starts the rollout\n" +
+			"as " + ota.RolloutWorkflowID("R") + " with the request checked now, and ends. While a rollout R runs, that start\n" +
+			"is skipped: the scheduled workflow fails with \"rollout R is already running; this scheduled start\n" +
+			"was skipped\" (`schedule list` shows it), so `rollout pause|status|cancel R` always reach the one\n" +
+			"rollout R. An explicit device list is stored in PostgreSQL now, under a key of its own.\n" +
+			"--cron reads its times in --tz (default UTC). A one-shot schedule (--at) that has fired is spent:\n" +
+			"`schedule list` shows it done, and a new `rollout schedule` of the name replaces it; any other\n" +
+			"schedule of the name must be deleted first.\n" +
+			"Exit codes: 0 scheduled, 1 failed, 2 bad input, 3 the rollout already has a schedule that may still start it.",
 		Flags: slices.Concat(rolloutRequestFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "at", Usage: "start the rollout once, at `TIME` (RFC 3339, e.g. 2026-11-27T01:00:00Z)"},
 			&cli.StringFlag{Name: "cron", Usage: "start the rollout at the times of `EXPR`, e.g. \"0 1 * * *\" (01:00 every day, in --tz)"},
@@ -52,18 +59,23 @@ func rolloutScheduleCommand(e *appEnv) *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name:      "list",
-				Usage:     "list the rollout schedules",
+				Usage:     "list the rollout schedules: when, next start, state (active, paused, done), last start",
 				UsageText: "starter rollout schedule list [--json]",
-				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print a JSON array"}},
-				Before:    requireFlags(),
-				Action:    e.scheduleListAction,
+				Description: "STATE is active, paused, or done (a one-shot that has fired: it starts nothing more).\n" +
+					"LAST START is the latest time the schedule fired and what came of it: the rollout started,\n" +
+					"or the start skipped because a rollout of that name was running.",
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print a JSON array"}},
+				Before: requireFlags(),
+				Action: e.scheduleListAction,
 			},
 			{
-				Name:        "delete",
-				Usage:       "delete a rollout's schedule; a rollout it already started goes on",
-				UsageText:   "starter rollout schedule delete NAME",
-				Description: "Deletes the Temporal Schedule " + rolloutScheduleID("NAME") + ".",
-				Action:      e.scheduleDeleteAction,
+				Name:      "delete",
+				Usage:     "delete a rollout's schedule; a rollout it already started goes on",
+				UsageText: "starter rollout schedule delete NAME",
+				Description: "Deletes the Temporal Schedule " + rolloutScheduleID("NAME") + ". With DATABASE_URL set, the stored device\n" +
+					"lists of the name that nothing uses any more are deleted too (none while a rollout of the\n" +
+					"name runs, none stored in the last hour).",
+				Action: e.scheduleDeleteAction,
 			},
 		},
 	}
@@ -74,10 +86,12 @@ type scheduleReport struct {
 	Name       string `json:"name"`
 	ScheduleID string `json:"schedule_id"`
 	When       string `json:"when"`
-	// WorkflowID is the rollout's workflow ID before Temporal appends the scheduled time.
+	// WorkflowID is the workflow ID the scheduled rollouts run as.
 	WorkflowID      string      `json:"workflow_id"`
 	NextActionTimes []time.Time `json:"next_action_times"`
-	UnknownDevices  []string    `json:"unknown_devices,omitempty"`
+	// ReplacedSpent says a spent one-shot schedule of the name was replaced.
+	ReplacedSpent  bool     `json:"replaced_spent,omitempty"`
+	UnknownDevices []string `json:"unknown_devices,omitempty"`
 }
 
 func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
@@ -107,81 +121,84 @@ func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
 	id := rolloutScheduleID(req.Name)
 	exists := cli.Exit(fmt.Sprintf("rollout %s already has a schedule (%s): see `starter rollout schedule list`, "+
 		"delete it with `starter rollout schedule delete %s`", req.Name, id, req.Name), exitAlreadyRunning)
-	var notFound *serviceerror.NotFound
-	if _, err := c.ScheduleClient().GetHandle(ctx, id).Describe(ctx); err == nil {
-		return exists
-	} else if !errors.As(err, &notFound) {
+	// A spent one-shot (it fired) is replaced; any other schedule of the name stands.
+	h := c.ScheduleClient().GetHandle(ctx, id)
+	spentOne := false
+	switch desc, err := h.Describe(ctx); {
+	case isNotFound(err):
+	case err != nil:
 		return fmt.Errorf("describe schedule %s: %w", id, err)
+	case !spent(desc.Schedule.State):
+		return exists
+	default:
+		spentOne = true
 	}
 	var unknown []string
 	if spec.ids != nil {
-		// The list is stored under the rollout name: not while a rollout of that name uses it.
-		if err := refuseRunningRollout(ctx, c, req.Name); err != nil {
-			return err
-		}
-		if unknown, err = e.storeTargets(cCtx, req.Name, spec.ids); err != nil {
+		if req.Targets.List, unknown, err = e.storeTargets(cCtx, req.Name, spec.ids); err != nil {
 			return err
 		}
 	}
-	opts := ota.RolloutStartOptions(req)
+	if spentOne {
+		if err := h.Delete(ctx); err != nil && !isNotFound(err) {
+			if spec.ids != nil {
+				e.dropTargets(cCtx, req.Targets.List)
+			}
+			return fmt.Errorf("delete the spent schedule %s: %w", id, err)
+		}
+	}
 	so := client.ScheduleOptions{
-		ID:   id,
-		Spec: sched.spec,
-		Action: &client.ScheduleWorkflowAction{
-			ID:                    opts.ID,
-			Workflow:              ota.RolloutWorkflowName,
-			Args:                  []any{ota.RolloutInput{Request: req}},
-			TaskQueue:             opts.TaskQueue,
-			Memo:                  opts.Memo,
-			TypedSearchAttributes: opts.TypedSearchAttributes,
-			StaticSummary:         opts.StaticSummary,
-		},
-		Memo: map[string]any{scheduleMemoWhen: sched.when},
-		Note: "created by starter rollout schedule",
+		ID:     id,
+		Spec:   sched.spec,
+		Action: ota.ScheduleAction(req),
+		Memo:   map[string]any{scheduleMemoWhen: sched.when},
+		Note:   "created by starter rollout schedule",
 	}
 	if sched.once {
 		so.RemainingActions = 1
 	}
-	h, err := c.ScheduleClient().Create(ctx, so)
+	h, err = c.ScheduleClient().Create(ctx, so)
 	if errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
+		if spec.ids != nil {
+			e.dropTargets(cCtx, req.Targets.List)
+		}
 		return exists
 	}
 	if err != nil {
 		return fmt.Errorf("create schedule %s: %w", id, err)
 	}
-	rep := scheduleReport{Name: req.Name, ScheduleID: id, When: sched.when, WorkflowID: opts.ID, UnknownDevices: unknown}
+	if spec.ids != nil {
+		e.pruneTargetLists(cCtx, c, req.Name, "", req.Targets.List)
+	}
+	rep := scheduleReport{Name: req.Name, ScheduleID: id, When: sched.when, WorkflowID: ota.RolloutWorkflowID(req.Name),
+		ReplacedSpent: spentOne, UnknownDevices: unknown}
 	if desc, err := h.Describe(ctx); err == nil {
 		rep.NextActionTimes = desc.Info.NextActionTimes
 	}
 	if cCtx.Bool("json") {
 		return writeJSON(e.out, rep)
 	}
+	if spentOne {
+		fmt.Fprintf(e.out, "Replaced the spent one-shot schedule %s.\n", id)
+	}
 	fmt.Fprintf(e.out, "Scheduled rollout %s (schedule %s): %s %s, %s.\n", req.Name, id, req.Upgrade.Type, req.Upgrade.Version, sched.when)
 	if len(rep.NextActionTimes) > 0 {
 		fmt.Fprintf(e.out, "  next start  %s\n", formatTime(rep.NextActionTimes[0]))
 	}
-	fmt.Fprintf(e.out, "It runs as workflow %s-<scheduled time>; follow it with `starter rollout status %s --watch`.\n", opts.ID, req.Name)
+	fmt.Fprintf(e.out, "It runs as workflow %s (a start is skipped while a rollout of that name runs); "+
+		"follow it with `starter rollout status %s --watch`.\n", rep.WorkflowID, req.Name)
 	return nil
 }
 
-// refuseScheduledList fails (exit code 3) when the rollout name has a schedule that may still
-// start a rollout: it would use the device list stored under the name, which a new explicit
-// list would replace.
-func refuseScheduledList(ctx context.Context, c client.Client, name string) error {
-	id := rolloutScheduleID(name)
-	desc, err := c.ScheduleClient().GetHandle(ctx, id).Describe(ctx)
+// isNotFound reports whether Temporal answered that the thing asked for does not exist.
+func isNotFound(err error) bool {
 	var notFound *serviceerror.NotFound
-	switch {
-	case errors.As(err, &notFound):
-		return nil
-	case err != nil:
-		return fmt.Errorf("describe schedule %s: %w", id, err)
-	}
-	if st := desc.Schedule.State; st != nil && st.LimitedActions && st.RemainingActions == 0 {
-		return nil // it will start nothing more
-	}
-	return cli.Exit(fmt.Sprintf("rollout %s has a schedule (%s) that starts it with the device list stored under "+
-		"this name: choose another name, or delete the schedule first (`starter rollout schedule delete %s`)", name, id, name), exitAlreadyRunning)
+	return errors.As(err, &notFound)
+}
+
+// spent reports whether a schedule will start nothing more: a one-shot (--at) that fired.
+func spent(st *client.ScheduleState) bool {
+	return st != nil && st.LimitedActions && st.RemainingActions == 0
 }
 
 // schedule is when a schedule starts rollouts.
@@ -392,15 +409,49 @@ func (f cronField) value(s string) (int, error) {
 	return v, nil
 }
 
+// Schedule states in `rollout schedule list`.
+const (
+	scheduleActive = "active"
+	schedulePaused = "paused"
+	// scheduleDone is a schedule that will start nothing more: a one-shot that fired.
+	scheduleDone = "done"
+)
+
 // scheduleEntry is one rollout schedule in `rollout schedule list`.
 type scheduleEntry struct {
 	Name            string      `json:"name"`
 	ScheduleID      string      `json:"schedule_id"`
 	When            string      `json:"when"`
+	State           string      `json:"state"`
 	Paused          bool        `json:"paused"`
 	NextActionTimes []time.Time `json:"next_action_times"`
-	// RecentWorkflowIDs are the rollouts it started lately, oldest first.
+	// RecentWorkflowIDs are the workflows it started lately, oldest first: the scheduled
+	// starts (for a schedule of an earlier version, the rollouts themselves).
 	RecentWorkflowIDs []string `json:"recent_workflow_ids"`
+	// LastStart is what came of the latest time it fired, if it has.
+	LastStart *scheduledStart `json:"last_start,omitempty"`
+}
+
+// Outcomes of a scheduled start.
+const (
+	startStarted  = "started"  // the rollout started
+	startSkipped  = "skipped"  // a rollout of the name was running: none started
+	startFailed   = "failed"   // the scheduled workflow failed otherwise
+	startStarting = "starting" // the scheduled workflow has not ended yet
+	startUnknown  = "unknown"  // the scheduled workflow could not be described
+)
+
+// scheduledStart is one time a rollout schedule fired, and what came of it.
+type scheduledStart struct {
+	ScheduledAt time.Time `json:"scheduled_at"`
+	// WorkflowID and RunID are those of the workflow the schedule started.
+	WorkflowID string `json:"workflow_id"`
+	RunID      string `json:"run_id"`
+	Outcome    string `json:"outcome"`
+	// Rollout is the workflow ID of the rollout started, when it started.
+	Rollout string `json:"rollout,omitempty"`
+	// Detail says why a start was skipped or failed.
+	Detail string `json:"detail,omitempty"`
 }
 
 func (e *appEnv) scheduleListAction(cCtx *cli.Context) error {
@@ -420,17 +471,37 @@ func (e *appEnv) scheduleListAction(cCtx *cli.Context) error {
 			return fmt.Errorf("list schedules: %w", err)
 		}
 		name, ok := strings.CutPrefix(s.ID, rolloutSchedulePrefix)
-		if !ok || s.WorkflowType.Name != ota.RolloutWorkflowName {
+		if !ok || (s.WorkflowType.Name != ota.ScheduledRolloutWorkflowName && s.WorkflowType.Name != ota.RolloutWorkflowName) {
 			continue
 		}
-		en := scheduleEntry{Name: name, ScheduleID: s.ID, Paused: s.Paused, NextActionTimes: s.NextActionTimes, RecentWorkflowIDs: []string{}}
-		if p := s.Memo.GetFields()[scheduleMemoWhen]; p != nil {
+		// The list comes from the visibility store, which lags; the description is current.
+		desc, err := c.ScheduleClient().GetHandle(ctx, s.ID).Describe(ctx)
+		if isNotFound(err) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("describe schedule %s: %w", s.ID, err)
+		}
+		en := scheduleEntry{Name: name, ScheduleID: s.ID, State: scheduleActive, NextActionTimes: desc.Info.NextActionTimes,
+			RecentWorkflowIDs: []string{}}
+		if st := desc.Schedule.State; st != nil && st.Paused {
+			en.State, en.Paused = schedulePaused, true
+		}
+		if spent(desc.Schedule.State) {
+			en.State = scheduleDone
+		}
+		if p := desc.Memo.GetFields()[scheduleMemoWhen]; p != nil {
 			_ = converter.GetDefaultDataConverter().FromPayload(p, &en.When)
 		}
-		for _, a := range s.RecentActions {
+		var last *client.ScheduleActionResult
+		for _, a := range desc.Info.RecentActions {
 			if a.StartWorkflowResult != nil {
 				en.RecentWorkflowIDs = append(en.RecentWorkflowIDs, a.StartWorkflowResult.WorkflowID)
+				last = &a
 			}
+		}
+		if last != nil {
+			en.LastStart = describeStart(ctx, c, name, *last)
 		}
 		entries = append(entries, en)
 	}
@@ -443,21 +514,64 @@ func (e *appEnv) scheduleListAction(cCtx *cli.Context) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tWHEN\tNEXT\tPAUSED\tLAST STARTED")
+	fmt.Fprintln(tw, "NAME\tWHEN\tSTATE\tNEXT\tLAST START")
 	for _, en := range entries {
 		next, last := "-", "-"
 		if len(en.NextActionTimes) > 0 {
 			next = formatTime(en.NextActionTimes[0])
 		}
-		if n := len(en.RecentWorkflowIDs); n > 0 {
-			last = en.RecentWorkflowIDs[n-1]
+		if l := en.LastStart; l != nil {
+			last = fmt.Sprintf("%s %s %s", formatTime(l.ScheduledAt), l.Outcome, cmp.Or(l.Rollout, l.WorkflowID))
+			if l.Detail != "" {
+				last += ": " + l.Detail
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", en.Name, en.When, next, yesNo(en.Paused), last)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", en.Name, en.When, en.State, next, last)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write schedule list: %w", err)
 	}
 	return nil
+}
+
+// describeStart says what came of one firing of a rollout's schedule: whether the scheduled
+// workflow started the rollout or skipped it. A schedule of an earlier version started the
+// rollout itself.
+func describeStart(ctx context.Context, c client.Client, name string, a client.ScheduleActionResult) *scheduledStart {
+	w := a.StartWorkflowResult
+	s := &scheduledStart{ScheduledAt: a.ScheduleTime, WorkflowID: w.WorkflowID, RunID: w.FirstExecutionRunID, Outcome: startStarted}
+	if !strings.HasPrefix(w.WorkflowID, ota.ScheduledRolloutWorkflowID(name)+"-") {
+		s.Rollout = w.WorkflowID
+		return s
+	}
+	desc, err := c.DescribeWorkflow(ctx, w.WorkflowID, w.FirstExecutionRunID)
+	if err != nil {
+		s.Outcome, s.Detail = startUnknown, err.Error()
+		if isNotFound(err) {
+			s.Detail = "Temporal no longer keeps the scheduled workflow (past its namespace's retention)"
+		}
+		return s
+	}
+	switch desc.Status {
+	case enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING:
+		s.Outcome = startStarting
+	case enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+		s.Rollout = ota.RolloutWorkflowID(name)
+	default:
+		s.Outcome, s.Detail = startFailed, strings.ToLower(desc.Status.String())
+		it := c.GetWorkflowHistory(ctx, w.WorkflowID, w.FirstExecutionRunID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_CLOSE_EVENT)
+		if it.HasNext() {
+			if ev, err := it.Next(); err == nil {
+				if f := ev.GetWorkflowExecutionFailedEventAttributes().GetFailure(); f != nil {
+					s.Detail = f.GetMessage()
+					if f.GetApplicationFailureInfo().GetType() == ota.ErrTypeRolloutRunning {
+						s.Outcome = startSkipped
+					}
+				}
+			}
+		}
+	}
+	return s
 }
 
 func (e *appEnv) scheduleDeleteAction(cCtx *cli.Context) error {
@@ -471,13 +585,14 @@ func (e *appEnv) scheduleDeleteAction(cCtx *cli.Context) error {
 	}
 	id := rolloutScheduleID(name)
 	err = c.ScheduleClient().GetHandle(cCtx.Context, id).Delete(cCtx.Context)
-	var notFound *serviceerror.NotFound
-	if errors.As(err, &notFound) {
+	if isNotFound(err) {
 		return cli.Exit(fmt.Sprintf("rollout %s has no schedule (%s): see `starter rollout schedule list`", name, id), exitFailure)
 	}
 	if err != nil {
 		return fmt.Errorf("delete schedule %s: %w", id, err)
 	}
 	fmt.Fprintf(e.out, "Deleted schedule %s; a rollout it already started goes on (see `starter rollout status %s`).\n", id, name)
+	// Its device list, if it had one, is no longer needed once no rollout of the name runs.
+	e.pruneTargetLists(cCtx, c, name, "")
 	return nil
 }

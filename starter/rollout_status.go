@@ -130,20 +130,20 @@ func listRollouts(ctx context.Context, c client.Client, query string) ([]rollout
 }
 
 // findRollout finds the rollout of a name: the one running, else the newest. A rollout
-// started by `rollout start` is the workflow RolloutWorkflowID(name); one started by a schedule
-// runs under that ID with the scheduled time appended (Temporal does that), and is found by
-// its OtaRollout search attribute.
+// started by `rollout start` or by a schedule is the workflow RolloutWorkflowID(name); one
+// started by a schedule of an earlier version runs under that ID with the scheduled time
+// appended (Temporal does that), and is found by its OtaRollout search attribute.
 func findRollout(ctx context.Context, c client.Client, name string) (rolloutRef, error) {
 	id := ota.RolloutWorkflowID(name)
 	var found []rolloutRef
-	desc, err := c.DescribeWorkflowExecution(ctx, id, "")
+	desc, err := c.DescribeWorkflow(ctx, id, "")
 	var notFound *serviceerror.NotFound
 	switch {
 	case errors.As(err, &notFound):
 	case err != nil:
 		return rolloutRef{}, fmt.Errorf("describe workflow %s: %w", id, err)
 	default:
-		ref := refFromInfo(desc.GetWorkflowExecutionInfo())
+		ref := refFromInfo(desc.RawResponse.GetWorkflowExecutionInfo())
 		ref.Name = name
 		if ref.running() {
 			return ref, nil
@@ -366,9 +366,8 @@ func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRe
 				cancel()
 			}
 			if p.State != "" {
-				if desc, err := c.DescribeWorkflowExecution(ctx, ref.WorkflowID, ""); err == nil {
-					ref.RunID = desc.GetWorkflowExecutionInfo().GetExecution().GetRunId()
-					ref.Status = desc.GetWorkflowExecutionInfo().GetStatus()
+				if desc, err := c.DescribeWorkflow(ctx, ref.WorkflowID, ""); err == nil {
+					ref.RunID, ref.Status = desc.WorkflowExecution.RunID, desc.Status
 				}
 				show(ref, p)
 			}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,8 +14,10 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	commonpb "go.temporal.io/api/common/v1"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/ota"
@@ -138,7 +142,7 @@ func deviceStatus(ctx context.Context, st *store.Store, id string) (statusReport
 // runs.
 func runningUpgrade(ctx context.Context, c client.Client, deviceID string) (string, error) {
 	wid := ota.DeviceWorkflowID(deviceID)
-	desc, err := c.DescribeWorkflowExecution(ctx, wid, "")
+	desc, err := c.DescribeWorkflow(ctx, wid, "")
 	var notFound *serviceerror.NotFound
 	if errors.As(err, &notFound) {
 		return "", nil
@@ -146,11 +150,10 @@ func runningUpgrade(ctx context.Context, c client.Client, deviceID string) (stri
 	if err != nil {
 		return "", fmt.Errorf("describe workflow %s: %w", wid, err)
 	}
-	info := desc.GetWorkflowExecutionInfo()
-	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	if desc.Status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		return "", nil
 	}
-	return info.GetExecution().GetRunId(), nil
+	return desc.WorkflowExecution.RunID, nil
 }
 
 // liveStatus adds the running workflow's state to rep.
@@ -286,6 +289,26 @@ func (e *appEnv) cancelAction(cCtx *cli.Context) error {
 	fmt.Fprintln(e.out, finalLine(st))
 	if st.State != protocol.StateCanceled {
 		return cli.Exit(fmt.Sprintf("the upgrade of %s ended %s before the cancel took effect", id, st.State), exitFailure)
+	}
+	return nil
+}
+
+// requestCancel asks Temporal to cancel a workflow run, for a reason the run's history keeps
+// (the WorkflowExecutionCancelRequested event), which client.CancelWorkflow cannot give.
+func requestCancel(ctx context.Context, c client.Client, namespace, workflowID, runID, reason string) error {
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return fmt.Errorf("cancel workflow %s: %w", workflowID, err)
+	}
+	_, err := c.WorkflowService().RequestCancelWorkflowExecution(ctx, &workflowservice.RequestCancelWorkflowExecutionRequest{
+		Namespace:         namespace,
+		WorkflowExecution: &commonpb.WorkflowExecution{WorkflowId: workflowID, RunId: runID},
+		Identity:          "starter",
+		RequestId:         hex.EncodeToString(id[:]),
+		Reason:            reason,
+	})
+	if err != nil {
+		return fmt.Errorf("cancel workflow %s run %s: %w", workflowID, runID, err)
 	}
 	return nil
 }

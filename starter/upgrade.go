@@ -285,7 +285,7 @@ func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req ota.Upgr
 
 // followUpgrade prints a progress line whenever the state, progress or attempt of the run
 // changes (polling its state query every interval) until the run ends, and returns the final
-// status as workflows.UpgradeResult does.
+// status as ota.UpgradeResult does.
 func followUpgrade(ctx context.Context, c client.Client, run client.WorkflowRun, w io.Writer, interval time.Duration) (ota.UpgradeStatus, error) {
 	type result struct {
 		st  ota.UpgradeStatus

@@ -99,7 +99,7 @@ func (f *fakeDevices) CountDevices(ctx context.Context, filter store.DeviceFilte
 	return len(d), err
 }
 
-func (f *fakeDevices) SnapshotTargets(ctx context.Context, key string, filter store.DeviceFilter) (int, error) {
+func (f *fakeDevices) SnapshotTargets(ctx context.Context, _, key string, filter store.DeviceFilter) (int, error) {
 	filter.After, filter.Limit = "", 0
 	devices, err := f.ListDevices(ctx, filter)
 	if err != nil {

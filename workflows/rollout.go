@@ -302,7 +302,7 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 	actx := workflow.WithActivityOptions(ctx, targetOptions)
 	if r.control {
 		key := snapshotKey(r.req.Name, workflow.GetInfo(ctx).OriginalRunID)
-		in := activities.SnapshotInput{Key: key, Filter: r.filter("", 0)}
+		in := activities.SnapshotInput{Rollout: r.req.Name, Key: key, Filter: r.filter("", 0)}
 		if err := workflow.ExecuteActivity(actx, t.SnapshotTargets, in).Get(ctx, &total); err != nil {
 			return fmt.Errorf("resolve targets: %w", err)
 		}

@@ -26,6 +26,12 @@ type Credentials interface {
 	DeviceCredentials(ctx context.Context, id string) (secretHash string, disabled bool, err error)
 }
 
+// DisabledDevices tells which devices are disabled. *store.Store satisfies it.
+type DisabledDevices interface {
+	// DisabledAmong returns those of ids that are disabled.
+	DisabledAmong(ctx context.Context, ids []string) ([]string, error)
+}
+
 // Defaults of Options.
 const (
 	DefaultAddr             = "127.0.0.1:1883"
@@ -36,6 +42,7 @@ const (
 	DefaultLookupTimeout    = 5 * time.Second
 	DefaultConnectTimeout   = 10 * time.Second
 	DefaultVerifyTimeout    = time.Minute
+	DefaultDisabledInterval = 2 * time.Second
 )
 
 // Options configures a Broker. Zero values take the defaults above.
@@ -49,6 +56,13 @@ type Options struct {
 	// publish and subscribe to anything, shared subscriptions included. No device may use a
 	// service username as its ID.
 	Services map[string]string
+	// Disabled, when set, is asked every DisabledInterval which of the connected devices are
+	// disabled; the broker closes their connections (their sessions stay), and they cannot
+	// connect again while disabled (Credentials says so). Without it, disabling a device only
+	// refuses its next connection.
+	Disabled DisabledDevices
+	// DisabledInterval is how often Disabled is asked.
+	DisabledInterval time.Duration
 	// Logger receives the broker's logs, refusals included (never secrets). Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -117,6 +131,9 @@ func (o *Options) setDefaults() {
 	if o.VerifyTimeout == 0 {
 		o.VerifyTimeout = DefaultVerifyTimeout
 	}
+	if o.DisabledInterval == 0 {
+		o.DisabledInterval = DefaultDisabledInterval
+	}
 }
 
 // ErrClosed is returned by Start on a broker that was closed.
@@ -135,6 +152,10 @@ type Broker struct {
 	started bool
 	closed  bool
 	stop    func() bool // stops the context.AfterFunc that closes the broker
+	// stopWatch ends watchDisabled, which closes watchDone when it returns; nil without
+	// Options.Disabled.
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
 }
 
 // New checks opts and prepares a broker; Start makes it listen.
@@ -143,8 +164,9 @@ func New(opts Options) (*Broker, error) {
 	if opts.Credentials == nil {
 		return nil, errors.New("broker: Options.Credentials is required")
 	}
-	if opts.MaxPendingWrites < 0 || opts.SessionExpiry < 0 || opts.LookupTimeout < 0 || opts.ConnectTimeout < 0 || opts.VerifyTimeout < 0 {
-		return nil, errors.New("broker: MaxPendingWrites, SessionExpiry and the timeouts must not be negative")
+	if opts.MaxPendingWrites < 0 || opts.SessionExpiry < 0 || opts.LookupTimeout < 0 || opts.ConnectTimeout < 0 || opts.VerifyTimeout < 0 ||
+		opts.DisabledInterval < 0 {
+		return nil, errors.New("broker: MaxPendingWrites, SessionExpiry, DisabledInterval and the timeouts must not be negative")
 	}
 	for user, pass := range opts.Services {
 		if user == "" || pass == "" {
@@ -227,6 +249,11 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	b.started = true
 	b.stop = context.AfterFunc(ctx, func() { _ = b.Close() })
+	if b.opts.Disabled != nil {
+		wctx, cancel := context.WithCancel(ctx)
+		b.stopWatch, b.watchDone = cancel, make(chan struct{})
+		go b.watchDisabled(wctx)
+	}
 	return nil
 }
 
@@ -261,6 +288,10 @@ func (b *Broker) Close() error {
 	}
 	if !b.started {
 		return nil
+	}
+	if b.stopWatch != nil {
+		b.stopWatch()
+		<-b.watchDone
 	}
 	if err := b.server.Close(); err != nil {
 		return fmt.Errorf("close broker: %w", err)

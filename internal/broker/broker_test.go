@@ -55,6 +55,21 @@ func (m *memCreds) DeviceCredentials(_ context.Context, id string) (string, bool
 	return d.hash, d.disabled, nil
 }
 
+func (m *memCreds) DisabledAmong(_ context.Context, ids []string) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil {
+		return nil, m.err
+	}
+	var disabled []string
+	for _, id := range ids {
+		if m.devices[id].disabled {
+			disabled = append(disabled, id)
+		}
+	}
+	return disabled, nil
+}
+
 // add registers a device with a new secret and returns the secret.
 func (m *memCreds) add(t testing.TB, id string) string {
 	t.Helper()
@@ -690,4 +705,60 @@ func TestHalfOpenConnections(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close waits for a connection stuck in its handshake")
 	}
+}
+
+func TestDisabledDeviceDisconnected(t *testing.T) {
+	creds := newMemCreds()
+	secret1, secret2 := creds.add(t, "dev-1"), creds.add(t, "dev-2")
+	b, logs := startBroker(t, creds, func(o *Options) {
+		o.Disabled = creds
+		o.DisabledInterval = 20 * time.Millisecond
+	})
+	lost := make(chan struct{}, 1)
+	cfg := deviceConfig("dev-1", secret1)
+	cfg.onLost = func() { lost <- struct{}{} }
+	mustDial(t, b, cfg)
+	mustDial(t, b, deviceConfig("dev-2", secret2))
+	mustDial(t, b, serviceConfig(bridgeUser))
+
+	// A lookup that fails closes nothing, and is logged once.
+	creds.setErr(errors.New("database down"))
+	creds.setDisabled("dev-1", true)
+	waitFor(t, "the failed lookup to be logged", func() bool {
+		return strings.Contains(logs.String(), "cannot look up disabled devices")
+	})
+	if info, _ := b.Client("dev-1"); !info.Connected {
+		t.Fatal("dev-1 was disconnected though the lookup failed")
+	}
+	creds.setErr(nil)
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the disabled device is still connected after 10s")
+	}
+	// The poll logs the recovery once it has closed the connection.
+	waitFor(t, "the recovery to be logged", func() bool {
+		return strings.Contains(logs.String(), "looking up disabled devices works again")
+	})
+	if n := strings.Count(logs.String(), "cannot look up disabled devices"); n != 1 {
+		t.Errorf("the failed lookup was logged %d times, want once", n)
+	}
+	if !strings.Contains(logs.String(), `msg="connection closed" component=broker device=dev-1`) {
+		t.Errorf("logs do not tell:\n%s", logs.String())
+	}
+	for _, id := range []string{"dev-2", bridgeUser} {
+		if info, ok := b.Client(id); !ok || !info.Connected {
+			t.Errorf("%s was disconnected too", id)
+		}
+	}
+	// dev-1's session stays, but it cannot connect while disabled...
+	if _, ok := b.Client("dev-1"); !ok {
+		t.Error("dev-1's session is gone")
+	}
+	if _, err := dial(t, b, deviceConfig("dev-1", secret1)); err == nil {
+		t.Fatal("the disabled device connected again")
+	}
+	// ...and can once enabled.
+	creds.setDisabled("dev-1", false)
+	mustDial(t, b, deviceConfig("dev-1", secret1))
 }

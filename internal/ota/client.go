@@ -107,25 +107,52 @@ func UpgradeResult(ctx context.Context, run client.WorkflowRun) (UpgradeStatus, 
 	return st, err
 }
 
+// RolloutSearchAttributes are the search attributes a rollout starts with.
+func RolloutSearchAttributes(req RolloutRequest) temporal.SearchAttributes {
+	return temporal.NewSearchAttributes(
+		SearchRollout.ValueSet(req.Name),
+		SearchTargetVersion.ValueSet(req.Upgrade.Version),
+		SearchType.ValueSet(req.Upgrade.Type),
+		SearchState.ValueSet(string(RolloutPreflight)),
+	)
+}
+
+// RolloutMemo is what the Web UI shows of a rollout's package and targets.
+func RolloutMemo(req RolloutRequest) map[string]any {
+	return map[string]any{"url": req.Upgrade.URL, "md5": req.Upgrade.MD5, "size": req.Upgrade.Size, "targets": req.Targets}
+}
+
+// RolloutSummary is the one line the Web UI shows for a rollout.
+func RolloutSummary(req RolloutRequest) string {
+	return fmt.Sprintf("Rollout %s: %s %s", req.Name, req.Upgrade.Type, req.Upgrade.Version)
+}
+
 // RolloutStartOptions are the options to start a rollout with a Temporal client.
 func RolloutStartOptions(req RolloutRequest) client.StartWorkflowOptions {
 	return client.StartWorkflowOptions{
 		ID:                                       RolloutWorkflowID(req.Name),
 		TaskQueue:                                TaskQueue,
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
-		TypedSearchAttributes: temporal.NewSearchAttributes(
-			SearchRollout.ValueSet(req.Name),
-			SearchTargetVersion.ValueSet(req.Upgrade.Version),
-			SearchType.ValueSet(req.Upgrade.Type),
-			SearchState.ValueSet(string(RolloutPreflight)),
-		),
-		Memo:          map[string]any{"url": req.Upgrade.URL, "md5": req.Upgrade.MD5, "size": req.Upgrade.Size, "targets": req.Targets},
-		StaticSummary: fmt.Sprintf("Rollout %s: %s %s", req.Name, req.Upgrade.Type, req.Upgrade.Version),
+		TypedSearchAttributes:                    RolloutSearchAttributes(req),
+		Memo:                                     RolloutMemo(req),
+		StaticSummary:                            RolloutSummary(req),
 	}
 }
 
+// RolloutRunningError is returned when a rollout of the name is already running.
+type RolloutRunningError struct {
+	Name       string
+	WorkflowID string
+	RunID      string
+}
+
+func (e *RolloutRunningError) Error() string {
+	return fmt.Sprintf("rollout %s is already running (workflow %s, run %s)", e.Name, e.WorkflowID, e.RunID)
+}
+
 // StartRollout validates req and starts its RolloutWorkflow. A rollout of the same name that
-// is still running gives an error naming it.
+// is still running gives a *RolloutRunningError naming it: of two starts of one name, exactly
+// one starts a rollout.
 func StartRollout(ctx context.Context, c client.Client, req RolloutRequest) (client.WorkflowRun, error) {
 	req = req.WithDefaults()
 	if err := req.Validate(); err != nil {
@@ -134,10 +161,46 @@ func StartRollout(ctx context.Context, c client.Client, req RolloutRequest) (cli
 	run, err := c.ExecuteWorkflow(ctx, RolloutStartOptions(req), RolloutWorkflowName, RolloutInput{Request: req})
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &started) {
-		return nil, fmt.Errorf("rollout %s is already running (workflow %s, run %s)", req.Name, RolloutWorkflowID(req.Name), started.RunId)
+		return nil, &RolloutRunningError{Name: req.Name, WorkflowID: RolloutWorkflowID(req.Name), RunID: started.RunId}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start rollout %s: %w", req.Name, err)
 	}
 	return run, nil
+}
+
+// ScheduledRolloutWorkflowName is the registered name of the workflow a rollout's schedule
+// starts (workflows.ScheduledRolloutWorkflow).
+const ScheduledRolloutWorkflowName = "ScheduledRollout"
+
+// ErrTypeRolloutRunning is the error type of a scheduled start that found a rollout of its
+// name running, and so started none.
+const ErrTypeRolloutRunning = "RolloutAlreadyRunning"
+
+const scheduledRolloutPrefix = "scheduled-rollout-"
+
+// ScheduledRolloutWorkflowID is the workflow ID a rollout's schedule gives the scheduled start
+// it starts; Temporal appends the scheduled time, e.g.
+// scheduled-rollout-fw-1.1-2026-11-27T01:00:00Z. No rollout's ID starts so.
+func ScheduledRolloutWorkflowID(name string) string { return scheduledRolloutPrefix + name }
+
+// ScheduledStart is the result of a scheduled start: the rollout it started.
+type ScheduledStart struct {
+	Name       string `json:"name"`
+	WorkflowID string `json:"workflow_id"`
+	RunID      string `json:"run_id"`
+}
+
+// ScheduleAction is the action of a rollout's Temporal Schedule: start the scheduled-start
+// workflow with the request.
+func ScheduleAction(req RolloutRequest) *client.ScheduleWorkflowAction {
+	return &client.ScheduleWorkflowAction{
+		ID:                    ScheduledRolloutWorkflowID(req.Name),
+		Workflow:              ScheduledRolloutWorkflowName,
+		Args:                  []any{RolloutInput{Request: req}},
+		TaskQueue:             TaskQueue,
+		TypedSearchAttributes: temporal.NewSearchAttributes(SearchRollout.ValueSet(req.Name)),
+		Memo:                  RolloutMemo(req),
+		StaticSummary:         fmt.Sprintf("Scheduled start of rollout %s: %s %s", req.Name, req.Upgrade.Type, req.Upgrade.Version),
+	}
 }

@@ -72,7 +72,7 @@ const StateConflict protocol.State = "conflict"
 
 // Targets selects a rollout's devices from the inventory in PostgreSQL.
 type Targets struct {
-	// List names an explicit device list stored with store.PutTargetList.
+	// List names an explicit device list stored with store.CreateTargetList (under a key of its own, "<name>/<random>").
 	List string `json:"list,omitempty"`
 	// Prefix keeps the devices whose ID starts with it.
 	Prefix string `json:"prefix,omitempty"`

@@ -106,7 +106,8 @@ func (s *Store) SetSecretHash(ctx context.Context, id, secretHash string) error 
 	return nil
 }
 
-// SetDisabled disables or enables a device; a disabled device cannot connect.
+// SetDisabled disables or enables a device. A disabled device cannot connect (the embedded
+// broker also closes its connection, see DisabledAmong) and no command is sent to it.
 func (s *Store) SetDisabled(ctx context.Context, id string, disabled bool) error {
 	tag, err := s.pool.Exec(ctx, `UPDATE devices SET disabled = $2 WHERE id = $1`, id, disabled)
 	if err != nil {
@@ -116,6 +117,21 @@ func (s *Store) SetDisabled(ctx context.Context, id string, disabled bool) error
 		return fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}
 	return nil
+}
+
+// DisabledAmong returns those of ids that are registered devices and disabled, in ID order.
+// A broker asks it about its connected devices, to close the connections of devices disabled
+// after they connected.
+func (s *Store) DisabledAmong(ctx context.Context, ids []string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM devices WHERE id = ANY($1) AND disabled ORDER BY id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("look up disabled devices among %d: %w", len(ids), err)
+	}
+	disabled, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("look up disabled devices among %d: %w", len(ids), err)
+	}
+	return disabled, nil
 }
 
 // DeviceCredentials returns the secret hash of a device and whether it is disabled.
@@ -168,8 +184,8 @@ type DeviceFilter struct {
 	Labels map[string]string
 	// NotReporting keeps the devices whose status does not show Value under Key.
 	NotReportingKey, NotReportingValue string
-	// List keeps the devices of the explicit target list stored under this name
-	// (PutTargetList); "" means no list.
+	// List keeps the devices of the explicit target list with this key (CreateTargetList);
+	// "" means no list.
 	List string
 	// After starts the page after this device ID.
 	After string
@@ -224,36 +240,6 @@ func (s *Store) CountDevices(ctx context.Context, f DeviceFilter) (int, error) {
 		return 0, fmt.Errorf("count devices: %w", err)
 	}
 	return n, nil
-}
-
-// PutTargetList stores an explicit list of devices under a name (a rollout's), replacing any
-// list of that name. It returns the IDs that are not registered devices; they are not stored.
-func (s *Store) PutTargetList(ctx context.Context, name string, ids []string) (unknown []string, err error) {
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM rollout_targets WHERE rollout = $1`, name); err != nil {
-			return fmt.Errorf("replace target list %s: %w", name, err)
-		}
-		rows, err := tx.Query(ctx, `INSERT INTO rollout_targets (rollout, device_id)
-			SELECT $1, d.id FROM devices d WHERE d.id = ANY($2) ON CONFLICT DO NOTHING RETURNING device_id`, name, ids)
-		if err != nil {
-			return fmt.Errorf("store target list %s: %w", name, err)
-		}
-		stored, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return fmt.Errorf("store target list %s: %w", name, err)
-		}
-		known := make(map[string]bool, len(stored))
-		for _, id := range stored {
-			known[id] = true
-		}
-		for _, id := range ids {
-			if !known[id] {
-				unknown = append(unknown, id)
-			}
-		}
-		return nil
-	})
-	return unknown, err
 }
 
 // RecordStatus stores a device's reported versions and marks it seen. It returns ErrNotFound

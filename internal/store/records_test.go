@@ -108,7 +108,7 @@ func TestSnapshotTargets(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := store.DeviceFilter{Prefix: "s-", Labels: map[string]string{"site": "a"}, NotReportingKey: "firmware_ver", NotReportingValue: "1.1"}
-	n, err := st.SnapshotTargets(ctx, "snap", f)
+	n, err := st.SnapshotTargets(ctx, "s", "snap", f)
 	if err != nil || n != 4 {
 		t.Fatalf("snapshot: %d, %v; want 4 (not the disabled one nor the up-to-date one)", n, err)
 	}

@@ -157,8 +157,8 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 }
 
 func (s *System) startBroker(ctx context.Context, addr string) error {
-	b, err := broker.New(broker.Options{Addr: addr, Credentials: s.cfg.Store, Services: s.services, Logger: s.log,
-		StorePath: s.cfg.BrokerStore})
+	b, err := broker.New(broker.Options{Addr: addr, Credentials: s.cfg.Store, Disabled: s.cfg.Store, Services: s.services,
+		Logger: s.log, StorePath: s.cfg.BrokerStore})
 	if err != nil {
 		return err
 	}
