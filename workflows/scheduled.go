@@ -31,7 +31,7 @@ func ScheduledRolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.Sc
 	id := ota.RolloutWorkflowID(req.Name)
 	cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
 		WorkflowID:            id,
-		TaskQueue:         ota.TaskQueue,
+		TaskQueue:             ota.TaskQueue,
 		ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_ABANDON,
 		TypedSearchAttributes: ota.RolloutSearchAttributes(req),
 		Memo:                  ota.RolloutMemo(req),
