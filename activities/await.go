@@ -2,51 +2,20 @@ package activities
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 )
 
-// ErrTypeNoTemporalClient is the failure of AwaitWorkflows on a worker whose Activities have
-// no Temporal client.
-const ErrTypeNoTemporalClient = "NoTemporalClient"
-
 // WorkflowResults reads the results of workflow executions. Temporal's client.Client
 // satisfies it.
 type WorkflowResults interface {
 	GetWorkflow(ctx context.Context, workflowID, runID string) client.WorkflowRun
-}
-
-// Execution names one workflow execution.
-type Execution struct {
-	WorkflowID string `json:"workflow_id"`
-	RunID      string `json:"run_id"`
-}
-
-// AwaitWorkflowsInput lists the executions to wait for. Once one has ended, AwaitWorkflows
-// waits at most Gather more for others before it returns, so that executions ending together
-// come back together.
-type AwaitWorkflowsInput struct {
-	Executions []Execution   `json:"executions"`
-	Gather     time.Duration `json:"gather"`
-}
-
-// Outcome is how one execution ended: its result, or the type of its failure.
-type Outcome struct {
-	WorkflowID string `json:"workflow_id"`
-	// Result is the execution's result (JSON) when it completed.
-	Result json.RawMessage `json:"result,omitempty"`
-	// Failed is set when it did not complete; ErrorType is then the application error's type,
-	// if any, Canceled tells a canceled execution, and Error says what happened.
-	Failed    bool   `json:"failed,omitempty"`
-	ErrorType string `json:"error_type,omitempty"`
-	Canceled  bool   `json:"canceled,omitempty"`
-	Error     string `json:"error,omitempty"`
 }
 
 // awaitHeartbeat is how often AwaitWorkflows heartbeats while it waits: well within the
@@ -57,10 +26,10 @@ const awaitHeartbeat = 5 * time.Second
 // outcomes of those that ended (in the order given). A rollout that continued as new uses it
 // to follow the device upgrades its earlier run started. It heartbeats while it waits; call
 // it with a heartbeat timeout so that a lost worker is noticed.
-func (a *Activities) AwaitWorkflows(ctx context.Context, in AwaitWorkflowsInput) ([]Outcome, error) {
+func (a *Activities) AwaitWorkflows(ctx context.Context, in ota.AwaitWorkflowsInput) ([]ota.Outcome, error) {
 	if a.Temporal == nil {
 		return nil, temporal.NewNonRetryableApplicationError("await workflows: the worker's activities have no Temporal client",
-			ErrTypeNoTemporalClient, nil)
+			ota.ErrTypeNoTemporalClient, nil)
 	}
 	if len(in.Executions) == 0 {
 		return nil, nil
@@ -69,7 +38,7 @@ func (a *Activities) AwaitWorkflows(ctx context.Context, in AwaitWorkflowsInput)
 	defer cancel()
 	type ended struct {
 		i int
-		o Outcome
+		o ota.Outcome
 	}
 	ch := make(chan ended, len(in.Executions))
 	for i, e := range in.Executions {
@@ -77,7 +46,7 @@ func (a *Activities) AwaitWorkflows(ctx context.Context, in AwaitWorkflowsInput)
 			ch <- ended{i, a.outcome(ctx, e)}
 		}()
 	}
-	got := map[int]Outcome{}
+	got := map[int]ota.Outcome{}
 	tick := time.NewTicker(awaitHeartbeat)
 	defer tick.Stop()
 	var gather <-chan time.Time
@@ -104,8 +73,8 @@ func (a *Activities) AwaitWorkflows(ctx context.Context, in AwaitWorkflowsInput)
 	return collect(in.Executions, got), nil
 }
 
-func collect(execs []Execution, got map[int]Outcome) []Outcome {
-	out := make([]Outcome, 0, len(got))
+func collect(execs []ota.Execution, got map[int]ota.Outcome) []ota.Outcome {
+	out := make([]ota.Outcome, 0, len(got))
 	for i := range execs {
 		if o, ok := got[i]; ok {
 			out = append(out, o)
@@ -115,12 +84,12 @@ func collect(execs []Execution, got map[int]Outcome) []Outcome {
 }
 
 // outcome waits for one execution to end.
-func (a *Activities) outcome(ctx context.Context, e Execution) Outcome {
-	o := Outcome{WorkflowID: e.WorkflowID}
-	var raw json.RawMessage
-	err := a.Temporal.GetWorkflow(ctx, e.WorkflowID, e.RunID).Get(ctx, &raw)
+func (a *Activities) outcome(ctx context.Context, e ota.Execution) ota.Outcome {
+	o := ota.Outcome{WorkflowID: e.WorkflowID}
+	var st ota.UpgradeStatus
+	err := a.Temporal.GetWorkflow(ctx, e.WorkflowID, e.RunID).Get(ctx, &st)
 	if err == nil {
-		o.Result = raw
+		o.Result = &st
 		return o
 	}
 	o.Failed, o.Error = true, err.Error()

@@ -2,7 +2,6 @@ package activities_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"testing"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/testenv"
 )
 
@@ -49,38 +49,38 @@ func TestAwaitWorkflows(t *testing.T) {
 	}
 	defer w.Stop()
 	ctx := context.Background()
-	start := func(t *testing.T, name string) activities.Execution {
+	start := func(t *testing.T, name string) ota.Execution {
 		t.Helper()
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: t.Name() + "/" + name, TaskQueue: queue}, name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = c.TerminateWorkflow(ctx, run.GetID(), run.GetRunID(), "test over") })
-		return activities.Execution{WorkflowID: run.GetID(), RunID: run.GetRunID()}
+		return ota.Execution{WorkflowID: run.GetID(), RunID: run.GetRunID()}
 	}
 
 	tests := []struct {
 		name   string
 		run    []string // workflows to start, in order
 		cancel int      // index of one to cancel, or -1
-		want   []activities.Outcome
+		want   []ota.Outcome
 	}{
-		{"completed and failed", []string{"succeeds", "fails"}, -1, []activities.Outcome{
-			{Result: json.RawMessage(`{"state":"succeeded"}`)},
+		{"completed and failed", []string{"succeeds", "fails"}, -1, []ota.Outcome{
+			{Result: &ota.UpgradeStatus{State: protocol.StateSucceeded}},
 			{Failed: true, ErrorType: ota.ErrTypeUpgradeTimedOut},
 		}},
-		{"only the ended are returned", []string{"waits", "succeeds"}, -1, []activities.Outcome{
-			{Result: json.RawMessage(`{"state":"succeeded"}`)},
+		{"only the ended are returned", []string{"waits", "succeeds"}, -1, []ota.Outcome{
+			{Result: &ota.UpgradeStatus{State: protocol.StateSucceeded}},
 		}},
-		{"canceled", []string{"waits"}, 0, []activities.Outcome{{Failed: true, Canceled: true}}},
-		{"unknown execution", []string{""}, -1, []activities.Outcome{{Failed: true}}},
+		{"canceled", []string{"waits"}, 0, []ota.Outcome{{Failed: true, Canceled: true}}},
+		{"unknown execution", []string{""}, -1, []ota.Outcome{{Failed: true}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var execs []activities.Execution
+			var execs []ota.Execution
 			for i, name := range tt.run {
 				if name == "" {
-					execs = append(execs, activities.Execution{WorkflowID: t.Name() + "/never-started"})
+					execs = append(execs, ota.Execution{WorkflowID: t.Name() + "/never-started"})
 					continue
 				}
 				e := start(t, name)
@@ -95,11 +95,11 @@ func TestAwaitWorkflows(t *testing.T) {
 			env := s.NewTestActivityEnvironment()
 			env.RegisterActivity(&activities.Activities{Temporal: c})
 			var a *activities.Activities
-			v, err := env.ExecuteActivity(a.AwaitWorkflows, activities.AwaitWorkflowsInput{Executions: execs, Gather: 500 * time.Millisecond})
+			v, err := env.ExecuteActivity(a.AwaitWorkflows, ota.AwaitWorkflowsInput{Executions: execs, Gather: 500 * time.Millisecond})
 			if err != nil {
 				t.Fatal(err)
 			}
-			var got []activities.Outcome
+			var got []ota.Outcome
 			if err := v.Get(&got); err != nil {
 				t.Fatal(err)
 			}
@@ -109,7 +109,7 @@ func TestAwaitWorkflows(t *testing.T) {
 			for i, o := range got {
 				w := tt.want[i]
 				if o.Failed != w.Failed || o.ErrorType != w.ErrorType || o.Canceled != w.Canceled ||
-					(w.Result != nil && string(o.Result) != string(w.Result)) || (o.Failed && o.Error == "") {
+					(w.Result != nil && (o.Result == nil || o.Result.State != w.Result.State)) || (o.Failed && o.Error == "") {
 					t.Errorf("outcome %d = %+v, want %+v", i, o, w)
 				}
 				if o.WorkflowID == "" || (len(execs) == len(got) && o.WorkflowID != execs[i].WorkflowID) {
@@ -124,10 +124,10 @@ func TestAwaitWorkflows(t *testing.T) {
 		env := s.NewTestActivityEnvironment()
 		env.RegisterActivity(&activities.Activities{})
 		var a *activities.Activities
-		_, err := env.ExecuteActivity(a.AwaitWorkflows, activities.AwaitWorkflowsInput{Executions: []activities.Execution{{WorkflowID: "x"}}})
+		_, err := env.ExecuteActivity(a.AwaitWorkflows, ota.AwaitWorkflowsInput{Executions: []ota.Execution{{WorkflowID: "x"}}})
 		var appErr *temporal.ApplicationError
-		if !errors.As(err, &appErr) || appErr.Type() != activities.ErrTypeNoTemporalClient {
-			t.Errorf("error %v, want %s", err, activities.ErrTypeNoTemporalClient)
+		if !errors.As(err, &appErr) || appErr.Type() != ota.ErrTypeNoTemporalClient {
+			t.Errorf("error %v, want %s", err, ota.ErrTypeNoTemporalClient)
 		}
 	})
 }

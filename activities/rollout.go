@@ -10,32 +10,20 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
-
-	"github.com/otaflow/otaflow/internal/store"
 )
 
-// ErrTypePackageMismatch is the error type of a pre-flight check whose package does not match
-// the md5 or size the rollout announces.
-const ErrTypePackageMismatch = "PackageMismatch"
-
 // CountTargets counts the devices a rollout selects.
-func (a *Activities) CountTargets(ctx context.Context, f store.DeviceFilter) (int, error) {
+func (a *Activities) CountTargets(ctx context.Context, f ota.DeviceFilter) (int, error) {
 	return a.Store.CountDevices(ctx, f)
-}
-
-// SnapshotInput names the list to store a rollout's targets under and selects them.
-type SnapshotInput struct {
-	Rollout string             `json:"rollout"`
-	Key     string             `json:"key"`
-	Filter  store.DeviceFilter `json:"filter"`
 }
 
 // SnapshotTargets fixes a rollout's targets at pre-flight: the registered, enabled devices
 // that match are stored as the list in.Key, which the rollout then reads page by page. It
 // returns how many there are.
-func (a *Activities) SnapshotTargets(ctx context.Context, in SnapshotInput) (int, error) {
+func (a *Activities) SnapshotTargets(ctx context.Context, in ota.SnapshotInput) (int, error) {
 	return a.Store.SnapshotTargets(ctx, in.Rollout, in.Key, in.Filter)
 }
 
@@ -45,7 +33,7 @@ func (a *Activities) DeleteTargetLists(ctx context.Context, keys []string) error
 }
 
 // ResolveTargets returns the next page of device IDs a rollout selects, after f.After.
-func (a *Activities) ResolveTargets(ctx context.Context, f store.DeviceFilter) ([]string, error) {
+func (a *Activities) ResolveTargets(ctx context.Context, f ota.DeviceFilter) ([]string, error) {
 	devices, err := a.Store.ListDevices(ctx, f)
 	if err != nil {
 		return nil, err
@@ -57,24 +45,17 @@ func (a *Activities) ResolveTargets(ctx context.Context, f store.DeviceFilter) (
 	return ids, nil
 }
 
-// PackageCheck is a package to check before a rollout sends it to any device.
-type PackageCheck struct {
-	URL  string `json:"url"`
-	MD5  string `json:"md5"`
-	Size int64  `json:"size"`
-}
-
 // CheckPackage downloads a package once, streaming, and checks its md5 and size. A package
 // that does not match, or a URL that answers 4xx, is a permanent failure; network errors and
 // 5xx are retried.
-func (a *Activities) CheckPackage(ctx context.Context, p PackageCheck) error {
+func (a *Activities) CheckPackage(ctx context.Context, p ota.PackageCheck) error {
 	client := a.HTTPClient
 	if client == nil {
 		client = http.DefaultClient
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL, nil)
 	if err != nil {
-		return temporal.NewNonRetryableApplicationError("bad package URL: "+err.Error(), ErrTypePackageMismatch, err)
+		return temporal.NewNonRetryableApplicationError("bad package URL: "+err.Error(), ota.ErrTypePackageMismatch, err)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -82,7 +63,7 @@ func (a *Activities) CheckPackage(ctx context.Context, p PackageCheck) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
-		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("package %s: HTTP %s", p.URL, resp.Status), ErrTypePackageMismatch, nil)
+		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("package %s: HTTP %s", p.URL, resp.Status), ota.ErrTypePackageMismatch, nil)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("fetch package %s: HTTP %s", p.URL, resp.Status)
@@ -96,7 +77,7 @@ func (a *Activities) CheckPackage(ctx context.Context, p PackageCheck) error {
 	if n != p.Size || got != p.MD5 {
 		return temporal.NewNonRetryableApplicationError(
 			fmt.Sprintf("package %s is %d bytes with md5 %s, but the rollout says %d bytes with md5 %s", p.URL, n, got, p.Size, p.MD5),
-			ErrTypePackageMismatch, errors.New("package mismatch"))
+			ota.ErrTypePackageMismatch, errors.New("package mismatch"))
 	}
 	return nil
 }

@@ -28,7 +28,6 @@ import (
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
-	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/system"
 )
 
@@ -380,7 +379,7 @@ func (s *Stack) latencies(ctx context.Context, rollout string) (latency, error) 
 	var d []time.Duration
 	after := ""
 	for {
-		devs, err := s.Store.ListDevices(ctx, store.DeviceFilter{Prefix: "sim-", After: after, Limit: 1000})
+		devs, err := s.Store.ListDevices(ctx, ota.DeviceFilter{Prefix: "sim-", After: after, Limit: 1000})
 		if err != nil {
 			return latency{}, err
 		}

@@ -121,7 +121,7 @@ func listDevices(ctx context.Context, st *store.Store, out io.Writer, prefix str
 		if limit > 0 {
 			size = min(size, limit-n)
 		}
-		page, err := st.ListDevices(ctx, store.DeviceFilter{Prefix: prefix, After: after, Limit: size})
+		page, err := st.ListDevices(ctx, ota.DeviceFilter{Prefix: prefix, After: after, Limit: size})
 		if err != nil {
 			return err
 		}

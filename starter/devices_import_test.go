@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
@@ -253,7 +254,7 @@ func TestDevicesImport(t *testing.T) {
 
 			// The registry holds the pre-registered device, unchanged, and exactly the
 			// imported ones.
-			devs, err := st.ListDevices(ctx, store.DeviceFilter{})
+			devs, err := st.ListDevices(ctx, ota.DeviceFilter{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -359,7 +360,7 @@ func TestDevicesImportAllOrNothing(t *testing.T) {
 		if secretHex.MatchString(r.stdout + r.stderr) {
 			t.Errorf("import %v printed secrets although it failed:\n%s\n%s", args, r.stdout, r.stderr)
 		}
-		if n, err := st.CountDevices(ctx, store.DeviceFilter{}); err != nil || n != 0 {
+		if n, err := st.CountDevices(ctx, ota.DeviceFilter{}); err != nil || n != 0 {
 			t.Errorf("import %v: %d devices registered (%v), want none", args, n, err)
 		}
 		if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
@@ -379,7 +380,7 @@ func TestDevicesImportAllOrNothing(t *testing.T) {
 		if err := st.AddDevices(ctx, devs); !errors.Is(err, store.ErrExists) {
 			t.Errorf("AddDevices(%v) = %v, want ErrExists", devs, err)
 		}
-		if n, _ := st.CountDevices(ctx, store.DeviceFilter{}); n != 1 {
+		if n, _ := st.CountDevices(ctx, ota.DeviceFilter{}); n != 1 {
 			t.Errorf("AddDevices(%v) failed but left %d devices, want only the old one", devs, n)
 		}
 	}

@@ -517,7 +517,7 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 		t.Fatalf("stored target lists = %+v (%v), want one keyed %s/...", lists, err, name)
 	}
 	scheduled := lists[0].Key
-	if got, err := f.store.ListDevices(ctx, store.DeviceFilter{List: scheduled}); err != nil || len(got) != 2 {
+	if got, err := f.store.ListDevices(ctx, ota.DeviceFilter{List: scheduled}); err != nil || len(got) != 2 {
 		t.Errorf("stored target list = %v (%v), want the 2 known devices", got, err)
 	}
 
@@ -569,7 +569,7 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.command(t, devs[0], 1)
-	if got, _ := f.store.ListDevices(ctx, store.DeviceFilter{List: scheduled}); len(got) != 2 {
+	if got, _ := f.store.ListDevices(ctx, ota.DeviceFilter{List: scheduled}); len(got) != 2 {
 		t.Errorf("the schedule's list after a start of the name = %v, want its 2 devices", got)
 	}
 	// The schedule's list, the start's, and the snapshot the rollout took at its pre-flight.
@@ -647,7 +647,7 @@ func TestRolloutConcurrentStartsOneWins(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, l := range stored {
-			devs, err := f.store.ListDevices(ctx, store.DeviceFilter{List: l.Key})
+			devs, err := f.store.ListDevices(ctx, ota.DeviceFilter{List: l.Key})
 			if err != nil {
 				t.Fatal(err)
 			}

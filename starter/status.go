@@ -127,7 +127,7 @@ func deviceStatus(ctx context.Context, st *store.Store, id string) (statusReport
 		return rep, err
 	}
 	if up.CommandID != "" {
-		last, err := st.LastProgress(ctx, id, store.AttemptKey{CommandID: up.CommandID, Type: up.Type, Version: up.Version})
+		last, err := st.LastProgress(ctx, id, ota.AttemptKey{CommandID: up.CommandID, Type: up.Type, Version: up.Version})
 		switch {
 		case err == nil:
 			rep.LastReport = &last

@@ -12,7 +12,6 @@ import (
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/store"
 )
 
 // phase is where an upgrade attempt stands, as far as timing goes.
@@ -35,8 +34,8 @@ var (
 			InitialInterval:    time.Second,
 			BackoffCoefficient: 2,
 			MaximumInterval:    20 * time.Second,
-			NonRetryableErrorTypes: []string{activities.ErrTypeUnknownDevice,
-				activities.ErrTypeDeviceDisabled, activities.ErrTypeInvalidCommand},
+			NonRetryableErrorTypes: []string{ota.ErrTypeUnknownDevice,
+				ota.ErrTypeDeviceDisabled, ota.ErrTypeInvalidCommand},
 		},
 	}
 	recordOptions = workflow.LocalActivityOptions{
@@ -75,7 +74,7 @@ const (
 type upgrade struct {
 	req    ota.UpgradeRequest
 	st     ota.UpgradeStatus
-	record store.Upgrade // the PostgreSQL row, as last recorded
+	record ota.UpgradeRecord // the PostgreSQL row, as last recorded
 
 	phase      phase
 	phaseSince time.Time // when the current waiting state began (sent, last progress, 100)
@@ -114,7 +113,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 			DeviceID: req.DeviceID, Type: req.Type, Version: req.Version, Rollout: req.Rollout,
 			State: protocol.StatePending, MaxAttempts: req.MaxAttempts, StartedAt: now, UpdatedAt: now,
 		},
-		record: store.Upgrade{
+		record: ota.UpgradeRecord{
 			RunID: info.WorkflowExecution.RunID, WorkflowID: info.WorkflowExecution.ID, DeviceID: req.DeviceID,
 			Rollout: req.Rollout, Type: req.Type, Version: req.Version, URL: req.URL, MD5: req.MD5, Size: req.Size,
 		},
@@ -191,9 +190,9 @@ func (u *upgrade) send(ctx workflow.Context) {
 	rec.Attempt = attempt
 	rec.Progress = 0
 	var a *activities.Activities
-	var res activities.SendCommandResult
+	var res ota.SendCommandResult
 	err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, sendOptions), a.SendCommand,
-		activities.SendCommandInput{Upgrade: rec, Command: cmd, VersionKey: u.req.VersionKey, CheckSkip: attempt == 1}).Get(ctx, &res)
+		ota.SendCommandInput{Upgrade: rec, Command: cmd, VersionKey: u.req.VersionKey, CheckSkip: attempt == 1}).Get(ctx, &res)
 	now = workflow.Now(ctx)
 	u.st.Attempt = attempt
 	u.st.UpdatedAt = now
@@ -362,9 +361,9 @@ func (u *upgrade) onTimer(ctx workflow.Context) {
 // progress on, and the attempt goes on.
 func (u *upgrade) stillReporting(ctx workflow.Context) bool {
 	var a *activities.Activities
-	var last activities.LastReport
-	in := activities.LastReportInput{DeviceID: u.req.DeviceID,
-		Attempt: store.AttemptKey{CommandID: u.st.CommandID, Type: u.req.Type, Version: u.req.Version}}
+	var last ota.LastReport
+	in := ota.LastReportInput{DeviceID: u.req.DeviceID,
+		Attempt: ota.AttemptKey{CommandID: u.st.CommandID, Type: u.req.Type, Version: u.req.Version}}
 	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.LastProgress, in).Get(ctx, &last); err != nil {
 		workflow.GetLogger(ctx).Warn("Could not read the device's stored reports; the silence timeout applies", "Error", err)
 		return false
@@ -456,7 +455,7 @@ func (u *upgrade) setFinal(ctx workflow.Context, s protocol.State, code int, des
 // after its retries run out the error is logged and the workflow goes on.
 func (u *upgrade) recordState(ctx workflow.Context, detail string) {
 	var a *activities.Activities
-	in := activities.RecordStateInput{Upgrade: u.record, At: workflow.Now(ctx), Detail: detail}
+	in := ota.RecordStateInput{Upgrade: u.record, At: workflow.Now(ctx), Detail: detail}
 	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.RecordState, in).Get(ctx, nil); err != nil {
 		workflow.GetLogger(ctx).Error("Could not record upgrade state", "State", u.record.State, "Error", err)
 	}

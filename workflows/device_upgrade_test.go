@@ -65,7 +65,7 @@ func (f *fakeDevices) GetUpgrade(_ context.Context, runID string) (store.Upgrade
 	return store.Upgrade{}, fmt.Errorf("upgrade %s: %w", runID, store.ErrNotFound)
 }
 
-func (f *fakeDevices) ListDevices(_ context.Context, filter store.DeviceFilter) ([]store.Device, error) {
+func (f *fakeDevices) ListDevices(_ context.Context, filter ota.DeviceFilter) ([]store.Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	ids := make([]string, 0, len(f.devices))
@@ -93,13 +93,13 @@ func (f *fakeDevices) ListDevices(_ context.Context, filter store.DeviceFilter) 
 	return out, nil
 }
 
-func (f *fakeDevices) CountDevices(ctx context.Context, filter store.DeviceFilter) (int, error) {
+func (f *fakeDevices) CountDevices(ctx context.Context, filter ota.DeviceFilter) (int, error) {
 	filter.After, filter.Limit = "", 0
 	d, err := f.ListDevices(ctx, filter)
 	return len(d), err
 }
 
-func (f *fakeDevices) SnapshotTargets(ctx context.Context, _, key string, filter store.DeviceFilter) (int, error) {
+func (f *fakeDevices) SnapshotTargets(ctx context.Context, _, key string, filter ota.DeviceFilter) (int, error) {
 	filter.After, filter.Limit = "", 0
 	devices, err := f.ListDevices(ctx, filter)
 	if err != nil {
@@ -130,7 +130,7 @@ func (f *fakeDevices) DeleteTargetLists(_ context.Context, keys []string) error 
 	return nil
 }
 
-func (f *fakeDevices) LastProgress(_ context.Context, device string, a store.AttemptKey) (store.ProgressEvent, error) {
+func (f *fakeDevices) LastProgress(_ context.Context, device string, a ota.AttemptKey) (store.ProgressEvent, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i := len(f.progress) - 1; i >= 0; i-- {

@@ -1,7 +1,6 @@
 package workflows
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -15,7 +14,6 @@ import (
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/store"
 )
 
 var (
@@ -27,7 +25,7 @@ var (
 		StartToCloseTimeout: 30 * time.Minute,
 		HeartbeatTimeout:    time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, MaximumAttempts: 3,
-			NonRetryableErrorTypes: []string{activities.ErrTypePackageMismatch}},
+			NonRetryableErrorTypes: []string{ota.ErrTypePackageMismatch}},
 	}
 )
 
@@ -293,7 +291,7 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 	if !r.req.SkipPreflight {
 		up := r.req.Upgrade
 		err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, preflightOptions), t.CheckPackage,
-			activities.PackageCheck{URL: up.URL, MD5: up.MD5, Size: up.Size}).Get(ctx, nil)
+			ota.PackageCheck{URL: up.URL, MD5: up.MD5, Size: up.Size}).Get(ctx, nil)
 		if err != nil {
 			return fmt.Errorf("pre-flight check failed, no device was touched: %w", err)
 		}
@@ -302,7 +300,7 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 	actx := workflow.WithActivityOptions(ctx, targetOptions)
 	if r.control {
 		key := snapshotKey(r.req.Name, workflow.GetInfo(ctx).OriginalRunID)
-		in := activities.SnapshotInput{Rollout: r.req.Name, Key: key, Filter: r.filter("", 0)}
+		in := ota.SnapshotInput{Rollout: r.req.Name, Key: key, Filter: r.filter("", 0)}
 		if err := workflow.ExecuteActivity(actx, t.SnapshotTargets, in).Get(ctx, &total); err != nil {
 			return fmt.Errorf("resolve targets: %w", err)
 		}
@@ -334,11 +332,11 @@ func snapshotKey(name, originalRunID string) string {
 }
 
 // filter selects the rollout's targets: the snapshot, once taken, or the request's targets.
-func (r *rollout) filter(after string, limit int) store.DeviceFilter {
+func (r *rollout) filter(after string, limit int) ota.DeviceFilter {
 	if r.c.Snapshot != "" {
-		return store.DeviceFilter{List: r.c.Snapshot, After: after, Limit: limit}
+		return ota.DeviceFilter{List: r.c.Snapshot, After: after, Limit: limit}
 	}
-	f := store.DeviceFilter{List: r.req.Targets.List, Prefix: r.req.Targets.Prefix, Labels: r.req.Targets.Where,
+	f := ota.DeviceFilter{List: r.req.Targets.List, Prefix: r.req.Targets.Prefix, Labels: r.req.Targets.Where,
 		After: after, Limit: limit}
 	if !r.req.Targets.IncludeUpToDate {
 		f.NotReportingKey, f.NotReportingValue = r.req.Upgrade.VersionKey, r.req.Upgrade.Version
@@ -644,13 +642,13 @@ func (r *rollout) follow(ctx workflow.Context, handed []ota.HandedUpgrade) {
 		actx := workflow.WithActivityOptions(gctx, awaitOptions)
 		pending := slices.Clone(handed)
 		for len(pending) > 0 {
-			execs := make([]activities.Execution, len(pending))
+			execs := make([]ota.Execution, len(pending))
 			for i, h := range pending {
-				execs[i] = activities.Execution{WorkflowID: ota.DeviceWorkflowID(h.Device), RunID: h.RunID}
+				execs[i] = ota.Execution{WorkflowID: ota.DeviceWorkflowID(h.Device), RunID: h.RunID}
 			}
-			var outcomes []activities.Outcome
+			var outcomes []ota.Outcome
 			if err := workflow.ExecuteActivity(actx, a.AwaitWorkflows,
-				activities.AwaitWorkflowsInput{Executions: execs, Gather: awaitGather}).Get(gctx, &outcomes); err != nil {
+				ota.AwaitWorkflowsInput{Executions: execs, Gather: awaitGather}).Get(gctx, &outcomes); err != nil {
 				// Only a worker without a Temporal client gets here (the activity retries
 				// everything else): count them failed rather than wait forever.
 				workflow.GetLogger(gctx).Error("Cannot follow the handed-over device upgrades; counting them failed", "Error", err)
@@ -679,14 +677,13 @@ func (r *rollout) follow(ctx workflow.Context, handed []ota.HandedUpgrade) {
 
 // outcomeState is the final state of a device upgrade from how AwaitWorkflows saw it end,
 // read as childState reads a child's result.
-func outcomeState(o activities.Outcome) protocol.State {
+func outcomeState(o ota.Outcome) protocol.State {
 	switch {
 	case !o.Failed:
-		var st ota.UpgradeStatus
-		if err := json.Unmarshal(o.Result, &st); err != nil || st.State == "" {
+		if o.Result == nil || o.Result.State == "" {
 			return protocol.StateFailed
 		}
-		return st.State
+		return o.Result.State
 	case o.ErrorType == ota.ErrTypeUpgradeTimedOut:
 		return protocol.StateTimedOut
 	case o.Canceled:

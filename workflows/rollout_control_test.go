@@ -22,7 +22,7 @@ import (
 func (h *fleetHarness) slowResolve(d time.Duration) {
 	var a *activities.Activities
 	h.env.OnActivity(a.ResolveTargets, mock.Anything, mock.Anything).After(d).Return(
-		func(ctx context.Context, f store.DeviceFilter) ([]string, error) {
+		func(ctx context.Context, f ota.DeviceFilter) ([]string, error) {
 			devices, err := h.dev.ListDevices(ctx, f)
 			ids := make([]string, len(devices))
 			for i, d := range devices {

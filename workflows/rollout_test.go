@@ -2,7 +2,6 @@ package workflows
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -74,11 +73,10 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 	// succeeded after took.
 	var a *activities.Activities
 	h.env.OnActivity(a.AwaitWorkflows, mock.Anything, mock.Anything).After(h.took).Return(
-		func(_ context.Context, in activities.AwaitWorkflowsInput) ([]activities.Outcome, error) {
-			var out []activities.Outcome
+		func(_ context.Context, in ota.AwaitWorkflowsInput) ([]ota.Outcome, error) {
+			var out []ota.Outcome
 			for _, e := range in.Executions {
-				res, _ := json.Marshal(ota.UpgradeStatus{State: protocol.StateSucceeded})
-				out = append(out, activities.Outcome{WorkflowID: e.WorkflowID, Result: res})
+				out = append(out, ota.Outcome{WorkflowID: e.WorkflowID, Result: &ota.UpgradeStatus{State: protocol.StateSucceeded}})
 				h.mu.Lock()
 				h.followed = append(h.followed, e.WorkflowID)
 				h.mu.Unlock()

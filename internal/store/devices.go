@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
 
@@ -175,26 +176,8 @@ func (s *Store) GetDevice(ctx context.Context, id string) (Device, error) {
 	return d, nil
 }
 
-// DeviceFilter selects devices from the registry, in ID order, one page at a time.
-type DeviceFilter struct {
-	// Prefix keeps the devices whose ID starts with it.
-	Prefix string
-	// Labels keeps the devices that carry every one of these labels, or, for a key that is
-	// not a label, report this value under that status key.
-	Labels map[string]string
-	// NotReporting keeps the devices whose status does not show Value under Key.
-	NotReportingKey, NotReportingValue string
-	// List keeps the devices of the explicit target list with this key (CreateTargetList);
-	// "" means no list.
-	List string
-	// After starts the page after this device ID.
-	After string
-	// Limit is the page size; 0 means 1000.
-	Limit int
-}
-
 // ListDevices returns one page of the devices that match f.
-func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, error) {
+func (s *Store) ListDevices(ctx context.Context, f ota.DeviceFilter) ([]Device, error) {
 	if f.Limit <= 0 {
 		f.Limit = 1000
 	}
@@ -222,14 +205,14 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, erro
 	return out, nil
 }
 
-// deviceWhere is the filter of DeviceFilter over devices d, with parameters $2..$6.
+// deviceWhere is the filter of ota.DeviceFilter over devices d, with parameters $2..$6.
 const deviceWhere = `starts_with(d.id, $2)
 	AND (d.labels || d.reported) @> $3::jsonb
 	AND ($4 = '' OR d.reported->>$4 IS DISTINCT FROM $5)
 	AND ($6 = '' OR EXISTS (SELECT 1 FROM rollout_targets t WHERE t.rollout = $6 AND t.device_id = d.id))`
 
 // CountDevices counts the devices that match f (After and Limit are ignored).
-func (s *Store) CountDevices(ctx context.Context, f DeviceFilter) (int, error) {
+func (s *Store) CountDevices(ctx context.Context, f ota.DeviceFilter) (int, error) {
 	match := map[string]string{}
 	for k, v := range f.Labels {
 		match[k] = v

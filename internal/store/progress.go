@@ -6,20 +6,13 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/otaflow/otaflow/internal/ota"
 )
-
-// AttemptKey names the upgrade attempt a progress report belongs to: its command ID, or,
-// for a report without one, the type and version it installs.
-type AttemptKey struct {
-	CommandID string `json:"command_id"`
-	Type      string `json:"type"`
-	Version   string `json:"version"`
-}
 
 // LastProgress returns the device's latest stored progress report (1..100) of an attempt, or
 // ErrNotFound. The bridge stores every report, also those it does not forward to the
 // workflow, so this tells whether a device is still reporting.
-func (s *Store) LastProgress(ctx context.Context, device string, attempt AttemptKey) (ProgressEvent, error) {
+func (s *Store) LastProgress(ctx context.Context, device string, attempt ota.AttemptKey) (ProgressEvent, error) {
 	var e ProgressEvent
 	err := s.pool.QueryRow(ctx, `SELECT device_id, command_id, type, version, progress, description, received_at
 		FROM progress_events WHERE device_id = $1 AND progress > 0

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 )
@@ -69,13 +70,13 @@ func TestLastProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		attempt  store.AttemptKey
+		attempt  ota.AttemptKey
 		want     int // progress; 0 means not found
 		wantSecs int
 	}{
-		{store.AttemptKey{CommandID: "c1", Type: "firmware", Version: "1.1"}, 30, 3}, // the report without ID counts
-		{store.AttemptKey{CommandID: "other", Type: "firmware", Version: "1.1"}, 40, 4},
-		{store.AttemptKey{CommandID: "c9", Type: "firmware", Version: "2.0"}, 0, 0},
+		{ota.AttemptKey{CommandID: "c1", Type: "firmware", Version: "1.1"}, 30, 3}, // the report without ID counts
+		{ota.AttemptKey{CommandID: "other", Type: "firmware", Version: "1.1"}, 40, 4},
+		{ota.AttemptKey{CommandID: "c9", Type: "firmware", Version: "2.0"}, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.attempt.CommandID, func(t *testing.T) {
@@ -107,7 +108,7 @@ func TestSnapshotTargets(t *testing.T) {
 	if err := st.RecordStatus(ctx, "s-3", protocol.Status{"firmware_ver": "1.1"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	f := store.DeviceFilter{Prefix: "s-", Labels: map[string]string{"site": "a"}, NotReportingKey: "firmware_ver", NotReportingValue: "1.1"}
+	f := ota.DeviceFilter{Prefix: "s-", Labels: map[string]string{"site": "a"}, NotReportingKey: "firmware_ver", NotReportingValue: "1.1"}
 	n, err := st.SnapshotTargets(ctx, "s", "snap", f)
 	if err != nil || n != 4 {
 		t.Fatalf("snapshot: %d, %v; want 4 (not the disabled one nor the up-to-date one)", n, err)
@@ -116,14 +117,14 @@ func TestSnapshotTargets(t *testing.T) {
 	if err := st.AddDevice(ctx, "s-7", "hash", map[string]string{"site": "a"}); err != nil {
 		t.Fatal(err)
 	}
-	page, err := st.ListDevices(ctx, store.DeviceFilter{List: "snap", After: "s-1", Limit: 2})
+	page, err := st.ListDevices(ctx, ota.DeviceFilter{List: "snap", After: "s-1", Limit: 2})
 	if err != nil || len(page) != 2 || page[0].ID != "s-4" || page[1].ID != "s-5" {
 		t.Fatalf("page after s-1: %+v, %v; want s-4, s-5", page, err)
 	}
 	if err := st.DeleteTargetLists(ctx, []string{"snap", "no-such-list"}); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := st.CountDevices(ctx, store.DeviceFilter{List: "snap"}); err != nil || n != 0 {
+	if n, err := st.CountDevices(ctx, ota.DeviceFilter{List: "snap"}); err != nil || n != 0 {
 		t.Fatalf("after delete: %d devices in the list, %v", n, err)
 	}
 }

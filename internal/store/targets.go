@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/otaflow/otaflow/internal/ota"
 )
 
 // TargetListSeparator separates the rollout name from the random part of a target list's key.
@@ -19,7 +20,7 @@ const TargetListSeparator = "/"
 var errNoneRegistered = errors.New("none of the devices is registered")
 
 // CreateTargetList stores an explicit device list for the rollout name under a new key of its
-// own, "<name>/<random>", and returns the key (for DeviceFilter.List). A list is never
+// own, "<name>/<random>", and returns the key (for ota.DeviceFilter.List). A list is never
 // replaced nor merged: two starts of one rollout name store two lists, and the one that does
 // not start its rollout deletes its own (DeleteTargetList). It returns the IDs that are not
 // registered devices; they are not stored. When none is registered, nothing is stored and the
@@ -116,7 +117,7 @@ func (s *Store) PruneTargetLists(ctx context.Context, name string, keep []string
 // enabled devices that match f (After and Limit are ignored), and returns how many the list
 // holds. It is idempotent: a second call with the same key adds what matches now to the list
 // and returns its size, so an activity retried after a lost reply counts right.
-func (s *Store) SnapshotTargets(ctx context.Context, rollout, key string, f DeviceFilter) (int, error) {
+func (s *Store) SnapshotTargets(ctx context.Context, rollout, key string, f ota.DeviceFilter) (int, error) {
 	if key == "" {
 		return 0, errors.New("snapshot targets: empty list name")
 	}

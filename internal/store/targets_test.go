@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
 )
@@ -29,7 +30,7 @@ func addDevices(t *testing.T, st *store.Store, ids ...string) {
 // listed returns the IDs of the devices of the target list with this key.
 func listed(t *testing.T, st *store.Store, key string) []string {
 	t.Helper()
-	devs, err := st.ListDevices(context.Background(), store.DeviceFilter{List: key})
+	devs, err := st.ListDevices(context.Background(), ota.DeviceFilter{List: key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func TestCreateTargetList(t *testing.T) {
 	if got := listed(t, st.Store, keyB); !slices.Equal(got, []string{"b1", "b2"}) {
 		t.Errorf("list %s = %v, want [b1 b2]", keyB, got)
 	}
-	if n, err := st.CountDevices(ctx, store.DeviceFilter{List: keyB}); err != nil || n != 2 {
+	if n, err := st.CountDevices(ctx, ota.DeviceFilter{List: keyB}); err != nil || n != 2 {
 		t.Errorf("CountDevices(list %s) = %d, %v; want 2", keyB, n, err)
 	}
 

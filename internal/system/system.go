@@ -27,6 +27,7 @@ import (
 	"github.com/otaflow/otaflow/internal/bridge"
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -325,7 +326,7 @@ func WaitReported(ctx context.Context, st *store.Store, prefix string, status pr
 		want[k] = v
 	}
 	for {
-		got, err := st.CountDevices(ctx, store.DeviceFilter{Prefix: prefix + "-", Labels: want})
+		got, err := st.CountDevices(ctx, ota.DeviceFilter{Prefix: prefix + "-", Labels: want})
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,156 @@
+package ota
+
+import (
+	"time"
+
+	"github.com/otaflow/otaflow/internal/protocol"
+)
+
+// The types below are the inputs and results of OTAflow's activities, as they travel in
+// workflow histories. PostgreSQL's row types (package store) do not: the activities convert.
+
+// UpgradeRecord is what a device upgrade records of itself in PostgreSQL: the store's row of
+// the run, as the workflow sees it.
+type UpgradeRecord struct {
+	RunID      string         `json:"run_id"`
+	WorkflowID string         `json:"workflow_id"`
+	DeviceID   string         `json:"device_id"`
+	Rollout    string         `json:"rollout,omitempty"`
+	Type       string         `json:"type"`
+	Version    string         `json:"version"`
+	URL        string         `json:"url"`
+	MD5        string         `json:"md5"`
+	Size       int64          `json:"size"`
+	State      protocol.State `json:"state"`
+	Attempt    int            `json:"attempt"`
+	CommandID  string         `json:"command_id,omitempty"`
+	Progress   int            `json:"progress"`
+	ErrorCode  int            `json:"error_code,omitempty"`
+	ErrorDesc  string         `json:"error_desc,omitempty"`
+	CreatedAt  time.Time      `json:"created_at"`
+	UpdatedAt  time.Time      `json:"updated_at"`
+	FinishedAt *time.Time     `json:"finished_at,omitempty"`
+}
+
+// DeviceFilter selects a rollout's devices from the registry, one page at a time.
+type DeviceFilter struct {
+	// Prefix keeps the devices whose ID starts with it.
+	Prefix string `json:"prefix,omitempty"`
+	// Labels keeps the devices that carry every one of these labels, or, for a key that is
+	// not a label, report this value under that status key.
+	Labels map[string]string `json:"labels,omitempty"`
+	// NotReportingKey and NotReportingValue keep the devices whose status does not show the
+	// value under the key.
+	NotReportingKey   string `json:"not_reporting_key,omitempty"`
+	NotReportingValue string `json:"not_reporting_value,omitempty"`
+	// List keeps the devices of the stored target list of this key; "" means no list.
+	List string `json:"list,omitempty"`
+	// After starts the page after this device ID; Limit is the page size.
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit,omitempty"`
+}
+
+// AttemptKey names the upgrade attempt a progress report belongs to: its command ID, or,
+// for a report without one, the type and version it installs.
+type AttemptKey struct {
+	CommandID string `json:"command_id"`
+	Type      string `json:"type"`
+	Version   string `json:"version"`
+}
+
+// Error types of non-retryable activity failures.
+const (
+	ErrTypeUnknownDevice  = "UnknownDevice"
+	ErrTypeDeviceDisabled = "DeviceDisabled"
+	ErrTypeInvalidCommand = "InvalidCommand"
+)
+
+// SendCommandInput is what SendCommand needs: the upgrade record to write as sent and the
+// command to publish.
+type SendCommandInput struct {
+	Upgrade UpgradeRecord           `json:"upgrade"`
+	Command protocol.UpgradeCommand `json:"command"`
+	// VersionKey is the status key that holds the upgraded version.
+	VersionKey string `json:"version_key"`
+	// CheckSkip asks to skip the upgrade, sending nothing, when the device already reports the
+	// target version.
+	CheckSkip bool `json:"check_skip"`
+}
+
+// SendCommandResult says what SendCommand did.
+type SendCommandResult struct {
+	// Skipped is set when the device already runs the target version; nothing was sent.
+	Skipped bool `json:"skipped"`
+	// Reported is the version the device last reported under the version key.
+	Reported string `json:"reported"`
+}
+
+// LastReportInput names a device and the upgrade attempt whose reports it asks about.
+type LastReportInput struct {
+	DeviceID string     `json:"device_id"`
+	Attempt  AttemptKey `json:"attempt"`
+}
+
+// LastReport is the latest stored progress report of an attempt, if any.
+type LastReport struct {
+	Found      bool      `json:"found"`
+	Progress   int       `json:"progress,omitempty"`
+	Desc       string    `json:"desc,omitempty"`
+	ReceivedAt time.Time `json:"received_at,omitempty"`
+}
+
+// RecordStateInput is one state change of an upgrade, at the workflow's time.
+type RecordStateInput struct {
+	Upgrade UpgradeRecord `json:"upgrade"`
+	At      time.Time     `json:"at"`
+	Detail  string        `json:"detail,omitempty"`
+}
+
+// ErrTypePackageMismatch is the error type of a pre-flight check whose package does not match
+// the md5 or size the rollout announces.
+const ErrTypePackageMismatch = "PackageMismatch"
+
+// SnapshotInput names the list to store a rollout's targets under and selects them.
+type SnapshotInput struct {
+	Rollout string       `json:"rollout"`
+	Key     string       `json:"key"`
+	Filter  DeviceFilter `json:"filter"`
+}
+
+// PackageCheck is a package to check before a rollout sends it to any device.
+type PackageCheck struct {
+	URL  string `json:"url"`
+	MD5  string `json:"md5"`
+	Size int64  `json:"size"`
+}
+
+// ErrTypeNoTemporalClient is the failure of AwaitWorkflows on a worker whose Activities have
+// no Temporal client.
+const ErrTypeNoTemporalClient = "NoTemporalClient"
+
+// Execution names one workflow execution.
+type Execution struct {
+	WorkflowID string `json:"workflow_id"`
+	RunID      string `json:"run_id"`
+}
+
+// AwaitWorkflowsInput lists the executions to wait for. Once one has ended, AwaitWorkflows
+// waits at most Gather more for others before it returns, so that executions ending together
+// come back together.
+type AwaitWorkflowsInput struct {
+	Executions []Execution   `json:"executions"`
+	Gather     time.Duration `json:"gather"`
+}
+
+// Outcome is how one device upgrade execution ended: its result, or the type of its failure.
+type Outcome struct {
+	WorkflowID string `json:"workflow_id"`
+	// Result is the upgrade's final status when it completed.
+	Result *UpgradeStatus `json:"result,omitempty"`
+	// Failed is set when it did not complete; ErrorType is then the application error's type,
+	// if any, Canceled tells a canceled execution, and Error says what happened.
+	Failed    bool   `json:"failed,omitempty"`
+	ErrorType string `json:"error_type,omitempty"`
+	Canceled  bool   `json:"canceled,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
