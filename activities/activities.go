@@ -73,7 +73,7 @@ func (a *Activities) SendCommand(ctx context.Context, in ota.SendCommandInput) (
 		switch {
 		case errors.Is(err, store.ErrNotFound) || (err == nil && prev.CommandID != in.Command.ID):
 			u := in.Upgrade
-			u.State = protocol.StateSkipped
+			u.State = ota.StateSkipped
 			if err := a.Store.RecordUpgrade(ctx, store.Upgrade(u), in.Command.IssuedAt, "device already reports "+in.VersionKey+"="+res.Reported); err != nil {
 				return ota.SendCommandResult{}, err
 			}
@@ -89,7 +89,7 @@ func (a *Activities) SendCommand(ctx context.Context, in ota.SendCommandInput) (
 	}
 	// Recorded before it is published: a retry then knows this command may have gone out.
 	u := in.Upgrade
-	u.State = protocol.StateSent
+	u.State = ota.StateSent
 	u.CommandID = in.Command.ID
 	if err := a.Store.RecordUpgrade(ctx, store.Upgrade(u), in.Command.IssuedAt, "command "+in.Command.ID+" sent"); err != nil {
 		return ota.SendCommandResult{}, err

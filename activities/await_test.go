@@ -15,7 +15,6 @@ import (
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/testenv"
 )
 
@@ -66,11 +65,11 @@ func TestAwaitWorkflows(t *testing.T) {
 		want   []ota.Outcome
 	}{
 		{"completed and failed", []string{"succeeds", "fails"}, -1, []ota.Outcome{
-			{Result: &ota.UpgradeStatus{State: protocol.StateSucceeded}},
+			{Result: &ota.UpgradeStatus{State: ota.StateSucceeded}},
 			{Failed: true, ErrorType: ota.ErrTypeUpgradeTimedOut},
 		}},
 		{"only the ended are returned", []string{"waits", "succeeds"}, -1, []ota.Outcome{
-			{Result: &ota.UpgradeStatus{State: protocol.StateSucceeded}},
+			{Result: &ota.UpgradeStatus{State: ota.StateSucceeded}},
 		}},
 		{"canceled", []string{"waits"}, 0, []ota.Outcome{{Failed: true, Canceled: true}}},
 		{"unknown execution", []string{""}, -1, []ota.Outcome{{Failed: true}}},

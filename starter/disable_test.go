@@ -12,7 +12,6 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/system"
@@ -59,7 +58,7 @@ func TestDisableConnectedDeviceMidUpgrade(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, dev+" downloading", func() bool {
 		u, err := st.LatestUpgrade(ctx, dev)
-		return err == nil && u.State == protocol.StateDownloading
+		return err == nil && u.State == ota.StateDownloading
 	})
 	if d, _ := sys.Fleet.Device(dev); !d.Connected || d.Working == "" {
 		t.Fatalf("%s is %+v, want connected and working on the command", dev, d)
@@ -76,10 +75,10 @@ func TestDisableConnectedDeviceMidUpgrade(t *testing.T) {
 	// The upgrade ends canceled, and its history says why.
 	st1, err := ota.UpgradeResult(ctx, run)
 	var canceled *temporal.CanceledError
-	if !errors.As(err, &canceled) || st1.State != protocol.StateCanceled {
+	if !errors.As(err, &canceled) || st1.State != ota.StateCanceled {
 		t.Errorf("the upgrade ended %s (%v), want canceled", st1.State, err)
 	}
-	if u, err := st.LatestUpgrade(ctx, dev); err != nil || u.State != protocol.StateCanceled {
+	if u, err := st.LatestUpgrade(ctx, dev); err != nil || u.State != ota.StateCanceled {
 		t.Errorf("the upgrade record = %+v (%v), want canceled", u, err)
 	}
 	cause := ""

@@ -434,17 +434,17 @@ func TestUpgradeWaitFollowsProgressToSuccess(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, r.stdout)
 	}
-	if !rep.Running || rep.Live == nil || rep.Live.State != protocol.StateDownloading || rep.Live.Progress != 42 || rep.Live.CommandID != cmd.ID {
+	if !rep.Running || rep.Live == nil || rep.Live.State != ota.StateDownloading || rep.Live.Progress != 42 || rep.Live.CommandID != cmd.ID {
 		t.Errorf("status --json live = running %v %+v, want downloading 42%% of %s", rep.Running, rep.Live, cmd.ID)
 	}
-	if rep.Upgrade == nil || rep.Upgrade.State != protocol.StateDownloading || rep.Upgrade.RunID != rep.RunID || rep.Device.ID != dev {
+	if rep.Upgrade == nil || rep.Upgrade.State != ota.StateDownloading || rep.Upgrade.RunID != rep.RunID || rep.Device.ID != dev {
 		t.Errorf("status --json record = %+v, want the running upgrade downloading", rep.Upgrade)
 	}
-	var states []protocol.State
+	var states []ota.State
 	for _, ev := range rep.Events {
 		states = append(states, ev.State)
 	}
-	if !slices.Equal(states, []protocol.State{protocol.StateSent, protocol.StateDownloading}) {
+	if !slices.Equal(states, []ota.State{ota.StateSent, ota.StateDownloading}) {
 		t.Errorf("status --json events = %v, want sent, downloading", states)
 	}
 	// A report the bridge stored but did not forward shows as the last report.
@@ -497,7 +497,7 @@ func TestUpgradeWaitReportsFailure(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("upgrade --json --wait printed no JSON object: %v\n%s", err, r.stdout)
 	}
-	if rep.Result == nil || rep.Result.State != protocol.StateFailed || rep.Result.ErrorCode != protocol.CodeMD5Mismatch || rep.WorkflowID != ota.DeviceWorkflowID(dev) {
+	if rep.Result == nil || rep.Result.State != ota.StateFailed || rep.Result.ErrorCode != protocol.CodeMD5Mismatch || rep.WorkflowID != ota.DeviceWorkflowID(dev) {
 		t.Errorf("upgrade --json result = %+v", rep)
 	}
 
@@ -545,7 +545,7 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatal(err)
 	}
-	if !rep.Running || rep.RunID != runID[1] || rep.Live == nil || rep.Live.State != protocol.StateSent || rep.Live.Version != "9.1" {
+	if !rep.Running || rep.RunID != runID[1] || rep.Live == nil || rep.Live.State != ota.StateSent || rep.Live.Version != "9.1" {
 		t.Errorf("status --json = running %v run %s live %+v, want 9.1 sent in run %s", rep.Running, rep.RunID, rep.Live, runID[1])
 	}
 
@@ -555,11 +555,11 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 		t.Errorf("cancel --wait output:\n%s", r.stdout)
 	}
 	st, err := ota.UpgradeResult(ctx, testenv.TemporalClient().GetWorkflow(ctx, ota.DeviceWorkflowID(dev), runID[1]))
-	if st.State != protocol.StateCanceled {
+	if st.State != ota.StateCanceled {
 		t.Errorf("the upgrade ended %s (%v), want canceled", st.State, err)
 	}
 	rec, err := f.store.LatestUpgrade(ctx, dev)
-	if err != nil || rec.State != protocol.StateCanceled || rec.FinishedAt == nil {
+	if err != nil || rec.State != ota.StateCanceled || rec.FinishedAt == nil {
 		t.Errorf("recorded upgrade = %+v (%v), want canceled and finished", rec, err)
 	}
 

@@ -213,7 +213,7 @@ func TestRolloutStartWaitCompletes(t *testing.T) {
 	if len(rep.Waves) != 2 || rep.Waves[0].Target != 2 || rep.Waves[0].Counts.Succeeded != 2 || rep.Waves[1].Target != 4 || rep.Waves[1].Counts.Succeeded != 4 {
 		t.Errorf("status --json waves = %+v, want 2 then 4 succeeded", rep.Waves)
 	}
-	if rep.StoreCounts[protocol.StateSucceeded] != 6 || len(rep.StoreCounts) != 1 {
+	if rep.StoreCounts[ota.StateSucceeded] != 6 || len(rep.StoreCounts) != 1 {
 		t.Errorf("status --json store counts = %v, want 6 succeeded", rep.StoreCounts)
 	}
 
@@ -361,7 +361,7 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 		t.Errorf("after cancel: %+v", rep)
 	}
 	for _, d := range devs[1:] {
-		if u, err := f.store.LatestUpgrade(ctx, d); err != nil || u.State != protocol.StateCanceled || u.Rollout != name {
+		if u, err := f.store.LatestUpgrade(ctx, d); err != nil || u.State != ota.StateCanceled || u.Rollout != name {
 			t.Errorf("upgrade of %s = %+v (%v), want canceled in rollout %s", d, u, err, name)
 		}
 	}

@@ -24,7 +24,6 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/protocol"
 )
 
 // rolloutStates are the states a rollout can be in, for `rollout list --state`.
@@ -249,8 +248,8 @@ type rolloutStatusReport struct {
 	WorkflowStatus string `json:"workflow_status,omitempty"`
 	ota.RolloutProgress
 	// StoreCounts counts the rollout's upgrade records by state.
-	StoreCounts map[protocol.State]int `json:"store_counts,omitempty"`
-	StoreError  string                 `json:"store_error,omitempty"`
+	StoreCounts map[ota.State]int `json:"store_counts,omitempty"`
+	StoreError  string            `json:"store_error,omitempty"`
 }
 
 // statusReport puts a rollout's progress and, when records is set, its records together.
@@ -475,7 +474,7 @@ func countsByState(c ota.Counts, all bool) string {
 }
 
 // recordDifferences compares the workflow's counts with the records, state by state.
-func recordDifferences(c ota.Counts, records map[protocol.State]int) []string {
+func recordDifferences(c ota.Counts, records map[ota.State]int) []string {
 	running := 0
 	for s, n := range records {
 		if !s.Final() {
@@ -484,15 +483,15 @@ func recordDifferences(c ota.Counts, records map[protocol.State]int) []string {
 	}
 	var diffs []string
 	for _, kv := range []struct {
-		state    protocol.State
+		state    ota.State
 		workflow int
 		records  int
 	}{
-		{protocol.StateSucceeded, c.Succeeded, records[protocol.StateSucceeded]},
-		{protocol.StateSkipped, c.Skipped, records[protocol.StateSkipped]},
-		{protocol.StateFailed, c.Failed, records[protocol.StateFailed]},
-		{protocol.StateTimedOut, c.TimedOut, records[protocol.StateTimedOut]},
-		{protocol.StateCanceled, c.Canceled, records[protocol.StateCanceled]},
+		{ota.StateSucceeded, c.Succeeded, records[ota.StateSucceeded]},
+		{ota.StateSkipped, c.Skipped, records[ota.StateSkipped]},
+		{ota.StateFailed, c.Failed, records[ota.StateFailed]},
+		{ota.StateTimedOut, c.TimedOut, records[ota.StateTimedOut]},
+		{ota.StateCanceled, c.Canceled, records[ota.StateCanceled]},
 		{"running", c.Running(), running},
 	} {
 		if kv.workflow != kv.records {
@@ -544,7 +543,7 @@ func renderRollout(rep rolloutStatusReport) string {
 	switch {
 	case rep.StoreCounts != nil:
 		var parts []string
-		for _, s := range protocol.AllStates {
+		for _, s := range ota.AllStates {
 			if n := rep.StoreCounts[s]; n > 0 {
 				parts = append(parts, fmt.Sprintf("%s %d", s, n))
 			}

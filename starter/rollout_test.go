@@ -16,7 +16,6 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/protocol"
 )
 
 // goodRollout is a valid `rollout start` command line.
@@ -432,7 +431,7 @@ func sampleReport() rolloutStatusReport {
 
 func TestRenderRollout(t *testing.T) {
 	rep := sampleReport()
-	rep.StoreCounts = map[protocol.State]int{protocol.StateSucceeded: 3, protocol.StateFailed: 1, protocol.StateDownloading: 1}
+	rep.StoreCounts = map[ota.State]int{ota.StateSucceeded: 3, ota.StateFailed: 1, ota.StateDownloading: 1}
 	out := renderRollout(rep)
 	for _, want := range []string{
 		"Rollout fw-11: firmware 1.1  (workflow rollout-fw-11, Running)",
@@ -448,7 +447,7 @@ func TestRenderRollout(t *testing.T) {
 			t.Errorf("the status lacks %q:\n%s", want, out)
 		}
 	}
-	rep.StoreCounts = map[protocol.State]int{protocol.StateSucceeded: 2}
+	rep.StoreCounts = map[ota.State]int{ota.StateSucceeded: 2}
 	if out := renderRollout(rep); !strings.Contains(out, "differ: succeeded 3 in the workflow, 2 recorded, failed 1 in the workflow, 0 recorded, running 1 in the workflow, 0 recorded") {
 		t.Errorf("the status does not show the records differ:\n%s", out)
 	}

@@ -21,7 +21,6 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 )
 
@@ -287,7 +286,7 @@ func (e *appEnv) cancelAction(cCtx *cli.Context) error {
 		return fmt.Errorf("upgrade of %s (workflow %s, run %s) ended without a result: %w", id, wid, runID, err)
 	}
 	fmt.Fprintln(e.out, finalLine(st))
-	if st.State != protocol.StateCanceled {
+	if st.State != ota.StateCanceled {
 		return cli.Exit(fmt.Sprintf("the upgrade of %s ended %s before the cancel took effect", id, st.State), exitFailure)
 	}
 	return nil

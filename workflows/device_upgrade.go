@@ -111,7 +111,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 		minTimeout: min(req.StartTimeout, req.SilenceTimeout, req.InstallTimeout),
 		st: ota.UpgradeStatus{
 			DeviceID: req.DeviceID, Type: req.Type, Version: req.Version, Rollout: req.Rollout,
-			State: protocol.StatePending, MaxAttempts: req.MaxAttempts, StartedAt: now, UpdatedAt: now,
+			State: ota.StatePending, MaxAttempts: req.MaxAttempts, StartedAt: now, UpdatedAt: now,
 		},
 		record: ota.UpgradeRecord{
 			RunID: info.WorkflowExecution.RunID, WorkflowID: info.WorkflowExecution.ID, DeviceID: req.DeviceID,
@@ -130,7 +130,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 	for u.phase != phaseDone {
 		if ctx.Err() != nil {
 			dctx, _ := workflow.NewDisconnectedContext(ctx)
-			u.finish(dctx, protocol.StateCanceled, u.st.ErrorCode, "canceled by operator")
+			u.finish(dctx, ota.StateCanceled, u.st.ErrorCode, "canceled by operator")
 			return u.st, temporal.NewCanceledError(u.st)
 		}
 		if u.phase == phaseSend {
@@ -157,9 +157,9 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 		sel.Select(ctx)
 	}
 	switch u.st.State {
-	case protocol.StateFailed:
+	case ota.StateFailed:
 		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeFailed, nil, u.st)
-	case protocol.StateTimedOut:
+	case ota.StateTimedOut:
 		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeTimedOut, nil, u.st)
 	}
 	return u.st, nil
@@ -201,7 +201,7 @@ func (u *upgrade) send(ctx workflow.Context) {
 	case err != nil:
 		var appErr *temporal.ApplicationError
 		if errors.As(err, &appErr) && appErr.NonRetryable() {
-			u.finish(ctx, protocol.StateFailed, 0, appErr.Message())
+			u.finish(ctx, ota.StateFailed, 0, appErr.Message())
 			return
 		}
 		if ctx.Err() != nil {
@@ -210,21 +210,21 @@ func (u *upgrade) send(ctx workflow.Context) {
 		u.endAttempt(ctx, 0, "could not send the command: "+err.Error(), false)
 	case res.Skipped:
 		u.st.Reported = res.Reported
-		u.record.State = protocol.StateSkipped
-		u.setFinal(ctx, protocol.StateSkipped, 0, "device already reports "+u.req.VersionKey+"="+res.Reported)
+		u.record.State = ota.StateSkipped
+		u.setFinal(ctx, ota.StateSkipped, 0, "device already reports "+u.req.VersionKey+"="+res.Reported)
 	default:
 		u.st.Reported = res.Reported
 		u.st.CommandID = cmd.ID
-		u.st.State = protocol.StateSent
+		u.st.State = ota.StateSent
 		u.st.Progress = 0
 		u.st.Desc = ""
 		u.st.SentAt = &now
-		u.record.State = protocol.StateSent
+		u.record.State = ota.StateSent
 		u.record.CommandID = cmd.ID
 		u.record.Progress = 0
 		u.phase = phaseWaiting
 		u.phaseSince = now
-		u.upsertState(ctx, protocol.StateSent)
+		u.upsertState(ctx, ota.StateSent)
 	}
 }
 
@@ -247,16 +247,16 @@ func (u *upgrade) onProgress(ctx workflow.Context, p protocol.Progress) {
 		u.endAttempt(ctx, p.Progress, desc, false)
 		return
 	}
-	if u.st.State == protocol.StateDownloaded &&
+	if u.st.State == ota.StateDownloaded &&
 		workflow.GetVersion(ctx, progressAfterDownloadChange, workflow.DefaultVersion, 1) >= 1 {
 		return // the download is done; only the status report says how the install went
 	}
 	u.st.Progress = p.Progress
 	u.st.Desc = p.Desc
 	u.phaseSince = now
-	next := protocol.StateDownloading
+	next := ota.StateDownloading
 	if p.Progress == 100 {
-		next = protocol.StateDownloaded
+		next = ota.StateDownloaded
 	}
 	if next != u.st.State {
 		u.transition(ctx, next, p.Desc)
@@ -278,10 +278,10 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 	u.st.Reported = reported
 	u.st.UpdatedAt = workflow.Now(ctx)
 	if reported == u.req.Version {
-		u.finish(ctx, protocol.StateSucceeded, 0, "device reports "+u.req.VersionKey+"="+reported)
+		u.finish(ctx, ota.StateSucceeded, 0, "device reports "+u.req.VersionKey+"="+reported)
 		return
 	}
-	if u.phase == phaseWaiting && u.st.State == protocol.StateDownloaded {
+	if u.phase == phaseWaiting && u.st.State == ota.StateDownloaded {
 		u.endAttempt(ctx, protocol.CodeInstallFailed,
 			fmt.Sprintf("device came back with %s=%q after the download: the install did not take", u.req.VersionKey, reported), false)
 	}
@@ -293,9 +293,9 @@ func (u *upgrade) phaseDeadline() time.Time {
 	switch {
 	case u.phase == phaseBackoff:
 		d = u.retryAt
-	case u.st.State == protocol.StateSent:
+	case u.st.State == ota.StateSent:
 		d = u.phaseSince.Add(u.req.StartTimeout)
-	case u.st.State == protocol.StateDownloading:
+	case u.st.State == ota.StateDownloading:
 		d = u.phaseSince.Add(u.req.SilenceTimeout)
 	default: // downloaded
 		d = u.phaseSince.Add(u.req.InstallTimeout)
@@ -333,7 +333,7 @@ func (u *upgrade) armTimer(ctx workflow.Context) {
 func (u *upgrade) onTimer(ctx workflow.Context) {
 	now := workflow.Now(ctx)
 	if !now.Before(u.deadline) {
-		u.finish(ctx, protocol.StateTimedOut, u.st.ErrorCode,
+		u.finish(ctx, ota.StateTimedOut, u.st.ErrorCode,
 			fmt.Sprintf("overall deadline of %s passed in state %s", u.req.Deadline, u.st.State))
 		return
 	}
@@ -343,9 +343,9 @@ func (u *upgrade) onTimer(ctx workflow.Context) {
 	switch {
 	case u.phase == phaseBackoff:
 		u.phase = phaseSend
-	case u.st.State == protocol.StateSent:
+	case u.st.State == ota.StateSent:
 		u.endAttempt(ctx, 0, fmt.Sprintf("no report from the device within %s of the command", u.req.StartTimeout), true)
-	case u.st.State == protocol.StateDownloading:
+	case u.st.State == ota.StateDownloading:
 		if workflow.GetVersion(ctx, silenceChange, workflow.DefaultVersion, 1) >= 1 && u.stillReporting(ctx) {
 			return // armTimer sets the timer for the new silence deadline
 		}
@@ -390,9 +390,9 @@ func (u *upgrade) endAttempt(ctx workflow.Context, code int, desc string, timedO
 	} else if code != 0 {
 		retry = retry && slices.Contains(u.req.RetryCodes, code)
 	}
-	final := protocol.StateFailed
+	final := ota.StateFailed
 	if timedOut {
-		final = protocol.StateTimedOut
+		final = ota.StateTimedOut
 	}
 	now := workflow.Now(ctx)
 	backoff := u.req.RetryBackoff
@@ -411,11 +411,11 @@ func (u *upgrade) endAttempt(ctx workflow.Context, code int, desc string, timedO
 	u.record.ErrorCode = code
 	u.record.ErrorDesc = desc
 	// The attempt's end is recorded as a return to pending until the next command is sent.
-	u.transition(ctx, protocol.StatePending, fmt.Sprintf("attempt %d ended: %s; retry in %s", u.st.Attempt, desc, backoff))
+	u.transition(ctx, ota.StatePending, fmt.Sprintf("attempt %d ended: %s; retry in %s", u.st.Attempt, desc, backoff))
 }
 
 // transition moves to a non-final state, records it and updates the search attribute.
-func (u *upgrade) transition(ctx workflow.Context, s protocol.State, detail string) {
+func (u *upgrade) transition(ctx workflow.Context, s ota.State, detail string) {
 	u.st.State = s
 	u.record.State = s
 	u.record.Progress = u.st.Progress
@@ -424,7 +424,7 @@ func (u *upgrade) transition(ctx workflow.Context, s protocol.State, detail stri
 }
 
 // finish ends the upgrade in a final state.
-func (u *upgrade) finish(ctx workflow.Context, s protocol.State, code int, desc string) {
+func (u *upgrade) finish(ctx workflow.Context, s ota.State, code int, desc string) {
 	if ctx.Err() != nil && workflow.GetVersion(ctx, finalRecordChange, workflow.DefaultVersion, 1) >= 1 {
 		// A cancel request came with the outcome: the outcome stands, and is recorded.
 		ctx, _ = workflow.NewDisconnectedContext(ctx)
@@ -433,7 +433,7 @@ func (u *upgrade) finish(ctx workflow.Context, s protocol.State, code int, desc 
 	u.st.Desc = desc
 	u.record.ErrorCode = code
 	u.record.ErrorDesc = ""
-	if s != protocol.StateSucceeded {
+	if s != ota.StateSucceeded {
 		u.record.ErrorDesc = desc
 	}
 	u.setFinal(ctx, s, code, desc)
@@ -441,7 +441,7 @@ func (u *upgrade) finish(ctx workflow.Context, s protocol.State, code int, desc 
 }
 
 // setFinal marks the upgrade final without recording it (SendCommand already did for skipped).
-func (u *upgrade) setFinal(ctx workflow.Context, s protocol.State, code int, desc string) {
+func (u *upgrade) setFinal(ctx workflow.Context, s ota.State, code int, desc string) {
 	now := workflow.Now(ctx)
 	u.phase = phaseDone
 	u.st.State = s
@@ -462,7 +462,7 @@ func (u *upgrade) recordState(ctx workflow.Context, detail string) {
 }
 
 // upsertState keeps the OtaState search attribute equal to the state.
-func (u *upgrade) upsertState(ctx workflow.Context, s protocol.State) {
+func (u *upgrade) upsertState(ctx workflow.Context, s ota.State) {
 	if u.searchState == string(s) {
 		return
 	}

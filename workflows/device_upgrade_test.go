@@ -162,10 +162,10 @@ func (f *fakeDevices) lastCommand() protocol.UpgradeCommand {
 	return f.commands[len(f.commands)-1]
 }
 
-func (f *fakeDevices) states() []protocol.State {
+func (f *fakeDevices) states() []ota.State {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []protocol.State
+	var out []ota.State
 	for _, r := range f.records {
 		out = append(out, r.State)
 	}
@@ -275,7 +275,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		reported     string
 		req          func(*ota.UpgradeRequest)
 		steps        []step
-		wantState    protocol.State
+		wantState    ota.State
 		wantCode     int
 		wantAttempts int
 		wantCommands int
@@ -287,37 +287,37 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			name: "happy path", reported: "1.0",
 			steps: []step{{at: time.Second, progress: 10}, {at: 5 * time.Second, progress: 100},
 				{at: 40 * time.Second, status: "1.1"}},
-			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
 			wantEndAfter: 40 * time.Second, wantEndBefore: 41 * time.Second,
 		},
 		{
 			name: "success without any progress", reported: "1.0",
 			steps:     []step{{at: 3 * time.Minute, status: "1.1"}},
-			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
 		},
 		{
 			name: "already on target is skipped", reported: "1.1",
-			wantState: protocol.StateSkipped, wantAttempts: 1, wantCommands: 0,
+			wantState: ota.StateSkipped, wantAttempts: 1, wantCommands: 0,
 		},
 		{
 			name: "progress 100 alone never succeeds", reported: "1.0",
 			req:       func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
 			steps:     []step{{at: time.Second, progress: 100}},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			wantEndAfter: ota.DefaultInstallTimeout, wantEndBefore: ota.DefaultInstallTimeout + 2*time.Second,
 		},
 		{
 			name: "status with an old version after the download is an install failure", reported: "1.0",
 			req:       func(r *ota.UpgradeRequest) { r.RetryCodes = noRetry },
 			steps:     []step{{at: time.Second, progress: 100}, {at: time.Minute, status: "1.0"}},
-			wantState: protocol.StateFailed, wantCode: protocol.CodeInstallFailed, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateFailed, wantCode: protocol.CodeInstallFailed, wantAttempts: 1, wantCommands: 1,
 			wantErrType: ota.ErrTypeUpgradeFailed,
 		},
 		{
 			name: "status with an old version before the download is ignored", reported: "1.0",
 			steps: []step{{at: time.Second, status: "1.0"}, {at: 2 * time.Second, progress: 50},
 				{at: 3 * time.Second, progress: 100}, {at: 4 * time.Second, status: "1.1"}},
-			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
 		},
 		{
 			name: "stale progress is ignored", reported: "1.0",
@@ -325,12 +325,12 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			// Only stale reports: the attempt must time out at the start timeout.
 			steps: []step{{at: time.Second, progress: 100, staleID: true}, {at: 2 * time.Second, progress: -3, staleID: true},
 				{at: 3 * time.Second, progress: 50, version: "0.9"}},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			wantEndAfter: ota.DefaultStartTimeout, wantEndBefore: ota.DefaultStartTimeout + time.Second,
 		},
 		{
 			name: "no first report: start timeout, retried, then timed out", reported: "1.0",
-			wantState: protocol.StateTimedOut, wantAttempts: 3, wantCommands: 3, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantState: ota.StateTimedOut, wantAttempts: 3, wantCommands: 3, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			// 3 start timeouts + backoffs of 30 s and 60 s.
 			wantEndAfter: 3*ota.DefaultStartTimeout + 90*time.Second, wantEndBefore: 3*ota.DefaultStartTimeout + 91*time.Second,
 		},
@@ -338,26 +338,26 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			name: "silence while downloading times out", reported: "1.0",
 			req:       func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
 			steps:     []step{{at: time.Second, progress: 10}, {at: 2 * time.Minute, progress: 20}},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			wantEndAfter: 2*time.Minute + ota.DefaultSilenceTimeout, wantEndBefore: 2*time.Minute + ota.DefaultSilenceTimeout + time.Second,
 		},
 		{
 			name: "error on first attempt, success on second", reported: "1.0",
 			steps: []step{{at: time.Second, progress: -1}, {at: 40 * time.Second, progress: 100},
 				{at: 50 * time.Second, status: "1.1"}},
-			wantState: protocol.StateSucceeded, wantAttempts: 2, wantCommands: 2,
+			wantState: ota.StateSucceeded, wantAttempts: 2, wantCommands: 2,
 		},
 		{
 			name: "codes not configured to retry fail at once", reported: "1.0",
 			req:       func(r *ota.UpgradeRequest) { r.RetryCodes = []int{protocol.CodeDownloadFailed} },
 			steps:     []step{{at: time.Second, progress: -2}},
-			wantState: protocol.StateFailed, wantCode: protocol.CodeMD5Mismatch, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateFailed, wantCode: protocol.CodeMD5Mismatch, wantAttempts: 1, wantCommands: 1,
 			wantErrType: ota.ErrTypeUpgradeFailed,
 		},
 		{
 			name: "cancel ends canceled", reported: "1.0",
 			steps:     []step{{at: time.Second, progress: 10}, {at: 10 * time.Second, cancel: true}},
-			wantState: protocol.StateCanceled, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateCanceled, wantAttempts: 1, wantCommands: 1,
 		},
 		{
 			// Issue 15, defect 7.
@@ -365,7 +365,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			req: func(r *ota.UpgradeRequest) { r.RetryCodes = noRetry },
 			steps: []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, rawStatus: protocol.Status{"app_ver": "9"}},
 				{at: 20 * time.Second, status: "1.1"}},
-			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
 			wantEndAfter: 20 * time.Second, wantEndBefore: 21 * time.Second,
 		},
 		{
@@ -378,7 +378,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 				[]step{{at: 61 * time.Second, progress: 50}},
 				every(63*time.Second, 121*time.Second, 2*time.Second, 70, true),
 				[]step{{at: 121 * time.Second, progress: 100}, {at: 125 * time.Second, status: "1.1"}}),
-			wantState: protocol.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
 			wantEndAfter: 125 * time.Second, wantEndBefore: 126 * time.Second,
 		},
 		{
@@ -386,7 +386,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			req: func(r *ota.UpgradeRequest) { r.SilenceTimeout = 10 * time.Second; r.MaxAttempts = 1 },
 			steps: slices.Concat([]step{{at: time.Second, progress: 10}},
 				every(3*time.Second, 30*time.Second, 2*time.Second, 20, true)),
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			// The last report at 29 s, silent from then on.
 			wantEndAfter: 39 * time.Second, wantEndBefore: 40 * time.Second,
 		},
@@ -396,14 +396,14 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			steps: []step{{at: time.Second, progress: 100}, {at: 2 * time.Second, progress: 50},
 				{at: 3 * time.Second, status: "1.0"}},
 			// Still downloaded: the old version is an install failure.
-			wantState: protocol.StateFailed, wantCode: protocol.CodeInstallFailed, wantAttempts: 1, wantCommands: 1,
+			wantState: ota.StateFailed, wantCode: protocol.CodeInstallFailed, wantAttempts: 1, wantCommands: 1,
 			wantErrType: ota.ErrTypeUpgradeFailed,
 		},
 		{
 			name: "a repeated 100 does not restart the install timeout", reported: "1.0",
 			req:       func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
 			steps:     []step{{at: time.Second, progress: 100}, {at: 10 * time.Minute, progress: 100}},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			wantEndAfter: time.Second + ota.DefaultInstallTimeout, wantEndBefore: 2*time.Second + ota.DefaultInstallTimeout,
 		},
 		{
@@ -413,7 +413,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 				r.StartTimeout = time.Hour
 				r.SilenceTimeout = time.Hour
 			},
-			wantState: protocol.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			wantEndAfter: 3 * time.Minute, wantEndBefore: 3*time.Minute + time.Second,
 		},
 	}
@@ -423,7 +423,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			reported                    string
 			req                         func(*ota.UpgradeRequest)
 			steps                       []step
-			wantState                   protocol.State
+			wantState                   ota.State
 			wantCode                    int
 			wantAttempts                int
 			wantCommands                int
@@ -434,7 +434,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			// Each attempt reports the error a second after its command.
 			steps: []step{{at: time.Second, progress: code}, {at: 32 * time.Second, progress: code},
 				{at: 93 * time.Second, progress: code}},
-			wantState: protocol.StateFailed, wantCode: code, wantAttempts: 3, wantCommands: 3, wantErrType: ota.ErrTypeUpgradeFailed,
+			wantState: ota.StateFailed, wantCode: code, wantAttempts: 3, wantCommands: 3, wantErrType: ota.ErrTypeUpgradeFailed,
 		})
 	}
 	for _, tt := range tests {
@@ -461,7 +461,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 				if !errors.As(err, &appErr) || appErr.Type() != tt.wantErrType {
 					t.Errorf("error = %v, want application error %s", err, tt.wantErrType)
 				}
-			case tt.wantState == protocol.StateCanceled:
+			case tt.wantState == ota.StateCanceled:
 				var canceled *temporal.CanceledError
 				if !errors.As(err, &canceled) {
 					t.Errorf("error = %v, want canceled", err)
@@ -484,7 +484,7 @@ func TestDeviceUpgradeCommands(t *testing.T) {
 	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
 	h.schedule([]step{{at: time.Second, progress: -1}, {at: 40 * time.Second, status: "1.1"}})
 	st, err := h.run(t, testRequest())
-	if err != nil || st.State != protocol.StateSucceeded {
+	if err != nil || st.State != ota.StateSucceeded {
 		t.Fatalf("state %s, err %v", st.State, err)
 	}
 	if len(h.dev.commands) != 2 {
@@ -497,7 +497,7 @@ func TestDeviceUpgradeCommands(t *testing.T) {
 	if got := first.ExpiresAt.Sub(first.IssuedAt); got != ota.DefaultStartTimeout {
 		t.Errorf("command expires %s after issue, want %s", got, ota.DefaultStartTimeout)
 	}
-	want := []protocol.State{protocol.StateSent, protocol.StatePending, protocol.StateSent, protocol.StateSucceeded}
+	want := []ota.State{ota.StateSent, ota.StatePending, ota.StateSent, ota.StateSucceeded}
 	if got := h.dev.states(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("recorded states %v, want %v", got, want)
 	}
@@ -520,7 +520,7 @@ func TestDeviceUpgradeQuery(t *testing.T) {
 	if _, err := h.run(t, testRequest()); err != nil {
 		t.Fatal(err)
 	}
-	if mid.State != protocol.StateDownloading || mid.Progress != 42 || mid.Attempt != 1 || mid.CommandID == "" {
+	if mid.State != ota.StateDownloading || mid.Progress != 42 || mid.Attempt != 1 || mid.CommandID == "" {
 		b, _ := json.Marshal(mid)
 		t.Fatalf("query mid-download = %s", b)
 	}
@@ -545,7 +545,7 @@ func TestDeviceUpgradeUnknownDevice(t *testing.T) {
 	req := testRequest()
 	req.DeviceID = "ghost"
 	st, err := h.run(t, req)
-	if st.State != protocol.StateFailed || err == nil {
+	if st.State != ota.StateFailed || err == nil {
 		t.Fatalf("state %s err %v, want failed", st.State, err)
 	}
 }

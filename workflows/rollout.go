@@ -13,7 +13,6 @@ import (
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/protocol"
 )
 
 var (
@@ -603,7 +602,7 @@ func (r *rollout) cancelRunning() {
 }
 
 // ended counts a device upgrade that ended in state.
-func (r *rollout) ended(ctx workflow.Context, id string, state protocol.State) {
+func (r *rollout) ended(ctx workflow.Context, id string, state ota.State) {
 	wi := r.waveOf[id]
 	delete(r.running, id)
 	delete(r.runIDs, id)
@@ -653,11 +652,11 @@ func (r *rollout) follow(ctx workflow.Context, handed []ota.HandedUpgrade) {
 				// everything else): count them failed rather than wait forever.
 				workflow.GetLogger(gctx).Error("Cannot follow the handed-over device upgrades; counting them failed", "Error", err)
 				for _, h := range pending {
-					r.ended(gctx, h.Device, protocol.StateFailed)
+					r.ended(gctx, h.Device, ota.StateFailed)
 				}
 				return
 			}
-			states := make(map[string]protocol.State, len(outcomes)) // by workflow ID
+			states := make(map[string]ota.State, len(outcomes)) // by workflow ID
 			for _, o := range outcomes {
 				states[o.WorkflowID] = outcomeState(o)
 			}
@@ -677,23 +676,23 @@ func (r *rollout) follow(ctx workflow.Context, handed []ota.HandedUpgrade) {
 
 // outcomeState is the final state of a device upgrade from how AwaitWorkflows saw it end,
 // read as childState reads a child's result.
-func outcomeState(o ota.Outcome) protocol.State {
+func outcomeState(o ota.Outcome) ota.State {
 	switch {
 	case !o.Failed:
 		if o.Result == nil || o.Result.State == "" {
-			return protocol.StateFailed
+			return ota.StateFailed
 		}
 		return o.Result.State
 	case o.ErrorType == ota.ErrTypeUpgradeTimedOut:
-		return protocol.StateTimedOut
+		return ota.StateTimedOut
 	case o.Canceled:
-		return protocol.StateCanceled
+		return ota.StateCanceled
 	}
-	return protocol.StateFailed
+	return ota.StateFailed
 }
 
 // childState is the final state of a device upgrade child from its result.
-func childState(err error, st ota.UpgradeStatus) protocol.State {
+func childState(err error, st ota.UpgradeStatus) ota.State {
 	if err == nil {
 		return st.State
 	}
@@ -704,15 +703,15 @@ func childState(err error, st ota.UpgradeStatus) protocol.State {
 	if errors.As(err, &appErr) {
 		switch appErr.Type() {
 		case ota.ErrTypeUpgradeTimedOut:
-			return protocol.StateTimedOut
+			return ota.StateTimedOut
 		}
-		return protocol.StateFailed
+		return ota.StateFailed
 	}
 	var canceled *temporal.CanceledError
 	if errors.As(err, &canceled) {
-		return protocol.StateCanceled
+		return ota.StateCanceled
 	}
-	return protocol.StateFailed
+	return ota.StateFailed
 }
 
 // checkFailures applies the failure threshold, overall and to the current wave, counting

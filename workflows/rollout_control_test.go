@@ -15,7 +15,6 @@ import (
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/zones"
 )
 
 // slowResolve makes every ResolveTargets call take d of virtual time.
@@ -93,7 +92,7 @@ func TestRolloutControlDuringTargetResolution(t *testing.T) {
 			took: 20 * time.Second, // the first page fails at 50 s, during the second resolution
 			setup: func(h *fleetHarness, req *ota.RolloutRequest) {
 				for i := 1; i <= 5; i++ {
-					h.fail[fmt.Sprintf("dev-%03d", i)] = protocol.StateFailed
+					h.fail[fmt.Sprintf("dev-%03d", i)] = ota.StateFailed
 				}
 				req.FailurePercent, req.FailureMinCount = 50, 3
 			},
@@ -347,7 +346,7 @@ func TestNextWindowOpenOnDaylightSavingDays(t *testing.T) {
 			r := &rollout{req: ota.RolloutRequest{Window: &tt.window}}
 			got := r.nextWindowOpen(tt.now)
 			if !got.Equal(tt.wantOpenAt) {
-				loc, _ := zones.Load(tt.window.TimeZone)
+				loc, _ := ota.LoadZone(tt.window.TimeZone)
 				t.Fatalf("opens %s (%s), want %s (%s)", got, got.In(loc), tt.wantOpenAt, tt.wantOpenAt.In(loc))
 			}
 			if !r.inWindow(got) || r.inWindow(got.Add(-time.Minute)) {

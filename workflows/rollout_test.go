@@ -31,15 +31,15 @@ type fleetHarness struct {
 	mu      sync.Mutex
 	started map[string]time.Time // device -> virtual start time of its upgrade
 	order   []string
-	fail    map[string]protocol.State // devices whose upgrade ends in this state
-	took    time.Duration             // how long each device upgrade takes
+	fail    map[string]ota.State // devices whose upgrade ends in this state
+	took    time.Duration        // how long each device upgrade takes
 	// followed lists the workflow IDs of the upgrades AwaitWorkflows followed.
 	followed []string
 }
 
 func newFleetHarness(t *testing.T, n int) *fleetHarness {
 	h := &fleetHarness{dev: &fakeDevices{devices: map[string]store.Device{}}, started: map[string]time.Time{},
-		fail: map[string]protocol.State{}, took: time.Minute}
+		fail: map[string]ota.State{}, took: time.Minute}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("dev-%03d", i)
 		h.dev.devices[id] = store.Device{ID: id, Reported: protocol.Status{"firmware_ver": "1.0"}}
@@ -56,13 +56,13 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 			took := h.took
 			h.mu.Unlock()
 			if err := workflow.Sleep(ctx, took); err != nil {
-				return ota.UpgradeStatus{DeviceID: req.DeviceID, State: protocol.StateCanceled}, temporal.NewCanceledError()
+				return ota.UpgradeStatus{DeviceID: req.DeviceID, State: ota.StateCanceled}, temporal.NewCanceledError()
 			}
-			st := ota.UpgradeStatus{DeviceID: req.DeviceID, State: protocol.StateSucceeded}
+			st := ota.UpgradeStatus{DeviceID: req.DeviceID, State: ota.StateSucceeded}
 			if failing {
 				st.State = state
 				errType := ota.ErrTypeUpgradeFailed
-				if state == protocol.StateTimedOut {
+				if state == ota.StateTimedOut {
 					errType = ota.ErrTypeUpgradeTimedOut
 				}
 				return st, temporal.NewNonRetryableApplicationError("injected", errType, nil, st)
@@ -76,7 +76,7 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 		func(_ context.Context, in ota.AwaitWorkflowsInput) ([]ota.Outcome, error) {
 			var out []ota.Outcome
 			for _, e := range in.Executions {
-				out = append(out, ota.Outcome{WorkflowID: e.WorkflowID, Result: &ota.UpgradeStatus{State: protocol.StateSucceeded}})
+				out = append(out, ota.Outcome{WorkflowID: e.WorkflowID, Result: &ota.UpgradeStatus{State: ota.StateSucceeded}})
 				h.mu.Lock()
 				h.followed = append(h.followed, e.WorkflowID)
 				h.mu.Unlock()
@@ -224,7 +224,7 @@ func TestRolloutRamp(t *testing.T) {
 func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 	h := newFleetHarness(t, 20)
 	for _, id := range []string{"dev-002", "dev-003", "dev-004", "dev-005"} {
-		h.fail[id] = protocol.StateFailed
+		h.fail[id] = ota.StateFailed
 	}
 	req := rolloutRequest()
 	req.MaxInFlight = 5
@@ -265,7 +265,7 @@ func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 func TestRolloutFailureThresholdAborts(t *testing.T) {
 	h := newFleetHarness(t, 20)
 	for _, id := range []string{"dev-001", "dev-002", "dev-003"} {
-		h.fail[id] = protocol.StateTimedOut
+		h.fail[id] = ota.StateTimedOut
 	}
 	req := rolloutRequest()
 	req.MaxInFlight = 5
@@ -291,7 +291,7 @@ func TestRolloutFailureThresholdAborts(t *testing.T) {
 
 func TestRolloutWaveSuccessThreshold(t *testing.T) {
 	h := newFleetHarness(t, 10)
-	h.fail["dev-002"] = protocol.StateFailed
+	h.fail["dev-002"] = ota.StateFailed
 	req := rolloutRequest(ota.Wave{Count: 2, SuccessThreshold: 100}, ota.Wave{Percent: 100})
 	var mid ota.RolloutProgress
 	var resumed func() error

@@ -167,7 +167,7 @@ func TestReportingDeviceNotTimedOutBySilence(t *testing.T) {
 	d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	d.status(protocol.Status{"firmware_ver": "1.1"})
 	st, err := ota.UpgradeResult(e.ctx, run)
-	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 {
+	if err != nil || st.State != ota.StateSucceeded || st.Attempt != 1 {
 		t.Fatalf("upgrade %s after %d attempts (%s), err %v; want succeeded in one", st.State, st.Attempt, st.Desc, err)
 	}
 	select {
@@ -189,11 +189,11 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 	}
 	tests := []struct {
 		name  string
-		state protocol.State
+		state ota.State
 		tweak func(*ota.UpgradeRequest)
 		drive drive
 	}{
-		{"rec-succeeded", protocol.StateSucceeded, nil, func(d *scripted, _ client.WorkflowRun) {
+		{"rec-succeeded", ota.StateSucceeded, nil, func(d *scripted, _ client.WorkflowRun) {
 			cmd := d.command()
 			report(d, cmd, 70)
 			report(d, cmd, -1)
@@ -202,7 +202,7 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			report(d, cmd, 30)
 			d.status(protocol.Status{"firmware_ver": "1.1"})
 		}},
-		{"rec-failed", protocol.StateFailed, func(r *ota.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
+		{"rec-failed", ota.StateFailed, func(r *ota.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
 			cmd := d.command()
 			report(d, cmd, 100)
 			report(d, cmd, -3)
@@ -210,13 +210,13 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			report(d, cmd, 40)
 			report(d, cmd, -1)
 		}},
-		{"rec-timedout", protocol.StateTimedOut, func(r *ota.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
+		{"rec-timedout", ota.StateTimedOut, func(r *ota.UpgradeRequest) { r.MaxAttempts = 2 }, func(d *scripted, _ client.WorkflowRun) {
 			cmd := d.command()
 			report(d, cmd, 70)
 			cmd = d.command() // after the silence timeout
 			report(d, cmd, 20)
 		}},
-		{"rec-canceled", protocol.StateCanceled, nil, func(d *scripted, run client.WorkflowRun) {
+		{"rec-canceled", ota.StateCanceled, nil, func(d *scripted, run client.WorkflowRun) {
 			cmd := d.command()
 			report(d, cmd, -2)
 			cmd = d.command()
@@ -230,7 +230,7 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 				e.t.Fatal(err)
 			}
 		}},
-		{"rec-skipped", protocol.StateSkipped, nil, nil},
+		{"rec-skipped", ota.StateSkipped, nil, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

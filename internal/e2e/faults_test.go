@@ -8,7 +8,6 @@ import (
 
 	"github.com/otaflow/otaflow/internal/localstack"
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/system"
 	"github.com/otaflow/otaflow/internal/temporalconn"
@@ -213,7 +212,7 @@ func TestBrokerRestartWithReportsWaiting(t *testing.T) {
 			}
 			for _, id := range e.sys.Fleet.IDs() {
 				up, err := e.store.LatestUpgrade(e.ctx, id)
-				if err != nil || up.State != protocol.StateSucceeded || up.Attempt != tt.wantAttempt {
+				if err != nil || up.State != ota.StateSucceeded || up.Attempt != tt.wantAttempt {
 					t.Errorf("%s: upgrade %+v, err %v; want succeeded on attempt %d", id, up, err, tt.wantAttempt)
 				}
 				if d, _ := e.sys.Fleet.Device(id); d.Upgrades != 1 || d.Attempts != 1 {

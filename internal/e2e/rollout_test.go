@@ -12,7 +12,6 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/system"
 )
@@ -68,8 +67,8 @@ func (e *env) checkRecords(name string, p ota.RolloutProgress) {
 		e.t.Fatal(err)
 	}
 	c := p.Counts
-	want := map[protocol.State]int{protocol.StateSucceeded: c.Succeeded, protocol.StateSkipped: c.Skipped,
-		protocol.StateFailed: c.Failed, protocol.StateTimedOut: c.TimedOut, protocol.StateCanceled: c.Canceled}
+	want := map[ota.State]int{ota.StateSucceeded: c.Succeeded, ota.StateSkipped: c.Skipped,
+		ota.StateFailed: c.Failed, ota.StateTimedOut: c.TimedOut, ota.StateCanceled: c.Canceled}
 	for s, n := range want {
 		if got[s] != n {
 			e.t.Errorf("PostgreSQL has %d %s upgrades of %s, the rollout counts %d (records %v, counts %+v)", got[s], s, name, n, got, c)

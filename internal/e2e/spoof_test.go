@@ -61,7 +61,7 @@ func TestSpoofingDeviceCannotTouchAnotherUpgrade(t *testing.T) {
 	if err := v.Get(&mid); err != nil {
 		t.Fatal(err)
 	}
-	if mid.State != protocol.StateSent || mid.ErrorCode != 0 || mid.Reported != "1.0" {
+	if mid.State != ota.StateSent || mid.ErrorCode != 0 || mid.Reported != "1.0" {
 		t.Fatalf("victim's upgrade after the attack: %+v; want still sent, no error, on 1.0", mid)
 	}
 	if dev, _ := e.store.GetDevice(e.ctx, victim.id); dev.Reported["firmware_ver"] != "1.0" {
@@ -75,7 +75,7 @@ func TestSpoofingDeviceCannotTouchAnotherUpgrade(t *testing.T) {
 	victim.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	victim.status(protocol.Status{"firmware_ver": "1.1"})
 	st, err := ota.UpgradeResult(e.ctx, run)
-	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 {
+	if err != nil || st.State != ota.StateSucceeded || st.Attempt != 1 {
 		t.Fatalf("victim's upgrade: %+v, err %v", st, err)
 	}
 }

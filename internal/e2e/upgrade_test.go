@@ -24,7 +24,7 @@ func TestUpgradeHappyPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, err := ota.UpgradeResult(e.ctx, run)
-	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 || st.Reported != "1.1" {
+	if err != nil || st.State != ota.StateSucceeded || st.Attempt != 1 || st.Reported != "1.1" {
 		t.Fatalf("result %+v, err %v; want succeeded on attempt 1", st, err)
 	}
 	dev, err := e.store.GetDevice(e.ctx, id)
@@ -32,7 +32,7 @@ func TestUpgradeHappyPath(t *testing.T) {
 		t.Fatalf("device record %+v, err %v", dev, err)
 	}
 	up, err := e.store.LatestUpgrade(e.ctx, id)
-	if err != nil || up.State != protocol.StateSucceeded || up.Progress != 100 || up.RunID != run.GetRunID() || up.FinishedAt == nil {
+	if err != nil || up.State != ota.StateSucceeded || up.Progress != 100 || up.RunID != run.GetRunID() || up.FinishedAt == nil {
 		t.Fatalf("upgrade record %+v, err %v", up, err)
 	}
 	events, err := e.store.UpgradeEvents(e.ctx, up.RunID)
@@ -72,7 +72,7 @@ func TestUpgradeErrorCodesRetriedThenFailed(t *testing.T) {
 			req := e.request(id)
 			req.MaxAttempts = 3
 			st, err := e.upgrade(req)
-			if err == nil || st.State != protocol.StateFailed || st.ErrorCode != tt.code || st.Attempt != 3 {
+			if err == nil || st.State != ota.StateFailed || st.ErrorCode != tt.code || st.Attempt != 3 {
 				t.Fatalf("result %+v, err %v; want failed with code %d after 3 attempts", st, err, tt.code)
 			}
 			dev, _ := e.sys.Fleet.Device(id)
@@ -80,7 +80,7 @@ func TestUpgradeErrorCodesRetriedThenFailed(t *testing.T) {
 				t.Errorf("device worked on %d commands, received %d; want 3 each", dev.Attempts, len(dev.Received))
 			}
 			up, err := e.store.LatestUpgrade(e.ctx, id)
-			if err != nil || up.State != protocol.StateFailed || up.ErrorCode != tt.code || up.Attempt != 3 {
+			if err != nil || up.State != ota.StateFailed || up.ErrorCode != tt.code || up.Attempt != 3 {
 				t.Errorf("upgrade record %+v, err %v", up, err)
 			}
 		})
@@ -98,7 +98,7 @@ func TestUpgradeDeviceDropsOffMidDownload(t *testing.T) {
 	req := e.request(id)
 	req.SilenceTimeout = 8 * time.Second
 	st, err := e.upgrade(req)
-	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 {
+	if err != nil || st.State != ota.StateSucceeded || st.Attempt != 1 {
 		t.Fatalf("result %+v, err %v; want succeeded on attempt 1", st, err)
 	}
 	dev, _ := e.sys.Fleet.Device(id)
@@ -125,7 +125,7 @@ func TestUpgradeOtherErrorCode(t *testing.T) {
 		d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: protocol.CodeOther, Desc: "disk full"})
 	}
 	st, err := ota.UpgradeResult(e.ctx, run)
-	if err == nil || st.State != protocol.StateFailed || st.ErrorCode != protocol.CodeOther || st.Desc != "disk full" {
+	if err == nil || st.State != ota.StateFailed || st.ErrorCode != protocol.CodeOther || st.Desc != "disk full" {
 		t.Fatalf("result %+v, err %v; want failed with -4 and the device's desc", st, err)
 	}
 }
@@ -139,8 +139,8 @@ func TestUpgradeNeverReportsNewVersion(t *testing.T) {
 	st, err := e.upgrade(req)
 	var sawSuccess bool
 	events, _ := e.store.LatestUpgrade(e.ctx, id)
-	sawSuccess = events.State == protocol.StateSucceeded
-	if err == nil || st.State != protocol.StateTimedOut || st.Attempt != 2 || st.Progress != 100 || sawSuccess {
+	sawSuccess = events.State == ota.StateSucceeded
+	if err == nil || st.State != ota.StateTimedOut || st.Attempt != 2 || st.Progress != 100 || sawSuccess {
 		t.Fatalf("result %+v, err %v; want timed out after 2 attempts that each reached 100%%", st, err)
 	}
 }
@@ -149,7 +149,7 @@ func TestUpgradeAlreadyOnTargetSkipped(t *testing.T) {
 	e := newEnv(t, system.Config{Devices: 1, Prefix: "skip", Initial: protocol.Status{"firmware_ver": "1.1"}})
 	id := simID("skip", 1)
 	st, err := e.upgrade(e.request(id))
-	if err != nil || st.State != protocol.StateSkipped {
+	if err != nil || st.State != ota.StateSkipped {
 		t.Fatalf("result %+v, err %v; want skipped", st, err)
 	}
 	if dev, _ := e.sys.Fleet.Device(id); len(dev.Received) != 0 {
@@ -174,12 +174,12 @@ func TestUpgradeStaleProgressIgnored(t *testing.T) {
 	waitFor(t, 10*time.Second, "the query to show 40%", func() bool {
 		v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
 		var st ota.UpgradeStatus
-		return err == nil && v.Get(&st) == nil && st.Progress == 40 && st.State == protocol.StateDownloading
+		return err == nil && v.Get(&st) == nil && st.Progress == 40 && st.State == ota.StateDownloading
 	})
 	d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	d.status(protocol.Status{"firmware_ver": "1.1"})
 	st, err := ota.UpgradeResult(e.ctx, run)
-	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 || st.ErrorCode != 0 {
+	if err != nil || st.State != ota.StateSucceeded || st.Attempt != 1 || st.ErrorCode != 0 {
 		t.Fatalf("result %+v, err %v; want success on the first attempt, stale errors ignored", st, err)
 	}
 }
@@ -203,11 +203,11 @@ func TestSecondConcurrentUpgradeRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, _ := ota.UpgradeResult(e.ctx, run)
-	if st.State != protocol.StateCanceled {
+	if st.State != ota.StateCanceled {
 		t.Fatalf("after cancel: %+v", st)
 	}
 	up, err := e.store.LatestUpgrade(e.ctx, d.id)
-	if err != nil || up.State != protocol.StateCanceled || up.Version != "1.1" {
+	if err != nil || up.State != ota.StateCanceled || up.Version != "1.1" {
 		t.Fatalf("upgrade record %+v, err %v: want the first upgrade, canceled", up, err)
 	}
 }
@@ -225,7 +225,7 @@ func TestWorkerRestartMidUpgrade(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "the download to finish", func() bool {
 		up, err := e.store.LatestUpgrade(e.ctx, id)
-		return err == nil && up.State == protocol.StateDownloaded
+		return err == nil && up.State == ota.StateDownloaded
 	})
 	e.sys.StopWorker()
 	// The device installs, reboots and reports 1.1 while no worker runs.
@@ -237,7 +237,7 @@ func TestWorkerRestartMidUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, err := ota.UpgradeResult(e.ctx, run)
-	if err != nil || st.State != protocol.StateSucceeded || st.Attempt != 1 {
+	if err != nil || st.State != ota.StateSucceeded || st.Attempt != 1 {
 		t.Fatalf("result %+v, err %v; want success across the worker restart", st, err)
 	}
 }
@@ -267,7 +267,7 @@ func TestMalformedMessagesRejectedValidOnesFlow(t *testing.T) {
 	d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	d.status(protocol.Status{"firmware_ver": "1.1"})
 	st, err := ota.UpgradeResult(e.ctx, run)
-	if err != nil || st.State != protocol.StateSucceeded {
+	if err != nil || st.State != ota.StateSucceeded {
 		t.Fatalf("result %+v, err %v", st, err)
 	}
 	defer func() {

@@ -12,24 +12,24 @@ import (
 // UpgradeRecord is what a device upgrade records of itself in PostgreSQL: the store's row of
 // the run, as the workflow sees it.
 type UpgradeRecord struct {
-	RunID      string         `json:"run_id"`
-	WorkflowID string         `json:"workflow_id"`
-	DeviceID   string         `json:"device_id"`
-	Rollout    string         `json:"rollout,omitempty"`
-	Type       string         `json:"type"`
-	Version    string         `json:"version"`
-	URL        string         `json:"url"`
-	MD5        string         `json:"md5"`
-	Size       int64          `json:"size"`
-	State      protocol.State `json:"state"`
-	Attempt    int            `json:"attempt"`
-	CommandID  string         `json:"command_id,omitempty"`
-	Progress   int            `json:"progress"`
-	ErrorCode  int            `json:"error_code,omitempty"`
-	ErrorDesc  string         `json:"error_desc,omitempty"`
-	CreatedAt  time.Time      `json:"created_at"`
-	UpdatedAt  time.Time      `json:"updated_at"`
-	FinishedAt *time.Time     `json:"finished_at,omitempty"`
+	RunID      string     `json:"run_id"`
+	WorkflowID string     `json:"workflow_id"`
+	DeviceID   string     `json:"device_id"`
+	Rollout    string     `json:"rollout,omitempty"`
+	Type       string     `json:"type"`
+	Version    string     `json:"version"`
+	URL        string     `json:"url"`
+	MD5        string     `json:"md5"`
+	Size       int64      `json:"size"`
+	State      State      `json:"state"`
+	Attempt    int        `json:"attempt"`
+	CommandID  string     `json:"command_id,omitempty"`
+	Progress   int        `json:"progress"`
+	ErrorCode  int        `json:"error_code,omitempty"`
+	ErrorDesc  string     `json:"error_desc,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
 }
 
 // DeviceFilter selects a rollout's devices from the registry, one page at a time.

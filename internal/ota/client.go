@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/otaflow/otaflow/internal/protocol"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -19,7 +18,7 @@ func UpgradeSearchAttributes(req UpgradeRequest) temporal.SearchAttributes {
 		SearchDevice.ValueSet(req.DeviceID),
 		SearchTargetVersion.ValueSet(req.Version),
 		SearchType.ValueSet(req.Type),
-		SearchState.ValueSet(string(protocol.StateSent)),
+		SearchState.ValueSet(string(StateSent)),
 	}
 	if req.Rollout != "" {
 		updates = append(updates, SearchRollout.ValueSet(req.Rollout))

@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/otaflow/otaflow/internal/protocol"
 )
 
 // RolloutWorkflowName is the registered name of RolloutWorkflow.
@@ -68,7 +66,7 @@ func (s RolloutState) Final() bool {
 
 // StateConflict counts devices a rollout could not upgrade because another upgrade of the
 // device was already running.
-const StateConflict protocol.State = "conflict"
+const StateConflict State = "conflict"
 
 // Targets selects a rollout's devices from the inventory in PostgreSQL.
 type Targets struct {
@@ -302,17 +300,17 @@ func (c Counts) Failures() int { return c.Failed + c.TimedOut }
 
 // Add counts an upgrade that ended in state s. A state that is not a final one (which a
 // finished upgrade never reports) counts as failed: it is a failure to account for.
-func (c *Counts) Add(s protocol.State) {
+func (c *Counts) Add(s State) {
 	switch s {
-	case protocol.StateSucceeded:
+	case StateSucceeded:
 		c.Succeeded++
-	case protocol.StateSkipped:
+	case StateSkipped:
 		c.Skipped++
-	case protocol.StateFailed:
+	case StateFailed:
 		c.Failed++
-	case protocol.StateTimedOut:
+	case StateTimedOut:
 		c.TimedOut++
-	case protocol.StateCanceled:
+	case StateCanceled:
 		c.Canceled++
 	case StateConflict:
 		c.Conflict++

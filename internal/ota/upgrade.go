@@ -183,17 +183,17 @@ type StatusSignal struct {
 // UpgradeStatus is what QueryState returns and what DeviceUpgradeWorkflow returns (also as
 // the details of its failure).
 type UpgradeStatus struct {
-	DeviceID    string         `json:"device_id"`
-	Type        string         `json:"type"`
-	Version     string         `json:"version"`
-	Rollout     string         `json:"rollout,omitempty"`
-	State       protocol.State `json:"state"`
-	Attempt     int            `json:"attempt"`
-	MaxAttempts int            `json:"max_attempts"`
-	CommandID   string         `json:"command_id,omitempty"`
-	Progress    int            `json:"progress"`
-	Desc        string         `json:"desc,omitempty"`
-	ErrorCode   int            `json:"error_code,omitempty"`
+	DeviceID    string `json:"device_id"`
+	Type        string `json:"type"`
+	Version     string `json:"version"`
+	Rollout     string `json:"rollout,omitempty"`
+	State       State  `json:"state"`
+	Attempt     int    `json:"attempt"`
+	MaxAttempts int    `json:"max_attempts"`
+	CommandID   string `json:"command_id,omitempty"`
+	Progress    int    `json:"progress"`
+	Desc        string `json:"desc,omitempty"`
+	ErrorCode   int    `json:"error_code,omitempty"`
 	// Reported is the version the device last reported under the version key.
 	Reported   string     `json:"reported,omitempty"`
 	StartedAt  time.Time  `json:"started_at"`

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/otaflow/otaflow/internal/zones"
 )
 
 // parsedWindow is a maintenance window read: times of day as hours and minutes, and the zone.
@@ -16,7 +14,7 @@ type parsedWindow struct {
 }
 
 // parse reads a window's times and zone. Zones come from the IANA data built into OTAflow
-// (zones.Load), never from the machine, so every worker decides a window the same way:
+// (LoadZone), never from the machine, so every worker decides a window the same way:
 // workflow code decides with it.
 func (w Window) parse() (parsedWindow, error) {
 	var out parsedWindow
@@ -38,7 +36,7 @@ func (w Window) parse() (parsedWindow, error) {
 		return out, fmt.Errorf("window start and end must differ")
 	}
 	zone := cmp.Or(w.TimeZone, "UTC")
-	if out.loc, err = zones.Load(zone); err != nil {
+	if out.loc, err = LoadZone(zone); err != nil {
 		return out, fmt.Errorf("window time zone %q: %w", zone, err)
 	}
 	return out, nil

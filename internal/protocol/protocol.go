@@ -97,38 +97,6 @@ func CodeText(code int) string {
 	}
 }
 
-// State is the cloud-side state of one device upgrade.
-type State string
-
-// Upgrade states, as PROTOCOL.md names them.
-const (
-	StatePending     State = "pending"
-	StateSent        State = "sent"
-	StateDownloading State = "downloading"
-	StateDownloaded  State = "downloaded"
-	StateSucceeded   State = "succeeded"
-	StateFailed      State = "failed"
-	StateTimedOut    State = "timed_out"
-	StateCanceled    State = "canceled"
-	StateSkipped     State = "skipped"
-)
-
-// AllStates lists every state in lifecycle order, for reports that count by state.
-var AllStates = []State{StatePending, StateSent, StateDownloading, StateDownloaded,
-	StateSucceeded, StateSkipped, StateFailed, StateTimedOut, StateCanceled}
-
-// Final reports whether no further change can happen in this state.
-func (s State) Final() bool {
-	switch s {
-	case StateSucceeded, StateFailed, StateTimedOut, StateCanceled, StateSkipped:
-		return true
-	}
-	return false
-}
-
-// Successful reports whether the device ends on the target version in this state.
-func (s State) Successful() bool { return s == StateSucceeded || s == StateSkipped }
-
 var deviceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
 // ErrInvalidDeviceID is returned for a device ID that breaks the protocol's rule.

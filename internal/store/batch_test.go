@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
@@ -48,10 +49,10 @@ func batchFixture(t *testing.T, st testDB, t0 time.Time) {
 		}
 	}
 	upgrades := []store.Upgrade{
-		{RunID: "r1", DeviceID: "d1", Type: "firmware", Version: "1.1", CommandID: "c1", State: protocol.StateSent},
-		{RunID: "r2", DeviceID: "d2", Type: "app", Version: "2.0", CommandID: "c2", State: protocol.StateSent},
-		{RunID: "r3", DeviceID: "d2", Type: "firmware", Version: "9.0", CommandID: "c3", State: protocol.StateSent},
-		{RunID: "r4", DeviceID: "d3", Type: "firmware", Version: "1.1", CommandID: "c4", State: protocol.StateSucceeded},
+		{RunID: "r1", DeviceID: "d1", Type: "firmware", Version: "1.1", CommandID: "c1", State: ota.StateSent},
+		{RunID: "r2", DeviceID: "d2", Type: "app", Version: "2.0", CommandID: "c2", State: ota.StateSent},
+		{RunID: "r3", DeviceID: "d2", Type: "firmware", Version: "9.0", CommandID: "c3", State: ota.StateSent},
+		{RunID: "r4", DeviceID: "d3", Type: "firmware", Version: "1.1", CommandID: "c4", State: ota.StateSucceeded},
 	}
 	for _, u := range upgrades {
 		u.WorkflowID, u.URL, u.MD5, u.Size = "ota-"+u.DeviceID, "http://x/p", "00", 1

@@ -44,15 +44,15 @@ func TestUpgradeRecordHasOneWriter(t *testing.T) {
 	}
 	// The workflow records attempt 1 at 60%, then attempt 2 starting over.
 	u := before
-	u.State, u.Progress = protocol.StateDownloading, 60
+	u.State, u.Progress = ota.StateDownloading, 60
 	if err := st.RecordUpgrade(ctx, u, t0.Add(4*time.Second), ""); err != nil {
 		t.Fatal(err)
 	}
-	u.State, u.Attempt, u.CommandID, u.Progress = protocol.StateSent, 2, "c1-2", 0
+	u.State, u.Attempt, u.CommandID, u.Progress = ota.StateSent, 2, "c1-2", 0
 	if err := st.RecordUpgrade(ctx, u, t0.Add(5*time.Second), ""); err != nil {
 		t.Fatal(err)
 	}
-	if got := get(); got.Progress != 0 || got.Attempt != 2 || got.State != protocol.StateSent {
+	if got := get(); got.Progress != 0 || got.Attempt != 2 || got.State != ota.StateSent {
 		t.Errorf("record after the second attempt's command: %s attempt %d progress %d; want sent attempt 2 progress 0", got.State, got.Attempt, got.Progress)
 	}
 }

@@ -7,39 +7,38 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/ota"
 )
 
 // Upgrade is the record of one device upgrade run.
 type Upgrade struct {
-	RunID      string         `json:"run_id"`
-	WorkflowID string         `json:"workflow_id"`
-	DeviceID   string         `json:"device_id"`
-	Rollout    string         `json:"rollout,omitempty"`
-	Type       string         `json:"type"`
-	Version    string         `json:"version"`
-	URL        string         `json:"url"`
-	MD5        string         `json:"md5"`
-	Size       int64          `json:"size"`
-	State      protocol.State `json:"state"`
-	Attempt    int            `json:"attempt"`
-	CommandID  string         `json:"command_id,omitempty"`
-	Progress   int            `json:"progress"`
-	ErrorCode  int            `json:"error_code,omitempty"`
-	ErrorDesc  string         `json:"error_desc,omitempty"`
-	CreatedAt  time.Time      `json:"created_at"`
-	UpdatedAt  time.Time      `json:"updated_at"`
-	FinishedAt *time.Time     `json:"finished_at,omitempty"`
+	RunID      string     `json:"run_id"`
+	WorkflowID string     `json:"workflow_id"`
+	DeviceID   string     `json:"device_id"`
+	Rollout    string     `json:"rollout,omitempty"`
+	Type       string     `json:"type"`
+	Version    string     `json:"version"`
+	URL        string     `json:"url"`
+	MD5        string     `json:"md5"`
+	Size       int64      `json:"size"`
+	State      ota.State  `json:"state"`
+	Attempt    int        `json:"attempt"`
+	CommandID  string     `json:"command_id,omitempty"`
+	Progress   int        `json:"progress"`
+	ErrorCode  int        `json:"error_code,omitempty"`
+	ErrorDesc  string     `json:"error_desc,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
 }
 
 // UpgradeEvent is one recorded state change of an upgrade.
 type UpgradeEvent struct {
-	State     protocol.State `json:"state"`
-	Attempt   int            `json:"attempt"`
-	ErrorCode int            `json:"error_code,omitempty"`
-	Detail    string         `json:"detail,omitempty"`
-	At        time.Time      `json:"at"`
+	State     ota.State `json:"state"`
+	Attempt   int       `json:"attempt"`
+	ErrorCode int       `json:"error_code,omitempty"`
+	Detail    string    `json:"detail,omitempty"`
+	At        time.Time `json:"at"`
 }
 
 // RecordUpgrade records the state of an upgrade run at time at: it creates or updates the run's
@@ -69,7 +68,7 @@ func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 			return fmt.Errorf("read upgrade %s: %w", u.RunID, err)
 		case prevState == string(u.State) && prevAttempt == u.Attempt:
 			return nil
-		case protocol.State(prevState).Final():
+		case ota.State(prevState).Final():
 			return nil
 		default:
 			if _, err := tx.Exec(ctx, `UPDATE upgrades SET state = $2, attempt = $3, command_id = $4,
@@ -94,7 +93,7 @@ func scanUpgrade(row pgx.Row) (Upgrade, error) {
 	var state string
 	err := row.Scan(&u.RunID, &u.WorkflowID, &u.DeviceID, &u.Rollout, &u.Type, &u.Version, &u.URL, &u.MD5, &u.Size,
 		&state, &u.Attempt, &u.CommandID, &u.Progress, &u.ErrorCode, &u.ErrorDesc, &u.CreatedAt, &u.UpdatedAt, &u.FinishedAt)
-	u.State = protocol.State(state)
+	u.State = ota.State(state)
 	return u, err
 }
 
@@ -134,7 +133,7 @@ func (s *Store) UpgradeEvents(ctx context.Context, runID string) ([]UpgradeEvent
 		var e UpgradeEvent
 		var state string
 		err := r.Scan(&state, &e.Attempt, &e.ErrorCode, &e.Detail, &e.At)
-		e.State = protocol.State(state)
+		e.State = ota.State(state)
 		return e, err
 	})
 	if err != nil {
@@ -144,20 +143,20 @@ func (s *Store) UpgradeEvents(ctx context.Context, runID string) ([]UpgradeEvent
 }
 
 // CountByState counts a rollout's upgrade runs by state.
-func (s *Store) CountByState(ctx context.Context, rollout string) (map[protocol.State]int, error) {
+func (s *Store) CountByState(ctx context.Context, rollout string) (map[ota.State]int, error) {
 	rows, err := s.pool.Query(ctx, `SELECT state, count(*) FROM upgrades WHERE rollout = $1 GROUP BY state`, rollout)
 	if err != nil {
 		return nil, fmt.Errorf("count upgrades of rollout %s: %w", rollout, err)
 	}
 	defer rows.Close()
-	out := map[protocol.State]int{}
+	out := map[ota.State]int{}
 	for rows.Next() {
 		var state string
 		var n int
 		if err := rows.Scan(&state, &n); err != nil {
 			return nil, fmt.Errorf("count upgrades of rollout %s: %w", rollout, err)
 		}
-		out[protocol.State(state)] = n
+		out[ota.State(state)] = n
 	}
 	return out, rows.Err()
 }

@@ -1,4 +1,4 @@
-package zones
+package ota
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-func TestLoad(t *testing.T) {
+func TestLoadZone(t *testing.T) {
 	tests := []struct {
 		name       string
 		at         time.Time
@@ -24,9 +24,9 @@ func TestLoad(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			loc, err := Load(tt.name)
+			loc, err := LoadZone(tt.name)
 			if !errors.Is(err, tt.wantErr) {
-				t.Fatalf("Load(%q) error %v, want %v", tt.name, err, tt.wantErr)
+				t.Fatalf("LoadZone(%q) error %v, want %v", tt.name, err, tt.wantErr)
 			}
 			if err != nil {
 				return
@@ -38,12 +38,12 @@ func TestLoad(t *testing.T) {
 	}
 }
 
-func TestLoadReturnsTheSameLocation(t *testing.T) {
-	a, err := Load("Europe/Berlin")
+func TestLoadZoneReturnsTheSameLocation(t *testing.T) {
+	a, err := LoadZone("Europe/Berlin")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := Load("Europe/Berlin")
+	b, _ := LoadZone("Europe/Berlin")
 	if a != b {
 		t.Error("two loads of one zone gave two locations")
 	}

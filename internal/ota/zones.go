@@ -1,12 +1,12 @@
-// Package zones resolves IANA time zone names from the zone data built into OTAflow, never
-// from the files of the machine it runs on. Workflow code needs that: two workers with
-// different system zone files must decide a maintenance window the same way, and a
-// workflow must not read files.
+package ota
+
+// Time zones are resolved from the zone data built into OTAflow, never from the files of the
+// machine it runs on. Workflow code needs that: two workers with different system zone files
+// must decide a maintenance window the same way, and a workflow must not read files.
 //
 // zoneinfo.zip is Go's copy of the IANA time zone database ($(go env GOROOT)/lib/time/zoneinfo.zip,
 // the data time/tzdata embeds); to move to newer rules, copy a newer one over it. A change
 // of rules changes how open rollouts decide their windows from then on.
-package zones
 
 import (
 	"archive/zip"
@@ -26,40 +26,40 @@ var zoneinfo []byte
 var ErrUnknownZone = errors.New("unknown time zone")
 
 var (
-	openOnce sync.Once
-	files    map[string]*zip.File
-	openErr  error
+	zonesOnce sync.Once
+	zoneFiles map[string]*zip.File
+	zonesErr  error
 
-	mu     sync.Mutex
-	loaded = map[string]*time.Location{}
+	zonesMu     sync.Mutex
+	zonesByName = map[string]*time.Location{}
 )
 
-// Load returns the location of an IANA zone name such as "Europe/Berlin"; "UTC" and ""
+// LoadZone returns the location of an IANA zone name such as "Europe/Berlin"; "UTC" and ""
 // are UTC. The same name gives the same rules in every process of the same build.
-func Load(name string) (*time.Location, error) {
+func LoadZone(name string) (*time.Location, error) {
 	if name == "" || name == "UTC" {
 		return time.UTC, nil
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if loc, ok := loaded[name]; ok {
+	zonesMu.Lock()
+	defer zonesMu.Unlock()
+	if loc, ok := zonesByName[name]; ok {
 		return loc, nil
 	}
-	openOnce.Do(func() {
+	zonesOnce.Do(func() {
 		r, err := zip.NewReader(bytes.NewReader(zoneinfo), int64(len(zoneinfo)))
 		if err != nil {
-			openErr = fmt.Errorf("read the built-in zone data: %w", err)
+			zonesErr = fmt.Errorf("read the built-in zone data: %w", err)
 			return
 		}
-		files = make(map[string]*zip.File, len(r.File))
+		zoneFiles = make(map[string]*zip.File, len(r.File))
 		for _, f := range r.File {
-			files[f.Name] = f
+			zoneFiles[f.Name] = f
 		}
 	})
-	if openErr != nil {
-		return nil, openErr
+	if zonesErr != nil {
+		return nil, zonesErr
 	}
-	f, ok := files[name]
+	f, ok := zoneFiles[name]
 	if !ok {
 		return nil, fmt.Errorf("%q: %w", name, ErrUnknownZone)
 	}
@@ -76,6 +76,6 @@ func Load(name string) (*time.Location, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zone %q: %w", name, err)
 	}
-	loaded[name] = loc
+	zonesByName[name] = loc
 	return loc, nil
 }

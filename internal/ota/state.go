@@ -1,0 +1,33 @@
+package ota
+
+// State is the cloud-side state of one device upgrade.
+type State string
+
+// Upgrade states, as PROTOCOL.md names them.
+const (
+	StatePending     State = "pending"
+	StateSent        State = "sent"
+	StateDownloading State = "downloading"
+	StateDownloaded  State = "downloaded"
+	StateSucceeded   State = "succeeded"
+	StateFailed      State = "failed"
+	StateTimedOut    State = "timed_out"
+	StateCanceled    State = "canceled"
+	StateSkipped     State = "skipped"
+)
+
+// AllStates lists every state in lifecycle order, for reports that count by state.
+var AllStates = []State{StatePending, StateSent, StateDownloading, StateDownloaded,
+	StateSucceeded, StateSkipped, StateFailed, StateTimedOut, StateCanceled}
+
+// Final reports whether no further change can happen in this state.
+func (s State) Final() bool {
+	switch s {
+	case StateSucceeded, StateFailed, StateTimedOut, StateCanceled, StateSkipped:
+		return true
+	}
+	return false
+}
+
+// Successful reports whether the device ends on the target version in this state.
+func (s State) Successful() bool { return s == StateSucceeded || s == StateSkipped }
