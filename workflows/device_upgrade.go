@@ -64,9 +64,8 @@ const (
 	// are read, so that a device reporting more often than the bridge forwards is not
 	// timed out.
 	silenceChange = "silence-follows-stored-reports"
-	// finalRecordChange: an outcome decided in the same workflow task as a cancel request
-	// is recorded in PostgreSQL all the same (before: the canceled local activity left the
-	// record unfinished).
+	// finalRecordChange: an outcome whose recording a cancel request interrupts is recorded
+	// all the same (before: the canceled local activity left the record unfinished).
 	finalRecordChange = "final-record-survives-cancel"
 )
 
@@ -425,10 +424,6 @@ func (u *upgrade) transition(ctx workflow.Context, s ota.State, detail string) {
 
 // finish ends the upgrade in a final state.
 func (u *upgrade) finish(ctx workflow.Context, s ota.State, code int, desc string) {
-	if ctx.Err() != nil && workflow.GetVersion(ctx, finalRecordChange, workflow.DefaultVersion, 1) >= 1 {
-		// A cancel request came with the outcome: the outcome stands, and is recorded.
-		ctx, _ = workflow.NewDisconnectedContext(ctx)
-	}
 	u.st.ErrorCode = code
 	u.st.Desc = desc
 	u.record.ErrorCode = code
@@ -456,7 +451,18 @@ func (u *upgrade) setFinal(ctx workflow.Context, s ota.State, code int, desc str
 func (u *upgrade) recordState(ctx workflow.Context, detail string) {
 	var a *activities.Activities
 	in := ota.RecordStateInput{Upgrade: u.record, At: workflow.Now(ctx), Detail: detail}
-	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.RecordState, in).Get(ctx, nil); err != nil {
+	record := func(ctx workflow.Context) error {
+		return workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.RecordState, in).Get(ctx, nil)
+	}
+	err := record(ctx)
+	if err != nil && temporal.IsCanceledError(err) && u.phase == phaseDone &&
+		workflow.GetVersion(ctx, finalRecordChange, workflow.DefaultVersion, 1) >= 1 {
+		// A cancel request came while the outcome was being recorded: the outcome stands,
+		// and is recorded.
+		dctx, _ := workflow.NewDisconnectedContext(ctx)
+		err = record(dctx)
+	}
+	if err != nil {
 		workflow.GetLogger(ctx).Error("Could not record upgrade state", "State", u.record.State, "Error", err)
 	}
 }

@@ -75,9 +75,11 @@ type rollout struct {
 	c   ota.RolloutCarry
 	p   *ota.RolloutProgress
 
-	running        map[string]workflow.CancelFunc
-	runIDs         map[string]string // run IDs of the running upgrades, once started
-	waveOf         map[string]int    // wave index of the running upgrades
+	// running holds the device upgrades this run started or follows, by device, until they
+	// end; withRunID counts those whose run ID is known (all handed-over ones, and started
+	// children once Temporal has started them).
+	running   map[string]*child
+	withRunID int
 	handover       bool              // hand running upgrades over at continue-as-new (versionHandover)
 	control        bool              // the rules of versionControl apply
 	startedThisRun int
@@ -93,6 +95,15 @@ type rollout struct {
 	phaseReason string
 }
 
+// child is one device upgrade a rollout run started, or follows for the run that started it.
+type child struct {
+	// cancel cancels it (asks once for a followed one).
+	cancel workflow.CancelFunc
+	// runID is its run ID once known; wave the index of the wave that started it.
+	runID string
+	wave  int
+}
+
 // RolloutWorkflow upgrades a fleet in staged waves of DeviceUpgradeWorkflow children, within
 // in-flight and rate limits, pausing or aborting at a failure threshold, and continuing as new
 // every ContinueAfter devices so that no history grows without bound.
@@ -104,7 +115,7 @@ func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProg
 	if err := req.Validate(); err != nil {
 		return ota.RolloutProgress{}, temporal.NewNonRetryableApplicationError("invalid rollout request: "+err.Error(), ota.ErrTypeInvalidRequest, err)
 	}
-	r := &rollout{req: req, running: map[string]workflow.CancelFunc{}, runIDs: map[string]string{}, waveOf: map[string]int{}}
+	r := &rollout{req: req, running: map[string]*child{}}
 	v := workflow.GetVersion(ctx, rolloutChange, workflow.DefaultVersion, versionControl)
 	r.handover, r.control = v >= versionHandover, v >= versionControl
 	if in.Carry != nil {
@@ -434,7 +445,7 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 		if reachedEnd && len(r.running) == 0 {
 			return false, nil
 		}
-		if r.draining && (len(r.running) == 0 || (r.handover && len(r.runIDs) == len(r.running))) {
+		if r.draining && (len(r.running) == 0 || (r.handover && r.withRunID == len(r.running))) {
 			// Every running upgrade has started: the next run follows them.
 			return false, nil
 		}
@@ -573,8 +584,8 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	cctx, cancel := workflow.WithCancel(workflow.WithChildOptions(dctx, opts))
 	fut := workflow.ExecuteChildWorkflow(cctx, ota.DeviceUpgradeWorkflowName, req)
-	r.running[id] = cancel
-	r.waveOf[id] = wi
+	c := &child{cancel: cancel, wave: wi}
+	r.running[id] = c
 	r.startedThisRun++
 	r.p.Counts.Started++
 	r.p.Waves[wi].Counts.Started++
@@ -582,7 +593,8 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 		if r.handover {
 			var exec workflow.Execution
 			if err := fut.GetChildWorkflowExecution().Get(gctx, &exec); err == nil {
-				r.runIDs[id] = exec.RunID
+				c.runID = exec.RunID
+				r.withRunID++
 				r.version++
 			}
 		}
@@ -597,16 +609,18 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 // asked).
 func (r *rollout) cancelRunning() {
 	for _, id := range workflow.DeterministicKeys(r.running) {
-		r.running[id]()
+		r.running[id].cancel()
 	}
 }
 
 // ended counts a device upgrade that ended in state.
 func (r *rollout) ended(ctx workflow.Context, id string, state ota.State) {
-	wi := r.waveOf[id]
+	c := r.running[id]
+	wi := c.wave
+	if c.runID != "" {
+		r.withRunID--
+	}
 	delete(r.running, id)
-	delete(r.runIDs, id)
-	delete(r.waveOf, id)
 	r.p.Counts.Add(state)
 	r.p.Waves[wi].Counts.Add(state)
 	r.p.UpdatedAt = workflow.Now(ctx)
@@ -623,17 +637,18 @@ func (r *rollout) ended(ctx workflow.Context, id string, state ota.State) {
 func (r *rollout) follow(ctx workflow.Context, handed []ota.HandedUpgrade) {
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	for _, h := range handed {
-		r.runIDs[h.Device] = h.RunID
-		r.waveOf[h.Device] = h.Wave
 		wid, runID := ota.DeviceWorkflowID(h.Device), h.RunID
 		requested := false
-		r.running[h.Device] = func() {
+		r.running[h.Device] = &child{runID: runID, wave: h.Wave, cancel: func() {
 			// Once, without waiting, as canceling a child: the upgrade ends canceled and
 			// AwaitWorkflows says so.
 			if !requested {
 				requested = true
 				workflow.RequestCancelExternalWorkflow(dctx, wid, runID)
 			}
+		}}
+		if runID != "" {
+			r.withRunID++
 		}
 	}
 	workflow.Go(dctx, func(gctx workflow.Context) {
@@ -913,7 +928,8 @@ func (r *rollout) continueAsNew(ctx workflow.Context) error {
 	carry := r.c
 	carry.Handed = nil
 	for _, id := range workflow.DeterministicKeys(r.running) {
-		carry.Handed = append(carry.Handed, ota.HandedUpgrade{Device: id, RunID: r.runIDs[id], Wave: r.waveOf[id]})
+		c := r.running[id]
+		carry.Handed = append(carry.Handed, ota.HandedUpgrade{Device: id, RunID: c.runID, Wave: c.wave})
 	}
 	return workflow.NewContinueAsNewError(ctx, ota.RolloutWorkflowName, ota.RolloutInput{Request: r.req, Carry: &carry})
 }
