@@ -78,10 +78,10 @@ type rollout struct {
 	// running holds the device upgrades this run started or follows, by device, until they
 	// end; withRunID counts those whose run ID is known (all handed-over ones, and started
 	// children once Temporal has started them).
-	running   map[string]*child
-	withRunID int
-	handover       bool              // hand running upgrades over at continue-as-new (versionHandover)
-	control        bool              // the rules of versionControl apply
+	running        map[string]*child
+	withRunID      int
+	handover       bool // hand running upgrades over at continue-as-new (versionHandover)
+	control        bool // the rules of versionControl apply
 	startedThisRun int
 	draining       bool
 	version        int // bumped on every change the main loop waits for
