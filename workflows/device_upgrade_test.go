@@ -19,6 +19,7 @@ import (
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
+	"github.com/stretchr/testify/mock"
 )
 
 // fakeDevices is an in-memory activities.Store and activities.Publisher for workflow unit tests.
@@ -550,18 +551,27 @@ func TestDeviceUpgradeUnknownDevice(t *testing.T) {
 	}
 }
 
-// TestDeviceUpgradeOutcomeWithCancel: a status report that ends the upgrade, arriving in the
-// same workflow task as a cancel request, is recorded in PostgreSQL as the outcome (the
-// record was left unfinished when the cancel canceled the recording).
+// TestDeviceUpgradeOutcomeWithCancel: a cancel request that comes while the outcome of an
+// upgrade is being recorded does not lose the record: the outcome stands and is recorded.
 func TestDeviceUpgradeOutcomeWithCancel(t *testing.T) {
 	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
-	h.env.RegisterDelayedCallback(func() {
-		h.env.SignalWorkflow(ota.SignalStatus, ota.StatusSignal{Status: protocol.Status{"firmware_ver": "1.1"}})
-		h.env.CancelWorkflow()
-	}, 10*time.Second)
+	var a *activities.Activities
+	real := &activities.Activities{Publisher: h.dev, Store: h.dev}
+	interrupted := false
+	h.env.OnActivity(a.RecordState, mock.Anything, mock.Anything).Return(func(ctx context.Context, in ota.RecordStateInput) error {
+		if in.Upgrade.State == ota.StateSucceeded && !interrupted {
+			// The cancel request comes while the outcome is being recorded.
+			interrupted = true
+			h.env.CancelWorkflow()
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return real.RecordState(ctx, in)
+	})
+	h.schedule([]step{{at: 10 * time.Second, status: "1.1"}})
 	st, _ := h.run(t, testRequest())
 	states := h.dev.states()
-	if len(states) == 0 || states[len(states)-1] != st.State || !st.State.Final() {
-		t.Fatalf("workflow ended %s, recorded states %v: the last record must be the outcome", st.State, states)
+	if !interrupted || st.State != ota.StateSucceeded || len(states) == 0 || states[len(states)-1] != ota.StateSucceeded {
+		t.Fatalf("workflow ended %s (record interrupted: %v), recorded states %v: the last record must be the outcome", st.State, interrupted, states)
 	}
 }
