@@ -76,7 +76,11 @@ func (s *Stack) watchRollout(ctx context.Context, run client.WorkflowRun) (ota.R
 }
 
 // progressLine draws one line: the state, the current wave and a bar of the finished devices.
+// Before the waves are cut (pre-flight), it says what the rollout does.
 func progressLine(p ota.RolloutProgress) string {
+	if len(p.Waves) == 0 {
+		return fmt.Sprintf("  %-16s checking the package and fixing the targets", p.State)
+	}
 	const width = 30
 	finished := p.Counts.Finished()
 	filled := 0
@@ -85,7 +89,7 @@ func progressLine(p ota.RolloutProgress) string {
 	}
 	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
 	line := fmt.Sprintf("  %-16s wave %d/%d [%s] %d/%d done: %d ok, %d failed, %d running",
-		p.State, min(p.CurrentWave, len(p.Waves)), len(p.Waves), bar, finished, p.Total,
+		p.State, p.CurrentWave, len(p.Waves), bar, finished, p.Total,
 		p.Counts.Succeeded+p.Counts.Skipped, p.Counts.Failures(), p.Counts.Running())
 	if p.Reason != "" {
 		line += " (" + p.Reason + ")"

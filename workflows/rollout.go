@@ -909,6 +909,8 @@ func (r *rollout) finish(ctx workflow.Context, s ota.RolloutState, reason string
 	r.p.Reason = reason
 	r.p.FinishedAt = &now
 	r.phase, r.phaseReason = s, reason
+	// The wave count runs one past the last wave when all are done; the last one is shown.
+	r.p.CurrentWave = min(r.p.CurrentWave, len(r.p.Waves))
 	r.changed(ctx, s)
 	if r.control && r.c.Snapshot != "" {
 		var t *activities.Activities

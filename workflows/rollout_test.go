@@ -133,8 +133,8 @@ func TestRolloutWaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.State != ota.RolloutCompleted || p.Total != 20 || p.Counts.Succeeded != 20 || p.Counts.Started != 20 {
-		t.Fatalf("progress = %+v", p)
+	if p.State != ota.RolloutCompleted || p.Total != 20 || p.Counts.Succeeded != 20 || p.Counts.Started != 20 || p.CurrentWave != 3 {
+		t.Fatalf("progress = %+v; want completed in wave 3 of 3", p)
 	}
 	for i, want := range []int{1, 9, 10} {
 		if got := p.Waves[i].Counts.Succeeded; got != want || p.Waves[i].Target != want {
