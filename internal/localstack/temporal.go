@@ -1,7 +1,6 @@
 package localstack
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -41,23 +40,7 @@ func EnsureTemporalCLI(ctx context.Context, logf func(format string, args ...any
 	if err != nil {
 		return "", fmt.Errorf("find the Temporal CLI: it is not on PATH, and %w", err)
 	}
-	path := filepath.Join(goBin, "temporal")
-	if isExecutable(path) {
-		return path, nil
-	}
-	if logf != nil {
-		logf("building the Temporal CLI from the Go module proxy, this takes 2-3 minutes once (go install %s)", TemporalCLIModule)
-	}
-	cmd := exec.CommandContext(ctx, "go", "install", TemporalCLIModule)
-	// Outside any module, so the project's go.mod plays no part.
-	cmd.Dir = os.TempDir()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build the Temporal CLI with `go install %s`: %w\n%s", TemporalCLIModule, err, indent(string(bytes.TrimSpace(out))))
-	}
-	if !isExecutable(path) {
-		return "", fmt.Errorf("`go install %s` succeeded but %s is missing", TemporalCLIModule, path)
-	}
-	return path, nil
+	return ensureGoProgram(ctx, goBin, "temporal", "the Temporal CLI", TemporalCLIModule, "2-3 minutes", logf)
 }
 
 // goBinDir returns the directory `go install` puts programs in.
