@@ -16,11 +16,10 @@ import (
 	"syscall"
 	"time"
 
-	"go.temporal.io/api/enums/v1"
-	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
 
+	"github.com/otaflow/otaflow/internal/setup"
 	"github.com/otaflow/otaflow/workflows"
 )
 
@@ -247,32 +246,11 @@ func (t *Temporal) waitReady(ctx context.Context, opts TemporalOptions) error {
 }
 
 // RegisterSearchAttributes registers, as Keyword, every search attribute in
-// workflows.SearchAttributeNames that namespace lacks on the server c is connected to.
+// workflows.SearchAttributeNames that namespace lacks on the server c is connected to (see
+// setup.RegisterSearchAttributes).
 func RegisterSearchAttributes(ctx context.Context, c client.Client, namespace string) error {
-	list, err := c.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
-	if err != nil {
-		return fmt.Errorf("list the search attributes of namespace %s: %w", namespace, err)
-	}
-	missing := map[string]enums.IndexedValueType{}
-	for _, name := range workflows.SearchAttributeNames {
-		typ, ok := list.GetCustomAttributes()[name]
-		switch {
-		case !ok:
-			missing[name] = enums.INDEXED_VALUE_TYPE_KEYWORD
-		case typ != enums.INDEXED_VALUE_TYPE_KEYWORD:
-			return fmt.Errorf("search attribute %s of namespace %s has type %s, not Keyword: remove it first (temporal operator search-attribute remove --name %s)",
-				name, namespace, typ, name)
-		}
-	}
-	if len(missing) == 0 {
-		return nil
-	}
-	if _, err := c.OperatorService().AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{
-		Namespace: namespace, SearchAttributes: missing,
-	}); err != nil {
-		return fmt.Errorf("register search attributes in namespace %s: %w", namespace, err)
-	}
-	return nil
+	_, err := setup.RegisterSearchAttributes(ctx, c, namespace)
+	return err
 }
 
 // Address is the server's gRPC address, host:port.
