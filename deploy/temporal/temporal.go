@@ -22,6 +22,10 @@ const (
 // its extension.
 const Environment = "production"
 
+// HealthPath is the path of the frontend's HTTP API (port FRONTEND_HTTP_PORT, 7243 by
+// default) that docker-compose.yml's health check asks: it answers once the server serves.
+const HealthPath = "/api/v1/system-info"
+
 // Files holds ConfigFile, DynamicConfigFile and SchemaScript.
 //
 //go:embed production.yaml dynamicconfig.yaml setup-schema.sh

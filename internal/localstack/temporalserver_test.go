@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,6 +99,15 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 	}
 	if host, _, _ := net.SplitHostPort(tp.Address()); host != "127.0.0.1" {
 		t.Errorf("Address() = %s, want 127.0.0.1:port", tp.Address())
+	}
+	// The HTTP API that docker-compose.yml's health check asks answers.
+	resp, err := http.Get("http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.FrontendHTTP)) + temporalconfig.HealthPath)
+	if err != nil {
+		t.Fatalf("health check: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("health check %s answered %s", temporalconfig.HealthPath, resp.Status)
 	}
 	if ip := nonLoopbackIP(); ip != nil {
 		if conn, err := net.DialTimeout("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(ports.FrontendGRPC)), time.Second); err == nil {
