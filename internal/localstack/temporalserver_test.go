@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,24 @@ func temporalServerBinaries(t *testing.T) TemporalServerBinaries {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestScriptsTestBuildsTheseVersions checks that scripts/test installs the Temporal CLI and
+// server this package runs.
+func TestScriptsTestBuildsTheseVersions(t *testing.T) {
+	script, err := os.ReadFile(filepath.Join("..", "..", "scripts", "test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"TEMPORAL_CLI_MODULE": TemporalCLIModule, "TEMPORAL_SERVER_VERSION": TemporalServerVersion} {
+		got := ""
+		if m := regexp.MustCompile(`(?m)^` + name + `=(\S+)$`).FindSubmatch(script); m != nil {
+			got = string(m[1])
+		}
+		if got != want {
+			t.Errorf("scripts/test sets %s to %q, want %q", name, got, want)
+		}
+	}
 }
 
 // TestTemporalServerOnPostgres starts the real Temporal server on PostgreSQL from
