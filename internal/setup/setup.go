@@ -267,10 +267,46 @@ func searchAttributesStep(ctx context.Context, e *Env) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, err
 	}
+	// The server takes a moment to use attributes it has just registered: until then queries
+	// and workflows naming them are refused. The setup ends when they work, so that what
+	// starts after it (the worker, a rollout) finds them.
+	took, err := awaitSearchAttributes(ctx, c, e.TemporalNamespace)
+	if err != nil {
+		return Outcome{}, err
+	}
 	if len(added) == 0 {
 		return Outcome{Detail: fmt.Sprintf("%s registered in %s, unchanged", strings.Join(workflows.SearchAttributeNames, ", "), e.TemporalNamespace)}, nil
 	}
-	return Outcome{Changed: true, Detail: fmt.Sprintf("registered %s in %s", strings.Join(added, ", "), e.TemporalNamespace)}, nil
+	return Outcome{Changed: true, Detail: fmt.Sprintf("registered %s in %s (usable after %s)", strings.Join(added, ", "), e.TemporalNamespace,
+		took.Round(100*time.Millisecond))}, nil
+}
+
+// searchAttributeWait bounds the wait for registered search attributes to work.
+const searchAttributeWait = 2 * time.Minute
+
+// awaitSearchAttributes waits until a visibility query naming every OTAflow search attribute
+// is accepted in namespace, and returns how long that took.
+func awaitSearchAttributes(ctx context.Context, c client.Client, namespace string) (time.Duration, error) {
+	var terms []string
+	for _, name := range workflows.SearchAttributeNames {
+		terms = append(terms, name+" = 'otaflow-setup-probe'")
+	}
+	query := strings.Join(terms, " AND ")
+	start := time.Now()
+	for {
+		_, err := c.WorkflowService().CountWorkflowExecutions(ctx, &workflowservice.CountWorkflowExecutionsRequest{Namespace: namespace, Query: query})
+		if err == nil {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > searchAttributeWait {
+			return 0, fmt.Errorf("the search attributes of namespace %s still do not work %s after they were registered: %w", namespace, searchAttributeWait, err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // migrationsStep applies OTAflow's PostgreSQL migrations that the database lacks.
