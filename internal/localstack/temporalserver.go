@@ -506,6 +506,9 @@ func (t *TemporalServer) Client() client.Client { return t.client }
 // Dir is the server's root directory (its configuration is in Dir/config).
 func (t *TemporalServer) Dir() string { return t.dir }
 
+// PID is the server's process ID.
+func (t *TemporalServer) PID() int { return t.proc.cmd.Process.Pid }
+
 // Done is closed when the server process has exited, whether Stop ended it or not.
 func (t *TemporalServer) Done() <-chan struct{} { return t.proc.done }
 
