@@ -41,7 +41,7 @@ type outageWatch struct {
 // writes its messages to w.
 func newOutageWatch(w io.Writer, c client.Client, workflowID string) *outageWatch {
 	return &outageWatch{w: w, probe: func(ctx context.Context) error {
-		_, err := c.DescribeWorkflowExecution(ctx, workflowID, "")
+		_, err := c.DescribeWorkflow(ctx, workflowID, "")
 		return err
 	}}
 }

@@ -169,9 +169,9 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 		t.Errorf("restarted on %s, want port %d", tp.Address(), ports.FrontendGRPC)
 	}
 	eventually(t, time.Minute, "the workflow started before the restart", func() error {
-		desc, err := tp.Client().DescribeWorkflowExecution(ctx, "probe-real", run)
-		if err == nil && desc.GetWorkflowExecutionInfo().GetStatus() != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
-			t.Fatalf("workflow status after restart %s, want running", desc.GetWorkflowExecutionInfo().GetStatus())
+		desc, err := tp.Client().DescribeWorkflow(ctx, "probe-real", run)
+		if err == nil && desc.Status != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			t.Fatalf("workflow status after restart %s, want running", desc.Status)
 		}
 		return err
 	})
