@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,10 +14,6 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/otaflow/otaflow/internal/localstack"
-	"github.com/otaflow/otaflow/internal/simulator"
-	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/system"
-	"github.com/otaflow/otaflow/internal/temporalconn"
 	"github.com/otaflow/otaflow/internal/testenv"
 	"github.com/otaflow/otaflow/workflows"
 )
@@ -51,28 +45,7 @@ func TestRolloutWatchRidesOutTemporalOutages(t *testing.T) {
 	t.Cleanup(func() { _ = tp.Stop() })
 
 	dbURL := testenv.DatabaseURL(t)
-	st, err := store.Open(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	// The system's client outlives the server it first connected to.
-	c, err := temporalconn.Dial(ctx, temporalconn.Options{Address: tp.Address(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sys, err := system.Start(ctx, system.Config{Client: c, Store: st, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		PackageDir: filepath.Join(dir, "packages"), PackageSize: 16 << 10, Devices: 4, Prefix: "outage",
-		Timing: simulator.Timing{ReportInterval: 20 * time.Millisecond, InstallDelay: 100 * time.Millisecond,
-			RebootDelay: 50 * time.Millisecond, KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	if err := sys.WaitReported(ctx); err != nil {
-		t.Fatal(err)
-	}
+	sys, _ := startSystem(t, ctx, tp.Address(), dbURL, 4, "outage")
 
 	servers := []string{"--temporal-address", tp.Address(), "--database-url", dbURL}
 	pkg := sys.Package

@@ -42,7 +42,6 @@ func TestSetupAndRolloutOnRealTemporalServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer serverLog.Close()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	tp, err := localstack.StartTemporalServer(ctx, localstack.TemporalServerOptions{Binaries: bins, Dir: filepath.Join(dir, "temporal"),
 		PostgresURL: pg.URL(), Log: serverLog})
 	if err != nil {
@@ -76,29 +75,8 @@ func TestSetupAndRolloutOnRealTemporalServer(t *testing.T) {
 		}
 	}
 
-	st, err := store.Open(ctx, pg.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	c, err := temporalconn.Dial(ctx, temporalconn.Options{Address: tp.Address(), Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	const devices = 6
-	sys, err := system.Start(ctx, system.Config{Client: c, Store: st, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		PackageDir: filepath.Join(dir, "packages"), PackageSize: 32 << 10, Devices: devices, Prefix: "real",
-		Timing: simulator.Timing{ReportInterval: 20 * time.Millisecond, InstallDelay: 200 * time.Millisecond,
-			RebootDelay: 100 * time.Millisecond, KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	if err := sys.WaitReported(ctx); err != nil {
-		t.Fatal(err)
-	}
-
+	sys, st := startSystem(t, ctx, tp.Address(), pg.URL(), devices, "real")
 	pkg := sys.Package
 	rollout := runCLI(t, ctx, append(servers, "rollout", "start", "--name", "real", "--type", "firmware", "--version", "1.1",
 		"--url", pkg.URL, "--md5", pkg.MD5, "--size", fmt.Sprint(pkg.Size), "--prefix", "real-", "--waves", "50%,100%", "--wait")...)
@@ -130,6 +108,36 @@ func TestSetupAndRolloutOnRealTemporalServer(t *testing.T) {
 			t.Errorf("%s installed %d times, reports %v, recorded %s; want once, 1.1, succeeded", id, d.Upgrades, d.Status, up.State)
 		}
 	}
+}
+
+// startSystem runs the embedded broker, the worker, the bridge and simulated devices
+// prefix-00001... on the Temporal server at address and the database dbURL until the test
+// ends, and waits until every device has reported. Its Temporal client outlives restarts of
+// the server.
+func startSystem(t *testing.T, ctx context.Context, address, dbURL string, devices int, prefix string) (*system.System, *store.Store) {
+	t.Helper()
+	st, err := store.Open(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	c, err := temporalconn.Dial(ctx, temporalconn.Options{Address: address, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	sys, err := system.Start(ctx, system.Config{Client: c, Store: st, MQTTAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		PackageDir: t.TempDir(), PackageSize: 32 << 10, Devices: devices, Prefix: prefix,
+		Timing: simulator.Timing{ReportInterval: 20 * time.Millisecond, InstallDelay: 200 * time.Millisecond,
+			RebootDelay: 100 * time.Millisecond, KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sys.Close)
+	if err := sys.WaitReported(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return sys, st
 }
 
 func lastLines(s string, n int) string {

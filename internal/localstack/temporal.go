@@ -220,26 +220,33 @@ func temporalOutput(opts TemporalOptions) io.Writer {
 
 // waitReady dials the server until it answers, it exits, or the start timeout passes.
 func (t *Temporal) waitReady(ctx context.Context, opts TemporalOptions) error {
-	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
+	c, err := dialStarting(ctx, t.proc, client.Options{HostPort: t.address, Namespace: t.namespace, Logger: opts.Logger}, opts.StartTimeout)
+	t.client = c
+	return err
+}
+
+// dialStarting dials a Temporal server that proc is starting until it answers, proc exits, or
+// timeout passes; the error says which, with the server's last output.
+func dialStarting(ctx context.Context, proc *process, opts client.Options, timeout time.Duration) (client.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var lastErr error
 	for {
 		dialCtx, cancelDial := context.WithTimeout(ctx, 2*time.Second)
-		c, err := client.DialContext(dialCtx, client.Options{HostPort: t.address, Namespace: t.namespace, Logger: opts.Logger})
+		c, err := client.DialContext(dialCtx, opts)
 		cancelDial()
 		if err == nil {
-			t.client = c
-			return nil
+			return c, nil
 		}
 		lastErr = err
 		select {
-		case <-t.proc.done:
-			return t.proc.exitError()
+		case <-proc.done:
+			return nil, proc.exitError()
 		case <-ctx.Done():
-			return fmt.Errorf("Temporal server at %s did not answer within %s (%w); last error: %v; its last output:\n%s",
-				t.address, opts.StartTimeout, ctx.Err(), lastErr, indent(t.proc.tail.String()))
+			return nil, fmt.Errorf("Temporal server at %s did not answer within %s (%w); last error: %v; its last output:\n%s",
+				opts.HostPort, timeout, ctx.Err(), lastErr, indent(proc.tail.String()))
 		case <-tick.C:
 		}
 	}

@@ -465,29 +465,9 @@ func lastLines(s string, n int) string {
 // waitReady dials the frontend until it answers, the server exits, or the start timeout
 // passes.
 func (t *TemporalServer) waitReady(ctx context.Context, opts TemporalServerOptions) error {
-	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
-	defer cancel()
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	var lastErr error
-	for {
-		dialCtx, cancelDial := context.WithTimeout(ctx, 2*time.Second)
-		c, err := client.DialContext(dialCtx, client.Options{HostPort: t.address, Namespace: t.namespace, Logger: opts.Logger})
-		cancelDial()
-		if err == nil {
-			t.client = c
-			return nil
-		}
-		lastErr = err
-		select {
-		case <-t.proc.done:
-			return t.proc.exitError()
-		case <-ctx.Done():
-			return fmt.Errorf("Temporal server at %s did not answer within %s (%w); last error: %v; its last output:\n%s",
-				t.address, opts.StartTimeout, ctx.Err(), lastErr, indent(t.proc.tail.String()))
-		case <-tick.C:
-		}
-	}
+	c, err := dialStarting(ctx, t.proc, client.Options{HostPort: t.address, Namespace: t.namespace, Logger: opts.Logger}, opts.StartTimeout)
+	t.client = c
+	return err
 }
 
 // Address is the frontend's gRPC address, host:port (TEMPORAL_ADDRESS).
