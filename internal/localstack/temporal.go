@@ -278,18 +278,23 @@ func (t *Temporal) Done() <-chan struct{} { return t.proc.done }
 // Stop closes the client and stops the server (SIGTERM, then SIGKILL after 20 seconds). It
 // is safe to call more than once.
 func (t *Temporal) Stop() error {
-	t.stopOnce.Do(func() {
-		if t.client != nil {
-			t.client.Close()
-		}
-		t.stopErr = t.proc.stop(syscall.SIGTERM, 20*time.Second)
-		if t.stopErr == nil {
-			// Exiting with a status after SIGTERM is the normal end of the server.
-			var exit *exec.ExitError
-			if err := t.proc.waitErr; err != nil && !errors.As(err, &exit) {
-				t.stopErr = fmt.Errorf("stop Temporal server: %w", err)
-			}
-		}
-	})
+	t.stopOnce.Do(func() { t.stopErr = stopTemporal(t.client, t.proc, 20*time.Second) })
 	return t.stopErr
+}
+
+// stopTemporal closes c (when not nil) and stops the server proc: SIGTERM, then SIGKILL after
+// grace.
+func stopTemporal(c client.Client, proc *process, grace time.Duration) error {
+	if c != nil {
+		c.Close()
+	}
+	if err := proc.stop(syscall.SIGTERM, grace); err != nil {
+		return err
+	}
+	// Exiting with a status after SIGTERM is the normal end of the server.
+	var exit *exec.ExitError
+	if err := proc.waitErr; err != nil && !errors.As(err, &exit) {
+		return fmt.Errorf("stop Temporal server: %w", err)
+	}
+	return nil
 }

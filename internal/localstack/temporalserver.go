@@ -501,17 +501,6 @@ func (t *TemporalServer) Kill() {
 // Stop closes the client and stops the server (SIGTERM, then SIGKILL after 30 seconds). It is
 // safe to call more than once.
 func (t *TemporalServer) Stop() error {
-	t.stopOnce.Do(func() {
-		if t.client != nil {
-			t.client.Close()
-		}
-		t.stopErr = t.proc.stop(syscall.SIGTERM, 30*time.Second)
-		if t.stopErr == nil {
-			var exit *exec.ExitError
-			if err := t.proc.waitErr; err != nil && !errors.As(err, &exit) {
-				t.stopErr = fmt.Errorf("stop Temporal server: %w", err)
-			}
-		}
-	})
+	t.stopOnce.Do(func() { t.stopErr = stopTemporal(t.client, t.proc, 30*time.Second) })
 	return t.stopErr
 }
