@@ -61,7 +61,8 @@ func TestScriptsTestBuildsTheseVersions(t *testing.T) {
 }
 
 // TestTemporalServerOnPostgres starts the real Temporal server on PostgreSQL from
-// deploy/temporal's files, uses it, and restarts it in place on the same databases.
+// deploy/temporal's files, uses it, kills it (SIGKILL) and restarts it in place on the same
+// databases.
 func TestTemporalServerOnPostgres(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -153,9 +154,16 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 	})
 	waitVisible(t, c, `OtaDevice = "dev-real"`, "probe-real")
 
-	// Restarted in place, on its databases: the workflow is still there and still listed.
+	// Killed (as in a crash) and restarted in place, on its databases: the workflow is still
+	// there and still listed.
+	tp.Kill()
+	select {
+	case <-tp.Done():
+	default:
+		t.Fatal("Done not closed after Kill")
+	}
 	if err := tp.Stop(); err != nil {
-		t.Fatalf("stop: %v\n%s", err, log.String())
+		t.Fatalf("Stop after Kill: %v", err)
 	}
 	opts.Ports = ports
 	restartedAt := time.Now()
