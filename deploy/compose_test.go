@@ -79,8 +79,14 @@ func TestComposeInterpolation(t *testing.T) {
 			name: "defaults",
 			env:  nil,
 			want: map[string]map[string]string{
-				"postgres": {"POSTGRES_PASSWORD": "otaflow-dev", "MQTT_AUTH_DB_PASSWORD": "mqtt-auth-dev"},
-				"temporal": {"POSTGRES_PWD": "otaflow-dev", "DEFAULT_NAMESPACE": "default"},
+				"postgres":        {"POSTGRES_PASSWORD": "otaflow-dev", "MQTT_AUTH_DB_PASSWORD": "mqtt-auth-dev"},
+				"temporal":        {"POSTGRES_PWD": "otaflow-dev"},
+				"temporal-schema": {"POSTGRES_PWD": "otaflow-dev"},
+				"setup": {
+					"DATABASE_URL":       "postgres://otaflow:otaflow-dev@postgres:5432/otaflow?sslmode=disable",
+					"TEMPORAL_ADDRESS":   "temporal:7233",
+					"TEMPORAL_NAMESPACE": "default",
+				},
 				"worker": {
 					"DATABASE_URL":       "postgres://otaflow:otaflow-dev@postgres:5432/otaflow?sslmode=disable",
 					"TEMPORAL_ADDRESS":   "temporal:7233",
@@ -102,10 +108,11 @@ func TestComposeInterpolation(t *testing.T) {
 				"OTAFLOW_WORKER_MQTT_PASSWORD": "w-s3cret", "OTAFLOW_BRIDGE_MQTT_PASSWORD": "b-s3cret", "BRIDGE_SHARED": "true",
 			},
 			want: map[string]map[string]string{
-				"postgres":       {"POSTGRES_PASSWORD": "pg-s3cret", "MQTT_AUTH_DB_PASSWORD": "auth-s3cret"},
-				"temporal":       {"POSTGRES_PWD": "pg-s3cret", "DEFAULT_NAMESPACE": "fleet"},
-				"temporal-setup": {"TEMPORAL_NAMESPACE": "fleet"},
-				"temporal-ui":    {"TEMPORAL_DEFAULT_NAMESPACE": "fleet"},
+				"postgres":        {"POSTGRES_PASSWORD": "pg-s3cret", "MQTT_AUTH_DB_PASSWORD": "auth-s3cret"},
+				"temporal":        {"POSTGRES_PWD": "pg-s3cret"},
+				"temporal-schema": {"POSTGRES_PWD": "pg-s3cret"},
+				"setup":           {"TEMPORAL_NAMESPACE": "fleet", "DATABASE_URL": "postgres://otaflow:pg-s3cret@postgres:5432/otaflow?sslmode=disable"},
+				"temporal-ui":     {"TEMPORAL_DEFAULT_NAMESPACE": "fleet"},
 				"worker": {
 					"DATABASE_URL":       "postgres://otaflow:pg-s3cret@postgres:5432/otaflow?sslmode=disable",
 					"TEMPORAL_NAMESPACE": "fleet",

@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"path"
 	"reflect"
-	"regexp"
-	"sort"
 	"strings"
 	"testing"
 
 	"github.com/otaflow/otaflow/internal/credential"
-	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
 
@@ -154,22 +151,5 @@ func TestMosquittoConf(t *testing.T) {
 		!strings.Contains(script, `"$out/passwords"`) || !strings.Contains(script, `"$out/conf.d/pg-password.conf"`) ||
 		!strings.Contains(script, "auth_opt_pg_password") {
 		t.Errorf("init-auth.sh does not write passwords and conf.d/pg-password.conf (auth_opt_pg_password) into the volume %s the broker reads", authVolume)
-	}
-}
-
-func TestSearchAttributeScriptMatchesWorkflows(t *testing.T) {
-	script := readFile(t, "temporal/register-search-attributes.sh")
-	var got []string
-	for _, m := range regexp.MustCompile(`--name (\S+) --type (\S+)`).FindAllStringSubmatch(script, -1) {
-		if m[2] != "Keyword" {
-			t.Errorf("search attribute %s registered as %s, want Keyword", m[1], m[2])
-		}
-		got = append(got, m[1])
-	}
-	want := append([]string(nil), ota.SearchAttributeNames...)
-	sort.Strings(got)
-	sort.Strings(want)
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("register-search-attributes.sh registers %v, want workflows.SearchAttributeNames %v", got, want)
 	}
 }

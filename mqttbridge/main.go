@@ -9,7 +9,9 @@
 // TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, DATABASE_URL, and for TLS MQTT_CA_FILE,
 // TEMPORAL_TLS_CA, ...; see --help). Several bridges can split the load with --shared, each
 // with its own --mqtt-client-id. Ctrl-C stops it cleanly: messages already taken are
-// finished, the rest stay with the broker for the next run.
+// finished, the rest stay with the broker for the next run. A fatal error (the broker refusing
+// its credentials or subscriptions, Temporal refusing its namespace for --fatal-after) stops
+// it the same way and exits 1, for a supervisor to see and restart it.
 package main
 
 import (
@@ -65,6 +67,8 @@ func newApp() *cli.App {
 				Usage: "queued messages a shard stores in one database round trip"},
 			&cli.IntFlag{Name: "signal-concurrency", Value: bridge.DefaultSignalConcurrency, EnvVars: []string{"BRIDGE_SIGNAL_CONCURRENCY"},
 				Usage: "Temporal signals sent at once, at most"},
+			&cli.DurationFlag{Name: "fatal-after", Value: bridge.DefaultFatalAfter, EnvVars: []string{"BRIDGE_FATAL_AFTER"},
+				Usage: "exit (code 1) once Temporal has refused the bridge outright (namespace not found, permission denied) this long"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log at debug level"},
 		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
@@ -110,6 +114,7 @@ func run(cCtx *cli.Context) error {
 
 		BatchSize:         cCtx.Int("batch-size"),
 		SignalConcurrency: cCtx.Int("signal-concurrency"),
+		FatalAfter:        cCtx.Duration("fatal-after"),
 	}, tc, st)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)

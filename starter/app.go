@@ -95,6 +95,7 @@ func newApp(out, errOut io.Writer) *cli.App {
 			devicesCommand(e),
 			packageCommand(e),
 			rolloutCommand(e),
+			setupCommand(e),
 		},
 		Action: groupAction,
 		After: func(*cli.Context) error {

@@ -90,7 +90,9 @@ func (e *appEnv) rolloutCancelAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	p, err := rolloutResult(ctx, c.GetWorkflow(ctx, ref.WorkflowID, ""))
+	p, err := awaitEnd(ctx, newOutageWatch(e.errOut, c, ref.WorkflowID), func(ctx context.Context) (ota.RolloutProgress, error) {
+		return rolloutResult(ctx, c.GetWorkflow(ctx, ref.WorkflowID, ""))
+	})
 	if ctx.Err() != nil {
 		return cli.Exit("stopped waiting; the cancel stands", exitInterrupted)
 	}

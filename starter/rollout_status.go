@@ -322,7 +322,9 @@ type watchOptions struct {
 
 // followRollout shows a rollout's progress every interval (on a terminal by redrawing it,
 // otherwise whenever something changed) until the rollout ends, and returns its final
-// progress with the workflow's error, as rolloutResult does.
+// progress with the workflow's error, as rolloutResult does. It rides out outages of the
+// Temporal server, saying once per outage on stderr that it retries: it ends only when the
+// rollout ends, when the cancel of cCtx comes (Ctrl-C), or on an error that is an answer.
 func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRef, o watchOptions) (ota.RolloutProgress, error) {
 	ctx := cCtx.Context
 	if o.interval <= 0 {
@@ -332,21 +334,29 @@ func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRe
 		p   ota.RolloutProgress
 		err error
 	}
+	outage := newOutageWatch(e.errOut, c, ref.WorkflowID)
 	done := make(chan result, 1)
 	go func() {
 		// The latest run: Get follows the rollout through continue-as-new to its end.
-		p, err := rolloutResult(ctx, c.GetWorkflow(ctx, ref.WorkflowID, ""))
+		p, err := awaitEnd(ctx, outage, func(ctx context.Context) (ota.RolloutProgress, error) {
+			return rolloutResult(ctx, c.GetWorkflow(ctx, ref.WorkflowID, ""))
+		})
 		done <- result{p, err}
 	}()
 	d := &drawer{w: o.w, tty: o.tty, json: o.json}
 	// The records are read while they can be: after a failure, no longer (a database that
 	// does not answer would hold every picture up).
 	records := cCtx.String(flagDatabaseURL) != ""
+	notes := 0
 	show := func(ref rolloutRef, p ota.RolloutProgress) {
 		rep := e.statusReport(cCtx, ref, p, records)
 		if rep.StoreError != "" {
 			fmt.Fprintf(e.errOut, "starter: warning: no records from PostgreSQL: %s\n", rep.StoreError)
 			records = false
+		}
+		if n := outage.printed(); n != notes {
+			// A message went between: a terminal drawing starts anew below it.
+			notes, d.lines = n, 0
 		}
 		d.draw(rep)
 	}
@@ -378,10 +388,13 @@ func (e *appEnv) followRollout(cCtx *cli.Context, c client.Client, ref rolloutRe
 		p, err := queryProgress(qctx, c, ref.WorkflowID, "")
 		cancel()
 		if err != nil {
-			// Before the first workflow task there is nothing to ask; a failed look only
-			// delays a picture. The result decides the end.
+			// Before the first workflow task there is nothing to ask, and without a worker no
+			// answer; a failed look only delays a picture. Whether the server itself answers
+			// is what the user is told. The result decides the end.
+			outage.check(ctx)
 			continue
 		}
+		outage.answered()
 		show(ref, p)
 	}
 }

@@ -278,7 +278,9 @@ func (e *appEnv) cancelAction(cCtx *cli.Context) error {
 	if !cCtx.Bool("wait") {
 		return nil
 	}
-	st, err := ota.UpgradeResult(ctx, c.GetWorkflow(ctx, wid, runID))
+	st, err := awaitEnd(ctx, newOutageWatch(e.errOut, c, wid), func(ctx context.Context) (ota.UpgradeStatus, error) {
+		return ota.UpgradeResult(ctx, c.GetWorkflow(ctx, wid, runID))
+	})
 	if ctx.Err() != nil {
 		return cli.Exit("stopped waiting; the cancel request stands", exitInterrupted)
 	}

@@ -252,7 +252,7 @@ func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req ota.Upgr
 	if o.json {
 		progress = e.errOut
 	}
-	st, err := followUpgrade(ctx, c, run, progress, pollInterval)
+	st, err := followUpgrade(ctx, c, run, progress, e.errOut, pollInterval)
 	if ctx.Err() != nil {
 		return cli.Exit(fmt.Sprintf("stopped waiting: the upgrade of %s goes on (workflow %s, run %s); "+
 			"follow it with `starter status --device %s`, stop it with `starter cancel --device %s`",
@@ -283,17 +283,21 @@ func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req ota.Upgr
 	return nil
 }
 
-// followUpgrade prints a progress line whenever the state, progress or attempt of the run
-// changes (polling its state query every interval) until the run ends, and returns the final
-// status as ota.UpgradeResult does.
-func followUpgrade(ctx context.Context, c client.Client, run client.WorkflowRun, w io.Writer, interval time.Duration) (ota.UpgradeStatus, error) {
+// followUpgrade prints a progress line on w whenever the state, progress or attempt of the
+// run changes (polling its state query every interval) until the run ends, and returns the
+// final status as ota.UpgradeResult does. It rides out outages of the Temporal server,
+// saying once per outage on errOut that it retries.
+func followUpgrade(ctx context.Context, c client.Client, run client.WorkflowRun, w, errOut io.Writer, interval time.Duration) (ota.UpgradeStatus, error) {
 	type result struct {
 		st  ota.UpgradeStatus
 		err error
 	}
+	outage := newOutageWatch(errOut, c, run.GetID())
 	done := make(chan result, 1)
 	go func() {
-		st, err := ota.UpgradeResult(ctx, run)
+		st, err := awaitEnd(ctx, outage, func(ctx context.Context) (ota.UpgradeStatus, error) {
+			return ota.UpgradeResult(ctx, run)
+		})
 		done <- result{st, err}
 	}()
 	ticker := time.NewTicker(interval)
@@ -311,8 +315,10 @@ func followUpgrade(ctx context.Context, c client.Client, run client.WorkflowRun,
 		if err != nil {
 			// Before the worker has run the first workflow task there is nothing to query; a
 			// transient failure only delays a progress line. The result decides the outcome.
+			outage.check(ctx)
 			continue
 		}
+		outage.answered()
 		if line := progressLine(st); line != last {
 			fmt.Fprintln(w, line)
 			last = line

@@ -84,6 +84,10 @@ func TestBadInputIsAUsageError(t *testing.T) {
 		{"enable without device", []string{"devices", "enable"}, []string{"missing required flag(s) --device"}},
 		{"inspect without url", []string{"package", "inspect"}, []string{"missing required flag(s) --url"}},
 		{"inspect unsupported scheme", []string{"package", "inspect", "--url", "s3://bucket/fw.bin"}, []string{`scheme "s3" is not supported`}},
+		{"setup without database", []string{"setup"}, []string{"setup applies the PostgreSQL migrations", "DATABASE_URL"}},
+		{"setup short retention", []string{"--database-url", "postgres://otaflow@127.0.0.1:1/otaflow", "setup", "--retention", "1h"},
+			[]string{"--retention must be at least 24h"}},
+		{"setup argument", []string{"setup", "now"}, []string{`unexpected argument "now"`}},
 		{"inspect remote file URL", []string{"package", "inspect", "--url", "file://otherhost/fw.bin"}, []string{"local file"}},
 	}
 	for _, tt := range tests {

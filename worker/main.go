@@ -88,12 +88,20 @@ func run(cCtx *cli.Context) error {
 	defer c.Close()
 
 	w := workflows.NewWorker(c, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c})
-	if err := w.Start(); err != nil {
-		return fmt.Errorf("start worker: %w", err)
+	// Run returns when Ctrl-C stops the worker (nil), or when a fatal worker error stopped it
+	// (the namespace deleted, the server refusing the worker): then the program exits 1, so
+	// that a supervisor sees it and restarts it, rather than keeping a process that polls
+	// nothing.
+	interrupt := make(chan any)
+	go func() {
+		<-ctx.Done()
+		logger.Info("Stopping worker: waiting for running tasks")
+		close(interrupt)
+	}()
+	logger.Info("OTAflow worker starting", "taskQueue", ota.TaskQueue, "temporal", cCtx.String("temporal-address"),
+		"namespace", cCtx.String("temporal-namespace"))
+	if err := w.Run(interrupt); err != nil {
+		return fmt.Errorf("worker stopped: %w", err)
 	}
-	logger.Info("OTAflow worker running", "taskQueue", ota.TaskQueue, "temporal", cCtx.String("temporal-address"))
-	<-ctx.Done()
-	logger.Info("Stopping worker: waiting for running tasks")
-	w.Stop()
 	return nil
 }

@@ -77,6 +77,7 @@ const (
 	DefaultShutdownTimeout   = 10 * time.Second
 	DefaultStatsInterval     = 5 * time.Minute
 	DefaultCoalesceIdle      = time.Hour
+	DefaultFatalAfter        = 2 * time.Minute
 )
 
 // MaxStoredPayload is how many bytes of a rejected message's payload are kept; a longer
@@ -146,6 +147,11 @@ type Config struct {
 	// StatsInterval is how often a summary of the counters is logged at Info level, when
 	// anything happened; less than 0 turns it off. Default DefaultStatsInterval.
 	StatsInterval time.Duration
+	// FatalAfter is how long Temporal may keep refusing the bridge outright (its namespace
+	// not found, permission denied) before Run gives up with ErrTemporalRefused, as the
+	// Temporal SDK's workers do; the messages in hand stay unacknowledged for the next
+	// bridge. Default DefaultFatalAfter.
+	FatalAfter time.Duration
 
 	// Logger receives the bridge's logs. Default slog.Default().
 	Logger *slog.Logger
@@ -164,6 +170,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.AttemptTimeout, DefaultAttemptTimeout)
 	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.StatsInterval, DefaultStatsInterval)
+	setDefault(&c.FatalAfter, DefaultFatalAfter)
 	if c.Shards == 0 {
 		c.Shards = DefaultShards
 	}
@@ -207,8 +214,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("signal concurrency must be 1 to 10000, not %d", c.SignalConcurrency)
 	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:
 		return fmt.Errorf("retry backoff must satisfy 0 < min <= max, not %s..%s", c.RetryMin, c.RetryMax)
-	case c.AttemptTimeout <= 0 || c.ShutdownTimeout <= 0 || c.CoalesceIdle <= 0:
-		return errors.New("attempt timeout, shutdown timeout and coalesce idle time must be positive")
+	case c.AttemptTimeout <= 0 || c.ShutdownTimeout <= 0 || c.CoalesceIdle <= 0 || c.FatalAfter <= 0:
+		return errors.New("attempt timeout, shutdown timeout, coalesce idle time and fatal-after time must be positive")
 	case len(c.ClientID) > 128:
 		return fmt.Errorf("client ID is longer than 128 characters")
 	}
@@ -288,6 +295,7 @@ type Bridge struct {
 	signalSlots chan struct{} // holds a token per signal being sent (SignalConcurrency)
 	stopping    chan struct{} // closed when Run's context is done: take no more messages
 	refused     chan error    // receives the broker's refusal of the subscriptions
+	fatal       chan error    // receives an error that ends Run (ErrTemporalRefused)
 	rejectLog   logLimiter
 	ready       chan struct{} // closed once connected and subscribed
 	readyOnce   sync.Once
@@ -305,7 +313,7 @@ func New(cfg Config, sig Signaler, st Store) (*Bridge, error) {
 		return nil, fmt.Errorf("new bridge: %w", err)
 	}
 	b := &Bridge{cfg: cfg, sig: sig, store: st, log: cfg.Logger,
-		stopping: make(chan struct{}), refused: make(chan error, 1), ready: make(chan struct{})}
+		stopping: make(chan struct{}), refused: make(chan error, 1), fatal: make(chan error, 1), ready: make(chan struct{})}
 	if cfg.BrokerURL != "" {
 		opts, err := b.clientOptions()
 		if err != nil {

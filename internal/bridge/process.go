@@ -337,10 +337,13 @@ func (w *worker) rejection(it *item) store.Rejected {
 }
 
 // retry runs op until it succeeds or the bridge stops (errStopped). Each attempt is bounded by AttemptTimeout; the waits between
-// attempts grow from RetryMin to RetryMax.
+// attempts grow from RetryMin to RetryMax. When Temporal has refused op outright
+// (refusedByTemporal) for FatalAfter, retry ends the bridge (ErrTemporalRefused) and goes on
+// until it stops.
 func (w *worker) retry(what string, op func(ctx context.Context) error) error {
 	cfg := &w.b.cfg
 	backoff := cfg.RetryMin
+	var refusedSince time.Time
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(w.workCtx, cfg.AttemptTimeout)
 		err := op(ctx)
@@ -353,6 +356,14 @@ func (w *worker) retry(what string, op func(ctx context.Context) error) error {
 		}
 		if w.stopCtx.Err() != nil {
 			return fmt.Errorf("%s: %w after %d attempts: %w", what, errStopped, attempt, err)
+		}
+		switch {
+		case !refusedByTemporal(err):
+			refusedSince = time.Time{}
+		case refusedSince.IsZero():
+			refusedSince = cfg.Now()
+		case cfg.Now().Sub(refusedSince) >= cfg.FatalAfter:
+			w.b.fail(fmt.Errorf("%s: %w for %s: %w", what, ErrTemporalRefused, cfg.FatalAfter, err))
 		}
 		// Log the first failure and then every tenth, to keep an outage from flooding logs.
 		if attempt == 1 || attempt%10 == 0 {
@@ -368,6 +379,14 @@ func (w *worker) retry(what string, op func(ctx context.Context) error) error {
 		}
 		backoff = min(2*backoff, cfg.RetryMax)
 	}
+}
+
+// refusedByTemporal reports whether err is Temporal refusing the bridge in a way that waiting
+// does not mend by itself (the SDK's workers hold the same errors fatal).
+func refusedByTemporal(err error) bool {
+	var nsNotFound *serviceerror.NamespaceNotFound
+	var denied *serviceerror.PermissionDenied
+	return errors.As(err, &nsNotFound) || errors.As(err, &denied)
 }
 
 // safeText makes s storable as PostgreSQL text and short: valid UTF-8, no NUL, at most max

@@ -26,6 +26,10 @@ const codePacketIDInUse = 0x91
 // subscriptions: retrying would not help.
 var ErrRefused = errors.New("refused by the MQTT broker")
 
+// ErrTemporalRefused is returned by Run when Temporal has refused the bridge outright (its
+// namespace not found, permission denied) for Config.FatalAfter.
+var ErrTemporalRefused = errors.New("refused by Temporal")
+
 // Filters returns the topic filters the bridge subscribes to: the progress and status topics
 // of every device, as shared subscriptions when shared is set.
 func Filters(shared bool) []string {
@@ -189,9 +193,12 @@ func (b *Bridge) connect(ctx context.Context, c mqtt.Client) error {
 // Run connects to the broker, subscribes and processes messages until ctx is done. It then
 // takes no more messages, waits (at most ShutdownTimeout) for those already taken, and
 // disconnects; what was not finished stays unacknowledged for the broker to redeliver. It
-// returns nil after a clean stop, ErrRefused wrapped when the broker refuses the bridge,
-// mqttconn.ErrTLS wrapped when the TLS handshake fails, or ctx's error when ctx ends before
-// the first connection. Run may be called once.
+// returns nil after a clean stop, ErrRefused wrapped when the broker refuses the bridge (its
+// credentials, or its subscriptions, at the start or after a reconnection), mqttconn.ErrTLS
+// wrapped when the TLS handshake fails, ErrTemporalRefused wrapped when Temporal refuses it
+// for Config.FatalAfter, or ctx's error when ctx ends before the first connection. After an
+// error it has stopped as after ctx: what was in hand stays unacknowledged. Run may be called
+// once.
 func (b *Bridge) Run(ctx context.Context) error {
 	if b.opts == nil {
 		return errors.New("run bridge: no broker URL configured")
@@ -236,19 +243,38 @@ func (b *Bridge) Run(ctx context.Context) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	var fatal error
 loop:
 	for {
 		select {
 		case <-tick:
 			b.logStats(&last)
+		case fatal = <-b.refused: // a reconnection's subscriptions refused
+			break loop
+		case fatal = <-b.fatal:
+			break loop
 		case <-ctx.Done():
 			break loop
 		}
+	}
+	if fatal != nil {
+		b.log.Error("bridge stopping on a fatal error", "error", fatal)
 	}
 	shutdown()
 	// Acknowledgements are sent before the DISCONNECT; give them a moment to go out.
 	client.Disconnect(250)
 	b.logStats(&last)
+	if fatal != nil {
+		return fmt.Errorf("run bridge: %w", fatal)
+	}
 	b.log.Info("bridge stopped")
 	return nil
+}
+
+// fail ends Run with err (the first error only).
+func (b *Bridge) fail(err error) {
+	select {
+	case b.fatal <- err:
+	default:
+	}
 }

@@ -1,7 +1,6 @@
 package localstack
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,11 +16,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/otaflow/otaflow/internal/ota"
-	"go.temporal.io/api/enums/v1"
-	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
+
+	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/setup"
 )
 
 // TemporalCLIModule is the Go package, at the version the project uses, that `go install`
@@ -40,23 +39,7 @@ func EnsureTemporalCLI(ctx context.Context, logf func(format string, args ...any
 	if err != nil {
 		return "", fmt.Errorf("find the Temporal CLI: it is not on PATH, and %w", err)
 	}
-	path := filepath.Join(goBin, "temporal")
-	if isExecutable(path) {
-		return path, nil
-	}
-	if logf != nil {
-		logf("building the Temporal CLI from the Go module proxy, this takes 2-3 minutes once (go install %s)", TemporalCLIModule)
-	}
-	cmd := exec.CommandContext(ctx, "go", "install", TemporalCLIModule)
-	// Outside any module, so the project's go.mod plays no part.
-	cmd.Dir = os.TempDir()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build the Temporal CLI with `go install %s`: %w\n%s", TemporalCLIModule, err, indent(string(bytes.TrimSpace(out))))
-	}
-	if !isExecutable(path) {
-		return "", fmt.Errorf("`go install %s` succeeded but %s is missing", TemporalCLIModule, path)
-	}
-	return path, nil
+	return ensureGoProgram(ctx, goBin, "temporal", "the Temporal CLI", TemporalCLIModule, "2-3 minutes", logf)
 }
 
 // goBinDir returns the directory `go install` puts programs in.
@@ -118,7 +101,7 @@ type Temporal struct {
 }
 
 // StartTemporal starts a Temporal development server on 127.0.0.1 and waits until it answers,
-// with namespace opts.Namespace and every search attribute in workflows.SearchAttributeNames
+// with namespace opts.Namespace and every search attribute in ota.SearchAttributeNames
 // registered as Keyword. Restarted on the same DBFile, it keeps its workflows. On Linux the
 // server gets SIGTERM (a clean stop) if the calling process dies without stopping it.
 //
@@ -237,58 +220,44 @@ func temporalOutput(opts TemporalOptions) io.Writer {
 
 // waitReady dials the server until it answers, it exits, or the start timeout passes.
 func (t *Temporal) waitReady(ctx context.Context, opts TemporalOptions) error {
-	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
+	c, err := dialStarting(ctx, t.proc, client.Options{HostPort: t.address, Namespace: t.namespace, Logger: opts.Logger}, opts.StartTimeout)
+	t.client = c
+	return err
+}
+
+// dialStarting dials a Temporal server that proc is starting until it answers, proc exits, or
+// timeout passes; the error says which, with the server's last output.
+func dialStarting(ctx context.Context, proc *process, opts client.Options, timeout time.Duration) (client.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var lastErr error
 	for {
 		dialCtx, cancelDial := context.WithTimeout(ctx, 2*time.Second)
-		c, err := client.DialContext(dialCtx, client.Options{HostPort: t.address, Namespace: t.namespace, Logger: opts.Logger})
+		c, err := client.DialContext(dialCtx, opts)
 		cancelDial()
 		if err == nil {
-			t.client = c
-			return nil
+			return c, nil
 		}
 		lastErr = err
 		select {
-		case <-t.proc.done:
-			return t.proc.exitError()
+		case <-proc.done:
+			return nil, proc.exitError()
 		case <-ctx.Done():
-			return fmt.Errorf("Temporal server at %s did not answer within %s (%w); last error: %v; its last output:\n%s",
-				t.address, opts.StartTimeout, ctx.Err(), lastErr, indent(t.proc.tail.String()))
+			return nil, fmt.Errorf("Temporal server at %s did not answer within %s (%w); last error: %v; its last output:\n%s",
+				opts.HostPort, timeout, ctx.Err(), lastErr, indent(proc.tail.String()))
 		case <-tick.C:
 		}
 	}
 }
 
 // RegisterSearchAttributes registers, as Keyword, every search attribute in
-// workflows.SearchAttributeNames that namespace lacks on the server c is connected to.
+// ota.SearchAttributeNames that namespace lacks on the server c is connected to (see
+// setup.RegisterSearchAttributes).
 func RegisterSearchAttributes(ctx context.Context, c client.Client, namespace string) error {
-	list, err := c.OperatorService().ListSearchAttributes(ctx, &operatorservice.ListSearchAttributesRequest{Namespace: namespace})
-	if err != nil {
-		return fmt.Errorf("list the search attributes of namespace %s: %w", namespace, err)
-	}
-	missing := map[string]enums.IndexedValueType{}
-	for _, name := range ota.SearchAttributeNames {
-		typ, ok := list.GetCustomAttributes()[name]
-		switch {
-		case !ok:
-			missing[name] = enums.INDEXED_VALUE_TYPE_KEYWORD
-		case typ != enums.INDEXED_VALUE_TYPE_KEYWORD:
-			return fmt.Errorf("search attribute %s of namespace %s has type %s, not Keyword: remove it first (temporal operator search-attribute remove --name %s)",
-				name, namespace, typ, name)
-		}
-	}
-	if len(missing) == 0 {
-		return nil
-	}
-	if _, err := c.OperatorService().AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{
-		Namespace: namespace, SearchAttributes: missing,
-	}); err != nil {
-		return fmt.Errorf("register search attributes in namespace %s: %w", namespace, err)
-	}
-	return nil
+	_, err := setup.RegisterSearchAttributes(ctx, c, namespace)
+	return err
 }
 
 // Address is the server's gRPC address, host:port.
@@ -309,18 +278,23 @@ func (t *Temporal) Done() <-chan struct{} { return t.proc.done }
 // Stop closes the client and stops the server (SIGTERM, then SIGKILL after 20 seconds). It
 // is safe to call more than once.
 func (t *Temporal) Stop() error {
-	t.stopOnce.Do(func() {
-		if t.client != nil {
-			t.client.Close()
-		}
-		t.stopErr = t.proc.stop(syscall.SIGTERM, 20*time.Second)
-		if t.stopErr == nil {
-			// Exiting with a status after SIGTERM is the normal end of the server.
-			var exit *exec.ExitError
-			if err := t.proc.waitErr; err != nil && !errors.As(err, &exit) {
-				t.stopErr = fmt.Errorf("stop Temporal server: %w", err)
-			}
-		}
-	})
+	t.stopOnce.Do(func() { t.stopErr = stopTemporal(t.client, t.proc, 20*time.Second) })
 	return t.stopErr
+}
+
+// stopTemporal closes c (when not nil) and stops the server proc: SIGTERM, then SIGKILL after
+// grace.
+func stopTemporal(c client.Client, proc *process, grace time.Duration) error {
+	if c != nil {
+		c.Close()
+	}
+	if err := proc.stop(syscall.SIGTERM, grace); err != nil {
+		return err
+	}
+	// Exiting with a status after SIGTERM is the normal end of the server.
+	var exit *exec.ExitError
+	if err := proc.waitErr; err != nil && !errors.As(err, &exit) {
+		return fmt.Errorf("stop Temporal server: %w", err)
+	}
+	return nil
 }

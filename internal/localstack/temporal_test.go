@@ -283,15 +283,24 @@ func TestStartTemporalErrors(t *testing.T) {
 // attribute, and returns its run ID.
 func startProbe(t *testing.T, c client.Client, id, device string) string {
 	t.Helper()
+	run, err := startProbeErr(c, id, device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return run
+}
+
+// startProbeErr is startProbe returning its error.
+func startProbeErr(c client.Client, id, device string) (string, error) {
 	run, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{
 		ID:                    id,
 		TaskQueue:             probeTaskQueue,
 		TypedSearchAttributes: temporal.NewSearchAttributes(ota.SearchDevice.ValueSet(device)),
 	}, "LocalstackProbe")
 	if err != nil {
-		t.Fatalf("start workflow %s: %v", id, err)
+		return "", fmt.Errorf("start workflow %s: %w", id, err)
 	}
-	return run.GetRunID()
+	return run.GetRunID(), nil
 }
 
 // waitVisible polls the visibility store until query lists workflow id.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
 	"sort"
 	"time"
 
@@ -29,6 +30,8 @@ var ErrExists = errors.New("already exists")
 // Store is a PostgreSQL-backed record of devices and upgrades. It is safe for concurrent use.
 type Store struct {
 	pool *pgxpool.Pool
+	// migrated are the migrations Open applied.
+	migrated []string
 }
 
 // Open connects to the database at url and applies the embedded migrations.
@@ -51,12 +54,16 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		return nil, fmt.Errorf("connect to PostgreSQL at %s: %w", cfg.ConnConfig.Host, err)
 	}
 	s := &Store{pool: pool}
-	if err := s.migrate(ctx); err != nil {
+	if s.migrated, err = s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
 	}
 	return s, nil
 }
+
+// Migrated returns the names of the migrations Open applied, in order: none when the
+// database was up to date.
+func (s *Store) Migrated() []string { return append([]string(nil), s.migrated...) }
 
 // Close releases the connections.
 func (s *Store) Close() { s.pool.Close() }
@@ -65,14 +72,17 @@ func (s *Store) Close() { s.pool.Close() }
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
 // migrate applies, once each and in name order, the embedded migrations, under an advisory
-// lock so that several processes starting together do not race.
-func (s *Store) migrate(ctx context.Context) error {
+// lock so that several processes starting together do not race, and returns the names of
+// those it applied.
+func (s *Store) migrate(ctx context.Context) ([]string, error) {
 	names, err := fs.Glob(migrations, "migrations/*.sql")
 	if err != nil {
-		return fmt.Errorf("list migrations: %w", err)
+		return nil, fmt.Errorf("list migrations: %w", err)
 	}
 	sort.Strings(names)
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	var applied []string
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		applied = applied[:0]
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(7242001)`); err != nil {
 			return fmt.Errorf("lock migrations: %w", err)
 		}
@@ -98,9 +108,14 @@ func (s *Store) migrate(ctx context.Context) error {
 			if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (name) VALUES ($1)`, name); err != nil {
 				return fmt.Errorf("record migration %s: %w", name, err)
 			}
+			applied = append(applied, path.Base(name))
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	return applied, nil
 }
 
 func isUniqueViolation(err error) bool {

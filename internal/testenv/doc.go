@@ -16,7 +16,7 @@
 // Every test gets its own database, so tests do not see each other's rows and may run in
 // parallel. All tests of a binary share the Temporal server: give workflows IDs, and workers
 // task queues, that no other test uses (for example built from t.Name()). The custom search
-// attributes of workflows.SearchAttributeNames are registered.
+// attributes of ota.SearchAttributeNames are registered.
 //
 // The Temporal CLI comes from $OTAFLOW_TEST_TEMPORAL_CLI, else PATH, else the Go bin directory,
 // else it is built with `go install` (2-3 minutes, once; ./scripts/test does this before the

@@ -37,6 +37,10 @@ const (
 	EnvTemporalAddress   = "OTAFLOW_TEST_TEMPORAL_ADDRESS"
 	EnvTemporalNamespace = "OTAFLOW_TEST_TEMPORAL_NAMESPACE"
 	EnvDatabaseURL       = "OTAFLOW_TEST_DATABASE_URL"
+	// EnvTemporalServer and EnvTemporalSQLTool are the real Temporal server and its SQL tool
+	// (scripts/test sets them), for the tests of the production topology.
+	EnvTemporalServer  = "OTAFLOW_TEST_TEMPORAL_SERVER"
+	EnvTemporalSQLTool = "OTAFLOW_TEST_TEMPORAL_SQL_TOOL"
 )
 
 // dirPrefix starts the name of every temporary directory testenv makes.
@@ -296,6 +300,30 @@ func mustHave(server string, needed bool) {
 	if !env.started || !needed {
 		panic(fmt.Sprintf("testenv: no %s test server: call os.Exit(testenv.Start(m, testenv.Needs{%s: true})) from TestMain", server, server))
 	}
+}
+
+// TemporalServerBinaries returns the real Temporal server, its SQL tool and its schemas, for
+// a test that starts the production topology (localstack.StartTemporalServer): those of
+// EnvTemporalServer and EnvTemporalSQLTool when both are set, else those
+// localstack.EnsureTemporalServer finds in the Go bin directory or builds there (about 6
+// minutes once). The test fails if they cannot be had.
+func TemporalServerBinaries(tb testing.TB) localstack.TemporalServerBinaries {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	server, sqlTool := os.Getenv(EnvTemporalServer), os.Getenv(EnvTemporalSQLTool)
+	if server != "" && sqlTool != "" {
+		dir, err := localstack.TemporalSchemaDir(ctx)
+		if err != nil {
+			tb.Fatalf("testenv: %v", err)
+		}
+		return localstack.TemporalServerBinaries{Server: server, SQLTool: sqlTool, SchemaDir: dir}
+	}
+	b, err := localstack.EnsureTemporalServer(ctx, tb.Logf)
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	return b
 }
 
 // nonIdent matches the runs of characters a database name cannot have.

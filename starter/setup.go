@@ -1,0 +1,69 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/setup"
+	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
+)
+
+func setupCommand(e *appEnv) *cli.Command {
+	return &cli.Command{
+		Name:      "setup",
+		Usage:     "prepare real servers for OTAflow: Temporal namespace, search attributes, PostgreSQL schema",
+		UsageText: "starter [--temporal-address A] [--temporal-namespace N] --database-url U setup [--retention D] [--wait D]",
+		Description: "Run once before the worker and the bridge start on new servers, and again after an upgrade\n" +
+			"of OTAflow; it is safe to run any number of times. In order, each step doing only what is\n" +
+			"missing and saying what it did:\n" +
+			"  namespace          create the Temporal namespace (--temporal-namespace) with --retention\n" +
+			"  search attributes  register " + fmt.Sprint(ota.SearchAttributeNames) + " as Keyword\n" +
+			"  database           apply OTAflow's PostgreSQL migrations (--database-url)\n" +
+			"A Temporal server that does not answer yet (one still starting) is waited for, up to --wait.\n" +
+			"Exit codes: 0 done (changed or not), 1 a step failed (the message names it).",
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "retention", Value: setup.DefaultRetention,
+				Usage: "how long a namespace the setup creates keeps closed workflows (an existing namespace keeps its own)"},
+			&cli.DurationFlag{Name: "wait", Value: setup.DefaultWait, Usage: "wait at most this `DURATION` for the Temporal frontend to answer"},
+		},
+		Before: func(cCtx *cli.Context) error {
+			if cCtx.Args().Present() {
+				return usageErrorf(cCtx, "unexpected argument %q", cCtx.Args().First())
+			}
+			if cCtx.String(flagDatabaseURL) == "" {
+				return usageErrorf(cCtx, "setup applies the PostgreSQL migrations: set --%s (before the command) or DATABASE_URL", flagDatabaseURL)
+			}
+			if r := cCtx.Duration("retention"); r < 24*time.Hour {
+				return usageErrorf(cCtx, "--retention must be at least 24h (Temporal's minimum), not %s", r)
+			}
+			if cCtx.Duration("wait") <= 0 {
+				return usageErrorf(cCtx, "--wait must be positive")
+			}
+			return nil
+		},
+		Action: e.setupAction,
+	}
+}
+
+func (e *appEnv) setupAction(cCtx *cli.Context) error {
+	tlsCfg, err := tlsflags.Temporal(cCtx)
+	if err != nil {
+		return usageErrorf(cCtx, "%v", err)
+	}
+	_, err = setup.Run(cCtx.Context, setup.Config{
+		TemporalAddress:   cCtx.String(flagTemporalAddress),
+		TemporalNamespace: cCtx.String(flagTemporalNamespace),
+		TemporalTLS:       tlsCfg,
+		Retention:         cCtx.Duration("retention"),
+		DatabaseURL:       cCtx.String(flagDatabaseURL),
+		Wait:              cCtx.Duration("wait"),
+		Out:               e.out,
+	}, setup.DefaultSteps())
+	if err != nil && cCtx.Context.Err() != nil {
+		return cli.Exit("setup interrupted: run it again to finish", exitInterrupted)
+	}
+	return err
+}
