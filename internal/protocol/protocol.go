@@ -41,15 +41,28 @@ var typePattern = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
 
 // validateFields checks the fields a command and a progress report share.
 func validateFields(id, typ, version string, idRequired bool) error {
-	switch n := utf8.RuneCountInString(id); {
-	case n > MaxIDLength || (idRequired && n == 0):
+	if n := utf8.RuneCountInString(id); n > MaxIDLength || (idRequired && n == 0) {
 		if idRequired {
 			return invalid(`"id" must be 1 to %d characters`, MaxIDLength)
 		}
 		return invalid(`"id" must be at most %d characters`, MaxIDLength)
-	case !typePattern.MatchString(typ):
+	}
+	if err := ValidateType(typ); err != nil {
+		return err
+	}
+	return ValidateVersion(version)
+}
+
+// ValidateType checks an upgrade type is 1 to MaxTypeLength characters of a-z 0-9 _ -.
+func ValidateType(typ string) error {
+	if !typePattern.MatchString(typ) {
 		return invalid(`"type" must be 1 to %d characters of a-z 0-9 _ -, not %q`, MaxTypeLength, truncate(typ, 40))
 	}
+	return nil
+}
+
+// ValidateVersion checks a version is 1 to MaxVersionLength characters.
+func ValidateVersion(version string) error {
 	if n := utf8.RuneCountInString(version); n == 0 || n > MaxVersionLength {
 		return invalid(`"version" must be 1 to %d characters`, MaxVersionLength)
 	}
@@ -243,6 +256,12 @@ var ErrInvalidMessage = errors.New("invalid message")
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidMessage, fmt.Sprintf(format, args...))
+}
+
+// Reason is a validation error's text without the "invalid message: " that starts it, for
+// messages about a value that did not come in a message (a flag, a file).
+func Reason(err error) string {
+	return strings.TrimPrefix(err.Error(), ErrInvalidMessage.Error()+": ")
 }
 
 // checkEnvelope applies the rules every payload shares: size, UTF-8, one JSON object.
