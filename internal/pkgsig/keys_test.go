@@ -194,7 +194,9 @@ func TestWriteKeyPair(t *testing.T) {
 }
 
 // pemOf encodes one PEM block.
-func pemOf(typ string, der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}) }
+func pemOf(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
 
 func TestLoadTrustedKeys(t *testing.T) {
 	pubA, privA := newKey(t)
