@@ -196,7 +196,7 @@ func WriteKeyPair(dir, keyID string) (KeyFiles, error) {
 	}
 	for _, path := range []string{files.Private, files.Public} {
 		if _, err := os.Lstat(path); err == nil {
-			return KeyFiles{}, fmt.Errorf("%s already exists; refusing to overwrite a key (choose another key ID or directory): %w", path, fs.ErrExist)
+			return KeyFiles{}, keyExistsError{path}
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return KeyFiles{}, err
 		}
@@ -226,13 +226,22 @@ func WriteKeyPair(dir, keyID string) (KeyFiles, error) {
 	return files, nil
 }
 
+// keyExistsError refuses to overwrite a key file; it is an fs.ErrExist.
+type keyExistsError struct{ path string }
+
+func (e keyExistsError) Error() string {
+	return e.path + " already exists; refusing to overwrite a key (choose another key ID or directory)"
+}
+
+func (e keyExistsError) Unwrap() error { return fs.ErrExist }
+
 // writeNew creates path (which must not exist) with mode perm and writes data to it,
 // synced; on failure it removes the file.
 func writeNew(path string, data []byte, perm os.FileMode) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s already exists; refusing to overwrite a key: %w", path, fs.ErrExist)
+			return keyExistsError{path}
 		}
 		return err
 	}

@@ -91,7 +91,7 @@ func WriteSidecar(path string, s Sidecar) error {
 	data = append(data, '\n')
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
-		return fmt.Errorf("sidecar: %w", err)
+		return fmt.Errorf("write sidecar %s: %w", path, err)
 	}
 	defer os.Remove(tmp.Name()) // after a successful rename, there is nothing to remove
 	_, err = tmp.Write(data)
