@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -87,17 +88,16 @@ func signCommand(e *appEnv) *cli.Command {
 			"PROTOCOL.md's five lines: otaflow-package-v1, type, version, size and sha256. Prints them\n" +
 			"with the md5 and the base64 signature; --sidecar FILE also writes them as JSON. With\n" +
 			"--trusted-keys (or " + envTrustedKeys + ") set, the signature must verify against those keys.",
-		Flags: []cli.Flag{
+		Flags: slices.Concat([]cli.Flag{
 			&cli.StringFlag{Name: "key", Usage: "private key `FILE` (PEM PKCS#8 Ed25519, from `package keygen` or openssl) (required)"},
 			&cli.StringFlag{Name: "key-id", Usage: "`ID` of the key, as the trusted keys name it (default: the key file's name without .key)"},
 			&cli.StringFlag{Name: "type", Usage: "upgrade `TYPE` the package is for (required)"},
 			&cli.StringFlag{Name: "version", Usage: "`VERSION` the package installs (required)"},
-			&cli.StringFlag{Name: "file", Usage: "package `FILE` to read"},
-			&cli.StringFlag{Name: "url", Usage: "http(s) `URL` (or file path, file:// URL) to download the package from"},
+		}, sourceFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "sidecar", Usage: "also write the package's fields and signature to this JSON `FILE`"},
 			trustedKeysFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
-		},
+		}),
 		Before: requireFlags("key", "type", "version"),
 		Action: e.signAction,
 	}
@@ -207,6 +207,15 @@ func typeAndVersion(cCtx *cli.Context) (string, string, error) {
 	return typ, version, nil
 }
 
+// sourceFlags give the package to `package sign` and `package verify`; packageSource reads
+// them.
+func sourceFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "file", Usage: "package `FILE` to read"},
+		&cli.StringFlag{Name: "url", Usage: "http(s) `URL` (or file path, file:// URL) to download the package from"},
+	}
+}
+
 // packageSource reads --file or --url, exactly one of which is given.
 func packageSource(cCtx *cli.Context) (source, error) {
 	file, rawURL := cCtx.String("file"), cCtx.String("url")
@@ -257,9 +266,7 @@ func verifyCommand(e *appEnv) *cli.Command {
 			"(or the sidecar's), then the signature over its type, version, size and sha256 under the\n" +
 			"trusted key named by --key-id. Exit codes: 0 verified, 1 a check failed (the message\n" +
 			"names it: size, md5 or sha256 mismatch, unknown key_id, bad signature), 2 bad input.",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "file", Usage: "package `FILE` to read"},
-			&cli.StringFlag{Name: "url", Usage: "http(s) `URL` (or file path, file:// URL) to download the package from"},
+		Flags: append(sourceFlags(),
 			&cli.StringFlag{Name: "sidecar", Usage: "JSON `FILE` written by `package sign --sidecar`, instead of the flags below"},
 			&cli.StringFlag{Name: "type", Usage: "upgrade `TYPE` the package was signed for"},
 			&cli.StringFlag{Name: "version", Usage: "`VERSION` the package was signed for"},
@@ -270,7 +277,7 @@ func verifyCommand(e *appEnv) *cli.Command {
 			&cli.Int64Flag{Name: "size", Usage: "the package's announced size in `BYTES`"},
 			trustedKeysFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
-		},
+		),
 		Before: requireFlags(),
 		Action: e.verifyAction,
 	}
