@@ -10,7 +10,9 @@
 // with --no-register the secrets come from that directory alone and no database is needed.
 // Each fault takes a rate (0..1, the same devices every run for a --fault-seed), a device list
 // (--FAULT-devices) and a limit on the attempts it strikes (--FAULT-attempts 1: retries
-// succeed). Ctrl-C stops it cleanly.
+// succeed). Devices implement PROTOCOL.md 1.1 (--protocol 1 makes them version 1 devices, which
+// ignore sha256, signatures and cancels); with --trusted-keys they verify package signatures
+// (--require-signatures: and refuse unsigned packages). Ctrl-C stops it cleanly.
 package main
 
 import (
@@ -26,6 +28,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -67,6 +70,8 @@ var faults = []fault{
 		func(f *simulator.Faults) *simulator.Fault { return &f.Offline }},
 	{"drop-off", "lose the network at 40% of the download for --offline-for, then reconnect and finish", false,
 		func(f *simulator.Faults) *simulator.Fault { return &f.DropOff }},
+	{"tamper", "download tampered bytes whose md5 matches: only the sha256 check catches them (-2)", false,
+		func(f *simulator.Faults) *simulator.Fault { return &f.Tamper }},
 }
 
 // newApp returns the command line application.
@@ -87,6 +92,11 @@ func newApp() *cli.App {
 		&cli.StringFlag{Name: "state-dir", EnvVars: []string{"DEVICESIM_STATE_DIR"},
 			Usage: "directory that keeps the devices' secrets (default: the user cache directory's otaflow/devicesim)"},
 		&cli.Int64Flag{Name: "fault-seed", Value: 1, Usage: "seed that picks which devices a fault rate hits"},
+		&cli.StringFlag{Name: "protocol", Value: simulator.ProtocolV1_1,
+			Usage: "PROTOCOL.md version the devices implement: 1.1, or 1 (no sha256, signatures nor cancel)"},
+		&cli.StringFlag{Name: "trusted-keys", EnvVars: []string{"OTAFLOW_TRUSTED_KEYS"},
+			Usage: "`DIR` of <key_id>.pub public keys with which the devices verify package signatures"},
+		&cli.BoolFlag{Name: "require-signatures", Usage: "devices refuse unsigned packages (needs --trusted-keys)"},
 
 		&cli.DurationFlag{Name: "report-interval", Value: t.ReportInterval, Usage: "least time between two progress reports"},
 		&cli.DurationFlag{Name: "install-delay", Value: t.InstallDelay, Usage: "time an install takes"},
@@ -184,9 +194,11 @@ func config(cCtx *cli.Context, logger *slog.Logger) (fleetConfig, error) {
 		return fleetConfig{}, err
 	}
 	cfg := fleetConfig{Config: simulator.Config{
-		BrokerURL: cCtx.String("broker"),
-		Initial:   status,
-		Faults:    simulator.Faults{Seed: cCtx.Int64("fault-seed")},
+		Protocol:          cCtx.String("protocol"),
+		RequireSignatures: cCtx.Bool("require-signatures"),
+		BrokerURL:         cCtx.String("broker"),
+		Initial:           status,
+		Faults:            simulator.Faults{Seed: cCtx.Int64("fault-seed")},
 		Timing: simulator.Timing{
 			ReportInterval: cCtx.Duration("report-interval"),
 			InstallDelay:   cCtx.Duration("install-delay"),
@@ -214,6 +226,18 @@ func config(cCtx *cli.Context, logger *slog.Logger) (fleetConfig, error) {
 			Rate:     cCtx.Float64(f.flag),
 			Devices:  splitList(cCtx.StringSlice(f.flag + "-devices")),
 			Attempts: attempts(cCtx, f),
+		}
+	}
+	if dir := cCtx.String("trusted-keys"); dir != "" {
+		if cfg.Protocol == simulator.ProtocolV1 {
+			// OTAFLOW_TRUSTED_KEYS may be set for the worker in the same environment.
+			logger.Info("protocol 1 devices verify no signatures; ignoring the trusted keys", "dir", dir)
+		} else {
+			keys, err := pkgsig.LoadTrustedKeys(dir)
+			if err != nil {
+				return fleetConfig{}, err
+			}
+			cfg.TrustedKeys = keys
 		}
 	}
 	cfg.stateDir = cCtx.String("state-dir")

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otaflow/otaflow/internal/broker"
+	"github.com/otaflow/otaflow/internal/pkgsig"
+	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
 )
@@ -24,8 +28,8 @@ func TestMain(m *testing.M) {
 type exitCode int
 
 // runApp runs the command with args, its output going to stdout and stderr, and returns its
-// error and its exit code (0 when it did not exit).
-func runApp(ctx context.Context, stdout, stderr *testenv.Buffer, args ...string) (err error, code int) {
+// exit code (0 when it did not exit) and its error.
+func runApp(ctx context.Context, stdout, stderr *testenv.Buffer, args ...string) (code int, err error) {
 	app := newApp()
 	app.Writer, app.ErrWriter = stdout, stderr
 	oldExiter, oldErrWriter := cli.OsExiter, cli.ErrWriter
@@ -41,7 +45,7 @@ func runApp(ctx context.Context, stdout, stderr *testenv.Buffer, args ...string)
 			code = int(c)
 		}
 	}()
-	return app.RunContext(ctx, append([]string{"devicesim"}, args...)), 0
+	return 0, app.RunContext(ctx, append([]string{"devicesim"}, args...))
 }
 
 func TestBadFlags(t *testing.T) {
@@ -62,13 +66,18 @@ func TestBadFlags(t *testing.T) {
 		{"bad broker URL", []string{"--broker", "http://localhost", "--no-register"}, "scheme"},
 		{"no database", []string{"--state-dir", "x"}, "--database-url"},
 		{"no secrets kept", []string{"--no-register", "--state-dir", "", "--devices", "1"}, "no secret"},
+		{"unknown protocol", []string{"--protocol", "2", "--no-register"}, `protocol "2": want 1 or 1.1`},
+		{"trusted keys missing", []string{"--trusted-keys", "/nonexistent/keys", "--no-register"}, "trusted keys: open /nonexistent/keys"},
+		{"signatures required without keys", []string{"--require-signatures", "--no-register"}, "no trusted keys"},
+		{"protocol 1 requiring signatures", []string{"--protocol", "1", "--require-signatures", "--no-register"}, "protocol 1 devices verify no signatures"},
+		{"tamper rate above 1", []string{"--tamper", "2", "--no-register"}, "fault tamper: rate 2"},
 	}
 	t.Setenv("DATABASE_URL", "")
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			stderr := &testenv.Buffer{}
-			err, code := runApp(t.Context(), &testenv.Buffer{}, stderr, tt.args...)
+			code, err := runApp(t.Context(), &testenv.Buffer{}, stderr, tt.args...)
 			if err == nil && code == 0 {
 				t.Fatal("bad flags accepted")
 			}
@@ -80,6 +89,59 @@ func TestBadFlags(t *testing.T) {
 				t.Errorf("output %q (exit %d) does not mention %q", msg, code, tt.want)
 			}
 		})
+	}
+}
+
+// configOf reads the flags as run does and returns the fleet's configuration.
+func configOf(t *testing.T, args ...string) (fleetConfig, error) {
+	t.Helper()
+	app := newApp()
+	app.Writer, app.ErrWriter = &testenv.Buffer{}, &testenv.Buffer{}
+	var cfg fleetConfig
+	var cfgErr error
+	app.Action = func(cCtx *cli.Context) error {
+		cfg, cfgErr = config(cCtx, slog.New(slog.DiscardHandler))
+		return nil
+	}
+	if err := app.RunContext(t.Context(), append([]string{"devicesim"}, args...)); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, cfgErr
+}
+
+func TestProtocolFlags(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := pkgsig.WriteKeyPair(filepath.Join(dir, "private"), "release"); err != nil {
+		t.Fatal(err)
+	}
+	trusted := filepath.Join(dir, "trusted")
+	if err := os.Mkdir(trusted, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "private", "release.pub"), filepath.Join(trusted, "release.pub")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OTAFLOW_TRUSTED_KEYS", "")
+
+	cfg, err := configOf(t)
+	if err != nil || cfg.Protocol != simulator.ProtocolV1_1 || cfg.TrustedKeys != nil || cfg.RequireSignatures {
+		t.Errorf("defaults: %+v, %v; want protocol 1.1 without keys", cfg.Config, err)
+	}
+	cfg, err = configOf(t, "--trusted-keys", trusted, "--require-signatures", "--tamper-devices", "sim-00001")
+	if err != nil || !slices.Equal(cfg.TrustedKeys.IDs(), []string{"release"}) || !cfg.RequireSignatures ||
+		!slices.Equal(cfg.Faults.Tamper.Devices, []string{"sim-00001"}) {
+		t.Errorf("--trusted-keys --require-signatures --tamper-devices: %+v, %v", cfg.Config, err)
+	}
+	t.Setenv("OTAFLOW_TRUSTED_KEYS", trusted)
+	if cfg, err = configOf(t); err != nil || cfg.TrustedKeys.Len() != 1 {
+		t.Errorf("OTAFLOW_TRUSTED_KEYS: %+v, %v", cfg.Config, err)
+	}
+	// The worker's OTAFLOW_TRUSTED_KEYS in the environment does not stop version 1 devices.
+	if cfg, err = configOf(t, "--protocol", "1"); err != nil || cfg.Protocol != simulator.ProtocolV1 || cfg.TrustedKeys != nil {
+		t.Errorf("--protocol 1 with OTAFLOW_TRUSTED_KEYS: %+v, %v", cfg.Config, err)
+	}
+	if _, err = configOf(t, "--trusted-keys", filepath.Join(dir, "private")); err == nil || !strings.Contains(err.Error(), "looks like a private key") {
+		t.Errorf("a directory with a private key: %v", err)
 	}
 }
 
@@ -125,7 +187,7 @@ func TestRun(t *testing.T) {
 		go func() {
 			args := append([]string{"--devices", "2", "--prefix", "cli", "--broker", b.URL(),
 				"--state-dir", stateDir, "--summary-interval", "20ms", "--status", "firmware_ver=1.0,app_ver=3.2"}, extra...)
-			err, code := runApp(ctx, stdout, &testenv.Buffer{}, args...)
+			code, err := runApp(ctx, stdout, &testenv.Buffer{}, args...)
 			if err == nil && code != 0 {
 				err = fmt.Errorf("exit code %d", code)
 			}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/md5"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +13,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/otaflow/otaflow/internal/pkgsig"
 )
 
 func packageCommand(e *appEnv) *cli.Command {
@@ -25,7 +25,7 @@ func packageCommand(e *appEnv) *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name:      "inspect",
-				Usage:     "compute a package's md5 and size, for `starter upgrade`",
+				Usage:     "compute a package's md5, sha256 and size, for `starter upgrade`",
 				UsageText: "starter package inspect --url U [--json]",
 				Description: "U is an http(s) URL (downloaded and hashed as it streams, never stored),\n" +
 					"a local file path or a file:// URL. Needs no server.",
@@ -36,6 +36,9 @@ func packageCommand(e *appEnv) *cli.Command {
 				Before: requireFlags("url"),
 				Action: e.inspectAction,
 			},
+			keygenCommand(e),
+			signCommand(e),
+			verifyCommand(e),
 		},
 	}
 }
@@ -45,9 +48,10 @@ type packageInfo struct {
 	// URL is the http(s) URL given, which devices can download from; empty for a local file.
 	URL string `json:"url,omitempty"`
 	// Path is the local file read, for a path or file:// URL.
-	Path string `json:"path,omitempty"`
-	MD5  string `json:"md5"`
-	Size int64  `json:"size"`
+	Path   string `json:"path,omitempty"`
+	MD5    string `json:"md5"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
 }
 
 func (e *appEnv) inspectAction(cCtx *cli.Context) error {
@@ -63,11 +67,11 @@ func (e *appEnv) inspectAction(cCtx *cli.Context) error {
 		return writeJSON(e.out, info)
 	}
 	if info.URL != "" {
-		fmt.Fprintf(e.out, "url   %s\n", info.URL)
+		fmt.Fprintf(e.out, "url     %s\n", info.URL)
 	} else {
-		fmt.Fprintf(e.out, "file  %s\n", info.Path)
+		fmt.Fprintf(e.out, "file    %s\n", info.Path)
 	}
-	fmt.Fprintf(e.out, "md5   %s\nsize  %d\n\n", info.MD5, info.Size)
+	fmt.Fprintf(e.out, "md5     %s\nsha256  %s\nsize    %d\n\n", info.MD5, info.SHA256, info.Size)
 	fragment := fmt.Sprintf("--md5 %s --size %d", info.MD5, info.Size)
 	if info.URL != "" {
 		fmt.Fprintf(e.out, "--url %s %s\n", shellQuote(info.URL), fragment)
@@ -119,7 +123,7 @@ func parseSource(raw string) (source, error) {
 	}
 }
 
-// inspectPackage reads a package once, computing its md5 and size as it streams.
+// inspectPackage reads a package once, computing its md5, sha256 and size as it streams.
 func inspectPackage(ctx context.Context, src source) (packageInfo, error) {
 	var r io.ReadCloser
 	var name string
@@ -160,15 +164,14 @@ func inspectPackage(ctx context.Context, src source) (packageInfo, error) {
 		r = f
 	}
 	defer r.Close()
-	h := md5.New()
-	n, err := io.Copy(h, r)
+	d, err := pkgsig.HashReader(r)
 	if err != nil {
-		return packageInfo{}, fmt.Errorf("read %s after %d bytes: %w", name, n, err)
+		return packageInfo{}, fmt.Errorf("read %s after %d bytes: %w", name, d.Size, err)
 	}
-	if n == 0 {
+	if d.Size == 0 {
 		return packageInfo{}, fmt.Errorf("%s is empty: a package must have at least one byte", name)
 	}
-	return packageInfo{URL: src.url, Path: src.path, MD5: hex.EncodeToString(h.Sum(nil)), Size: n}, nil
+	return packageInfo{URL: src.url, Path: src.path, MD5: d.MD5, SHA256: d.SHA256, Size: d.Size}, nil
 }
 
 // redactURL hides a password in a URL, for messages.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
@@ -19,6 +20,11 @@ var testPackage = []byte(strings.Repeat("OTAflow firmware 1.1\n", 50000))
 
 func md5Hex(b []byte) string {
 	sum := md5.Sum(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
 
@@ -48,7 +54,7 @@ func TestPackageInspect(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	wantMD5, wantSize := md5Hex(testPackage), strconv.Itoa(len(testPackage))
+	wantMD5, wantSHA256, wantSize := md5Hex(testPackage), sha256Hex(testPackage), strconv.Itoa(len(testPackage))
 
 	ok := []struct {
 		name     string
@@ -64,7 +70,7 @@ func TestPackageInspect(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := runCLI(t, context.Background(), offline("package", "inspect", "--url", tt.url)...)
 			r.check(t, 0)
-			for _, want := range []string{"md5   " + wantMD5 + "\n", "size  " + wantSize + "\n", tt.fragment} {
+			for _, want := range []string{"md5     " + wantMD5 + "\n", "sha256  " + wantSHA256 + "\n", "size    " + wantSize + "\n", tt.fragment} {
 				if !strings.Contains(r.stdout, want) {
 					t.Errorf("output lacks %q:\n%s", want, r.stdout)
 				}
@@ -76,8 +82,8 @@ func TestPackageInspect(t *testing.T) {
 			if err := json.Unmarshal([]byte(r.stdout), &info); err != nil {
 				t.Fatalf("--json output is not one JSON object: %v\n%s", err, r.stdout)
 			}
-			if info.MD5 != wantMD5 || info.Size != int64(len(testPackage)) {
-				t.Errorf("--json gives md5 %s size %d, want %s %d", info.MD5, info.Size, wantMD5, len(testPackage))
+			if info.MD5 != wantMD5 || info.SHA256 != wantSHA256 || info.Size != int64(len(testPackage)) {
+				t.Errorf("--json gives md5 %s sha256 %s size %d, want %s %s %d", info.MD5, info.SHA256, info.Size, wantMD5, wantSHA256, len(testPackage))
 			}
 			if (info.URL != "") == (info.Path != "") {
 				t.Errorf("--json should give exactly one of url and path: %+v", info)

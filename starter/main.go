@@ -1,7 +1,7 @@
 // Command starter is the OTAflow command line for business systems and operators: it starts,
 // follows and cancels device upgrades, rolls upgrades out to fleets in waves (and steers and
 // schedules those rollouts), shows a device's upgrade status, manages the device registry and
-// inspects packages.
+// inspects, signs and verifies packages.
 //
 //	starter upgrade --device sensor-1 --type firmware --version 1.1 \
 //	    --url https://files.example.com/fw/1.1.bin --md5 9e107d9d372bb6826bd81d3542a419d6 --size 1048576 --wait
@@ -11,6 +11,9 @@
 //	starter devices list --prefix sensor-
 //	starter devices import --file devices.csv --out secrets.csv
 //	starter package inspect --url ./fw-1.1.bin
+//	starter package keygen --out keys --key-id release-2026
+//	starter package sign --key keys/release-2026.key --type firmware --version 1.1 --file fw-1.1.bin --sidecar fw-1.1.json
+//	starter package verify --file fw-1.1.bin --sidecar fw-1.1.json --trusted-keys trusted-keys/
 //	starter rollout start --name fw-1.1 --type firmware --version 1.1 --url U --md5 M --size S \
 //	    --prefix sensor- --waves 1%,10%,50%,100% --wave-success 95 --bake 10m --failure-threshold 10
 //	starter rollout status fw-1.1 --watch

@@ -307,8 +307,10 @@ func (h *authHook) runVerify(key verifyKey, call *verifyCall, password string) {
 	<-h.verifySlots
 }
 
-// OnACLCheck lets services use any topic and a device only its own topics. It is called for
-// a client's publishes (write), its subscriptions (the filter) and each delivery to it.
+// OnACLCheck lets services use any topic and a device only its own topics (PROTOCOL.md 1.1):
+// it subscribes to its command and cancel topics and publishes to its progress and status
+// topics. It is called for a client's publishes (write), its subscriptions (the filter) and
+// each delivery to it.
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	username := string(cl.Properties.Username)
 	if _, ok := h.services[username]; ok {
@@ -333,10 +335,10 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 			"reason", "a device may publish only to its own progress and status topics")
 		return false
 	}
-	if topic == protocol.CommandTopic(id) {
+	if topic == protocol.CommandTopic(id) || topic == protocol.CancelTopic(id) {
 		return true
 	}
 	h.log.Warn("subscribe refused", "device", id, "topic", topic,
-		"reason", "a device may subscribe only to its own command topic")
+		"reason", "a device may subscribe only to its own command and cancel topics")
 	return false
 }

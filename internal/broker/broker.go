@@ -1,7 +1,8 @@
 // Package broker runs OTAflow's embedded MQTT broker (mochi-mqtt) for the local stack and the
 // tests. It authenticates devices against their registered secrets and services against
 // fixed passwords, and enforces PROTOCOL.md's access rule: device {id} may subscribe only to
-// its own command topic and publish only to its own progress and status topics. It also keeps
+// its own command and cancel topics and publish only to its own progress and status topics.
+// It also keeps
 // the QoS 1 and 2 messages that mochi v2.7.9 would lose from persistent sessions (see
 // sessionHook).
 package broker

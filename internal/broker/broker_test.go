@@ -390,7 +390,13 @@ func TestDeviceSubscribeACL(t *testing.T) {
 		want   byte
 	}{
 		{protocol.CommandTopic("dev-a"), 1},
+		{protocol.CancelTopic("dev-a"), 1},
 		{protocol.CommandTopic("dev-b"), 0x80},
+		{protocol.CancelTopic("dev-b"), 0x80},
+		{protocol.TopicPrefix + "+/" + protocol.KindCancel, 0x80},
+		{protocol.TopicPrefix + "dev-a/ota/+", 0x80},
+		{protocol.TopicPrefix + "dev-a/ota/#", 0x80},
+		{"$share/" + protocol.SharedGroup + "/" + protocol.CancelTopic("dev-a"), 0x80},
 		{protocol.TopicPrefix + "+/" + protocol.KindCommand, 0x80},
 		{protocol.TopicPrefix + "dev-a/#", 0x80},
 		{"#", 0x80},
@@ -406,7 +412,7 @@ func TestDeviceSubscribeACL(t *testing.T) {
 			}
 		})
 	}
-	if !strings.Contains(logs.String(), "a device may subscribe only to its own command topic") {
+	if !strings.Contains(logs.String(), "a device may subscribe only to its own command and cancel topics") {
 		t.Error("subscription refusals are not logged with their reason")
 	}
 	if !a.IsConnected() {
@@ -425,6 +431,26 @@ func TestDeviceSubscribeACL(t *testing.T) {
 	publish(t, svc, protocol.CommandTopic("dev-a"), 1, "for-a")
 	if m := msgsA.next(t); m.topic != protocol.CommandTopic("dev-a") || m.payload != "for-a" {
 		t.Fatalf("A got %q on %s, want its own command first (B's command leaked?)", m.payload, m.topic)
+	}
+
+	// The worker's cancel to B reaches B, never A; A's own cancel reaches A.
+	subscribe(t, devB, protocol.CancelTopic("dev-b"), msgsB.handler)
+	worker := mustDial(t, b, clientConfig{clientID: "worker-2", username: workerUser, password: workerPass, clean: true})
+	publish(t, worker, protocol.CancelTopic("dev-b"), 1, `{"id":"b1"}`)
+	if m := msgsB.next(t); m.topic != protocol.CancelTopic("dev-b") || m.payload != `{"id":"b1"}` {
+		t.Fatalf("B got %q on %s, want its cancel", m.payload, m.topic)
+	}
+	publish(t, worker, protocol.CancelTopic("dev-a"), 1, `{"id":"a1"}`)
+	// paho hands A's messages to the handler of every filter A asked for that matches, the
+	// refused ones too: "for-a" comes several times. Nothing of B's may come.
+	for {
+		m := msgsA.next(t)
+		if m.topic == protocol.CancelTopic("dev-a") && m.payload == `{"id":"a1"}` {
+			break
+		}
+		if m.topic != protocol.CommandTopic("dev-a") || m.payload != "for-a" {
+			t.Fatalf("A got %q on %s (B's cancel leaked?)", m.payload, m.topic)
+		}
 	}
 }
 
@@ -449,6 +475,8 @@ func TestDevicePublishACL(t *testing.T) {
 		{"B's status", protocol.StatusTopic("dev-b"), 1, true},
 		{"own command topic", protocol.CommandTopic("dev-a"), 1, true},
 		{"B's command topic", protocol.CommandTopic("dev-b"), 1, true},
+		{"own cancel topic", protocol.CancelTopic("dev-a"), 1, true},
+		{"B's cancel topic", protocol.CancelTopic("dev-b"), 1, true},
 		{"another topic", "otaflow/anything", 1, true},
 		{"B's progress at QoS 0", protocol.ProgressTopic("dev-b"), 0, false},
 	}

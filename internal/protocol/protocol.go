@@ -5,6 +5,7 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,15 +41,28 @@ var typePattern = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
 
 // validateFields checks the fields a command and a progress report share.
 func validateFields(id, typ, version string, idRequired bool) error {
-	switch n := utf8.RuneCountInString(id); {
-	case n > MaxIDLength || (idRequired && n == 0):
+	if n := utf8.RuneCountInString(id); n > MaxIDLength || (idRequired && n == 0) {
 		if idRequired {
 			return invalid(`"id" must be 1 to %d characters`, MaxIDLength)
 		}
 		return invalid(`"id" must be at most %d characters`, MaxIDLength)
-	case !typePattern.MatchString(typ):
+	}
+	if err := ValidateType(typ); err != nil {
+		return err
+	}
+	return ValidateVersion(version)
+}
+
+// ValidateType checks an upgrade type is 1 to MaxTypeLength characters of a-z 0-9 _ -.
+func ValidateType(typ string) error {
+	if !typePattern.MatchString(typ) {
 		return invalid(`"type" must be 1 to %d characters of a-z 0-9 _ -, not %q`, MaxTypeLength, truncate(typ, 40))
 	}
+	return nil
+}
+
+// ValidateVersion checks a version is 1 to MaxVersionLength characters.
+func ValidateVersion(version string) error {
 	if n := utf8.RuneCountInString(version); n == 0 || n > MaxVersionLength {
 		return invalid(`"version" must be 1 to %d characters`, MaxVersionLength)
 	}
@@ -63,6 +77,8 @@ const (
 	KindProgress = "ota/progress"
 	// KindStatus is the device -> cloud status topic suffix.
 	KindStatus = "status"
+	// KindCancel is the cloud -> device cancel topic suffix (PROTOCOL.md 1.1).
+	KindCancel = "ota/cancel"
 )
 
 // TopicPrefix starts every device topic.
@@ -119,6 +135,9 @@ func ProgressTopic(id string) string { return TopicPrefix + id + "/" + KindProgr
 // StatusTopic is the topic on which device id reports its versions.
 func StatusTopic(id string) string { return TopicPrefix + id + "/" + KindStatus }
 
+// CancelTopic is the topic on which device id receives cancel messages (PROTOCOL.md 1.1).
+func CancelTopic(id string) string { return TopicPrefix + id + "/" + KindCancel }
+
 // ProgressFilter matches every device's progress topic.
 const ProgressFilter = TopicPrefix + "+/" + KindProgress
 
@@ -131,8 +150,9 @@ func SharedFilter(filter string) string { return "$share/" + SharedGroup + "/" +
 // ErrBadTopic is returned for a topic that is not a device topic OTAflow knows.
 var ErrBadTopic = errors.New("not an OTAflow device topic")
 
-// ParseTopic splits a device topic into its device ID and kind (KindProgress, KindStatus or
-// KindCommand).
+// ParseTopic splits a device topic into its device ID and kind (KindProgress, KindStatus,
+// KindCommand or KindCancel). Devices publish only on the first two: a caller that handles
+// device messages refuses the others.
 func ParseTopic(topic string) (deviceID, kind string, err error) {
 	rest, ok := strings.CutPrefix(topic, TopicPrefix)
 	if !ok {
@@ -143,7 +163,7 @@ func ParseTopic(topic string) (deviceID, kind string, err error) {
 		return "", "", fmt.Errorf("%w: %q", ErrBadTopic, truncate(topic, 120))
 	}
 	switch kind {
-	case KindProgress, KindStatus, KindCommand:
+	case KindProgress, KindStatus, KindCommand, KindCancel:
 	default:
 		return "", "", fmt.Errorf("%w: %q", ErrBadTopic, truncate(topic, 120))
 	}
@@ -163,7 +183,22 @@ type UpgradeCommand struct {
 	Size      int64     `json:"size"`
 	IssuedAt  time.Time `json:"issued_at"`
 	ExpiresAt time.Time `json:"expires_at"`
+
+	// PROTOCOL.md 1.1, optional: left out of the JSON when empty, so that a command without
+	// them is byte for byte what version 1 devices have always received.
+
+	// SHA256 is the package's SHA-256, 64 lowercase hex digits.
+	SHA256 string `json:"sha256,omitempty"`
+	// Sig is the publisher's Ed25519 signature over the package's type, version, size and
+	// sha256 (internal/pkgsig), 64 bytes in standard base64 with padding. It comes with KeyID
+	// and SHA256.
+	Sig string `json:"sig,omitempty"`
+	// KeyID names the trusted public key that verifies Sig.
+	KeyID string `json:"key_id,omitempty"`
 }
+
+// Signed reports whether the command carries a signature.
+func (c UpgradeCommand) Signed() bool { return c.Sig != "" }
 
 // Progress is a device's report of download progress or an error code.
 type Progress struct {
@@ -189,6 +224,12 @@ var ErrInvalidMessage = errors.New("invalid message")
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidMessage, fmt.Sprintf(format, args...))
+}
+
+// Reason is a validation error's text without the "invalid message: " that starts it, for
+// messages about a value that did not come in a message (a flag, a file).
+func Reason(err error) string {
+	return strings.TrimPrefix(err.Error(), ErrInvalidMessage.Error()+": ")
 }
 
 // checkEnvelope applies the rules every payload shares: size, UTF-8, one JSON object.
@@ -348,12 +389,85 @@ func ParseCommand(payload []byte) (UpgradeCommand, error) {
 	return c, c.Validate()
 }
 
-var md5Pattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
+var (
+	md5Pattern    = regexp.MustCompile(`^[0-9a-f]{32}$`)
+	sha256Pattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	keyIDPattern  = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+	// sigPattern is 64 bytes in standard base64 with padding: 86 characters and "==".
+	sigPattern = regexp.MustCompile(`^[A-Za-z0-9+/]{86}==$`)
+)
+
+// Limits of PROTOCOL.md 1.1 on the package integrity fields.
+const (
+	// SignatureSize is the size of an Ed25519 signature, in bytes.
+	SignatureSize = 64
+	// MaxKeyIDLength bounds a key_id.
+	MaxKeyIDLength = 64
+)
 
 // ValidateMD5 checks an md5 digest is 32 lowercase hex digits.
 func ValidateMD5(md5 string) error {
 	if !md5Pattern.MatchString(md5) {
 		return invalid("md5 must be 32 lowercase hex digits, got %q", truncate(md5, 40))
+	}
+	return nil
+}
+
+// ValidateSHA256 checks a sha256 digest is 64 lowercase hex digits.
+func ValidateSHA256(sum string) error {
+	if !sha256Pattern.MatchString(sum) {
+		return invalid("sha256 must be 64 lowercase hex digits, got %q", truncate(sum, 72))
+	}
+	return nil
+}
+
+// ValidateKeyID checks a key_id is 1 to 64 characters of A-Z a-z 0-9 _ . -, which also makes
+// it a safe file name (<key_id>.pub).
+func ValidateKeyID(id string) error {
+	if !keyIDPattern.MatchString(id) {
+		return invalid("key_id must be 1 to %d characters of A-Z a-z 0-9 _ . -, got %q", MaxKeyIDLength, truncate(id, 72))
+	}
+	return nil
+}
+
+// DecodeSignature checks sig is an Ed25519 signature in standard base64 with padding (the
+// canonical encoding of 64 bytes) and returns its bytes.
+func DecodeSignature(sig string) ([]byte, error) {
+	if !sigPattern.MatchString(sig) {
+		return nil, invalid("sig must be %d bytes in standard base64 with padding (88 characters ending in ==), got %d characters", SignatureSize, len(sig))
+	}
+	b, err := base64.StdEncoding.Strict().DecodeString(sig)
+	if err != nil || len(b) != SignatureSize {
+		return nil, invalid("sig is not canonical base64 of %d bytes", SignatureSize)
+	}
+	return b, nil
+}
+
+// validateIntegrity checks the optional package integrity fields of PROTOCOL.md 1.1: each
+// well-formed when present, and a signature only with its key_id and the sha256 it covers.
+func validateIntegrity(sha256, sig, keyID string) error {
+	if sha256 != "" {
+		if err := ValidateSHA256(sha256); err != nil {
+			return err
+		}
+	}
+	if sig != "" {
+		if _, err := DecodeSignature(sig); err != nil {
+			return err
+		}
+	}
+	if keyID != "" {
+		if err := ValidateKeyID(keyID); err != nil {
+			return err
+		}
+	}
+	switch {
+	case sig != "" && keyID == "":
+		return invalid(`"sig" needs the "key_id" of the key that made it`)
+	case keyID != "" && sig == "":
+		return invalid(`"key_id" without "sig": no signature to verify`)
+	case sig != "" && sha256 == "":
+		return invalid(`"sig" needs the "sha256" it signs`)
 	}
 	return nil
 }
@@ -369,7 +483,44 @@ func (c UpgradeCommand) Validate() error {
 	case c.Size <= 0:
 		return invalid(`"size" must be more than 0`)
 	}
-	return ValidateMD5(c.MD5)
+	if err := ValidateMD5(c.MD5); err != nil {
+		return err
+	}
+	return validateIntegrity(c.SHA256, c.Sig, c.KeyID)
+}
+
+// DescCanceled is the desc of the progress report (code CodeOther) with which a device
+// confirms a cancel: it stopped before installing.
+const DescCanceled = "canceled"
+
+// CancelMessage asks a device to stop working on a command before it installs (PROTOCOL.md
+// 1.1). It names the command attempt, so that a late cancel never stops a newer attempt.
+type CancelMessage struct {
+	ID string `json:"id"`
+}
+
+// ParseCancel validates and decodes a cancel message, as a device does.
+func ParseCancel(payload []byte) (CancelMessage, error) {
+	if err := checkEnvelope(payload); err != nil {
+		return CancelMessage{}, err
+	}
+	fields, err := decodeObject(payload)
+	if err != nil {
+		return CancelMessage{}, err
+	}
+	var c CancelMessage
+	if c.ID, err = stringField(fields, "id", true); err != nil {
+		return CancelMessage{}, err
+	}
+	return c, c.Validate()
+}
+
+// Validate checks a cancel message names a command ID of 1 to MaxIDLength characters.
+func (c CancelMessage) Validate() error {
+	if n := utf8.RuneCountInString(c.ID); n == 0 || n > MaxIDLength {
+		return invalid(`"id" must be 1 to %d characters`, MaxIDLength)
+	}
+	return nil
 }
 
 func truncate(s string, n int) string {

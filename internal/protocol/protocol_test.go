@@ -1,10 +1,15 @@
 package protocol
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseProgress(t *testing.T) {
@@ -134,11 +139,19 @@ func TestParseTopic(t *testing.T) {
 		{"devices/d-1/ota/progress", "d-1", KindProgress, true},
 		{"devices/d.1_x/status", "d.1_x", KindStatus, true},
 		{"devices/d1/ota/command", "d1", KindCommand, true},
+		{"devices/d1/ota/cancel", "d1", KindCancel, true},
+		{"devices/d1/ota/cancel/x", "", "", false},
+		{"devices/d1/ota/Cancel", "", "", false},
+		{"devices/d1/ota", "", "", false},
+		{"devices/d1/cancel", "", "", false},
+		{"devices/+/ota/cancel", "", "", false},
 		{"devices/d1/other", "", "", false},
 		{"devices/a+b/status", "", "", false},
 		{"devices//status", "", "", false},
 		{"things/d1/status", "", "", false},
+		{"devices/" + strings.Repeat("a", 64) + "/ota/cancel", strings.Repeat("a", 64), KindCancel, true},
 		{"devices/" + strings.Repeat("a", 65) + "/status", "", "", false},
+		{"devices/" + strings.Repeat("a", 65) + "/ota/cancel", "", "", false},
 	}
 	for _, tt := range tests {
 		id, kind, err := ParseTopic(tt.topic)
@@ -146,34 +159,219 @@ func TestParseTopic(t *testing.T) {
 			t.Errorf("ParseTopic(%q) = %q, %q, %v", tt.topic, id, kind, err)
 		}
 	}
-	if ProgressTopic("x") != "devices/x/ota/progress" || StatusTopic("x") != "devices/x/status" || CommandTopic("x") != "devices/x/ota/command" {
-		t.Error("topics differ from PROTOCOL.md")
-	}
-}
-
-func TestParseCommand(t *testing.T) {
-	good := `{"id":"c1","type":"firmware","version":"1.1","url":"http://f/1.bin","md5":"9e107d9d372bb6826bd81d3542a419d6","size":10,
-		"issued_at":"2026-11-25T10:00:00Z","expires_at":"2026-11-26T10:00:00Z"}`
-	if c, err := ParseCommand([]byte(good)); err != nil || c.Size != 10 || c.ExpiresAt.IsZero() {
-		t.Fatalf("good command: %+v, %v", c, err)
-	}
-	for _, bad := range []string{
-		strings.Replace(good, `"size":10`, `"size":0`, 1),
-		strings.Replace(good, "9e107d9d", "9E107D9D", 1),
-		strings.Replace(good, `"size":10`, `"size":"10"`, 1),
-		strings.Replace(good, `"id":"c1",`, ``, 1),
+	for _, tt := range []struct{ got, want string }{
+		{ProgressTopic("x"), "devices/x/ota/progress"},
+		{StatusTopic("x"), "devices/x/status"},
+		{CommandTopic("x"), "devices/x/ota/command"},
+		{CancelTopic("x"), "devices/x/ota/cancel"},
 	} {
-		if _, err := ParseCommand([]byte(bad)); err == nil {
-			t.Errorf("accepted %s", bad)
+		if tt.got != tt.want {
+			t.Errorf("topic %q differs from PROTOCOL.md's %q", tt.got, tt.want)
 		}
 	}
 }
 
-// FuzzParse checks that no payload makes a parser panic, and that whatever a parser accepts
-// passes its own validation.
+// Values of the PROTOCOL.md 1.1 integrity fields for tests: a sha256 and a signature of the
+// right forms (the bytes need not verify here; internal/pkgsig checks that).
+var (
+	testSHA256 = strings.Repeat("0123456789abcdef", 4)
+	testSig    = base64.StdEncoding.EncodeToString([]byte(strings.Repeat("\xfb\xef\xbe", 21) + "\xff"))
+)
+
+// commandJSON is a valid version 1 command with fields replaced, added or (value "-") removed;
+// values are raw JSON.
+func commandJSON(edits ...string) string {
+	fields := map[string]string{
+		"id": `"c1"`, "type": `"firmware"`, "version": `"1.1"`, "url": `"http://f/1.bin"`,
+		"md5": `"9e107d9d372bb6826bd81d3542a419d6"`, "size": "10",
+		"issued_at": `"2026-11-25T10:00:00Z"`, "expires_at": `"2026-11-26T10:00:00Z"`,
+	}
+	for i := 0; i+1 < len(edits); i += 2 {
+		if edits[i+1] == "-" {
+			delete(fields, edits[i])
+		} else {
+			fields[edits[i]] = edits[i+1]
+		}
+	}
+	parts := make([]string, 0, len(fields))
+	for _, k := range slices.Sorted(maps.Keys(fields)) {
+		parts = append(parts, fmt.Sprintf("%q:%s", k, fields[k]))
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
+
+func quoted(s string) string { return `"` + s + `"` }
+
+func TestParseCommand(t *testing.T) {
+	signed := []string{"sha256", quoted(testSHA256), "sig", quoted(testSig), "key_id", `"release-2026"`}
+	with := func(edits ...string) string { return commandJSON(append(slices.Clone(signed), edits...)...) }
+	// nonCanonical differs from testSig in the padding bits of its last data character, which
+	// a lenient decoder would accept as the same signature.
+	nonCanonical := testSig[:85] + "B=="
+	tests := []struct {
+		name    string
+		payload string
+		check   func(UpgradeCommand) bool // for a valid command
+		wantErr string
+	}{
+		{"version 1 command", commandJSON(), func(c UpgradeCommand) bool {
+			return c.Size == 10 && !c.ExpiresAt.IsZero() && c.SHA256 == "" && !c.Signed()
+		}, ""},
+		{"sha256 alone", commandJSON("sha256", quoted(testSHA256)), func(c UpgradeCommand) bool { return c.SHA256 == testSHA256 && !c.Signed() }, ""},
+		{"signed", with(), func(c UpgradeCommand) bool {
+			return c.SHA256 == testSHA256 && c.Sig == testSig && c.KeyID == "release-2026" && c.Signed()
+		}, ""},
+		{"null fields are absent", commandJSON("sha256", "null", "sig", "null", "key_id", "null"), func(c UpgradeCommand) bool { return !c.Signed() }, ""},
+		{"size 0", commandJSON("size", "0"), nil, `"size"`},
+		{"uppercase md5", commandJSON("md5", `"9E107D9D372BB6826BD81D3542A419D6"`), nil, "md5"},
+		{"size as a string", commandJSON("size", `"10"`), nil, "wrong field type"},
+		{"no id", commandJSON("id", "-"), nil, `"id"`},
+
+		// sha256: exactly 64 lowercase hex digits.
+		{"sha256 of 63", commandJSON("sha256", quoted(testSHA256[:63])), nil, "sha256 must be 64 lowercase hex"},
+		{"sha256 of 65", commandJSON("sha256", quoted(testSHA256+"0")), nil, "sha256 must be 64 lowercase hex"},
+		{"uppercase sha256", commandJSON("sha256", quoted(strings.ToUpper(testSHA256))), nil, "sha256 must be 64 lowercase hex"},
+		{"sha256 not hex", commandJSON("sha256", quoted("g"+testSHA256[1:])), nil, "sha256 must be 64 lowercase hex"},
+		{"sha256 as a number", commandJSON("sha256", "1"), nil, "wrong field type"},
+
+		// sig: 64 bytes, standard base64 with padding, canonical.
+		{"sig without padding", with("sig", quoted(strings.TrimRight(testSig, "="))), nil, "sig must be 64 bytes"},
+		{"sig of 63 bytes", with("sig", quoted(base64.StdEncoding.EncodeToString(make([]byte, 63)))), nil, "sig must be 64 bytes"},
+		{"sig of 65 bytes", with("sig", quoted(base64.StdEncoding.EncodeToString(make([]byte, 65)))), nil, "sig must be 64 bytes"},
+		{"sig in URL-safe base64", with("sig", quoted(base64.URLEncoding.EncodeToString([]byte(strings.Repeat("\xfb\xef\xbe", 21)+"\xff")))), nil, "sig must be 64 bytes"},
+		{"sig with a line break", with("sig", quoted(testSig[:40]+`\n`+testSig[41:])), nil, "sig must be 64 bytes"},
+		{"sig not canonical", with("sig", quoted(nonCanonical)), nil, "not canonical"},
+		{"sig of zero bytes is well-formed", with("sig", quoted(base64.StdEncoding.EncodeToString(make([]byte, 64)))), func(c UpgradeCommand) bool { return c.Signed() }, ""},
+
+		// key_id: 1 to 64 of A-Z a-z 0-9 _ . -
+		{"key_id of 64", with("key_id", quoted(strings.Repeat("k", 64))), func(c UpgradeCommand) bool { return len(c.KeyID) == 64 }, ""},
+		{"key_id of every allowed character", with("key_id", `"AZaz09_.-"`), func(c UpgradeCommand) bool { return c.KeyID == "AZaz09_.-" }, ""},
+		{"key_id of 65", with("key_id", quoted(strings.Repeat("k", 65))), nil, "key_id must be 1 to 64"},
+		{"key_id with a slash", with("key_id", `"keys/a"`), nil, "key_id must be 1 to 64"},
+		{"key_id with a space", with("key_id", `"a b"`), nil, "key_id must be 1 to 64"},
+		{"key_id not ASCII", with("key_id", `"clé"`), nil, "key_id must be 1 to 64"},
+
+		// Together: a signature names its key and the sha256 it signs.
+		{"sig without key_id", with("key_id", "-"), nil, `"sig" needs the "key_id"`},
+		{"sig with an empty key_id", with("key_id", `""`), nil, `"sig" needs the "key_id"`},
+		{"key_id without sig", with("sig", "-"), nil, `"key_id" without "sig"`},
+		{"sig without sha256", with("sha256", "-"), nil, `"sig" needs the "sha256"`},
+		{"largest command fits the payload limit", with("id", quoted(strings.Repeat("i", 64)), "type", quoted(strings.Repeat("t", 32)),
+			"version", quoted(strings.Repeat("v", 64)), "url", quoted("http://f/"+strings.Repeat("u", 2048-9)), "key_id", quoted(strings.Repeat("k", 64)),
+			"size", "9223372036854775807"), func(c UpgradeCommand) bool { return len(c.URL) == 2048 }, ""},
+		{"url of 2049", commandJSON("url", quoted("http://f/"+strings.Repeat("u", 2049-9))), nil, `"url"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseCommand([]byte(tt.payload))
+			if tt.wantErr != "" {
+				if err == nil || !errors.Is(err, ErrInvalidMessage) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want ErrInvalidMessage about %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !tt.check(c) {
+				t.Fatalf("got %+v, %v", c, err)
+			}
+		})
+	}
+}
+
+// TestCommandJSON: a command without the 1.1 fields encodes exactly as in version 1, and one
+// with them round-trips.
+func TestCommandJSON(t *testing.T) {
+	at := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	v1 := UpgradeCommand{ID: "c1", Type: "firmware", Version: "1.1", URL: "http://f/1.bin", MD5: "9e107d9d372bb6826bd81d3542a419d6",
+		Size: 10, IssuedAt: at, ExpiresAt: at.Add(24 * time.Hour)}
+	b, err := json.Marshal(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"id":"c1","type":"firmware","version":"1.1","url":"http://f/1.bin","md5":"9e107d9d372bb6826bd81d3542a419d6","size":10,` +
+		`"issued_at":"2026-11-25T10:00:00Z","expires_at":"2026-11-26T10:00:00Z"}`
+	if string(b) != want {
+		t.Errorf("version 1 command encodes as\n%s\nwant\n%s", b, want)
+	}
+
+	signed := v1
+	signed.SHA256, signed.Sig, signed.KeyID = testSHA256, testSig, "release-2026"
+	b, err = json.Marshal(signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(string(b), `,"sha256":"`+testSHA256+`","sig":"`+testSig+`","key_id":"release-2026"}`) {
+		t.Errorf("signed command encodes as %s", b)
+	}
+	got, err := ParseCommand(b)
+	if err != nil || got.SHA256 != signed.SHA256 || got.Sig != signed.Sig || got.KeyID != signed.KeyID || !got.ExpiresAt.Equal(signed.ExpiresAt) {
+		t.Errorf("round trip: %+v, %v", got, err)
+	}
+}
+
+func TestDecodeSignature(t *testing.T) {
+	b, err := DecodeSignature(testSig)
+	if err != nil || len(b) != SignatureSize || base64.StdEncoding.EncodeToString(b) != testSig {
+		t.Fatalf("DecodeSignature(testSig) = %x, %v", b, err)
+	}
+	for _, bad := range []string{"", "=", testSig[:87], testSig + "=", " " + testSig, testSig[:85] + "B=="} {
+		if _, err := DecodeSignature(bad); !errors.Is(err, ErrInvalidMessage) {
+			t.Errorf("DecodeSignature(%q) = %v, want ErrInvalidMessage", bad, err)
+		}
+	}
+}
+
+func TestParseCancel(t *testing.T) {
+	tests := []struct {
+		name    string
+		payload string
+		want    string
+		wantErr string
+	}{
+		{"cancel", `{"id":"c1"}`, "c1", ""},
+		{"unknown fields ignored", `{"id":"c1","reason":"rollout canceled"}`, "c1", ""},
+		{"id of 64", `{"id":"` + strings.Repeat("i", 64) + `"}`, strings.Repeat("i", 64), ""},
+		{"id of 64 characters", `{"id":"` + strings.Repeat("é", 64) + `"}`, strings.Repeat("é", 64), ""},
+		{"id of 65", `{"id":"` + strings.Repeat("i", 65) + `"}`, "", `"id" must be 1 to 64`},
+		{"empty id", `{"id":""}`, "", `"id" must be 1 to 64`},
+		{"no id", `{"command":"c1"}`, "", `"id" is missing`},
+		{"null id", `{"id":null}`, "", `"id" is missing`},
+		{"id a number", `{"id":1}`, "", "must be a string"},
+		{"empty object", `{}`, "", `"id" is missing`},
+		{"array", `["c1"]`, "", "malformed"},
+		{"null", `null`, "", "not a JSON object"},
+		{"trailing data", `{"id":"c1"}{}`, "", "trailing"},
+		{"not UTF-8", "{\"id\":\"c\xff\"}", "", "UTF-8"},
+		{"empty", ` `, "", "empty"},
+		{"oversized", `{"id":"c1","pad":"` + strings.Repeat("x", MaxPayloadSize) + `"}`, "", "more than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseCancel([]byte(tt.payload))
+			if tt.wantErr != "" {
+				if err == nil || !errors.Is(err, ErrInvalidMessage) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want ErrInvalidMessage about %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got.ID != tt.want {
+				t.Fatalf("got %+v, %v; want id %q", got, err, tt.want)
+			}
+		})
+	}
+	b, err := json.Marshal(CancelMessage{ID: "c1"})
+	if err != nil || string(b) != `{"id":"c1"}` {
+		t.Errorf("CancelMessage encodes as %s, %v; want PROTOCOL.md's {\"id\": ...}", b, err)
+	}
+}
+
+// FuzzParse checks that no payload makes a parser panic, that whatever a parser accepts
+// passes its own validation, and that an accepted command or cancel survives a round trip.
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{`{"type":"a","version":"1","progress":1}`, `{"a_ver":"1"}`, `{`, `null`, "\xff",
-		`{"id":"c","type":"t","version":"v","url":"u","md5":"9e107d9d372bb6826bd81d3542a419d6","size":1}`} {
+		`{"id":"c","type":"t","version":"v","url":"u","md5":"9e107d9d372bb6826bd81d3542a419d6","size":1}`,
+		commandJSON("sha256", quoted(testSHA256)),
+		commandJSON("sha256", quoted(testSHA256), "sig", quoted(testSig), "key_id", `"k"`),
+		`{"id":"c1"}`, "devices/d1/ota/cancel"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -183,9 +381,39 @@ func FuzzParse(f *testing.F) {
 		if s, err := ParseStatus(b); err == nil && (len(s) == 0 || s.Validate() != nil) {
 			t.Fatalf("accepted invalid status %v", s)
 		}
-		if c, err := ParseCommand(b); err == nil && c.Validate() != nil {
-			t.Fatalf("accepted invalid command %+v", c)
+		if c, err := ParseCommand(b); err == nil {
+			if c.Validate() != nil {
+				t.Fatalf("accepted invalid command %+v", c)
+			}
+			if c.Signed() {
+				if _, err := DecodeSignature(c.Sig); err != nil || c.KeyID == "" || c.SHA256 == "" {
+					t.Fatalf("accepted a signed command with sig %q key_id %q sha256 %q", c.Sig, c.KeyID, c.SHA256)
+				}
+			}
+			again, err := json.Marshal(c)
+			if err != nil {
+				t.Fatalf("marshal accepted command: %v", err)
+			}
+			if len(again) <= MaxPayloadSize { // re-encoding may escape characters and grow
+				c2, err := ParseCommand(again)
+				if err != nil || c2.ID != c.ID || c2.SHA256 != c.SHA256 || c2.Sig != c.Sig || c2.KeyID != c.KeyID || c2.Size != c.Size {
+					t.Fatalf("command does not round-trip: %+v -> %s -> %+v, %v", c, again, c2, err)
+				}
+			}
 		}
-		_, _, _ = ParseTopic(string(b))
+		if c, err := ParseCancel(b); err == nil {
+			if c.Validate() != nil {
+				t.Fatalf("accepted invalid cancel %+v", c)
+			}
+			again, _ := json.Marshal(c)
+			if c2, err := ParseCancel(again); err != nil || c2 != c {
+				t.Fatalf("cancel does not round-trip: %+v -> %s -> %+v, %v", c, again, c2, err)
+			}
+		}
+		if id, kind, err := ParseTopic(string(b)); err == nil {
+			if ValidateDeviceID(id) != nil || TopicPrefix+id+"/"+kind != string(b) {
+				t.Fatalf("ParseTopic(%q) = %q, %q", b, id, kind)
+			}
+		}
 	})
 }

@@ -3,6 +3,7 @@ package simulator
 import (
 	"context"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
 
@@ -41,6 +43,12 @@ var bufferPool = sync.Pool{New: func() any { b := make([]byte, downloadBufferSiz
 // errSilent ends a download whose device goes silent: nothing more is reported.
 var errSilent = errors.New("device went silent")
 
+// errCanceled is the cause with which a cancel message ends the work on a command.
+var errCanceled = errors.New("canceled by the cloud")
+
+// tamperMask is what the tamper fault XORs every downloaded byte with.
+const tamperMask = 0x5a
+
 // device is one simulated device. Its goroutine (run) works on one command at a time; paho's
 // goroutines hand it commands through cmds.
 type device struct {
@@ -58,12 +66,22 @@ type device struct {
 	seen      map[string]struct{}
 	received  []string
 	working   string
-	attempts  int
-	upgrades  int
-	failures  int
-	drops     int
-	ignored   int
-	lastCode  int
+	// canceled holds the command IDs cancel messages named, heard before or while the
+	// device worked on them (a cancel may overtake its command: they travel on two topics).
+	canceled map[string]struct{}
+	// stopWork ends the download of the command being worked on; installing is set once its
+	// install has begun, when a cancel no longer stops it. Both change under mu with working.
+	stopWork   context.CancelCauseFunc
+	installing bool
+	attempts   int
+	upgrades   int
+	installs   int
+	cancels    int
+	failures   int
+	drops      int
+	ignored    int
+	lastCode   int
+	lastDesc   string
 }
 
 func newDevice(f *Fleet, id string) *device {
@@ -123,8 +141,8 @@ func (d *device) dropOff(ctx context.Context) bool {
 	return sleep(ctx, d.f.cfg.Timing.OfflineFor) && d.connect(ctx, false)
 }
 
-// connect connects with a new client and renews the command subscription; after a boot it
-// also reports the status. It retries until connected and returns false when ctx ends first.
+// connect connects with a new client and renews the subscriptions; after a boot it also
+// reports the status. It retries until connected and returns false when ctx ends first.
 func (d *device) connect(ctx context.Context, boot bool) bool {
 	t := d.f.cfg.Timing
 	ready := make(chan struct{})
@@ -191,14 +209,20 @@ func (d *device) connect(ctx context.Context, boot bool) bool {
 	return true
 }
 
-// onConnect renews the command subscription at every connection.
+// onConnect renews the subscriptions at every connection: the command topic and, for a
+// protocol 1.1 device, the cancel topic.
 func (d *device) onConnect(ctx context.Context, c paho.Client) {
+	commands, cancels := protocol.CommandTopic(d.id), protocol.CancelTopic(d.id)
+	filters := map[string]byte{commands: 1}
+	if !d.f.v1 {
+		filters[cancels] = 1
+	}
 	// mochi refuses a SUBSCRIBE whose packet ID is in use by a message it is redelivering
 	// from the session (code 0x91); the session still holds the subscription then, but try
 	// again so that the renewal is certain. A subscription never confirmed (a busy broker,
 	// a lost connection) is tried again too: without it the device would never hear a command.
 	for try := 1; ; try++ {
-		tok := c.Subscribe(protocol.CommandTopic(d.id), 1, d.onMessage)
+		tok := c.SubscribeMultiple(filters, d.onMessage)
 		if !d.wait(ctx, tok, "subscribe") {
 			if ctx.Err() != nil || !c.IsConnectionOpen() {
 				return // a new connection subscribes again
@@ -206,22 +230,24 @@ func (d *device) onConnect(ctx context.Context, c paho.Client) {
 			d.f.log.Warn("command subscription not confirmed; subscribing again", "device", d.id, "try", try)
 			continue
 		}
-		var refused byte
-		for _, code := range tok.(*paho.SubscribeToken).Result() {
-			if code > 2 {
-				refused = code
+		result := tok.(*paho.SubscribeToken).Result()
+		if code := result[commands]; code > 2 {
+			if try == 3 {
+				d.f.log.Warn("command subscription refused", "device", d.id, "code", code)
+				break
 			}
+			if !sleep(ctx, time.Duration(try)*100*time.Millisecond) {
+				return
+			}
+			continue
 		}
-		if refused == 0 {
-			break
+		// A broker whose access rule predates PROTOCOL.md 1.1 refuses the cancel topic; the
+		// device works on, without hearing cancels.
+		if code, ok := result[cancels]; ok && code > 2 && d.f.cancelRefused.CompareAndSwap(false, true) {
+			d.f.log.Warn("the broker refused a cancel subscription: its access rule predates PROTOCOL.md 1.1, and cancels will not reach the devices",
+				"device", d.id, "code", code)
 		}
-		if try == 3 {
-			d.f.log.Warn("command subscription refused", "device", d.id, "code", refused)
-			break
-		}
-		if !sleep(ctx, time.Duration(try)*100*time.Millisecond) {
-			return
-		}
+		break
 	}
 	d.setConnected(true)
 	d.f.log.Debug("connected", "device", d.id)
@@ -264,20 +290,62 @@ func (d *device) disconnect() {
 	}
 }
 
-// onMessage takes an upgrade command from paho: it ignores invalid, expired and repeated
-// commands and queues the others for the device's goroutine.
+// onMessage takes a message from paho: an upgrade command or, for a protocol 1.1 device, a
+// cancel.
 func (d *device) onMessage(_ paho.Client, m paho.Message) {
-	if m.Topic() != protocol.CommandTopic(d.id) {
+	switch m.Topic() {
+	case protocol.CommandTopic(d.id):
+		d.onCommand(m.Payload())
+	case protocol.CancelTopic(d.id):
+		if !d.f.v1 {
+			d.onCancel(m.Payload())
+			return
+		}
+		fallthrough // a version 1 device does not know the topic
+	default:
 		d.f.log.Warn("message on an unexpected topic", "device", d.id, "topic", m.Topic())
+	}
+}
+
+// onCancel records a cancel and stops the download of the command it names, unless that
+// command's install has begun: then the install finishes and the status report tells.
+func (d *device) onCancel(payload []byte) {
+	c, err := protocol.ParseCancel(payload)
+	if err != nil {
+		d.f.log.Warn("invalid cancel ignored", "device", d.id, "error", err)
 		return
 	}
-	cmd, err := protocol.ParseCommand(m.Payload())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.canceled == nil {
+		d.canceled = make(map[string]struct{})
+	}
+	d.canceled[c.ID] = struct{}{}
+	switch {
+	case d.working != c.ID:
+		d.f.log.Debug("cancel recorded for a command not being worked on", "device", d.id, "command", c.ID)
+	case d.installing:
+		d.f.log.Debug("cancel too late: installing", "device", d.id, "command", c.ID)
+	default:
+		d.f.log.Debug("cancel: abandoning the download", "device", d.id, "command", c.ID)
+		d.stopWork(errCanceled)
+	}
+}
+
+// onCommand ignores invalid, expired and repeated commands and queues the others for the
+// device's goroutine.
+func (d *device) onCommand(payload []byte) {
+	cmd, err := protocol.ParseCommand(payload)
 	d.mu.Lock()
 	if err != nil {
 		d.ignored++
 		d.mu.Unlock()
 		d.f.log.Warn("invalid command ignored", "device", d.id, "error", err)
 		return
+	}
+	if d.f.v1 {
+		// A version 1 device does not know the 1.1 fields.
+		cmd.SHA256, cmd.Sig, cmd.KeyID = "", "", ""
 	}
 	d.received = append(d.received, cmd.ID)
 	_, repeated := d.seen[cmd.ID]
@@ -329,33 +397,48 @@ func (d *device) work(ctx context.Context, cmd *protocol.UpgradeCommand) bool {
 		return true
 	}
 	d.mu.Lock()
+	_, canceled := d.canceled[cmd.ID]
+	if canceled { // the cancel came before the device got to the command
+		d.mu.Unlock()
+		d.reportCanceled(ctx, cmd)
+		return true
+	}
 	d.attempts++
 	attempt := d.attempts
-	d.working = cmd.ID
+	workCtx, stop := context.WithCancelCause(ctx)
+	d.working, d.stopWork, d.installing = cmd.ID, stop, false
 	d.mu.Unlock()
 	defer func() {
+		stop(nil)
 		d.mu.Lock()
-		d.working = ""
+		d.working, d.stopWork, d.installing = "", nil, false
 		d.mu.Unlock()
 	}()
 	log := d.f.log.With("device", d.id, "command", cmd.ID, "attempt", attempt)
 	log.Debug("upgrade started", "type", cmd.Type, "version", cmd.Version, "url", cmd.URL)
 
-	sum, n, err := d.download(ctx, cmd, attempt)
+	// The signature covers what the command says (type, version, size, sha256): check it
+	// before spending the download.
+	if err := d.checkSignature(cmd); err != nil {
+		d.fail(ctx, cmd, protocol.CodeMD5Mismatch, err.Error())
+		return true
+	}
+	got, err := d.download(ctx, workCtx, cmd, attempt)
 	switch {
 	case ctx.Err() != nil:
 		return false
+	case errors.Is(context.Cause(workCtx), errCanceled):
+		d.reportCanceled(ctx, cmd)
+		return true
 	case errors.Is(err, errSilent):
 		log.Debug("went silent during the download")
 		return true
 	case err != nil:
 		d.fail(ctx, cmd, protocol.CodeDownloadFailed, "download failed: "+err.Error())
 		return true
-	case n != cmd.Size:
-		d.fail(ctx, cmd, protocol.CodeMD5Mismatch, fmt.Sprintf("size mismatch: downloaded %d bytes, expected %d", n, cmd.Size))
-		return true
-	case sum != cmd.MD5:
-		d.fail(ctx, cmd, protocol.CodeMD5Mismatch, fmt.Sprintf("md5 mismatch: package is %s, expected %s", sum, cmd.MD5))
+	}
+	if err := d.verify(cmd, got); err != nil {
+		d.fail(ctx, cmd, protocol.CodeMD5Mismatch, err.Error())
 		return true
 	}
 	if d.faults.strikes(faultNoReport, attempt) {
@@ -363,6 +446,19 @@ func (d *device) work(ctx context.Context, cmd *protocol.UpgradeCommand) bool {
 		return true
 	}
 
+	// From here on the install runs to its end: a cancel that came before this point stops
+	// it, one that comes after does not.
+	d.mu.Lock()
+	canceled = errors.Is(context.Cause(workCtx), errCanceled)
+	if !canceled {
+		d.installing = true
+		d.installs++
+	}
+	d.mu.Unlock()
+	if canceled {
+		d.reportCanceled(ctx, cmd)
+		return true
+	}
 	if !sleep(ctx, d.f.cfg.Timing.InstallDelay) {
 		return false
 	}
@@ -383,19 +479,63 @@ func (d *device) work(ctx context.Context, cmd *protocol.UpgradeCommand) bool {
 		d.status[protocol.VersionKey(cmd.Type)] = cmd.Version
 		d.upgrades++
 	}
-	d.lastCode = 0
+	d.lastCode, d.lastDesc = 0, ""
 	d.mu.Unlock()
 	return d.boot(ctx)
 }
 
+// downloaded is what a download received: its length and hashes.
+type downloaded struct {
+	size        int64
+	md5, sha256 string
+}
+
+// checkSignature applies the fleet's signature policy to what the command says (PROTOCOL.md
+// 1.1): a device with trusted keys verifies a signature, and refuses an unsigned package if
+// it requires signatures. A version 1 device, or one without keys, checks nothing.
+func (d *device) checkSignature(cmd *protocol.UpgradeCommand) error {
+	if d.f.v1 || (d.f.policy.Keys == nil && !d.f.policy.RequireSignature) {
+		return nil
+	}
+	return d.f.policy.Check(pkgsig.PackageOf(*cmd), cmd.Sig, cmd.KeyID)
+}
+
+// verify checks the download against the command: its size, its sha256 when the command has
+// one (a version 1 device's commands have none), and its md5.
+func (d *device) verify(cmd *protocol.UpgradeCommand, got downloaded) error {
+	if got.size != cmd.Size {
+		return fmt.Errorf("size mismatch: downloaded %d bytes, expected %d", got.size, cmd.Size)
+	}
+	if cmd.SHA256 != "" {
+		if err := pkgsig.CheckSHA256(cmd.SHA256, got.sha256); err != nil {
+			return err
+		}
+	}
+	if got.md5 != cmd.MD5 {
+		return fmt.Errorf("md5 mismatch: package is %s, expected %s", got.md5, cmd.MD5)
+	}
+	return nil
+}
+
 // fail reports an error code.
 func (d *device) fail(ctx context.Context, cmd *protocol.UpgradeCommand, code int, desc string) {
+	desc = truncate(desc, protocol.MaxDescLength)
 	d.f.log.Debug("upgrade failed", "device", d.id, "command", cmd.ID, "code", code, "desc", desc)
 	d.mu.Lock()
 	d.failures++
-	d.lastCode = code
+	d.lastCode, d.lastDesc = code, desc
 	d.mu.Unlock()
 	d.report(ctx, cmd, code, desc)
+}
+
+// reportCanceled confirms a cancel: the device stopped before installing.
+func (d *device) reportCanceled(ctx context.Context, cmd *protocol.UpgradeCommand) {
+	d.f.log.Debug("upgrade canceled before its install", "device", d.id, "command", cmd.ID)
+	d.mu.Lock()
+	d.cancels++
+	d.lastCode, d.lastDesc = protocol.CodeOther, protocol.DescCanceled
+	d.mu.Unlock()
+	d.report(ctx, cmd, protocol.CodeOther, protocol.DescCanceled)
 }
 
 // report publishes a progress report for cmd.
@@ -406,22 +546,23 @@ func (d *device) report(ctx context.Context, cmd *protocol.UpgradeCommand, progr
 }
 
 // download streams the package, hashing and reporting progress as it goes, and returns the
-// md5 (hex) and length of what it received. It reads at most one byte more than cmd.Size.
-func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, attempt int) (string, int64, error) {
+// length and hashes of what it received. It reads at most one byte more than cmd.Size. It
+// runs until workCtx ends (a cancel); a drop-off reconnects under runCtx, the device's life.
+func (d *device) download(runCtx, workCtx context.Context, cmd *protocol.UpgradeCommand, attempt int) (downloaded, error) {
 	// A real device gives a stalled download up (and reports -1) rather than hang on it.
-	ctx, cancel := context.WithTimeout(ctx, d.f.cfg.Timing.DownloadTimeout)
+	ctx, cancel := context.WithTimeout(workCtx, d.f.cfg.Timing.DownloadTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cmd.URL, nil)
 	if err != nil {
-		return "", 0, err
+		return downloaded{}, err
 	}
 	resp, err := d.f.http.Do(req)
 	if err != nil {
-		return "", 0, err
+		return downloaded{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", 0, fmt.Errorf("HTTP %s", resp.Status)
+		return downloaded{}, fmt.Errorf("HTTP %s", resp.Status)
 	}
 
 	t := d.f.cfg.Timing
@@ -430,6 +571,7 @@ func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, att
 	failing := d.faults.strikes(faultDownloadFail, attempt)
 	silent := d.faults.strikes(faultSilent, attempt)
 	dropOff := d.faults.strikes(faultDropOff, attempt)
+	tamper := d.faults.strikes(faultTamper, attempt)
 
 	bp := bufferPool.Get().(*[]byte)
 	defer bufferPool.Put(bp)
@@ -438,7 +580,7 @@ func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, att
 		buf = buf[:max(1, min(int64(len(buf)), t.SlowRate/10))]
 	}
 	body := io.LimitReader(resp.Body, cmd.Size+1)
-	h := md5.New()
+	h, sh := md5.New(), sha256.New()
 	corruptAt := cmd.Size / 2
 	var n int64
 	lastPct := 0
@@ -452,18 +594,26 @@ func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, att
 				data[corruptAt-n] ^= 0xff
 			}
 			h.Write(data)
+			if tamper {
+				// The attacker's bytes; md5 was fed the genuine ones, as a collision would
+				// make it match.
+				for i := range data {
+					data[i] ^= tamperMask
+				}
+			}
+			sh.Write(data)
 			n += int64(m)
 			pct := int(min(n, cmd.Size) * 100 / cmd.Size)
 			if silent && pct >= silentAtPercent {
-				return "", n, errSilent
+				return downloaded{size: n}, errSilent
 			}
 			if failing && pct >= failAtPercent {
-				return "", n, errors.New("connection reset by peer (simulated)")
+				return downloaded{size: n}, errors.New("connection reset by peer (simulated)")
 			}
 			if dropOff && pct >= dropOffAtPercent {
 				dropOff = false
-				if !d.dropOff(ctx) {
-					return "", n, ctx.Err()
+				if !d.dropOff(runCtx) {
+					return downloaded{size: n}, runCtx.Err()
 				}
 			}
 			if pct >= 1 && pct != lastPct && (pct == 100 || time.Since(lastAt) >= t.ReportInterval) {
@@ -473,7 +623,7 @@ func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, att
 			if slow {
 				due := start.Add(time.Duration(float64(n) / float64(t.SlowRate) * float64(time.Second)))
 				if !sleep(ctx, time.Until(due)) {
-					return "", n, ctx.Err()
+					return downloaded{size: n}, ctx.Err()
 				}
 			}
 		}
@@ -481,10 +631,10 @@ func (d *device) download(ctx context.Context, cmd *protocol.UpgradeCommand, att
 			break
 		}
 		if rerr != nil {
-			return "", n, rerr
+			return downloaded{size: n}, rerr
 		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return downloaded{size: n, md5: hex.EncodeToString(h.Sum(nil)), sha256: hex.EncodeToString(sh.Sum(nil))}, nil
 }
 
 // publish sends v as JSON at QoS 1 on the current connection and waits for the broker's
@@ -543,7 +693,10 @@ func (d *device) state() DeviceState {
 		Failures:  d.failures,
 		Drops:     d.drops,
 		Ignored:   d.ignored,
+		Installs:  d.installs,
+		Canceled:  d.cancels,
 		LastCode:  d.lastCode,
+		LastDesc:  d.lastDesc,
 	}
 }
 
@@ -562,7 +715,10 @@ func (d *device) addStats(s *Stats) {
 	if d.upgrades > 0 {
 		s.Upgraded++
 	}
-	if d.lastCode < 0 {
+	switch {
+	case d.lastCode == protocol.CodeOther && d.lastDesc == protocol.DescCanceled:
+		s.Canceled++
+	case d.lastCode < 0:
 		s.Failed++
 	}
 	s.Commands += len(d.received)

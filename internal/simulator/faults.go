@@ -47,6 +47,11 @@ type Faults struct {
 	// connection closes and the download stalls; then the device reconnects (no boot, so no
 	// status report) and the download goes on where it was.
 	DropOff Fault
+	// Tamper swaps the download for other bytes of the same size that an attacker made to
+	// have the package's md5 (md5 collisions are practical): the size and md5 checks pass, and
+	// only PROTOCOL.md 1.1's sha256 check catches it (-2 "sha256 mismatch"). A device of
+	// protocol 1, or a command without sha256, installs the tampered package.
+	Tamper Fault
 }
 
 // faultKind indexes the faults of a device in a bit set.
@@ -62,18 +67,19 @@ const (
 	faultSlow
 	faultOffline
 	faultDropOff
+	faultTamper
 	numFaults
 )
 
 // faultNames are the faults' names in errors (devicesim's flags use them too).
 var faultNames = [numFaults]string{"fail-download", "corrupt", "fail-install", "silent", "no-report",
-	"old-version", "slow", "offline", "drop-off"}
+	"old-version", "slow", "offline", "drop-off", "tamper"}
 
 func (k faultKind) String() string { return faultNames[k] }
 
 func (f *Faults) byKind() [numFaults]*Fault {
 	return [numFaults]*Fault{&f.DownloadFail, &f.Corrupt, &f.InstallFail, &f.Silent, &f.NoReport,
-		&f.OldVersion, &f.Slow, &f.Offline, &f.DropOff}
+		&f.OldVersion, &f.Slow, &f.Offline, &f.DropOff, &f.Tamper}
 }
 
 // validate checks rates and attempt limits, and that listed devices are in the fleet.

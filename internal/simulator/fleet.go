@@ -2,10 +2,12 @@
 // each connects with its own credentials and a persistent session, reports its status at
 // boot, and on an upgrade command really downloads the package over HTTP (streamed, hashed as
 // it goes), reports progress, verifies size and md5, "installs", reboots and reports its new
-// version. Faults (failed or corrupted downloads, failed installs, devices that go silent,
-// never report, come back on the old version, go offline or download slowly) are injected on
-// chosen devices, deterministically. The demo, the integration tests and the 10,000-device
-// benchmark all use it.
+// version. Devices implement PROTOCOL.md 1.1 unless configured as version 1: they check the
+// package's sha256 and, with trusted keys, its signature, and they honour a cancel until they
+// begin installing. Faults (failed, corrupted or tampered downloads, failed installs, devices
+// that go silent, never report, come back on the old version, go offline or download slowly)
+// are injected on chosen devices, deterministically. The demo, the integration tests and the
+// 10,000-device benchmark all use it.
 package simulator
 
 import (
@@ -20,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
 
@@ -107,8 +110,27 @@ func (t *Timing) setDefaults() error {
 	return nil
 }
 
+// Protocol versions a simulated device can implement.
+const (
+	// ProtocolV1 devices know neither sha256, sig and key_id nor the cancel topic.
+	ProtocolV1 = "1"
+	// ProtocolV1_1 devices check sha256 when a command has it, verify signatures with their
+	// trusted keys and honour cancels. It is the default.
+	ProtocolV1_1 = "1.1"
+)
+
 // Config describes a simulated fleet.
 type Config struct {
+	// Protocol is the version of PROTOCOL.md the devices implement: ProtocolV1_1 (the default
+	// when empty) or ProtocolV1.
+	Protocol string
+	// TrustedKeys are the public keys with which the devices verify signatures, before they
+	// download; nil means they verify none (PROTOCOL.md 1.1: a device that holds trusted keys
+	// verifies). Protocol 1 devices hold none.
+	TrustedKeys *pkgsig.TrustedKeys
+	// RequireSignatures makes the devices refuse an unsigned package (-2 "missing
+	// signature"); it needs TrustedKeys.
+	RequireSignatures bool
 	// BrokerURL is the MQTT broker, tcp://host:port (ssl://, ws:// and wss:// also work).
 	// User information in the URL is ignored: each device uses its own credentials.
 	BrokerURL string
@@ -153,8 +175,16 @@ type DeviceState struct {
 	Ignored int
 	// Drops counts the times the drop-off fault took the device's network away.
 	Drops int
-	// LastCode is the last error code reported (0 after a successful upgrade).
+	// Installs counts the installs begun: after a verified download, past the point where a
+	// cancel is honoured.
+	Installs int
+	// Canceled counts the commands a cancel stopped before their install (reported -4
+	// "canceled").
+	Canceled int
+	// LastCode is the last error code reported (0 after a successful upgrade), and LastDesc
+	// its desc.
 	LastCode int
+	LastDesc string
 }
 
 // Stats counts the fleet's devices by what they are doing.
@@ -166,29 +196,35 @@ type Stats struct {
 	Upgrading int
 	// Upgraded counts the devices that completed at least one upgrade.
 	Upgraded int
-	// Failed counts the devices whose last attempt ended with an error code.
-	Failed int
+	// Failed counts the devices whose last attempt ended with an error code, Canceled those
+	// whose last attempt a cancel stopped.
+	Failed, Canceled int
 	// Commands counts the upgrade commands received, Ignored those ignored.
 	Commands, Ignored int
 }
 
 // String summarises the stats on one line.
 func (s Stats) String() string {
-	return fmt.Sprintf("devices=%d connected=%d upgrading=%d upgraded=%d failed=%d commands=%d ignored=%d",
-		s.Devices, s.Connected, s.Upgrading, s.Upgraded, s.Failed, s.Commands, s.Ignored)
+	return fmt.Sprintf("devices=%d connected=%d upgrading=%d upgraded=%d failed=%d canceled=%d commands=%d ignored=%d",
+		s.Devices, s.Connected, s.Upgrading, s.Upgraded, s.Failed, s.Canceled, s.Commands, s.Ignored)
 }
 
 // Fleet is a running set of simulated devices.
 type Fleet struct {
-	cfg      Config
-	broker   string
-	ids      []string
-	log      *slog.Logger
-	http     *http.Client
-	devices  map[string]*device
-	bootedN  atomic.Int64
-	allUp    chan struct{}
-	allUpSet sync.Once
+	cfg     Config
+	v1      bool          // the devices implement protocol 1
+	policy  pkgsig.Policy // what the devices require of a package before they download it
+	broker  string
+	ids     []string
+	log     *slog.Logger
+	http    *http.Client
+	devices map[string]*device
+	bootedN atomic.Int64
+	// cancelRefused is set once the broker refused a device's cancel subscription, so that
+	// the fleet warns once rather than once per device.
+	cancelRefused atomic.Bool
+	allUp         chan struct{}
+	allUpSet      sync.Once
 
 	mu      sync.Mutex
 	started bool
@@ -228,6 +264,21 @@ func New(cfg Config) (*Fleet, error) {
 	if cfg.Credentials == nil && cfg.Registrar == nil {
 		return nil, errors.New("simulator: give Credentials or a Registrar")
 	}
+	policy := pkgsig.Policy{Keys: cfg.TrustedKeys, RequireSignature: cfg.RequireSignatures}
+	switch cfg.Protocol {
+	case "":
+		cfg.Protocol = ProtocolV1_1
+	case ProtocolV1_1:
+	case ProtocolV1:
+		if cfg.TrustedKeys != nil || cfg.RequireSignatures {
+			return nil, errors.New("simulator: protocol 1 devices verify no signatures; drop the trusted keys or use protocol 1.1")
+		}
+	default:
+		return nil, fmt.Errorf("simulator: protocol %q: want %s or %s", cfg.Protocol, ProtocolV1, ProtocolV1_1)
+	}
+	if err := policy.Validate(); err != nil {
+		return nil, fmt.Errorf("simulator: %w", err)
+	}
 	hc := cfg.HTTPClient
 	if hc == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -237,6 +288,8 @@ func New(cfg Config) (*Fleet, error) {
 	}
 	f := &Fleet{
 		cfg:     cfg,
+		v1:      cfg.Protocol == ProtocolV1,
+		policy:  policy,
 		broker:  broker,
 		ids:     ids,
 		log:     cfg.Logger,
@@ -346,7 +399,8 @@ func (f *Fleet) Start(ctx context.Context) error {
 			d.run(ctx)
 		}()
 	}
-	f.log.Info("fleet started", "devices", len(f.ids), "broker", f.broker)
+	f.log.Info("fleet started", "devices", len(f.ids), "broker", f.broker, "protocol", f.cfg.Protocol,
+		"trusted_keys", f.policy.Keys.Len(), "require_signatures", f.policy.RequireSignature)
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
 
@@ -337,6 +338,10 @@ func TestConfigErrors(t *testing.T) {
 		{"negative attempts", func(c *Config) { c.Faults.Slow.Attempts = -1 }, "negative"},
 		{"unknown fault device", func(c *Config) { c.Faults.Silent.Devices = []string{"sim-00009"} }, "not in the fleet"},
 		{"negative delay", func(c *Config) { c.Timing.InstallDelay = -time.Second }, "negative"},
+		{"unknown protocol", func(c *Config) { c.Protocol = "2" }, `protocol "2": want 1 or 1.1`},
+		{"protocol 1 with trusted keys", func(c *Config) { c.Protocol, c.TrustedKeys = ProtocolV1, &pkgsig.TrustedKeys{} }, "protocol 1 devices verify no signatures"},
+		{"protocol 1 requiring signatures", func(c *Config) { c.Protocol, c.RequireSignatures = ProtocolV1, true }, "protocol 1 devices verify no signatures"},
+		{"signatures required without keys", func(c *Config) { c.RequireSignatures = true }, "no trusted keys"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -268,15 +269,22 @@ func fastTiming() Timing {
 // startFleet registers the devices and runs a fleet until the test ends.
 func (e *env) startFleet(ids []string, faults Faults) *Fleet {
 	e.t.Helper()
-	f, err := New(Config{
+	return e.startFleetWith(ids, func(c *Config) { c.Faults = faults })
+}
+
+// startFleetWith is startFleet with a configuration that configure edits.
+func (e *env) startFleetWith(ids []string, configure func(*Config)) *Fleet {
+	e.t.Helper()
+	cfg := Config{
 		BrokerURL:   e.broker.URL(),
 		DeviceIDs:   ids,
 		Initial:     protocol.Status{"firmware_ver": "1.0", "app_ver": "2.0"},
 		Credentials: e.register(ids...),
-		Faults:      faults,
 		Timing:      fastTiming(),
 		Logger:      testLogger(),
-	})
+	}
+	configure(&cfg)
+	f, err := New(cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -328,8 +336,10 @@ type fileServer struct {
 }
 
 type pkgFile struct {
-	data []byte
-	md5  string
+	data        []byte
+	md5, sha256 string
+	// stall, when set, holds the download halfway until it is closed.
+	stall chan struct{}
 }
 
 func newFileServer(t *testing.T) *fileServer {
@@ -343,7 +353,18 @@ func newFileServer(t *testing.T) *fileServer {
 			return
 		}
 		w.Header().Set("Content-Length", fmt.Sprint(len(p.data)))
-		_, _ = w.Write(p.data)
+		if p.stall == nil {
+			_, _ = w.Write(p.data)
+			return
+		}
+		half := len(p.data) / 2
+		_, _ = w.Write(p.data[:half])
+		w.(http.Flusher).Flush()
+		select {
+		case <-p.stall:
+			_, _ = w.Write(p.data[half:])
+		case <-r.Context().Done(): // the device abandoned the download
+		}
 	}))
 	t.Cleanup(fs.srv.Close)
 	return fs
@@ -351,12 +372,26 @@ func newFileServer(t *testing.T) *fileServer {
 
 // add serves size random bytes at path.
 func (fs *fileServer) add(path string, size int) {
+	fs.addPackage(path, size, nil)
+}
+
+// addStalled serves size random bytes at path, holding every download halfway until the
+// returned function is called (at the latest when the test ends).
+func (fs *fileServer) addStalled(t *testing.T, path string, size int) (release func()) {
+	stall := make(chan struct{})
+	release = sync.OnceFunc(func() { close(stall) })
+	t.Cleanup(release)
+	fs.addPackage(path, size, stall)
+	return release
+}
+
+func (fs *fileServer) addPackage(path string, size int, stall chan struct{}) {
 	data := make([]byte, size)
 	r := rand.NewChaCha8([32]byte{1, 2, 3})
 	_, _ = r.Read(data)
-	sum := md5.Sum(data)
+	sum, sha := md5.Sum(data), sha256.Sum256(data)
 	fs.mu.Lock()
-	fs.pkg[path] = pkgFile{data: data, md5: hex.EncodeToString(sum[:])}
+	fs.pkg[path] = pkgFile{data: data, md5: hex.EncodeToString(sum[:]), sha256: hex.EncodeToString(sha[:]), stall: stall}
 	fs.mu.Unlock()
 }
 
