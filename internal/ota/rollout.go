@@ -285,18 +285,25 @@ type Counts struct {
 	TimedOut  int `json:"timed_out"`
 	Canceled  int `json:"canceled"`
 	Conflict  int `json:"conflict"`
+	// Reverted counts upgrades whose device went back to another version within the soak
+	// time: failures.
+	Reverted int `json:"reverted,omitempty"`
+	// Incompatible and Quarantined count targets left out, never started: devices the
+	// package does not fit, and devices in quarantine.
+	Incompatible int `json:"incompatible,omitempty"`
+	Quarantined  int `json:"quarantined,omitempty"`
 }
 
 // Finished is how many started upgrades have ended.
 func (c Counts) Finished() int {
-	return c.Succeeded + c.Skipped + c.Failed + c.TimedOut + c.Canceled + c.Conflict
+	return c.Succeeded + c.Skipped + c.Failed + c.TimedOut + c.Canceled + c.Conflict + c.Reverted
 }
 
 // Running is how many started upgrades have not ended.
 func (c Counts) Running() int { return c.Started - c.Finished() }
 
 // Failures counts the failed and timed-out upgrades.
-func (c Counts) Failures() int { return c.Failed + c.TimedOut }
+func (c Counts) Failures() int { return c.Failed + c.TimedOut + c.Reverted }
 
 // Add counts an upgrade that ended in state s. A state that is not a final one (which a
 // finished upgrade never reports) counts as failed: it is a failure to account for.
@@ -314,6 +321,8 @@ func (c *Counts) Add(s State) {
 		c.Canceled++
 	case StateConflict:
 		c.Conflict++
+	case StateReverted:
+		c.Reverted++
 	default:
 		c.Failed++
 	}
@@ -322,7 +331,8 @@ func (c *Counts) Add(s State) {
 // Minus is c less b, count by count.
 func (c Counts) Minus(b Counts) Counts {
 	return Counts{Started: c.Started - b.Started, Succeeded: c.Succeeded - b.Succeeded, Skipped: c.Skipped - b.Skipped,
-		Failed: c.Failed - b.Failed, TimedOut: c.TimedOut - b.TimedOut, Canceled: c.Canceled - b.Canceled, Conflict: c.Conflict - b.Conflict}
+		Failed: c.Failed - b.Failed, TimedOut: c.TimedOut - b.TimedOut, Canceled: c.Canceled - b.Canceled, Conflict: c.Conflict - b.Conflict,
+		Reverted: c.Reverted - b.Reverted, Incompatible: c.Incompatible - b.Incompatible, Quarantined: c.Quarantined - b.Quarantined}
 }
 
 // WaveProgress is how one wave stands.

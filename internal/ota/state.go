@@ -14,16 +14,19 @@ const (
 	StateTimedOut    State = "timed_out"
 	StateCanceled    State = "canceled"
 	StateSkipped     State = "skipped"
+	// StateReverted: the device reported the target version, then, within the upgrade's
+	// soak time, another one: the install did not hold. A failure.
+	StateReverted State = "reverted"
 )
 
 // AllStates lists every state in lifecycle order, for reports that count by state.
 var AllStates = []State{StatePending, StateSent, StateDownloading, StateDownloaded,
-	StateSucceeded, StateSkipped, StateFailed, StateTimedOut, StateCanceled}
+	StateSucceeded, StateSkipped, StateFailed, StateTimedOut, StateCanceled, StateReverted}
 
 // Final reports whether no further change can happen in this state.
 func (s State) Final() bool {
 	switch s {
-	case StateSucceeded, StateFailed, StateTimedOut, StateCanceled, StateSkipped:
+	case StateSucceeded, StateFailed, StateTimedOut, StateCanceled, StateSkipped, StateReverted:
 		return true
 	}
 	return false

@@ -104,6 +104,19 @@ type UpgradeRequest struct {
 	// RetryBackoff is the wait before the second attempt; it doubles for each further one,
 	// up to DefaultMaxBackoff.
 	RetryBackoff time.Duration `json:"retry_backoff,omitempty"`
+
+	// SHA256, Sig and KeyID are PROTOCOL.md 1.1's package integrity fields, carried in the
+	// command when set: the package's SHA-256, and an Ed25519 signature of its publisher
+	// (internal/pkgsig) with the ID of the key that made it.
+	SHA256 string `json:"sha256,omitempty"`
+	Sig    string `json:"sig,omitempty"`
+	KeyID  string `json:"key_id,omitempty"`
+	// Compat, when set, names the devices the package fits; a device that does not fit is
+	// never sent a command.
+	Compat *Compatibility `json:"compat,omitempty"`
+	// Soak, when more than 0, keeps the upgrade open that long after success: a device that
+	// reports another version meanwhile has reverted (StateReverted), a failure.
+	Soak time.Duration `json:"soak,omitempty"`
 }
 
 // WithDefaults returns r with every zero setting replaced by its default.
@@ -141,9 +154,18 @@ func (r UpgradeRequest) Validate() error {
 		return err
 	}
 	// The command a device gets must itself be valid.
-	cmd := protocol.UpgradeCommand{ID: "check", Type: r.Type, Version: r.Version, URL: r.URL, MD5: r.MD5, Size: r.Size}
+	cmd := protocol.UpgradeCommand{ID: "check", Type: r.Type, Version: r.Version, URL: r.URL, MD5: r.MD5, Size: r.Size,
+		SHA256: r.SHA256, Sig: r.Sig, KeyID: r.KeyID}
 	if err := cmd.Validate(); err != nil {
 		return err
+	}
+	if r.Compat != nil {
+		if err := r.Compat.Validate(); err != nil {
+			return err
+		}
+	}
+	if r.Soak < 0 {
+		return fmt.Errorf("soak must not be negative, not %s", r.Soak)
 	}
 	for _, d := range []struct {
 		name string
