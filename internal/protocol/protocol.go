@@ -28,6 +28,8 @@ const (
 	KindProgress = "ota/progress"
 	// KindStatus is the device -> cloud status topic suffix.
 	KindStatus = "status"
+	// KindCancel is the cloud -> device cancel topic suffix (protocol 1.1).
+	KindCancel = "ota/cancel"
 )
 
 // TopicPrefix starts every device topic.
@@ -109,6 +111,9 @@ func ValidateDeviceID(id string) error {
 
 // CommandTopic is the topic on which device id receives upgrade commands.
 func CommandTopic(id string) string { return TopicPrefix + id + "/" + KindCommand }
+
+// CancelTopic is the topic on which device id receives cancellations (protocol 1.1).
+func CancelTopic(id string) string { return TopicPrefix + id + "/" + KindCancel }
 
 // ProgressTopic is the topic on which device id reports upgrade progress.
 func ProgressTopic(id string) string { return TopicPrefix + id + "/" + KindProgress }
