@@ -7,14 +7,15 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 
+	mosquittoconf "github.com/otaflow/otaflow/deploy/mosquitto"
+	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/testenv"
 )
 
@@ -24,12 +25,6 @@ func TestMain(m *testing.M) {
 
 // repo is the repository root, seen from this package's directory.
 const repo = ".."
-
-// Service accounts of the broker, as the worker and the bridge name themselves in MQTT_URL.
-const (
-	workerUser = "otaflow-worker"
-	bridgeUser = "otaflow-bridge"
-)
 
 // loadCompose loads and validates docker-compose.yml (schema, interpolation, references
 // between services) with exactly env as the environment: no OS variables, no .env file.
@@ -79,9 +74,10 @@ func TestComposeInterpolation(t *testing.T) {
 			name: "defaults",
 			env:  nil,
 			want: map[string]map[string]string{
-				"postgres":        {"POSTGRES_PASSWORD": "otaflow-dev", "MQTT_AUTH_DB_PASSWORD": "mqtt-auth-dev"},
+				"postgres":        {"POSTGRES_PASSWORD": "otaflow-dev"},
 				"temporal":        {"POSTGRES_PWD": "otaflow-dev"},
 				"temporal-schema": {"POSTGRES_PWD": "otaflow-dev"},
+				"mosquitto":       {"OTAFLOW_MQTT_ADMIN_USER": "otaflow-admin", "OTAFLOW_MQTT_ADMIN_PASSWORD": "admin-dev-secret"},
 				"setup": {
 					"DATABASE_URL":       "postgres://otaflow:otaflow-dev@postgres:5432/otaflow?sslmode=disable",
 					"TEMPORAL_ADDRESS":   "temporal:7233",
@@ -94,21 +90,17 @@ func TestComposeInterpolation(t *testing.T) {
 					"MQTT_URL":           "tcp://otaflow-worker:worker-dev-secret@mosquitto:1883",
 				},
 				"mqttbridge": {"MQTT_URL": "tcp://otaflow-bridge:bridge-dev-secret@mosquitto:1883", "BRIDGE_SHARED": "false"},
-				"mqtt-auth-init": {
-					"OTAFLOW_WORKER_MQTT_PASSWORD": "worker-dev-secret",
-					"OTAFLOW_BRIDGE_MQTT_PASSWORD": "bridge-dev-secret",
-					"MQTT_AUTH_DB_PASSWORD":        "mqtt-auth-dev",
-				},
 			},
 		},
 		{
 			name: "overrides",
 			env: map[string]string{
-				"POSTGRES_PASSWORD": "pg-s3cret", "TEMPORAL_NAMESPACE": "fleet", "MQTT_AUTH_DB_PASSWORD": "auth-s3cret",
+				"POSTGRES_PASSWORD": "pg-s3cret", "TEMPORAL_NAMESPACE": "fleet", "OTAFLOW_MQTT_ADMIN_PASSWORD": "admin-s3cret",
 				"OTAFLOW_WORKER_MQTT_PASSWORD": "w-s3cret", "OTAFLOW_BRIDGE_MQTT_PASSWORD": "b-s3cret", "BRIDGE_SHARED": "true",
 			},
 			want: map[string]map[string]string{
-				"postgres":        {"POSTGRES_PASSWORD": "pg-s3cret", "MQTT_AUTH_DB_PASSWORD": "auth-s3cret"},
+				"postgres":        {"POSTGRES_PASSWORD": "pg-s3cret"},
+				"mosquitto":       {"OTAFLOW_MQTT_ADMIN_PASSWORD": "admin-s3cret"},
 				"temporal":        {"POSTGRES_PWD": "pg-s3cret"},
 				"temporal-schema": {"POSTGRES_PWD": "pg-s3cret"},
 				"setup":           {"TEMPORAL_NAMESPACE": "fleet", "DATABASE_URL": "postgres://otaflow:pg-s3cret@postgres:5432/otaflow?sslmode=disable"},
@@ -123,11 +115,6 @@ func TestComposeInterpolation(t *testing.T) {
 					"TEMPORAL_NAMESPACE": "fleet",
 					"MQTT_URL":           "tcp://otaflow-bridge:b-s3cret@mosquitto:1883",
 					"BRIDGE_SHARED":      "true",
-				},
-				"mqtt-auth-init": {
-					"OTAFLOW_WORKER_MQTT_PASSWORD": "w-s3cret",
-					"OTAFLOW_BRIDGE_MQTT_PASSWORD": "b-s3cret",
-					"MQTT_AUTH_DB_PASSWORD":        "auth-s3cret",
 				},
 			},
 		},
@@ -295,45 +282,78 @@ func checkBuild(t *testing.T, s types.ServiceConfig) {
 }
 
 // TestComposeServiceAccounts checks that the worker and the bridge log in to the broker with
-// the accounts the broker knows, with the passwords mqtt-auth-init hashes.
+// the service accounts internal/brokeraccounts provisions, and that a service that gives
+// their passwords to the provisioning (the setup) gives the ones in their MQTT_URL.
 func TestComposeServiceAccounts(t *testing.T) {
-	p := loadCompose(t, nil)
-	init := service(t, p, "mqtt-auth-init")
+	p := loadCompose(t, map[string]string{"OTAFLOW_WORKER_MQTT_PASSWORD": "w-pw", "OTAFLOW_BRIDGE_MQTT_PASSWORD": "b-pw"})
 	for _, tt := range []struct {
-		service, user, passwordVar string
+		service, user, password, passwordVar string
 	}{
-		{"worker", workerUser, "OTAFLOW_WORKER_MQTT_PASSWORD"},
-		{"mqttbridge", bridgeUser, "OTAFLOW_BRIDGE_MQTT_PASSWORD"},
+		{"worker", brokeraccounts.WorkerAccount, "w-pw", brokeraccounts.EnvWorkerPassword},
+		{"mqttbridge", brokeraccounts.BridgeAccount, "b-pw", brokeraccounts.EnvBridgePassword},
 	} {
 		u, err := url.Parse(env(t, service(t, p, tt.service), "MQTT_URL"))
 		if err != nil {
 			t.Fatalf("%s: MQTT_URL: %v", tt.service, err)
 		}
 		pw, _ := u.User.Password()
-		if u.User.Username() != tt.user || pw != env(t, init, tt.passwordVar) || u.Host != "mosquitto:1883" {
-			t.Errorf("%s logs in as %s@%s with the password of %s? got user %q, host %q, password matches %v",
-				tt.service, tt.user, "mosquitto:1883", tt.passwordVar, u.User.Username(), u.Host, pw == env(t, init, tt.passwordVar))
+		if u.User.Username() != tt.user || pw != tt.password || u.Host != "mosquitto:1883" {
+			t.Errorf("%s logs in as %q at %s with the password of %s? got %q at %q, password matches %v",
+				tt.service, tt.user, "mosquitto:1883", tt.passwordVar, u.User.Username(), u.Host, pw == tt.password)
+		}
+		for name, s := range p.Services {
+			if v, ok := s.Environment[tt.passwordVar]; ok && (v == nil || *v != tt.password) {
+				t.Errorf("service %s gives %s another value than %s's MQTT_URL", name, tt.passwordVar, tt.service)
+			}
 		}
 	}
+}
 
-	script := readFile(t, "mosquitto/init-auth.sh")
-	for _, user := range []string{workerUser, bridgeUser} {
-		if !strings.Contains(script, user+":") {
-			t.Errorf("init-auth.sh does not write a password for %s", user)
+// TestComposeMosquittoMatchesNative: the compose file's broker is the one the tests run
+// natively (internal/localstack.StartMosquitto): the same version, exactly the configuration
+// files of deploy/mosquitto at the paths mosquitto.conf names, its state in a volume, started
+// by start.sh.
+func TestComposeMosquittoMatchesNative(t *testing.T) {
+	p := loadCompose(t, nil)
+	m := service(t, p, "mosquitto")
+	if want := "eclipse-mosquitto:" + mosquittoconf.Version; m.Image != want {
+		t.Errorf("image %q, want %q (the version the tests run natively)", m.Image, want)
+	}
+	if want := []string{"/bin/sh", mosquittoconf.ConfigDir + mosquittoconf.StartFile}; !slices.Equal(m.Command, want) {
+		t.Errorf("command %q, want %q", m.Command, want)
+	}
+	deployDir, err := filepath.Abs("mosquitto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{} // target -> source
+	var data []string
+	for _, v := range m.Volumes {
+		switch v.Type {
+		case types.VolumeTypeBind:
+			files[v.Target] = v.Source
+		case types.VolumeTypeVolume:
+			data = append(data, v.Target)
 		}
 	}
-	if got, want := sortedKeys(parseACL(t)), []string{bridgeUser, workerUser}; !reflect.DeepEqual(got, want) {
-		t.Errorf("users of the ACL file: %v, want %v", got, want)
+	want := map[string]string{}
+	for _, name := range mosquittoconf.Names() {
+		want[mosquittoconf.ConfigDir+name] = filepath.Join(deployDir, name)
 	}
-	// The SQL refuses exactly these names as devices.
-	m := regexp.MustCompile(`username NOT IN \(([^)]*)\)`).FindAllStringSubmatch(readFile(t, "postgres/mqtt-auth.sql"), -1)
-	if len(m) != 2 {
-		t.Fatalf("mqtt-auth.sql: want the reserved names in both functions, found %d lists", len(m))
+	if !reflect.DeepEqual(files, want) {
+		t.Errorf("the broker mounts %v, want exactly the files the native broker runs: %v", files, want)
 	}
-	for _, list := range m {
-		if want := "'" + workerUser + "', '" + bridgeUser + "'"; list[1] != want {
-			t.Errorf("mqtt-auth.sql refuses %s as devices, want %s", list[1], want)
-		}
+	if want := []string{strings.TrimSuffix(mosquittoconf.DataDir, "/")}; !slices.Equal(data, want) {
+		t.Errorf("the broker's volumes are mounted at %v, want %v (persistence_location)", data, want)
+	}
+	if len(m.Ports) != 1 || m.Ports[0].Target != mosquittoconf.Port {
+		t.Errorf("ports %v, want the listener's %d", m.Ports, mosquittoconf.Port)
+	}
+	if m.HealthCheck == nil || !strings.Contains(strings.Join(m.HealthCheck.Test, " "), "mosquitto_sub") {
+		t.Errorf("the health check does not log in to the broker: %v", m.HealthCheck)
+	}
+	for _, v := range []string{"OTAFLOW_MQTT_ADMIN_USER", "OTAFLOW_MQTT_ADMIN_PASSWORD"} {
+		env(t, m, v) // start.sh creates the administrator from them
 	}
 }
 
@@ -344,13 +364,4 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -2,26 +2,26 @@ package deploy
 
 import (
 	"bufio"
-	"encoding/base64"
-	"fmt"
-	"path"
+	"encoding/json"
+	"os"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/otaflow/otaflow/internal/credential"
+	mosquittoconf "github.com/otaflow/otaflow/deploy/mosquitto"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
 
-// aclRule is one topic line of the broker's ACL file.
+// aclRule is one rule of the broker's acl file.
 type aclRule struct{ access, topic string }
 
-// parseACL reads deploy/mosquitto/acl: user -> rules, refusing lines that would apply to
-// every client (pattern lines, topics before the first user).
-func parseACL(t *testing.T) map[string][]aclRule {
+// parseACL reads deploy/mosquitto/acl, refusing anything but pattern lines: a user or topic
+// line would give one account rights by name, which belong in the plugin's roles.
+func parseACL(t *testing.T) []aclRule {
 	t.Helper()
-	rules := map[string][]aclRule{}
-	user := ""
+	var rules []aclRule
 	sc := bufio.NewScanner(strings.NewReader(readFile(t, "mosquitto/acl")))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
@@ -29,127 +29,152 @@ func parseACL(t *testing.T) map[string][]aclRule {
 			continue
 		}
 		f := strings.Fields(line)
-		switch {
-		case f[0] == "user" && len(f) == 2:
-			user = f[1]
-			rules[user] = nil
-		case f[0] == "topic" && len(f) == 3 && user != "":
-			rules[user] = append(rules[user], aclRule{f[1], f[2]})
-		default:
-			t.Fatalf("mosquitto/acl line %d: %q: only `user NAME` and, after it, `topic ACCESS TOPIC` lines", n, line)
+		if len(f) != 3 || f[0] != "pattern" {
+			t.Fatalf("mosquitto/acl line %d: %q: only `pattern ACCESS TOPIC` lines", n, line)
 		}
+		rules = append(rules, aclRule{f[1], f[2]})
 	}
 	return rules
 }
 
+// TestACLMatchesProtocol: a device (%u, its username = device ID) reads its own commands and
+// cancellations and writes its own reports, nothing else (PROTOCOL.md 1.1).
 func TestACLMatchesProtocol(t *testing.T) {
-	want := map[string][]aclRule{
-		workerUser: {{"write", protocol.CommandTopic("+")}},
-		bridgeUser: {
-			{"read", protocol.ProgressFilter},
-			{"read", protocol.StatusFilter},
-			{"read", protocol.SharedFilter(protocol.ProgressFilter)},
-			{"read", protocol.SharedFilter(protocol.StatusFilter)},
-		},
+	const u = "%u"
+	want := []aclRule{
+		{"read", protocol.CommandTopic(u)},
+		{"read", protocol.CancelTopic(u)},
+		{"write", protocol.ProgressTopic(u)},
+		{"write", protocol.StatusTopic(u)},
 	}
 	if got := parseACL(t); !reflect.DeepEqual(got, want) {
 		t.Fatalf("mosquitto/acl:\n got %v\nwant %v", got, want)
 	}
 }
 
-// parseConf reads deploy/mosquitto/mosquitto.conf: option -> values, in order.
-func parseConf(t *testing.T) map[string][]string {
+// confLine is one option of mosquitto.conf.
+type confLine struct {
+	n          int
+	key, value string
+}
+
+// parseConf reads deploy/mosquitto/mosquitto.conf: its options in order.
+func parseConf(t *testing.T) []confLine {
 	t.Helper()
-	conf := map[string][]string{}
+	var conf []confLine
 	sc := bufio.NewScanner(strings.NewReader(readFile(t, "mosquitto/mosquitto.conf")))
-	for sc.Scan() {
+	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
 		key, value, _ := strings.Cut(line, " ")
-		conf[key] = append(conf[key], strings.TrimSpace(value))
+		conf = append(conf, confLine{n, key, strings.TrimSpace(value)})
 	}
 	return conf
 }
 
+func values(conf []confLine, key string) []string {
+	var v []string
+	for _, c := range conf {
+		if c.key == key {
+			v = append(v, c.value)
+		}
+	}
+	return v
+}
+
 func TestMosquittoConf(t *testing.T) {
 	conf := parseConf(t)
-	p := loadCompose(t, nil)
-	mosquitto := service(t, p, "mosquitto")
-	mounts := map[string]string{} // target -> source (file) or volume name
-	for _, v := range mosquitto.Volumes {
-		mounts[v.Target] = v.Source
-	}
-
-	// The hasher settings are those of internal/credential, read from a hash it makes.
-	hash, err := credential.Hash("x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts := strings.Split(hash, "$") // "", argon2id, v=19, m=..,t=..,p=.., salt, key
-	var m, tm, pl int
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &tm, &pl); err != nil {
-		t.Fatalf("credential.Hash made %q: %v", hash, err)
-	}
-	salt, err1 := base64.RawStdEncoding.DecodeString(parts[4])
-	key, err2 := base64.RawStdEncoding.DecodeString(parts[5])
-	if parts[1] != "argon2id" || err1 != nil || err2 != nil {
-		t.Fatalf("credential.Hash made %q, not an argon2id PHC string with unpadded base64", hash)
-	}
-
 	tests := []struct{ option, want string }{
+		{"per_listener_settings", "false"},
 		{"allow_anonymous", "false"},
-		{"auth_plugin", "/mosquitto/go-auth.so"},
-		{"auth_opt_backends", "files, postgres"},
-		{"auth_opt_hasher", "argon2id"},
-		{"auth_opt_hasher_memory", fmt.Sprint(m)},
-		{"auth_opt_hasher_iterations", fmt.Sprint(tm)},
-		{"auth_opt_hasher_parallelism", fmt.Sprint(pl)},
-		{"auth_opt_hasher_salt_size", fmt.Sprint(len(salt))},
-		{"auth_opt_hasher_keylen", fmt.Sprint(len(key))},
-		{"auth_opt_disable_superuser", "true"},
-		// Files the compose file provides.
-		{"auth_opt_files_acl_path", "/etc/mosquitto/acl"},
-		{"auth_opt_files_password_path", "/mosquitto/auth/passwords"},
-		{"include_dir", "/mosquitto/auth/conf.d"},
-		// The database and role of the compose file and of mqtt-auth.sql.
-		{"auth_opt_pg_host", "postgres"},
-		{"auth_opt_pg_port", "5432"},
-		{"auth_opt_pg_dbname", env(t, service(t, p, "postgres"), "POSTGRES_DB")},
-		{"auth_opt_pg_user", "mqtt_auth"},
-		{"auth_opt_pg_sslmode", "disable"},
+		{"listener", mosquittoconf.Listener[len("listener "):]},
+		{"plugin", mosquittoconf.PluginPath},
+		{"plugin_opt_config_file", mosquittoconf.DataDir + "dynamic-security.json"},
+		{"acl_file", mosquittoconf.ConfigDir + mosquittoconf.ACLFile},
 		{"persistence", "true"},
+		{"persistence_location", mosquittoconf.DataDir},
 	}
 	for _, tt := range tests {
-		if got := conf[tt.option]; len(got) != 1 || got[0] != tt.want {
+		if got := values(conf, tt.option); len(got) != 1 || got[0] != tt.want {
 			t.Errorf("mosquitto.conf: %s = %q, want %q", tt.option, got, tt.want)
 		}
 	}
-	if _, ok := conf["auth_opt_pg_password"]; ok {
-		t.Errorf("mosquitto.conf holds the database password; it belongs in the generated conf.d file")
-	}
 
-	// The paths are where the compose file puts the files.
-	if !strings.HasSuffix(mounts["/etc/mosquitto/acl"], "/deploy/mosquitto/acl") {
-		t.Errorf("the ACL file is not mounted at /etc/mosquitto/acl: %v", mounts)
+	// Mosquitto resets the plugin at each included file: the plugin's options must follow its
+	// plugin line in this file, and nothing may be included.
+	plugin := -1
+	for i, c := range conf {
+		switch {
+		case c.key == "plugin":
+			plugin = i
+		case strings.HasPrefix(c.key, "plugin_opt_") || strings.HasPrefix(c.key, "auth_opt_"):
+			if plugin < 0 {
+				t.Errorf("mosquitto.conf line %d: %s before the plugin line", c.n, c.key)
+			}
+		case c.key == "include_dir" || c.key == "auth_plugin" || c.key == "password_file":
+			t.Errorf("mosquitto.conf line %d: %s: the accounts are the dynamic-security plugin's alone", c.n, c.key)
+		}
 	}
-	if !strings.HasSuffix(mounts["/etc/mosquitto/mosquitto.conf"], "/deploy/mosquitto/mosquitto.conf") {
-		t.Errorf("mosquitto.conf is not mounted at /etc/mosquitto/mosquitto.conf: %v", mounts)
+}
+
+// TestMosquittoQueueLimits: the queues hold a bridge outage of 10 minutes of a 10,000-device
+// fleet reporting as often as PROTOCOL.md allows (once a second), limited by bytes.
+func TestMosquittoQueueLimits(t *testing.T) {
+	conf := parseConf(t)
+	number := func(option string) int64 {
+		v := values(conf, option)
+		if len(v) != 1 {
+			t.Fatalf("mosquitto.conf: %s given %d times, want once", option, len(v))
+		}
+		n, err := strconv.ParseInt(v[0], 10, 64)
+		if err != nil {
+			t.Fatalf("mosquitto.conf: %s %q: %v", option, v[0], err)
+		}
+		return n
 	}
-	authVolume := mounts[path.Dir(conf["auth_opt_files_password_path"][0])]
-	if authVolume == "" {
-		t.Fatalf("nothing is mounted at %s", path.Dir(conf["auth_opt_files_password_path"][0]))
+	// A typical progress report (Mosquitto counts payload bytes only).
+	report, err := json.Marshal(protocol.Progress{ID: "c1f3a2e0-5b7d-4c1e-9f3a-2b7d4c1e9f3a", Type: "firmware",
+		Version: "1.1.0", Progress: 42, Desc: "downloading"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	initMounts := map[string]string{}
-	for _, v := range service(t, p, "mqtt-auth-init").Volumes {
-		initMounts[v.Source] = v.Target
+	const devices, seconds = 10_000, 600
+	reports := int64(devices * seconds)
+	need := reports * int64(len(report))
+	maxBytes, maxMessages := number("max_queued_bytes"), number("max_queued_messages")
+	t.Logf("%d reports of %d bytes: %d MB; max_queued_bytes %d MB", reports, len(report), need>>20, maxBytes>>20)
+	if maxBytes < need {
+		t.Errorf("max_queued_bytes %d holds less than %d reports of %d bytes (%d)", maxBytes, reports, len(report), need)
 	}
-	script := readFile(t, "mosquitto/init-auth.sh")
-	out := initMounts[authVolume]
-	if out == "" || !strings.Contains(script, "out="+out+"\n") ||
-		!strings.Contains(script, `"$out/passwords"`) || !strings.Contains(script, `"$out/conf.d/pg-password.conf"`) ||
-		!strings.Contains(script, "auth_opt_pg_password") {
-		t.Errorf("init-auth.sh does not write passwords and conf.d/pg-password.conf (auth_opt_pg_password) into the volume %s the broker reads", authVolume)
+	// The count must not bind before the bytes, and must not be 0 (see mosquitto.conf).
+	if maxMessages < maxBytes/int64(len(report)) {
+		t.Errorf("max_queued_messages %d binds before max_queued_bytes %d (%d reports of %d bytes)",
+			maxMessages, maxBytes, maxBytes/int64(len(report)), len(report))
+	}
+	if v := values(conf, "autosave_on_changes"); len(v) > 0 && v[0] == "true" {
+		t.Errorf("autosave_on_changes true: autosave_interval must count seconds (README states what a crash loses)")
+	}
+}
+
+// TestMosquittoFilesEmbedded: the Go package embeds every file of deploy/mosquitto but itself,
+// so that the native topology runs all of them.
+func TestMosquittoFilesEmbedded(t *testing.T) {
+	entries, err := os.ReadDir("mosquitto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".go") {
+			files = append(files, e.Name())
+		}
+	}
+	want := mosquittoconf.Names()
+	slices.Sort(files)
+	slices.Sort(want)
+	if !slices.Equal(files, want) {
+		t.Fatalf("deploy/mosquitto holds %v, the package embeds %v", files, want)
 	}
 }

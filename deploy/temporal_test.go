@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"io/fs"
+	"maps"
 	"path"
 	"path/filepath"
 	"slices"
@@ -59,10 +60,10 @@ func TestComposeTemporalMatchesNativeTopology(t *testing.T) {
 	schema := service(t, p, "temporal-schema")
 	wantServer := []string{temporalconfig.ConfigFile, temporalconfig.DynamicConfigFile}
 	wantServer = sortedStrings(wantServer)
-	if got := sortedKeys(mounted["temporal"]); !slices.Equal(got, wantServer) {
+	if got := slices.Sorted(maps.Keys(mounted["temporal"])); !slices.Equal(got, wantServer) {
 		t.Errorf("the temporal service mounts %v, want %v", got, wantServer)
 	}
-	if got := sortedKeys(mounted["temporal-schema"]); !slices.Equal(got, []string{temporalconfig.SchemaScript}) {
+	if got := slices.Sorted(maps.Keys(mounted["temporal-schema"])); !slices.Equal(got, []string{temporalconfig.SchemaScript}) {
 		t.Errorf("the temporal-schema service mounts %v, want only %s", got, temporalconfig.SchemaScript)
 	}
 

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
@@ -57,6 +58,8 @@ type appEnv struct {
 	out, errOut io.Writer
 	temporal    client.Client
 	store       *store.Store
+	admin       *brokeraccounts.Admin // the production broker's administration, when set
+	noAdmin     bool                  // no broker administrator is set (and the user was told)
 }
 
 // newApp builds the starter command line, writing output to out and messages to errOut. Its
@@ -87,7 +90,7 @@ func newApp(out, errOut io.Writer) *cli.App {
 					"TLS with ?sslmode=verify-full&sslrootcert=FILE[&sslcert=FILE&sslkey=FILE]"},
 			&cli.StringFlag{Name: flagUIURL, Value: "http://localhost:8233", EnvVars: []string{"TEMPORAL_UI_URL"},
 				Usage: "base `URL` of the Temporal Web UI, for the links starter prints"},
-		}, tlsflags.TemporalFlags()...),
+		}, append(tlsflags.TemporalFlags(), brokerFlags()...)...),
 		Commands: []*cli.Command{
 			upgradeCommand(e),
 			statusCommand(e),
@@ -215,6 +218,10 @@ func (e *appEnv) close() {
 	if e.store != nil {
 		e.store.Close()
 		e.store = nil
+	}
+	if e.admin != nil {
+		e.admin.Close()
+		e.admin = nil
 	}
 }
 

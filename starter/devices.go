@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
@@ -258,16 +259,28 @@ func (e *appEnv) addDeviceAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	admin, err := e.brokerAdmin(cCtx)
+	if err != nil {
+		return err
+	}
 	secret, hash, err := newSecret()
 	if err != nil {
 		return err
 	}
-	err = st.AddDevice(cCtx.Context, id, hash, labels)
+	// The account is created before the device is committed: both or neither.
+	b := &brokerChange{admin: admin}
+	err = st.AddDeviceThen(cCtx.Context, id, hash, labels, b.then(func(ctx context.Context, a *brokeraccounts.Admin) error {
+		return a.AddDevice(ctx, id, secret)
+	}))
 	if errors.Is(err, store.ErrExists) {
 		return cli.Exit(fmt.Sprintf("device %s is already registered; to issue it a new secret use `starter devices rotate-secret --device %s`", id, id), exitFailure)
 	}
 	if err != nil {
-		return err
+		b.undo(e, cCtx.Context, "its account", func(ctx context.Context, a *brokeraccounts.Admin) error { return a.RemoveDevice(ctx, id) })
+		if exit := brokerAccountError(id, err); exit != nil {
+			return exit
+		}
+		return fmt.Errorf("register device %s: %w; nothing was registered", id, err)
 	}
 	return e.printSecret(cCtx, id, secret, "Registered device "+id+".")
 }
@@ -281,20 +294,44 @@ func (e *appEnv) rotateSecretAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	// SetSecretHash registers a missing device: rotating must not create one by a typo.
-	if _, err := st.GetDevice(cCtx.Context, id); errors.Is(err, store.ErrNotFound) {
-		return cli.Exit(fmt.Sprintf("unknown device %s: register it with `starter devices add --device %s`", id, id), exitFailure)
-	} else if err != nil {
+	admin, err := e.brokerAdmin(cCtx)
+	if err != nil {
 		return err
 	}
 	secret, hash, err := newSecret()
 	if err != nil {
 		return err
 	}
-	if err := st.SetSecretHash(cCtx.Context, id, hash); err != nil {
+	created := false
+	b := &brokerChange{admin: admin}
+	// Rotating must not create a device by a typo: an unknown one is ErrNotFound.
+	err = st.ReplaceSecretHashThen(cCtx.Context, id, hash, b.then(func(ctx context.Context, a *brokeraccounts.Admin) error {
+		var err error
+		created, err = a.SetDeviceSecret(ctx, id, secret)
 		return err
+	}))
+	if errors.Is(err, store.ErrNotFound) {
+		return cli.Exit(fmt.Sprintf("unknown device %s: register it with `starter devices add --device %s`", id, id), exitFailure)
 	}
-	return e.printSecret(cCtx, id, secret, "New secret for device "+id+"; the old one no longer works for new connections.")
+	if err != nil {
+		if exit := brokerAccountError(id, err); exit != nil {
+			return exit
+		}
+		if b.done {
+			// The old secret cannot be given back to the broker: it is known only as a hash.
+			return fmt.Errorf("the broker accepts only a new secret for device %s now, but the registry could not store its hash: %w; "+
+				"run `starter devices rotate-secret --device %s` again", id, err, id)
+		}
+		return fmt.Errorf("new secret for device %s: %w; nothing was changed, the old secret still works", id, err)
+	}
+	headline := "New secret for device " + id + "; the old one no longer works for new connections."
+	if admin != nil {
+		headline = "New secret for device " + id + "; the old one no longer works (the broker closed any connection made with it)."
+	}
+	if created {
+		headline = "New secret for device " + id + "; it had no broker account, it has one now."
+	}
+	return e.printSecret(cCtx, id, secret, headline)
 }
 
 // printSecret shows a device's new secret, the only time it is ever shown.
@@ -318,18 +355,47 @@ func (e *appEnv) setDisabledAction(cCtx *cli.Context, disabled bool) error {
 	if err != nil {
 		return err
 	}
-	err = st.SetDisabled(cCtx.Context, id, disabled)
+	admin, err := e.brokerAdmin(cCtx)
+	if err != nil {
+		return err
+	}
+	noAccount := false
+	b := &brokerChange{admin: admin}
+	err = st.SetDisabledThen(cCtx.Context, id, disabled, b.then(func(ctx context.Context, a *brokeraccounts.Admin) error {
+		err := a.SetDeviceDisabled(ctx, id, disabled)
+		if errors.Is(err, brokeraccounts.ErrNoAccount) {
+			noAccount = true
+			return nil
+		}
+		return err
+	}))
 	if errors.Is(err, store.ErrNotFound) {
 		return cli.Exit(fmt.Sprintf("unknown device %s: register it with `starter devices add --device %s`", id, id), exitFailure)
 	}
 	if err != nil {
-		return err
+		if !noAccount {
+			b.undo(e, cCtx.Context, "the change", func(ctx context.Context, a *brokeraccounts.Admin) error {
+				return a.SetDeviceDisabled(ctx, id, !disabled)
+			})
+		}
+		if exit := brokerAccountError(id, err); exit != nil {
+			return exit
+		}
+		return fmt.Errorf("device %s: %w; nothing was changed", id, err)
 	}
-	if !disabled {
+	switch {
+	case disabled && admin != nil:
+		fmt.Fprintf(e.out, "Device %s disabled: it cannot connect (the broker closed any connection it had), and no upgrade command is sent to it.\n", id)
+	case disabled:
+		fmt.Fprintf(e.out, "Device %s disabled: it cannot connect, the broker closes its connection, and no upgrade command is sent to it.\n", id)
+	case noAccount:
+		fmt.Fprintf(e.out, "Device %s enabled, but it has no broker account, so it cannot connect: "+
+			"give it one with a new secret, `starter devices rotate-secret --device %s`.\n", id, id)
+		return nil
+	default:
 		fmt.Fprintf(e.out, "Device %s enabled: it can connect again, and be upgraded.\n", id)
 		return nil
 	}
-	fmt.Fprintf(e.out, "Device %s disabled: it cannot connect, the broker closes its connection, and no upgrade command is sent to it.\n", id)
 	return e.cancelForDisable(cCtx, id)
 }
 

@@ -14,10 +14,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 )
@@ -147,6 +149,12 @@ func (e *appEnv) importDevicesAction(cCtx *cli.Context) error {
 		}
 		return err
 	}
+	if len(bad) == 0 {
+		// Before the secrets are issued: a broker that cannot be reached costs no wait.
+		if _, err := e.brokerAdmin(cCtx); err != nil {
+			return err
+		}
+	}
 	ids := make([]string, len(rows))
 	line := make(map[string]int, len(rows))
 	for i, r := range rows {
@@ -228,7 +236,29 @@ func (e *appEnv) importDevices(cCtx *cli.Context, st *store.Store, rows []import
 			return fmt.Errorf("write %s: %w; nothing was imported", outPath, err)
 		}
 	}
-	if err = st.AddDevices(ctx, devices); err != nil {
+	admin, err := e.brokerAdmin(cCtx)
+	if err != nil {
+		return err
+	}
+	// The broker accounts are created before the devices are committed: all or none.
+	var created []string
+	b := &brokerChange{admin: admin}
+	err = st.AddDevicesThen(ctx, devices, b.then(func(ctx context.Context, a *brokeraccounts.Admin) error {
+		var err error
+		created, err = e.createAccounts(ctx, a, creds)
+		return err
+	}))
+	if err != nil && len(created) > 0 {
+		fmt.Fprintf(e.errOut, "starter: removing the %d broker accounts created...\n", len(created))
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(len(created))*brokeraccounts.DefaultTimeout)
+		defer cancel()
+		for _, id := range created {
+			if rmErr := admin.RemoveDevice(ctx, id); rmErr != nil {
+				fmt.Fprintf(e.errOut, "starter: remove the broker account of %s: %v (it belongs to no registered device)\n", id, rmErr)
+			}
+		}
+	}
+	if err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return cli.Exit(fmt.Sprintf("%v; a device was registered meanwhile: nothing was imported (--skip-existing skips such devices)", err), exitFailure)
 		}
@@ -249,6 +279,29 @@ func (e *appEnv) importDevices(cCtx *cli.Context, st *store.Store, rows []import
 	}
 	fmt.Fprintf(e.errOut, "starter: imported %d device(s); their secrets are on standard output, shown only this once: store them now\n", len(rows))
 	return nil
+}
+
+// createAccounts creates the broker accounts of newly imported devices, one at a time (each
+// makes the broker rewrite its accounts file), saying how far it got every 10 seconds. It
+// returns the devices whose account it created, also when it fails.
+func (e *appEnv) createAccounts(ctx context.Context, a *brokeraccounts.Admin, creds []secretReport) ([]string, error) {
+	created := make([]string, 0, len(creds))
+	start, said := time.Now(), time.Now()
+	for _, c := range creds {
+		if err := a.AddDevice(ctx, c.DeviceID, c.Secret); err != nil {
+			if errors.Is(err, brokeraccounts.ErrNotDevice) {
+				return created, fmt.Errorf("the broker has an account named %s that is not a device's: %w", c.DeviceID, err)
+			}
+			return created, fmt.Errorf("create the broker account of %s: %w", c.DeviceID, err)
+		}
+		created = append(created, c.DeviceID)
+		if time.Since(said) >= 10*time.Second {
+			said = time.Now()
+			rate := float64(len(created)) / time.Since(start).Seconds()
+			fmt.Fprintf(e.errOut, "starter: broker accounts: %d of %d created (%.0f/s)\n", len(created), len(creds), rate)
+		}
+	}
+	return created, nil
 }
 
 // badRowsMessage reports every bad row of an import.

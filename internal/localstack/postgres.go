@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -222,33 +221,31 @@ func findPostgresBinDir() (string, error) {
 }
 
 func lookupPostgresUser() (*runAs, error) {
-	u, err := user.Lookup(superuser)
-	if err != nil {
-		return nil, fmt.Errorf("running as root, PostgreSQL must run as the user %q, which is missing (the postgresql package creates it; or run as an ordinary user): %w", superuser, err)
-	}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err := errors.Join(err1, err2); err != nil {
-		return nil, fmt.Errorf("user %s: %w", superuser, err)
-	}
-	return &runAs{name: superuser, uid: uint32(uid), gid: uint32(gid)}, nil
+	return lookupRunAs(superuser, "PostgreSQL", "the postgresql package creates it")
 }
 
 // prepareDataDir creates dir (mode 0700, as PostgreSQL demands) and, when the server runs as
 // another user, gives dir to that user and lets it reach dir.
 func prepareDataDir(dir string, as *runAs) error {
+	return prepareOwnedDir(dir, as, "PostgreSQL data directory")
+}
+
+// prepareOwnedDir creates dir (mode 0700) and, when a server runs as another user (as), gives
+// dir and everything in it to that user and lets it traverse dir's parents (adding the
+// others-execute bit where missing). what names the directory in errors.
+func prepareOwnedDir(dir string, as *runAs, what string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create PostgreSQL data directory: %w", err)
+		return fmt.Errorf("create %s: %w", what, err)
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("PostgreSQL data directory: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if as == nil {
 		return nil
 	}
 	uid, _, _, err := statOwner(dir)
 	if err != nil {
-		return fmt.Errorf("PostgreSQL data directory: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if uid != as.uid {
 		err := filepath.WalkDir(dir, func(path string, _ fs.DirEntry, err error) error {
@@ -258,19 +255,19 @@ func prepareDataDir(dir string, as *runAs) error {
 			return os.Lchown(path, int(as.uid), int(as.gid))
 		})
 		if err != nil {
-			return fmt.Errorf("give PostgreSQL data directory %s to user %s: %w", dir, as.name, err)
+			return fmt.Errorf("give %s %s to user %s: %w", what, dir, as.name, err)
 		}
 	}
 	// Every parent must be searchable by the server's user.
 	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
 		uid, gid, mode, err := statOwner(p)
 		if err != nil {
-			return fmt.Errorf("PostgreSQL data directory parent %s: %w", p, err)
+			return fmt.Errorf("%s parent %s: %w", what, p, err)
 		}
 		searchable := mode&0o001 != 0 || (uid == as.uid && mode&0o100 != 0) || (gid == as.gid && mode&0o010 != 0)
 		if !searchable {
 			if err := os.Chmod(p, mode|0o001); err != nil {
-				return fmt.Errorf("let user %s reach the PostgreSQL data directory through %s: %w", as.name, p, err)
+				return fmt.Errorf("let user %s reach the %s through %s: %w", as.name, what, p, err)
 			}
 		}
 		if p == filepath.Dir(p) {

@@ -25,21 +25,55 @@ type Device struct {
 	CreatedAt  time.Time         `json:"created_at"`
 }
 
+// Then is work done inside a registry change before it is committed, such as creating the
+// device's broker account: the change is committed only when Then returns nil, and rolled back
+// otherwise. Its error is returned as is. The change's rows stay locked while it runs.
+type Then func(ctx context.Context) error
+
 // AddDevice registers a new device with the hash of its secret. It returns ErrExists when the
 // device is already registered.
 func (s *Store) AddDevice(ctx context.Context, id, secretHash string, labels map[string]string) error {
+	return s.AddDeviceThen(ctx, id, secretHash, labels, nil)
+}
+
+// AddDeviceThen is AddDevice with then run before the device is committed (nil: nothing).
+func (s *Store) AddDeviceThen(ctx context.Context, id, secretHash string, labels map[string]string, then Then) error {
 	if err := protocol.ValidateDeviceID(id); err != nil {
 		return err
 	}
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO devices (id, secret_hash, labels) VALUES ($1, $2, $3)`, id, secretHash, labels)
-	if isUniqueViolation(err) {
-		return fmt.Errorf("device %s: %w", id, ErrExists)
-	}
+	return s.inTx(ctx, then, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO devices (id, secret_hash, labels) VALUES ($1, $2, $3)`, id, secretHash, labels)
+		if isUniqueViolation(err) {
+			return fmt.Errorf("device %s: %w", id, ErrExists)
+		}
+		if err != nil {
+			return fmt.Errorf("add device %s: %w", id, err)
+		}
+		return nil
+	})
+}
+
+// inTx runs change in a transaction, then then (unless nil), and commits when both succeed.
+func (s *Store) inTx(ctx context.Context, then Then, change func(pgx.Tx) error) error {
+	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("add device %s: %w", id, err)
+		return fmt.Errorf("begin a registry change: %w", err)
+	}
+	// A no-op after Commit; otherwise the change is undone (its error adds nothing).
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := change(tx); err != nil {
+		return err
+	}
+	if then != nil {
+		if err := then(ctx); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit a registry change: %w", err)
 	}
 	return nil
 }
@@ -55,6 +89,11 @@ type NewDevice struct {
 // returns ErrExists, naming a device, when one of them is already registered (or is given
 // twice).
 func (s *Store) AddDevices(ctx context.Context, devices []NewDevice) error {
+	return s.AddDevicesThen(ctx, devices, nil)
+}
+
+// AddDevicesThen is AddDevices with then run before the devices are committed (nil: nothing).
+func (s *Store) AddDevicesThen(ctx context.Context, devices []NewDevice, then Then) error {
 	rows := make([][]any, len(devices))
 	for i, d := range devices {
 		if err := protocol.ValidateDeviceID(d.ID); err != nil {
@@ -66,19 +105,18 @@ func (s *Store) AddDevices(ctx context.Context, devices []NewDevice) error {
 		}
 		rows[i] = []any{d.ID, d.SecretHash, labels}
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return s.inTx(ctx, then, func(tx pgx.Tx) error {
 		_, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, []string{"id", "secret_hash", "labels"}, pgx.CopyFromRows(rows))
-		return err
+		var pgErr *pgconn.PgError
+		if isUniqueViolation(err) && errors.As(err, &pgErr) {
+			// The detail names the device: Key (id)=(dev-1) already exists.
+			return fmt.Errorf("add %d devices: %s: %w", len(devices), pgErr.Detail, ErrExists)
+		}
+		if err != nil {
+			return fmt.Errorf("add %d devices: %w", len(devices), err)
+		}
+		return nil
 	})
-	var pgErr *pgconn.PgError
-	if isUniqueViolation(err) && errors.As(err, &pgErr) {
-		// The detail names the device: Key (id)=(dev-1) already exists.
-		return fmt.Errorf("add %d devices: %s: %w", len(devices), pgErr.Detail, ErrExists)
-	}
-	if err != nil {
-		return fmt.Errorf("add %d devices: %w", len(devices), err)
-	}
-	return nil
 }
 
 // RegisteredDevices returns those of ids that are registered devices, in ID order.
@@ -107,17 +145,41 @@ func (s *Store) SetSecretHash(ctx context.Context, id, secretHash string) error 
 	return nil
 }
 
-// SetDisabled disables or enables a device. A disabled device cannot connect (the embedded
-// broker also closes its connection, see DisabledAmong) and no command is sent to it.
+// ReplaceSecretHashThen replaces a registered device's secret hash, running then before the
+// change is committed (nil: nothing). It returns ErrNotFound for an unregistered device.
+func (s *Store) ReplaceSecretHashThen(ctx context.Context, id, secretHash string, then Then) error {
+	return s.inTx(ctx, then, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE devices SET secret_hash = $2 WHERE id = $1`, id, secretHash)
+		if err != nil {
+			return fmt.Errorf("set secret of device %s: %w", id, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("device %s: %w", id, ErrNotFound)
+		}
+		return nil
+	})
+}
+
+// SetDisabled disables or enables a device. A disabled device cannot connect (the brokers
+// close its connection: the embedded one polls DisabledAmong, Mosquitto's account is
+// disabled) and no command is sent to it.
 func (s *Store) SetDisabled(ctx context.Context, id string, disabled bool) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE devices SET disabled = $2 WHERE id = $1`, id, disabled)
-	if err != nil {
-		return fmt.Errorf("disable device %s: %w", id, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("device %s: %w", id, ErrNotFound)
-	}
-	return nil
+	return s.SetDisabledThen(ctx, id, disabled, nil)
+}
+
+// SetDisabledThen is SetDisabled with then run before the change is committed (nil: nothing).
+// It returns ErrNotFound for an unregistered device.
+func (s *Store) SetDisabledThen(ctx context.Context, id string, disabled bool, then Then) error {
+	return s.inTx(ctx, then, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE devices SET disabled = $2 WHERE id = $1`, id, disabled)
+		if err != nil {
+			return fmt.Errorf("disable device %s: %w", id, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("device %s: %w", id, ErrNotFound)
+		}
+		return nil
+	})
 }
 
 // DisabledAmong returns those of ids that are registered devices and disabled, in ID order.

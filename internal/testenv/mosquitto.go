@@ -1,0 +1,71 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/otaflow/otaflow/internal/localstack"
+)
+
+// Mosquitto starts a Mosquitto broker for tb alone, natively from deploy/mosquitto's
+// configuration (localstack.StartMosquitto) with its state in a temporary directory, and
+// stops it when tb ends. Its administrator has a random password: use m.AdminURL(). The test
+// fails when Mosquitto is not installed (./scripts/test installs it).
+//
+// Restart it after a Stop or a Kill with RestartMosquitto, on the same state and port.
+func Mosquitto(tb testing.TB) *localstack.Mosquitto {
+	tb.Helper()
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		tb.Fatal(err)
+	}
+	return startMosquitto(tb, localstack.MosquittoOptions{
+		Dir:           filepath.Join(tb.TempDir(), "mosquitto"),
+		AdminPassword: hex.EncodeToString(b),
+	})
+}
+
+// RestartMosquitto starts again, on the same state directory, port and administrator, a
+// broker m that has stopped (Stop, Kill); the old one must be gone. It returns the new one,
+// stopped when tb ends.
+func RestartMosquitto(tb testing.TB, m *localstack.Mosquitto) *localstack.Mosquitto {
+	tb.Helper()
+	select {
+	case <-m.Done():
+	default:
+		tb.Fatal("testenv: RestartMosquitto: the broker is still running")
+	}
+	user, password := m.Admin()
+	return startMosquitto(tb, localstack.MosquittoOptions{Dir: m.Dir(), Port: m.Port(), AdminUser: user, AdminPassword: password})
+}
+
+func startMosquitto(tb testing.TB, opts localstack.MosquittoOptions) *localstack.Mosquitto {
+	tb.Helper()
+	logFile, err := os.OpenFile(filepath.Join(filepath.Dir(opts.Dir), "mosquitto.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	opts.Log = logFile
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m, err := localstack.StartMosquitto(ctx, opts)
+	if err != nil {
+		logFile.Close()
+		tb.Fatalf("testenv: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := m.Stop(); err != nil {
+			tb.Logf("testenv: %v", err)
+		}
+		logFile.Close()
+		if tb.Failed() {
+			printTail("Mosquitto", logFile.Name())
+		}
+	})
+	return m
+}
