@@ -79,9 +79,12 @@ func TestComposeInterpolation(t *testing.T) {
 				"temporal-schema": {"POSTGRES_PWD": "otaflow-dev"},
 				"mosquitto":       {"OTAFLOW_MQTT_ADMIN_USER": "otaflow-admin", "OTAFLOW_MQTT_ADMIN_PASSWORD": "admin-dev-secret"},
 				"setup": {
-					"DATABASE_URL":       "postgres://otaflow:otaflow-dev@postgres:5432/otaflow?sslmode=disable",
-					"TEMPORAL_ADDRESS":   "temporal:7233",
-					"TEMPORAL_NAMESPACE": "default",
+					"DATABASE_URL":                 "postgres://otaflow:otaflow-dev@postgres:5432/otaflow?sslmode=disable",
+					"TEMPORAL_ADDRESS":             "temporal:7233",
+					"TEMPORAL_NAMESPACE":           "default",
+					"MQTT_ADMIN_URL":               "tcp://otaflow-admin:admin-dev-secret@mosquitto:1883",
+					"OTAFLOW_WORKER_MQTT_PASSWORD": "worker-dev-secret",
+					"OTAFLOW_BRIDGE_MQTT_PASSWORD": "bridge-dev-secret",
 				},
 				"worker": {
 					"DATABASE_URL":       "postgres://otaflow:otaflow-dev@postgres:5432/otaflow?sslmode=disable",
@@ -103,8 +106,9 @@ func TestComposeInterpolation(t *testing.T) {
 				"mosquitto":       {"OTAFLOW_MQTT_ADMIN_PASSWORD": "admin-s3cret"},
 				"temporal":        {"POSTGRES_PWD": "pg-s3cret"},
 				"temporal-schema": {"POSTGRES_PWD": "pg-s3cret"},
-				"setup":           {"TEMPORAL_NAMESPACE": "fleet", "DATABASE_URL": "postgres://otaflow:pg-s3cret@postgres:5432/otaflow?sslmode=disable"},
-				"temporal-ui":     {"TEMPORAL_DEFAULT_NAMESPACE": "fleet"},
+				"setup": {"TEMPORAL_NAMESPACE": "fleet", "DATABASE_URL": "postgres://otaflow:pg-s3cret@postgres:5432/otaflow?sslmode=disable",
+					"MQTT_ADMIN_URL": "tcp://otaflow-admin:admin-s3cret@mosquitto:1883", "OTAFLOW_WORKER_MQTT_PASSWORD": "w-s3cret"},
+				"temporal-ui": {"TEMPORAL_DEFAULT_NAMESPACE": "fleet"},
 				"worker": {
 					"DATABASE_URL":       "postgres://otaflow:pg-s3cret@postgres:5432/otaflow?sslmode=disable",
 					"TEMPORAL_NAMESPACE": "fleet",

@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/setup"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
@@ -14,14 +16,17 @@ import (
 func setupCommand(e *appEnv) *cli.Command {
 	return &cli.Command{
 		Name:      "setup",
-		Usage:     "prepare real servers for OTAflow: Temporal namespace, search attributes, PostgreSQL schema",
-		UsageText: "starter [--temporal-address A] [--temporal-namespace N] --database-url U setup [--retention D] [--wait D]",
+		Usage:     "prepare real servers for OTAflow: Temporal namespace, search attributes, PostgreSQL schema, broker accounts",
+		UsageText: "starter [--temporal-address A] [--temporal-namespace N] --database-url U [--mqtt-admin-url M] setup [--retention D] [--wait D]",
 		Description: "Run once before the worker and the bridge start on new servers, and again after an upgrade\n" +
 			"of OTAflow; it is safe to run any number of times. In order, each step doing only what is\n" +
 			"missing and saying what it did:\n" +
 			"  namespace          create the Temporal namespace (--temporal-namespace) with --retention\n" +
 			"  search attributes  register " + fmt.Sprint(ota.SearchAttributeNames) + " as Keyword\n" +
 			"  database           apply OTAflow's PostgreSQL migrations (--database-url)\n" +
+			"  broker             with --mqtt-admin-url (MQTT_ADMIN_URL): the production broker's access rules,\n" +
+			"                     the worker's and the bridge's accounts (passwords from " + brokeraccounts.EnvWorkerPassword + "\n" +
+			"                     and " + brokeraccounts.EnvBridgePassword + "), and the devices' accounts disabled as the registry says\n" +
 			"A Temporal server that does not answer yet (one still starting) is waited for, up to --wait.\n" +
 			"Exit codes: 0 done (changed or not), 1 a step failed (the message names it).",
 		Flags: []cli.Flag{
@@ -53,14 +58,22 @@ func (e *appEnv) setupAction(cCtx *cli.Context) error {
 	if err != nil {
 		return usageErrorf(cCtx, "%v", err)
 	}
+	mqttTLS, err := tlsflags.MQTT(cCtx)
+	if err != nil {
+		return usageErrorf(cCtx, "%v", err)
+	}
 	_, err = setup.Run(cCtx.Context, setup.Config{
-		TemporalAddress:   cCtx.String(flagTemporalAddress),
-		TemporalNamespace: cCtx.String(flagTemporalNamespace),
-		TemporalTLS:       tlsCfg,
-		Retention:         cCtx.Duration("retention"),
-		DatabaseURL:       cCtx.String(flagDatabaseURL),
-		Wait:              cCtx.Duration("wait"),
-		Out:               e.out,
+		TemporalAddress:    cCtx.String(flagTemporalAddress),
+		TemporalNamespace:  cCtx.String(flagTemporalNamespace),
+		TemporalTLS:        tlsCfg,
+		Retention:          cCtx.Duration("retention"),
+		DatabaseURL:        cCtx.String(flagDatabaseURL),
+		Wait:               cCtx.Duration("wait"),
+		MQTTAdminURL:       cCtx.String(flagMQTTAdminURL),
+		MQTTTLS:            mqttTLS,
+		WorkerMQTTPassword: os.Getenv(brokeraccounts.EnvWorkerPassword),
+		BridgeMQTTPassword: os.Getenv(brokeraccounts.EnvBridgePassword),
+		Out:                e.out,
 	}, setup.DefaultSteps())
 	if err != nil && cCtx.Context.Err() != nil {
 		return cli.Exit("setup interrupted: run it again to finish", exitInterrupted)

@@ -28,6 +28,7 @@ import (
 	"go.temporal.io/sdk/log"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
 )
@@ -52,6 +53,13 @@ type Config struct {
 	DatabaseURL string
 	// Wait bounds the wait for the Temporal frontend to answer; 0 means DefaultWait.
 	Wait time.Duration
+	// MQTTAdminURL is the production broker's administrator (brokeraccounts.EnvAdminURL),
+	// MQTTTLS its TLS settings (nil: none), and WorkerMQTTPassword and BridgeMQTTPassword the
+	// service accounts' passwords. Without MQTTAdminURL the broker step does nothing: the
+	// embedded broker (devstack) reads the registry itself.
+	MQTTAdminURL                           string
+	MQTTTLS                                *tls.Config
+	WorkerMQTTPassword, BridgeMQTTPassword string
 	// Out receives what the setup does, a line at a time; nil discards it.
 	Out io.Writer
 	// Logger receives the Temporal client's logs; nil keeps only its errors, on Out.
@@ -93,6 +101,7 @@ func DefaultSteps() []Step {
 		{Name: "namespace", Run: namespaceStep},
 		{Name: "search attributes", Run: searchAttributesStep},
 		{Name: "database", Run: migrationsStep},
+		{Name: "broker", Run: brokerStep},
 	}
 }
 
@@ -351,4 +360,27 @@ func RegisterSearchAttributes(ctx context.Context, c client.Client, namespace st
 		return nil, fmt.Errorf("register search attributes in namespace %s: %w", namespace, err)
 	}
 	return added, nil
+}
+
+// brokerStep provisions the production broker (brokeraccounts.Provision): its default access,
+// the services' roles and accounts, and the devices' accounts disabled as the registry says.
+func brokerStep(ctx context.Context, env *Env) (Outcome, error) {
+	if env.MQTTAdminURL == "" {
+		return Outcome{Detail: "skipped: no production broker (" + brokeraccounts.EnvAdminURL + " is not set)"}, nil
+	}
+	st, err := env.Store(ctx)
+	if err != nil {
+		return Outcome{}, err
+	}
+	admin, err := brokeraccounts.Dial(ctx, env.MQTTAdminURL, env.MQTTTLS)
+	if err != nil {
+		return Outcome{}, err
+	}
+	defer admin.Close()
+	rep, err := brokeraccounts.Provision(ctx, admin, brokeraccounts.Setup{
+		WorkerPassword: env.WorkerMQTTPassword, BridgePassword: env.BridgeMQTTPassword, Registry: st})
+	if err != nil {
+		return Outcome{}, err
+	}
+	return Outcome{Changed: rep.Changed(), Detail: rep.Summary()}, nil
 }

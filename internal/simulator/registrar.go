@@ -49,6 +49,15 @@ type StoreRegistrar struct {
 	NoRegister bool
 	// Logger receives progress logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Accounts, when set, is the production broker's account administration: a device given
+	// a new secret gets its broker account with it (after the registry), as `starter devices
+	// add` does. Nil: the broker reads the registry (the embedded broker).
+	Accounts Accounts
+}
+
+// Accounts sets a device's broker account; *brokeraccounts.Admin satisfies it.
+type Accounts interface {
+	SetDeviceSecret(ctx context.Context, id, secret string) (created bool, err error)
 }
 
 // keptSecret is a device's entry in SecretsFile.
@@ -171,6 +180,11 @@ func (r *StoreRegistrar) Secrets(ctx context.Context, ids []string) (map[string]
 			g.Go(func() error {
 				if err := r.Store.SetSecretHash(gctx, id, k.Hash); err != nil {
 					return fmt.Errorf("registrar: %w", err)
+				}
+				if r.Accounts != nil {
+					if _, err := r.Accounts.SetDeviceSecret(gctx, id, k.Secret); err != nil {
+						return fmt.Errorf("registrar: broker account of %s: %w", id, err)
+					}
 				}
 				return nil
 			})

@@ -69,8 +69,21 @@ type Config struct {
 	Bridge bridge.Config
 	// NoWorker and NoBridge leave those parts out, for running them as separate processes.
 	NoWorker, NoBridge bool
+	// Broker, when set, is an MQTT broker run elsewhere (the production broker) instead of
+	// the embedded one: its URL without credentials, the service URLs with theirs, and its
+	// account administration, which the simulated devices are registered with.
+	Broker *ExternalBroker
 	// Logger receives every part's logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// ExternalBroker is an MQTT broker the system uses but does not run.
+type ExternalBroker struct {
+	// URL is the broker's URL without credentials; WorkerURL and BridgeURL carry the service
+	// accounts' credentials.
+	URL, WorkerURL, BridgeURL string
+	// Accounts creates the simulated devices' accounts.
+	Accounts simulator.Accounts
 }
 
 // Package is a package the file server serves, with what a command needs to name it.
@@ -125,16 +138,20 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			s.Close()
 		}
 	}()
-	workerPass, bridgePass := randomToken(), randomToken()
-	s.services = map[string]string{WorkerUser: workerPass, BridgeUser: bridgePass}
-	if err := s.startBroker(ctx, cfg.MQTTAddr); err != nil {
-		return nil, err
+	if eb := cfg.Broker; eb != nil {
+		s.MQTTURL, s.WorkerMQTTURL, s.BridgeMQTTURL = eb.URL, eb.WorkerURL, eb.BridgeURL
+	} else {
+		workerPass, bridgePass := randomToken(), randomToken()
+		s.services = map[string]string{WorkerUser: workerPass, BridgeUser: bridgePass}
+		if err := s.startBroker(ctx, cfg.MQTTAddr); err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, func() { _ = s.Broker.Close() })
+		addr := s.Broker.Addr()
+		s.MQTTURL = "tcp://" + addr
+		s.WorkerMQTTURL = "tcp://" + WorkerUser + ":" + workerPass + "@" + addr
+		s.BridgeMQTTURL = "tcp://" + BridgeUser + ":" + bridgePass + "@" + addr
 	}
-	s.closers = append(s.closers, func() { _ = s.Broker.Close() })
-	addr := s.Broker.Addr()
-	s.MQTTURL = "tcp://" + addr
-	s.WorkerMQTTURL = "tcp://" + WorkerUser + ":" + workerPass + "@" + addr
-	s.BridgeMQTTURL = "tcp://" + BridgeUser + ":" + bridgePass + "@" + addr
 
 	if err := s.serveFiles(); err != nil {
 		return nil, err
@@ -176,6 +193,9 @@ func (s *System) startBroker(ctx context.Context, addr string) error {
 // without it they are gone, and what the lost messages carried is recovered by the upgrades'
 // timeouts and retries.
 func (s *System) RestartBroker(ctx context.Context, down time.Duration) error {
+	if s.Broker == nil {
+		return errors.New("restart MQTT broker: the system does not run the broker")
+	}
 	addr := s.Broker.Addr()
 	if err := s.Broker.Close(); err != nil {
 		return fmt.Errorf("stop MQTT broker: %w", err)
@@ -293,7 +313,7 @@ func (s *System) startFleet(ctx context.Context) error {
 	var err error
 	s.Fleet, err = simulator.New(simulator.Config{
 		BrokerURL: s.MQTTURL, Prefix: s.cfg.Prefix, Count: s.cfg.Devices, Initial: s.cfg.Initial,
-		Registrar: &simulator.StoreRegistrar{Store: s.cfg.Store, StateDir: s.cfg.SimStateDir, Logger: s.log},
+		Registrar: &simulator.StoreRegistrar{Store: s.cfg.Store, StateDir: s.cfg.SimStateDir, Logger: s.log, Accounts: s.accounts()},
 		Faults:    s.cfg.Faults, Timing: s.cfg.Timing, Logger: s.log,
 	})
 	if err != nil {
@@ -311,6 +331,15 @@ func (s *System) startFleet(ctx context.Context) error {
 		return fmt.Errorf("simulated devices did not all connect: %w", err)
 	}
 	return nil
+}
+
+// accounts is the broker account administration the simulated devices are registered with,
+// if the broker is not the embedded one.
+func (s *System) accounts() simulator.Accounts {
+	if s.cfg.Broker == nil {
+		return nil
+	}
+	return s.cfg.Broker.Accounts
 }
 
 // WaitReported waits until every simulated device's boot status is in PostgreSQL, which is
