@@ -77,6 +77,7 @@ type device struct {
 	upgrades   int
 	installs   int
 	cancels    int
+	acked      int // progress reports the broker acknowledged
 	failures   int
 	drops      int
 	ignored    int
@@ -656,7 +657,11 @@ func (d *device) publishOn(ctx context.Context, c paho.Client, topic string, v a
 		d.f.log.Error("encode report", "device", d.id, "error", err)
 		return
 	}
-	d.wait(ctx, c.Publish(topic, 1, false, payload), "publish to "+topic)
+	if d.wait(ctx, c.Publish(topic, 1, false, payload), "publish to "+topic) && topic == protocol.ProgressTopic(d.id) {
+		d.mu.Lock()
+		d.acked++
+		d.mu.Unlock()
+	}
 }
 
 // wait waits for a paho token; it reports whether the operation succeeded.
@@ -682,21 +687,22 @@ func (d *device) state() DeviceState {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return DeviceState{
-		ID:        d.id,
-		Connected: d.connected,
-		Booted:    d.booted,
-		Status:    maps.Clone(d.status),
-		Received:  slices.Clone(d.received),
-		Working:   d.working,
-		Attempts:  d.attempts,
-		Upgrades:  d.upgrades,
-		Failures:  d.failures,
-		Drops:     d.drops,
-		Ignored:   d.ignored,
-		Installs:  d.installs,
-		Canceled:  d.cancels,
-		LastCode:  d.lastCode,
-		LastDesc:  d.lastDesc,
+		ID:            d.id,
+		Connected:     d.connected,
+		Booted:        d.booted,
+		Status:        maps.Clone(d.status),
+		Received:      slices.Clone(d.received),
+		Working:       d.working,
+		Attempts:      d.attempts,
+		Upgrades:      d.upgrades,
+		Failures:      d.failures,
+		Drops:         d.drops,
+		Ignored:       d.ignored,
+		Installs:      d.installs,
+		Canceled:      d.cancels,
+		ProgressAcked: d.acked,
+		LastCode:      d.lastCode,
+		LastDesc:      d.lastDesc,
 	}
 }
 

@@ -181,6 +181,9 @@ type DeviceState struct {
 	// Canceled counts the commands a cancel stopped before their install (reported -4
 	// "canceled").
 	Canceled int
+	// ProgressAcked counts the progress reports the broker acknowledged (QoS 1 PUBACK): those
+	// OTAflow must not lose.
+	ProgressAcked int
 	// LastCode is the last error code reported (0 after a successful upgrade), and LastDesc
 	// its desc.
 	LastCode int

@@ -1,0 +1,342 @@
+// Package prodstack runs OTAflow's production topology on one machine, natively, from the
+// configuration files docker-compose.yml mounts: PostgreSQL, the Temporal server (not the dev
+// server) on PostgreSQL with 4 history shards, Mosquitto with its dynamic-security plugin, the
+// setup step, several workers and several bridges as processes of their own (the bridges on the
+// shared subscription), a package file server and a simulated fleet. `devstack --real-servers`,
+// its benchmark and the production-topology tests run it, and can kill and restart each part.
+package prodstack
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/log"
+
+	"github.com/otaflow/otaflow/internal/brokeraccounts"
+	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/setup"
+	"github.com/otaflow/otaflow/internal/simulator"
+	"github.com/otaflow/otaflow/internal/store"
+	"github.com/otaflow/otaflow/internal/system"
+	"github.com/otaflow/otaflow/internal/temporalconn"
+)
+
+// Options says what to run.
+type Options struct {
+	// Dir keeps every part's state (postgres/, temporal/, mosquitto/, packages/, devicesim/,
+	// bin/) and the log file; a stack started again on the same Dir carries on.
+	Dir string
+	// Ports on 127.0.0.1; 0 picks free ones.
+	PostgresPort, TemporalPort, MQTTPort, HTTPPort int
+	// Workers and Bridges are how many of each run (default 2 each).
+	Workers, Bridges int
+	// Devices simulated devices named Prefix-00001... (default prefix "sim") start with status
+	// Initial (default firmware_ver=1.0), with Timing and Faults.
+	Devices int
+	Prefix  string
+	Initial protocol.Status
+	Timing  simulator.Timing
+	Faults  simulator.Faults
+	// PackageName and PackageSize name the package the file server makes and serves.
+	PackageName string
+	PackageSize int64
+	// NoFsync runs PostgreSQL without fsync (tests only).
+	NoFsync bool
+	// Log receives every part's output; nil discards it.
+	Log io.Writer
+	// Say receives progress lines for people; nil discards them.
+	Say func(format string, args ...any)
+}
+
+// Stack is the running topology.
+type Stack struct {
+	opts Options
+	log  *slog.Logger
+
+	Postgres *localstack.Postgres
+	Temporal *localstack.TemporalServer
+	Broker   *localstack.Mosquitto
+	// Store and Client are OTAflow's connections; Client reconnects across server restarts.
+	Store  *store.Store
+	Client client.Client
+	// System serves the package and runs the simulated fleet.
+	*system.System
+	// Workers and Bridges are the running programs, by index.
+	Workers, Bridges []*localstack.Program
+	// DatabaseURL is OTAflow's database; WorkerURL, BridgeURL and AdminURL the broker URLs
+	// with the services' and the administrator's credentials.
+	DatabaseURL, WorkerURL, BridgeURL, AdminURL string
+
+	temporalBinaries localstack.TemporalServerBinaries
+	programs         map[string]string
+	admin            *brokeraccounts.Admin
+	closers          []func()
+}
+
+func (s *Stack) say(format string, args ...any) {
+	if s.opts.Say != nil {
+		s.opts.Say(format, args...)
+	}
+}
+
+// Start brings the topology up in dependency order; on failure it stops what it started.
+func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
+	if opts.Dir == "" {
+		return nil, errors.New("prodstack: Dir is required")
+	}
+	if opts.Workers == 0 {
+		opts.Workers = 2
+	}
+	if opts.Bridges == 0 {
+		opts.Bridges = 2
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "sim"
+	}
+	if opts.Initial == nil {
+		opts.Initial = protocol.Status{"firmware_ver": "1.0"}
+	}
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	s := &Stack{opts: opts, log: slog.New(slog.NewTextHandler(opts.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", opts.Dir, err)
+	}
+
+	s.say("Building the Temporal server (once), the worker and the bridge ...")
+	if s.temporalBinaries, err = localstack.EnsureTemporalServer(ctx, s.say); err != nil {
+		return nil, err
+	}
+	if s.programs, err = localstack.BuildPrograms(ctx, filepath.Join(opts.Dir, "bin"), "worker", "mqttbridge"); err != nil {
+		return nil, err
+	}
+
+	s.say("Starting PostgreSQL in %s ...", filepath.Join(opts.Dir, "postgres"))
+	s.Postgres, err = localstack.StartPostgres(ctx, localstack.PostgresOptions{Dir: filepath.Join(opts.Dir, "postgres"),
+		Port: opts.PostgresPort, NoFsync: opts.NoFsync, Log: opts.Log})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() { _ = s.Postgres.Stop() })
+	s.DatabaseURL = s.Postgres.URL()
+
+	if err := s.startTemporal(ctx, opts.TemporalPort); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() { _ = s.Temporal.Stop() })
+
+	s.say("Starting Mosquitto (deploy/mosquitto) in %s ...", filepath.Join(opts.Dir, "mosquitto"))
+	adminPassword, err := s.secret("mqtt-admin")
+	if err != nil {
+		return nil, err
+	}
+	s.Broker, err = localstack.StartMosquitto(ctx, localstack.MosquittoOptions{Dir: filepath.Join(opts.Dir, "mosquitto"),
+		Port: opts.MQTTPort, AdminPassword: adminPassword, Log: opts.Log})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() { _ = s.Broker.Stop() })
+	workerPassword, err := s.secret("mqtt-worker")
+	if err != nil {
+		return nil, err
+	}
+	bridgePassword, err := s.secret("mqtt-bridge")
+	if err != nil {
+		return nil, err
+	}
+	s.AdminURL = s.Broker.AdminURL()
+	s.WorkerURL = s.Broker.URL(brokeraccounts.WorkerAccount, workerPassword)
+	s.BridgeURL = s.Broker.URL(brokeraccounts.BridgeAccount, bridgePassword)
+
+	s.say("Running the setup step (namespace, search attributes, migrations, broker accounts) ...")
+	if _, err := setup.Run(ctx, setup.Config{TemporalAddress: s.Temporal.Address(), DatabaseURL: s.DatabaseURL,
+		MQTTAdminURL: s.AdminURL, WorkerMQTTPassword: workerPassword, BridgeMQTTPassword: bridgePassword,
+		Out: opts.Log}, setup.DefaultSteps()); err != nil {
+		return nil, err
+	}
+	if s.Store, err = store.Open(ctx, s.DatabaseURL); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.Store.Close)
+	if s.Client, err = temporalconn.Dial(ctx, temporalconn.Options{Address: s.Temporal.Address(),
+		Logger: slog.New(slog.NewTextHandler(opts.Log, &slog.HandlerOptions{Level: slog.LevelError}))}); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.Client.Close)
+	if s.admin, err = brokeraccounts.Dial(ctx, s.AdminURL, nil); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.admin.Close)
+
+	s.say("Starting %d workers and %d bridges ...", opts.Workers, opts.Bridges)
+	for i := range opts.Workers {
+		w, err := s.startWorker(ctx, i)
+		if err != nil {
+			return nil, err
+		}
+		s.Workers = append(s.Workers, w)
+	}
+	for i := range opts.Bridges {
+		b, err := s.startBridge(ctx, i)
+		if err != nil {
+			return nil, err
+		}
+		s.Bridges = append(s.Bridges, b)
+	}
+	s.closers = append(s.closers, s.stopPrograms)
+
+	if opts.Devices > 0 {
+		s.say("Registering and connecting %d simulated devices (%s-00001 ...) ...", opts.Devices, opts.Prefix)
+	}
+	s.System, err = system.Start(ctx, system.Config{
+		Client: s.Client, Store: s.Store,
+		HTTPAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(opts.HTTPPort)),
+		PackageDir:  filepath.Join(opts.Dir, "packages"),
+		PackageName: opts.PackageName, PackageSize: opts.PackageSize,
+		Devices: opts.Devices, Prefix: opts.Prefix, Initial: opts.Initial, Timing: opts.Timing, Faults: opts.Faults,
+		SimStateDir: filepath.Join(opts.Dir, "devicesim"),
+		NoWorker:    true, NoBridge: true,
+		Broker: &system.ExternalBroker{URL: "tcp://" + s.Broker.Addr(), WorkerURL: s.WorkerURL, BridgeURL: s.BridgeURL,
+			Accounts: s.admin},
+		Logger: s.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.System.Close)
+	if opts.Devices > 0 {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		if err := s.WaitReported(wctx); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// secret returns the secret named name kept in Dir (made on first use), so that a stack
+// started again on Dir keeps its passwords.
+func (s *Stack) secret(name string) (string, error) {
+	path := filepath.Join(s.opts.Dir, name+".secret")
+	if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+		return string(b), nil
+	}
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	v := hex.EncodeToString(b)
+	if err := os.WriteFile(path, []byte(v), 0o600); err != nil {
+		return "", fmt.Errorf("keep %s: %w", name, err)
+	}
+	return v, nil
+}
+
+func (s *Stack) startTemporal(ctx context.Context, frontend int) (err error) {
+	s.say("Starting the Temporal server %s (deploy/temporal, PostgreSQL persistence and visibility) ...",
+		localstack.TemporalServerVersion)
+	opts := localstack.TemporalServerOptions{Binaries: s.temporalBinaries, Dir: filepath.Join(s.opts.Dir, "temporal"),
+		PostgresURL: s.DatabaseURL, Log: s.opts.Log, Logger: log.NewStructuredLogger(s.log)}
+	if s.Temporal != nil {
+		opts.Ports = s.Temporal.Ports()
+	} else {
+		opts.Ports.FrontendGRPC = frontend
+	}
+	s.Temporal, err = localstack.StartTemporalServer(ctx, opts)
+	return err
+}
+
+// RestartTemporal stops the Temporal server (SIGTERM) and starts it again on the same
+// databases and ports.
+func (s *Stack) RestartTemporal(ctx context.Context) error {
+	if err := s.Temporal.Stop(); err != nil {
+		return err
+	}
+	return s.startTemporal(ctx, 0)
+}
+
+// KillBroker ends Mosquitto with SIGKILL, as a crash would, and starts it again on its
+// persistence; clients reconnect by themselves.
+func (s *Stack) KillBroker(ctx context.Context) error {
+	if err := s.Broker.Kill(); err != nil {
+		return err
+	}
+	admin, password := s.Broker.Admin()
+	b, err := localstack.StartMosquitto(ctx, localstack.MosquittoOptions{Dir: s.Broker.Dir(), Port: s.Broker.Port(),
+		AdminUser: admin, AdminPassword: password, Log: s.opts.Log})
+	if err != nil {
+		return fmt.Errorf("restart Mosquitto: %w", err)
+	}
+	s.Broker = b
+	return nil
+}
+
+func (s *Stack) env(extra ...string) []string {
+	return append(append(os.Environ(), "TEMPORAL_ADDRESS="+s.Temporal.Address(), "DATABASE_URL="+s.DatabaseURL), extra...)
+}
+
+func (s *Stack) startWorker(ctx context.Context, i int) (*localstack.Program, error) {
+	return localstack.StartProgram(ctx, localstack.ProgramOptions{Name: fmt.Sprintf("worker-%d", i+1),
+		Path: s.programs["worker"], Log: s.opts.Log, Ready: "OTAflow worker starting",
+		Env: s.env("MQTT_URL="+s.WorkerURL, fmt.Sprintf("MQTT_CLIENT_ID=otaflow-worker-%d", i+1))})
+}
+
+func (s *Stack) startBridge(ctx context.Context, i int) (*localstack.Program, error) {
+	return localstack.StartProgram(ctx, localstack.ProgramOptions{Name: fmt.Sprintf("bridge-%d", i+1),
+		Path: s.programs["mqttbridge"], Log: s.opts.Log, Ready: "bridge running",
+		Env: s.env("MQTT_URL="+s.BridgeURL, fmt.Sprintf("MQTT_CLIENT_ID=otaflow-bridge-%d", i+1), "BRIDGE_SHARED=true")})
+}
+
+// KillWorker ends worker i with SIGKILL and starts it again; KillBridge does so for bridge i.
+func (s *Stack) KillWorker(ctx context.Context, i int) error {
+	s.Workers[i].Kill()
+	w, err := s.startWorker(ctx, i)
+	if err != nil {
+		return err
+	}
+	s.Workers[i] = w
+	return nil
+}
+
+// KillBridge ends bridge i with SIGKILL and starts it again on its session.
+func (s *Stack) KillBridge(ctx context.Context, i int) error {
+	s.Bridges[i].Kill()
+	b, err := s.startBridge(ctx, i)
+	if err != nil {
+		return err
+	}
+	s.Bridges[i] = b
+	return nil
+}
+
+func (s *Stack) stopPrograms() {
+	for _, p := range append(append([]*localstack.Program(nil), s.Bridges...), s.Workers...) {
+		_ = p.Stop()
+	}
+}
+
+// Close stops everything, in the reverse order of Start.
+func (s *Stack) Close() {
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
+}
