@@ -52,11 +52,11 @@ func TestStackRunsDemoRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	d, err := s.Client.DescribeWorkflowExecution(ctx, ota.RolloutWorkflowID(name), "")
+	d, err := s.Client.DescribeWorkflow(ctx, ota.RolloutWorkflowID(name), "")
 	if err != nil {
 		t.Fatalf("the first run's rollout %s is gone after a restart: %v", name, err)
 	}
-	if st := d.GetWorkflowExecutionInfo().GetStatus().String(); st != "Completed" {
+	if st := d.Status.String(); st != "Completed" {
 		t.Errorf("rollout %s is %s after the restart", name, st)
 	}
 }

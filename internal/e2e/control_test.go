@@ -46,11 +46,11 @@ func (e *env) lockTargets() (release func()) {
 // pendingActivity reports whether the workflow waits on an activity of that type.
 func (e *env) pendingActivity(workflowID, activityType string) bool {
 	e.t.Helper()
-	d, err := e.c.DescribeWorkflowExecution(e.ctx, workflowID, "")
+	d, err := e.c.DescribeWorkflow(e.ctx, workflowID, "")
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	for _, a := range d.GetPendingActivities() {
+	for _, a := range d.RawResponse.GetPendingActivities() {
 		if a.GetActivityType().GetName() == activityType {
 			return true
 		}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -114,11 +113,11 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 // historyLength is the number of events in a workflow run's history.
 func (e *env) historyLength(workflowID, runID string) int64 {
 	e.t.Helper()
-	d, err := e.c.DescribeWorkflowExecution(e.ctx, workflowID, runID)
+	d, err := e.c.DescribeWorkflow(e.ctx, workflowID, runID)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return d.GetWorkflowExecutionInfo().GetHistoryLength()
+	return int64(d.HistoryLength)
 }
 
 // scripted is a device the test drives by hand: it registers with a known secret, connects
@@ -201,27 +200,6 @@ func (d *scripted) command() protocol.UpgradeCommand {
 		d.t.Fatalf("device %s got no command", d.id)
 		return protocol.UpgradeCommand{}
 	}
-}
-
-// counter counts calls from goroutines.
-type counter struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-func (c *counter) add(k string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.n == nil {
-		c.n = map[string]int{}
-	}
-	c.n[k]++
-}
-
-func (c *counter) get(k string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n[k]
 }
 
 func states(events []store.UpgradeEvent) string {

@@ -258,6 +258,7 @@ func recordRollouts(t *testing.T, dir string) {
 	wait(run, "paused by the threshold", func(p ota.RolloutProgress) bool { return p.State == ota.RolloutPaused })
 	must(e.update(run, ota.UpdateResume))
 	_, err = e.finish(run)
+	must(err)
 	e.save(dir, "rollout-threshold-paused-resumed", run.GetID())
 
 	// A Temporal cancel of the rollout workflow (Web UI, temporal workflow cancel).

@@ -115,11 +115,11 @@ func TestStartTemporalInMemory(t *testing.T) {
 	}
 	assertSearchAttributes(t, tp.Client(), tp.Namespace())
 	run := startProbe(t, tp.Client(), "probe-memory", "dev-memory")
-	desc, err := tp.Client().DescribeWorkflowExecution(ctx, "probe-memory", run)
+	desc, err := tp.Client().DescribeWorkflow(ctx, "probe-memory", run)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := desc.GetWorkflowExecutionInfo().GetStatus(); st != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	if st := desc.Status; st != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		t.Fatalf("probe workflow status %s, want running", st)
 	}
 
@@ -181,11 +181,11 @@ func TestStartTemporalDBFileSurvivesRestart(t *testing.T) {
 	// The file now holds the search attributes already; registering them again must work.
 	second := startTemporal(t, TemporalOptions{DBFile: db})
 	assertSearchAttributes(t, second.Client(), second.Namespace())
-	desc, err := second.Client().DescribeWorkflowExecution(ctx, "probe-file", run)
+	desc, err := second.Client().DescribeWorkflow(ctx, "probe-file", run)
 	if err != nil {
 		t.Fatalf("the workflow started before the restart is gone: %v", err)
 	}
-	if st := desc.GetWorkflowExecutionInfo().GetStatus(); st != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	if st := desc.Status; st != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		t.Fatalf("probe workflow status after restart %s, want running", st)
 	}
 	waitVisible(t, second.Client(), `OtaDevice = "dev-file"`, "probe-file")
