@@ -46,8 +46,9 @@ func (a *Activities) ResolveTargets(ctx context.Context, f ota.DeviceFilter) ([]
 }
 
 // CheckPackage downloads a package once, streaming, and checks its md5 and size. A package
-// that does not match, or a URL that answers 4xx, is a permanent failure; network errors and
-// 5xx are retried.
+// that does not match, or a URL that answers 4xx, is a permanent failure
+// (ota.ErrTypePackageMismatch), as is a URL that cannot be requested (ota.ErrTypeBadPackageURL);
+// network errors and 5xx are retried.
 func (a *Activities) CheckPackage(ctx context.Context, p ota.PackageCheck) error {
 	client := a.HTTPClient
 	if client == nil {
@@ -55,7 +56,7 @@ func (a *Activities) CheckPackage(ctx context.Context, p ota.PackageCheck) error
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL, nil)
 	if err != nil {
-		return temporal.NewNonRetryableApplicationError("bad package URL: "+err.Error(), ota.ErrTypePackageMismatch, err)
+		return temporal.NewNonRetryableApplicationError("bad package URL: "+err.Error(), ota.ErrTypeBadPackageURL, err)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -106,9 +106,15 @@ type RecordStateInput struct {
 	Detail  string        `json:"detail,omitempty"`
 }
 
-// ErrTypePackageMismatch is the error type of a pre-flight check whose package does not match
-// the md5 or size the rollout announces.
-const ErrTypePackageMismatch = "PackageMismatch"
+// Error types of a failed pre-flight check of a rollout's package (CheckPackage); both are
+// permanent.
+const (
+	// ErrTypePackageMismatch: the package does not match the md5 or size the rollout
+	// announces, or its server refuses it (HTTP 4xx).
+	ErrTypePackageMismatch = "PackageMismatch"
+	// ErrTypeBadPackageURL: the package URL cannot be requested at all.
+	ErrTypeBadPackageURL = "BadPackageURL"
+)
 
 // SnapshotInput names the list to store a rollout's targets under and selects them.
 type SnapshotInput struct {
