@@ -210,7 +210,7 @@ func (u *upgrade) send(ctx workflow.Context) {
 	case res.Skipped:
 		u.st.Reported = res.Reported
 		u.record.State = ota.StateSkipped
-		u.setFinal(ctx, ota.StateSkipped, 0, "device already reports "+u.req.VersionKey+"="+res.Reported)
+		u.setFinal(ctx, ota.StateSkipped)
 	default:
 		u.st.Reported = res.Reported
 		u.st.CommandID = cmd.ID
@@ -431,12 +431,12 @@ func (u *upgrade) finish(ctx workflow.Context, s ota.State, code int, desc strin
 	if s != ota.StateSucceeded {
 		u.record.ErrorDesc = desc
 	}
-	u.setFinal(ctx, s, code, desc)
+	u.setFinal(ctx, s)
 	u.recordState(ctx, desc)
 }
 
 // setFinal marks the upgrade final without recording it (SendCommand already did for skipped).
-func (u *upgrade) setFinal(ctx workflow.Context, s ota.State, code int, desc string) {
+func (u *upgrade) setFinal(ctx workflow.Context, s ota.State) {
 	now := workflow.Now(ctx)
 	u.phase = phaseDone
 	u.st.State = s

@@ -278,16 +278,6 @@ func (s *System) StopBridge() {
 	s.bridge = nil
 }
 
-// BridgeStats returns the running bridge's counters.
-func (s *System) BridgeStats() bridge.Stats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.bridge == nil {
-		return bridge.Stats{}
-	}
-	return s.bridge.Stats()
-}
-
 // startFleet connects the simulated devices and waits until they all booted.
 func (s *System) startFleet(ctx context.Context) error {
 	var err error
