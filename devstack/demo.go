@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/sdk/client"
 )
@@ -97,23 +97,10 @@ func progressLine(p ota.RolloutProgress) string {
 	return line
 }
 
-// redactURL hides the password of a URL, for printing; hidden tells whether there was one
-// (or the URL could not be parsed).
-func redactURL(raw string) (shown string, hidden bool) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)", true
-	}
-	if _, ok := u.User.Password(); !ok {
-		return raw, false
-	}
-	return u.Redacted(), true
-}
-
 // printNext prints the starter commands to try against this stack.
 func (s *Stack) printNext() {
 	env := fmt.Sprintf("export TEMPORAL_ADDRESS=%s DATABASE_URL='%s'", s.temporal.Address(), s.DatabaseURL)
-	if shown, hidden := redactURL(s.DatabaseURL); hidden {
+	if shown := credential.RedactURL(s.DatabaseURL); shown != s.DatabaseURL {
 		// A DATABASE_URL of the caller's, with a password that is not printed: it is set already.
 		env = fmt.Sprintf("export TEMPORAL_ADDRESS=%s   # and your DATABASE_URL (%s)", s.temporal.Address(), shown)
 	}

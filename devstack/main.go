@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/urfave/cli/v2"
 )
 
@@ -96,8 +97,7 @@ func runDemo(ctx context.Context, cfg Config, demo bool) error {
 	s.say("\nOTAflow is up in %s:", time.Since(start).Round(100*time.Millisecond))
 	s.say("  Temporal        %s (Web UI %s)", s.temporal.Address(), s.UIURL)
 	s.say("  MQTT broker     %s (devices authenticate with their own secrets)", s.MQTTURL)
-	shownDB, _ := redactURL(s.DatabaseURL)
-	s.say("  PostgreSQL      %s", shownDB)
+	s.say("  PostgreSQL      %s", credential.RedactURL(s.DatabaseURL))
 	s.say("  Demo package    %s (md5 %s, %d bytes)", s.Package.URL, s.Package.MD5, s.Package.Size)
 	if demo && cfg.Devices > 0 {
 		if err := s.demoRollout(ctx); err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
@@ -75,7 +76,7 @@ func run(cCtx *cli.Context) error {
 	opts.SetCleanSession(true) // the worker only publishes
 	mc, err := mqttconn.Connect(ctx, opts)
 	if err != nil {
-		return fmt.Errorf("%w (broker %s)", err, mqttconn.Redact(cCtx.String("mqtt-url")))
+		return fmt.Errorf("%w (broker %s)", err, credential.RedactURL(cCtx.String("mqtt-url")))
 	}
 	defer mc.Disconnect(250)
 

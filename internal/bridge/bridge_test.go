@@ -111,8 +111,9 @@ func TestSafeText(t *testing.T) {
 		{"devices/a/status", 100, "devices/a/status"},
 		{"a\x00b", 100, "a\uFFFDb"},
 		{"a\xffb", 100, "a\uFFFDb"},
-		{"devices/a/status", 9, "devices/a..."},
-		{strings.Repeat("é", 10), 9, strings.Repeat("é", 4) + "..."}, // cut at a rune boundary
+		{"devices/a/status", 9, "device..."},
+		{strings.Repeat("é", 10), 9, strings.Repeat("é", 3) + "..."}, // cut at a rune boundary
+		{strings.Repeat("é", 10), 10, strings.Repeat("é", 3) + "..."},
 	}
 	for _, tt := range tests {
 		if got := safeText(tt.in, tt.max); got != tt.want {

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"go.temporal.io/api/serviceerror"
 
@@ -393,15 +392,7 @@ func refusedByTemporal(err error) bool {
 // bytes.
 func safeText(s string, max int) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
+	return protocol.Truncate(strings.ReplaceAll(s, "\x00", "\uFFFD"), max)
 }
 
 // truncatePayload keeps at most MaxStoredPayload bytes of a payload, marking a cut. An empty

@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -172,12 +173,12 @@ func (b *Bridge) connect(ctx context.Context, c mqtt.Client) error {
 		switch {
 		case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised),
 			errors.Is(err, packets.ErrorRefusedIDRejected), errors.Is(err, packets.ErrorRefusedBadProtocolVersion):
-			return fmt.Errorf("connect to MQTT broker %s as %q: %w: %w", mqttconn.Redact(b.cfg.BrokerURL), b.cfg.Username, ErrRefused, err)
+			return fmt.Errorf("connect to MQTT broker %s as %q: %w: %w", credential.RedactURL(b.cfg.BrokerURL), b.cfg.Username, ErrRefused, err)
 		case mqttconn.IsTLSFailure(err):
-			return fmt.Errorf("connect to MQTT broker %s: %w: %w", mqttconn.Redact(b.cfg.BrokerURL), mqttconn.ErrTLS, err)
+			return fmt.Errorf("connect to MQTT broker %s: %w: %w", credential.RedactURL(b.cfg.BrokerURL), mqttconn.ErrTLS, err)
 		}
 		if attempt == 1 || attempt%10 == 0 {
-			b.log.Warn("cannot reach MQTT broker, retrying", "broker", mqttconn.Redact(b.cfg.BrokerURL), "attempt", attempt, "error", err)
+			b.log.Warn("cannot reach MQTT broker, retrying", "broker", credential.RedactURL(b.cfg.BrokerURL), "attempt", attempt, "error", err)
 		}
 		t := time.NewTimer(backoff)
 		select {
@@ -233,7 +234,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 		return fmt.Errorf("run bridge: %w", err)
 	case <-ctx.Done():
 	}
-	b.log.Info("bridge running", "broker", mqttconn.Redact(b.cfg.BrokerURL), "client_id", b.cfg.ClientID,
+	b.log.Info("bridge running", "broker", credential.RedactURL(b.cfg.BrokerURL), "client_id", b.cfg.ClientID,
 		"filters", Filters(b.cfg.Shared), "shards", b.cfg.Shards)
 
 	var last Stats

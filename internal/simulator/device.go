@@ -15,7 +15,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -519,7 +518,7 @@ func (d *device) verify(cmd *protocol.UpgradeCommand, got downloaded) error {
 
 // fail reports an error code.
 func (d *device) fail(ctx context.Context, cmd *protocol.UpgradeCommand, code int, desc string) {
-	desc = truncate(desc, protocol.MaxDescLength)
+	desc = protocol.Truncate(desc, protocol.MaxDescLength)
 	d.f.log.Debug("upgrade failed", "device", d.id, "command", cmd.ID, "code", code, "desc", desc)
 	d.mu.Lock()
 	d.failures++
@@ -541,7 +540,7 @@ func (d *device) reportCanceled(ctx context.Context, cmd *protocol.UpgradeComman
 // report publishes a progress report for cmd.
 func (d *device) report(ctx context.Context, cmd *protocol.UpgradeCommand, progress int, desc string) {
 	d.publish(ctx, protocol.ProgressTopic(d.id), protocol.Progress{
-		ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: progress, Desc: truncate(desc, protocol.MaxDescLength),
+		ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: progress, Desc: protocol.Truncate(desc, protocol.MaxDescLength),
 	})
 }
 
@@ -738,13 +737,4 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// truncate shortens s to at most n characters.
-func truncate(s string, n int) string {
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:n-3]) + "..."
 }
