@@ -10,12 +10,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
@@ -164,15 +164,16 @@ func (d *device) connect(ctx context.Context, boot bool) bool {
 			d.setConnected(false)
 		})
 
-	backoff := 500 * time.Millisecond
-	for attempt := 1; ; attempt++ {
+	attempt := 0
+	c, err := backoff.Retry(ctx, func() (paho.Client, error) {
+		attempt++
 		c := paho.NewClient(opts)
 		tok := c.Connect()
 		select {
 		case <-tok.Done():
 		case <-ctx.Done():
 			c.Disconnect(0)
-			return false
+			return nil, backoff.Permanent(ctx.Err())
 		}
 		if err := tok.Error(); err != nil {
 			// Refused credentials are worth a warning; the rest (broker down or busy) shows
@@ -182,18 +183,21 @@ func (d *device) connect(ctx context.Context, boot bool) bool {
 				level = d.f.log.Warn
 			}
 			level("cannot connect; retrying", "device", d.id, "attempt", attempt, "error", err)
-			// Jitter spreads the reconnections of a fleet that lost its broker.
-			if !sleep(ctx, backoff/2+rand.N(backoff)) {
-				return false
-			}
-			backoff = min(2*backoff, t.MaxReconnectInterval)
-			continue
+			return nil, err
 		}
-		d.mu.Lock()
-		d.client = c
-		d.mu.Unlock()
-		break
+		return c, nil
+	},
+		// Jitter (waits of 0.5 to 1.5 times the interval) spreads the reconnections of a fleet
+		// that lost its broker.
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 500 * time.Millisecond, RandomizationFactor: 0.5,
+			Multiplier: 2, MaxInterval: t.MaxReconnectInterval}),
+		backoff.WithMaxElapsedTime(0))
+	if err != nil { // only ctx ends Retry
+		return false
 	}
+	d.mu.Lock()
+	d.client = c
+	d.mu.Unlock()
 	select {
 	case <-ready:
 	case <-ctx.Done():
