@@ -455,7 +455,14 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 		t.Errorf("schedule list --json entry = %+v, last start %+v", entry, entry.LastStart)
 	}
 
-	// ...and a new schedule of the name replaces it.
+	// A new schedule whose expression the server refuses leaves the spent one as it was...
+	cli(rolloutSchedule(name, "--prefix", "ro-sch-", "--cron", "61 * * * *")...).check(t, exitUsage, "Minute is not in range")
+	if again := scheduleListed(t, f.dbURL, name); again == nil || again.State != scheduleDone || again.LastStart == nil ||
+		again.LastStart.Rollout != ref.WorkflowID {
+		t.Errorf("the spent schedule after a refused replacement: %+v", again)
+	}
+
+	// ...and a good one of the name replaces it.
 	at2 := at.Add(time.Hour)
 	r = cli(rolloutSchedule(name, "--prefix", "ro-sch-", "--at", at2.Format(time.RFC3339))...)
 	r.check(t, 0)
@@ -593,6 +600,53 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 	if lists, err := f.store.TargetLists(ctx, name); err != nil || len(lists) != 0 {
 		t.Errorf("stored lists after the schedule was deleted = %+v (%v), want none", lists, err)
 	}
+}
+
+// TestRolloutScheduleBadCronIsAUsageError: the Temporal server checks a --cron expression;
+// one it refuses is a usage error (exit 2) that says why in its words and how to write one,
+// with no SDK wrapping, and leaves nothing behind: no schedule, no stored device list.
+func TestRolloutScheduleBadCronIsAUsageError(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	devs := f.registerDevices(t, "ro-badcron-", 1)
+	const name = "ro-badcron"
+	endRollout(t, name)
+	tests := []struct {
+		expr string
+		why  string // the server's reason
+	}{
+		{"61 * * * *", "Minute is not in range [0-59]"},
+		{"0 1 *", "CronString does not have 5-7 fields"},
+		{"@fortnightly", "CronString does not have 5-7 fields"},
+		{"*/0 * * * *", "Minute has invalid Step"},
+		{"0 1 * * fri-mon", "DayOfWeek End is before Start"},
+		{"@every 500ms", "interval is too small"},
+		{"TZ=Europe/Berlin 0 1 * * *", "conflicting timezone names"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.expr, func(t *testing.T) {
+			r := runCLI(t, ctx, servers(f.dbURL, rolloutSchedule(name, "--devices", devs[0], "--cron", tt.expr)...)...)
+			r.check(t, exitUsage, fmt.Sprintf("--cron %q: the Temporal server does not accept it: %s", tt.expr, tt.why),
+				"Give 5 fields (minute hour day-of-month month day-of-week)", "the time zone goes in --tz")
+			for _, internal := range []string{"rpc error", "InvalidArgument", "Invalid schedule spec"} {
+				if strings.Contains(r.stderr, internal) {
+					t.Errorf("the message shows %q:\n%s", internal, r.stderr)
+				}
+			}
+			if r.stdout != "" {
+				t.Errorf("a refused schedule wrote to stdout:\n%s", r.stdout)
+			}
+		})
+	}
+	_, err := testenv.TemporalClient().ScheduleClient().GetHandle(ctx, rolloutScheduleID(name)).Describe(ctx)
+	if !isNotFound(err) {
+		t.Errorf("describe the schedule of the refused expressions: %v, want not found", err)
+	}
+	if lists, err := f.store.TargetLists(ctx, name); err != nil || len(lists) != 0 {
+		t.Errorf("stored device lists after the refused schedules: %+v (%v), want none", lists, err)
+	}
+	// A good expression of the same request is taken.
+	runCLI(t, ctx, servers(f.dbURL, rolloutSchedule(name, "--devices", devs[0], "--cron", "0 1 * * mon-fri 2099")...)...).check(t, 0)
 }
 
 // TestRolloutConcurrentStartsOneWins starts two rollouts of one name at once, from two
