@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/ota"
@@ -144,11 +147,11 @@ func endUpgrade(t *testing.T, dev string) {
 func (f *fixture) command(t *testing.T, dev string, n int) protocol.UpgradeCommand {
 	t.Helper()
 	var cmd protocol.UpgradeCommand
-	waitFor(t, 20*time.Second, fmt.Sprintf("command %d to %s", n, dev), func() bool {
+	require.Eventually(t, func() bool {
 		var ok bool
 		cmd, ok = f.pub.nth(dev, n)
 		return ok
-	})
+	}, 20*time.Second, 20*time.Millisecond, fmt.Sprintf("command %d to %s", n, dev))
 	return cmd
 }
 
@@ -187,8 +190,10 @@ func startCLI(ctx context.Context, args ...string) *running {
 // waitOutput waits until the command's stdout holds want.
 func (r *running) waitOutput(t *testing.T, want string) {
 	t.Helper()
-	waitFor(t, 20*time.Second, fmt.Sprintf("output %q (got:\n%s\nstderr:\n%s)", want, r.out.String(), r.errOut.String()),
-		func() bool { return strings.Contains(r.out.String(), want) })
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		out := r.out.String()
+		assert.True(c, strings.Contains(out, want), "stdout so far:\n%s\nstderr:\n%s", out, r.errOut.String())
+	}, 20*time.Second, 20*time.Millisecond, "output %q", want)
 }
 
 // wait waits for the command to end and returns its result.

@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
-	"go.temporal.io/api/taskqueue/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -87,31 +88,23 @@ func startWorker(t *testing.T, namespace string) *workerProcess {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		resp, err := nc.DescribeTaskQueue(ctx, ota.TaskQueue, enums.TASK_QUEUE_TYPE_WORKFLOW)
-		if err == nil && len(resp.GetPollers()) > 0 {
-			return w
-		}
+	exited := false
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		select {
 		case err := <-w.done:
-			t.Fatalf("the worker exited before polling: %v\n%s", err, w.output.String())
+			exited = true
+			t.Errorf("the worker exited before polling: %v\n%s", err, w.output.String())
+			return
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the worker does not poll its task queue after a minute (%v, pollers %v):\n%s", err, pollers(resp), w.output.String())
-		}
-		time.Sleep(100 * time.Millisecond)
+		resp, err := nc.DescribeTaskQueue(ctx, ota.TaskQueue, enums.TASK_QUEUE_TYPE_WORKFLOW)
+		require.NoError(c, err)
+		assert.NotEmpty(c, resp.GetPollers(), "pollers of the task queue; the worker's output:\n%s", w.output.String())
+	}, time.Minute, 100*time.Millisecond, "the worker to poll its task queue")
+	if exited {
+		t.FailNow()
 	}
-}
-
-func pollers(resp interface {
-	GetPollers() []*taskqueue.PollerInfo
-}) int {
-	if resp == nil {
-		return 0
-	}
-	return len(resp.GetPollers())
+	return w
 }
 
 // exitCode waits up to timeout for the process to end and returns its exit code.

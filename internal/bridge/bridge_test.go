@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -283,13 +285,7 @@ func TestStopDuringOutageLeavesMessageUnacknowledged(t *testing.T) {
 			for _, m := range msgs {
 				b.deliver(m)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for b.Stats().Retries < 3 {
-				if time.Now().After(deadline) {
-					t.Fatal("no retries seen")
-				}
-				time.Sleep(time.Millisecond)
-			}
+			require.Eventually(t, func() bool { return b.Stats().Retries >= 3 }, 5*time.Second, time.Millisecond, "retries during the outage")
 			stop()
 			for _, m := range msgs {
 				if m.acks.Load() != 0 {

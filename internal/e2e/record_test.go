@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -185,7 +186,10 @@ func recordRollouts(t *testing.T, dir string) {
 	e := newEnv(t, system.Config{Devices: 49, Prefix: "rall", Timing: timing, Faults: faults})
 	wait := func(run client.WorkflowRun, what string, cond func(ota.RolloutProgress) bool) {
 		t.Helper()
-		waitFor(t, time.Minute, what, func() bool { return cond(e.progress(run)) })
+		require.Eventually(t, func() bool {
+			p, err := e.queryProgress(run)
+			return err == nil && cond(p)
+		}, time.Minute, 50*time.Millisecond, what)
 	}
 	must := func(err error) {
 		t.Helper()

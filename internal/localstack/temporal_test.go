@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
@@ -306,22 +309,15 @@ func startProbeErr(c client.Client, id, device string) (string, error) {
 // waitVisible polls the visibility store until query lists workflow id.
 func waitVisible(t *testing.T, c client.Client, query, id string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		resp, err := c.ListWorkflow(context.Background(), &workflowservice.ListWorkflowExecutionsRequest{Query: query})
-		if err != nil {
-			t.Fatalf("list workflows %q: %v", query, err)
-		}
+		require.NoError(ct, err, "list workflows %q", query)
+		var ids []string
 		for _, e := range resp.GetExecutions() {
-			if e.GetExecution().GetWorkflowId() == id {
-				return
-			}
+			ids = append(ids, e.GetExecution().GetWorkflowId())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("workflow %s not listed by %q after 20s", id, query)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		assert.Contains(ct, ids, id)
+	}, 20*time.Second, 100*time.Millisecond, "workflow %s listed by %q", id, query)
 }
 
 func assertSearchAttributes(t *testing.T, c client.Client, namespace string) {
