@@ -612,11 +612,6 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 // one it refuses is a usage error (exit 2) that says why in its words and how to write one,
 // with no SDK wrapping, and leaves nothing behind: no schedule, no stored device list.
 func TestRolloutScheduleBadCronIsAUsageError(t *testing.T) {
-	ctx := context.Background()
-	f := startWorker(t)
-	devs := f.registerDevices(t, "ro-badcron-", 1)
-	const name = "ro-badcron"
-	endRollout(t, name)
 	tests := []struct {
 		expr string
 		why  string // the server's reason
@@ -629,6 +624,11 @@ func TestRolloutScheduleBadCronIsAUsageError(t *testing.T) {
 		{"@every 500ms", "interval is too small"},
 		{"TZ=Europe/Berlin 0 1 * * *", "conflicting timezone names"},
 	}
+	ctx := context.Background()
+	f := startWorker(t)
+	devs := f.registerDevices(t, "ro-badcron-", 1)
+	const name = "ro-badcron"
+	endRollout(t, name)
 	for _, tt := range tests {
 		t.Run(tt.expr, func(t *testing.T) {
 			r := runCLI(t, ctx, servers(f.dbURL, rolloutSchedule(name, "--devices", devs[0], "--cron", tt.expr)...)...)
