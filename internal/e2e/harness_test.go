@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -17,6 +19,7 @@ import (
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -233,3 +236,34 @@ func states(events []store.UpgradeEvent) string {
 }
 
 func simID(prefix string, n int) string { return fmt.Sprintf("%s-%05d", prefix, n) }
+
+// publisher is a package publisher's key pair, made for one test: OTAflow and the devices
+// trust its public key (keys) or not.
+type publisher struct {
+	id   string
+	key  ed25519.PrivateKey
+	keys *pkgsig.TrustedKeys
+}
+
+func newPublisher(t *testing.T, id string) publisher {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := pkgsig.NewTrustedKeys(map[string]ed25519.PublicKey{id: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return publisher{id: id, key: priv, keys: keys}
+}
+
+// sign signs the package of r, whose sha256 is sum, and sets r's integrity fields.
+func (p publisher) sign(t *testing.T, r *ota.UpgradeRequest, sum string) {
+	t.Helper()
+	sig, err := pkgsig.Sign(p.key, pkgsig.Package{Type: r.Type, Version: r.Version, Size: r.Size, SHA256: sum})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SHA256, r.Sig, r.KeyID = sum, sig, p.id
+}

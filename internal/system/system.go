@@ -6,7 +6,6 @@ package system
 
 import (
 	"context"
-	"crypto/md5"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -28,6 +27,7 @@ import (
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -78,6 +78,8 @@ type Package struct {
 	URL  string
 	MD5  string
 	Size int64
+	// SHA256 is what PROTOCOL.md 1.1's sha256 field and a signature (internal/pkgsig) name.
+	SHA256 string
 }
 
 // System is the running system.
@@ -363,7 +365,7 @@ func (s *System) serveFiles() error {
 			return fmt.Errorf("write package: %w", err)
 		}
 	}
-	sum, n, err := FileMD5(path)
+	digest, err := FileDigest(path)
 	if err != nil {
 		return err
 	}
@@ -375,7 +377,7 @@ func (s *System) serveFiles() error {
 	go func() { _ = s.files.Serve(ln) }()
 	s.closers = append(s.closers, func() { _ = s.files.Close() })
 	s.fileBase = "http://" + ln.Addr().String()
-	s.Package = Package{URL: s.FileURL(name), MD5: sum, Size: n}
+	s.Package = Package{URL: s.FileURL(name), MD5: digest.MD5, Size: digest.Size, SHA256: digest.SHA256}
 	return nil
 }
 
@@ -384,19 +386,18 @@ func (s *System) FileURL(name string) string {
 	return s.fileBase + "/" + name
 }
 
-// FileMD5 returns the md5 (hex) and size of a file.
-func FileMD5(path string) (string, int64, error) {
+// FileDigest returns the size, md5 and sha256 of a file.
+func FileDigest(path string) (pkgsig.Digest, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", 0, fmt.Errorf("open %s: %w", path, err)
+		return pkgsig.Digest{}, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer f.Close()
-	h := md5.New()
-	n, err := io.Copy(h, f)
+	d, err := pkgsig.HashReader(f)
 	if err != nil {
-		return "", 0, fmt.Errorf("read %s: %w", path, err)
+		return pkgsig.Digest{}, fmt.Errorf("read %s: %w", path, err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return d, nil
 }
 
 // Close stops everything, in the reverse order of Start.
