@@ -65,6 +65,13 @@ type Config struct {
 	Faults      simulator.Faults
 	Timing      simulator.Timing
 	SimStateDir string
+	// Protocol is the PROTOCOL.md version the simulated devices implement (simulator.Config),
+	// and DevicePolicy the trusted keys with which they verify signatures and whether they
+	// require them.
+	Protocol     string
+	DevicePolicy pkgsig.Policy
+	// WorkerPolicy is the worker's package policy (activities.Activities.Packages).
+	WorkerPolicy pkgsig.Policy
 	// Bridge sets the bridge's coalescing and concurrency; connection fields are filled in.
 	Bridge bridge.Config
 	// NoWorker and NoBridge leave those parts out, for running them as separate processes.
@@ -209,7 +216,7 @@ func (s *System) StartWorker(ctx context.Context) error {
 		return err
 	}
 	w := workflows.NewWorker(s.cfg.Client, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: s.cfg.Store,
-		Temporal: s.cfg.Client})
+		Temporal: s.cfg.Client, Packages: s.cfg.WorkerPolicy})
 	if err := w.Start(); err != nil {
 		mc.Disconnect(0)
 		return fmt.Errorf("start worker: %w", err)
@@ -297,6 +304,7 @@ func (s *System) startFleet(ctx context.Context) error {
 		BrokerURL: s.MQTTURL, Prefix: s.cfg.Prefix, Count: s.cfg.Devices, Initial: s.cfg.Initial,
 		Registrar: &simulator.StoreRegistrar{Store: s.cfg.Store, StateDir: s.cfg.SimStateDir, Logger: s.log},
 		Faults:    s.cfg.Faults, Timing: s.cfg.Timing, Logger: s.log,
+		Protocol: s.cfg.Protocol, TrustedKeys: s.cfg.DevicePolicy.Keys, RequireSignatures: s.cfg.DevicePolicy.RequireSignature,
 	})
 	if err != nil {
 		return err
