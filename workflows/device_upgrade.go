@@ -199,15 +199,20 @@ func (u *upgrade) preflight(ctx workflow.Context) {
 	if err == nil || ctx.Err() != nil {
 		return
 	}
-	msg := "the worker could not check the package"
+	u.finish(ctx, ota.StateFailed, 0, "pre-flight check failed, no command was sent: "+checkMessage(err))
+}
+
+// checkMessage is what a failed package check (CheckPackage) says, for people: the check's
+// own message, without the SDK's wrapping.
+func checkMessage(err error) string {
 	var appErr *temporal.ApplicationError
 	switch {
 	case errors.As(err, &appErr):
-		msg = appErr.Message()
+		return appErr.Message()
 	case temporal.IsTimeoutError(err):
-		msg += " in time"
+		return "the worker could not check the package in time"
 	}
-	u.finish(ctx, ota.StateFailed, 0, "pre-flight check failed, no command was sent: "+msg)
+	return "the worker could not check the package"
 }
 
 // cancelCommand publishes the cancel message of the command a device may be working on, if

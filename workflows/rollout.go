@@ -303,7 +303,7 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 		err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, preflightOptions), t.CheckPackage,
 			up.PackageCheck()).Get(ctx, nil)
 		if err != nil {
-			return fmt.Errorf("pre-flight check failed, no device was touched: %w", err)
+			return fmt.Errorf("pre-flight check failed, no device was touched: %s", checkMessage(err))
 		}
 	}
 	var total int

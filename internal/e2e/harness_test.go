@@ -43,8 +43,9 @@ type env struct {
 	store *store.Store
 	sys   *system.System
 	c     client.Client
-	// dbURL is the URL of the test's database.
-	dbURL string
+	// dbURL is the URL of the test's database; pkgDir the directory the file server serves.
+	dbURL  string
+	pkgDir string
 }
 
 func newEnv(t *testing.T, cfg system.Config) *env {
@@ -81,7 +82,7 @@ func newEnv(t *testing.T, cfg system.Config) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{t: t, ctx: ctx, store: st, sys: sys, c: cfg.Client, dbURL: dbURL}
+	return &env{t: t, ctx: ctx, store: st, sys: sys, c: cfg.Client, dbURL: dbURL, pkgDir: cfg.PackageDir}
 }
 
 // request is a fast device upgrade request for the test package.
@@ -135,6 +136,12 @@ type scripted struct {
 
 func (e *env) scriptedDevice(id string, status protocol.Status) *scripted {
 	e.t.Helper()
+	return e.labeledDevice(id, nil, status)
+}
+
+// labeledDevice is a scripted device registered with labels.
+func (e *env) labeledDevice(id string, labels map[string]string, status protocol.Status) *scripted {
+	e.t.Helper()
 	secret, err := credential.NewSecret()
 	if err != nil {
 		e.t.Fatal(err)
@@ -143,7 +150,7 @@ func (e *env) scriptedDevice(id string, status protocol.Status) *scripted {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := e.store.AddDevice(e.ctx, id, hash, nil); err != nil {
+	if err := e.store.AddDevice(e.ctx, id, hash, labels); err != nil {
 		e.t.Fatal(err)
 	}
 	d := &scripted{t: e.t, id: id, commands: make(chan protocol.UpgradeCommand, 16)}
