@@ -18,7 +18,6 @@ import (
 
 	"go.temporal.io/api/serviceerror"
 
-	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -192,17 +191,7 @@ func TestUpgradeSignedPackageWithSidecar(t *testing.T) {
 	f := startWorker(t)
 	const dev = "signed-1"
 	endUpgrade(t, dev)
-	secret, err := credential.NewSecret()
-	if err != nil {
-		t.Fatal(err)
-	}
-	hash, err := credential.Hash(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.store.AddDevice(ctx, dev, hash, nil); err != nil {
-		t.Fatal(err)
-	}
+	runCLI(t, ctx, servers(f.dbURL, "devices", "add", "--device", dev)...).check(t, 0)
 	r := runCLI(t, ctx, servers(f.dbURL, "upgrade", "--device", dev, "--url", srv.URL+"/fw-1.1.bin", "--sidecar", p.sidecar,
 		"--trusted-keys", p.trusted, "--require-signatures", "--json")...)
 	r.check(t, 0)
