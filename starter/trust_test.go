@@ -21,6 +21,7 @@ import (
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
 )
 
@@ -207,5 +208,25 @@ func TestUpgradeSignedPackageWithSidecar(t *testing.T) {
 	st, err := ota.UpgradeResult(ctx, testenv.TemporalClient().GetWorkflow(ctx, rep.WorkflowID, rep.RunID))
 	if err != nil || st.State != ota.StateSucceeded {
 		t.Errorf("upgrade ended %s (%q), err %v", st.State, st.Desc, err)
+	}
+}
+
+// TestStatusShowsCancelConfirmation: `status` shows the device's last report of the attempt,
+// an error code too, such as the confirmation of a cancel that came after the upgrade ended.
+func TestStatusShowsCancelConfirmation(t *testing.T) {
+	at := time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)
+	rep := statusReport{
+		Device:  store.Device{ID: "pump-1", CreatedAt: at},
+		Upgrade: &store.Upgrade{RunID: "run", WorkflowID: "ota-pump-1", DeviceID: "pump-1", Type: "firmware", Version: "1.1", State: ota.StateCanceled, Attempt: 1, CommandID: "run-1", CreatedAt: at},
+		LastReport: &store.ProgressEvent{DeviceID: "pump-1", CommandID: "run-1", Type: "firmware", Version: "1.1",
+			Progress: protocol.CodeOther, Desc: protocol.DescCanceled, ReceivedAt: at},
+	}
+	var out strings.Builder
+	if err := printStatus(&out, rep); err != nil {
+		t.Fatal(err)
+	}
+	want := "Last report  code -4 (" + protocol.CodeText(protocol.CodeOther) + ") canceled  (at " + formatTime(at) + ")"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("status shows:\n%s\nwant a line with %q", out.String(), want)
 	}
 }

@@ -165,10 +165,10 @@ func (e *env) checkCanceledOnDevice(id string) {
 	if err != nil || up.State != ota.StateCanceled {
 		e.t.Fatalf("upgrade record %+v, err %v; want canceled", up, err)
 	}
+	// The confirmation is the attempt's last report, as `starter status` shows it.
 	waitFor(e.t, 30*time.Second, id+"'s confirmation in PostgreSQL", func() bool {
-		events, err := e.store.ProgressEvents(e.ctx, id, 1)
-		return err == nil && len(events) == 1 && events[0].CommandID == up.CommandID &&
-			events[0].Progress == protocol.CodeOther && events[0].Desc == protocol.DescCanceled
+		r, err := e.store.LastReport(e.ctx, id, ota.AttemptKey{CommandID: up.CommandID, Type: up.Type, Version: up.Version})
+		return err == nil && r.Progress == protocol.CodeOther && r.Desc == protocol.DescCanceled
 	})
 }
 

@@ -125,6 +125,10 @@ func TestLastProgress(t *testing.T) {
 		{ota.AttemptKey{CommandID: "other", Type: "firmware", Version: "1.1"}, 40, 4},
 		{ota.AttemptKey{CommandID: "c9", Type: "firmware", Version: "2.0"}, 0, 0},
 	}
+	// LastReport counts the error codes too.
+	if e, err := st.LastReport(ctx, "d1", tests[0].attempt); err != nil || e.Progress != -1 || !e.ReceivedAt.Equal(t0.Add(5*time.Second)) {
+		t.Errorf("LastReport = %+v, %v; want the -1 at +5s", e, err)
+	}
 	for _, tt := range tests {
 		t.Run(tt.attempt.CommandID, func(t *testing.T) {
 			e, err := st.LastProgress(ctx, "d1", tt.attempt)
