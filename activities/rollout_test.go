@@ -15,7 +15,7 @@ import (
 	"github.com/otaflow/otaflow/internal/ota"
 )
 
-func TestCheckPackage(t *testing.T) {
+func TestCheckPackageHTTPOutcomes(t *testing.T) {
 	body := []byte("firmware 1.1")
 	sum := md5.Sum(body)
 	md5Hex := hex.EncodeToString(sum[:])

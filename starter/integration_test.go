@@ -67,16 +67,31 @@ func servers(dbURL string, args ...string) []string {
 type recorder struct {
 	mu       sync.Mutex
 	commands map[string][]protocol.UpgradeCommand // by device
+	cancels  map[string][]string                  // the command IDs of cancel messages, by device
 }
 
-// Publish records an upgrade command published to a device's command topic.
+// Publish records an upgrade command published to a device's command topic, or a cancel
+// message published to its cancel topic.
 func (r *recorder) Publish(_ context.Context, topic string, payload []byte) error {
 	dev, kind, err := protocol.ParseTopic(topic)
 	if err != nil {
 		return err
 	}
+	if kind == protocol.KindCancel {
+		c, err := protocol.ParseCancel(payload)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.cancels == nil {
+			r.cancels = map[string][]string{}
+		}
+		r.cancels[dev] = append(r.cancels[dev], c.ID)
+		return nil
+	}
 	if kind != protocol.KindCommand {
-		return fmt.Errorf("the worker published to %s, not a command topic", topic)
+		return fmt.Errorf("the worker published to %s, not a command or cancel topic", topic)
 	}
 	cmd, err := protocol.ParseCommand(payload)
 	if err != nil {
@@ -538,7 +553,7 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 	if runID == nil || !strings.Contains(r.stdout, link) {
 		t.Fatalf("upgrade printed no run ID or Web UI link %s:\n%s", link, r.stdout)
 	}
-	f.command(t, dev, 1)
+	first := f.command(t, dev, 1)
 
 	// A second upgrade of the same device is refused, naming the running one.
 	r = cli(append(upgrade, "--version", "9.2")...)
@@ -566,6 +581,13 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 	rec, err := f.store.LatestUpgrade(ctx, dev)
 	if err != nil || rec.State != ota.StateCanceled || rec.FinishedAt == nil {
 		t.Errorf("recorded upgrade = %+v (%v), want canceled and finished", rec, err)
+	}
+	// The device was told to stop the command it had (PROTOCOL.md 1.1's cancel message).
+	f.pub.mu.Lock()
+	cancels := slices.Clone(f.pub.cancels[dev])
+	f.pub.mu.Unlock()
+	if !slices.Equal(cancels, []string{first.ID}) {
+		t.Errorf("cancel messages for %v, want one for the command %s", cancels, first.ID)
 	}
 
 	cli("cancel", "--device", dev).check(t, exitFailure, "has no upgrade running")

@@ -301,9 +301,9 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 	if !r.req.SkipPreflight {
 		up := r.req.Upgrade
 		err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, preflightOptions), t.CheckPackage,
-			ota.PackageCheck{URL: up.URL, MD5: up.MD5, Size: up.Size}).Get(ctx, nil)
+			up.PackageCheck()).Get(ctx, nil)
 		if err != nil {
-			return fmt.Errorf("pre-flight check failed, no device was touched: %w", err)
+			return fmt.Errorf("pre-flight check failed, no device was touched: %s", checkMessage(err))
 		}
 	}
 	var total int
@@ -700,6 +700,8 @@ func outcomeState(o ota.Outcome) ota.State {
 		return o.Result.State
 	case o.ErrorType == ota.ErrTypeUpgradeTimedOut:
 		return ota.StateTimedOut
+	case o.ErrorType == ota.ErrTypeUpgradeReverted:
+		return ota.StateReverted
 	case o.Canceled:
 		return ota.StateCanceled
 	}
@@ -719,6 +721,8 @@ func childState(err error, st ota.UpgradeStatus) ota.State {
 		switch appErr.Type() {
 		case ota.ErrTypeUpgradeTimedOut:
 			return ota.StateTimedOut
+		case ota.ErrTypeUpgradeReverted:
+			return ota.StateReverted
 		}
 		return ota.StateFailed
 	}

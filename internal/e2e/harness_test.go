@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -17,6 +19,7 @@ import (
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -40,8 +43,9 @@ type env struct {
 	store *store.Store
 	sys   *system.System
 	c     client.Client
-	// dbURL is the URL of the test's database.
-	dbURL string
+	// dbURL is the URL of the test's database; pkgDir the directory the file server serves.
+	dbURL  string
+	pkgDir string
 }
 
 func newEnv(t *testing.T, cfg system.Config) *env {
@@ -78,7 +82,7 @@ func newEnv(t *testing.T, cfg system.Config) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{t: t, ctx: ctx, store: st, sys: sys, c: cfg.Client, dbURL: dbURL}
+	return &env{t: t, ctx: ctx, store: st, sys: sys, c: cfg.Client, dbURL: dbURL, pkgDir: cfg.PackageDir}
 }
 
 // request is a fast device upgrade request for the test package.
@@ -120,6 +124,12 @@ type scripted struct {
 
 func (e *env) scriptedDevice(id string, status protocol.Status) *scripted {
 	e.t.Helper()
+	return e.labeledDevice(id, nil, status)
+}
+
+// labeledDevice is a scripted device registered with labels.
+func (e *env) labeledDevice(id string, labels map[string]string, status protocol.Status) *scripted {
+	e.t.Helper()
 	secret, err := credential.NewSecret()
 	if err != nil {
 		e.t.Fatal(err)
@@ -128,7 +138,7 @@ func (e *env) scriptedDevice(id string, status protocol.Status) *scripted {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := e.store.AddDevice(e.ctx, id, hash, nil); err != nil {
+	if err := e.store.AddDevice(e.ctx, id, hash, labels); err != nil {
 		e.t.Fatal(err)
 	}
 	d := &scripted{t: e.t, id: id, commands: make(chan protocol.UpgradeCommand, 16)}
@@ -200,3 +210,34 @@ func states(events []store.UpgradeEvent) string {
 }
 
 func simID(prefix string, n int) string { return fmt.Sprintf("%s-%05d", prefix, n) }
+
+// publisher is a package publisher's key pair, made for one test: OTAflow and the devices
+// trust its public key (keys) or not.
+type publisher struct {
+	id   string
+	key  ed25519.PrivateKey
+	keys *pkgsig.TrustedKeys
+}
+
+func newPublisher(t *testing.T, id string) publisher {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := pkgsig.NewTrustedKeys(map[string]ed25519.PublicKey{id: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return publisher{id: id, key: priv, keys: keys}
+}
+
+// sign signs the package of r, whose sha256 is sum, and sets r's integrity fields.
+func (p publisher) sign(t *testing.T, r *ota.UpgradeRequest, sum string) {
+	t.Helper()
+	sig, err := pkgsig.Sign(p.key, pkgsig.Package{Type: r.Type, Version: r.Version, Size: r.Size, SHA256: sum})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SHA256, r.Sig, r.KeyID = sum, sig, p.id
+}

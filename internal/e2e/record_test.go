@@ -94,6 +94,11 @@ func recordUpgrades(t *testing.T, dir string) {
 		tweak func(*ota.UpgradeRequest)
 		drive func(d *scripted, run client.WorkflowRun)
 	}
+	succeed := func(d *scripted, _ client.WorkflowRun) {
+		cmd := d.command()
+		d.progress(progress(cmd, 100))
+		d.status(protocol.Status{"firmware_ver": "1.1"})
+	}
 	scenarios := []scenario{
 		{"upgrade-succeeded", nil, func(d *scripted, _ client.WorkflowRun) {
 			cmd := d.command()
@@ -152,6 +157,31 @@ func recordUpgrades(t *testing.T, dir string) {
 			d.command()
 		}},
 		{"upgrade-skipped", nil, nil},
+		// Issue 11's paths, as the code before them ran them: a cancel in each phase of an
+		// attempt (a cancel message goes out for a command being worked on), a signed package
+		// (a pre-flight check), a soak time and a compatibility rule the device does not meet.
+		{"upgrade-canceled-before-report", nil, func(d *scripted, run client.WorkflowRun) {
+			d.command()
+			e.cancelWhen(run, ota.StateSent)
+		}},
+		{"upgrade-canceled-after-download", nil, func(d *scripted, run client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, 100))
+			e.cancelWhen(run, ota.StateDownloaded)
+		}},
+		{"upgrade-canceled-in-backoff", func(r *ota.UpgradeRequest) { r.RetryBackoff = time.Minute }, func(d *scripted, run client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, -1))
+			e.cancelWhen(run, ota.StatePending)
+		}},
+		{"upgrade-signed", func(r *ota.UpgradeRequest) { newPublisher(t, "release-1").sign(t, r, e.sys.Package.SHA256) }, succeed},
+		{"upgrade-soak", func(r *ota.UpgradeRequest) { r.Soak = 2 * time.Second }, succeed},
+		// The code before compatibility sent the command, and the device succeeded (so the
+		// history in testdata/issue11-device was recorded); since, no command is sent and the
+		// upgrade fails at once.
+		{"upgrade-incompatible", func(r *ota.UpgradeRequest) {
+			r.Compat = &ota.Compatibility{Labels: map[string]string{"model": "pump-v2"}, Versions: ">=2.0"}
+		}, func(*scripted, client.WorkflowRun) {}},
 	}
 	for i, sc := range scenarios {
 		device := fmt.Sprintf("rec-%02d", i)
@@ -277,4 +307,17 @@ func recordRollouts(t *testing.T, dir string) {
 	must(e.c.CancelWorkflow(e.ctx, run.GetID(), ""))
 	_ = run.Get(e.ctx, nil)
 	e.save(dir, "rollout-temporal-cancel", run.GetID())
+}
+
+// cancelWhen cancels an upgrade once its state is s.
+func (e *env) cancelWhen(run client.WorkflowRun, s ota.State) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
+		var st ota.UpgradeStatus
+		return err == nil && v.Get(&st) == nil && st.State == s
+	}, 30*time.Second, 50*time.Millisecond, "upgrade "+string(s))
+	if err := e.c.CancelWorkflow(e.ctx, run.GetID(), run.GetRunID()); err != nil {
+		e.t.Fatal(err)
+	}
 }

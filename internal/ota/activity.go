@@ -63,6 +63,22 @@ const (
 	ErrTypeUnknownDevice  = "UnknownDevice"
 	ErrTypeDeviceDisabled = "DeviceDisabled"
 	ErrTypeInvalidCommand = "InvalidCommand"
+	// ErrTypeIncompatible: the device does not fit the upgrade's Compatibility (its labels or
+	// its current version), so no command is sent.
+	ErrTypeIncompatible = "Incompatible"
+)
+
+// Error types of a package that fails one of PROTOCOL.md 1.1's checks on the worker, before
+// any command is sent: one type per check (internal/pkgsig's), each failure non-retryable.
+const (
+	// ErrTypeMissingSignature: the package is not signed, and the worker requires signatures.
+	ErrTypeMissingSignature = "MissingSignature"
+	// ErrTypeUnknownKey: the signature's key_id names none of the worker's trusted keys.
+	ErrTypeUnknownKey = "UnknownKey"
+	// ErrTypeBadSignature: the signature does not verify under its key.
+	ErrTypeBadSignature = "BadSignature"
+	// ErrTypeSHA256Mismatch: the package downloaded does not have the sha256 announced.
+	ErrTypeSHA256Mismatch = "SHA256Mismatch"
 )
 
 // SendCommandInput is what SendCommand needs: the upgrade record to write as sent and the
@@ -75,6 +91,16 @@ type SendCommandInput struct {
 	// CheckSkip asks to skip the upgrade, sending nothing, when the device already reports the
 	// target version.
 	CheckSkip bool `json:"check_skip"`
+	// Compat, when set, is checked against the device's labels and current version before
+	// the command is sent: a device that does not fit fails with ErrTypeIncompatible.
+	Compat *Compatibility `json:"compat,omitempty"`
+}
+
+// CancelCommandInput names the command attempt whose cancel message (PROTOCOL.md 1.1) is to
+// be published to its device.
+type CancelCommandInput struct {
+	DeviceID  string `json:"device_id"`
+	CommandID string `json:"command_id"`
 }
 
 // SendCommandResult says what SendCommand did.
@@ -123,11 +149,19 @@ type SnapshotInput struct {
 	Filter  DeviceFilter `json:"filter"`
 }
 
-// PackageCheck is a package to check before a rollout sends it to any device.
+// PackageCheck is a package to check before a rollout, or a single upgrade of a signed
+// package, sends it to any device: downloaded once, it must have the size, md5 and (when
+// given) sha256 announced, and its signature must satisfy the worker's policy.
 type PackageCheck struct {
 	URL  string `json:"url"`
 	MD5  string `json:"md5"`
 	Size int64  `json:"size"`
+	// Type and Version, with Size and SHA256, are what the signature covers.
+	Type    string `json:"type,omitempty"`
+	Version string `json:"version,omitempty"`
+	SHA256  string `json:"sha256,omitempty"`
+	Sig     string `json:"sig,omitempty"`
+	KeyID   string `json:"key_id,omitempty"`
 }
 
 // ErrTypeNoTemporalClient is the failure of AwaitWorkflows on a worker whose Activities have
