@@ -25,6 +25,10 @@ import (
 //     progressAfterDownloadChange, silenceChange): retries, timeouts, cancels, a status
 //     without the version key, progress going back, pauses, approvals, hand-overs, a
 //     threshold pause and a Temporal cancel.
+//   - testdata/v2-rollouts/: rollouts recorded by TestRecordHistories at versionControl,
+//     before the changes of issue 11 (targets chosen by compatibility and quarantine,
+//     continuous rollouts): the scenarios of v1, and a wave below its success threshold
+//     that aborts.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -35,8 +39,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 19 {
-		t.Fatalf("found %d recorded histories, want the 19 recorded so far", len(files))
+	if len(files) < 29 {
+		t.Fatalf("found %d recorded histories, want the 29 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {
