@@ -31,6 +31,8 @@ type Store interface {
 	ListDevices(ctx context.Context, f ota.DeviceFilter) ([]store.Device, error)
 	CountDevices(ctx context.Context, f ota.DeviceFilter) (int, error)
 	SnapshotTargets(ctx context.Context, rollout, key string, f ota.DeviceFilter) (int, error)
+	SelectTargets(ctx context.Context, sel ota.Selector, how store.Selection) (ota.TargetSelection, error)
+	FindLate(ctx context.Context, q store.LateSearch) (ota.LateTargets, error)
 	DeleteTargetLists(ctx context.Context, keys []string) error
 	LastProgress(ctx context.Context, device string, attempt ota.AttemptKey) (store.ProgressEvent, error)
 }
@@ -43,6 +45,9 @@ type Activities struct {
 	HTTPClient *http.Client
 	// Temporal reads the results of device upgrades for AwaitWorkflows.
 	Temporal WorkflowResults
+	// LatePoll is how often FindLateTargets looks at the registry's changes while it
+	// waits; 0 means DefaultLatePoll.
+	LatePoll time.Duration
 }
 
 // SendCommand records the upgrade as sent and publishes its command to the device (QoS 1,
