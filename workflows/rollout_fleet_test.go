@@ -174,7 +174,9 @@ func TestContinuousRollout(t *testing.T) {
 		h.dev.change(store.Device{ID: "dev-100", Labels: pump}) // registered, never seen
 	})
 	at(8*time.Minute, func() { h.dev.change(store.Device{ID: "dev-100", Labels: pump, Reported: on("1.0")}) })
-	at(9*time.Minute, func() { h.dev.change(store.Device{ID: "dev-101", Labels: map[string]string{"model": "valve"}, Reported: on("1.0")}) })
+	at(9*time.Minute, func() {
+		h.dev.change(store.Device{ID: "dev-101", Labels: map[string]string{"model": "valve"}, Reported: on("1.0")})
+	})
 	at(10*time.Minute, func() { h.dev.change(store.Device{ID: "dev-001", Labels: pump, Reported: on("1.0")}) }) // taken already
 	at(12*time.Minute, func() {
 		// dev-003's upgrade timed out; it is seen again, now healthy.

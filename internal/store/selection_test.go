@@ -83,10 +83,10 @@ func TestSelectTargets(t *testing.T) {
 	registerFleet(t, st.Store,
 		fleetDevice{id: "p-1", labels: pump, version: "1.0"},
 		fleetDevice{id: "p-2", labels: pump, version: "1.0"},
-		fleetDevice{id: "p-3", labels: pump, version: "1.1"},                              // up to date
+		fleetDevice{id: "p-3", labels: pump, version: "1.1"},                                // up to date
 		fleetDevice{id: "p-4", labels: map[string]string{"model": "valve"}, version: "1.0"}, // incompatible
-		fleetDevice{id: "p-5", labels: pump, version: "0.9"},                              // incompatible
-		fleetDevice{id: "p-6", labels: pump},                                              // never seen
+		fleetDevice{id: "p-5", labels: pump, version: "0.9"},                                // incompatible
+		fleetDevice{id: "p-6", labels: pump},                                                // never seen
 		fleetDevice{id: "p-7", labels: pump, version: "1.0", disabled: true},
 		fleetDevice{id: "p-8", labels: pump, version: "1.0"}, // quarantined below
 		fleetDevice{id: "x-1", labels: pump, version: "1.0"}, // not matched
