@@ -93,9 +93,8 @@ const (
 	versionFleet    = 3
 )
 
-// burstWindow is how much unused start rate may be saved up, so that a rate-limited rollout
-// starts devices in small batches rather than waking for each one.
-const burstWindow = 5 * time.Second
+// burstWindow is how much unused start rate may be saved up (ota.RateBurst).
+const burstWindow = ota.RateBurst
 
 type rollout struct {
 	req ota.RolloutRequest

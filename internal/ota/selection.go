@@ -206,6 +206,10 @@ func WaveEnds(total int, waves []Wave) []int {
 	return ends
 }
 
+// RateBurst is how much unused start rate a rate-limited rollout may save up, so that it
+// starts devices in small batches rather than waking for each one.
+const RateBurst = 5 * time.Second
+
 // StartRate is the start rate per minute in force elapsed after the ramp began (the
 // rollout's start); 0 means unbounded.
 func (r RolloutRequest) StartRate(elapsed time.Duration) float64 {
