@@ -109,8 +109,8 @@ func schedule(req ota.RolloutRequest, waves []Wave, o Options) time.Duration {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	at := start                         // the earliest next start
-	var next time.Time                  // the rate limit's next start (ota.RateBurst of saving)
+	at := start                        // the earliest next start
+	var next time.Time                 // the rate limit's next start (ota.RateBurst of saving)
 	ends := make([]time.Time, 0, 1024) // running upgrades' ends, in start order
 	each := o.UpgradeTime + req.Upgrade.Soak
 	for i := range waves {
