@@ -150,11 +150,14 @@ func (a *Activities) FindLateTargets(ctx context.Context, in ota.FindLateInput) 
 		if found.Cursor.ID != "" {
 			continue // stopped at the scan limit, with more changes to judge
 		}
-		t := time.NewTimer(poll)
+		t := time.NewTimer(min(poll, time.Until(deadline)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return ota.LateTargets{}, ctx.Err()
+			// The rollout stopped waiting (closed, canceled, paused to continue as new) or the
+			// worker stops: expected, so not logged as an error.
+			return ota.LateTargets{}, temporal.NewApplicationErrorWithOptions("the search for late devices stopped: "+ctx.Err().Error(),
+				"SearchStopped", temporal.ApplicationErrorOptions{Category: temporal.ApplicationErrorCategoryBenign, Cause: ctx.Err()})
 		case <-t.C:
 		}
 	}
