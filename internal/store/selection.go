@@ -26,6 +26,14 @@ const candidateColumns = `d.id, d.disabled, d.reported_at IS NOT NULL, d.labels,
 // deviceWhere, and $7 an explicit ID list (NULL: none).
 const candidateWhere = deviceWhere + ` AND ($7::text[] IS NULL OR d.id = ANY($7))`
 
+// scanned is a device of a page of the registry: what Judge needs, and whether the
+// selector's filter matches it.
+type scanned struct {
+	c       ota.Candidate
+	matches bool
+	xid     string // its last change, for FindLate
+}
+
 func scanCandidate(row pgx.Row, extra ...any) (ota.Candidate, error) {
 	var c ota.Candidate
 	var labels, reported []byte
@@ -91,18 +99,32 @@ func (s *Store) SelectTargets(ctx context.Context, sel ota.Selector, how Selecti
 		args := filterArgs(sel.Filter, how.IDs)
 		after, judged := "", 0
 		for {
-			rows, err := tx.Query(ctx, `SELECT `+candidateColumns+` FROM devices d WHERE d.id > $1 AND `+candidateWhere+`
-				ORDER BY d.id LIMIT $8`, append(append([]any{after}, args...), SelectPageSize)...)
+			// A page of the registry in ID order, read through the primary key, then
+			// filtered: asked for the first page of devices that match, the planner, which
+			// takes a label filter for a very selective one, scans the whole table for each.
+			rows, err := tx.Query(ctx, `WITH page AS MATERIALIZED (SELECT id FROM devices WHERE id > $1 ORDER BY id LIMIT $8)
+				SELECT `+candidateColumns+`, `+candidateWhere+` FROM page JOIN devices d ON d.id = page.id ORDER BY d.id`,
+				append(append([]any{after}, args...), SelectPageSize)...)
 			if err != nil {
 				return err
 			}
-			page, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ota.Candidate, error) { return scanCandidate(r) })
+			page, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (scanned, error) {
+				var s scanned
+				var err error
+				s.c, err = scanCandidate(r, &s.matches)
+				return s, err
+			})
 			if err != nil {
 				return err
 			}
 			var targets []string
 			var left leftOutRows
-			for _, c := range page {
+			for _, s := range page {
+				if !s.matches {
+					continue
+				}
+				c := s.c
+				judged++
 				reason := sel.Judge(c)
 				out.LeftOut.Add(reason)
 				if reason == "" {
@@ -124,14 +146,13 @@ func (s *Store) SelectTargets(ctx context.Context, sel ota.Selector, how Selecti
 					return err
 				}
 			}
-			judged += len(page)
 			if how.Page != nil {
 				how.Page(judged)
 			}
 			if len(page) < SelectPageSize {
 				return nil
 			}
-			after = page[len(page)-1].ID
+			after = page[len(page)-1].c.ID
 		}
 	})
 	if err != nil {
@@ -185,7 +206,7 @@ type LateSearch struct {
 	LeftOutKey string
 	Selector   ota.Selector
 	Cursor     ota.ChangeCursor
-	// Limit bounds the targets returned; ScanLimit the devices judged in one step.
+	// Limit bounds the targets returned; ScanLimit the changed devices looked at in one step.
 	Limit, ScanLimit int
 }
 
@@ -215,29 +236,31 @@ func (s *Store) FindLate(ctx context.Context, q LateSearch) (ota.LateTargets, er
 		judged := 0
 		for len(out.IDs) < q.Limit && judged < q.ScanLimit {
 			page := min(SelectPageSize, q.ScanLimit-judged)
-			rows, err := tx.Query(ctx, `SELECT `+candidateColumns+`, d.changed_xid::text FROM devices d
-				WHERE (d.changed_xid, d.id) > ($1::xid8, $8) AND d.changed_xid < $9::xid8 AND `+candidateWhere+`
-				ORDER BY d.changed_xid, d.id LIMIT $10`,
+			// The changes in order through their index, then filtered (see SelectTargets).
+			rows, err := tx.Query(ctx, `WITH page AS MATERIALIZED (
+					SELECT id, changed_xid FROM devices WHERE (changed_xid, id) > ($1::xid8, $8) AND changed_xid < $9::xid8
+					ORDER BY changed_xid, id LIMIT $10)
+				SELECT `+candidateColumns+`, `+candidateWhere+`, page.changed_xid::text
+				FROM page JOIN devices d ON d.id = page.id ORDER BY page.changed_xid, page.id`,
 				append(append([]any{out.Cursor.XID}, args...), out.Cursor.ID, bound, page)...)
 			if err != nil {
 				return err
 			}
-			type changed struct {
-				c   ota.Candidate
-				xid string
-			}
-			cands, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (changed, error) {
-				var ch changed
+			cands, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (scanned, error) {
+				var s scanned
 				var err error
-				ch.c, err = scanCandidate(r, &ch.xid)
-				return ch, err
+				s.c, err = scanCandidate(r, &s.matches, &s.xid)
+				return s, err
 			})
 			if err != nil {
 				return err
 			}
-			var targets []changed
+			var targets []scanned
 			var left leftOutRows
 			for _, ch := range cands {
+				if !ch.matches {
+					continue
+				}
 				if reason := q.Selector.Judge(ch.c); reason != "" {
 					left.add(ch.c.ID, reason)
 				} else {
