@@ -22,10 +22,6 @@ const SelectPageSize = 1000
 const candidateColumns = `d.id, d.disabled, d.reported_at IS NOT NULL, d.labels, d.reported,
 	EXISTS (SELECT 1 FROM device_quarantine q WHERE q.device_id = d.id AND q.quarantined_at IS NOT NULL)`
 
-// candidateWhere is the filter of an ota.Selector over devices d, with parameters $2..$7:
-// deviceWhere, and $7 an explicit ID list (NULL: none).
-const candidateWhere = deviceWhere + ` AND ($7::text[] IS NULL OR d.id = ANY($7))`
-
 // scanned is a device of a page of the registry: what Judge needs, and whether the
 // selector's filter matches it.
 type scanned struct {
@@ -47,15 +43,6 @@ func scanCandidate(row pgx.Row, extra ...any) (ota.Candidate, error) {
 		return c, fmt.Errorf("decode reported status of %s: %w", c.ID, err)
 	}
 	return c, nil
-}
-
-// filterArgs are the parameters $2..$7 of candidateWhere.
-func filterArgs(f ota.DeviceFilter, ids []string) []any {
-	match := map[string]string{}
-	for k, v := range f.Labels {
-		match[k] = v
-	}
-	return []any{f.Prefix, match, f.NotReportingKey, f.NotReportingValue, f.List, ids}
 }
 
 // Selection says what SelectTargets does besides counting.
@@ -96,15 +83,14 @@ func (s *Store) SelectTargets(ctx context.Context, sel ota.Selector, how Selecti
 				return err
 			}
 		}
-		args := filterArgs(sel.Filter, how.IDs)
 		after, judged := "", 0
 		for {
 			// A page of the registry in ID order, read through the primary key, then
 			// filtered: asked for the first page of devices that match, the planner, which
 			// takes a label filter for a very selective one, scans the whole table for each.
-			rows, err := tx.Query(ctx, `WITH page AS MATERIALIZED (SELECT id FROM devices WHERE id > $1 ORDER BY id LIMIT $8)
-				SELECT `+candidateColumns+`, `+candidateWhere+` FROM page JOIN devices d ON d.id = page.id ORDER BY d.id`,
-				append(append([]any{after}, args...), SelectPageSize)...)
+			where, args := deviceFilter(sel.Filter, how.IDs, []any{after, SelectPageSize})
+			rows, err := tx.Query(ctx, `WITH page AS MATERIALIZED (SELECT id FROM devices WHERE id > $1 ORDER BY id LIMIT $2)
+				SELECT `+candidateColumns+`, `+where+` FROM page JOIN devices d ON d.id = page.id ORDER BY d.id`, args...)
 			if err != nil {
 				return err
 			}
@@ -157,6 +143,12 @@ func (s *Store) SelectTargets(ctx context.Context, sel ota.Selector, how Selecti
 	})
 	if err != nil {
 		return ota.TargetSelection{}, fmt.Errorf("select the targets of rollout %s: %w", how.Rollout, err)
+	}
+	if how.Key != "" && out.Targets >= SelectPageSize {
+		// The rollout reads its list page by page at once: the planner must know that the
+		// list is large, or it sorts the whole list for every page. Best effort: autovacuum
+		// would tell it within a minute or so.
+		_, _ = s.pool.Exec(ctx, `ANALYZE rollout_targets`)
 	}
 	return out, nil
 }
@@ -232,17 +224,16 @@ func (s *Store) FindLate(ctx context.Context, q LateSearch) (ota.LateTargets, er
 		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text`).Scan(&bound); err != nil {
 			return err
 		}
-		args := filterArgs(q.Selector.Filter, nil)
 		judged := 0
 		for len(out.IDs) < q.Limit && judged < q.ScanLimit {
 			page := min(SelectPageSize, q.ScanLimit-judged)
 			// The changes in order through their index, then filtered (see SelectTargets).
+			where, args := deviceFilter(q.Selector.Filter, nil, []any{out.Cursor.XID, out.Cursor.ID, bound, page})
 			rows, err := tx.Query(ctx, `WITH page AS MATERIALIZED (
-					SELECT id, changed_xid FROM devices WHERE (changed_xid, id) > ($1::xid8, $8) AND changed_xid < $9::xid8
-					ORDER BY changed_xid, id LIMIT $10)
-				SELECT `+candidateColumns+`, `+candidateWhere+`, page.changed_xid::text
-				FROM page JOIN devices d ON d.id = page.id ORDER BY page.changed_xid, page.id`,
-				append(append([]any{out.Cursor.XID}, args...), out.Cursor.ID, bound, page)...)
+					SELECT id, changed_xid FROM devices WHERE (changed_xid, id) > ($1::xid8, $2) AND changed_xid < $3::xid8
+					ORDER BY changed_xid, id LIMIT $4)
+				SELECT `+candidateColumns+`, `+where+`, page.changed_xid::text
+				FROM page JOIN devices d ON d.id = page.id ORDER BY page.changed_xid, page.id`, args...)
 			if err != nil {
 				return err
 			}

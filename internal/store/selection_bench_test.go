@@ -131,3 +131,35 @@ func BenchmarkFindLate(b *testing.B) {
 		b.ReportMetric(float64(took.Microseconds())/float64(b.N)/1000, "ms/look")
 	})
 }
+
+// BenchmarkResolveSnapshot reads a rollout's snapshot of 90,000 targets among 100,000 devices
+// page by page, as the rollout's ResolveTargets does (pages of 500).
+//
+//	go test -run '^$' -bench ResolveSnapshot -benchtime 1x ./internal/store
+func BenchmarkResolveSnapshot(b *testing.B) {
+	st := openStore(b)
+	fleetOf(b, st.Store, 100_000)
+	ctx := context.Background()
+	if _, err := st.SelectTargets(ctx, benchSelector(), store.Selection{Rollout: "snap", Key: "snap@1"}); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		n, after := 0, ""
+		for {
+			page, err := st.ListDevices(ctx, ota.DeviceFilter{List: "snap@1", After: after, Limit: 500})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += len(page)
+			if len(page) < 500 {
+				break
+			}
+			after = page[len(page)-1].ID
+		}
+		if n != 90_000 {
+			b.Fatalf("read %d targets, want 90,000", n)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/snapshot")
+}
