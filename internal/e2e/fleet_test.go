@@ -335,11 +335,11 @@ func (e *env) runHistories(run client.WorkflowRun) []int64 {
 	var lengths []int64
 	runID := ""
 	for {
-		d, err := e.c.DescribeWorkflowExecution(e.ctx, run.GetID(), runID)
+		d, err := e.c.DescribeWorkflow(e.ctx, run.GetID(), runID)
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		info := d.GetWorkflowExecutionInfo()
+		info := d.RawResponse.GetWorkflowExecutionInfo()
 		lengths = append([]int64{info.GetHistoryLength()}, lengths...)
 		it := e.c.GetWorkflowHistory(e.ctx, run.GetID(), info.GetExecution().GetRunId(), false, 0)
 		ev, err := it.Next()
