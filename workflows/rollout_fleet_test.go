@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -325,4 +326,65 @@ func TestContinuousRolloutCarryStaysBounded(t *testing.T) {
 		}
 	}
 	t.Logf("carry sizes over %d runs: %v bytes", len(sizes), sizes)
+}
+
+// TestContinuousRolloutLimitsApplyToLateDevices: late devices start only inside the window,
+// at the rate limit, with the soak, and their failures trip the failure threshold.
+func TestContinuousRolloutLimitsApplyToLateDevices(t *testing.T) {
+	h := newFleetHarness(t, 1)
+	start := time.Date(2026, 11, 26, 1, 0, 0, 0, time.UTC)
+	h.env.SetStartTime(start)
+	h.mockFind(time.Minute)
+	req := rolloutRequest()
+	req.Continuous = true
+	req.Window = &ota.Window{Start: "01:00", End: "02:00", TimeZone: "UTC"}
+	req.MaxPerMinute = 6 // one every 10 s, 5 s saved up
+	req.Upgrade.Soak = 10 * time.Minute
+	req.FailurePercent, req.FailureMinCount = 25, 3
+	late := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			h.dev.change(store.Device{ID: fmt.Sprintf("dev-late-%02d", i), Reported: protocol.Status{"firmware_ver": "1.0"}})
+		}
+	}
+	// Ten devices come at 02:30, when the window is closed; they start from 01:00 the next day.
+	h.env.RegisterDelayedCallback(func() { late(0, 10) }, 90*time.Minute)
+	// Then four that fail, while the window is open: the threshold pauses the rollout.
+	for i := 10; i < 14; i++ {
+		h.fail[fmt.Sprintf("dev-late-%02d", i)] = ota.StateFailed
+	}
+	h.env.RegisterDelayedCallback(func() { late(10, 4) }, 24*time.Hour+10*time.Minute)
+	var paused ota.RolloutProgress
+	h.env.RegisterDelayedCallback(func() {
+		paused = h.progress()
+		h.env.CancelWorkflow()
+	}, 24*time.Hour+30*time.Minute)
+	p, _ := h.run(t, ota.RolloutInput{Request: req})
+	nextOpen := start.Add(24 * time.Hour)
+	var firsts []time.Time
+	for i := 0; i < 10; i++ {
+		at, ok := h.started[fmt.Sprintf("dev-late-%02d", i)]
+		if !ok {
+			t.Fatalf("dev-late-%02d never started", i)
+		}
+		if at.Before(nextOpen) || at.After(nextOpen.Add(time.Hour)) {
+			t.Errorf("dev-late-%02d started at %s, outside the window (next open %s)", i, at.UTC(), nextOpen)
+		}
+		firsts = append(firsts, at)
+	}
+	slices.SortFunc(firsts, func(a, b time.Time) int { return a.Compare(b) })
+	if span := firsts[9].Sub(firsts[0]); span < 40*time.Second {
+		t.Errorf("10 late devices started within %s; the 6/min limit allows at most 1 at once plus 5 s saved up", span)
+	}
+	for _, r := range h.requests {
+		if r.Soak != req.Upgrade.Soak {
+			t.Errorf("%s's upgrade has soak %s, want %s", r.DeviceID, r.Soak, req.Upgrade.Soak)
+		}
+	}
+	// 4 of the 14 late devices failed: 28.6%, above 25%.
+	if paused.State != ota.RolloutPaused || !strings.Contains(paused.Reason, "failure threshold reached among the late devices: 4 of 14") {
+		t.Errorf("after the late failures: %s (%q), late %+v; want paused by the failure threshold", paused.State, paused.Reason, paused.Late)
+	}
+	if p.State != ota.RolloutCanceled {
+		t.Errorf("final %s, want canceled", p.State)
+	}
 }
