@@ -388,3 +388,24 @@ func TestContinuousRolloutLimitsApplyToLateDevices(t *testing.T) {
 		t.Errorf("final %s, want canceled", p.State)
 	}
 }
+
+// TestContinuousRolloutClosedDuringWaves: closed before its waves are done, a continuous
+// rollout completes after them, without looking for late devices.
+func TestContinuousRolloutClosedDuringWaves(t *testing.T) {
+	h := newFleetHarness(t, 3)
+	h.mockFind(time.Minute)
+	req := rolloutRequest(ota.Wave{Count: 1}, ota.Wave{Percent: 100})
+	req.Continuous = true
+	var closed func() error
+	h.env.RegisterDelayedCallback(func() { closed = h.update(ota.UpdateClose, "") }, 30*time.Second)
+	p, err := h.run(t, ota.RolloutInput{Request: req})
+	if err != nil || p.State != ota.RolloutCompleted || p.Counts.Succeeded != 3 || p.Reason != "closed by operator" {
+		t.Fatalf("%s (%q), %+v, err %v; want completed after both waves", p.State, p.Reason, p.Counts, err)
+	}
+	if err := closed(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if h.dev.finds != 0 || p.Late != nil {
+		t.Errorf("%d searches for late devices, late %+v; want none", h.dev.finds, p.Late)
+	}
+}
