@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/plan"
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -124,10 +126,10 @@ func TestRolloutCloseCommand(t *testing.T) {
 	r := cli(rolloutStart("cl", append(slices.Clone(quick), "--continuous")...)...)
 	r.check(t, 0)
 	endUpgrade(t, "cl-1")
-	waitFor(t, 30*time.Second, "the rollout watching", func() bool {
+	require.Eventually(t, func() bool {
 		r := cli("rollout", "status", "cl", "--json")
 		return r.code == 0 && strings.Contains(r.stdout, `"state": "watching"`)
-	})
+	}, 30*time.Second, 100*time.Millisecond, "the rollout watching")
 	r = cli("rollout", "close", "cl", "--reason", "enough")
 	r.check(t, 0)
 	if !strings.Contains(r.stdout, "Closed rollout cl") {
@@ -139,18 +141,18 @@ func TestRolloutCloseCommand(t *testing.T) {
 		strings.Contains(r.stderr, "is completed")) {
 		t.Errorf("a second close: exit %d\n%s", r.code, r.stderr)
 	}
-	waitFor(t, 30*time.Second, "the rollout completed", func() bool {
+	require.Eventually(t, func() bool {
 		r := cli("rollout", "status", "cl", "--json")
 		return r.code == 0 && strings.Contains(r.stdout, `"state": "completed"`) && strings.Contains(r.stdout, "closed by operator: enough")
-	})
+	}, 30*time.Second, 100*time.Millisecond, "the rollout completed")
 
 	r = cli(rolloutStart("cl-static", append(slices.Clone(quick), "--approve-waves", "--waves", "1,100%")...)...)
 	r.check(t, 0)
 	t.Cleanup(func() { cli("rollout", "cancel", "cl-static", "--cancel-running") })
-	waitFor(t, 30*time.Second, "the static rollout waiting for approval", func() bool {
+	require.Eventually(t, func() bool {
 		r := cli("rollout", "status", "cl-static", "--json")
 		return r.code == 0 && strings.Contains(r.stdout, `"state": "waiting_approval"`)
-	})
+	}, 30*time.Second, 100*time.Millisecond, "the static rollout waiting for approval")
 	r = cli("rollout", "close", "cl-static")
 	r.check(t, exitFailure, "refused to close", "not continuous")
 }

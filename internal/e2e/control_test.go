@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 
@@ -221,11 +222,11 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			report(d, cmd, -2)
 			cmd = d.command()
 			report(d, cmd, 50)
-			waitFor(e.t, 10*time.Second, "progress 50 in the workflow", func() bool {
+			require.Eventually(e.t, func() bool {
 				v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
 				var st ota.UpgradeStatus
 				return err == nil && v.Get(&st) == nil && st.Progress == 50
-			})
+			}, 10*time.Second, 50*time.Millisecond, "progress 50 in the workflow")
 			if err := e.c.CancelWorkflow(e.ctx, run.GetID(), run.GetRunID()); err != nil {
 				e.t.Fatal(err)
 			}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/ota"
@@ -187,7 +188,7 @@ func TestRolloutRevertedDeviceTripsThreshold(t *testing.T) {
 	cmd := d.command()
 	d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	d.status(protocol.Status{"firmware_ver": "1.1"})
-	waitFor(t, 10*time.Second, "soak-1 soaking", func() bool { return e.progress(run).Counts.Running() == 1 })
+	require.Eventually(t, func() bool { return e.progress(run).Counts.Running() == 1 }, 10*time.Second, 50*time.Millisecond, "soak-1 soaking")
 	d.status(old) // rebooted back onto the old version, within the soak
 	p, err := e.finish(run)
 	if err == nil || p.State != ota.RolloutAborted || p.Counts.Reverted != 1 || p.Counts.Started != 1 {
@@ -241,7 +242,7 @@ func TestContinuousRollout(t *testing.T) {
 	req.Upgrade.StartTimeout = 3 * time.Second
 	req.Upgrade.MaxAttempts = 1
 	run := e.startRollout(req)
-	waitFor(t, time.Minute, "the waves done", func() bool { return e.progress(run).State == ota.RolloutWatching })
+	require.Eventually(t, func() bool { return e.progress(run).State == ota.RolloutWatching }, time.Minute, 50*time.Millisecond, "the waves done")
 	p := e.progress(run)
 	if p.Counts.Succeeded != 2 || p.Counts.TimedOut != 1 || p.LeftOut.NeverSeen != 2 {
 		t.Fatalf("after the waves: %+v, left out %+v; want 2 succeeded, %s timed out, 2 never seen", p.Counts, p.LeftOut, offline)
@@ -252,10 +253,10 @@ func TestContinuousRollout(t *testing.T) {
 	booted := time.Now()
 	late := e.lateFleet([]string{"cont-new", firstSeen}, protocol.Status{"firmware_ver": "1.0"})
 	other := e.lateFleet([]string{unfit}, protocol.Status{"firmware_ver": "2.0"})
-	waitFor(t, time.Minute, "the late devices and the one back online upgraded", func() bool {
+	require.Eventually(t, func() bool {
 		p := e.progress(run)
 		return p.Late != nil && p.Late.Succeeded == 3 && p.Counts.Incompatible == 1
-	})
+	}, time.Minute, 50*time.Millisecond, "the late devices and the one back online upgraded")
 	rec, err := e.store.LatestUpgrade(e.ctx, "cont-new")
 	if err != nil {
 		t.Fatal(err)
@@ -313,12 +314,13 @@ func continuousHistories(e *env, late, continueAfter int) ([]int64, ota.RolloutP
 	req.ContinueAfter = continueAfter
 	req.SkipPreflight = true
 	run := e.startRollout(req)
-	waitFor(e.t, time.Minute, "the rollout watching", func() bool { return e.progress(run).State == ota.RolloutWatching })
+	require.Eventually(e.t, func() bool { return e.progress(run).State == ota.RolloutWatching }, time.Minute, 50*time.Millisecond,
+		"the rollout watching")
 	e.lateDevices("hist", 1, late, protocol.Status{"firmware_ver": "1.1"})
-	waitFor(e.t, 30*time.Minute, fmt.Sprintf("%d late devices upgraded", late), func() bool {
+	require.Eventually(e.t, func() bool {
 		p := e.progress(run)
 		return p.Late != nil && p.Late.Finished() == late
-	})
+	}, 30*time.Minute, 200*time.Millisecond, fmt.Sprintf("%d late devices upgraded", late))
 	if err := e.update(run, ota.UpdateClose, "measured"); err != nil {
 		e.t.Fatal(err)
 	}
@@ -365,10 +367,11 @@ func TestContinuousRolloutHistoryStaysBounded(t *testing.T) {
 	if len(lengths) < late/continueAfter {
 		t.Errorf("%d runs for %d devices, continuing as new every %d", len(lengths), late, continueAfter)
 	}
-	// A run holds at most continueAfter starts (plus those it follows): each about a dozen
-	// events, whatever came before.
+	// A run holds at most continueAfter starts: each costs three events of its own and at
+	// worst two workflow tasks (three events each) when the worker is slow to batch them,
+	// plus the searches; whatever came before.
 	for i, n := range lengths {
-		if n > int64(continueAfter)*8+100 {
+		if n > int64(continueAfter)*12+200 {
 			t.Errorf("run %d has %d events; want a bound independent of the devices upgraded before", i+1, n)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/credential"
@@ -118,7 +119,7 @@ func (e *env) upgrade(req ota.UpgradeRequest) (ota.UpgradeStatus, error) {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -182,10 +183,10 @@ func (e *env) scriptedDevice(id string, status protocol.Status) *scripted {
 	e.t.Cleanup(func() { d.client.Disconnect(100) })
 	if status != nil {
 		d.status(status)
-		waitFor(e.t, 10*time.Second, id+"'s status in PostgreSQL", func() bool {
+		require.Eventually(e.t, func() bool {
 			dev, err := e.store.GetDevice(e.ctx, id)
 			return err == nil && len(dev.Reported) > 0
-		})
+		}, 10*time.Second, 50*time.Millisecond, id+"'s status in PostgreSQL")
 	}
 	return d
 }

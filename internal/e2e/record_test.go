@@ -258,7 +258,7 @@ func recordRollouts(t *testing.T, dir string) {
 	wait(run, "paused by the threshold", func(p ota.RolloutProgress) bool { return p.State == ota.RolloutPaused })
 	must(e.update(run, ota.UpdateResume))
 	_, err = e.finish(run)
-	t.Logf("rec-threshold: %v", err)
+	must(err)
 	e.save(dir, "rollout-threshold-paused-resumed", run.GetID())
 
 	// A wave below its success threshold aborts the rollout (issue 11: reverted devices are
