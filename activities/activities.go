@@ -32,6 +32,8 @@ type Store interface {
 	ListDevices(ctx context.Context, f ota.DeviceFilter) ([]store.Device, error)
 	CountDevices(ctx context.Context, f ota.DeviceFilter) (int, error)
 	SnapshotTargets(ctx context.Context, rollout, key string, f ota.DeviceFilter) (int, error)
+	SelectTargets(ctx context.Context, sel ota.Selector, how store.Selection) (ota.TargetSelection, error)
+	FindLate(ctx context.Context, q store.LateSearch) (ota.LateTargets, error)
 	DeleteTargetLists(ctx context.Context, keys []string) error
 	LastProgress(ctx context.Context, device string, attempt ota.AttemptKey) (store.ProgressEvent, error)
 }
@@ -48,6 +50,9 @@ type Activities struct {
 	// verify a package's signature before any command for it is sent, and whether a signature
 	// is required. Without keys, the worker leaves signatures to the devices.
 	Packages pkgsig.Policy
+	// LatePoll is how often FindLateTargets looks at the registry's changes while it
+	// waits; 0 means DefaultLatePoll.
+	LatePoll time.Duration
 }
 
 // SendCommand records the upgrade as sent and publishes its command to the device (QoS 1,

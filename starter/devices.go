@@ -54,6 +54,7 @@ func devicesCommand(e *appEnv) *cli.Command {
 				Action: e.addDeviceAction,
 			},
 			importCommand(e),
+			quarantineCommand(e),
 			{
 				Name:      "rotate-secret",
 				Usage:     "issue a new MQTT secret for a registered device (shown once)",

@@ -37,6 +37,80 @@ type fakeDevices struct {
 	progress []store.ProgressEvent
 	// cancels are the command IDs of the cancel messages published, in order.
 	cancels []string
+	// quarantined are devices in quarantine; changes the IDs of the devices changed, in
+	// order (FindLate's cursor is an index into it); taken the devices a rollout took on.
+	quarantined map[string]bool
+	changes     []string
+	taken       map[string]bool
+	leftOut     map[string]bool // found incompatible
+	// finds counts FindLate's calls.
+	finds int
+}
+
+// change registers or updates a device, as a status report or registration would.
+func (f *fakeDevices) change(d store.Device) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.devices[d.ID] = d
+	f.changes = append(f.changes, d.ID)
+}
+
+// candidate is how a selector sees device d.
+func (f *fakeDevices) candidate(d store.Device) ota.Candidate {
+	return ota.Candidate{ID: d.ID, Disabled: d.Disabled, Seen: len(d.Reported) > 0, Labels: d.Labels,
+		Reported: d.Reported, Quarantined: f.quarantined[d.ID]}
+}
+
+func (f *fakeDevices) SelectTargets(ctx context.Context, sel ota.Selector, how store.Selection) (ota.TargetSelection, error) {
+	devices, err := f.ListDevices(ctx, sel.Filter)
+	if err != nil {
+		return ota.TargetSelection{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := ota.TargetSelection{Changes: ota.ChangeCursor{XID: fmt.Sprint(len(f.changes))}}
+	if f.lists == nil {
+		f.lists = map[string]map[string]bool{}
+	}
+	f.lists[how.Key] = map[string]bool{}
+	for _, d := range devices {
+		reason := sel.Judge(f.candidate(d))
+		out.LeftOut.Add(reason)
+		if reason == "" {
+			out.Targets++
+			f.lists[how.Key][d.ID] = true
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeDevices) FindLate(_ context.Context, q store.LateSearch) (ota.LateTargets, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.finds++
+	var from int
+	fmt.Sscan(q.Cursor.XID, &from)
+	out := ota.LateTargets{}
+	i := from
+	for ; i < len(f.changes) && len(out.IDs) < q.Limit; i++ {
+		d := f.devices[f.changes[i]]
+		if !strings.HasPrefix(d.ID, q.Selector.Filter.Prefix) || f.taken[d.ID] {
+			continue
+		}
+		if f.leftOut == nil {
+			f.leftOut = map[string]bool{}
+		}
+		switch q.Selector.Judge(f.candidate(d)) {
+		case "":
+			out.IDs = append(out.IDs, d.ID)
+			delete(f.leftOut, d.ID)
+		case ota.LeftIncompatible:
+			f.leftOut[d.ID] = true
+		}
+	}
+	out.LeftOut.Incompatible = len(f.leftOut)
+	out.Cursor = ota.ChangeCursor{XID: fmt.Sprint(i)}
+	return out, nil
 }
 
 func newFakeDevices(reported protocol.Status) *fakeDevices {

@@ -38,7 +38,7 @@ var fastTiming = simulator.Timing{ReportInterval: 20 * time.Millisecond, Install
 // env is one test's system: its own database, broker, worker, bridge and devices, on the
 // shared Temporal server. Tests using it must not run in parallel: they share the task queue.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	store *store.Store
 	sys   *system.System
@@ -48,9 +48,22 @@ type env struct {
 	pkgDir string
 }
 
-func newEnv(t *testing.T, cfg system.Config) *env {
+func newEnv(t testing.TB, cfg system.Config) *env {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	return newEnvFor(t, 3*time.Minute, cfg, nil)
+}
+
+// newEnvPrepared is newEnv with the registry prepared before the system starts (devices
+// registered with labels, for example).
+func newEnvPrepared(t testing.TB, cfg system.Config, prepare func(ctx context.Context, st *store.Store) error) *env {
+	t.Helper()
+	return newEnvFor(t, 3*time.Minute, cfg, prepare)
+}
+
+// newEnvFor is newEnvPrepared for a test (or benchmark) that may take up to timeout.
+func newEnvFor(t testing.TB, timeout time.Duration, cfg system.Config, prepare func(ctx context.Context, st *store.Store) error) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	dbURL := testenv.DatabaseURL(t)
 	st, err := store.Open(ctx, dbURL)
@@ -58,6 +71,11 @@ func newEnv(t *testing.T, cfg system.Config) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
+	if prepare != nil {
+		if err := prepare(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg.Client = testenv.TemporalClient()
 	cfg.Store = st
 	cfg.MQTTAddr = "127.0.0.1:0"
@@ -116,7 +134,7 @@ func (e *env) historyLength(workflowID, runID string) int64 {
 // scripted is a device the test drives by hand: it registers with a known secret, connects
 // to the broker under its own credentials and hands every command it gets to the test.
 type scripted struct {
-	t        *testing.T
+	t        testing.TB
 	id       string
 	client   paho.Client
 	commands chan protocol.UpgradeCommand

@@ -295,6 +295,18 @@ func recordRollouts(t *testing.T, dir string) {
 	must(err)
 	e.save(dir, "rollout-threshold-paused-resumed", run.GetID())
 
+	// A wave below its success threshold aborts the rollout (issue 11: reverted devices are
+	// judged there too). Group 4's devices still on 1.0 are the three that fail to install.
+	req = e.rollout("rec-wave-threshold", "rall")
+	req.Targets = targets(4)
+	req.Waves = []ota.Wave{{Count: 1, SuccessThreshold: 100}, {Percent: 100}}
+	req.FailureAction = ota.ActionAbort
+	req.Upgrade.MaxAttempts = 1
+	run = e.startRollout(req)
+	_, err = e.finish(run)
+	t.Logf("rec-wave-threshold: %v", err)
+	e.save(dir, "rollout-wave-threshold-aborted", run.GetID())
+
 	// A Temporal cancel of the rollout workflow (Web UI, temporal workflow cancel).
 	// Upgraded devices are included again (they end skipped) so that the group has targets.
 	req = e.rollout("rec-temporal-cancel", "rall")

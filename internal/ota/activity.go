@@ -185,7 +185,8 @@ type AwaitWorkflowsInput struct {
 // Outcome is how one device upgrade execution ended: its result, or the type of its failure.
 type Outcome struct {
 	WorkflowID string `json:"workflow_id"`
-	// Result is the upgrade's final status when it completed.
+	// Result is the upgrade's final status when it completed, or when it failed with the
+	// status in its failure's details.
 	Result *UpgradeStatus `json:"result,omitempty"`
 	// Failed is set when it did not complete; ErrorType is then the application error's type,
 	// if any, Canceled tells a canceled execution, and Error says what happened.
