@@ -3,6 +3,7 @@ module github.com/otaflow/otaflow
 go 1.26.8
 
 require (
+	github.com/cenkalti/backoff/v5 v5.0.3
 	github.com/compose-spec/compose-go/v2 v2.16.2
 	github.com/eclipse/paho.mqtt.golang v1.5.1
 	github.com/hashicorp/go-version v1.9.0

@@ -98,6 +98,10 @@ func (a *Activities) outcome(ctx context.Context, e ota.Execution) ota.Outcome {
 	switch {
 	case errors.As(err, &appErr):
 		o.ErrorType = appErr.Type()
+		// A failed upgrade's details hold its final status, which tells a revert.
+		if appErr.HasDetails() && appErr.Details(&st) == nil && st.State != "" {
+			o.Result = &st
+		}
 	case errors.As(err, &canceled):
 		o.Canceled = true
 	}

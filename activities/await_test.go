@@ -31,6 +31,13 @@ func fails(workflow.Context) error {
 	return temporal.NewNonRetryableApplicationError("device timed out", ota.ErrTypeUpgradeTimedOut, nil)
 }
 
+// reverts fails as a device upgrade whose device went back to its old version does, with
+// its final status in the failure's details.
+func reverts(workflow.Context) error {
+	st := ota.UpgradeStatus{DeviceID: "d", State: ota.StateReverted}
+	return temporal.NewNonRetryableApplicationError("device reverted", ota.ErrTypeUpgradeFailed, nil, st)
+}
+
 func waits(ctx workflow.Context) error {
 	return workflow.Await(ctx, func() bool { return false })
 }
@@ -43,6 +50,7 @@ func TestAwaitWorkflows(t *testing.T) {
 	w.RegisterWorkflowWithOptions(succeeds, workflow.RegisterOptions{Name: "succeeds"})
 	w.RegisterWorkflowWithOptions(fails, workflow.RegisterOptions{Name: "fails"})
 	w.RegisterWorkflowWithOptions(waits, workflow.RegisterOptions{Name: "waits"})
+	w.RegisterWorkflowWithOptions(reverts, workflow.RegisterOptions{Name: "reverts"})
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -72,6 +80,9 @@ func TestAwaitWorkflows(t *testing.T) {
 			{Result: &ota.UpgradeStatus{State: ota.StateSucceeded}},
 		}},
 		{"canceled", []string{"waits"}, 0, []ota.Outcome{{Failed: true, Canceled: true}}},
+		{"failed with its status", []string{"reverts"}, -1, []ota.Outcome{
+			{Failed: true, ErrorType: ota.ErrTypeUpgradeFailed, Result: &ota.UpgradeStatus{State: ota.StateReverted}},
+		}},
 		{"unknown execution", []string{""}, -1, []ota.Outcome{{Failed: true}}},
 	}
 	for _, tt := range tests {

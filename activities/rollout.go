@@ -2,15 +2,10 @@ package activities
 
 import (
 	"context"
-	"crypto/md5"
-	"encoding/hex"
-	"errors"
-	"fmt"
-	"io"
-	"net/http"
 	"time"
 
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/store"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 )
@@ -45,57 +40,64 @@ func (a *Activities) ResolveTargets(ctx context.Context, f ota.DeviceFilter) ([]
 	return ids, nil
 }
 
-// CheckPackage downloads a package once, streaming, and checks its md5 and size. A package
-// that does not match, or a URL that answers 4xx, is a permanent failure; network errors and
-// 5xx are retried.
-func (a *Activities) CheckPackage(ctx context.Context, p ota.PackageCheck) error {
-	client := a.HTTPClient
-	if client == nil {
-		client = http.DefaultClient
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL, nil)
-	if err != nil {
-		return temporal.NewNonRetryableApplicationError("bad package URL: "+err.Error(), ota.ErrTypePackageMismatch, err)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("fetch package %s: %w", p.URL, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
-		return temporal.NewNonRetryableApplicationError(fmt.Sprintf("package %s: HTTP %s", p.URL, resp.Status), ota.ErrTypePackageMismatch, nil)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("fetch package %s: HTTP %s", p.URL, resp.Status)
-	}
-	h := md5.New()
-	n, err := io.Copy(h, &heartbeatReader{ctx: ctx, r: resp.Body})
-	if err != nil {
-		return fmt.Errorf("read package %s: %w", p.URL, err)
-	}
-	got := hex.EncodeToString(h.Sum(nil))
-	if n != p.Size || got != p.MD5 {
-		return temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("package %s is %d bytes with md5 %s, but the rollout says %d bytes with md5 %s", p.URL, n, got, p.Size, p.MD5),
-			ota.ErrTypePackageMismatch, errors.New("package mismatch"))
-	}
-	return nil
+// SelectTargets fixes a rollout's targets at pre-flight: it judges every device the
+// selector's filter matches (disabled, never seen, up to date, incompatible, quarantined or a
+// target), stores the targets as the list in.Key, which the rollout then reads page by page,
+// and returns the counts. Retried, it selects again and replaces the list. It heartbeats
+// every page, so that a lost worker is noticed however large the fleet.
+func (a *Activities) SelectTargets(ctx context.Context, in ota.SelectTargetsInput) (ota.TargetSelection, error) {
+	return a.Store.SelectTargets(ctx, in.Selector, store.Selection{Rollout: in.Rollout, Key: in.Key, KeepLeftOut: in.KeepLeftOut,
+		Page: func(judged int) {
+			if activity.IsActivity(ctx) {
+				activity.RecordHeartbeat(ctx, judged)
+			}
+		}})
 }
 
-// heartbeatReader heartbeats the running activity as a download goes on.
-type heartbeatReader struct {
-	ctx  context.Context
-	r    io.Reader
-	n    int64
-	last time.Time
-}
+// DefaultLatePoll is how often FindLateTargets looks for changes while it waits.
+const DefaultLatePoll = 2 * time.Second
 
-func (h *heartbeatReader) Read(p []byte) (int, error) {
-	n, err := h.r.Read(p)
-	h.n += int64(n)
-	if now := time.Now(); activity.IsActivity(h.ctx) && now.Sub(h.last) > 5*time.Second {
-		h.last = now
-		activity.RecordHeartbeat(h.ctx, h.n)
+// lateScanLimit bounds the devices one look of FindLateTargets judges: a fleet whose devices
+// all changed at once is judged in steps, each in a short transaction.
+const lateScanLimit = 20 * 1000
+
+// FindLateTargets waits for devices that came to be targets of a continuous rollout after its
+// pre-flight (registered, seen again, changed) and returns them, up to in.Limit, with where
+// to look next and how many devices the rollout leaves out now. It looks every LatePoll,
+// heartbeating, and returns without targets after in.MaxWait, so that the rollout records
+// its progress. A retry starts from in.Cursor again: judging a device twice changes nothing.
+func (a *Activities) FindLateTargets(ctx context.Context, in ota.FindLateInput) (ota.LateTargets, error) {
+	poll := a.LatePoll
+	if poll <= 0 {
+		poll = DefaultLatePoll
 	}
-	return n, err
+	q := store.LateSearch{Rollout: in.Rollout, Since: in.Since, LeftOutKey: in.LeftOutKey, Selector: in.Selector,
+		Cursor: in.Cursor, Limit: max(in.Limit, 1), ScanLimit: lateScanLimit}
+	deadline := time.Now().Add(in.MaxWait)
+	for {
+		found, err := a.Store.FindLate(ctx, q)
+		if err != nil {
+			return ota.LateTargets{}, err
+		}
+		q.Cursor = found.Cursor
+		if len(found.IDs) > 0 || !time.Now().Before(deadline) {
+			return found, nil
+		}
+		if activity.IsActivity(ctx) {
+			activity.RecordHeartbeat(ctx, found.Cursor)
+		}
+		if found.Cursor.ID != "" {
+			continue // stopped at the scan limit, with more changes to judge
+		}
+		t := time.NewTimer(min(poll, time.Until(deadline)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			// The rollout stopped waiting (closed, canceled, paused to continue as new) or the
+			// worker stops: expected, so not logged as an error.
+			return ota.LateTargets{}, temporal.NewApplicationErrorWithOptions("the search for late devices stopped: "+ctx.Err().Error(),
+				"SearchStopped", temporal.ApplicationErrorOptions{Category: temporal.ApplicationErrorCategoryBenign, Cause: ctx.Err()})
+		case <-t.C:
+		}
+	}
 }

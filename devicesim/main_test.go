@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"github.com/urfave/cli/v2"
 
 	"github.com/otaflow/otaflow/internal/broker"
@@ -193,17 +195,20 @@ func TestRun(t *testing.T) {
 			}
 			done <- err
 		}()
-		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(stdout.String(), "devicesim: devices=2 connected=2 ") {
+		ended := false
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
 			select {
 			case err := <-done:
-				t.Fatalf("simulator ended early: %v; output %q", err, stdout.String())
+				ended = true
+				t.Errorf("simulator ended early: %v; output %q", err, stdout.String())
+				return
 			default:
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("devices did not connect; output %q", stdout.String())
-			}
-			time.Sleep(10 * time.Millisecond)
+			out := stdout.String()
+			assert.Contains(c, out, "devicesim: devices=2 connected=2 ", "output so far")
+		}, 30*time.Second, 10*time.Millisecond, "the devices to connect")
+		if ended {
+			t.FailNow()
 		}
 		cancel() // Ctrl-C
 		select {

@@ -412,11 +412,11 @@ func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histo
 	var h histories
 	var sum int64
 	for i := 0; i < len(ids) && h.n < n; i += max(1, len(ids)/n) {
-		d, err := s.Client.DescribeWorkflowExecution(ctx, ota.DeviceWorkflowID(ids[i]), "")
+		d, err := s.Client.DescribeWorkflow(ctx, ota.DeviceWorkflowID(ids[i]), "")
 		if err != nil {
 			return h, err
 		}
-		l := d.GetWorkflowExecutionInfo().GetHistoryLength()
+		l := int64(d.HistoryLength)
 		sum += l
 		h.max = max(h.max, l)
 		h.n++

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/sdk/client"
 )
@@ -18,8 +18,9 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 	name := "demo-" + time.Now().UTC().Format("20060102-150405")
 	req := ota.RolloutRequest{
 		Name: name,
-		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.1",
-			URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size},
+		Upgrade: ota.UpgradeRequest{Type: s.Signed.Type, Version: s.Signed.Version,
+			URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
+			SHA256: s.Signed.SHA256, Sig: s.Signed.Sig, KeyID: s.Signed.KeyID},
 		Targets:         ota.Targets{Prefix: "sim-"},
 		Waves:           []ota.Wave{{Percent: 10}, {Percent: 50, Bake: 3 * time.Second}, {Percent: 100}},
 		MaxInFlight:     20,
@@ -30,7 +31,7 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.say("\nStarted rollout %s: firmware 1.1 to %d simulated devices in waves of 10%%, 50%%, 100%%.", name, s.cfg.Devices)
+	s.say("\nStarted rollout %s: firmware 1.1, signed by %s, to %d simulated devices in waves of 10%%, 50%%, 100%%.", name, s.Signed.KeyID, s.cfg.Devices)
 	s.say("  Watch it in the Web UI: %s/namespaces/default/workflows/%s", s.UIURL, run.GetID())
 	p, err := s.watchRollout(ctx, run)
 	if err != nil {
@@ -97,23 +98,10 @@ func progressLine(p ota.RolloutProgress) string {
 	return line
 }
 
-// redactURL hides the password of a URL, for printing; hidden tells whether there was one
-// (or the URL could not be parsed).
-func redactURL(raw string) (shown string, hidden bool) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)", true
-	}
-	if _, ok := u.User.Password(); !ok {
-		return raw, false
-	}
-	return u.Redacted(), true
-}
-
 // printNext prints the starter commands to try against this stack.
 func (s *Stack) printNext() {
 	env := fmt.Sprintf("export TEMPORAL_ADDRESS=%s DATABASE_URL='%s'", s.temporal.Address(), s.DatabaseURL)
-	if shown, hidden := redactURL(s.DatabaseURL); hidden {
+	if shown := credential.RedactURL(s.DatabaseURL); shown != s.DatabaseURL {
 		// A DATABASE_URL of the caller's, with a password that is not printed: it is set already.
 		env = fmt.Sprintf("export TEMPORAL_ADDRESS=%s   # and your DATABASE_URL (%s)", s.temporal.Address(), shown)
 	}
@@ -123,7 +111,7 @@ func (s *Stack) printNext() {
 	s.say("  go run ./starter status --device sim-00001")
 	s.say("  go run ./starter rollout list")
 	s.say("  go run ./starter package inspect --url %s", s.Package.URL)
-	s.say("  go run ./starter upgrade --device sim-00002 --type app --version 3.3 --url %s --md5 %s --size %d --wait",
-		s.Package.URL, s.Package.MD5, s.Package.Size)
+	s.say("  go run ./starter upgrade --device sim-00002 --url %s --sidecar %s --trusted-keys %s --soak 30s --wait",
+		s.Package.URL, s.AppSidecar, s.Publisher.trustedDir)
 	s.say("Web UI: %s (filter with OtaState, OtaDevice, OtaRollout, OtaTargetVersion)", s.UIURL)
 }

@@ -8,6 +8,9 @@
 // DATABASE_URL is set), an embedded MQTT broker with device authentication and the per-device
 // access rule, a file server with a demo package, the worker, the bridge and a simulated
 // fleet; then it rolls the demo package out across the fleet in waves and prints the progress.
+// The demo package is signed (PROTOCOL.md 1.1) with a key devstack makes in the data
+// directory (publisher/devstack-demo.key); the worker and the simulated devices trust its
+// public key (trusted-keys/), and verify the signature before anything is installed.
 // It runs until Ctrl-C, which stops everything cleanly. A second start reuses the data
 // directory: earlier runs stay visible.
 //
@@ -22,10 +25,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/urfave/cli/v2"
+
+	"github.com/otaflow/otaflow/internal/pkgsig"
 )
 
 func main() {
@@ -70,12 +77,19 @@ func newApp() *cli.App {
 	return &cli.App{
 		Name:  "devstack",
 		Usage: "run OTAflow locally with simulated devices and show a staged rollout",
-		Flags: append(stackFlags(50), &cli.BoolFlag{Name: "no-demo", Usage: "start everything but run no demo rollout"}),
+		Flags: append(stackFlags(50),
+			&cli.BoolFlag{Name: "no-demo", Usage: "start everything but run no demo rollout"},
+			&cli.StringFlag{Name: "trusted-keys", EnvVars: []string{pkgsig.EnvTrustedKeys},
+				Usage: "`DIR` of more <key_id>.pub public keys for the worker and the simulated devices to trust, beside the demo key"},
+			&cli.BoolFlag{Name: "require-signatures", EnvVars: []string{pkgsig.EnvRequireSignatures},
+				Usage: "the worker refuses unsigned packages"},
+		),
 		Action: func(cCtx *cli.Context) error {
 			cfg, err := configFrom(cCtx)
 			if err != nil {
 				return err
 			}
+			cfg.TrustedKeys, cfg.RequireSignatures = cCtx.String("trusted-keys"), cCtx.Bool("require-signatures")
 			return runDemo(cCtx.Context, cfg, !cCtx.Bool("no-demo"))
 		},
 		Commands: []*cli.Command{benchCommand()},
@@ -96,9 +110,10 @@ func runDemo(ctx context.Context, cfg Config, demo bool) error {
 	s.say("\nOTAflow is up in %s:", time.Since(start).Round(100*time.Millisecond))
 	s.say("  Temporal        %s (Web UI %s)", s.temporal.Address(), s.UIURL)
 	s.say("  MQTT broker     %s (devices authenticate with their own secrets)", s.MQTTURL)
-	shownDB, _ := redactURL(s.DatabaseURL)
-	s.say("  PostgreSQL      %s", shownDB)
+	s.say("  PostgreSQL      %s", credential.RedactURL(s.DatabaseURL))
 	s.say("  Demo package    %s (md5 %s, %d bytes)", s.Package.URL, s.Package.MD5, s.Package.Size)
+	s.say("                  signed by %s (%s); sidecar %s", demoKeyID, s.Publisher.keyFile, s.Sidecar)
+	s.say("  Trusted keys    %s (the worker's and the simulated devices')", strings.Join(s.Publisher.trusted.IDs(), ", "))
 	if demo && cfg.Devices > 0 {
 		if err := s.demoRollout(ctx); err != nil {
 			return err

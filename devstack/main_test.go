@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -39,9 +41,17 @@ func TestStackRunsDemoRollout(t *testing.T) {
 		s.Close()
 		t.Fatal(err)
 	}
+	firstSig := s.Signed.Sig
 	s.Close()
-	if !strings.Contains(out.String(), "completed: 3 succeeded") {
+	if !strings.Contains(out.String(), "completed: 3 succeeded") || !strings.Contains(out.String(), "firmware 1.1, signed by devstack-demo") {
 		t.Fatalf("demo output:\n%s", out.String())
+	}
+	// The private key stays with the publisher, mode 0600; the trusted keys are public keys.
+	if fi, err := os.Stat(filepath.Join(cfg.DataDir, "publisher", "devstack-demo.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the demo's private key: %v, %v; want mode 0600", fi, err)
+	}
+	if trusted, err := os.ReadDir(filepath.Join(cfg.DataDir, "trusted-keys")); err != nil || len(trusted) != 1 || trusted[0].Name() != "devstack-demo.pub" {
+		t.Errorf("trusted keys directory holds %v (%v), want devstack-demo.pub alone", trusted, err)
 	}
 	name := strings.Fields(out.String()[strings.Index(out.String(), "Started rollout ")+len("Started rollout "):])[0]
 	name = strings.TrimSuffix(name, ":")
@@ -52,11 +62,14 @@ func TestStackRunsDemoRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	d, err := s.Client.DescribeWorkflowExecution(ctx, ota.RolloutWorkflowID(name), "")
+	if s.Signed.Sig != firstSig {
+		t.Errorf("the second start signed the demo package with another key")
+	}
+	d, err := s.Client.DescribeWorkflow(ctx, ota.RolloutWorkflowID(name), "")
 	if err != nil {
 		t.Fatalf("the first run's rollout %s is gone after a restart: %v", name, err)
 	}
-	if st := d.GetWorkflowExecutionInfo().GetStatus().String(); st != "Completed" {
+	if st := d.Status.String(); st != "Completed" {
 		t.Errorf("rollout %s is %s after the restart", name, st)
 	}
 }

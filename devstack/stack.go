@@ -15,6 +15,7 @@ import (
 	"go.temporal.io/sdk/log"
 
 	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -41,6 +42,11 @@ type Config struct {
 	SimTiming simulator.Timing
 	// External runs no worker nor bridge in this process (the benchmark runs them apart).
 	External bool
+	// TrustedKeys is a directory of more public keys for the worker and the simulated devices
+	// to trust, beside devstack's demo key; RequireSignatures makes the worker refuse unsigned
+	// packages.
+	TrustedKeys       string
+	RequireSignatures bool
 }
 
 // Stack is the running local system: the servers and the system around them.
@@ -54,7 +60,12 @@ type Stack struct {
 	*system.System
 	UIURL       string
 	DatabaseURL string
-	closers     []func()
+	// Publisher signs the demo package; Signed is its signature as firmware 1.1 and Sidecar
+	// the file that holds it, next to the package; AppSigned and AppSidecar as app 3.3.
+	Publisher           *publisher
+	Signed, AppSigned   pkgsig.Sidecar
+	Sidecar, AppSidecar string
+	closers             []func()
 }
 
 func (s *Stack) say(format string, args ...any) { fmt.Fprintf(s.cfg.Out, format+"\n", args...) }
@@ -90,6 +101,12 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, fmt.Errorf("the %s cannot listen: %w (choose another port with %s)", p.what, err, p.flag)
 		}
 	}
+
+	// The demo package's publisher, and the keys the worker and the simulated devices trust.
+	if s.Publisher, err = loadPublisher(cfg.DataDir, cfg.TrustedKeys); err != nil {
+		return nil, err
+	}
+	packages := pkgsig.Policy{Keys: s.Publisher.trusted, RequireSignature: cfg.RequireSignatures}
 
 	cli, err := localstack.EnsureTemporalCLI(ctx, func(format string, args ...any) { s.say(format, args...) })
 	if err != nil {
@@ -143,12 +160,24 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		SimStateDir: filepath.Join(cfg.DataDir, "devicesim"),
 		BrokerStore: filepath.Join(cfg.DataDir, "broker-sessions.db"),
 		NoWorker:    cfg.External, NoBridge: cfg.External,
+		WorkerPolicy: packages, DevicePolicy: pkgsig.Policy{Keys: packages.Keys},
 		Logger: s.log,
 	})
 	if err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.System.Close)
+	// The demo package, signed as firmware 1.1 for the demo rollout, and as app 3.3 for the
+	// upgrade printNext suggests.
+	for _, sig := range []struct {
+		typ, version string
+		sc           *pkgsig.Sidecar
+		path         *string
+	}{{"firmware", "1.1", &s.Signed, &s.Sidecar}, {"app", "3.3", &s.AppSigned, &s.AppSidecar}} {
+		if *sig.sc, *sig.path, err = s.Publisher.sign(s.Package, filepath.Join(cfg.DataDir, "packages"), sig.typ, sig.version); err != nil {
+			return nil, fmt.Errorf("sign the demo package: %w", err)
+		}
+	}
 	if cfg.Devices > 0 && !cfg.External {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/credential"
@@ -65,28 +67,26 @@ func reportUntilRecorded(t *testing.T, ctx context.Context, st *store.Store, bro
 		t.Fatalf("connect device: %v", tok.Error())
 	}
 	defer dc.Disconnect(50)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		tok := dc.Publish(protocol.StatusTopic(device), 1, false, `{"firmware_ver":"`+version+`"}`)
-		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish: %v", tok.Error())
-		}
-		d, err := st.GetDevice(ctx, device)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d.Reported["firmware_ver"] == version {
-			return
-		}
+	stopped := false
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		select {
 		case err := <-done:
-			t.Fatalf("mqttbridge stopped: %v", err)
+			stopped = true
+			t.Errorf("mqttbridge stopped: %v", err)
+			return
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("status not recorded within 30 s")
+		tok := dc.Publish(protocol.StatusTopic(device), 1, false, `{"firmware_ver":"`+version+`"}`)
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			c.Errorf("publish: %v", tok.Error())
+			return
 		}
-		time.Sleep(50 * time.Millisecond)
+		d, err := st.GetDevice(ctx, device)
+		require.NoError(c, err)
+		assert.Equal(c, version, d.Reported["firmware_ver"], "recorded firmware_ver")
+	}, 30*time.Second, 50*time.Millisecond, "the status recorded")
+	if stopped {
+		t.FailNow()
 	}
 }
 

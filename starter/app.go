@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -152,6 +153,9 @@ func requireFlags(names ...string) cli.BeforeFunc {
 		}
 		var missing []string
 		for _, n := range names {
+			if cCtx.IsSet(flagSidecar) && slices.Contains(sidecarFields, n) {
+				continue // the sidecar gives it
+			}
 			if !cCtx.IsSet(n) {
 				missing = append(missing, "--"+n)
 			}

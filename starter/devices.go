@@ -16,6 +16,7 @@ import (
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 )
 
@@ -54,6 +55,7 @@ func devicesCommand(e *appEnv) *cli.Command {
 				Action: e.addDeviceAction,
 			},
 			importCommand(e),
+			quarantineCommand(e),
 			{
 				Name:      "rotate-secret",
 				Usage:     "issue a new MQTT secret for a registered device (shown once)",
@@ -205,28 +207,17 @@ const (
 func checkKeyValue(what, k, v string) error {
 	switch {
 	case k == "" || len(k) > maxLabelKeyLen || strings.Contains(k, "="):
-		return fmt.Errorf("%s %q: the key must be 1 to %d characters, without =", what, truncate(k+"="+v, 80), maxLabelKeyLen)
+		return fmt.Errorf("%s %q: the key must be 1 to %d characters, without =", what, protocol.Truncate(k+"="+v, 80), maxLabelKeyLen)
 	case k != strings.TrimSpace(k):
-		return fmt.Errorf("%s %q: the key must not start or end with a space", what, truncate(k, 80))
+		return fmt.Errorf("%s %q: the key must not start or end with a space", what, protocol.Truncate(k, 80))
 	case len(v) > maxLabelValueLen:
-		return fmt.Errorf("%s %q: the value is longer than %d bytes", what, truncate(k, 80), maxLabelValueLen)
+		return fmt.Errorf("%s %q: the value is longer than %d bytes", what, protocol.Truncate(k, 80), maxLabelValueLen)
 	case !utf8.ValidString(k) || !utf8.ValidString(v):
-		return fmt.Errorf("%s %q: not valid UTF-8", what, truncate(k+"="+v, 80))
+		return fmt.Errorf("%s %q: not valid UTF-8", what, protocol.Truncate(k+"="+v, 80))
 	case strings.IndexFunc(k+v, unicode.IsControl) >= 0:
-		return fmt.Errorf("%s %q: control characters are not allowed", what, truncate(k+"="+v, 80))
+		return fmt.Errorf("%s %q: control characters are not allowed", what, protocol.Truncate(k+"="+v, 80))
 	}
 	return nil
-}
-
-// truncate shortens s to at most n bytes (not splitting a character) for a message.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "..."
 }
 
 // secretReport is the JSON output of `devices add` and `devices rotate-secret`.

@@ -522,9 +522,9 @@ func (p *importParser) parseHeader(n int, text string) bool {
 			p.fail(n, "the header names the column %s twice", importDeviceColumn)
 		case !isLabel:
 			p.fail(n, "the header: column %d %q is neither %s nor %sKEY (the first line names the columns)",
-				i+1, truncate(f, 80), importDeviceColumn, importLabelPrefix)
+				i+1, protocol.Truncate(f, 80), importDeviceColumn, importLabelPrefix)
 		case keys[key]:
-			p.fail(n, "the header names the column %s twice", truncate(f, 80))
+			p.fail(n, "the header names the column %s twice", protocol.Truncate(f, 80))
 		default:
 			if err := checkKeyValue("label", key, ""); err != nil {
 				p.fail(n, "the header: column %d: %v", i+1, err)
@@ -650,10 +650,10 @@ func decodeLabels(raw json.RawMessage) (map[string]string, error) {
 		t, err = dec.Token()
 		v, isString := t.(string)
 		if err != nil || !isString {
-			return nil, fmt.Errorf("label %q: the value must be a string", truncate(k, 80))
+			return nil, fmt.Errorf("label %q: the value must be a string", protocol.Truncate(k, 80))
 		}
 		if _, dup := labels[k]; dup {
-			return nil, fmt.Errorf("label %q given twice", truncate(k, 80))
+			return nil, fmt.Errorf("label %q given twice", protocol.Truncate(k, 80))
 		}
 		labels[k] = v
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 
@@ -56,10 +57,10 @@ func TestDisableConnectedDeviceMidUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, dev+" downloading", func() bool {
+	require.Eventually(t, func() bool {
 		u, err := st.LatestUpgrade(ctx, dev)
 		return err == nil && u.State == ota.StateDownloading
-	})
+	}, 30*time.Second, 20*time.Millisecond, dev+" downloading")
 	if d, _ := sys.Fleet.Device(dev); !d.Connected || d.Working == "" {
 		t.Fatalf("%s is %+v, want connected and working on the command", dev, d)
 	}
@@ -97,14 +98,14 @@ func TestDisableConnectedDeviceMidUpgrade(t *testing.T) {
 	}
 
 	// The broker closed its connection, and refuses it while it tries to come back.
-	waitFor(t, 10*time.Second, dev+" disconnected", func() bool {
+	require.Eventually(t, func() bool {
 		d, _ := sys.Fleet.Device(dev)
 		return !d.Connected
-	})
-	waitFor(t, 10*time.Second, "a reconnection refused", func() bool {
+	}, 10*time.Second, 20*time.Millisecond, dev+" disconnected")
+	require.Eventually(t, func() bool {
 		return strings.Contains(logs.String(), `msg="connection refused" component=broker client=dis-00001 username=dis-00001`) &&
 			strings.Contains(logs.String(), `reason="device disabled"`)
-	})
+	}, 10*time.Second, 20*time.Millisecond, "a reconnection refused")
 	if d, _ := sys.Fleet.Device(dev); d.Connected {
 		t.Error("the disabled device is connected again")
 	}
@@ -115,8 +116,8 @@ func TestDisableConnectedDeviceMidUpgrade(t *testing.T) {
 	// Enabled, it connects again by itself.
 	r = runCLI(t, ctx, servers(dbURL, "devices", "enable", "--device", dev)...)
 	r.check(t, 0)
-	waitFor(t, 20*time.Second, dev+" connected again", func() bool {
+	require.Eventually(t, func() bool {
 		d, _ := sys.Fleet.Device(dev)
 		return d.Connected
-	})
+	}, 20*time.Second, 20*time.Millisecond, dev+" connected again")
 }

@@ -138,3 +138,73 @@ func FuzzRolloutFlags(f *testing.F) {
 		}
 	})
 }
+
+// trustFlagsFuzzed are the package integrity, compatibility and soak flags that
+// FuzzPackageTrustFlags sets, in the order of its arguments, with the words an error about
+// each may name it by.
+var trustFlagsFuzzed = []struct {
+	name  string
+	words []string
+}{
+	{flagSHA256, []string{"sha256"}},
+	{flagSig, []string{"sig"}},
+	{flagKeyID, []string{"key-id", "key_id"}},
+	{flagCompatibleLabel, []string{"compatible-label", "compatible label"}},
+	{flagCompatibleVersions, []string{"compatible-versions", "compatible versions"}},
+	{flagSoak, []string{"soak"}},
+}
+
+// FuzzPackageTrustFlags feeds the integrity (sha256, signature, key ID), compatibility and soak
+// flags through the flag parsing that `upgrade` and the rollout commands share, as
+// FuzzRolloutFlags does: what is accepted validates and reaches the workflow unchanged, and
+// its compatibility can be applied to a device; what is refused is a usage error naming a
+// flag given.
+func FuzzPackageTrustFlags(f *testing.F) {
+	f.Add(strings.Repeat("ab", 32), strings.Repeat("A", 86)+"==", "release-1", "model=pump-v2", ">=1.0,<2.0", "1h")
+	f.Add(strings.Repeat("AB", 32), "not base64", "bad/id", "model", ">=1.0,<<2.0", "-1m")
+	f.Add("", "", "", "=x", "~> 1.2", "0s")
+	f.Add("", "", "", "a=b=c", "!=1.0", "1e9h")
+	f.Fuzz(func(t *testing.T, sha256, sig, keyID, label, versions, soak string) {
+		args := []string{"--name", "r", "--prefix", "p-", "--type", "firmware", "--version", "1.1",
+			"--url", "https://files.example.com/fw.bin", "--md5", "9e107d9d372bb6826bd81d3542a419d6", "--size", "1024"}
+		var given []int
+		for i, v := range []string{sha256, sig, keyID, label, versions, soak} {
+			if v != "" {
+				given = append(given, i)
+				args = append(args, "--"+trustFlagsFuzzed[i].name+"="+v)
+			}
+		}
+		spec, err := runRolloutFlags(args)
+		if err != nil {
+			var ec cli.ExitCoder
+			if !errors.As(err, &ec) || ec.ExitCode() != exitUsage {
+				t.Fatalf("flags %q: %v is not a usage error", args, err)
+			}
+			msg := strings.ToLower(err.Error())
+			for _, i := range given {
+				for _, w := range trustFlagsFuzzed[i].words {
+					if strings.Contains(msg, w) {
+						return
+					}
+				}
+			}
+			t.Fatalf("flags %q: the error names none of the flags given: %v", args, err)
+		}
+		req := spec.req.WithDefaults()
+		if err := req.Validate(); err != nil {
+			t.Fatalf("flags %q: accepted a request that does not validate: %v", args, err)
+		}
+		if c := req.Upgrade.Compat; c != nil {
+			c.Fits(map[string]string{"model": "pump-v2"}, "1.5") // must not panic
+		}
+		dc := converter.GetDefaultDataConverter()
+		p, err := dc.ToPayload(req)
+		if err != nil {
+			t.Fatalf("flags %q: the accepted request cannot be sent to the workflow: %v", args, err)
+		}
+		var got ota.RolloutRequest
+		if err := dc.FromPayload(p, &got); err != nil || !reflect.DeepEqual(got, req) {
+			t.Fatalf("flags %q: the workflow reads %+v (%v), not %+v", args, got, err, req)
+		}
+	})
+}

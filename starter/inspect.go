@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 )
 
@@ -128,7 +129,7 @@ func inspectPackage(ctx context.Context, src source) (packageInfo, error) {
 	var r io.ReadCloser
 	var name string
 	if src.url != "" {
-		name = redactURL(src.url)
+		name = credential.RedactURL(src.url)
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.url, nil)
 		if err != nil {
 			return packageInfo{}, fmt.Errorf("request %s: %w", name, err)
@@ -172,15 +173,6 @@ func inspectPackage(ctx context.Context, src source) (packageInfo, error) {
 		return packageInfo{}, fmt.Errorf("%s is empty: a package must have at least one byte", name)
 	}
 	return packageInfo{URL: src.url, Path: src.path, MD5: d.MD5, SHA256: d.SHA256, Size: d.Size}, nil
-}
-
-// redactURL hides a password in a URL, for messages.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return raw
-	}
-	return u.Redacted()
 }
 
 // shellQuote quotes s for a POSIX shell when it holds anything but safe characters.

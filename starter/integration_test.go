@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/ota"
@@ -64,16 +67,31 @@ func servers(dbURL string, args ...string) []string {
 type recorder struct {
 	mu       sync.Mutex
 	commands map[string][]protocol.UpgradeCommand // by device
+	cancels  map[string][]string                  // the command IDs of cancel messages, by device
 }
 
-// Publish records an upgrade command published to a device's command topic.
+// Publish records an upgrade command published to a device's command topic, or a cancel
+// message published to its cancel topic.
 func (r *recorder) Publish(_ context.Context, topic string, payload []byte) error {
 	dev, kind, err := protocol.ParseTopic(topic)
 	if err != nil {
 		return err
 	}
+	if kind == protocol.KindCancel {
+		c, err := protocol.ParseCancel(payload)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.cancels == nil {
+			r.cancels = map[string][]string{}
+		}
+		r.cancels[dev] = append(r.cancels[dev], c.ID)
+		return nil
+	}
 	if kind != protocol.KindCommand {
-		return fmt.Errorf("the worker published to %s, not a command topic", topic)
+		return fmt.Errorf("the worker published to %s, not a command or cancel topic", topic)
 	}
 	cmd, err := protocol.ParseCommand(payload)
 	if err != nil {
@@ -144,11 +162,11 @@ func endUpgrade(t *testing.T, dev string) {
 func (f *fixture) command(t *testing.T, dev string, n int) protocol.UpgradeCommand {
 	t.Helper()
 	var cmd protocol.UpgradeCommand
-	waitFor(t, 20*time.Second, fmt.Sprintf("command %d to %s", n, dev), func() bool {
+	require.Eventually(t, func() bool {
 		var ok bool
 		cmd, ok = f.pub.nth(dev, n)
 		return ok
-	})
+	}, 20*time.Second, 20*time.Millisecond, fmt.Sprintf("command %d to %s", n, dev))
 	return cmd
 }
 
@@ -187,8 +205,10 @@ func startCLI(ctx context.Context, args ...string) *running {
 // waitOutput waits until the command's stdout holds want.
 func (r *running) waitOutput(t *testing.T, want string) {
 	t.Helper()
-	waitFor(t, 20*time.Second, fmt.Sprintf("output %q (got:\n%s\nstderr:\n%s)", want, r.out.String(), r.errOut.String()),
-		func() bool { return strings.Contains(r.out.String(), want) })
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		out := r.out.String()
+		assert.True(c, strings.Contains(out, want), "stdout so far:\n%s\nstderr:\n%s", out, r.errOut.String())
+	}, 20*time.Second, 20*time.Millisecond, "output %q", want)
 }
 
 // wait waits for the command to end and returns its result.
@@ -533,7 +553,7 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 	if runID == nil || !strings.Contains(r.stdout, link) {
 		t.Fatalf("upgrade printed no run ID or Web UI link %s:\n%s", link, r.stdout)
 	}
-	f.command(t, dev, 1)
+	first := f.command(t, dev, 1)
 
 	// A second upgrade of the same device is refused, naming the running one.
 	r = cli(append(upgrade, "--version", "9.2")...)
@@ -561,6 +581,13 @@ func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {
 	rec, err := f.store.LatestUpgrade(ctx, dev)
 	if err != nil || rec.State != ota.StateCanceled || rec.FinishedAt == nil {
 		t.Errorf("recorded upgrade = %+v (%v), want canceled and finished", rec, err)
+	}
+	// The device was told to stop the command it had (PROTOCOL.md 1.1's cancel message).
+	f.pub.mu.Lock()
+	cancels := slices.Clone(f.pub.cancels[dev])
+	f.pub.mu.Unlock()
+	if !slices.Equal(cancels, []string{first.ID}) {
+		t.Errorf("cancel messages for %v, want one for the command %s", cancels, first.ID)
 	}
 
 	cli("cancel", "--device", dev).check(t, exitFailure, "has no upgrade running")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/temporal"
 
@@ -59,15 +60,15 @@ func TestRolloutWatchRidesOutTemporalOutages(t *testing.T) {
 	go func() {
 		watched <- run(ctx, append([]string{"starter"}, append(servers, "rollout", "status", "outage", "--watch")...), &out, &errOut)
 	}()
-	waitFor(t, time.Minute, "the watch to show the rollout waiting for approval",
-		func() bool { return strings.Contains(out.String(), string(ota.RolloutWaitingApproval)) })
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), string(ota.RolloutWaitingApproval)) },
+		time.Minute, 20*time.Millisecond, "the watch to show the rollout waiting for approval")
 
 	for outage := 1; outage <= 2; outage++ {
 		if err := tp.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, time.Minute, fmt.Sprintf("the watch to notice outage %d", outage),
-			func() bool { return strings.Count(errOut.String(), outageNotice) == outage })
+		require.Eventually(t, func() bool { return strings.Count(errOut.String(), outageNotice) == outage },
+			time.Minute, 20*time.Millisecond, fmt.Sprintf("the watch to notice outage %d", outage))
 		select {
 		case code := <-watched:
 			t.Fatalf("the watch ended (code %d) during outage %d:\n%s\n%s", code, outage, out.String(), errOut.String())
@@ -76,14 +77,14 @@ func TestRolloutWatchRidesOutTemporalOutages(t *testing.T) {
 		if tp, err = localstack.StartTemporal(ctx, tOpts); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, time.Minute, fmt.Sprintf("the watch to see Temporal back after outage %d", outage),
-			func() bool { return strings.Count(errOut.String(), "Temporal answers again") == outage })
+		require.Eventually(t, func() bool { return strings.Count(errOut.String(), "Temporal answers again") == outage },
+			time.Minute, 20*time.Millisecond, fmt.Sprintf("the watch to see Temporal back after outage %d", outage))
 	}
 
 	// The worker too has reconnected: the approval goes through, and the rollout completes.
-	waitFor(t, time.Minute, "the approval", func() bool {
+	require.Eventually(t, func() bool {
 		return runCLI(t, ctx, append(servers, "rollout", "approve", "outage")...).code == 0
-	})
+	}, time.Minute, 20*time.Millisecond, "the approval")
 	select {
 	case code := <-watched:
 		if code != 0 {

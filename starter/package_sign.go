@@ -19,7 +19,7 @@ import (
 // the starter, the worker, devstack and devicesim alike.
 const (
 	flagTrustedKeys = "trusted-keys"
-	envTrustedKeys  = "OTAFLOW_TRUSTED_KEYS"
+	envTrustedKeys  = pkgsig.EnvTrustedKeys
 )
 
 // trustedKeysFlag is --trusted-keys, for every command that verifies signatures.

@@ -52,10 +52,13 @@ func rolloutCommand(e *appEnv) *cli.Command {
 				Usage:     "start a rollout (and, with --wait, follow it to the end)",
 				UsageText: "starter rollout start --name R --type T --version V --url U --md5 M --size S TARGETS [options]",
 				Description: "TARGETS: --devices and/or --prefix and --where; a device must match every one given.\n" +
+					"Of the devices they match, the rollout leaves out those disabled, never seen (no status report yet),\n" +
+					"up to date, incompatible with the package, or in quarantine (`starter rollout plan` shows how many).\n" +
 					"An explicit list (--devices or --devices-file) is stored in PostgreSQL (DATABASE_URL) under a\n" +
 					"key of its own. Of two starts of one name at once, exactly one starts the rollout, which\n" +
 					"upgrades exactly its own list; the other starts nothing, deletes its list and exits 3.\n" +
 					"Devices that already report the version are left out unless --include-up-to-date.\n" +
+					"--continuous keeps the rollout open after its waves for the devices that come to match later.\n" +
 					"Exit codes: 0 started (with --wait: completed), 1 failed (with --wait: the rollout ended\n" +
 					"other than completed), 2 bad input, 3 a rollout of that name is already running.",
 				Flags: slices.Concat(rolloutRequestFlags(), []cli.Flag{
@@ -65,6 +68,7 @@ func rolloutCommand(e *appEnv) *cli.Command {
 				Before: requireFlags(append([]string{"name"}, packageRequired...)...),
 				Action: e.rolloutStartAction,
 			},
+			rolloutPlanCommand(e),
 			nameCommand("status", "show a rollout's progress: state, waves, counts by state", " [--json] [--watch]",
 				"Asks the rollout workflow for its progress (a running or an ended one). With DATABASE_URL set,\n"+
 					"it also shows the upgrade records of PostgreSQL by state, and whether they agree.\n"+
@@ -81,6 +85,10 @@ func rolloutCommand(e *appEnv) *cli.Command {
 			nameCommand("approve", "let the wave waiting for approval start", " [--wave N]", "",
 				[]cli.Flag{&cli.IntFlag{Name: "wave", Usage: "approve only if wave `N` is the one waiting (0: whichever waits)"}},
 				e.rolloutApproveAction),
+			nameCommand("close", "close a continuous rollout: it takes on no more devices and completes once its running upgrades end",
+				" [--reason TEXT]", "Only a continuous rollout (`rollout start --continuous`) is closed; any other ends by itself after\n"+
+					"its waves. Closed before its waves are done, it completes after them.",
+				[]cli.Flag{&cli.StringFlag{Name: "reason", Usage: "why, for the record (`TEXT`)"}}, e.rolloutCloseAction),
 			nameCommand("cancel", "end a rollout: no new device upgrades; running ones finish unless --cancel-running", " [--cancel-running] [--reason TEXT] [--wait]", "",
 				[]cli.Flag{
 					&cli.BoolFlag{Name: "cancel-running", Usage: "also cancel the device upgrades running now"},
@@ -131,6 +139,8 @@ func rolloutRequestFlags() []cli.Flag {
 			&cli.StringFlag{Name: "window", Usage: "daily maintenance `WINDOW` HH:MM-HH:MM (e.g. 01:00-05:00): devices start only inside it"},
 			&cli.StringFlag{Name: "tz", Value: "UTC", Usage: "time `ZONE` of --window (and of schedule --cron), e.g. Europe/Berlin"},
 			&cli.BoolFlag{Name: "skip-preflight", Usage: "do not download the package once to check md5 and size before the rollout"},
+			&cli.BoolFlag{Name: "continuous", Usage: "after its waves, stay open and upgrade every device that comes to match the targets\n" +
+				"\t(registered, seen again, changed) until `starter rollout close NAME`"},
 		},
 		attemptFlags(),
 	)
@@ -161,6 +171,7 @@ func rolloutRequest(cCtx *cli.Context, tzForCron bool) (rolloutSpec, error) {
 		FailureMinCount: cCtx.Int("failure-min"),
 		FailureAction:   cCtx.String("on-failure"),
 		SkipPreflight:   cCtx.Bool("skip-preflight"),
+		Continuous:      cCtx.Bool("continuous"),
 	}
 	if err := checkRolloutName(req.Name); err != nil {
 		return spec, usageErrorf(cCtx, "--name: %v", err)

@@ -67,6 +67,20 @@ func (e *appEnv) rolloutApproveAction(cCtx *cli.Context) error {
 	return nil
 }
 
+func (e *appEnv) rolloutCloseAction(cCtx *cli.Context) error {
+	name, err := nameArg(cCtx)
+	if err != nil {
+		return err
+	}
+	ref, err := e.updateRollout(cCtx, name, ota.UpdateClose, "close", strings.TrimSpace(cCtx.String("reason")))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.out, "Closed rollout %s (workflow %s): it takes on no more devices, and completes once its running upgrades have ended.\n",
+		name, ref.WorkflowID)
+	return nil
+}
+
 func (e *appEnv) rolloutCancelAction(cCtx *cli.Context) error {
 	name, err := nameArg(cCtx)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/api/serviceerror"
@@ -137,13 +139,14 @@ func endRollout(t *testing.T, name string) {
 }
 
 // statusJSON runs `rollout status NAME --json` and decodes it.
-func statusJSON(t *testing.T, dbURL, name string) rolloutStatusReport {
+func statusJSON(t tester, dbURL, name string) rolloutStatusReport {
 	t.Helper()
 	r := runCLI(t, context.Background(), servers(dbURL, "rollout", "status", name, "--json")...)
 	r.check(t, 0)
 	var rep rolloutStatusReport
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
-		t.Fatalf("rollout status --json: %v\n%s", err, r.stdout)
+		t.Errorf("rollout status --json: %v\n%s", err, r.stdout)
+		t.FailNow()
 	}
 	return rep
 }
@@ -152,22 +155,23 @@ func statusJSON(t *testing.T, dbURL, name string) rolloutStatusReport {
 func waitState(t *testing.T, dbURL, name string, s ota.RolloutState) rolloutStatusReport {
 	t.Helper()
 	var rep rolloutStatusReport
-	waitFor(t, 20*time.Second, fmt.Sprintf("rollout %s %s (last: %+v)", name, s, &rep), func() bool {
-		rep = statusJSON(t, dbURL, name)
-		return rep.State == s
-	})
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		rep = statusJSON(c, dbURL, name)
+		assert.Equal(c, s, rep.State, "rollout %s: %+v", name, rep)
+	}, 20*time.Second, 20*time.Millisecond, "rollout %s %s", name, s)
 	return rep
 }
 
 // listed returns the rollouts of `rollout list --json` (with more arguments) by name, the
 // newest of a name.
-func listed(t *testing.T, dbURL string, more ...string) map[string]rolloutListEntry {
+func listed(t tester, dbURL string, more ...string) map[string]rolloutListEntry {
 	t.Helper()
 	r := runCLI(t, context.Background(), servers(dbURL, append([]string{"rollout", "list", "--json"}, more...)...)...)
 	r.check(t, 0)
 	var entries []rolloutListEntry
 	if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
-		t.Fatalf("rollout list --json: %v\n%s", err, r.stdout)
+		t.Errorf("rollout list --json: %v\n%s", err, r.stdout)
+		t.FailNow()
 	}
 	m := map[string]rolloutListEntry{}
 	for _, e := range entries {
@@ -239,10 +243,11 @@ func TestRolloutStartWaitCompletes(t *testing.T) {
 	}
 
 	// list shows it, with its state once visibility has it.
-	waitFor(t, 10*time.Second, "rollout list to show ro-wait completed", func() bool {
-		e, ok := listed(t, f.dbURL)[name]
-		return ok && e.State == string(ota.RolloutCompleted) && e.Version == "1.1" && e.WorkflowStatus == "Completed"
-	})
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		e, ok := listed(c, f.dbURL)[name]
+		assert.True(c, ok && e.State == string(ota.RolloutCompleted) && e.Version == "1.1" && e.WorkflowStatus == "Completed",
+			"listed: %+v", e)
+	}, 10*time.Second, 20*time.Millisecond, "rollout list to show ro-wait completed")
 	if _, ok := listed(t, f.dbURL, "--state", string(ota.RolloutPaused))[name]; ok {
 		t.Error("rollout list --state paused shows the completed rollout")
 	}
@@ -411,11 +416,11 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 	// The schedule starts the rollout as rollout-ro-sch (not a rollout of that name that an
 	// earlier run of this test left behind).
 	var ref rolloutRef
-	waitFor(t, 30*time.Second, "the schedule to start the rollout", func() bool {
+	require.Eventually(t, func() bool {
 		var err error
 		ref, err = findRollout(ctx, c, name)
 		return err == nil && !ref.StartTime.Before(at)
-	})
+	}, 30*time.Second, 20*time.Millisecond, "the schedule to start the rollout")
 	if id := ota.RolloutWorkflowID(name); ref.WorkflowID != id {
 		t.Errorf("the scheduled rollout runs as %s, want %s", ref.WorkflowID, id)
 	}
@@ -436,10 +441,10 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 		t.Errorf("the scheduled rollout ended %+v", final)
 	}
 
-	waitFor(t, 10*time.Second, "rollout list to show ro-sch", func() bool {
-		e, ok := listed(t, f.dbURL)[name]
-		return ok && e.WorkflowID == ref.WorkflowID && e.State == string(ota.RolloutCompleted)
-	})
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		e, ok := listed(c, f.dbURL)[name]
+		assert.True(c, ok && e.WorkflowID == ref.WorkflowID && e.State == string(ota.RolloutCompleted), "listed: %+v", e)
+	}, 10*time.Second, 20*time.Millisecond, "rollout list to show ro-sch")
 	// The one-shot is spent: done, with what its start did.
 	r = cli("rollout", "schedule", "list")
 	r.check(t, 0)
@@ -455,7 +460,14 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 		t.Errorf("schedule list --json entry = %+v, last start %+v", entry, entry.LastStart)
 	}
 
-	// ...and a new schedule of the name replaces it.
+	// A new schedule whose expression the server refuses leaves the spent one as it was...
+	cli(rolloutSchedule(name, "--prefix", "ro-sch-", "--cron", "61 * * * *")...).check(t, exitUsage, "Minute is not in range")
+	if again := scheduleListed(t, f.dbURL, name); again == nil || again.State != scheduleDone || again.LastStart == nil ||
+		again.LastStart.Rollout != ref.WorkflowID {
+		t.Errorf("the spent schedule after a refused replacement: %+v", again)
+	}
+
+	// ...and a good one of the name replaces it.
 	at2 := at.Add(time.Hour)
 	r = cli(rolloutSchedule(name, "--prefix", "ro-sch-", "--at", at2.Format(time.RFC3339))...)
 	r.check(t, 0)
@@ -477,13 +489,14 @@ func TestRolloutScheduleAtStartsIt(t *testing.T) {
 
 // scheduleListed returns the entry of `rollout schedule list --json` of the rollout name; nil
 // when there is none.
-func scheduleListed(t *testing.T, dbURL, name string) *scheduleEntry {
+func scheduleListed(t tester, dbURL, name string) *scheduleEntry {
 	t.Helper()
 	r := runCLI(t, context.Background(), servers(dbURL, "rollout", "schedule", "list", "--json")...)
 	r.check(t, 0)
 	var entries []scheduleEntry
 	if err := json.Unmarshal([]byte(r.stdout), &entries); err != nil {
-		t.Fatalf("rollout schedule list --json: %v\n%s", err, r.stdout)
+		t.Errorf("rollout schedule list --json: %v\n%s", err, r.stdout)
+		t.FailNow()
 	}
 	for _, e := range entries {
 		if e.Name == name {
@@ -593,6 +606,53 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 	if lists, err := f.store.TargetLists(ctx, name); err != nil || len(lists) != 0 {
 		t.Errorf("stored lists after the schedule was deleted = %+v (%v), want none", lists, err)
 	}
+}
+
+// TestRolloutScheduleBadCronIsAUsageError: the Temporal server checks a --cron expression;
+// one it refuses is a usage error (exit 2) that says why in its words and how to write one,
+// with no SDK wrapping, and leaves nothing behind: no schedule, no stored device list.
+func TestRolloutScheduleBadCronIsAUsageError(t *testing.T) {
+	tests := []struct {
+		expr string
+		why  string // the server's reason
+	}{
+		{"61 * * * *", "Minute is not in range [0-59]"},
+		{"0 1 *", "CronString does not have 5-7 fields"},
+		{"@fortnightly", "CronString does not have 5-7 fields"},
+		{"*/0 * * * *", "Minute has invalid Step"},
+		{"0 1 * * fri-mon", "DayOfWeek End is before Start"},
+		{"@every 500ms", "interval is too small"},
+		{"TZ=Europe/Berlin 0 1 * * *", "conflicting timezone names"},
+	}
+	ctx := context.Background()
+	f := startWorker(t)
+	devs := f.registerDevices(t, "ro-badcron-", 1)
+	const name = "ro-badcron"
+	endRollout(t, name)
+	for _, tt := range tests {
+		t.Run(tt.expr, func(t *testing.T) {
+			r := runCLI(t, ctx, servers(f.dbURL, rolloutSchedule(name, "--devices", devs[0], "--cron", tt.expr)...)...)
+			r.check(t, exitUsage, fmt.Sprintf("--cron %q: the Temporal server does not accept it: %s", tt.expr, tt.why),
+				"Give 5 fields (minute hour day-of-month month day-of-week)", "the time zone goes in --tz")
+			for _, internal := range []string{"rpc error", "InvalidArgument", "Invalid schedule spec"} {
+				if strings.Contains(r.stderr, internal) {
+					t.Errorf("the message shows %q:\n%s", internal, r.stderr)
+				}
+			}
+			if r.stdout != "" {
+				t.Errorf("a refused schedule wrote to stdout:\n%s", r.stdout)
+			}
+		})
+	}
+	_, err := testenv.TemporalClient().ScheduleClient().GetHandle(ctx, rolloutScheduleID(name)).Describe(ctx)
+	if !isNotFound(err) {
+		t.Errorf("describe the schedule of the refused expressions: %v, want not found", err)
+	}
+	if lists, err := f.store.TargetLists(ctx, name); err != nil || len(lists) != 0 {
+		t.Errorf("stored device lists after the refused schedules: %+v (%v), want none", lists, err)
+	}
+	// A good expression of the same request is taken.
+	runCLI(t, ctx, servers(f.dbURL, rolloutSchedule(name, "--devices", devs[0], "--cron", "0 1 * * mon-fri 2099")...)...).check(t, 0)
 }
 
 // TestRolloutConcurrentStartsOneWins starts two rollouts of one name at once, from two
@@ -724,10 +784,10 @@ func TestScheduleFiresWhileRolloutRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	var entry *scheduleEntry
-	waitFor(t, 20*time.Second, "the scheduled start to end", func() bool {
-		entry = scheduleListed(t, f.dbURL, name)
-		return entry != nil && entry.LastStart != nil && entry.LastStart.Outcome != startStarting
-	})
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		entry = scheduleListed(c, f.dbURL, name)
+		assert.True(c, entry != nil && entry.LastStart != nil && entry.LastStart.Outcome != startStarting, "listed: %+v", entry)
+	}, 20*time.Second, 20*time.Millisecond, "the scheduled start to end")
 	last := entry.LastStart
 	if last.Outcome != startSkipped || last.Rollout != "" ||
 		last.Detail != "rollout ro-dup is already running (workflow rollout-ro-dup); this scheduled start was skipped" {
@@ -759,11 +819,11 @@ func TestScheduleFiresWhileRolloutRuns(t *testing.T) {
 	if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the second scheduled start to end", func() bool {
-		entry = scheduleListed(t, f.dbURL, name)
-		return entry != nil && entry.LastStart != nil && entry.LastStart.RunID != last.RunID &&
-			entry.LastStart.Outcome != startStarting
-	})
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		entry = scheduleListed(c, f.dbURL, name)
+		assert.True(c, entry != nil && entry.LastStart != nil && entry.LastStart.RunID != last.RunID &&
+			entry.LastStart.Outcome != startStarting, "listed: %+v", entry)
+	}, 20*time.Second, 20*time.Millisecond, "the second scheduled start to end")
 	if l := entry.LastStart; l.Outcome != startStarted || l.Rollout != id || len(entry.RecentWorkflowIDs) != 2 {
 		t.Errorf("the second scheduled start = %+v (recent %v), want rollout %s started", l, entry.RecentWorkflowIDs, id)
 	}
@@ -804,10 +864,10 @@ func TestScheduleOfEarlierVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ref rolloutRef
-	waitFor(t, 20*time.Second, "the old schedule to start the rollout", func() bool {
+	require.Eventually(t, func() bool {
 		ref, err = findRollout(ctx, c, name)
 		return err == nil && ref.running()
-	})
+	}, 20*time.Second, 20*time.Millisecond, "the old schedule to start the rollout")
 	if !strings.HasPrefix(ref.WorkflowID, ota.RolloutWorkflowID(name)+"-") {
 		t.Fatalf("the rollout runs as %s, want %s-<time>", ref.WorkflowID, ota.RolloutWorkflowID(name))
 	}

@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -139,12 +137,9 @@ func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
 			return err
 		}
 	}
-	if spentOne {
-		if err := h.Delete(ctx); err != nil && !isNotFound(err) {
-			if spec.ids != nil {
-				e.dropTargets(cCtx, req.Targets.List)
-			}
-			return fmt.Errorf("delete the spent schedule %s: %w", id, err)
+	dropTargets := func() {
+		if spec.ids != nil {
+			e.dropTargets(cCtx, req.Targets.List)
 		}
 	}
 	so := client.ScheduleOptions{
@@ -157,12 +152,26 @@ func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
 	if sched.once {
 		so.RemainingActions = 1
 	}
+	// The server checks the spec (a --cron expression) before it looks for a schedule of the
+	// ID, so a spent one-shot is deleted only once the new spec is known good.
+	spentHandle := h
 	h, err = c.ScheduleClient().Create(ctx, so)
-	if errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
-		if spec.ids != nil {
-			e.dropTargets(cCtx, req.Targets.List)
+	if spentOne && errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
+		if err := spentHandle.Delete(ctx); err != nil && !isNotFound(err) {
+			dropTargets()
+			return fmt.Errorf("delete the spent schedule %s: %w", id, err)
 		}
+		h, err = c.ScheduleClient().Create(ctx, so)
+	}
+	if errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
+		dropTargets()
 		return exists
+	}
+	if why, ok := refusedSpec(err); ok {
+		dropTargets()
+		return usageErrorf(cCtx, "--cron %q: the Temporal server does not accept it: %s.\n"+
+			"Give 5 fields (minute hour day-of-month month day-of-week), 6 (and year) or 7 (second first), "+
+			"a shorthand such as @daily, or @every DURATION; the time zone goes in --tz.", cCtx.String("cron"), why)
 	}
 	if err != nil {
 		return fmt.Errorf("create schedule %s: %w", id, err)
@@ -190,6 +199,16 @@ func (e *appEnv) rolloutScheduleAction(cCtx *cli.Context) error {
 	return nil
 }
 
+// refusedSpec reports whether the server refused a new schedule's spec, and why (for a
+// --cron expression: its own parser's word).
+func refusedSpec(err error) (string, bool) {
+	var invalid *serviceerror.InvalidArgument
+	if !errors.As(err, &invalid) {
+		return "", false
+	}
+	return strings.CutPrefix(invalid.Message, "Invalid schedule spec: ")
+}
+
 // isNotFound reports whether Temporal answered that the thing asked for does not exist.
 func isNotFound(err error) bool {
 	var notFound *serviceerror.NotFound
@@ -208,7 +227,8 @@ type schedule struct {
 	once bool
 }
 
-// scheduleSpec reads --at or --cron (and --tz for --cron); every error is a usage error.
+// scheduleSpec reads --at or --cron (and --tz for --cron); every error is a usage error. The
+// Temporal server checks a --cron expression when the schedule is created.
 func scheduleSpec(cCtx *cli.Context, now time.Time) (schedule, error) {
 	at, cron := cCtx.String("at"), cCtx.String("cron")
 	switch {
@@ -221,9 +241,6 @@ func scheduleSpec(cCtx *cli.Context, now time.Time) (schedule, error) {
 		}
 		return schedule{spec: onceAt(t), when: "once at " + t.Format(time.RFC3339), once: true}, nil
 	case cCtx.IsSet("cron"):
-		if err := checkCron(cron); err != nil {
-			return schedule{}, usageErrorf(cCtx, "--cron: %v", err)
-		}
 		tz := cCtx.String("tz")
 		if _, err := time.LoadLocation(tz); err != nil || tz == "" {
 			return schedule{}, usageErrorf(cCtx, "--tz: unknown time zone %q", tz)
@@ -268,145 +285,6 @@ func onceAt(t time.Time) client.ScheduleSpec {
 		// makes of the calendar.
 		StartAt: t, EndAt: t,
 	}
-}
-
-// cronField is one field of a cron expression: its range and the names its values may have.
-type cronField struct {
-	name     string
-	min, max int
-	names    []string // value names from min (prefixes of at least nameLen letters)
-	nameLen  int
-}
-
-var (
-	cronSecond = cronField{name: "second", max: 59}
-	cronMinute = cronField{name: "minute", max: 59}
-	cronHour   = cronField{name: "hour", max: 23}
-	cronDay    = cronField{name: "day of month", min: 1, max: 31}
-	cronMonth  = cronField{name: "month", min: 1, max: 12, nameLen: 3, names: []string{"january", "february", "march",
-		"april", "may", "june", "july", "august", "september", "october", "november", "december"}}
-	cronWeekday = cronField{name: "day of week", max: 7, nameLen: 2, names: []string{"sunday", "monday", "tuesday",
-		"wednesday", "thursday", "friday", "saturday"}}
-	cronYear = cronField{name: "year", min: 2000, max: maxScheduleYear}
-)
-
-// cronShorthands are the named expressions Temporal accepts.
-var cronShorthands = []string{"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-
-// cronDays matches a number of days in an @every duration, which Go's durations lack.
-var cronDays = regexp.MustCompile(`(\d+(?:\.\d+)?)d`)
-
-// cronDuration parses a duration of @every: Go's, with d for days of 24 hours.
-func cronDuration(s string) (time.Duration, error) {
-	s = cronDays.ReplaceAllStringFunc(s, func(days string) string {
-		v, _ := strconv.ParseFloat(strings.TrimSuffix(days, "d"), 64)
-		return strconv.FormatFloat(24*v, 'f', -1, 64) + "h"
-	})
-	d, err := time.ParseDuration(s)
-	if err == nil && d < 0 {
-		err = errors.New("negative duration")
-	}
-	return d, err
-}
-
-// checkCron checks a cron expression as Temporal reads it: 5 fields (minute hour
-// day-of-month month day-of-week), 6 (and year) or 7 (second first), each field * or
-// comma-separated values and ranges with an optional /step, months and weekdays by name
-// too; or a shorthand such as @daily, or @every DURATION[/PHASE]; a trailing # comment.
-// The time zone comes from --tz, not from the expression.
-func checkCron(expr string) error {
-	s := strings.TrimSpace(expr)
-	if strings.HasPrefix(s, "TZ=") || strings.HasPrefix(s, "CRON_TZ=") {
-		return errors.New("give the time zone with --tz, not in the expression")
-	}
-	s, _, _ = strings.Cut(s, "#")
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return errors.New("empty expression")
-	}
-	if rest, ok := strings.CutPrefix(s, "@every"); ok {
-		interval, phase, hasPhase := strings.Cut(strings.TrimSpace(rest), "/")
-		if d, err := cronDuration(interval); err != nil || d < time.Second {
-			return fmt.Errorf("@every needs an interval of a second or more such as 12h or 1d, not %q", interval)
-		}
-		if hasPhase {
-			if _, err := cronDuration(phase); err != nil {
-				return fmt.Errorf("@every INTERVAL/PHASE needs a phase such as 30m, not %q", phase)
-			}
-		}
-		return nil
-	}
-	if strings.HasPrefix(s, "@") {
-		if slices.Contains(cronShorthands, s) {
-			return nil
-		}
-		return fmt.Errorf("%q is not one of %s or @every DURATION", s, strings.Join(cronShorthands, ", "))
-	}
-	parts := strings.Fields(s)
-	var fields []cronField
-	switch len(parts) {
-	case 5:
-		fields = []cronField{cronMinute, cronHour, cronDay, cronMonth, cronWeekday}
-	case 6:
-		fields = []cronField{cronMinute, cronHour, cronDay, cronMonth, cronWeekday, cronYear}
-	case 7:
-		fields = []cronField{cronSecond, cronMinute, cronHour, cronDay, cronMonth, cronWeekday, cronYear}
-	default:
-		return fmt.Errorf("%q has %d fields: give 5 (minute hour day-of-month month day-of-week), 6 (and year) or 7 (second first)", s, len(parts))
-	}
-	for i, f := range fields {
-		if err := f.check(parts[i]); err != nil {
-			return fmt.Errorf("%s %q: %w", f.name, parts[i], err)
-		}
-	}
-	return nil
-}
-
-// check checks one field: comma-separated items, each *, V or V-V, with an optional /STEP.
-func (f cronField) check(s string) error {
-	for _, item := range strings.Split(s, ",") {
-		rng, step, hasStep := strings.Cut(item, "/")
-		if hasStep {
-			n, err := strconv.Atoi(step)
-			if err != nil || n < 1 {
-				return fmt.Errorf("the step %q must be a whole number above 0", step)
-			}
-		}
-		if rng == "*" {
-			continue
-		}
-		lo, hi, isRange := strings.Cut(rng, "-")
-		a, err := f.value(lo)
-		if err != nil {
-			return err
-		}
-		if isRange {
-			b, err := f.value(hi)
-			if err != nil {
-				return err
-			}
-			if b < a {
-				return fmt.Errorf("the range %s ends before it starts", rng)
-			}
-		}
-	}
-	return nil
-}
-
-// value reads a number in the field's range, or a name.
-func (f cronField) value(s string) (int, error) {
-	if f.names != nil && len(s) >= f.nameLen {
-		for i, n := range f.names {
-			if strings.HasPrefix(n, strings.ToLower(s)) {
-				return f.min + i, nil
-			}
-		}
-	}
-	v, err := strconv.Atoi(s)
-	if err != nil || v < f.min || v > f.max {
-		return 0, fmt.Errorf("%q is not a value from %d to %d", s, f.min, f.max)
-	}
-	return v, nil
 }
 
 // Schedule states in `rollout schedule list`.

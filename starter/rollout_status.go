@@ -29,7 +29,7 @@ import (
 // rolloutStates are the states a rollout can be in, for `rollout list --state`.
 var rolloutStates = []ota.RolloutState{
 	ota.RolloutPreflight, ota.RolloutRunning, ota.RolloutPaused, ota.RolloutWaitingApproval,
-	ota.RolloutBaking, ota.RolloutWaitingWindow, ota.RolloutCanceling, ota.RolloutAborting,
+	ota.RolloutBaking, ota.RolloutWaitingWindow, ota.RolloutWatching, ota.RolloutCanceling, ota.RolloutAborting,
 	ota.RolloutCompleted, ota.RolloutAborted, ota.RolloutCanceled, ota.RolloutFailed,
 }
 
@@ -474,7 +474,7 @@ func countsByState(c ota.Counts, all bool) string {
 		n    int
 	}{
 		{"succeeded", c.Succeeded}, {"skipped", c.Skipped}, {"failed", c.Failed}, {"timed out", c.TimedOut},
-		{"canceled", c.Canceled}, {"conflict", c.Conflict}, {"running", c.Running()},
+		{"reverted", c.Reverted}, {"canceled", c.Canceled}, {"conflict", c.Conflict}, {"running", c.Running()},
 	} {
 		if all || kv.n != 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", kv.name, kv.n))
@@ -504,6 +504,7 @@ func recordDifferences(c ota.Counts, records map[ota.State]int) []string {
 		{ota.StateSkipped, c.Skipped, records[ota.StateSkipped]},
 		{ota.StateFailed, c.Failed, records[ota.StateFailed]},
 		{ota.StateTimedOut, c.TimedOut, records[ota.StateTimedOut]},
+		{ota.StateReverted, c.Reverted, records[ota.StateReverted]},
 		{ota.StateCanceled, c.Canceled, records[ota.StateCanceled]},
 		{"running", c.Running(), running},
 	} {
@@ -540,6 +541,19 @@ func renderRollout(rep rolloutStatusReport) string {
 		tw.Flush()
 	}
 	line("Totals", "%d targets, %d started: %s", p.Total, p.Counts.Started, countsByState(p.Counts, true))
+	if p.Late != nil {
+		line("Late", "%d started after the waves: %s", p.Late.Started, countsByState(*p.Late, false))
+	}
+	if p.Soak > 0 && p.Counts.Running() > 0 {
+		line("Soak", "%s: a running upgrade may have installed and be soaking; it counts once the device held the version that long", p.Soak)
+	}
+	if left := p.LeftOut; left.Total() > 0 || p.Counts.Incompatible > 0 || p.Counts.Quarantined > 0 {
+		text := leftOutText(left) + " (at pre-flight)"
+		if p.Late != nil {
+			text += fmt.Sprintf("; now %d incompatible, %d quarantined", p.Counts.Incompatible, p.Counts.Quarantined)
+		}
+		line("Left out", "%s", text)
+	}
 	if !p.State.Final() {
 		rate := "unbounded"
 		if p.RatePerMinute > 0 {

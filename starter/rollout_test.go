@@ -26,6 +26,9 @@ var goodRollout = []string{"rollout", "start", "--name", "fw-11", "--type", "fir
 // goodSchedule is a valid `rollout schedule` command line but for when.
 var goodSchedule = append([]string{"rollout", "schedule"}, goodRollout[2:]...)
 
+// goodPlan is a valid `rollout plan` command line.
+var goodPlan = append([]string{"rollout", "plan"}, goodRollout[2:]...)
+
 // edit returns args with flag set to value (added when missing), or removed when value is "-".
 func edit(args []string, flag, value string) []string {
 	args = slices.Clone(args)
@@ -118,12 +121,6 @@ func TestRolloutBadInputIsAUsageError(t *testing.T) {
 		{"at after 2100", edit(goodSchedule, "--at", "2101-01-01T00:00:00Z"), []string{"--at", "after 2100"}},
 		{"at and cron", plus(goodSchedule, "--at", future, "--cron", "0 1 * * *"), []string{"give --at (once) or --cron (repeatedly), not both"}},
 		{"neither at nor cron", goodSchedule, []string{"say when: --at TIME (once) or --cron EXPR (repeatedly)"}},
-		{"cron minute 61", edit(goodSchedule, "--cron", "61 * * * *"), []string{"--cron", `minute "61"`, "from 0 to 59"}},
-		{"cron of 3 fields", edit(goodSchedule, "--cron", "0 1 *"), []string{"--cron", "has 3 fields"}},
-		{"cron with its own zone", edit(goodSchedule, "--cron", "TZ=Europe/Berlin 0 1 * * *"), []string{"--cron", "give the time zone with --tz"}},
-		{"cron unknown shorthand", edit(goodSchedule, "--cron", "@fortnightly"), []string{"--cron", `"@fortnightly" is not one of`}},
-		{"cron bad step", edit(goodSchedule, "--cron", "*/0 * * * *"), []string{"--cron", "step"}},
-		{"cron backwards range", edit(goodSchedule, "--cron", "0 1 * * fri-mon"), []string{"--cron", "ends before it starts"}},
 		{"cron unknown zone", plus(edit(goodSchedule, "--cron", "0 1 * * *"), "--tz", "Nowhere/Town"), []string{"--tz: unknown time zone"}},
 		{"at with tz but no window", plus(edit(goodSchedule, "--at", future), "--tz", "Europe/Berlin"), []string{"--tz is the time zone of --window"}},
 		{"schedule bad request", plus(edit(goodSchedule, "--at", future), "--waves", "0%"), []string{"--waves"}},
@@ -145,6 +142,22 @@ func TestRolloutBadInputIsAUsageError(t *testing.T) {
 		{"list unknown state", []string{"rollout", "list", "--state", "done"}, []string{`--state must be one of preflight, running`, `not "done"`}},
 		{"list argument", []string{"rollout", "list", "all"}, []string{`unexpected argument "all"`}},
 		{"unknown rollout command", []string{"rollout", "strat"}, []string{`unknown command "strat"`}},
+		// Plan: the flags of start, checked the same way, and a registry to read.
+		{"plan without database", goodPlan, []string{"DATABASE_URL"}},
+		{"plan bad waves", edit(goodPlan, "--waves", "0%"), []string{"--waves", "percentage must be in (0, 100]"}},
+		{"plan negative upgrade time", plus(goodPlan, "--upgrade-time", "-1m"), []string{"--upgrade-time must not be negative"}},
+		{"plan without targets", edit(goodPlan, "--prefix", "-"), []string{"no targets"}},
+		{"close without name", []string{"rollout", "close"}, []string{"give the rollout name"}},
+		{"close unknown flag", []string{"rollout", "close", "a", "--now"}, []string{"-now"}},
+		// Quarantine.
+		{"quarantine failures without of", []string{"devices", "quarantine", "policy", "--failures", "2"}, []string{"give both --failures N and --of M"}},
+		{"quarantine off and a policy", []string{"devices", "quarantine", "policy", "--off", "--failures", "2", "--of", "3"}, []string{"--off turns quarantine off"}},
+		{"quarantine more failures than upgrades", []string{"devices", "quarantine", "policy", "--failures", "4", "--of", "3"}, []string{"1 <= failures <= of <= 100"}},
+		{"quarantine window too long", []string{"devices", "quarantine", "policy", "--failures", "2", "--of", "101"}, []string{"1 <= failures <= of <= 100"}},
+		{"quarantine policy without database", []string{"devices", "quarantine", "policy"}, []string{"DATABASE_URL"}},
+		{"quarantine release without device", []string{"devices", "quarantine", "release"}, []string{"missing required flag(s) --device"}},
+		{"quarantine release bad device", []string{"devices", "quarantine", "release", "--device", "a b"}, []string{"--device"}},
+		{"quarantine list argument", []string{"devices", "quarantine", "list", "all"}, []string{`unexpected argument "all"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -161,7 +174,8 @@ func TestRolloutHelpNeedsNoServer(t *testing.T) {
 	for _, args := range [][]string{
 		{"rollout"}, {"rollout", "--help"}, {"rollout", "start", "--help"}, {"rollout", "schedule"},
 		{"rollout", "schedule", "--help"}, {"rollout", "schedule", "list", "-h"}, {"rollout", "status", "fw-1", "--help"},
-		{"help", "rollout"},
+		{"help", "rollout"}, {"rollout", "plan", "--help"}, {"rollout", "close", "fw-1", "--help"}, {"devices", "quarantine"},
+		{"devices", "quarantine", "policy", "-h"},
 	} {
 		r := runCLI(t, context.Background(), offline(args...)...)
 		r.check(t, 0)
@@ -263,6 +277,11 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 				t.Errorf("targets = %+v, ids %v", s.req.Targets, s.ids)
 			}
 		}},
+		{"continuous", plus(base, "--continuous"), func(t *testing.T, s rolloutSpec) {
+			if !s.req.Continuous {
+				t.Errorf("request = %+v, want continuous", s.req)
+			}
+		}},
 		{"per-device flags", plus(base, "--max-attempts", "5", "--retry-codes", "none", "--retry-timeouts=false",
 			"--start-timeout", "2m", "--version-key", "fw"), func(t *testing.T, s rolloutSpec) {
 			u := s.req.Upgrade
@@ -299,49 +318,6 @@ func TestRolloutNameCheckAgreesWithValidate(t *testing.T) {
 		want := req.WithDefaults().Validate() == nil
 		if got := checkRolloutName(name) == nil; got != want {
 			t.Errorf("checkRolloutName(%q) accepts %v, RolloutRequest.Validate %v", name, got, want)
-		}
-	}
-}
-
-func TestCheckCron(t *testing.T) {
-	tests := []struct {
-		expr string
-		ok   bool
-	}{
-		{"0 1 * * *", true},
-		{"*/15 9-17 * * mon-fri", true},
-		{"0 1 1,15 jan,jul *", true},
-		{"30 2 * * 7", true},
-		{"0 0 1 1 * 2027", true},
-		{"0 30 1 * * * 2030-2040", true},
-		{"0 1 * * * # nightly", true},
-		{"@daily", true},
-		{"@every 12h", true},
-		{"@every 1d/2h", true},
-		{"@every 1.5d", true},
-		{"", false},
-		{"# only a comment", false},
-		{"0 1 * *", false},
-		{"0 1 * * * * * *", false},
-		{"60 1 * * *", false},
-		{"0 24 * * *", false},
-		{"0 1 0 * *", false},
-		{"0 1 * 13 *", false},
-		{"0 1 * * 8", false},
-		{"0 1 * * * 1999", false},
-		{"0 1 * * ju", false},
-		{"0-59/0 * * * *", false},
-		{"5-1 * * * *", false},
-		{"0 1 * * * ?", false},
-		{"CRON_TZ=UTC 0 1 * * *", false},
-		{"@every", false},
-		{"@every 500ms", false},
-		{"@every 1h/x", false},
-		{"@reboot", false},
-	}
-	for _, tt := range tests {
-		if err := checkCron(tt.expr); (err == nil) != tt.ok {
-			t.Errorf("checkCron(%q) = %v, want ok %v", tt.expr, err, tt.ok)
 		}
 	}
 }
@@ -439,7 +415,7 @@ func TestRenderRollout(t *testing.T) {
 		"Wave      2 of 2",
 		"wave 1  [" + strings.Repeat("#", 30) + "]  2/2  succeeded 2",
 		"wave 2  [" + strings.Repeat("#", 15) + strings.Repeat("~", 7) + strings.Repeat(".", 8) + "]  2/4  succeeded 1  failed 1  running 1",
-		"Totals    6 targets, 5 started: succeeded 3  skipped 0  failed 1  timed out 0  canceled 0  conflict 0  running 1",
+		"Totals    6 targets, 5 started: succeeded 3  skipped 0  failed 1  timed out 0  reverted 0  canceled 0  conflict 0  running 1",
 		"Rate      12.0 a minute",
 		"Records   downloading 1  succeeded 3  failed 1  (PostgreSQL; agree with the workflow)",
 	} {
@@ -455,6 +431,32 @@ func TestRenderRollout(t *testing.T) {
 	rep.StoreError = "connection refused"
 	if out := renderRollout(rep); !strings.Contains(out, "Records   unavailable: connection refused") {
 		t.Errorf("the status does not say the records are unavailable:\n%s", out)
+	}
+}
+
+// TestRenderRollout_Fleet: the status shows the devices left out, a continuous rollout's late
+// devices and what running means under a soak.
+func TestRenderRollout_Fleet(t *testing.T) {
+	rep := sampleReport()
+	rep.State = ota.RolloutWatching
+	rep.LeftOut = ota.LeftOut{UpToDate: 4, Incompatible: 2, Quarantined: 1}
+	rep.Counts.Incompatible, rep.Counts.Quarantined = 3, 1
+	rep.Late = &ota.Counts{Started: 3, Succeeded: 1, Reverted: 1}
+	rep.Soak = 10 * time.Minute
+	out := renderRollout(rep)
+	for _, want := range []string{
+		"State     watching",
+		"Late      3 started after the waves: succeeded 1  reverted 1  running 1",
+		"Soak      10m0s: a running upgrade may have installed and be soaking",
+		"Left out  7: 4 up to date, 2 incompatible, 1 quarantined (at pre-flight); now 3 incompatible, 1 quarantined",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the status lacks %q:\n%s", want, out)
+		}
+	}
+	rep = sampleReport()
+	if out := renderRollout(rep); strings.Contains(out, "Left out") || strings.Contains(out, "Late") || strings.Contains(out, "Soak") {
+		t.Errorf("a rollout without left-out devices, late devices or soak shows them:\n%s", out)
 	}
 }
 

@@ -62,9 +62,10 @@ type statusReport struct {
 	// Upgrade is the device's latest upgrade as recorded in PostgreSQL, if any.
 	Upgrade *store.Upgrade       `json:"upgrade,omitempty"`
 	Events  []store.UpgradeEvent `json:"events,omitempty"`
-	// LastReport is the device's latest progress report of the latest upgrade's current
-	// attempt: the bridge stores every report, while the upgrade's record and its workflow
-	// see at most one a progress interval.
+	// LastReport is the device's latest report of the latest upgrade's current attempt, error
+	// codes included: the bridge stores every report, while the upgrade's record and its
+	// workflow see at most one a progress interval (and none after the upgrade has ended, such
+	// as a device's confirmation of a cancel).
 	LastReport *store.ProgressEvent `json:"last_report,omitempty"`
 	// Running is set while the device's upgrade workflow runs; Live is then its state.
 	Running   bool               `json:"running"`
@@ -126,7 +127,7 @@ func deviceStatus(ctx context.Context, st *store.Store, id string) (statusReport
 		return rep, err
 	}
 	if up.CommandID != "" {
-		last, err := st.LastProgress(ctx, id, ota.AttemptKey{CommandID: up.CommandID, Type: up.Type, Version: up.Version})
+		last, err := st.LastReport(ctx, id, ota.AttemptKey{CommandID: up.CommandID, Type: up.Type, Version: up.Version})
 		switch {
 		case err == nil:
 			rep.LastReport = &last
@@ -202,7 +203,11 @@ func printStatus(out io.Writer, rep statusReport) error {
 		fmt.Fprintf(out, "\nLatest upgrade: %s %s (workflow %s, run %s)\n", u.Type, u.Version, u.WorkflowID, u.RunID)
 		fmt.Fprintf(tw, "  State\t%s  %d%%  attempt %d\n", u.State, u.Progress, u.Attempt)
 		if r := rep.LastReport; r != nil {
-			fmt.Fprintf(tw, "  Last report\t%d%%  %s  (at %s)\n", r.Progress, r.Desc, formatTime(r.ReceivedAt))
+			report := fmt.Sprintf("%d%%  %s", r.Progress, r.Desc)
+			if r.Progress < 0 {
+				report = codeDesc(r.Progress, r.Desc)
+			}
+			fmt.Fprintf(tw, "  Last report\t%s  (at %s)\n", report, formatTime(r.ReceivedAt))
 		}
 		if u.ErrorCode != 0 || u.ErrorDesc != "" {
 			fmt.Fprintf(tw, "  Error\t%s\n", codeDesc(u.ErrorCode, u.ErrorDesc))

@@ -28,7 +28,10 @@ func upgradeCommand(e *appEnv) *cli.Command {
 		UsageText: "starter upgrade --device D --type T --version V --url U --md5 M --size S [options]",
 		Description: "Starts the workflow " + ota.DeviceWorkflowID("<device>") + ", which sends the device the package URL,\n" +
 			"follows its progress and succeeds when the device reports the new version.\n" +
-			"Get --md5 and --size with `starter package inspect --url U`.\n" +
+			"Get --md5 and --size with `starter package inspect --url U`, or --sidecar FILE and a signature\n" +
+			"from `starter package sign`: the worker then checks the signature and the download's sha256\n" +
+			"before the first command. With --compatible-label/--compatible-versions and DATABASE_URL, a\n" +
+			"device the package does not fit is refused here (exit 2); the worker refuses it too.\n" +
 			"Exit codes: 0 started (with --wait: succeeded or skipped), 1 failed/timed out/canceled,\n" +
 			"2 bad input, 3 the device already has an upgrade running.",
 		Flags: slices.Concat(
@@ -50,6 +53,9 @@ func (e *appEnv) upgradeAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := e.checkFits(cCtx, req); err != nil {
+		return err
+	}
 	c, err := e.temporalClient(cCtx)
 	if err != nil {
 		return err
@@ -59,20 +65,22 @@ func (e *appEnv) upgradeAction(cCtx *cli.Context) error {
 	})
 }
 
-// packageRequired are the flags of packageFlags that must be given.
+// packageRequired are the flags of packageFlags that must be given (--sidecar gives all but
+// the URL: see sidecarFields).
 var packageRequired = []string{"type", "version", "url", "md5", "size"}
 
-// packageFlags describe the package a device installs; `upgrade`, `rollout start` and
-// `rollout schedule` share them, and upgradeTemplate reads them.
+// packageFlags describe the package a device installs, its signature and the devices it
+// fits; `upgrade`, `rollout start` and `rollout schedule` share them, and upgradeTemplate
+// reads them.
 func packageFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "type", Usage: "upgrade `TYPE`: app, os, firmware... (required)"},
 		&cli.StringFlag{Name: "version", Usage: "target `VERSION` (required)"},
 		&cli.StringFlag{Name: "url", Usage: "http(s) `URL` the device downloads the package from (required)"},
 		&cli.StringFlag{Name: "md5", Usage: "package md5, 32 lowercase hex `DIGITS` (required)"},
 		&cli.Int64Flag{Name: "size", Usage: "package size in `BYTES`, more than 0 (required)"},
 		&cli.StringFlag{Name: "version-key", Usage: "status `KEY` that holds the version (default TYPE_ver)"},
-	}
+	}, trustFlags()...)
 }
 
 // attemptFlags are the per-device timeout and retry flags, shared like packageFlags.
@@ -94,6 +102,7 @@ func attemptFlags() []cli.Flag {
 			Usage: "start another attempt after a timeout (--retry-timeouts=false to stop)"},
 		&cli.DurationFlag{Name: "retry-backoff", Value: ota.DefaultRetryBackoff,
 			Usage: "wait (`DURATION`) before the second attempt; doubles for each further one"},
+		soakFlag(),
 	}
 }
 
@@ -131,6 +140,10 @@ func upgradeTemplate(cCtx *cli.Context) (ota.UpgradeRequest, error) {
 		Deadline:       cCtx.Duration("deadline"),
 		MaxAttempts:    cCtx.Int("max-attempts"),
 		RetryBackoff:   cCtx.Duration("retry-backoff"),
+		Soak:           cCtx.Duration(flagSoak),
+	}
+	if err := readPackageTrust(cCtx, &req); err != nil {
+		return req, err
 	}
 	retryTimeouts := cCtx.Bool("retry-timeouts")
 	req.RetryTimeouts = &retryTimeouts
@@ -139,6 +152,9 @@ func upgradeTemplate(cCtx *cli.Context) (ota.UpgradeRequest, error) {
 		if cCtx.Duration(name) <= 0 {
 			return req, usageErrorf(cCtx, "--%s must be more than 0, not %s", name, cCtx.Duration(name))
 		}
+	}
+	if req.Soak < 0 {
+		return req, usageErrorf(cCtx, "--%s must be 0 (no soak) or more, not %s", flagSoak, req.Soak)
 	}
 	if req.MaxAttempts < 1 {
 		return req, usageErrorf(cCtx, "--max-attempts must be 1 to 100, not %d", req.MaxAttempts)
@@ -163,6 +179,12 @@ func upgradeTemplate(cCtx *cli.Context) (ota.UpgradeRequest, error) {
 	}
 	if err := checkPackageURL(req.URL); err != nil {
 		return req, usageErrorf(cCtx, "--url: %v", err)
+	}
+	if req.Compat, err = readCompat(cCtx); err != nil {
+		return req, err
+	}
+	if err := checkSignaturePolicy(cCtx, req); err != nil {
+		return req, err
 	}
 	return req, nil
 }
@@ -344,6 +366,9 @@ func progressLine(st ota.UpgradeStatus) string {
 	line := fmt.Sprintf("%s  %s  %d%%  attempt %d/%d", st.DeviceID, st.State, st.Progress, st.Attempt, st.MaxAttempts)
 	if st.ErrorCode != 0 && !st.State.Final() {
 		line += "  after " + codeDesc(st.ErrorCode, st.Desc)
+	}
+	if st.State == ota.StateSucceeded && st.SoakUntil != nil {
+		line += "  soaking until " + formatTime(*st.SoakUntil)
 	}
 	return line
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/otaflow/otaflow/internal/ota"
 )
@@ -152,6 +153,7 @@ func TestParseCodes(t *testing.T) {
 }
 
 func TestProgressLine(t *testing.T) {
+	soakEnd := time.Date(2026, 11, 28, 12, 30, 0, 0, time.UTC)
 	tests := []struct {
 		st   ota.UpgradeStatus
 		want string
@@ -160,6 +162,8 @@ func TestProgressLine(t *testing.T) {
 			"dev-1  downloading  42%  attempt 1/3"},
 		{ota.UpgradeStatus{DeviceID: "dev-1", State: "pending", Progress: 10, Attempt: 1, MaxAttempts: 3, ErrorCode: -2, Desc: "bad md5"},
 			"dev-1  pending  10%  attempt 1/3  after code -2 (md5 check failed) bad md5"},
+		{ota.UpgradeStatus{DeviceID: "dev-1", State: "succeeded", Progress: 100, Attempt: 1, MaxAttempts: 3, SoakUntil: &soakEnd},
+			"dev-1  succeeded  100%  attempt 1/3  soaking until " + formatTime(soakEnd)},
 	}
 	for _, tt := range tests {
 		if got := progressLine(tt.st); got != tt.want {

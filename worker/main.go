@@ -5,8 +5,13 @@
 //	    --mqtt-url tcp://otaflow-worker:SECRET@localhost:1883
 //
 // Every flag is also read from an environment variable (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
-// DATABASE_URL, MQTT_URL, and for TLS MQTT_CA_FILE, TEMPORAL_TLS_CA, ...; see --help). Ctrl-C
-// stops it gracefully: running activities get time to finish.
+// DATABASE_URL, MQTT_URL, OTAFLOW_TRUSTED_KEYS, OTAFLOW_REQUIRE_SIGNATURES, and for TLS
+// MQTT_CA_FILE, TEMPORAL_TLS_CA, ...; see --help). Ctrl-C stops it gracefully: running
+// activities get time to finish.
+//
+// With --trusted-keys DIR (public keys only, one <key_id>.pub each) the worker verifies a
+// package's signature before any command for it is sent, and with --require-signatures it
+// refuses unsigned packages; without keys, the devices alone verify signatures.
 package main
 
 import (
@@ -20,8 +25,10 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
@@ -40,6 +47,10 @@ func main() {
 			&cli.StringFlag{Name: "database-url", Required: true, EnvVars: []string{"DATABASE_URL"}, Usage: "PostgreSQL URL; TLS with ?sslmode=verify-full&sslrootcert=FILE[&sslcert=FILE&sslkey=FILE]"},
 			&cli.StringFlag{Name: "mqtt-url", Required: true, EnvVars: []string{"MQTT_URL"}, Usage: "MQTT broker URL with the worker's credentials, e.g. tcp://otaflow-worker:SECRET@localhost:1883"},
 			&cli.StringFlag{Name: "mqtt-client-id", EnvVars: []string{"MQTT_CLIENT_ID"}, Usage: "MQTT client ID (default otaflow-worker-HOSTNAME-PID)"},
+			&cli.StringFlag{Name: "trusted-keys", EnvVars: []string{pkgsig.EnvTrustedKeys},
+				Usage: "`DIR` of trusted public keys, one <key_id>.pub (PEM, as openssl pkey -pubout writes) per key: package signatures are verified before any command is sent (default: none; devices verify)"},
+			&cli.BoolFlag{Name: "require-signatures", EnvVars: []string{pkgsig.EnvRequireSignatures},
+				Usage: "refuse to send unsigned packages (needs --trusted-keys)"},
 		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
 	}
@@ -56,6 +67,11 @@ func run(cCtx *cli.Context) error {
 	mqttTLS, temporalTLS, err := tlsflags.Services(cCtx)
 	if err != nil {
 		return err
+	}
+	// So are the trusted keys.
+	packages, err := pkgsig.LoadPolicy(cCtx.String("trusted-keys"), cCtx.Bool("require-signatures"))
+	if err != nil {
+		return fmt.Errorf("package policy: %w", err)
 	}
 	st, err := store.Open(ctx, cCtx.String("database-url"))
 	if err != nil {
@@ -75,7 +91,7 @@ func run(cCtx *cli.Context) error {
 	opts.SetCleanSession(true) // the worker only publishes
 	mc, err := mqttconn.Connect(ctx, opts)
 	if err != nil {
-		return fmt.Errorf("%w (broker %s)", err, mqttconn.Redact(cCtx.String("mqtt-url")))
+		return fmt.Errorf("%w (broker %s)", err, credential.RedactURL(cCtx.String("mqtt-url")))
 	}
 	defer mc.Disconnect(250)
 
@@ -87,7 +103,8 @@ func run(cCtx *cli.Context) error {
 	}
 	defer c.Close()
 
-	w := workflows.NewWorker(c, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c})
+	w := workflows.NewWorker(c, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c,
+		Packages: packages})
 	// Run returns when Ctrl-C stops the worker (nil), or when a fatal worker error stopped it
 	// (the namespace deleted, the server refusing the worker): then the program exits 1, so
 	// that a supervisor sees it and restarts it, rather than keeping a process that polls
@@ -99,7 +116,7 @@ func run(cCtx *cli.Context) error {
 		close(interrupt)
 	}()
 	logger.Info("OTAflow worker starting", "taskQueue", ota.TaskQueue, "temporal", cCtx.String("temporal-address"),
-		"namespace", cCtx.String("temporal-namespace"))
+		"namespace", cCtx.String("temporal-namespace"), "trustedKeys", packages.Keys.IDs(), "requireSignatures", packages.RequireSignature)
 	if err := w.Run(interrupt); err != nil {
 		return fmt.Errorf("worker stopped: %w", err)
 	}

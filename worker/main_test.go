@@ -12,15 +12,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
-	"go.temporal.io/api/taskqueue/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
 )
@@ -87,31 +89,23 @@ func startWorker(t *testing.T, namespace string) *workerProcess {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		resp, err := nc.DescribeTaskQueue(ctx, ota.TaskQueue, enums.TASK_QUEUE_TYPE_WORKFLOW)
-		if err == nil && len(resp.GetPollers()) > 0 {
-			return w
-		}
+	exited := false
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		select {
 		case err := <-w.done:
-			t.Fatalf("the worker exited before polling: %v\n%s", err, w.output.String())
+			exited = true
+			t.Errorf("the worker exited before polling: %v\n%s", err, w.output.String())
+			return
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the worker does not poll its task queue after a minute (%v, pollers %v):\n%s", err, pollers(resp), w.output.String())
-		}
-		time.Sleep(100 * time.Millisecond)
+		resp, err := nc.DescribeTaskQueue(ctx, ota.TaskQueue, enums.TASK_QUEUE_TYPE_WORKFLOW)
+		require.NoError(c, err)
+		assert.NotEmpty(c, resp.GetPollers(), "pollers of the task queue; the worker's output:\n%s", w.output.String())
+	}, time.Minute, 100*time.Millisecond, "the worker to poll its task queue")
+	if exited {
+		t.FailNow()
 	}
-}
-
-func pollers(resp interface {
-	GetPollers() []*taskqueue.PollerInfo
-}) int {
-	if resp == nil {
-		return 0
-	}
-	return len(resp.GetPollers())
+	return w
 }
 
 // exitCode waits up to timeout for the process to end and returns its exit code.
@@ -177,4 +171,43 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestWorkerRefusesBadPackagePolicy: a package policy that cannot work stops the worker at
+// start, before it dials anything, saying why.
+func TestWorkerRefusesBadPackagePolicy(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "worker")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	withPrivate := t.TempDir()
+	if _, err := pkgsig.WriteKeyPair(withPrivate, "release-1"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"signatures required without keys", []string{"--require-signatures"}, nil,
+			"package policy: signatures are required but no trusted keys are configured: give the trusted keys directory too"},
+		{"signatures required by the environment", nil, []string{pkgsig.EnvRequireSignatures + "=true"},
+			"signatures are required but no trusted keys are configured"},
+		{"a private key among the trusted keys", []string{"--trusted-keys", withPrivate}, nil, "looks like a private key"},
+		{"no such directory", nil, []string{pkgsig.EnvTrustedKeys + "=" + filepath.Join(withPrivate, "none")}, "package policy: trusted keys: open"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Nothing listens at these addresses: a worker that dialled first would fail otherwise.
+			cmd := exec.Command(bin, append([]string{"--database-url", "postgres://otaflow@127.0.0.1:1/otaflow",
+				"--mqtt-url", "tcp://127.0.0.1:1", "--temporal-address", "127.0.0.1:1"}, tt.args...)...)
+			cmd.Env = append(os.Environ(), tt.env...)
+			out, err := cmd.CombinedOutput()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), tt.want) {
+				t.Fatalf("worker %v: %v\n%s\nwant exit 1 saying %q", tt.args, err, out, tt.want)
+			}
+		})
+	}
 }

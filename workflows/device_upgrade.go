@@ -21,6 +21,7 @@ const (
 	phaseSend    phase = iota // a command is to be sent
 	phaseWaiting              // a command is out; waiting for reports
 	phaseBackoff              // an attempt ended; waiting before the next one
+	phaseSoak                 // succeeded; watching the device's reports for the soak time
 	phaseDone                 // final
 )
 
@@ -67,6 +68,18 @@ const (
 	// finalRecordChange: an outcome whose recording a cancel request interrupts is recorded
 	// all the same (before: the canceled local activity left the record unfinished).
 	finalRecordChange = "final-record-survives-cancel"
+	// preflightChange: a single upgrade of a signed package (one of no rollout: a rollout
+	// checks its package once) first checks it on the worker, CheckPackage's signature, size,
+	// md5 and sha256, and fails without sending any command when a check fails. Asked only
+	// for a request with a signature.
+	preflightChange = "preflight-signed-package"
+	// soakChange: an upgrade with a soak time stays open that long after it succeeded, and
+	// ends reverted when the device reports another version meanwhile. Asked only when the
+	// request has a soak time, at its success.
+	soakChange = "soak-after-success"
+	// cancelMessageChange: a cancel while a command is out publishes PROTOCOL.md 1.1's
+	// cancel message for it, so that the device stops before it installs. Asked only then.
+	cancelMessageChange = "cancel-message-to-device"
 )
 
 // upgrade is the state of one DeviceUpgradeWorkflow run.
@@ -81,6 +94,8 @@ type upgrade struct {
 	retryAt    time.Time
 	minTimeout time.Duration
 	timedOut   bool // the last attempt ended by a timeout
+	// interrupted is the ID of a command whose send a cancel interrupted: it may be out.
+	interrupted string
 
 	// One timer at a time: it fires at or before the current phase's deadline, so a report
 	// that moves the deadline later needs no new timer (fewer history events).
@@ -126,9 +141,18 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 	progressCh := workflow.GetSignalChannel(ctx, ota.SignalProgress)
 	statusCh := workflow.GetSignalChannel(ctx, ota.SignalStatus)
 
+	if req.Sig != "" && req.Rollout == "" && workflow.GetVersion(ctx, preflightChange, workflow.DefaultVersion, 1) >= 1 {
+		u.preflight(ctx)
+	}
 	for u.phase != phaseDone {
 		if ctx.Err() != nil {
+			if u.phase == phaseSoak {
+				// The install has held so far: a cancel ends the watch, not the success.
+				u.endSoak(ctx, "a cancel ended the soak early")
+				break
+			}
 			dctx, _ := workflow.NewDisconnectedContext(ctx)
+			u.cancelCommand(dctx)
 			u.finish(dctx, ota.StateCanceled, u.st.ErrorCode, "canceled by operator")
 			return u.st, temporal.NewCanceledError(u.st)
 		}
@@ -160,8 +184,53 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeFailed, nil, u.st)
 	case ota.StateTimedOut:
 		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeTimedOut, nil, u.st)
+	case ota.StateReverted:
+		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeReverted, nil, u.st)
 	}
 	return u.st, nil
+}
+
+// preflight checks a signed package on the worker (CheckPackage) before the first command:
+// a failed check ends the upgrade failed, with no command sent. A cancel meanwhile is left to
+// the main loop.
+func (u *upgrade) preflight(ctx workflow.Context) {
+	var a *activities.Activities
+	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, preflightOptions), a.CheckPackage, u.req.PackageCheck()).Get(ctx, nil)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	u.finish(ctx, ota.StateFailed, 0, "pre-flight check failed, no command was sent: "+checkMessage(err))
+}
+
+// checkMessage is what a failed package check (CheckPackage) says, for people: the check's
+// own message, without the SDK's wrapping.
+func checkMessage(err error) string {
+	var appErr *temporal.ApplicationError
+	switch {
+	case errors.As(err, &appErr):
+		return appErr.Message()
+	case temporal.IsTimeoutError(err):
+		return "the worker could not check the package in time"
+	}
+	return "the worker could not check the package"
+}
+
+// cancelCommand publishes the cancel message of the command a device may be working on, if
+// any (on a disconnected context: the workflow is being canceled). A device that has begun
+// installing, or speaks protocol 1, ignores it; a failure to publish is logged.
+func (u *upgrade) cancelCommand(ctx workflow.Context) {
+	id := u.interrupted
+	if u.phase == phaseWaiting {
+		id = u.st.CommandID
+	}
+	if id == "" || workflow.GetVersion(ctx, cancelMessageChange, workflow.DefaultVersion, 1) < 1 {
+		return
+	}
+	var a *activities.Activities
+	in := ota.CancelCommandInput{DeviceID: u.req.DeviceID, CommandID: id}
+	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, sendOptions), a.SendCancel, in).Get(ctx, nil); err != nil {
+		workflow.GetLogger(ctx).Warn("Could not publish the cancel message; the device may go on and install", "Command", id, "Error", err)
+	}
 }
 
 func (u *upgrade) failureMessage() string {
@@ -183,6 +252,7 @@ func (u *upgrade) send(ctx workflow.Context) {
 	cmd := protocol.UpgradeCommand{
 		ID:   fmt.Sprintf("%s-%d", u.record.RunID, attempt),
 		Type: u.req.Type, Version: u.req.Version, URL: u.req.URL, MD5: u.req.MD5, Size: u.req.Size,
+		SHA256: u.req.SHA256, Sig: u.req.Sig, KeyID: u.req.KeyID,
 		IssuedAt: now, ExpiresAt: now.Add(u.req.StartTimeout),
 	}
 	rec := u.record
@@ -191,7 +261,7 @@ func (u *upgrade) send(ctx workflow.Context) {
 	var a *activities.Activities
 	var res ota.SendCommandResult
 	err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, sendOptions), a.SendCommand,
-		ota.SendCommandInput{Upgrade: rec, Command: cmd, VersionKey: u.req.VersionKey, CheckSkip: attempt == 1}).Get(ctx, &res)
+		ota.SendCommandInput{Upgrade: rec, Command: cmd, VersionKey: u.req.VersionKey, CheckSkip: attempt == 1, Compat: u.req.Compat}).Get(ctx, &res)
 	now = workflow.Now(ctx)
 	u.st.Attempt = attempt
 	u.st.UpdatedAt = now
@@ -204,13 +274,14 @@ func (u *upgrade) send(ctx workflow.Context) {
 			return
 		}
 		if ctx.Err() != nil {
+			u.interrupted = cmd.ID
 			return // canceled while sending; the main loop ends the upgrade
 		}
 		u.endAttempt(ctx, 0, "could not send the command: "+err.Error(), false)
 	case res.Skipped:
 		u.st.Reported = res.Reported
 		u.record.State = ota.StateSkipped
-		u.setFinal(ctx, ota.StateSkipped, 0, "device already reports "+u.req.VersionKey+"="+res.Reported)
+		u.setFinal(ctx, ota.StateSkipped)
 	default:
 		u.st.Reported = res.Reported
 		u.st.CommandID = cmd.ID
@@ -269,6 +340,10 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 		return
 	}
 	reported, ok := st[u.req.VersionKey]
+	if u.phase == phaseSoak {
+		u.onSoakStatus(ctx, reported, ok)
+		return
+	}
 	if !ok && workflow.GetVersion(ctx, statusNeedsKeyChange, workflow.DefaultVersion, 1) >= 1 {
 		// A report without the version key (another type's versions) says nothing of
 		// this install.
@@ -277,7 +352,12 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 	u.st.Reported = reported
 	u.st.UpdatedAt = workflow.Now(ctx)
 	if reported == u.req.Version {
-		u.finish(ctx, ota.StateSucceeded, 0, "device reports "+u.req.VersionKey+"="+reported)
+		desc := "device reports " + u.req.VersionKey + "=" + reported
+		if u.req.Soak > 0 && workflow.GetVersion(ctx, soakChange, workflow.DefaultVersion, 1) >= 1 {
+			u.startSoak(ctx, desc)
+			return
+		}
+		u.finish(ctx, ota.StateSucceeded, 0, desc)
 		return
 	}
 	if u.phase == phaseWaiting && u.st.State == ota.StateDownloaded {
@@ -286,10 +366,48 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 	}
 }
 
+// startSoak records the upgrade as succeeded, as it is unless the device goes back, and
+// keeps the workflow open for the soak time: its one timer fires at the soak's end.
+func (u *upgrade) startSoak(ctx workflow.Context, desc string) {
+	until := workflow.Now(ctx).Add(u.req.Soak)
+	u.st.SoakUntil = &until
+	u.finish(ctx, ota.StateSucceeded, 0, fmt.Sprintf("%s; soaking for %s", desc, u.req.Soak))
+	u.phase = phaseSoak
+	if u.timer != nil {
+		u.cancelTimer() // a phase deadline that no longer applies
+		u.timer = nil
+	}
+}
+
+// onSoakStatus handles a status report during the soak: the target version again, or a
+// report without the version key, keeps the success; another version means the install did
+// not hold.
+func (u *upgrade) onSoakStatus(ctx workflow.Context, reported string, ok bool) {
+	if !ok {
+		return
+	}
+	u.st.Reported = reported
+	u.st.UpdatedAt = workflow.Now(ctx)
+	if reported == u.req.Version {
+		return
+	}
+	u.finish(ctx, ota.StateReverted, 0, fmt.Sprintf("device went back to %s=%q within the %s soak after it reported %s: the install did not hold",
+		u.req.VersionKey, reported, u.req.Soak, u.req.Version))
+}
+
+// endSoak ends a soak that saw no other version: the upgrade stays succeeded, as recorded.
+func (u *upgrade) endSoak(ctx workflow.Context, why string) {
+	u.phase = phaseDone
+	u.st.UpdatedAt = workflow.Now(ctx)
+	workflow.GetLogger(ctx).Info("Soak over: the upgrade stays succeeded", "Why", why)
+}
+
 // phaseDeadline is when the current phase times out.
 func (u *upgrade) phaseDeadline() time.Time {
 	var d time.Time
 	switch {
+	case u.phase == phaseSoak:
+		return *u.st.SoakUntil // after the success: the overall deadline no longer applies
 	case u.phase == phaseBackoff:
 		d = u.retryAt
 	case u.st.State == ota.StateSent:
@@ -331,6 +449,12 @@ func (u *upgrade) armTimer(ctx workflow.Context) {
 // the attempt, the end of a backoff sends the next command.
 func (u *upgrade) onTimer(ctx workflow.Context) {
 	now := workflow.Now(ctx)
+	if u.phase == phaseSoak {
+		if !now.Before(*u.st.SoakUntil) {
+			u.endSoak(ctx, "the soak time passed")
+		}
+		return
+	}
 	if !now.Before(u.deadline) {
 		u.finish(ctx, ota.StateTimedOut, u.st.ErrorCode,
 			fmt.Sprintf("overall deadline of %s passed in state %s", u.req.Deadline, u.st.State))
@@ -431,12 +555,12 @@ func (u *upgrade) finish(ctx workflow.Context, s ota.State, code int, desc strin
 	if s != ota.StateSucceeded {
 		u.record.ErrorDesc = desc
 	}
-	u.setFinal(ctx, s, code, desc)
+	u.setFinal(ctx, s)
 	u.recordState(ctx, desc)
 }
 
 // setFinal marks the upgrade final without recording it (SendCommand already did for skipped).
-func (u *upgrade) setFinal(ctx workflow.Context, s ota.State, code int, desc string) {
+func (u *upgrade) setFinal(ctx workflow.Context, s ota.State) {
 	now := workflow.Now(ctx)
 	u.phase = phaseDone
 	u.st.State = s

@@ -2,6 +2,8 @@ package workflows
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/stretchr/testify/mock"
@@ -32,6 +35,82 @@ type fakeDevices struct {
 	lists map[string]map[string]bool
 	// progress are the progress reports the bridge stored, oldest first.
 	progress []store.ProgressEvent
+	// cancels are the command IDs of the cancel messages published, in order.
+	cancels []string
+	// quarantined are devices in quarantine; changes the IDs of the devices changed, in
+	// order (FindLate's cursor is an index into it); taken the devices a rollout took on.
+	quarantined map[string]bool
+	changes     []string
+	taken       map[string]bool
+	leftOut     map[string]bool // found incompatible
+	// finds counts FindLate's calls.
+	finds int
+}
+
+// change registers or updates a device, as a status report or registration would.
+func (f *fakeDevices) change(d store.Device) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.devices[d.ID] = d
+	f.changes = append(f.changes, d.ID)
+}
+
+// candidate is how a selector sees device d.
+func (f *fakeDevices) candidate(d store.Device) ota.Candidate {
+	return ota.Candidate{ID: d.ID, Disabled: d.Disabled, Seen: len(d.Reported) > 0, Labels: d.Labels,
+		Reported: d.Reported, Quarantined: f.quarantined[d.ID]}
+}
+
+func (f *fakeDevices) SelectTargets(ctx context.Context, sel ota.Selector, how store.Selection) (ota.TargetSelection, error) {
+	devices, err := f.ListDevices(ctx, sel.Filter)
+	if err != nil {
+		return ota.TargetSelection{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := ota.TargetSelection{Changes: ota.ChangeCursor{XID: fmt.Sprint(len(f.changes))}}
+	if f.lists == nil {
+		f.lists = map[string]map[string]bool{}
+	}
+	f.lists[how.Key] = map[string]bool{}
+	for _, d := range devices {
+		reason := sel.Judge(f.candidate(d))
+		out.LeftOut.Add(reason)
+		if reason == "" {
+			out.Targets++
+			f.lists[how.Key][d.ID] = true
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeDevices) FindLate(_ context.Context, q store.LateSearch) (ota.LateTargets, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.finds++
+	var from int
+	fmt.Sscan(q.Cursor.XID, &from)
+	out := ota.LateTargets{}
+	i := from
+	for ; i < len(f.changes) && len(out.IDs) < q.Limit; i++ {
+		d := f.devices[f.changes[i]]
+		if !strings.HasPrefix(d.ID, q.Selector.Filter.Prefix) || f.taken[d.ID] {
+			continue
+		}
+		if f.leftOut == nil {
+			f.leftOut = map[string]bool{}
+		}
+		switch q.Selector.Judge(f.candidate(d)) {
+		case "":
+			out.IDs = append(out.IDs, d.ID)
+			delete(f.leftOut, d.ID)
+		case ota.LeftIncompatible:
+			f.leftOut[d.ID] = true
+		}
+	}
+	out.LeftOut.Incompatible = len(f.leftOut)
+	out.Cursor = ota.ChangeCursor{XID: fmt.Sprint(i)}
+	return out, nil
 }
 
 func newFakeDevices(reported protocol.Status) *fakeDevices {
@@ -144,6 +223,16 @@ func (f *fakeDevices) LastProgress(_ context.Context, device string, a ota.Attem
 }
 
 func (f *fakeDevices) Publish(_ context.Context, topic string, payload []byte) error {
+	if _, kind, err := protocol.ParseTopic(topic); err == nil && kind == protocol.KindCancel {
+		c, err := protocol.ParseCancel(payload)
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.cancels = append(f.cancels, c.ID)
+		return nil
+	}
 	cmd, err := protocol.ParseCommand(payload)
 	if err != nil {
 		return err
@@ -208,10 +297,16 @@ type harness struct {
 	dev *fakeDevices
 }
 
-func newHarness(t *testing.T, reported protocol.Status) *harness {
+// newHarness runs the workflow with the activities on fake devices; the worker's package
+// policy is policy, if given.
+func newHarness(t *testing.T, reported protocol.Status, policy ...pkgsig.Policy) *harness {
 	h := &harness{dev: newFakeDevices(reported)}
 	h.env = h.NewTestWorkflowEnvironment()
-	h.env.RegisterActivity(&activities.Activities{Publisher: h.dev, Store: h.dev})
+	a := &activities.Activities{Publisher: h.dev, Store: h.dev}
+	if len(policy) > 0 {
+		a.Packages = policy[0]
+	}
+	h.env.RegisterActivity(a)
 	return h
 }
 
@@ -408,6 +503,43 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			wantEndAfter: time.Second + ota.DefaultInstallTimeout, wantEndBefore: 2*time.Second + ota.DefaultInstallTimeout,
 		},
 		{
+			name: "soak: no report within it keeps the success", reported: "1.0",
+			req:       func(r *ota.UpgradeRequest) { r.Soak = 10 * time.Minute },
+			steps:     []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, status: "1.1"}},
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantEndAfter: 10*time.Second + 10*time.Minute, wantEndBefore: 11*time.Second + 10*time.Minute,
+		},
+		{
+			name: "soak: the target again, another type's version and late progress keep the success", reported: "1.0",
+			req: func(r *ota.UpgradeRequest) { r.Soak = 10 * time.Minute },
+			steps: []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, status: "1.1"},
+				{at: time.Minute, rawStatus: protocol.Status{"app_ver": "9"}}, {at: 2 * time.Minute, status: "1.1"},
+				{at: 3 * time.Minute, progress: -3}},
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantEndAfter: 10*time.Second + 10*time.Minute, wantEndBefore: 11*time.Second + 10*time.Minute,
+		},
+		{
+			name: "soak: the old version within it is reverted", reported: "1.0",
+			req:       func(r *ota.UpgradeRequest) { r.Soak = 10 * time.Minute },
+			steps:     []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, status: "1.1"}, {at: 2 * time.Minute, status: "1.0"}},
+			wantState: ota.StateReverted, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeReverted,
+			wantEndAfter: 2 * time.Minute, wantEndBefore: 2*time.Minute + time.Second,
+		},
+		{
+			name: "soak: a cancel ends it early, still succeeded", reported: "1.0",
+			req:       func(r *ota.UpgradeRequest) { r.Soak = time.Hour },
+			steps:     []step{{at: 10 * time.Second, status: "1.1"}, {at: time.Minute, cancel: true}},
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantEndAfter: time.Minute, wantEndBefore: time.Minute + time.Second,
+		},
+		{
+			name: "soak: the overall deadline does not cut it", reported: "1.0",
+			req:       func(r *ota.UpgradeRequest) { r.Soak = time.Hour; r.Deadline = 30 * time.Minute },
+			steps:     []step{{at: 10 * time.Second, status: "1.1"}, {at: 50 * time.Minute, status: "1.0"}},
+			wantState: ota.StateReverted, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeReverted,
+			wantEndAfter: 50 * time.Minute, wantEndBefore: 50*time.Minute + time.Second,
+		},
+		{
 			name: "overall deadline", reported: "1.0",
 			req: func(r *ota.UpgradeRequest) {
 				r.Deadline = 3 * time.Minute
@@ -573,5 +705,185 @@ func TestDeviceUpgradeOutcomeWithCancel(t *testing.T) {
 	states := h.dev.states()
 	if !interrupted || st.State != ota.StateSucceeded || len(states) == 0 || states[len(states)-1] != ota.StateSucceeded {
 		t.Fatalf("workflow ended %s (record interrupted: %v), recorded states %v: the last record must be the outcome", st.State, interrupted, states)
+	}
+}
+
+// TestDeviceUpgradeSoakRecords: during the soak the upgrade is succeeded (recorded so, with
+// the soak's end in its status); a report of the old version then records it reverted.
+func TestDeviceUpgradeSoakRecords(t *testing.T) {
+	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+	req := testRequest()
+	req.Soak = 10 * time.Minute
+	h.schedule([]step{{at: time.Second, progress: 100}, {at: 10 * time.Second, status: "1.1"}, {at: 5 * time.Minute, status: "1.0"}})
+	var mid ota.UpgradeStatus
+	h.env.RegisterDelayedCallback(func() {
+		v, err := h.env.QueryWorkflow(ota.QueryState)
+		if err == nil {
+			err = v.Get(&mid)
+		}
+		if err != nil {
+			t.Errorf("query: %v", err)
+		}
+	}, time.Minute)
+	start := h.env.Now()
+	st, err := h.run(t, req)
+	if mid.State != ota.StateSucceeded || mid.SoakUntil == nil || !mid.SoakUntil.Equal(start.Add(10*time.Second+10*time.Minute)) {
+		t.Errorf("state during the soak: %s, soak until %v; want succeeded until 10m10s after the start", mid.State, mid.SoakUntil)
+	}
+	var appErr *temporal.ApplicationError
+	if st.State != ota.StateReverted || !errors.As(err, &appErr) || appErr.Type() != ota.ErrTypeUpgradeReverted ||
+		st.Reported != "1.0" || !strings.Contains(st.Desc, `device went back to firmware_ver="1.0" within the 10m0s soak`) {
+		t.Fatalf("ended %s (%q, reported %q), err %v; want reverted", st.State, st.Desc, st.Reported, err)
+	}
+	want := []ota.State{ota.StateSent, ota.StateDownloaded, ota.StateSucceeded, ota.StateReverted}
+	if got := h.dev.states(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("recorded states %v, want %v", got, want)
+	}
+	last := h.dev.records[len(h.dev.records)-1]
+	if last.ErrorDesc != st.Desc {
+		t.Errorf("recorded error %q, want %q", last.ErrorDesc, st.Desc)
+	}
+}
+
+// TestDeviceUpgradeCancelMessage: a cancel while a command is out publishes its cancel
+// message; in a backoff no command is out, and none is published.
+func TestDeviceUpgradeCancelMessage(t *testing.T) {
+	tests := []struct {
+		name   string
+		steps  []step
+		cancel bool // a cancel message for the last command is published
+	}{
+		{"before any report", []step{{at: 10 * time.Second, cancel: true}}, true},
+		{"while downloading", []step{{at: time.Second, progress: 30}, {at: 10 * time.Second, cancel: true}}, true},
+		{"after the download", []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, cancel: true}}, true},
+		{"in a backoff", []step{{at: time.Second, progress: -1}, {at: 10 * time.Second, cancel: true}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+			h.schedule(tt.steps)
+			st, err := h.run(t, testRequest())
+			var canceled *temporal.CanceledError
+			if st.State != ota.StateCanceled || !errors.As(err, &canceled) {
+				t.Fatalf("ended %s, err %v; want canceled", st.State, err)
+			}
+			var want []string
+			if tt.cancel {
+				want = []string{h.dev.lastCommand().ID}
+			}
+			if fmt.Sprint(h.dev.cancels) != fmt.Sprint(want) {
+				t.Errorf("cancel messages for %v, want %v", h.dev.cancels, want)
+			}
+		})
+	}
+}
+
+// TestDeviceUpgradePreflight: a single upgrade of a signed package has the worker check it
+// first; a failed check ends it failed with the check's message, before any command.
+func TestDeviceUpgradePreflight(t *testing.T) {
+	signed := func(r *ota.UpgradeRequest) {
+		r.SHA256 = strings.Repeat("ab", 32)
+		r.Sig = base64.StdEncoding.EncodeToString(make([]byte, 64))
+		r.KeyID = "release-1"
+	}
+	tests := []struct {
+		name      string
+		req       func(*ota.UpgradeRequest)
+		check     error // CheckPackage's answer
+		wantCheck bool
+		wantState ota.State
+		wantDesc  string
+	}{
+		{name: "signed, passes", req: signed, wantCheck: true, wantState: ota.StateSucceeded},
+		{name: "signed, bad signature", req: signed, wantCheck: true, wantState: ota.StateFailed,
+			check:    temporal.NewNonRetryableApplicationError("bad signature: key \"release-1\" did not sign ...", ota.ErrTypeBadSignature, nil),
+			wantDesc: "pre-flight check failed, no command was sent: bad signature: key \"release-1\" did not sign ..."},
+		{name: "signed, sha256 mismatch", req: signed, wantCheck: true, wantState: ota.StateFailed,
+			check:    temporal.NewNonRetryableApplicationError("sha256 mismatch: the package's sha256 is ...", ota.ErrTypeSHA256Mismatch, nil),
+			wantDesc: "pre-flight check failed, no command was sent: sha256 mismatch: the package's sha256 is ..."},
+		{name: "signed, in a rollout: the rollout checked it", req: func(r *ota.UpgradeRequest) { signed(r); r.Rollout = "fw-1.1" },
+			wantState: ota.StateSucceeded},
+		{name: "unsigned", wantState: ota.StateSucceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+			req := testRequest()
+			if tt.req != nil {
+				tt.req(&req)
+			}
+			var a *activities.Activities
+			var checked []ota.PackageCheck
+			h.env.OnActivity(a.CheckPackage, mock.Anything, mock.Anything).Return(func(_ context.Context, p ota.PackageCheck) error {
+				checked = append(checked, p)
+				return tt.check
+			})
+			h.schedule([]step{{at: 10 * time.Second, status: "1.1"}})
+			st, err := h.run(t, req)
+			if (len(checked) > 0) != tt.wantCheck || (tt.wantCheck && checked[0] != req.PackageCheck()) {
+				t.Errorf("package checks %+v; want one of the request's package: %v", checked, tt.wantCheck)
+			}
+			if st.State != tt.wantState {
+				t.Fatalf("ended %s (%q), err %v; want %s", st.State, st.Desc, err, tt.wantState)
+			}
+			if tt.wantState == ota.StateSucceeded {
+				cmd := h.dev.lastCommand()
+				if len(h.dev.commands) != 1 || cmd.SHA256 != req.SHA256 || cmd.Sig != req.Sig || cmd.KeyID != req.KeyID {
+					t.Errorf("commands %+v; want one with the request's sha256, sig and key_id", h.dev.commands)
+				}
+				return
+			}
+			var appErr *temporal.ApplicationError
+			if !errors.As(err, &appErr) || appErr.Type() != ota.ErrTypeUpgradeFailed || st.Desc != tt.wantDesc || st.Attempt != 0 {
+				t.Errorf("error %v, desc %q, attempt %d; want %s with %q after 0 attempts", err, st.Desc, st.Attempt, ota.ErrTypeUpgradeFailed, tt.wantDesc)
+			}
+			if len(h.dev.commands) != 0 {
+				t.Errorf("%d commands sent after a failed pre-flight check", len(h.dev.commands))
+			}
+			if states := h.dev.states(); fmt.Sprint(states) != "[failed]" {
+				t.Errorf("recorded states %v, want [failed]", states)
+			}
+		})
+	}
+}
+
+// TestDeviceUpgradeRefusedBeforeSend: the worker's require-signatures policy and a
+// compatibility rule the device does not meet end the upgrade failed before any command.
+func TestDeviceUpgradeRefusedBeforeSend(t *testing.T) {
+	pub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := pkgsig.NewTrustedKeys(map[string]ed25519.PublicKey{"release-1": pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		policy   pkgsig.Policy
+		req      func(*ota.UpgradeRequest)
+		wantDesc string
+	}{
+		{name: "unsigned under the require-signatures policy", policy: pkgsig.Policy{Keys: keys, RequireSignature: true},
+			wantDesc: "missing signature: the package is not signed, and a signature is required"},
+		{name: "a label the device lacks", req: func(r *ota.UpgradeRequest) {
+			r.Compat = &ota.Compatibility{Labels: map[string]string{"model": "pump-v2"}}
+		}, wantDesc: `device dev-1 does not fit the package: label model is "", the package needs "pump-v2"`},
+		{name: "a version outside the range", req: func(r *ota.UpgradeRequest) {
+			r.Compat = &ota.Compatibility{Versions: ">=2.0"}
+		}, wantDesc: "device dev-1 does not fit the package: version 1.0 is outside >=2.0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, protocol.Status{"firmware_ver": "1.0"}, tt.policy)
+			req := testRequest()
+			if tt.req != nil {
+				tt.req(&req)
+			}
+			st, err := h.run(t, req)
+			if st.State != ota.StateFailed || st.Desc != tt.wantDesc || len(h.dev.commands) != 0 {
+				t.Fatalf("ended %s (%q), err %v, %d commands; want failed with %q and no command", st.State, st.Desc, err, len(h.dev.commands), tt.wantDesc)
+			}
+		})
 	}
 }

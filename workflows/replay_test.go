@@ -25,6 +25,14 @@ import (
 //     progressAfterDownloadChange, silenceChange): retries, timeouts, cancels, a status
 //     without the version key, progress going back, pauses, approvals, hand-overs, a
 //     threshold pause and a Temporal cancel.
+//   - testdata/issue11-device/: upgrades recorded by the same test before issue 11's device
+//     side (preflightChange, soakChange, cancelMessageChange): a cancel in each phase of an
+//     attempt, a signed package, a soak time and a compatibility rule the device does not
+//     meet, which the code before them ignored; and again the paths of v1.
+//   - testdata/v2-rollouts/: rollouts recorded by TestRecordHistories at versionControl,
+//     before the changes of issue 11 (targets chosen by compatibility and quarantine,
+//     continuous rollouts): the scenarios of v1, and a wave below its success threshold
+//     that aborts.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -35,8 +43,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 19 {
-		t.Fatalf("found %d recorded histories, want the 19 recorded so far", len(files))
+	if len(files) < 46 {
+		t.Fatalf("found %d recorded histories, want the 46 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {

@@ -3,7 +3,6 @@ package workflows
 import (
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"time"
 
@@ -27,6 +26,30 @@ var (
 			NonRetryableErrorTypes: []string{ota.ErrTypePackageMismatch}},
 	}
 )
+
+// selectOptions run SelectTargets, which judges the whole fleet page by page, heartbeating.
+var selectOptions = workflow.ActivityOptions{
+	StartToCloseTimeout: 30 * time.Minute,
+	HeartbeatTimeout:    time.Minute,
+	RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+}
+
+// lateMaxWait is how long one FindLateTargets waits for late devices before it returns
+// empty-handed, so that the rollout records where the search stands; findOptions run it.
+const lateMaxWait = 5 * time.Minute
+
+var findOptions = workflow.ActivityOptions{
+	StartToCloseTimeout: lateMaxWait + 2*time.Minute,
+	HeartbeatTimeout:    30 * time.Second,
+	RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: time.Minute},
+}
+
+// maxFindsPerRun bounds the searches for late devices of one run: an idle continuous
+// rollout continues as new after so many (each costs about six history events).
+const maxFindsPerRun = 100
+
+// findRetry is how long a continuous rollout waits after a search for late devices failed.
+const findRetry = time.Minute
 
 // cleanupOptions run the removal of a finished rollout's target snapshot.
 var cleanupOptions = workflow.ActivityOptions{
@@ -55,7 +78,10 @@ const awaitGather = 2 * time.Second
 //   - versionControl: no device upgrade starts once a pause, cancel, abort or closed window
 //     is known, however late (checked at each start, after target resolution too); a Temporal
 //     cancel ends the rollout canceled in every phase; a pending cancel shows as canceling;
-//     the targets are fixed at pre-flight in a snapshot, and removed at the end.
+//     the targets are fixed at pre-flight in a snapshot, and removed at the end;
+//   - versionFleet: the targets are selected by SelectTargets, which leaves out the devices
+//     that are disabled, never seen, up to date, incompatible or quarantined and counts
+//     them; a continuous rollout stays open after its waves (watch), until closed.
 //
 // Runs recorded before a version keep the behaviour they had.
 const rolloutChange = "handover-running-upgrades"
@@ -64,11 +90,11 @@ const rolloutChange = "handover-running-upgrades"
 const (
 	versionHandover = 1
 	versionControl  = 2
+	versionFleet    = 3
 )
 
-// burstWindow is how much unused start rate may be saved up, so that a rate-limited rollout
-// starts devices in small batches rather than waking for each one.
-const burstWindow = 5 * time.Second
+// burstWindow is how much unused start rate may be saved up (ota.RateBurst).
+const burstWindow = ota.RateBurst
 
 type rollout struct {
 	req ota.RolloutRequest
@@ -82,10 +108,15 @@ type rollout struct {
 	withRunID      int
 	handover       bool // hand running upgrades over at continue-as-new (versionHandover)
 	control        bool // the rules of versionControl apply
+	fleet          bool // the rules of versionFleet apply
 	startedThisRun int
 	draining       bool
 	version        int // bumped on every change the main loop waits for
 	searchState    string
+	// findsThisRun counts this run's searches for late devices; cancelFind cancels the one
+	// under way (nil when none is).
+	findsThisRun int
+	cancelFind   workflow.CancelFunc
 
 	// phase is what the main loop is doing (preflight, running, waiting_approval, baking,
 	// waiting_window, or a final state) and phaseReason why; the state shown is derived from
@@ -116,8 +147,8 @@ func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProg
 		return ota.RolloutProgress{}, temporal.NewNonRetryableApplicationError("invalid rollout request: "+err.Error(), ota.ErrTypeInvalidRequest, err)
 	}
 	r := &rollout{req: req, running: map[string]*child{}}
-	v := workflow.GetVersion(ctx, rolloutChange, workflow.DefaultVersion, versionControl)
-	r.handover, r.control = v >= versionHandover, v >= versionControl
+	v := workflow.GetVersion(ctx, rolloutChange, workflow.DefaultVersion, versionFleet)
+	r.handover, r.control, r.fleet = v >= versionHandover, v >= versionControl, v >= versionFleet
 	if in.Carry != nil {
 		r.c = *in.Carry
 		r.c.Progress.Runs++
@@ -128,7 +159,7 @@ func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProg
 	} else {
 		now := workflow.Now(ctx)
 		r.c.Progress = ota.RolloutProgress{Name: req.Name, Type: req.Upgrade.Type, Version: req.Upgrade.Version,
-			State: ota.RolloutPreflight, Runs: 1, StartedAt: now, UpdatedAt: now}
+			State: ota.RolloutPreflight, Runs: 1, StartedAt: now, UpdatedAt: now, Soak: req.Upgrade.Soak}
 		r.c.RampStartedAt = now
 		r.phase = ota.RolloutPreflight
 	}
@@ -181,6 +212,10 @@ func (r *rollout) setHandlers(ctx workflow.Context) error {
 		workflow.UpdateHandlerOptions{Validator: r.validateApprove}); err != nil {
 		return fmt.Errorf("set update handler %s: %w", ota.UpdateApprove, err)
 	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, ota.UpdateClose, r.onClose,
+		workflow.UpdateHandlerOptions{Validator: r.validateClose}); err != nil {
+		return fmt.Errorf("set update handler %s: %w", ota.UpdateClose, err)
+	}
 	return nil
 }
 
@@ -223,6 +258,9 @@ func (r *rollout) onResume(ctx workflow.Context) error {
 	r.c.Baseline = r.p.Counts
 	if w := r.p.CurrentWave; w >= 1 && w <= len(r.p.Waves) {
 		r.c.WaveBaseline = r.p.Waves[w-1].Counts
+	}
+	if r.p.Late != nil {
+		r.c.LateBaseline = *r.p.Late
 	}
 	if !r.control {
 		// Before versionControl a resume showed running whatever the rollout waited for.
@@ -292,6 +330,35 @@ func (r *rollout) onApprove(ctx workflow.Context, wave int) error {
 	return nil
 }
 
+// validateClose accepts the close of a continuous rollout that is neither ended nor closed.
+func (r *rollout) validateClose(string) error {
+	if err := r.final(); err != nil {
+		return err
+	}
+	if !r.req.Continuous || !r.fleet {
+		return fmt.Errorf("rollout %s is not continuous: it ends by itself after its waves (cancel it to stop it sooner)", r.req.Name)
+	}
+	if r.c.Closed {
+		return fmt.Errorf("rollout %s is already closed: it ends once its running upgrades have", r.req.Name)
+	}
+	return nil
+}
+
+// onClose closes a continuous rollout: it takes on no more late devices and completes once
+// its running upgrades have ended (before its waves are done, it completes after them).
+func (r *rollout) onClose(ctx workflow.Context, reason string) error {
+	r.c.Closed = true
+	r.c.CloseReason = "closed by operator"
+	if reason != "" {
+		r.c.CloseReason += ": " + reason
+	}
+	if r.cancelFind != nil {
+		r.cancelFind()
+	}
+	r.version++
+	return nil
+}
+
 // prepare checks the package and counts and splits the targets into waves. From
 // versionControl on, the targets are fixed here: the devices that match, registered and
 // enabled, are stored as the rollout's snapshot list, which the later pages read.
@@ -301,14 +368,25 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 	if !r.req.SkipPreflight {
 		up := r.req.Upgrade
 		err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, preflightOptions), t.CheckPackage,
-			ota.PackageCheck{URL: up.URL, MD5: up.MD5, Size: up.Size}).Get(ctx, nil)
+			up.PackageCheck()).Get(ctx, nil)
 		if err != nil {
-			return fmt.Errorf("pre-flight check failed, no device was touched: %w", err)
+			return fmt.Errorf("pre-flight check failed, no device was touched: %s", checkMessage(err))
 		}
 	}
 	var total int
 	actx := workflow.WithActivityOptions(ctx, targetOptions)
-	if r.control {
+	if r.fleet {
+		key := snapshotKey(r.req.Name, workflow.GetInfo(ctx).OriginalRunID)
+		in := ota.SelectTargetsInput{Rollout: r.req.Name, Key: key, Selector: r.req.Selector(), KeepLeftOut: r.req.Continuous}
+		var sel ota.TargetSelection
+		if err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, selectOptions), t.SelectTargets, in).Get(ctx, &sel); err != nil {
+			return fmt.Errorf("select targets: %w", err)
+		}
+		r.c.Snapshot, r.c.Changes = key, sel.Changes
+		total = sel.Targets
+		r.p.LeftOut = sel.LeftOut
+		r.p.Counts.Incompatible, r.p.Counts.Quarantined = sel.LeftOut.Incompatible, sel.LeftOut.Quarantined
+	} else if r.control {
 		key := snapshotKey(r.req.Name, workflow.GetInfo(ctx).OriginalRunID)
 		in := ota.SnapshotInput{Rollout: r.req.Name, Key: key, Filter: r.filter("", 0)}
 		if err := workflow.ExecuteActivity(actx, t.SnapshotTargets, in).Get(ctx, &total); err != nil {
@@ -319,14 +397,9 @@ func (r *rollout) prepare(ctx workflow.Context) error {
 		return fmt.Errorf("count targets: %w", err)
 	}
 	r.p.Total = total
+	r.c.WaveEnds = ota.WaveEnds(total, r.req.Waves)
 	prev := 0
-	for i, w := range r.req.Waves {
-		end := prev + w.Count
-		if w.Percent > 0 {
-			end = int(math.Ceil(float64(total) * w.Percent / 100))
-		}
-		end = min(max(end, prev), total)
-		r.c.WaveEnds = append(r.c.WaveEnds, end)
+	for i, end := range r.c.WaveEnds {
 		r.p.Waves = append(r.p.Waves, ota.WaveProgress{Number: i + 1, Target: end - prev})
 		prev = end
 	}
@@ -355,7 +428,7 @@ func (r *rollout) filter(after string, limit int) ota.DeviceFilter {
 }
 
 func (r *rollout) run(ctx workflow.Context) (ota.RolloutProgress, error) {
-	for r.p.CurrentWave <= len(r.p.Waves) {
+	for !r.c.Watching && r.p.CurrentWave <= len(r.p.Waves) {
 		wi := r.p.CurrentWave - 1
 		wave := r.req.Waves[wi]
 		if !r.c.WaveOpened {
@@ -424,6 +497,9 @@ func (r *rollout) run(ctx workflow.Context) (ota.RolloutProgress, error) {
 			return *r.p, r.continueAsNew(ctx)
 		}
 	}
+	if r.fleet && r.req.Continuous && (r.c.Watching || !r.c.Closed) {
+		return r.watch(ctx)
+	}
 	return r.end(ctx)
 }
 
@@ -451,6 +527,10 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 		}
 		now := workflow.Now(ctx)
 		wake := time.Time{}
+		if reachedEnd && r.fleet && r.req.Upgrade.Soak > 0 {
+			r.enter(ctx, ota.RolloutRunning, fmt.Sprintf("wave %d: %d upgrade(s) still running; a device counts once it has held the version for the %s soak",
+				wi+1, len(r.running), r.req.Upgrade.Soak))
+		}
 		if !reachedEnd && r.mayStart() {
 			if !r.inWindow(now) {
 				wake = r.nextWindowOpen(now)
@@ -500,15 +580,7 @@ func (r *rollout) activeState() ota.RolloutState {
 
 // rate is the start rate per minute in force; 0 means unbounded.
 func (r *rollout) rate(now time.Time) float64 {
-	rate := r.req.MaxPerMinute
-	if rp := r.req.Ramp; rp != nil {
-		steps := float64(now.Sub(r.c.RampStartedAt) / rp.Step)
-		ramped := rp.StartPerMinute * math.Pow(rp.Factor, steps)
-		if rate == 0 || ramped < rate {
-			rate = ramped
-		}
-	}
-	return rate
+	return r.req.StartRate(now.Sub(r.c.RampStartedAt))
 }
 
 // allowance returns how many of n starts the rate allows now, and when to look again if none.
@@ -575,6 +647,10 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	if r.control && (!r.mayStart() || !r.inWindow(workflow.Now(ctx))) {
 		return false
 	}
+	if _, dup := r.running[id]; dup && wi == r.lateWave() {
+		// A late device found again while its upgrade runs: it is not started twice.
+		return true
+	}
 	req := r.req.Upgrade
 	req.DeviceID = id
 	opts := ChildOptions(req)
@@ -588,7 +664,7 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	r.running[id] = c
 	r.startedThisRun++
 	r.p.Counts.Started++
-	r.p.Waves[wi].Counts.Started++
+	r.waveCounts(wi).Started++
 	workflow.Go(dctx, func(gctx workflow.Context) {
 		if r.handover {
 			var exec workflow.Execution
@@ -622,13 +698,28 @@ func (r *rollout) ended(ctx workflow.Context, id string, state ota.State) {
 	}
 	delete(r.running, id)
 	r.p.Counts.Add(state)
-	r.p.Waves[wi].Counts.Add(state)
+	r.waveCounts(wi).Add(state)
 	r.p.UpdatedAt = workflow.Now(ctx)
 	r.version++
 	if state == ota.StateConflict {
 		workflow.GetLogger(ctx).Warn("Device already has an upgrade running; recorded as a conflict", "Device", id)
 	}
 	r.checkFailures(ctx)
+}
+
+// lateWave is the wave index of the upgrades a continuous rollout starts after its waves:
+// one past the last wave.
+func (r *rollout) lateWave() int { return len(r.p.Waves) }
+
+// waveCounts are the counts of wave index wi, or the late counts.
+func (r *rollout) waveCounts(wi int) *ota.Counts {
+	if wi >= len(r.p.Waves) {
+		if r.p.Late == nil {
+			r.p.Late = &ota.Counts{}
+		}
+		return r.p.Late
+	}
+	return &r.p.Waves[wi].Counts
 }
 
 // follow takes over the device upgrades an earlier run handed over: they count as running
@@ -700,6 +791,8 @@ func outcomeState(o ota.Outcome) ota.State {
 		return o.Result.State
 	case o.ErrorType == ota.ErrTypeUpgradeTimedOut:
 		return ota.StateTimedOut
+	case o.ErrorType == ota.ErrTypeUpgradeReverted:
+		return ota.StateReverted
 	case o.Canceled:
 		return ota.StateCanceled
 	}
@@ -719,6 +812,8 @@ func childState(err error, st ota.UpgradeStatus) ota.State {
 		switch appErr.Type() {
 		case ota.ErrTypeUpgradeTimedOut:
 			return ota.StateTimedOut
+		case ota.ErrTypeUpgradeReverted:
+			return ota.StateReverted
 		}
 		return ota.StateFailed
 	}
@@ -743,20 +838,24 @@ func (r *rollout) checkFailures(ctx workflow.Context) {
 	overall := r.p.Counts.Minus(r.c.Baseline)
 	wi := r.p.CurrentWave - 1
 	var wave ota.Counts
-	if wi >= 0 && wi < len(r.p.Waves) {
+	waveScope := fmt.Sprintf("in wave %d", wi+1)
+	switch {
+	case r.c.Watching && r.p.Late != nil:
+		wave, waveScope = r.p.Late.Minus(r.c.LateBaseline), "among the late devices"
+	case wi >= 0 && wi < len(r.p.Waves):
 		wave = r.p.Waves[wi].Counts.Minus(r.c.WaveBaseline)
 	}
 	var c ota.Counts
 	scope := ""
 	switch {
 	case tripped(wave):
-		c, scope = wave, fmt.Sprintf("in wave %d", wi+1)
+		c, scope = wave, waveScope
 	case tripped(overall):
 		c, scope = overall, "overall"
 	default:
 		return
 	}
-	reason := fmt.Sprintf("failure threshold reached %s: %d of %d finished devices failed or timed out (threshold %.1f%%, at least %d)",
+	reason := fmt.Sprintf("failure threshold reached %s: %d of %d finished devices failed, timed out or reverted (threshold %.1f%%, at least %d)",
 		scope, c.Failures(), c.Finished()-c.Canceled-c.Conflict, r.req.FailurePercent, r.req.FailureMinCount)
 	if r.req.FailureAction == ota.ActionAbort {
 		r.abort(ctx, reason)
@@ -898,7 +997,7 @@ func (r *rollout) end(ctx workflow.Context) (ota.RolloutProgress, error) {
 		r.finish(dctx, ota.RolloutAborted, r.p.Reason)
 		return *r.p, temporal.NewNonRetryableApplicationError("rollout aborted: "+r.p.Reason, "RolloutAborted", nil, *r.p)
 	}
-	r.finish(dctx, ota.RolloutCompleted, "")
+	r.finish(dctx, ota.RolloutCompleted, r.c.CloseReason)
 	return *r.p, nil
 }
 

@@ -35,6 +35,8 @@ type fleetHarness struct {
 	took    time.Duration        // how long each device upgrade takes
 	// followed lists the workflow IDs of the upgrades AwaitWorkflows followed.
 	followed []string
+	// requests are the requests the device upgrades got.
+	requests []ota.UpgradeRequest
 }
 
 func newFleetHarness(t *testing.T, n int) *fleetHarness {
@@ -52,6 +54,13 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 			h.mu.Lock()
 			h.started[req.DeviceID] = workflow.Now(ctx)
 			h.order = append(h.order, req.DeviceID)
+			h.requests = append(h.requests, req)
+			h.dev.mu.Lock()
+			if h.dev.taken == nil {
+				h.dev.taken = map[string]bool{}
+			}
+			h.dev.taken[req.DeviceID] = true
+			h.dev.mu.Unlock()
 			state, failing := h.fail[req.DeviceID]
 			took := h.took
 			h.mu.Unlock()
@@ -62,8 +71,11 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 			if failing {
 				st.State = state
 				errType := ota.ErrTypeUpgradeFailed
-				if state == ota.StateTimedOut {
+				switch state {
+				case ota.StateTimedOut:
 					errType = ota.ErrTypeUpgradeTimedOut
+				case ota.StateReverted:
+					errType = ota.ErrTypeUpgradeReverted
 				}
 				return st, temporal.NewNonRetryableApplicationError("injected", errType, nil, st)
 			}

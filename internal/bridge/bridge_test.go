@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -111,8 +113,8 @@ func TestSafeText(t *testing.T) {
 		{"devices/a/status", 100, "devices/a/status"},
 		{"a\x00b", 100, "a\uFFFDb"},
 		{"a\xffb", 100, "a\uFFFDb"},
-		{"devices/a/status", 9, "devices/a..."},
-		{strings.Repeat("é", 10), 9, strings.Repeat("é", 4) + "..."}, // cut at a rune boundary
+		{"devices/a/status", 9, "device..."},                   // protocol.Truncate's cut (TestTruncate there)
+		{"a\x00" + strings.Repeat("b", 20), 9, "a\uFFFDbb..."}, // cleaned, then cut
 	}
 	for _, tt := range tests {
 		if got := safeText(tt.in, tt.max); got != tt.want {
@@ -282,13 +284,7 @@ func TestStopDuringOutageLeavesMessageUnacknowledged(t *testing.T) {
 			for _, m := range msgs {
 				b.deliver(m)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for b.Stats().Retries < 3 {
-				if time.Now().After(deadline) {
-					t.Fatal("no retries seen")
-				}
-				time.Sleep(time.Millisecond)
-			}
+			require.Eventually(t, func() bool { return b.Stats().Retries >= 3 }, 5*time.Second, time.Millisecond, "retries during the outage")
 			stop()
 			for _, m := range msgs {
 				if m.acks.Load() != 0 {

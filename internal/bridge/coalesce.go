@@ -7,8 +7,9 @@ import (
 )
 
 // coalescer decides which progress reports are forwarded to the device's workflow. It keeps
-// the last forwarded report of each device with an upgrade under way. It is used by one
-// shard worker only, so it needs no lock.
+// the last forwarded report of each device with an upgrade under way. It is not safe for
+// concurrent use: each shard worker has its own, and locks it (worker.mu) because the worker
+// signals a batch's devices at the same time.
 type coalescer struct {
 	interval time.Duration
 	step     int

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/bridge"
@@ -59,7 +60,8 @@ func TestRunEndsWhenTemporalRefusesTheNamespace(t *testing.T) {
 
 	// The next bridge, on the namespace that exists, gets the report from the session.
 	next, _ := s.runBridge(s.bridgeConfig(clientID), nil)
-	eventually(t, "the report signalled by the next bridge", func() bool { return next.Stats().Acked == 1 })
+	require.Eventually(t, func() bool { return next.Stats().Acked == 1 },
+		30*time.Second, 20*time.Millisecond, "the report signalled by the next bridge")
 	if got := s.signals(dev).Status; len(got) != 1 || got[0].Status["firmware_ver"] != "1.1" {
 		t.Errorf("the workflow received the status signals %+v, want the one report", got)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
@@ -254,18 +255,6 @@ func progressJSON(id string, progress int) string {
 	return fmt.Sprintf(`{"id":%q,"type":"firmware","version":"1.1","progress":%d,"desc":"downloading"}`, id, progress)
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (s *stack) progressEvents(device string) []store.ProgressEvent {
 	s.t.Helper()
 	ev, err := s.store.ProgressEvents(context.Background(), device, 10000)
@@ -324,7 +313,8 @@ func TestEndToEnd(t *testing.T) {
 	wc := s.connect("worker-"+randomHex(4), workerUser, workerPass)
 	publish(t, wc, protocol.StatusTopic(ghost), `{"app_ver":"1.0"}`)
 
-	eventually(t, "every message acknowledged", func() bool { return b.Stats().Acked == 12 })
+	require.Eventually(t, func() bool { return b.Stats().Acked == 12 },
+		30*time.Second, 20*time.Millisecond, "every message acknowledged")
 
 	if got, want := progressValues(s.progressEvents(upgrading)), []int{10, 20, 100}; !slices.Equal(got, want) {
 		t.Errorf("stored progress %v, want %v", got, want)
@@ -390,7 +380,8 @@ func TestRestartLosesNothing(t *testing.T) {
 	first, stop := s.runBridge(s.bridgeConfig(clientID), nil)
 	dc := s.connectDevice(dev)
 	publish(t, dc, protocol.ProgressTopic(dev), progressJSON("c1", 1))
-	eventually(t, "first report acknowledged", func() bool { return first.Stats().Acked == 1 })
+	require.Eventually(t, func() bool { return first.Stats().Acked == 1 },
+		30*time.Second, 20*time.Millisecond, "first report acknowledged")
 	stop()
 
 	// While no bridge runs, the broker keeps the reports in the bridge's session.
@@ -402,7 +393,8 @@ func TestRestartLosesNothing(t *testing.T) {
 	// acknowledge them.
 	down := &outageStore{Store: s.store}
 	crashed, stopCrashed := s.runBridge(s.bridgeConfig(clientID), down)
-	eventually(t, "the bridge retrying against a dead database", func() bool { return crashed.Stats().Retries >= 3 })
+	require.Eventually(t, func() bool { return crashed.Stats().Retries >= 3 },
+		30*time.Second, 20*time.Millisecond, "the bridge retrying against a dead database")
 	stopCrashed()
 	if st := crashed.Stats(); st.Acked != 0 || st.Stored != 0 {
 		t.Fatalf("a bridge with its database down acknowledged or stored: %+v", st)
@@ -412,7 +404,10 @@ func TestRestartLosesNothing(t *testing.T) {
 	}
 
 	b, _ := s.runBridge(s.bridgeConfig(clientID), nil)
-	eventually(t, "every report stored", func() bool { return len(s.progressEvents(dev)) >= 40 })
+	require.Eventually(t, func() bool {
+		ev, err := s.store.ProgressEvents(context.Background(), dev, 10000)
+		return err == nil && len(ev) >= 40
+	}, 30*time.Second, 20*time.Millisecond, "every report stored")
 	want := make([]int, 40)
 	for i := range want {
 		want[i] = i + 1
@@ -453,7 +448,8 @@ func TestSharedSubscription(t *testing.T) {
 		}
 	}
 	total := int64(len(devices) * perDevice)
-	eventually(t, "every report stored", func() bool { return b1.Stats().Stored+b2.Stats().Stored >= total })
+	require.Eventually(t, func() bool { return b1.Stats().Stored+b2.Stats().Stored >= total },
+		30*time.Second, 20*time.Millisecond, "every report stored")
 	for _, d := range devices {
 		ev := s.progressEvents(d)
 		got := progressValues(ev)
@@ -482,11 +478,11 @@ func TestResubscribesAfterBrokerRestart(t *testing.T) {
 	// Until the bridge has resubscribed, messages have no subscriber and are gone; keep
 	// reporting until one arrives.
 	n := 0
-	eventually(t, "a report stored after the broker restart", func() bool {
+	require.Eventually(t, func() bool {
 		n++
-		publish(t, dc, protocol.ProgressTopic(dev), progressJSON("c1", min(n, 100)))
-		return b.Stats().Stored > 0
-	})
+		tok := dc.Publish(protocol.ProgressTopic(dev), 1, false, progressJSON("c1", min(n, 100)))
+		return tok.WaitTimeout(10*time.Second) && tok.Error() == nil && b.Stats().Stored > 0
+	}, 30*time.Second, 20*time.Millisecond, "a report stored after the broker restart")
 }
 
 // TestRefusedCredentials checks Run ends with ErrRefused instead of retrying wrong

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
 
@@ -96,7 +97,8 @@ func TestOverloadLosesNothing(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			eventually(t, "the bridge retrying during the outage", func() bool { return b.Stats().Retries >= 2 })
+			require.Eventually(t, func() bool { return b.Stats().Retries >= 2 },
+				30*time.Second, 20*time.Millisecond, "the bridge retrying during the outage")
 
 			// Held: at most a queue and a batch per shard, and the message the MQTT handler is
 			// blocked queueing.
@@ -109,7 +111,8 @@ func TestOverloadLosesNothing(t *testing.T) {
 			}
 			end()
 
-			eventually(t, "every message acknowledged", func() bool { return b.Stats().Acked >= int64(total) })
+			require.Eventually(t, func() bool { return b.Stats().Acked >= int64(total) },
+				30*time.Second, 20*time.Millisecond, "every message acknowledged")
 			var rows, distinct int
 			if err := db.QueryRow(ctx, `SELECT count(*), count(DISTINCT (device_id, command_id, progress))
 				FROM progress_events`).Scan(&rows, &distinct); err != nil {

@@ -7,10 +7,10 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"go.temporal.io/api/serviceerror"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
@@ -336,27 +336,24 @@ func (w *worker) rejection(it *item) store.Rejected {
 		Payload: truncatePayload(it.in.msg.Payload()), ReceivedAt: it.in.at}
 }
 
-// retry runs op until it succeeds or the bridge stops (errStopped). Each attempt is bounded by AttemptTimeout; the waits between
-// attempts grow from RetryMin to RetryMax. When Temporal has refused op outright
-// (refusedByTemporal) for FatalAfter, retry ends the bridge (ErrTemporalRefused) and goes on
-// until it stops.
+// retry runs op until it succeeds or the bridge stops (errStopped). Each attempt is bounded by
+// AttemptTimeout; the waits between attempts grow from RetryMin to RetryMax. When Temporal has
+// refused op outright (refusedByTemporal) for FatalAfter, retry ends the bridge
+// (ErrTemporalRefused) and goes on until it stops.
 func (w *worker) retry(what string, op func(ctx context.Context) error) error {
 	cfg := &w.b.cfg
-	backoff := cfg.RetryMin
-	var refusedSince time.Time
-	for attempt := 1; ; attempt++ {
+	var (
+		attempt      int
+		err          error // the last attempt's
+		refusedSince time.Time
+	)
+	_, stopped := backoff.Retry(w.stopCtx, func() (struct{}, error) {
+		attempt++
 		ctx, cancel := context.WithTimeout(w.workCtx, cfg.AttemptTimeout)
-		err := op(ctx)
-		cancel()
-		if err == nil {
-			if attempt > 1 {
-				w.b.log.Info("recovered after transient failures", "op", what, "attempts", attempt)
-			}
-			return nil
-		}
-		if w.stopCtx.Err() != nil {
-			return fmt.Errorf("%s: %w after %d attempts: %w", what, errStopped, attempt, err)
-		}
+		defer cancel()
+		err = op(ctx)
+		return struct{}{}, err
+	}, backoff.WithBackOff(cfg.backOff(cfg.RetryMax)), backoff.WithMaxElapsedTime(0), backoff.WithNotify(func(err error, wait time.Duration) {
 		switch {
 		case !refusedByTemporal(err):
 			refusedSince = time.Time{}
@@ -365,20 +362,16 @@ func (w *worker) retry(what string, op func(ctx context.Context) error) error {
 		case cfg.Now().Sub(refusedSince) >= cfg.FatalAfter:
 			w.b.fail(fmt.Errorf("%s: %w for %s: %w", what, ErrTemporalRefused, cfg.FatalAfter, err))
 		}
-		// Log the first failure and then every tenth, to keep an outage from flooding logs.
-		if attempt == 1 || attempt%10 == 0 {
-			w.b.log.Warn("transient failure, retrying", "op", what, "attempt", attempt, "backoff", backoff, "error", err)
-		}
+		logRetry(w.b.log, attempt, "transient failure, retrying", "op", what, "attempt", attempt, "backoff", wait, "error", err)
 		w.b.stats.retries.Add(1)
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-w.stopCtx.Done():
-			t.Stop()
-			return fmt.Errorf("%s: %w after %d attempts: %w", what, errStopped, attempt, err)
-		}
-		backoff = min(2*backoff, cfg.RetryMax)
+	}))
+	if stopped != nil { // with no bound on tries or time, only the bridge's stopping ends Retry
+		return fmt.Errorf("%s: %w after %d attempts: %w", what, errStopped, attempt, err)
 	}
+	if attempt > 1 {
+		w.b.log.Info("recovered after transient failures", "op", what, "attempts", attempt)
+	}
+	return nil
 }
 
 // refusedByTemporal reports whether err is Temporal refusing the bridge in a way that waiting
@@ -393,15 +386,7 @@ func refusedByTemporal(err error) bool {
 // bytes.
 func safeText(s string, max int) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
+	return protocol.Truncate(strings.ReplaceAll(s, "\x00", "\uFFFD"), max)
 }
 
 // truncatePayload keeps at most MaxStoredPayload bytes of a payload, marking a cut. An empty

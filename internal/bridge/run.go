@@ -5,12 +5,15 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -113,81 +116,83 @@ func (b *Bridge) subscribe(c mqtt.Client) error {
 	for _, f := range Filters(b.cfg.Shared) {
 		filters[f] = subscribeQoS
 	}
-	backoff := b.cfg.RetryMin
-	for {
-		wait := backoff
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-b.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		tok := c.SubscribeMultiple(filters, nil)
-		if tok.WaitTimeout(b.cfg.AttemptTimeout) {
-			if err := tok.Error(); err != nil {
-				return fmt.Errorf("subscribe to %v: %w", Filters(b.cfg.Shared), err)
+		if !tok.WaitTimeout(b.cfg.AttemptTimeout) {
+			if !c.IsConnectionOpen() {
+				return struct{}{}, backoff.Permanent(fmt.Errorf("subscribe to %v: connection lost", Filters(b.cfg.Shared)))
 			}
-			idInUse := false
-			for f, code := range tok.(*mqtt.SubscribeToken).Result() {
-				switch {
-				case code <= 2: // granted QoS
-				case code == codePacketIDInUse:
-					idInUse = true
-				default: // 0x80 failure, or an MQTT 5 reason code such as 0x87 not authorized
-					return fmt.Errorf("subscribe to %s: %w (code %#x)", f, ErrRefused, code)
-				}
+			return struct{}{}, fmt.Errorf("subscribe to %v: timed out", Filters(b.cfg.Shared))
+		}
+		if err := tok.Error(); err != nil {
+			return struct{}{}, backoff.Permanent(fmt.Errorf("subscribe to %v: %w", Filters(b.cfg.Shared), err))
+		}
+		idInUse := false
+		for f, code := range tok.(*mqtt.SubscribeToken).Result() {
+			switch {
+			case code <= 2: // granted QoS
+			case code == codePacketIDInUse:
+				idInUse = true
+			default: // 0x80 failure, or an MQTT 5 reason code such as 0x87 not authorized
+				return struct{}{}, backoff.Permanent(fmt.Errorf("subscribe to %s: %w (code %#x)", f, ErrRefused, code))
 			}
-			if !idInUse {
-				return nil
-			}
+		}
+		if idInUse {
 			// mochi shares packet IDs between the two directions: a message the broker is
 			// redelivering to us from the persistent session holds this ID. The next try
 			// takes the next ID, and acknowledged messages free theirs.
-			wait = 10 * time.Millisecond
-		} else {
-			if !c.IsConnectionOpen() {
-				return fmt.Errorf("subscribe to %v: connection lost", Filters(b.cfg.Shared))
-			}
-			backoff = min(2*backoff, b.cfg.RetryMax)
+			return struct{}{}, &backoff.RetryAfterError{Duration: 10 * time.Millisecond}
 		}
-		select {
-		case <-b.stopping:
-			return fmt.Errorf("subscribe to %v: %w", Filters(b.cfg.Shared), errStopped)
-		case <-time.After(wait):
-		}
+		return struct{}{}, nil
+	}, backoff.WithBackOff(b.cfg.backOff(b.cfg.RetryMax)), backoff.WithMaxElapsedTime(0))
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return fmt.Errorf("subscribe to %v: %w", Filters(b.cfg.Shared), errStopped)
 	}
+	return err
 }
 
 // connect makes the first connection, retrying unreachable brokers with backoff until ctx is
 // done; refused credentials end it with ErrRefused, a failed TLS handshake with
 // mqttconn.ErrTLS.
 func (b *Bridge) connect(ctx context.Context, c mqtt.Client) error {
-	backoff := b.cfg.RetryMin
-	for attempt := 1; ; attempt++ {
+	attempt := 0
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		attempt++
 		tok := c.Connect()
 		select {
 		case <-tok.Done():
 		case <-ctx.Done():
 			c.Disconnect(0)
-			return ctx.Err()
+			return struct{}{}, backoff.Permanent(ctx.Err())
 		}
 		err := tok.Error()
-		if err == nil {
-			return nil
-		}
 		switch {
 		case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised),
 			errors.Is(err, packets.ErrorRefusedIDRejected), errors.Is(err, packets.ErrorRefusedBadProtocolVersion):
-			return fmt.Errorf("connect to MQTT broker %s as %q: %w: %w", mqttconn.Redact(b.cfg.BrokerURL), b.cfg.Username, ErrRefused, err)
+			return struct{}{}, backoff.Permanent(fmt.Errorf("connect to MQTT broker %s as %q: %w: %w",
+				credential.RedactURL(b.cfg.BrokerURL), b.cfg.Username, ErrRefused, err))
 		case mqttconn.IsTLSFailure(err):
-			return fmt.Errorf("connect to MQTT broker %s: %w: %w", mqttconn.Redact(b.cfg.BrokerURL), mqttconn.ErrTLS, err)
+			return struct{}{}, backoff.Permanent(fmt.Errorf("connect to MQTT broker %s: %w: %w",
+				credential.RedactURL(b.cfg.BrokerURL), mqttconn.ErrTLS, err))
 		}
-		if attempt == 1 || attempt%10 == 0 {
-			b.log.Warn("cannot reach MQTT broker, retrying", "broker", mqttconn.Redact(b.cfg.BrokerURL), "attempt", attempt, "error", err)
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		}
-		backoff = min(2*backoff, min(b.cfg.RetryMax, 10*time.Second))
+		return struct{}{}, err
+	}, backoff.WithBackOff(b.cfg.backOff(min(b.cfg.RetryMax, 10*time.Second))), backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, _ time.Duration) {
+			logRetry(b.log, attempt, "cannot reach MQTT broker, retrying", "broker", credential.RedactURL(b.cfg.BrokerURL), "attempt", attempt, "error", err)
+		}))
+	if cause := context.Cause(ctx); cause != nil && errors.Is(err, cause) {
+		return ctx.Err() // Retry answers with the cause
 	}
+	return err
 }
 
 // Run connects to the broker, subscribes and processes messages until ctx is done. It then
@@ -233,7 +238,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 		return fmt.Errorf("run bridge: %w", err)
 	case <-ctx.Done():
 	}
-	b.log.Info("bridge running", "broker", mqttconn.Redact(b.cfg.BrokerURL), "client_id", b.cfg.ClientID,
+	b.log.Info("bridge running", "broker", credential.RedactURL(b.cfg.BrokerURL), "client_id", b.cfg.ClientID,
 		"filters", Filters(b.cfg.Shared), "shards", b.cfg.Shards)
 
 	var last Stats
@@ -269,6 +274,20 @@ loop:
 	}
 	b.log.Info("bridge stopped")
 	return nil
+}
+
+// backOff is the bridge's backoff between attempts: from RetryMin, doubling up to max, without
+// jitter (the bridge is one client, not a fleet).
+func (c *Config) backOff(max time.Duration) *backoff.ExponentialBackOff {
+	return &backoff.ExponentialBackOff{InitialInterval: c.RetryMin, Multiplier: 2, MaxInterval: max}
+}
+
+// logRetry logs a failed attempt before a retry: the first and then every tenth, to keep an
+// outage from flooding the logs.
+func logRetry(log *slog.Logger, attempt int, msg string, args ...any) {
+	if attempt == 1 || attempt%10 == 0 {
+		log.Warn(msg, args...)
+	}
 }
 
 // fail ends Run with err (the first error only).

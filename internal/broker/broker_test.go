@@ -14,6 +14,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/stretchr/testify/require"
 
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -239,18 +240,6 @@ func publish(t *testing.T, cl paho.Client, topic string, qos byte, payload strin
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestConnect(t *testing.T) {
 	creds := newMemCreds()
 	secret := creds.add(t, "dev-1")
@@ -298,9 +287,9 @@ func TestConnect(t *testing.T) {
 			if !strings.Contains(err.Error(), "not Authorized") && !strings.Contains(err.Error(), "bad user name or password") {
 				t.Errorf("error = %v, want a bad credentials refusal", err)
 			}
-			waitFor(t, "refusal logged with reason "+tt.reason, func() bool {
+			require.Eventually(t, func() bool {
 				return strings.Contains(logs.String(), "reason=\""+tt.reason)
-			})
+			}, 10*time.Second, 10*time.Millisecond, "refusal logged with reason "+tt.reason)
 		})
 	}
 	// Secrets never reach the logs.
@@ -323,7 +312,8 @@ func TestConnectLookupError(t *testing.T) {
 	if !errors.Is(err, packets.ErrorRefusedServerUnavailable) {
 		t.Errorf("error = %v, want server unavailable (the client should retry)", err)
 	}
-	waitFor(t, "lookup failure logged", func() bool { return strings.Contains(logs.String(), "database is down") })
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "database is down") },
+		10*time.Second, 10*time.Millisecond, "lookup failure logged")
 	creds.setErr(nil)
 	mustDial(t, b, deviceConfig("dev-1", secret))
 }
@@ -562,10 +552,10 @@ func TestOfflineCommandDelivered(t *testing.T) {
 	dev := mustDial(t, b, deviceConfig("dev-a", secret))
 	subscribe(t, dev, protocol.CommandTopic("dev-a"), func(paho.Client, paho.Message) {})
 	dev.Disconnect(50)
-	waitFor(t, "broker to see the device offline", func() bool {
+	require.Eventually(t, func() bool {
 		cl, ok := b.server.Clients.Get("dev-a")
 		return ok && cl.Closed()
-	})
+	}, 10*time.Second, 10*time.Millisecond, "broker to see the device offline")
 
 	svc := mustDial(t, b, serviceConfig("worker-1"))
 	publish(t, svc, protocol.CommandTopic("dev-a"), 1, "queued-command")
@@ -680,13 +670,13 @@ func TestLifecycle(t *testing.T) {
 		}
 		conn.Close()
 		cancel() // ctx ending closes the broker
-		waitFor(t, "listener closed", func() bool {
+		require.Eventually(t, func() bool {
 			c, err := net.Dial("tcp", strings.TrimPrefix(b.URL(), "tcp://"))
 			if err == nil {
 				c.Close()
 			}
 			return err != nil
-		})
+		}, 10*time.Second, 10*time.Millisecond, "listener closed")
 		if err := b.Close(); err != nil {
 			t.Errorf("second Close: %v", err)
 		}
@@ -752,9 +742,9 @@ func TestDisabledDeviceDisconnected(t *testing.T) {
 	// A lookup that fails closes nothing, and is logged once.
 	creds.setErr(errors.New("database down"))
 	creds.setDisabled("dev-1", true)
-	waitFor(t, "the failed lookup to be logged", func() bool {
+	require.Eventually(t, func() bool {
 		return strings.Contains(logs.String(), "cannot look up disabled devices")
-	})
+	}, 10*time.Second, 10*time.Millisecond, "the failed lookup to be logged")
 	if info, _ := b.Client("dev-1"); !info.Connected {
 		t.Fatal("dev-1 was disconnected though the lookup failed")
 	}
@@ -765,9 +755,9 @@ func TestDisabledDeviceDisconnected(t *testing.T) {
 		t.Fatal("the disabled device is still connected after 10s")
 	}
 	// The poll logs the recovery once it has closed the connection.
-	waitFor(t, "the recovery to be logged", func() bool {
+	require.Eventually(t, func() bool {
 		return strings.Contains(logs.String(), "looking up disabled devices works again")
-	})
+	}, 10*time.Second, 10*time.Millisecond, "the recovery to be logged")
 	if n := strings.Count(logs.String(), "cannot look up disabled devices"); n != 1 {
 		t.Errorf("the failed lookup was logged %d times, want once", n)
 	}

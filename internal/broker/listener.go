@@ -1,12 +1,14 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
@@ -20,6 +22,10 @@ type tcpListener struct {
 	connectTimeout time.Duration
 	log            *slog.Logger
 
+	// closing ends when Close begins: Serve waits no longer to retry a failed accept.
+	closing context.Context
+	unwait  context.CancelFunc
+
 	mu     sync.Mutex
 	ln     net.Listener
 	conns  map[*trackedConn]struct{}
@@ -29,7 +35,9 @@ type tcpListener struct {
 var _ listeners.Listener = (*tcpListener)(nil)
 
 func newTCPListener(id, addr string, connectTimeout time.Duration) *tcpListener {
-	return &tcpListener{id: id, addr: addr, connectTimeout: connectTimeout, conns: map[*trackedConn]struct{}{}}
+	closing, unwait := context.WithCancel(context.Background())
+	return &tcpListener{id: id, addr: addr, connectTimeout: connectTimeout, closing: closing, unwait: unwait,
+		conns: map[*trackedConn]struct{}{}}
 }
 
 // ID returns the listener's ID.
@@ -62,23 +70,11 @@ func (l *tcpListener) Init(log *slog.Logger) error {
 
 // Serve accepts connections and hands each to establish in its own goroutine.
 func (l *tcpListener) Serve(establish listeners.EstablishFn) {
-	var backoff time.Duration
 	for {
-		conn, err := l.ln.Accept()
+		conn, err := l.accept()
 		if err != nil {
-			l.mu.Lock()
-			closed := l.closed
-			l.mu.Unlock()
-			if closed || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of file descriptors and the like: wait and try again.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			l.log.Warn("accept failed", "error", err, "retry_in", backoff)
-			time.Sleep(backoff)
-			continue
+			return // closed
 		}
-		backoff = 0
 		tc := &trackedConn{Conn: conn, l: l}
 		l.mu.Lock()
 		if l.closed {
@@ -100,6 +96,27 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
+// accept returns the next connection. A failure (out of file descriptors and the like) is
+// retried after a wait, from 5 ms doubling up to a second; accept fails once the listener is
+// closed.
+func (l *tcpListener) accept() (net.Conn, error) {
+	return backoff.Retry(l.closing, func() (net.Conn, error) {
+		conn, err := l.ln.Accept()
+		if err == nil {
+			return conn, nil
+		}
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if closed || errors.Is(err, net.ErrClosed) {
+			return nil, backoff.Permanent(err)
+		}
+		return nil, err
+	}, backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 5 * time.Millisecond, Multiplier: 2, MaxInterval: time.Second}),
+		backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) { l.log.Warn("accept failed", "error", err, "retry_in", wait) }))
+}
+
 // Close stops accepting, lets mochi disconnect its clients, then closes whatever connection
 // is left (those still in their handshake).
 func (l *tcpListener) Close(closeClients listeners.CloseFn) {
@@ -111,6 +128,7 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 	l.closed = true
 	ln := l.ln
 	l.mu.Unlock()
+	l.unwait()
 	if ln != nil {
 		_ = ln.Close()
 	}

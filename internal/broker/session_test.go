@@ -12,6 +12,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/stretchr/testify/require"
 
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -106,10 +107,10 @@ func queueInSession(t *testing.T, b *Broker, client string, dc paho.Client, topi
 	first.Disconnect(50)
 	publish(t, dc, topic, 1, "queued while the bridge was away")
 	// (mochi acknowledges a publish before it routes it.)
-	waitFor(t, "the report queued in the session", func() bool {
+	require.Eventually(t, func() bool {
 		cl, ok := b.server.Clients.Get(client)
 		return ok && cl.State.Inflight.Len() == 1
-	})
+	}, 10*time.Second, 10*time.Millisecond, "the report queued in the session")
 }
 
 // TestTakeoverKeepsMessagesPublishedMeanwhile reproduces, deterministically, a race of mochi
@@ -151,10 +152,10 @@ func TestTakeoverKeepsMessagesPublishedMeanwhile(t *testing.T) {
 		t.Errorf("unexpected extra message %+v", m)
 	case <-time.After(200 * time.Millisecond):
 	}
-	waitFor(t, "the session's messages acknowledged", func() bool {
+	require.Eventually(t, func() bool {
 		cl, ok := b.server.Clients.Get(in.client)
 		return ok && cl.State.Inflight.Len() == 0
-	})
+	}, 10*time.Second, 10*time.Millisecond, "the session's messages acknowledged")
 }
 
 // TestMessageRoutedDuringConnectSentTwice documents a mochi v2.7.9 behaviour that the bridge
@@ -245,11 +246,11 @@ func TestReconnectingServiceLosesNothing(t *testing.T) {
 			reconnects++
 		}
 	}
-	waitFor(t, "every report received", func() bool {
+	require.Eventually(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(seen) == reports
-	})
+	}, 10*time.Second, 10*time.Millisecond, "every report received")
 	t.Logf("%d reports, %d reconnections", reports, reconnects)
 }
 
@@ -312,17 +313,18 @@ func TestFullWriteQueueLosesNothing(t *testing.T) {
 			sent.Add(int64(len(toks)))
 		})
 	}
-	waitFor(t, "the write queue overflowing", func() bool { return atomic.LoadInt64(&b.server.Info.MessagesDropped) > 0 })
+	require.Eventually(t, func() bool { return atomic.LoadInt64(&b.server.Info.MessagesDropped) > 0 },
+		10*time.Second, 10*time.Millisecond, "the write queue overflowing")
 	overflowed.Store(true)
 	close(release)
 	wg.Wait()
 
 	n := int(sent.Load())
-	waitFor(t, "every message received", func() bool {
+	require.Eventually(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) >= n
-	})
+	}, 10*time.Second, 10*time.Millisecond, "every message received")
 	mu.Lock()
 	ids := make([]string, len(got))
 	for i, p := range got {
@@ -378,10 +380,10 @@ func TestDevicePublishKeepsUnacknowledgedCommand(t *testing.T) {
 		publish(t, dc, protocol.ProgressTopic(dev), 1, fmt.Sprintf(`{"progress":%d}`, i+1))
 	}
 	dc.Disconnect(50)
-	waitFor(t, "the broker to see the device offline", func() bool {
+	require.Eventually(t, func() bool {
 		cl, ok := b.server.Clients.Get(dev)
 		return ok && cl.Closed()
-	})
+	}, 10*time.Second, 10*time.Millisecond, "the broker to see the device offline")
 
 	got := newCollector()
 	mustDial(t, b, clientConfig{clientID: dev, username: dev, password: secret, defaultHandler: got.handler})

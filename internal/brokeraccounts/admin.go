@@ -37,6 +37,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 )
 
@@ -96,11 +97,11 @@ func Dial(ctx context.Context, adminURL string, tlsCfg *tls.Config) (*Admin, err
 			break
 		}
 		if refused(err) || errors.Is(err, mqttconn.ErrTLS) {
-			return nil, fmt.Errorf("the MQTT broker at %s refused the administrator's login: %w", mqttconn.Redact(adminURL), err)
+			return nil, fmt.Errorf("the MQTT broker at %s refused the administrator's login: %w", credential.RedactURL(adminURL), err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("connect to the MQTT broker at %s as its administrator: %w", mqttconn.Redact(adminURL), err)
+			return nil, fmt.Errorf("connect to the MQTT broker at %s as its administrator: %w", credential.RedactURL(adminURL), err)
 		case <-time.After(time.Second):
 		}
 	}
@@ -112,7 +113,7 @@ func Dial(ctx context.Context, adminURL string, tlsCfg *tls.Config) (*Admin, err
 	if codes := tok.(*paho.SubscribeToken).Result(); codes[responseTopic] > 2 {
 		a.Close()
 		return nil, fmt.Errorf("the broker refused the administrator's subscription to %s: is %s the dynamic-security plugin's administrator?",
-			responseTopic, mqttconn.Redact(adminURL))
+			responseTopic, credential.RedactURL(adminURL))
 	}
 	return a, nil
 }

@@ -1,4 +1,5 @@
-// Package credential issues device secrets and stores them only as argon2id hashes.
+// Package credential issues device secrets and stores them only as argon2id hashes, and keeps
+// the passwords of URLs out of messages (RedactURL).
 package credential
 
 import (
@@ -8,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"golang.org/x/crypto/argon2"
@@ -74,4 +76,14 @@ func Verify(hash, secret string) (bool, error) {
 	}
 	got := argon2.IDKey([]byte(secret), salt, time, memory, threads, uint32(len(want)))
 	return subtle.ConstantTimeCompare(got, want) == 1, nil
+}
+
+// RedactURL returns a URL (of a database, broker or package) with its password hidden, for
+// logs and messages; an unparsable URL, which might hold one anywhere, is not shown at all.
+func RedactURL(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }

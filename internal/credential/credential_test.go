@@ -2,6 +2,7 @@ package credential
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -46,6 +47,23 @@ func BenchmarkVerify(b *testing.B) {
 	for b.Loop() {
 		if ok, _ := Verify(hash, secret); !ok {
 			b.Fatal("verify failed")
+		}
+	}
+}
+
+// TestRedactURL: what is shown of a database, broker or package URL never holds its password.
+func TestRedactURL(t *testing.T) {
+	tests := []struct{ url, want string }{
+		{"postgres://postgres@127.0.0.1:5433/otaflow?sslmode=disable", "postgres://postgres@127.0.0.1:5433/otaflow?sslmode=disable"},
+		{"postgres://otaflow:s3cret@db:5432/otaflow?sslmode=verify-full&sslrootcert=/ca.pem", "postgres://otaflow:xxxxx@db:5432/otaflow?sslmode=verify-full&sslrootcert=/ca.pem"},
+		{"mqtts://bridge:s3cret@broker.example.com:8883", "mqtts://bridge:xxxxx@broker.example.com:8883"},
+		{"https://files.example.com/fw/1.1.bin", "https://files.example.com/fw/1.1.bin"},
+		{"postgres://otaflow:s3cret@db:5432/%zz", "(unparsable URL)"},
+		{"tcp://s3cret@[::1", "(unparsable URL)"},
+	}
+	for _, tt := range tests {
+		if got := RedactURL(tt.url); got != tt.want || strings.Contains(got, "s3cret") {
+			t.Errorf("RedactURL(%q) = %q, want %q", tt.url, got, tt.want)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 
@@ -44,23 +45,22 @@ func (e *env) lockTargets() (release func()) {
 }
 
 // pendingActivity reports whether the workflow waits on an activity of that type.
-func (e *env) pendingActivity(workflowID, activityType string) bool {
-	e.t.Helper()
-	d, err := e.c.DescribeWorkflowExecution(e.ctx, workflowID, "")
+func (e *env) pendingActivity(workflowID, activityType string) (bool, error) {
+	d, err := e.c.DescribeWorkflow(e.ctx, workflowID, "")
 	if err != nil {
-		e.t.Fatal(err)
+		return false, err
 	}
-	for _, a := range d.GetPendingActivities() {
+	for _, a := range d.RawResponse.GetPendingActivities() {
 		if a.GetActivityType().GetName() == activityType {
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, nil
 }
 
-// childStartsAfterUpdate counts the device upgrades a rollout run started after it accepted
-// the first update named update.
-func (e *env) childStartsAfterUpdate(workflowID, runID, update string) (starts int, accepted bool) {
+// childStartsAroundUpdate counts the device upgrades a rollout run started before and after
+// it accepted the first update named update, from the run's history.
+func (e *env) childStartsAroundUpdate(workflowID, runID, update string) (before, after int, accepted bool) {
 	e.t.Helper()
 	it := e.c.GetWorkflowHistory(e.ctx, workflowID, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	for it.HasNext() {
@@ -75,11 +75,13 @@ func (e *env) childStartsAfterUpdate(workflowID, runID, update string) (starts i
 			}
 		case enumspb.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
 			if accepted {
-				starts++
+				after++
+			} else {
+				before++
 			}
 		}
 	}
-	return starts, accepted
+	return before, after, accepted
 }
 
 // TestNoStartAfterControlDuringTargetResolution: once a pause or cancel is acknowledged, no
@@ -104,12 +106,16 @@ func TestNoStartAfterControlDuringTargetResolution(t *testing.T) {
 			req := e.rollout(tt.name, tt.name)
 			req.PageSize, req.MaxInFlight = 5, 5
 			run := e.startRollout(req)
-			waitFor(t, 30*time.Second, "the first page started", func() bool { return e.progress(run).Counts.Started == 5 })
+			require.Eventually(t, func() bool {
+				p, err := e.queryProgress(run)
+				return err == nil && p.Counts.Started == 5
+			}, 30*time.Second, 50*time.Millisecond, "the first page started")
 			release := e.lockTargets()
 			// When one of the five ends, the rollout resolves the next page, which blocks.
-			waitFor(t, 30*time.Second, "ResolveTargets waiting on the lock", func() bool {
-				return e.pendingActivity(run.GetID(), "ResolveTargets")
-			})
+			require.Eventually(t, func() bool {
+				pending, err := e.pendingActivity(run.GetID(), "ResolveTargets")
+				return err == nil && pending
+			}, 30*time.Second, 50*time.Millisecond, "ResolveTargets waiting on the lock")
 			if err := e.update(run, tt.update, tt.arg); err != nil {
 				t.Fatal(err)
 			}
@@ -120,7 +126,10 @@ func TestNoStartAfterControlDuringTargetResolution(t *testing.T) {
 				}
 			}
 			release()
-			waitFor(t, 30*time.Second, "the page resolved", func() bool { return !e.pendingActivity(run.GetID(), "ResolveTargets") })
+			require.Eventually(t, func() bool {
+				pending, err := e.pendingActivity(run.GetID(), "ResolveTargets")
+				return err == nil && !pending
+			}, 30*time.Second, 50*time.Millisecond, "the page resolved")
 			if tt.update == ota.UpdatePause {
 				// The rollout stays paused; cancel it to end the test.
 				if err := e.update(run, ota.UpdateCancel, ota.CancelRequest{Reason: "end of test"}); err != nil {
@@ -131,7 +140,7 @@ func TestNoStartAfterControlDuringTargetResolution(t *testing.T) {
 			if err != nil || p.State != ota.RolloutCanceled || p.Counts.Started != 5 {
 				t.Fatalf("ended %s with %+v, err %v; want canceled with the first page only", p.State, p.Counts, err)
 			}
-			if starts, accepted := e.childStartsAfterUpdate(run.GetID(), "", tt.update); !accepted || starts > 0 {
+			if _, starts, accepted := e.childStartsAroundUpdate(run.GetID(), "", tt.update); !accepted || starts > 0 {
 				t.Errorf("%d device upgrades started after the %s was accepted (accepted %v)", starts, tt.update, accepted)
 			}
 			for _, id := range e.sys.Fleet.IDs() {
@@ -221,11 +230,11 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			report(d, cmd, -2)
 			cmd = d.command()
 			report(d, cmd, 50)
-			waitFor(e.t, 10*time.Second, "progress 50 in the workflow", func() bool {
+			require.Eventually(e.t, func() bool {
 				v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
 				var st ota.UpgradeStatus
 				return err == nil && v.Get(&st) == nil && st.Progress == 50
-			})
+			}, 10*time.Second, 50*time.Millisecond, "progress 50 in the workflow")
 			if err := e.c.CancelWorkflow(e.ctx, run.GetID(), run.GetRunID()); err != nil {
 				e.t.Fatal(err)
 			}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/internal/localstack"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
@@ -92,7 +94,8 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 	next := 3
 	step := func(what string, restart func()) {
 		t.Helper()
-		waitFor(t, 90*time.Second, "progress before restarting the "+what, func() bool { return finished() >= next })
+		require.Eventually(t, func() bool { return finished() >= next },
+			90*time.Second, 50*time.Millisecond, "progress before restarting the "+what)
 		t.Logf("restarting the %s with %d devices finished", what, finished())
 		restart()
 		next += 4
@@ -135,10 +138,10 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 		}
 	})
 	var p ota.RolloutProgress
-	waitFor(t, 3*time.Minute, "the rollout to end", func() bool {
+	require.Eventually(t, func() bool {
 		v, err := c.QueryWorkflow(ctx, run.GetID(), "", ota.QueryProgress)
 		return err == nil && v.Get(&p) == nil && p.State.Final()
-	})
+	}, 3*time.Minute, 50*time.Millisecond, "the rollout to end")
 	if p.State != ota.RolloutCompleted || p.Total != devices || p.Counts.Finished() != devices || p.Counts.Running() != 0 {
 		t.Fatalf("rollout %s with %+v of %d; want completed with every device finished", p.State, p.Counts, p.Total)
 	}
@@ -189,14 +192,14 @@ func TestBrokerRestartWithReportsWaiting(t *testing.T) {
 			req.MaxInFlight = devices
 			req.Upgrade.StartTimeout = 8 * time.Second
 			run := e.startRollout(req)
-			waitFor(t, time.Minute, "every device on the new version", func() bool {
+			require.Eventually(t, func() bool {
 				for _, id := range e.sys.Fleet.IDs() {
 					if d, _ := e.sys.Fleet.Device(id); d.Upgrades != 1 || !d.Connected {
 						return false
 					}
 				}
 				return true
-			})
+			}, time.Minute, 50*time.Millisecond, "every device on the new version")
 			if err := e.sys.RestartBroker(e.ctx, 500*time.Millisecond); err != nil {
 				t.Fatal(err)
 			}

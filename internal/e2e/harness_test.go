@@ -2,21 +2,24 @@ package e2e
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -35,18 +38,32 @@ var fastTiming = simulator.Timing{ReportInterval: 20 * time.Millisecond, Install
 // env is one test's system: its own database, broker, worker, bridge and devices, on the
 // shared Temporal server. Tests using it must not run in parallel: they share the task queue.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	store *store.Store
 	sys   *system.System
 	c     client.Client
-	// dbURL is the URL of the test's database.
-	dbURL string
+	// dbURL is the URL of the test's database; pkgDir the directory the file server serves.
+	dbURL  string
+	pkgDir string
 }
 
-func newEnv(t *testing.T, cfg system.Config) *env {
+func newEnv(t testing.TB, cfg system.Config) *env {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	return newEnvFor(t, 3*time.Minute, cfg, nil)
+}
+
+// newEnvPrepared is newEnv with the registry prepared before the system starts (devices
+// registered with labels, for example).
+func newEnvPrepared(t testing.TB, cfg system.Config, prepare func(ctx context.Context, st *store.Store) error) *env {
+	t.Helper()
+	return newEnvFor(t, 3*time.Minute, cfg, prepare)
+}
+
+// newEnvFor is newEnvPrepared for a test (or benchmark) that may take up to timeout.
+func newEnvFor(t testing.TB, timeout time.Duration, cfg system.Config, prepare func(ctx context.Context, st *store.Store) error) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	dbURL := testenv.DatabaseURL(t)
 	st, err := store.Open(ctx, dbURL)
@@ -54,6 +71,11 @@ func newEnv(t *testing.T, cfg system.Config) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
+	if prepare != nil {
+		if err := prepare(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg.Client = testenv.TemporalClient()
 	cfg.Store = st
 	cfg.MQTTAddr = "127.0.0.1:0"
@@ -78,7 +100,7 @@ func newEnv(t *testing.T, cfg system.Config) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{t: t, ctx: ctx, store: st, sys: sys, c: cfg.Client, dbURL: dbURL}
+	return &env{t: t, ctx: ctx, store: st, sys: sys, c: cfg.Client, dbURL: dbURL, pkgDir: cfg.PackageDir}
 }
 
 // request is a fast device upgrade request for the test package.
@@ -99,38 +121,32 @@ func (e *env) upgrade(req ota.UpgradeRequest) (ota.UpgradeStatus, error) {
 	return ota.UpgradeResult(e.ctx, run)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // historyLength is the number of events in a workflow run's history.
 func (e *env) historyLength(workflowID, runID string) int64 {
 	e.t.Helper()
-	d, err := e.c.DescribeWorkflowExecution(e.ctx, workflowID, runID)
+	d, err := e.c.DescribeWorkflow(e.ctx, workflowID, runID)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return d.GetWorkflowExecutionInfo().GetHistoryLength()
+	return int64(d.HistoryLength)
 }
 
 // scripted is a device the test drives by hand: it registers with a known secret, connects
 // to the broker under its own credentials and hands every command it gets to the test.
 type scripted struct {
-	t        *testing.T
+	t        testing.TB
 	id       string
 	client   paho.Client
 	commands chan protocol.UpgradeCommand
 }
 
 func (e *env) scriptedDevice(id string, status protocol.Status) *scripted {
+	e.t.Helper()
+	return e.labeledDevice(id, nil, status)
+}
+
+// labeledDevice is a scripted device registered with labels.
+func (e *env) labeledDevice(id string, labels map[string]string, status protocol.Status) *scripted {
 	e.t.Helper()
 	secret, err := credential.NewSecret()
 	if err != nil {
@@ -140,7 +156,7 @@ func (e *env) scriptedDevice(id string, status protocol.Status) *scripted {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := e.store.AddDevice(e.ctx, id, hash, nil); err != nil {
+	if err := e.store.AddDevice(e.ctx, id, hash, labels); err != nil {
 		e.t.Fatal(err)
 	}
 	d := &scripted{t: e.t, id: id, commands: make(chan protocol.UpgradeCommand, 16)}
@@ -164,10 +180,10 @@ func (e *env) scriptedDevice(id string, status protocol.Status) *scripted {
 	e.t.Cleanup(func() { d.client.Disconnect(100) })
 	if status != nil {
 		d.status(status)
-		waitFor(e.t, 10*time.Second, id+"'s status in PostgreSQL", func() bool {
+		require.Eventually(e.t, func() bool {
 			dev, err := e.store.GetDevice(e.ctx, id)
 			return err == nil && len(dev.Reported) > 0
-		})
+		}, 10*time.Second, 50*time.Millisecond, id+"'s status in PostgreSQL")
 	}
 	return d
 }
@@ -203,27 +219,6 @@ func (d *scripted) command() protocol.UpgradeCommand {
 	}
 }
 
-// counter counts calls from goroutines.
-type counter struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-func (c *counter) add(k string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.n == nil {
-		c.n = map[string]int{}
-	}
-	c.n[k]++
-}
-
-func (c *counter) get(k string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n[k]
-}
-
 func states(events []store.UpgradeEvent) string {
 	var s []string
 	for _, e := range events {
@@ -233,3 +228,34 @@ func states(events []store.UpgradeEvent) string {
 }
 
 func simID(prefix string, n int) string { return fmt.Sprintf("%s-%05d", prefix, n) }
+
+// publisher is a package publisher's key pair, made for one test: OTAflow and the devices
+// trust its public key (keys) or not.
+type publisher struct {
+	id   string
+	key  ed25519.PrivateKey
+	keys *pkgsig.TrustedKeys
+}
+
+func newPublisher(t *testing.T, id string) publisher {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := pkgsig.NewTrustedKeys(map[string]ed25519.PublicKey{id: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return publisher{id: id, key: priv, keys: keys}
+}
+
+// sign signs the package of r, whose sha256 is sum, and sets r's integrity fields.
+func (p publisher) sign(t *testing.T, r *ota.UpgradeRequest, sum string) {
+	t.Helper()
+	sig, err := pkgsig.Sign(p.key, pkgsig.Package{Type: r.Type, Version: r.Version, Size: r.Size, SHA256: sum})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SHA256, r.Sig, r.KeyID = sum, sig, p.id
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -93,6 +94,11 @@ func recordUpgrades(t *testing.T, dir string) {
 		tweak func(*ota.UpgradeRequest)
 		drive func(d *scripted, run client.WorkflowRun)
 	}
+	succeed := func(d *scripted, _ client.WorkflowRun) {
+		cmd := d.command()
+		d.progress(progress(cmd, 100))
+		d.status(protocol.Status{"firmware_ver": "1.1"})
+	}
 	scenarios := []scenario{
 		{"upgrade-succeeded", nil, func(d *scripted, _ client.WorkflowRun) {
 			cmd := d.command()
@@ -151,6 +157,31 @@ func recordUpgrades(t *testing.T, dir string) {
 			d.command()
 		}},
 		{"upgrade-skipped", nil, nil},
+		// Issue 11's paths, as the code before them ran them: a cancel in each phase of an
+		// attempt (a cancel message goes out for a command being worked on), a signed package
+		// (a pre-flight check), a soak time and a compatibility rule the device does not meet.
+		{"upgrade-canceled-before-report", nil, func(d *scripted, run client.WorkflowRun) {
+			d.command()
+			e.cancelWhen(run, ota.StateSent)
+		}},
+		{"upgrade-canceled-after-download", nil, func(d *scripted, run client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, 100))
+			e.cancelWhen(run, ota.StateDownloaded)
+		}},
+		{"upgrade-canceled-in-backoff", func(r *ota.UpgradeRequest) { r.RetryBackoff = time.Minute }, func(d *scripted, run client.WorkflowRun) {
+			cmd := d.command()
+			d.progress(progress(cmd, -1))
+			e.cancelWhen(run, ota.StatePending)
+		}},
+		{"upgrade-signed", func(r *ota.UpgradeRequest) { newPublisher(t, "release-1").sign(t, r, e.sys.Package.SHA256) }, succeed},
+		{"upgrade-soak", func(r *ota.UpgradeRequest) { r.Soak = 2 * time.Second }, succeed},
+		// The code before compatibility sent the command, and the device succeeded (so the
+		// history in testdata/issue11-device was recorded); since, no command is sent and the
+		// upgrade fails at once.
+		{"upgrade-incompatible", func(r *ota.UpgradeRequest) {
+			r.Compat = &ota.Compatibility{Labels: map[string]string{"model": "pump-v2"}, Versions: ">=2.0"}
+		}, func(*scripted, client.WorkflowRun) {}},
 	}
 	for i, sc := range scenarios {
 		device := fmt.Sprintf("rec-%02d", i)
@@ -185,7 +216,10 @@ func recordRollouts(t *testing.T, dir string) {
 	e := newEnv(t, system.Config{Devices: 49, Prefix: "rall", Timing: timing, Faults: faults})
 	wait := func(run client.WorkflowRun, what string, cond func(ota.RolloutProgress) bool) {
 		t.Helper()
-		waitFor(t, time.Minute, what, func() bool { return cond(e.progress(run)) })
+		require.Eventually(t, func() bool {
+			p, err := e.queryProgress(run)
+			return err == nil && cond(p)
+		}, time.Minute, 50*time.Millisecond, what)
 	}
 	must := func(err error) {
 		t.Helper()
@@ -258,7 +292,20 @@ func recordRollouts(t *testing.T, dir string) {
 	wait(run, "paused by the threshold", func(p ota.RolloutProgress) bool { return p.State == ota.RolloutPaused })
 	must(e.update(run, ota.UpdateResume))
 	_, err = e.finish(run)
+	must(err)
 	e.save(dir, "rollout-threshold-paused-resumed", run.GetID())
+
+	// A wave below its success threshold aborts the rollout (issue 11: reverted devices are
+	// judged there too). Group 4's devices still on 1.0 are the three that fail to install.
+	req = e.rollout("rec-wave-threshold", "rall")
+	req.Targets = targets(4)
+	req.Waves = []ota.Wave{{Count: 1, SuccessThreshold: 100}, {Percent: 100}}
+	req.FailureAction = ota.ActionAbort
+	req.Upgrade.MaxAttempts = 1
+	run = e.startRollout(req)
+	_, err = e.finish(run)
+	t.Logf("rec-wave-threshold: %v", err)
+	e.save(dir, "rollout-wave-threshold-aborted", run.GetID())
 
 	// A Temporal cancel of the rollout workflow (Web UI, temporal workflow cancel).
 	// Upgraded devices are included again (they end skipped) so that the group has targets.
@@ -272,4 +319,17 @@ func recordRollouts(t *testing.T, dir string) {
 	must(e.c.CancelWorkflow(e.ctx, run.GetID(), ""))
 	_ = run.Get(e.ctx, nil)
 	e.save(dir, "rollout-temporal-cancel", run.GetID())
+}
+
+// cancelWhen cancels an upgrade once its state is s.
+func (e *env) cancelWhen(run client.WorkflowRun, s ota.State) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
+		var st ota.UpgradeStatus
+		return err == nil && v.Get(&st) == nil && st.State == s
+	}, 30*time.Second, 50*time.Millisecond, "upgrade "+string(s))
+	if err := e.c.CancelWorkflow(e.ctx, run.GetID(), run.GetRunID()); err != nil {
+		e.t.Fatal(err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
@@ -33,15 +34,22 @@ func (e *env) startRollout(req ota.RolloutRequest) client.WorkflowRun {
 
 func (e *env) progress(run client.WorkflowRun) ota.RolloutProgress {
 	e.t.Helper()
-	v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), "", ota.QueryProgress)
+	p, err := e.queryProgress(run)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	var p ota.RolloutProgress
-	if err := v.Get(&p); err != nil {
-		e.t.Fatal(err)
-	}
 	return p
+}
+
+// queryProgress queries a rollout's progress; unlike progress, it fails no test (for the
+// conditions require.Eventually retries).
+func (e *env) queryProgress(run client.WorkflowRun) (ota.RolloutProgress, error) {
+	var p ota.RolloutProgress
+	v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), "", ota.QueryProgress)
+	if err == nil {
+		err = v.Get(&p)
+	}
+	return p, err
 }
 
 func (e *env) update(run client.WorkflowRun, name string, args ...any) error {
@@ -153,15 +161,15 @@ func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 	req.FailurePercent = 50
 	req.FailureMinCount = 3
 	run := e.startRollout(req)
-	waitFor(t, 30*time.Second, "the rollout to pause", func() bool { return e.progress(run).State == ota.RolloutPaused })
+	require.Eventually(t, func() bool {
+		p, err := e.queryProgress(run)
+		return err == nil && p.State == ota.RolloutPaused
+	}, 30*time.Second, 50*time.Millisecond, "the rollout to pause")
 	p := e.progress(run)
 	if p.Reason == "" || p.Counts.Failed != 3 || p.Counts.Started >= 10 {
 		t.Fatalf("paused at %+v (reason %q); want 3 failures and not every device started", p.Counts, p.Reason)
 	}
-	time.Sleep(500 * time.Millisecond)
-	if again := e.progress(run); again.Counts.Started != p.Counts.Started {
-		t.Fatalf("devices started while paused: %d then %d", p.Counts.Started, again.Counts.Started)
-	}
+	paused := p.Counts.Started
 	if err := e.update(run, ota.UpdateResume); err != nil {
 		t.Fatal(err)
 	}
@@ -173,6 +181,11 @@ func TestRolloutFailureThresholdPausesThenResumes(t *testing.T) {
 		t.Fatalf("final %+v %s, err %v", p.Counts, p.State, err)
 	}
 	e.checkRecords("thresh", p)
+	// The history shows no device started while paused: those it started before the resume
+	// are those it had started when the test saw it paused.
+	if before, _, accepted := e.childStartsAroundUpdate(run.GetID(), "", ota.UpdateResume); !accepted || before != paused {
+		t.Errorf("%d device upgrades started before the resume was accepted (accepted %v), %d when paused", before, accepted, paused)
+	}
 }
 
 func TestRolloutCancel(t *testing.T) {
@@ -197,10 +210,10 @@ func TestRolloutCancel(t *testing.T) {
 			req.MaxInFlight = 2
 			req.ContinueAfter = tt.continueAfter
 			run := e.startRollout(req)
-			waitFor(t, 20*time.Second, "two upgrades running", func() bool {
-				p := e.progress(run)
-				return p.Counts.Running() == 2 && (tt.continueAfter == 0 || p.Runs > 1)
-			})
+			require.Eventually(t, func() bool {
+				p, err := e.queryProgress(run)
+				return err == nil && p.Counts.Running() == 2 && (tt.continueAfter == 0 || p.Runs > 1)
+			}, 20*time.Second, 50*time.Millisecond, "two upgrades running")
 			if err := e.update(run, ota.UpdateCancel, ota.CancelRequest{CancelRunning: cancelRunning, Reason: "test"}); err != nil {
 				t.Fatal(err)
 			}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
@@ -171,11 +173,11 @@ func TestUpgradeStaleProgressIgnored(t *testing.T) {
 	d.progress(protocol.Progress{Type: "app", Version: cmd.Version, Progress: protocol.CodeInstallFailed})
 	// A report without an ID counts when type and version match (the seed's format).
 	d.progress(protocol.Progress{Type: cmd.Type, Version: cmd.Version, Progress: 40, Desc: "downloading"})
-	waitFor(t, 10*time.Second, "the query to show 40%", func() bool {
+	require.Eventually(t, func() bool {
 		v, err := e.c.QueryWorkflow(e.ctx, run.GetID(), run.GetRunID(), ota.QueryState)
 		var st ota.UpgradeStatus
 		return err == nil && v.Get(&st) == nil && st.Progress == 40 && st.State == ota.StateDownloading
-	})
+	}, 10*time.Second, 50*time.Millisecond, "the query to show 40%")
 	d.progress(protocol.Progress{ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: 100})
 	d.status(protocol.Status{"firmware_ver": "1.1"})
 	st, err := ota.UpgradeResult(e.ctx, run)
@@ -223,16 +225,16 @@ func TestWorkerRestartMidUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the download to finish", func() bool {
+	require.Eventually(t, func() bool {
 		up, err := e.store.LatestUpgrade(e.ctx, id)
 		return err == nil && up.State == ota.StateDownloaded
-	})
+	}, 20*time.Second, 50*time.Millisecond, "the download to finish")
 	e.sys.StopWorker()
 	// The device installs, reboots and reports 1.1 while no worker runs.
-	waitFor(t, 20*time.Second, "the device to reboot on 1.1", func() bool {
+	require.Eventually(t, func() bool {
 		dev, _ := e.sys.Fleet.Device(id)
 		return dev.Upgrades == 1
-	})
+	}, 20*time.Second, 50*time.Millisecond, "the device to reboot on 1.1")
 	if err := e.sys.StartWorker(e.ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -276,10 +278,10 @@ func TestMalformedMessagesRejectedValidOnesFlow(t *testing.T) {
 			t.Logf("rejected %s %s: %.60q", x.DeviceID, x.Topic, x.Reason)
 		}
 	}()
-	waitFor(t, 10*time.Second, "every bad message recorded", func() bool {
+	require.Eventually(t, func() bool {
 		r, err := e.store.RejectedMessages(e.ctx, d.id, 100)
 		return err == nil && len(r) == len(bad)
-	})
+	}, 10*time.Second, 50*time.Millisecond, "every bad message recorded")
 	rejected, _ := e.store.RejectedMessages(e.ctx, d.id, 100)
 	for i, b := range bad {
 		r := rejected[len(bad)-1-i] // newest first

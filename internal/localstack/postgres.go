@@ -70,7 +70,6 @@ type PostgresTLS struct {
 // connection from 127.0.0.1 and from its Unix socket: for development and tests only.
 type Postgres struct {
 	proc     *process
-	dir      string
 	port     int
 	stopOnce sync.Once
 	stopErr  error
@@ -146,7 +145,7 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 	if err != nil {
 		return nil, err
 	}
-	pg := &Postgres{proc: proc, dir: dir, port: port}
+	pg := &Postgres{proc: proc, port: port}
 	if err := pg.waitReady(ctx, opts.StartTimeout); err != nil {
 		_ = pg.Stop()
 		return nil, err
@@ -412,9 +411,6 @@ func (pg *Postgres) URL() string { return pg.urlFor(DatabaseName) }
 
 // Port is the server's TCP port on 127.0.0.1.
 func (pg *Postgres) Port() int { return pg.port }
-
-// Dir is the data directory.
-func (pg *Postgres) Dir() string { return pg.dir }
 
 // Done is closed when the server process has exited, whether Stop ended it or not.
 func (pg *Postgres) Done() <-chan struct{} { return pg.proc.done }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
 )
 
 func startPostgres(t *testing.T, opts PostgresOptions) *Postgres {
@@ -256,13 +257,8 @@ func TestServersStopWhenParentDies(t *testing.T) {
 	}
 	_ = cmd.Wait()
 	for _, port := range ports {
-		deadline := time.Now().Add(30 * time.Second)
-		for CheckPortFree(port) != nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("port %d still in use 30s after its server's parent died", port)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		require.Eventually(t, func() bool { return CheckPortFree(port) == nil }, 30*time.Second, 100*time.Millisecond,
+			"port %d free once its server's parent died", port)
 	}
 }
 

@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
@@ -115,11 +118,11 @@ func TestStartTemporalInMemory(t *testing.T) {
 	}
 	assertSearchAttributes(t, tp.Client(), tp.Namespace())
 	run := startProbe(t, tp.Client(), "probe-memory", "dev-memory")
-	desc, err := tp.Client().DescribeWorkflowExecution(ctx, "probe-memory", run)
+	desc, err := tp.Client().DescribeWorkflow(ctx, "probe-memory", run)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := desc.GetWorkflowExecutionInfo().GetStatus(); st != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	if st := desc.Status; st != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		t.Fatalf("probe workflow status %s, want running", st)
 	}
 
@@ -181,11 +184,11 @@ func TestStartTemporalDBFileSurvivesRestart(t *testing.T) {
 	// The file now holds the search attributes already; registering them again must work.
 	second := startTemporal(t, TemporalOptions{DBFile: db})
 	assertSearchAttributes(t, second.Client(), second.Namespace())
-	desc, err := second.Client().DescribeWorkflowExecution(ctx, "probe-file", run)
+	desc, err := second.Client().DescribeWorkflow(ctx, "probe-file", run)
 	if err != nil {
 		t.Fatalf("the workflow started before the restart is gone: %v", err)
 	}
-	if st := desc.GetWorkflowExecutionInfo().GetStatus(); st != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	if st := desc.Status; st != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		t.Fatalf("probe workflow status after restart %s, want running", st)
 	}
 	waitVisible(t, second.Client(), `OtaDevice = "dev-file"`, "probe-file")
@@ -306,22 +309,15 @@ func startProbeErr(c client.Client, id, device string) (string, error) {
 // waitVisible polls the visibility store until query lists workflow id.
 func waitVisible(t *testing.T, c client.Client, query, id string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		resp, err := c.ListWorkflow(context.Background(), &workflowservice.ListWorkflowExecutionsRequest{Query: query})
-		if err != nil {
-			t.Fatalf("list workflows %q: %v", query, err)
-		}
+		require.NoError(ct, err, "list workflows %q", query)
+		var ids []string
 		for _, e := range resp.GetExecutions() {
-			if e.GetExecution().GetWorkflowId() == id {
-				return
-			}
+			ids = append(ids, e.GetExecution().GetWorkflowId())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("workflow %s not listed by %q after 20s", id, query)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		assert.Contains(ct, ids, id)
+	}, 20*time.Second, 100*time.Millisecond, "workflow %s listed by %q", id, query)
 }
 
 func assertSearchAttributes(t *testing.T, c client.Client, namespace string) {

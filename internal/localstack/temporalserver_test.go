@@ -15,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	temporalconfig "github.com/otaflow/otaflow/deploy/temporal"
@@ -142,16 +145,16 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 		Namespace: "fleet", WorkflowExecutionRetentionPeriod: durationpb.New(24 * time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Minute, "the search attributes to register in the new namespace", func() error {
-		return RegisterSearchAttributes(ctx, c, "fleet")
-	})
+	require.EventuallyWithT(t, func(c2 *assert.CollectT) {
+		assert.NoError(c2, RegisterSearchAttributes(ctx, c, "fleet"))
+	}, time.Minute, 200*time.Millisecond, "the search attributes to register in the new namespace")
 	assertSearchAttributes(t, c, "fleet")
 	var run string
-	eventually(t, time.Minute, "a workflow to start", func() error {
+	require.EventuallyWithT(t, func(c2 *assert.CollectT) {
 		var err error
 		run, err = startProbeErr(c, "probe-real", "dev-real")
-		return err
-	})
+		assert.NoError(c2, err)
+	}, time.Minute, 200*time.Millisecond, "a workflow to start")
 	waitVisible(t, c, `OtaDevice = "dev-real"`, "probe-real")
 
 	// Killed (as in a crash) and restarted in place, on its databases: the workflow is still
@@ -176,13 +179,15 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 	if tp.Address() != net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.FrontendGRPC)) {
 		t.Errorf("restarted on %s, want port %d", tp.Address(), ports.FrontendGRPC)
 	}
-	eventually(t, time.Minute, "the workflow started before the restart", func() error {
-		desc, err := tp.Client().DescribeWorkflow(ctx, "probe-real", run)
-		if err == nil && desc.Status != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
-			t.Fatalf("workflow status after restart %s, want running", desc.Status)
-		}
-		return err
-	})
+	var desc *client.WorkflowExecutionDescription
+	require.EventuallyWithT(t, func(c2 *assert.CollectT) {
+		var err error
+		desc, err = tp.Client().DescribeWorkflow(ctx, "probe-real", run)
+		assert.NoError(c2, err)
+	}, time.Minute, 200*time.Millisecond, "the workflow started before the restart")
+	if desc.Status != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		t.Fatalf("workflow status after restart %s, want running", desc.Status)
+	}
 	waitVisible(t, tp.Client(), `OtaDevice = "dev-real"`, "probe-real")
 	if !strings.Contains(log.String(), "setup-schema: database temporal: schema 1.18, up to date") {
 		t.Errorf("the second schema job did not find the database up to date (at v1.29.1's 1.18); its output:\n%s", log.String())
@@ -317,22 +322,6 @@ func TestSetupTemporalSchemaTwice(t *testing.T) {
 		}
 	}
 	t.Logf("schema versions (version, updates applied): %v", before)
-}
-
-// eventually retries f until it succeeds, failing the test after timeout with its last error.
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still failing after %s: %v", what, timeout, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent use.

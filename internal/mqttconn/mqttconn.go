@@ -18,6 +18,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/otaflow/otaflow/internal/credential"
 )
 
 // Option changes the client options Options builds.
@@ -56,10 +57,10 @@ func Options(rawURL, clientID string, options ...Option) (*mqtt.ClientOptions, e
 		u.Scheme = "ssl"
 	case "tcp", "ssl", "ws", "wss":
 	default:
-		return nil, fmt.Errorf("MQTT URL %q: scheme must be tcp, mqtt, ssl, mqtts, ws or wss", Redact(rawURL))
+		return nil, fmt.Errorf("MQTT URL %q: scheme must be tcp, mqtt, ssl, mqtts, ws or wss", credential.RedactURL(rawURL))
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("MQTT URL %q has no host", Redact(rawURL))
+		return nil, fmt.Errorf("MQTT URL %q has no host", credential.RedactURL(rawURL))
 	}
 	opts := mqtt.NewClientOptions()
 	switch secure := u.Scheme == "ssl" || u.Scheme == "wss"; {
@@ -69,7 +70,7 @@ func Options(rawURL, clientID string, options ...Option) (*mqtt.ClientOptions, e
 		opts.SetTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12})
 	case set.tls != nil:
 		return nil, fmt.Errorf("MQTT URL %q does not use TLS but TLS settings (CA, client certificate) are given: "+
-			"use an ssl://, mqtts:// or wss:// URL with the broker's TLS port", Redact(rawURL))
+			"use an ssl://, mqtts:// or wss:// URL with the broker's TLS port", credential.RedactURL(rawURL))
 	}
 	if u.User != nil {
 		opts.SetUsername(u.User.Username())
@@ -89,15 +90,6 @@ func Options(rawURL, clientID string, options ...Option) (*mqtt.ClientOptions, e
 	opts.SetKeepAlive(30 * time.Second)
 	opts.SetOrderMatters(false)
 	return opts, nil
-}
-
-// Redact returns an MQTT URL with its password hidden, for logs and errors.
-func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }
 
 // ErrNotConnected is returned when the broker cannot be reached in time.

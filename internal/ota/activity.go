@@ -63,6 +63,22 @@ const (
 	ErrTypeUnknownDevice  = "UnknownDevice"
 	ErrTypeDeviceDisabled = "DeviceDisabled"
 	ErrTypeInvalidCommand = "InvalidCommand"
+	// ErrTypeIncompatible: the device does not fit the upgrade's Compatibility (its labels or
+	// its current version), so no command is sent.
+	ErrTypeIncompatible = "Incompatible"
+)
+
+// Error types of a package that fails one of PROTOCOL.md 1.1's checks on the worker, before
+// any command is sent: one type per check (internal/pkgsig's), each failure non-retryable.
+const (
+	// ErrTypeMissingSignature: the package is not signed, and the worker requires signatures.
+	ErrTypeMissingSignature = "MissingSignature"
+	// ErrTypeUnknownKey: the signature's key_id names none of the worker's trusted keys.
+	ErrTypeUnknownKey = "UnknownKey"
+	// ErrTypeBadSignature: the signature does not verify under its key.
+	ErrTypeBadSignature = "BadSignature"
+	// ErrTypeSHA256Mismatch: the package downloaded does not have the sha256 announced.
+	ErrTypeSHA256Mismatch = "SHA256Mismatch"
 )
 
 // SendCommandInput is what SendCommand needs: the upgrade record to write as sent and the
@@ -75,6 +91,16 @@ type SendCommandInput struct {
 	// CheckSkip asks to skip the upgrade, sending nothing, when the device already reports the
 	// target version.
 	CheckSkip bool `json:"check_skip"`
+	// Compat, when set, is checked against the device's labels and current version before
+	// the command is sent: a device that does not fit fails with ErrTypeIncompatible.
+	Compat *Compatibility `json:"compat,omitempty"`
+}
+
+// CancelCommandInput names the command attempt whose cancel message (PROTOCOL.md 1.1) is to
+// be published to its device.
+type CancelCommandInput struct {
+	DeviceID  string `json:"device_id"`
+	CommandID string `json:"command_id"`
 }
 
 // SendCommandResult says what SendCommand did.
@@ -106,9 +132,15 @@ type RecordStateInput struct {
 	Detail  string        `json:"detail,omitempty"`
 }
 
-// ErrTypePackageMismatch is the error type of a pre-flight check whose package does not match
-// the md5 or size the rollout announces.
-const ErrTypePackageMismatch = "PackageMismatch"
+// Error types of a failed pre-flight check of a rollout's package (CheckPackage); both are
+// permanent.
+const (
+	// ErrTypePackageMismatch: the package does not match the md5 or size the rollout
+	// announces, or its server refuses it (HTTP 4xx).
+	ErrTypePackageMismatch = "PackageMismatch"
+	// ErrTypeBadPackageURL: the package URL cannot be requested at all.
+	ErrTypeBadPackageURL = "BadPackageURL"
+)
 
 // SnapshotInput names the list to store a rollout's targets under and selects them.
 type SnapshotInput struct {
@@ -117,11 +149,19 @@ type SnapshotInput struct {
 	Filter  DeviceFilter `json:"filter"`
 }
 
-// PackageCheck is a package to check before a rollout sends it to any device.
+// PackageCheck is a package to check before a rollout, or a single upgrade of a signed
+// package, sends it to any device: downloaded once, it must have the size, md5 and (when
+// given) sha256 announced, and its signature must satisfy the worker's policy.
 type PackageCheck struct {
 	URL  string `json:"url"`
 	MD5  string `json:"md5"`
 	Size int64  `json:"size"`
+	// Type and Version, with Size and SHA256, are what the signature covers.
+	Type    string `json:"type,omitempty"`
+	Version string `json:"version,omitempty"`
+	SHA256  string `json:"sha256,omitempty"`
+	Sig     string `json:"sig,omitempty"`
+	KeyID   string `json:"key_id,omitempty"`
 }
 
 // ErrTypeNoTemporalClient is the failure of AwaitWorkflows on a worker whose Activities have
@@ -145,7 +185,8 @@ type AwaitWorkflowsInput struct {
 // Outcome is how one device upgrade execution ended: its result, or the type of its failure.
 type Outcome struct {
 	WorkflowID string `json:"workflow_id"`
-	// Result is the upgrade's final status when it completed.
+	// Result is the upgrade's final status when it completed, or when it failed with the
+	// status in its failure's details.
 	Result *UpgradeStatus `json:"result,omitempty"`
 	// Failed is set when it did not complete; ErrorType is then the application error's type,
 	// if any, Canceled tells a canceled execution, and Error says what happened.

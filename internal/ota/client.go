@@ -35,9 +35,23 @@ func UpgradeSummary(req UpgradeRequest) string {
 	return s
 }
 
-// UpgradeMemo is what the Web UI shows of the package.
+// UpgradeMemo is what the Web UI shows of the package, and of its signature, compatibility
+// and soak time when the upgrade has them.
 func UpgradeMemo(req UpgradeRequest) map[string]any {
-	return map[string]any{"url": req.URL, "md5": req.MD5, "size": req.Size, "versionKey": req.VersionKey}
+	m := map[string]any{"url": req.URL, "md5": req.MD5, "size": req.Size, "versionKey": req.VersionKey}
+	if req.SHA256 != "" {
+		m["sha256"] = req.SHA256
+	}
+	if req.KeyID != "" {
+		m["signedBy"] = req.KeyID
+	}
+	if req.Compat != nil {
+		m["compatible"] = req.Compat
+	}
+	if req.Soak > 0 {
+		m["soak"] = req.Soak.String()
+	}
+	return m
 }
 
 // StartOptions are the options to start a device upgrade with a Temporal client.

@@ -23,9 +23,13 @@ type Compatibility struct {
 	Versions string `json:"versions,omitempty"`
 }
 
-// Validate checks the labels and the version range.
+// Validate checks the labels and the version range. The labels are checked in key order, so
+// that workflows, which call it, always report the same bad label.
 func (c Compatibility) Validate() error {
-	for k, v := range c.Labels {
+	// Sorted, so deterministic: workflowcheck cannot see that slices.Sorted undoes the map order.
+	keys := slices.Sorted(maps.Keys(c.Labels)) //workflowcheck:ignore
+	for _, k := range keys {
+		v := c.Labels[k]
 		if k == "" || len(k) > protocol.MaxStatusKeyLength || len(v) > protocol.MaxStatusValueBytes {
 			return fmt.Errorf("compatibility label %q=%q: keys 1 to %d characters, values at most %d bytes",
 				k, v, protocol.MaxStatusKeyLength, protocol.MaxStatusValueBytes)

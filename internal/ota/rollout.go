@@ -25,6 +25,9 @@ const (
 	// UpdateApprove lets the rollout go on to the wave awaiting approval; takes the wave number
 	// (1-based) or 0 for whichever waits.
 	UpdateApprove = "approve"
+	// UpdateClose ends a continuous rollout: it stops taking on late devices, lets the
+	// running upgrades finish and completes. Takes a reason string.
+	UpdateClose = "close"
 )
 
 const rolloutWorkflowPrefix = "rollout-"
@@ -45,6 +48,9 @@ const (
 	RolloutWaitingApproval RolloutState = "waiting_approval"
 	RolloutBaking          RolloutState = "baking"
 	RolloutWaitingWindow   RolloutState = "waiting_window"
+	// RolloutWatching: a continuous rollout whose waves are done upgrades the devices that
+	// come to match its targets, until it is closed.
+	RolloutWatching RolloutState = "watching"
 	// RolloutCanceling and RolloutAborting: no device upgrade starts any more; the rollout
 	// ends canceled or aborted when the running ones have ended.
 	RolloutCanceling RolloutState = "canceling"
@@ -143,6 +149,10 @@ type RolloutRequest struct {
 	// ContinueAfter is how many device upgrades one run starts before it continues as new
 	// (default 1000), which keeps every execution's history bounded.
 	ContinueAfter int `json:"continue_after,omitempty"`
+	// Continuous keeps the rollout open after its waves: it upgrades every device that
+	// comes to match its targets later (registered, seen again, changed) until it is closed
+	// (UpdateClose), within the same limits, window, thresholds and selection.
+	Continuous bool `json:"continuous,omitempty"`
 }
 
 // Rollout defaults.
@@ -353,6 +363,15 @@ type RolloutProgress struct {
 	CurrentWave int            `json:"current_wave"`
 	Waves       []WaveProgress `json:"waves"`
 	Counts      Counts         `json:"counts"`
+	// LeftOut counts the devices the targets matched at pre-flight that the rollout left
+	// out, by reason; Counts.Incompatible and Counts.Quarantined count those left out as
+	// incompatible or quarantined now (for a continuous rollout, late devices too).
+	LeftOut LeftOut `json:"left_out"`
+	// Late counts the upgrades of a continuous rollout started after its waves.
+	Late *Counts `json:"late,omitempty"`
+	// Soak is the upgrades' soak time: a running upgrade may have installed and be
+	// soaking.
+	Soak time.Duration `json:"soak,omitempty"`
 	// RatePerMinute is the start rate in force; 0 means unbounded.
 	RatePerMinute float64 `json:"rate_per_minute"`
 	// NextWindowAt is when the maintenance window opens, while the rollout waits for it.
@@ -397,6 +416,14 @@ type RolloutCarry struct {
 	PauseReason  string `json:"pause_reason,omitempty"`
 	CancelReason string `json:"cancel_reason,omitempty"`
 	AbortReason  string `json:"abort_reason,omitempty"`
+	// Watching is set once a continuous rollout's waves are done; Closed once it was
+	// closed, with CloseReason. Changes is where its search for late devices goes on, and
+	// LateBaseline the late counts at the last resume.
+	Watching     bool         `json:"watching,omitempty"`
+	Closed       bool         `json:"closed,omitempty"`
+	CloseReason  string       `json:"close_reason,omitempty"`
+	Changes      ChangeCursor `json:"changes"`
+	LateBaseline Counts       `json:"late_baseline"`
 }
 
 // HandedUpgrade is a device upgrade one rollout run started and the next follows.

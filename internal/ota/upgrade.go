@@ -119,6 +119,12 @@ type UpgradeRequest struct {
 	Soak time.Duration `json:"soak,omitempty"`
 }
 
+// PackageCheck is the pre-flight check of the request's package.
+func (r UpgradeRequest) PackageCheck() PackageCheck {
+	return PackageCheck{URL: r.URL, MD5: r.MD5, Size: r.Size, Type: r.Type, Version: r.Version,
+		SHA256: r.SHA256, Sig: r.Sig, KeyID: r.KeyID}
+}
+
 // WithDefaults returns r with every zero setting replaced by its default.
 func (r UpgradeRequest) WithDefaults() UpgradeRequest {
 	if r.VersionKey == "" {
@@ -222,6 +228,9 @@ type UpgradeStatus struct {
 	SentAt     *time.Time `json:"sent_at,omitempty"`
 	UpdatedAt  time.Time  `json:"updated_at"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	// SoakUntil is set while a succeeded upgrade soaks (UpgradeRequest.Soak): the workflow
+	// stays open until then, and a report of another version meanwhile makes it reverted.
+	SoakUntil *time.Time `json:"soak_until,omitempty"`
 }
 
 // Error types of a failed DeviceUpgradeWorkflow; the failure's details hold an UpgradeStatus.
@@ -229,4 +238,7 @@ const (
 	ErrTypeUpgradeFailed   = "UpgradeFailed"
 	ErrTypeUpgradeTimedOut = "UpgradeTimedOut"
 	ErrTypeInvalidRequest  = "InvalidRequest"
+	// ErrTypeUpgradeReverted: the device reported the target version, then another one within
+	// the soak time (StateReverted).
+	ErrTypeUpgradeReverted = "UpgradeReverted"
 )

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -377,7 +376,7 @@ func (t *TrustedKeys) Verify(p Package, sig, keyID string) error {
 	}
 	if !ed25519.Verify(key, p.Message(), raw) {
 		return checkErr(ErrBadSignature, "key %q did not sign type %q, version %q, size %d, sha256 %s",
-			keyID, truncate(p.Type, 32), truncate(p.Version, 64), p.Size, p.SHA256)
+			keyID, protocol.Truncate(p.Type, 32), protocol.Truncate(p.Version, 64), p.Size, p.SHA256)
 	}
 	return nil
 }
@@ -390,22 +389,9 @@ func (t *TrustedKeys) unknown(keyID string) error {
 	ids := t.IDs()
 	switch {
 	case len(ids) == 0:
-		return checkErr(ErrUnknownKey, "%q: no trusted keys are configured", truncate(keyID, 64))
+		return checkErr(ErrUnknownKey, "%q: no trusted keys are configured", protocol.Truncate(keyID, 64))
 	case len(ids) > 3:
 		ids = append(ids[:3], fmt.Sprintf("and %d more", len(ids)-3))
 	}
-	return checkErr(ErrUnknownKey, "%q is not a trusted key (trusted: %s)", truncate(keyID, 64), strings.Join(ids, ", "))
-}
-
-// truncate shortens s to at most n bytes for messages (key IDs are ASCII; other fields are
-// cut at a character boundary).
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
+	return checkErr(ErrUnknownKey, "%q is not a trusted key (trusted: %s)", protocol.Truncate(keyID, 64), strings.Join(ids, ", "))
 }

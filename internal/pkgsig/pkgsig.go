@@ -117,6 +117,32 @@ func CheckSHA256(announced, computed string) error {
 	return nil
 }
 
+// Environment variables of the package policy, which the worker, the starter and devstack
+// read alike.
+const (
+	// EnvTrustedKeys names the trusted keys directory.
+	EnvTrustedKeys = "OTAFLOW_TRUSTED_KEYS"
+	// EnvRequireSignatures, when true, refuses unsigned packages.
+	EnvRequireSignatures = "OTAFLOW_REQUIRE_SIGNATURES"
+)
+
+// LoadPolicy makes the policy of a trusted keys directory ("" for none) and the
+// require-signatures setting. It refuses a policy that would refuse every package.
+func LoadPolicy(dir string, requireSignature bool) (Policy, error) {
+	pol := Policy{RequireSignature: requireSignature}
+	if dir != "" {
+		keys, err := LoadTrustedKeys(dir)
+		if err != nil {
+			return Policy{}, err
+		}
+		pol.Keys = keys
+	}
+	if err := pol.Validate(); err != nil {
+		return Policy{}, fmt.Errorf("%w: give the trusted keys directory too", err)
+	}
+	return pol, nil
+}
+
 // Policy is what a package must show before a command for it is sent, or before a device
 // installs it.
 type Policy struct {

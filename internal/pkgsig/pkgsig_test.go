@@ -7,6 +7,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -296,4 +298,39 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("Verify() = %v, not a *CheckError", err)
 		}
 	})
+}
+
+func TestLoadPolicy(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := WriteKeyPair(dir, "release-1"); err != nil {
+		t.Fatal(err)
+	}
+	keys := t.TempDir()
+	if err := os.Rename(filepath.Join(dir, "release-1.pub"), filepath.Join(keys, "release-1.pub")); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		dir      string
+		require  bool
+		wantKeys int
+		wantErr  string
+	}{
+		{dir: "", require: false},
+		{dir: keys, require: false, wantKeys: 1},
+		{dir: keys, require: true, wantKeys: 1},
+		{dir: "", require: true, wantErr: "signatures are required but no trusted keys are configured: give the trusted keys directory too"},
+		{dir: dir, wantErr: "looks like a private key"},
+		{dir: filepath.Join(keys, "missing"), wantErr: "no such file"},
+	}
+	for _, tt := range tests {
+		pol, err := LoadPolicy(tt.dir, tt.require)
+		switch {
+		case tt.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("LoadPolicy(%q, %v) = %v, want an error saying %q", tt.dir, tt.require, err, tt.wantErr)
+			}
+		case err != nil || pol.Keys.Len() != tt.wantKeys || pol.RequireSignature != tt.require:
+			t.Errorf("LoadPolicy(%q, %v) = %d keys, require %v, err %v", tt.dir, tt.require, pol.Keys.Len(), pol.RequireSignature, err)
+		}
+	}
 }

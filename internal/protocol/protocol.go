@@ -56,7 +56,7 @@ func validateFields(id, typ, version string, idRequired bool) error {
 // ValidateType checks an upgrade type is 1 to MaxTypeLength characters of a-z 0-9 _ -.
 func ValidateType(typ string) error {
 	if !typePattern.MatchString(typ) {
-		return invalid(`"type" must be 1 to %d characters of a-z 0-9 _ -, not %q`, MaxTypeLength, truncate(typ, 40))
+		return invalid(`"type" must be 1 to %d characters of a-z 0-9 _ -, not %q`, MaxTypeLength, Truncate(typ, 40))
 	}
 	return nil
 }
@@ -121,7 +121,7 @@ var ErrInvalidDeviceID = errors.New("device ID must be 1 to 64 characters of A-Z
 // ValidateDeviceID checks a device ID against PROTOCOL.md.
 func ValidateDeviceID(id string) error {
 	if !deviceIDPattern.MatchString(id) {
-		return fmt.Errorf("%w: %q", ErrInvalidDeviceID, truncate(id, 80))
+		return fmt.Errorf("%w: %q", ErrInvalidDeviceID, Truncate(id, 80))
 	}
 	return nil
 }
@@ -156,16 +156,16 @@ var ErrBadTopic = errors.New("not an OTAflow device topic")
 func ParseTopic(topic string) (deviceID, kind string, err error) {
 	rest, ok := strings.CutPrefix(topic, TopicPrefix)
 	if !ok {
-		return "", "", fmt.Errorf("%w: %q", ErrBadTopic, truncate(topic, 120))
+		return "", "", fmt.Errorf("%w: %q", ErrBadTopic, Truncate(topic, 120))
 	}
 	id, kind, ok := strings.Cut(rest, "/")
 	if !ok {
-		return "", "", fmt.Errorf("%w: %q", ErrBadTopic, truncate(topic, 120))
+		return "", "", fmt.Errorf("%w: %q", ErrBadTopic, Truncate(topic, 120))
 	}
 	switch kind {
 	case KindProgress, KindStatus, KindCommand, KindCancel:
 	default:
-		return "", "", fmt.Errorf("%w: %q", ErrBadTopic, truncate(topic, 120))
+		return "", "", fmt.Errorf("%w: %q", ErrBadTopic, Truncate(topic, 120))
 	}
 	if err := ValidateDeviceID(id); err != nil {
 		return "", "", err
@@ -312,7 +312,7 @@ func ParseProgress(payload []byte) (Progress, error) {
 	}
 	v, err := n.Int64()
 	if err != nil {
-		return Progress{}, invalid(`"progress" must be an integer, not %s`, truncate(n.String(), 20))
+		return Progress{}, invalid(`"progress" must be an integer, not %s`, Truncate(n.String(), 20))
 	}
 	p.Progress = int(v)
 	return p, p.Validate()
@@ -351,7 +351,7 @@ func ParseStatus(payload []byte) (Status, error) {
 	for k, raw := range fields {
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, invalid("status value %q must be a string", truncate(k, 40))
+			return nil, invalid("status value %q must be a string", Truncate(k, 40))
 		}
 		st[k] = s
 	}
@@ -365,10 +365,10 @@ func (s Status) Validate() error {
 	}
 	for k, v := range s {
 		if n := utf8.RuneCountInString(k); n == 0 || n > MaxStatusKeyLength {
-			return invalid("status key %q must be 1 to %d characters", truncate(k, 40), MaxStatusKeyLength)
+			return invalid("status key %q must be 1 to %d characters", Truncate(k, 40), MaxStatusKeyLength)
 		}
 		if len(v) > MaxStatusValueBytes {
-			return invalid("status value of %q is longer than %d bytes", truncate(k, 40), MaxStatusValueBytes)
+			return invalid("status value of %q is longer than %d bytes", Truncate(k, 40), MaxStatusValueBytes)
 		}
 	}
 	return nil
@@ -408,7 +408,7 @@ const (
 // ValidateMD5 checks an md5 digest is 32 lowercase hex digits.
 func ValidateMD5(md5 string) error {
 	if !md5Pattern.MatchString(md5) {
-		return invalid("md5 must be 32 lowercase hex digits, got %q", truncate(md5, 40))
+		return invalid("md5 must be 32 lowercase hex digits, got %q", Truncate(md5, 40))
 	}
 	return nil
 }
@@ -416,7 +416,7 @@ func ValidateMD5(md5 string) error {
 // ValidateSHA256 checks a sha256 digest is 64 lowercase hex digits.
 func ValidateSHA256(sum string) error {
 	if !sha256Pattern.MatchString(sum) {
-		return invalid("sha256 must be 64 lowercase hex digits, got %q", truncate(sum, 72))
+		return invalid("sha256 must be 64 lowercase hex digits, got %q", Truncate(sum, 72))
 	}
 	return nil
 }
@@ -425,7 +425,7 @@ func ValidateSHA256(sum string) error {
 // it a safe file name (<key_id>.pub).
 func ValidateKeyID(id string) error {
 	if !keyIDPattern.MatchString(id) {
-		return invalid("key_id must be 1 to %d characters of A-Z a-z 0-9 _ . -, got %q", MaxKeyIDLength, truncate(id, 72))
+		return invalid("key_id must be 1 to %d characters of A-Z a-z 0-9 _ . -, got %q", MaxKeyIDLength, Truncate(id, 72))
 	}
 	return nil
 }
@@ -523,9 +523,19 @@ func (c CancelMessage) Validate() error {
 	return nil
 }
 
-func truncate(s string, n int) string {
+// Truncate shortens s to at most n bytes, for messages and bounded fields: a longer s is cut at
+// a character boundary and ends with "..." (within the n bytes).
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "..."
+	const mark = "..."
+	if n < len(mark) {
+		return mark[:max(n, 0)]
+	}
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }

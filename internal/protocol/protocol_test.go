@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestParseProgress(t *testing.T) {
@@ -316,6 +317,35 @@ func TestDecodeSignature(t *testing.T) {
 	for _, bad := range []string{"", "=", testSig[:87], testSig + "=", " " + testSig, testSig[:85] + "B=="} {
 		if _, err := DecodeSignature(bad); !errors.Is(err, ErrInvalidMessage) {
 			t.Errorf("DecodeSignature(%q) = %v, want ErrInvalidMessage", bad, err)
+		}
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"devices/a/status", 16, "devices/a/status"},
+		{"devices/a/status", 100, "devices/a/status"},
+		{"devices/a/status", 15, "devices/a/st..."},
+		{"devices/a/status", 3, "..."},
+		{"devices/a/status", 2, ".."},
+		{"devices/a/status", 0, ""},
+		{"devices/a/status", -1, ""},
+		{"", 0, ""},
+		// A character is never split: é is 2 bytes, 日 3.
+		{strings.Repeat("é", 10), 9, "ééé..."},
+		{strings.Repeat("é", 10), 10, "ééé..."},
+		{strings.Repeat("é", 10), 20, strings.Repeat("é", 10)},
+		{"日本語", 8, "日..."},
+		{"日本語", 5, "..."},
+	}
+	for _, tt := range tests {
+		got := Truncate(tt.in, tt.n)
+		if got != tt.want || len(got) > max(tt.n, 0) || !utf8.ValidString(got) {
+			t.Errorf("Truncate(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
 		}
 	}
 }

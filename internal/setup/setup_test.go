@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/api/workflowservice/v1"
@@ -117,7 +118,8 @@ func TestRunWaitsForTheFrontend(t *testing.T) {
 			DatabaseURL: testenv.DatabaseURL(t), Wait: 2 * time.Minute, Out: &out}, setup.DefaultSteps())
 		done <- err
 	}()
-	waitFor(t, time.Minute, "the setup to say it waits", func() bool { return strings.Contains(out.String(), "Waiting for the Temporal frontend") })
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), "Waiting for the Temporal frontend") },
+		time.Minute, 50*time.Millisecond, "the setup to say it waits")
 	select {
 	case err := <-done:
 		t.Fatalf("the setup ended before the server started: %v\n%s", err, out.String())
@@ -189,16 +191,5 @@ func TestRunStopsAtFailingStep(t *testing.T) {
 	}
 	if len(rep) != 1 || rep[0].Step != "fine" || after {
 		t.Errorf("report %+v, step after ran %v; want only the first step", rep, after)
-	}
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -10,13 +10,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sync"
 	"time"
-	"unicode/utf8"
 
+	"github.com/cenkalti/backoff/v5"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
@@ -166,15 +165,16 @@ func (d *device) connect(ctx context.Context, boot bool) bool {
 			d.setConnected(false)
 		})
 
-	backoff := 500 * time.Millisecond
-	for attempt := 1; ; attempt++ {
+	attempt := 0
+	c, err := backoff.Retry(ctx, func() (paho.Client, error) {
+		attempt++
 		c := paho.NewClient(opts)
 		tok := c.Connect()
 		select {
 		case <-tok.Done():
 		case <-ctx.Done():
 			c.Disconnect(0)
-			return false
+			return nil, backoff.Permanent(ctx.Err())
 		}
 		if err := tok.Error(); err != nil {
 			// Refused credentials are worth a warning; the rest (broker down or busy) shows
@@ -184,18 +184,21 @@ func (d *device) connect(ctx context.Context, boot bool) bool {
 				level = d.f.log.Warn
 			}
 			level("cannot connect; retrying", "device", d.id, "attempt", attempt, "error", err)
-			// Jitter spreads the reconnections of a fleet that lost its broker.
-			if !sleep(ctx, backoff/2+rand.N(backoff)) {
-				return false
-			}
-			backoff = min(2*backoff, t.MaxReconnectInterval)
-			continue
+			return nil, err
 		}
-		d.mu.Lock()
-		d.client = c
-		d.mu.Unlock()
-		break
+		return c, nil
+	},
+		// Jitter (waits of 0.5 to 1.5 times the interval) spreads the reconnections of a fleet
+		// that lost its broker.
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 500 * time.Millisecond, RandomizationFactor: 0.5,
+			Multiplier: 2, MaxInterval: t.MaxReconnectInterval}),
+		backoff.WithMaxElapsedTime(0))
+	if err != nil { // only ctx ends Retry
+		return false
 	}
+	d.mu.Lock()
+	d.client = c
+	d.mu.Unlock()
 	select {
 	case <-ready:
 	case <-ctx.Done():
@@ -520,7 +523,7 @@ func (d *device) verify(cmd *protocol.UpgradeCommand, got downloaded) error {
 
 // fail reports an error code.
 func (d *device) fail(ctx context.Context, cmd *protocol.UpgradeCommand, code int, desc string) {
-	desc = truncate(desc, protocol.MaxDescLength)
+	desc = protocol.Truncate(desc, protocol.MaxDescLength)
 	d.f.log.Debug("upgrade failed", "device", d.id, "command", cmd.ID, "code", code, "desc", desc)
 	d.mu.Lock()
 	d.failures++
@@ -542,7 +545,7 @@ func (d *device) reportCanceled(ctx context.Context, cmd *protocol.UpgradeComman
 // report publishes a progress report for cmd.
 func (d *device) report(ctx context.Context, cmd *protocol.UpgradeCommand, progress int, desc string) {
 	d.publish(ctx, protocol.ProgressTopic(d.id), protocol.Progress{
-		ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: progress, Desc: truncate(desc, protocol.MaxDescLength),
+		ID: cmd.ID, Type: cmd.Type, Version: cmd.Version, Progress: progress, Desc: protocol.Truncate(desc, protocol.MaxDescLength),
 	})
 }
 
@@ -744,13 +747,4 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// truncate shortens s to at most n characters.
-func truncate(s string, n int) string {
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:n-3]) + "..."
 }

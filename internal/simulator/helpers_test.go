@@ -17,12 +17,15 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/credential"
@@ -460,42 +463,36 @@ func (w *watcher) of(device string) []event {
 // on an invalid report.
 func (w *watcher) waitFor(t *testing.T, device, what string, cond func([]event) bool) []event {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	var evs []event
+	var invalid []string
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		w.mu.Lock()
-		invalid := w.invalid
+		invalid = slices.Clone(w.invalid)
 		w.mu.Unlock()
 		if len(invalid) > 0 {
-			t.Fatalf("devices sent invalid reports: %v", invalid)
+			return // fails the test below, at once
 		}
-		evs := w.of(device)
-		if cond(evs) {
-			return evs
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: timed out waiting for %s; events: %v", device, what, evs)
-		}
-		time.Sleep(5 * time.Millisecond)
+		evs = w.of(device)
+		assert.True(c, cond(evs), "%s: events: %v", device, evs)
+	}, 20*time.Second, 5*time.Millisecond, "%s: %s", device, what)
+	if len(invalid) > 0 {
+		t.Fatalf("devices sent invalid reports: %v", invalid)
 	}
+	return evs
 }
 
 // waitState polls a device's state until cond holds.
 func waitState(t *testing.T, f *Fleet, id, what string, cond func(DeviceState) bool) DeviceState {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		st, ok := f.Device(id)
-		if !ok {
-			t.Fatalf("no device %s", id)
-		}
-		if cond(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: timed out waiting for %s; state: %+v", id, what, st)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if _, ok := f.Device(id); !ok {
+		t.Fatalf("no device %s", id)
 	}
+	var st DeviceState
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		st, _ = f.Device(id)
+		assert.True(c, cond(st), "%s: state: %+v", id, st)
+	}, 20*time.Second, 5*time.Millisecond, "%s: %s", id, what)
+	return st
 }
 
 // hasStatus holds once a status report shows version under key.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -243,12 +244,19 @@ func (s *Store) ListDevices(ctx context.Context, f ota.DeviceFilter) ([]Device, 
 	if f.Limit <= 0 {
 		f.Limit = 1000
 	}
-	match := map[string]string{}
-	for k, v := range f.Labels {
-		match[k] = v
+	where, args := deviceFilter(f, nil, []any{f.After, f.Limit})
+	query := `SELECT ` + deviceColumns + ` FROM devices d WHERE d.id > $1 AND ` + where + ` ORDER BY d.id LIMIT $2`
+	if f.List != "" {
+		// A list's pages are read through the list's own index: from the devices' side, the
+		// planner scanned the whole registry for every page (a rollout's 90,000 targets took
+		// a minute to read in pages of 500).
+		rest := f
+		rest.List = ""
+		where, args = deviceFilter(rest, nil, []any{f.After, f.Limit, f.List})
+		query = `SELECT ` + deviceColumns + ` FROM rollout_targets t JOIN devices d ON d.id = t.device_id
+			WHERE t.rollout = $3 AND t.device_id > $1 AND d.id > $1 AND ` + where + ` ORDER BY t.device_id LIMIT $2`
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+deviceColumns+` FROM devices d WHERE id > $1 AND `+deviceWhere+`
-		ORDER BY id LIMIT $7`, f.After, f.Prefix, match, f.NotReportingKey, f.NotReportingValue, f.List, f.Limit)
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
@@ -267,7 +275,39 @@ func (s *Store) ListDevices(ctx context.Context, f ota.DeviceFilter) ([]Device, 
 	return out, nil
 }
 
-// deviceWhere is the filter of ota.DeviceFilter over devices d, with parameters $2..$6.
+// deviceFilter is the condition of f (and, when ids is not nil, of being one of ids) over
+// devices d, with args, to which it appends its own parameters. It holds only the conditions
+// f sets: the planner takes a condition that is always true, such as a label filter of no
+// labels, for a very selective one and plans as if few devices matched.
+func deviceFilter(f ota.DeviceFilter, ids []string, args []any) (string, []any) {
+	var conds []string
+	param := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	if f.List != "" {
+		conds = append(conds, `EXISTS (SELECT 1 FROM rollout_targets t WHERE t.rollout = `+param(f.List)+` AND t.device_id = d.id)`)
+	}
+	if f.Prefix != "" {
+		conds = append(conds, `starts_with(d.id, `+param(f.Prefix)+`)`)
+	}
+	if len(f.Labels) > 0 {
+		conds = append(conds, `(d.labels || d.reported) @> `+param(f.Labels)+`::jsonb`)
+	}
+	if f.NotReportingKey != "" {
+		conds = append(conds, `d.reported->>`+param(f.NotReportingKey)+` IS DISTINCT FROM `+param(f.NotReportingValue))
+	}
+	if ids != nil {
+		conds = append(conds, `d.id = ANY(`+param(ids)+`)`)
+	}
+	if len(conds) == 0 {
+		return "true", args
+	}
+	return strings.Join(conds, " AND "), args
+}
+
+// deviceWhere is the filter of ota.DeviceFilter over devices d, with parameters $2..$6, for
+// a query that selects devices at once rather than page by page (deviceFilter).
 const deviceWhere = `starts_with(d.id, $2)
 	AND (d.labels || d.reported) @> $3::jsonb
 	AND ($4 = '' OR d.reported->>$4 IS DISTINCT FROM $5)
@@ -275,13 +315,9 @@ const deviceWhere = `starts_with(d.id, $2)
 
 // CountDevices counts the devices that match f (After and Limit are ignored).
 func (s *Store) CountDevices(ctx context.Context, f ota.DeviceFilter) (int, error) {
-	match := map[string]string{}
-	for k, v := range f.Labels {
-		match[k] = v
-	}
+	where, args := deviceFilter(f, nil, nil)
 	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE $1 = '' AND `+deviceWhere,
-		"", f.Prefix, match, f.NotReportingKey, f.NotReportingValue, f.List).Scan(&n); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE `+where, args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count devices: %w", err)
 	}
 	return n, nil

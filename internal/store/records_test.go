@@ -57,6 +57,53 @@ func TestUpgradeRecordHasOneWriter(t *testing.T) {
 	}
 }
 
+// TestUpgradeRecordFinal: a finished run's record never changes, except a success that turns
+// out reverted within its soak.
+func TestUpgradeRecordFinal(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	tests := []struct {
+		from, to ota.State
+		want     ota.State
+	}{
+		{ota.StateSucceeded, ota.StateReverted, ota.StateReverted},
+		{ota.StateSucceeded, ota.StateFailed, ota.StateSucceeded},
+		{ota.StateFailed, ota.StateReverted, ota.StateFailed},
+		{ota.StateCanceled, ota.StateSucceeded, ota.StateCanceled},
+		{ota.StateReverted, ota.StateSucceeded, ota.StateReverted},
+	}
+	for i, tt := range tests {
+		t.Run(fmt.Sprintf("%s then %s", tt.from, tt.to), func(t *testing.T) {
+			id := fmt.Sprintf("final-%d", i)
+			if err := st.AddDevice(ctx, id, "hash", nil); err != nil {
+				t.Fatal(err)
+			}
+			u := store.Upgrade{RunID: "run-" + id, WorkflowID: ota.DeviceWorkflowID(id), DeviceID: id, Type: "firmware", Version: "1.1",
+				URL: "http://files.local/fw.bin", MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1, State: tt.from, Attempt: 1}
+			if err := st.RecordUpgrade(ctx, u, t0, "first"); err != nil {
+				t.Fatal(err)
+			}
+			u.State, u.ErrorDesc = tt.to, "then"
+			if err := st.RecordUpgrade(ctx, u, t0.Add(time.Minute), "then"); err != nil {
+				t.Fatal(err)
+			}
+			got, err := st.GetUpgrade(ctx, u.RunID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			events, err := st.UpgradeEvents(ctx, u.RunID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			changed := tt.want == tt.to
+			if got.State != tt.want || (len(events) == 2) != changed || (changed && !got.FinishedAt.Equal(t0.Add(time.Minute))) {
+				t.Errorf("record %s finished %v with %d events; want %s", got.State, got.FinishedAt, len(events), tt.want)
+			}
+		})
+	}
+}
+
 func TestLastProgress(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t)
@@ -77,6 +124,10 @@ func TestLastProgress(t *testing.T) {
 		{ota.AttemptKey{CommandID: "c1", Type: "firmware", Version: "1.1"}, 30, 3}, // the report without ID counts
 		{ota.AttemptKey{CommandID: "other", Type: "firmware", Version: "1.1"}, 40, 4},
 		{ota.AttemptKey{CommandID: "c9", Type: "firmware", Version: "2.0"}, 0, 0},
+	}
+	// LastReport counts the error codes too.
+	if e, err := st.LastReport(ctx, "d1", tests[0].attempt); err != nil || e.Progress != -1 || !e.ReceivedAt.Equal(t0.Add(5*time.Second)) {
+		t.Errorf("LastReport = %+v, %v; want the -1 at +5s", e, err)
 	}
 	for _, tt := range tests {
 		t.Run(tt.attempt.CommandID, func(t *testing.T) {

@@ -43,9 +43,10 @@ type UpgradeEvent struct {
 
 // RecordUpgrade records the state of an upgrade run at time at: it creates or updates the run's
 // row and appends a state change event. Recording the same state and attempt again (an
-// activity retried) changes nothing, and a finished run is never reopened. The run's
-// workflow is the only writer of its record: state, attempt and progress are what the
-// workflow says, so the two cannot drift apart.
+// activity retried) changes nothing, and a finished run is never reopened nor changed, but
+// for one thing: a success may turn out reverted (the device went back within the upgrade's
+// soak time). The run's workflow is the only writer of its record: state, attempt and
+// progress are what the workflow says, so the two cannot drift apart.
 func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, detail string) error {
 	var finished *time.Time
 	if u.State.Final() {
@@ -68,7 +69,7 @@ func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 			return fmt.Errorf("read upgrade %s: %w", u.RunID, err)
 		case prevState == string(u.State) && prevAttempt == u.Attempt:
 			return nil
-		case ota.State(prevState).Final():
+		case ota.State(prevState).Final() && !(prevState == string(ota.StateSucceeded) && u.State == ota.StateReverted):
 			return nil
 		default:
 			if _, err := tx.Exec(ctx, `UPDATE upgrades SET state = $2, attempt = $3, command_id = $4,

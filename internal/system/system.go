@@ -6,7 +6,6 @@ package system
 
 import (
 	"context"
-	"crypto/md5"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -28,6 +27,7 @@ import (
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -65,6 +65,13 @@ type Config struct {
 	Faults      simulator.Faults
 	Timing      simulator.Timing
 	SimStateDir string
+	// Protocol is the PROTOCOL.md version the simulated devices implement (simulator.Config),
+	// and DevicePolicy the trusted keys with which they verify signatures and whether they
+	// require them.
+	Protocol     string
+	DevicePolicy pkgsig.Policy
+	// WorkerPolicy is the worker's package policy (activities.Activities.Packages).
+	WorkerPolicy pkgsig.Policy
 	// Bridge sets the bridge's coalescing and concurrency; connection fields are filled in.
 	Bridge bridge.Config
 	// NoWorker and NoBridge leave those parts out, for running them as separate processes.
@@ -91,6 +98,8 @@ type Package struct {
 	URL  string
 	MD5  string
 	Size int64
+	// SHA256 is what PROTOCOL.md 1.1's sha256 field and a signature (internal/pkgsig) name.
+	SHA256 string
 }
 
 // System is the running system.
@@ -227,7 +236,7 @@ func (s *System) StartWorker(ctx context.Context) error {
 		return err
 	}
 	w := workflows.NewWorker(s.cfg.Client, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: s.cfg.Store,
-		Temporal: s.cfg.Client})
+		Temporal: s.cfg.Client, Packages: s.cfg.WorkerPolicy})
 	if err := w.Start(); err != nil {
 		mc.Disconnect(0)
 		return fmt.Errorf("start worker: %w", err)
@@ -298,16 +307,6 @@ func (s *System) StopBridge() {
 	s.bridge = nil
 }
 
-// BridgeStats returns the running bridge's counters.
-func (s *System) BridgeStats() bridge.Stats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.bridge == nil {
-		return bridge.Stats{}
-	}
-	return s.bridge.Stats()
-}
-
 // startFleet connects the simulated devices and waits until they all booted.
 func (s *System) startFleet(ctx context.Context) error {
 	var err error
@@ -315,6 +314,7 @@ func (s *System) startFleet(ctx context.Context) error {
 		BrokerURL: s.MQTTURL, Prefix: s.cfg.Prefix, Count: s.cfg.Devices, Initial: s.cfg.Initial,
 		Registrar: &simulator.StoreRegistrar{Store: s.cfg.Store, StateDir: s.cfg.SimStateDir, Logger: s.log, Accounts: s.accounts()},
 		Faults:    s.cfg.Faults, Timing: s.cfg.Timing, Logger: s.log,
+		Protocol: s.cfg.Protocol, TrustedKeys: s.cfg.DevicePolicy.Keys, RequireSignatures: s.cfg.DevicePolicy.RequireSignature,
 	})
 	if err != nil {
 		return err
@@ -392,7 +392,7 @@ func (s *System) serveFiles() error {
 			return fmt.Errorf("write package: %w", err)
 		}
 	}
-	sum, n, err := FileMD5(path)
+	digest, err := FileDigest(path)
 	if err != nil {
 		return err
 	}
@@ -404,7 +404,7 @@ func (s *System) serveFiles() error {
 	go func() { _ = s.files.Serve(ln) }()
 	s.closers = append(s.closers, func() { _ = s.files.Close() })
 	s.fileBase = "http://" + ln.Addr().String()
-	s.Package = Package{URL: s.FileURL(name), MD5: sum, Size: n}
+	s.Package = Package{URL: s.FileURL(name), MD5: digest.MD5, Size: digest.Size, SHA256: digest.SHA256}
 	return nil
 }
 
@@ -413,19 +413,18 @@ func (s *System) FileURL(name string) string {
 	return s.fileBase + "/" + name
 }
 
-// FileMD5 returns the md5 (hex) and size of a file.
-func FileMD5(path string) (string, int64, error) {
+// FileDigest returns the size, md5 and sha256 of a file.
+func FileDigest(path string) (pkgsig.Digest, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", 0, fmt.Errorf("open %s: %w", path, err)
+		return pkgsig.Digest{}, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer f.Close()
-	h := md5.New()
-	n, err := io.Copy(h, f)
+	d, err := pkgsig.HashReader(f)
 	if err != nil {
-		return "", 0, fmt.Errorf("read %s: %w", path, err)
+		return pkgsig.Digest{}, fmt.Errorf("read %s: %w", path, err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return d, nil
 }
 
 // Close stops everything, in the reverse order of Start.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
 
+	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/localstack"
 )
 
@@ -178,7 +178,7 @@ func startPostgres(ctx context.Context) error {
 	if u := os.Getenv(EnvDatabaseURL); u != "" {
 		conn, err := pgx.Connect(ctx, u)
 		if err != nil {
-			return fmt.Errorf("connect to the PostgreSQL server %s of %s: %w", redact(u), EnvDatabaseURL, err)
+			return fmt.Errorf("connect to the PostgreSQL server %s of %s: %w", credential.RedactURL(u), EnvDatabaseURL, err)
 		}
 		conn.Close(ctx)
 		env.pgServerURL, env.pgExternal = u, true
@@ -367,13 +367,4 @@ func dropDatabase(tb testing.TB, name string) {
 	if _, err := conn.Exec(ctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{name}.Sanitize()+` WITH (FORCE)`); err != nil {
 		tb.Logf("testenv: drop database %s: %v", name, err)
 	}
-}
-
-// redact hides the password of a database URL in messages.
-func redact(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return p.Redacted()
 }
