@@ -301,7 +301,7 @@ func seedAccounts(dir string, n int) error {
 }
 
 func dialDevice(m *localstack.Mosquitto, id, secret string, lost chan struct{}) (paho.Client, error) {
-	opts := paho.NewClientOptions().AddBroker("tcp://"+m.Addr()).SetClientID(id).SetUsername(id).SetPassword(secret).
+	opts := paho.NewClientOptions().AddBroker("tcp://" + m.Addr()).SetClientID(id).SetUsername(id).SetPassword(secret).
 		SetCleanSession(false).SetAutoReconnect(false).SetConnectTimeout(time.Minute).SetKeepAlive(5 * time.Minute)
 	if lost != nil {
 		opts.SetConnectionLostHandler(func(paho.Client, error) { close(lost) })
