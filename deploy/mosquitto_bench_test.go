@@ -218,14 +218,14 @@ func BenchmarkMosquittoBacklog(b *testing.B) {
 		}
 	}
 	bb := newBacklogBroker(b, 100)
-	before := procRSS(b, bb.m.Pid())
+	before := procRSS(b, bb.m)
 	start := time.Now()
 	if err := bb.publish(n, 0, nil); err != nil {
 		b.Fatal(err)
 	}
 	n = int(bb.acked.Load())
 	elapsed := time.Since(start)
-	after := procRSS(b, bb.m.Pid())
+	after := procRSS(b, bb.m)
 	perReport := (after - before) * 1e6 / float64(n)
 	b.Logf("%d reports of %d bytes queued in %s (%.0f/s); broker memory %.0f MB -> %.0f MB: %.0f bytes a queued report",
 		n, len(fmt.Sprintf(benchReport, 0, bb.ids[0], 0)), elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), before, after, perReport)
@@ -332,17 +332,11 @@ func BenchmarkMosquittoCrash(b *testing.B) {
 	}
 }
 
-// procRSS is the resident memory of a process in MB (Linux).
-func procRSS(b *testing.B, pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// procRSS is the broker's resident memory in MB.
+func procRSS(b *testing.B, m *localstack.Mosquitto) float64 {
+	n, err := m.ResidentMemory()
 	if err != nil {
-		b.Fatalf("memory of the broker: %v", err)
+		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return float64(n) / (1 << 20)
 }

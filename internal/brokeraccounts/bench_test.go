@@ -79,7 +79,7 @@ func benchmarkAccounts(b *testing.B, n int) {
 	}
 	defer m.Stop()
 	loaded := time.Since(start)
-	rssLoaded := rss(b, m.Pid())
+	rssLoaded := rss(b, m)
 	admin, err := brokeraccounts.Dial(ctx, m.AdminURL(), nil)
 	if err != nil {
 		b.Fatal(err)
@@ -203,7 +203,7 @@ func benchmarkAccounts(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	elapsed := time.Since(t0)
-	rssConnected := rss(b, m.Pid())
+	rssConnected := rss(b, m)
 	b.Logf("%d devices connected in %s: %.0f connects/s; RSS with them connected %.0f MB (client and broker share %d CPUs)",
 		ok.Load(), elapsed.Round(time.Millisecond), float64(ok.Load())/elapsed.Seconds(), rssConnected, runtime.NumCPU())
 	b.ReportMetric(float64(ok.Load())/elapsed.Seconds(), "connects/s")
@@ -345,20 +345,13 @@ func dialDevice(m *localstack.Mosquitto, id, secret string, lost chan struct{}) 
 	return c, tok.Error()
 }
 
-// rss is the resident memory of a process in MB (Linux).
-func rss(b *testing.B, pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// rss is the broker's resident memory in MB.
+func rss(b *testing.B, m *localstack.Mosquitto) float64 {
+	n, err := m.ResidentMemory()
 	if err != nil {
-		b.Logf("memory of the broker: %v", err)
-		return 0
+		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return float64(n) / (1 << 20)
 }
 
 func median(d []time.Duration) time.Duration {

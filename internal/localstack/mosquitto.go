@@ -350,6 +350,24 @@ func (m *Mosquitto) Pid() int { return m.proc.cmd.Process.Pid }
 // Done is closed when the broker has exited, whether Stop ended it or not.
 func (m *Mosquitto) Done() <-chan struct{} { return m.proc.done }
 
+// ResidentMemory returns the broker's resident memory in bytes (VmRSS; Linux only).
+func (m *Mosquitto) ResidentMemory() (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.Pid()))
+	if err != nil {
+		return 0, fmt.Errorf("memory of Mosquitto: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" && f[2] == "kB" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("memory of Mosquitto: %q: %w", line, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("memory of Mosquitto: no VmRSS in /proc/%d/status", m.Pid())
+}
+
 // Stop stops the broker with SIGTERM, which makes it save its sessions, killing it if it has
 // not stopped after 30 seconds. It is safe to call more than once.
 func (m *Mosquitto) Stop() error {
