@@ -3,11 +3,14 @@ package deploy
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -358,6 +361,29 @@ func TestComposeMosquittoMatchesNative(t *testing.T) {
 	}
 	for _, v := range []string{"OTAFLOW_MQTT_ADMIN_USER", "OTAFLOW_MQTT_ADMIN_PASSWORD"} {
 		env(t, m, v) // start.sh creates the administrator from them
+	}
+
+	// The health check, run against the native broker (port substituted), passes; with a wrong
+	// password it fails.
+	if len(m.HealthCheck.Test) != 2 || m.HealthCheck.Test[0] != "CMD-SHELL" {
+		t.Fatalf("health check %q: want CMD-SHELL and one command", m.HealthCheck.Test)
+	}
+	check := strings.Replace(m.HealthCheck.Test[1], fmt.Sprintf("-p %d ", mosquittoconf.Port), "-p PORT ", 1)
+	if !strings.Contains(check, "-p PORT ") {
+		t.Fatalf("the health check %q does not name the port %d", m.HealthCheck.Test[1], mosquittoconf.Port)
+	}
+	native := testenv.Mosquitto(t)
+	user, password := native.Admin()
+	for _, tt := range []struct {
+		password string
+		ok       bool
+	}{{password, true}, {"wrong", false}} {
+		cmd := exec.Command("/bin/sh", "-c", strings.Replace(check, "PORT", strconv.Itoa(native.Port()), 1))
+		cmd.Env = append(os.Environ(), "OTAFLOW_MQTT_ADMIN_USER="+user, "OTAFLOW_MQTT_ADMIN_PASSWORD="+tt.password)
+		out, err := cmd.CombinedOutput()
+		if (err == nil) != tt.ok {
+			t.Errorf("the health check with the password %s: %v, want success %v; output: %s", map[bool]string{true: "right", false: "wrong"}[tt.ok], err, tt.ok, out)
+		}
 	}
 }
 

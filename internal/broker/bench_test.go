@@ -9,6 +9,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -60,4 +61,33 @@ func benchmarkRelay(b *testing.B, stored bool) {
 		time.Sleep(time.Millisecond)
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+}
+
+// BenchmarkColdConnect measures devices connecting to a broker that has not seen them yet (as
+// after a restart): each connection costs one argon2id verification. It reports connects per
+// second, to set beside the production broker's (BenchmarkAccounts in internal/brokeraccounts).
+//
+//	go test -run '^$' -bench BenchmarkColdConnect -benchtime 1x ./internal/broker/
+func BenchmarkColdConnect(b *testing.B) {
+	const devices = 500
+	creds := newMemCreds()
+	secrets := make([]string, devices)
+	for i := range devices {
+		secrets[i] = creds.add(b, fmt.Sprintf("cold-%d", i))
+	}
+	br, _ := startBroker(b, creds, func(o *Options) { o.Logger = slog.New(slog.DiscardHandler) })
+	var g errgroup.Group
+	g.SetLimit(20)
+	b.ResetTimer()
+	start := time.Now()
+	for i := range devices {
+		g.Go(func() error {
+			_, err := dial(b, br, deviceConfig(fmt.Sprintf("cold-%d", i), secrets[i]))
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(devices/time.Since(start).Seconds(), "connects/s")
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/testenv"
@@ -458,5 +459,24 @@ func TestProvision(t *testing.T) {
 
 	if _, err := brokeraccounts.Provision(ctx, admin, brokeraccounts.Setup{Registry: reg}); err == nil {
 		t.Error("Provision without the service passwords succeeded")
+	}
+}
+
+// TestAdminBrokerGone: a broker that goes away fails the command at once, saying so, rather
+// than at the command's timeout.
+func TestAdminBrokerGone(t *testing.T) {
+	m := testenv.Mosquitto(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	admin, err := brokeraccounts.Dial(ctx, m.AdminURL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := m.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.AddDevice(ctx, "dev-1", "s"); !errors.Is(err, mqttconn.ErrNotConnected) {
+		t.Fatalf("AddDevice with the broker gone: %v, want mqttconn.ErrNotConnected", err)
 	}
 }

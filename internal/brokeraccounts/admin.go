@@ -71,6 +71,7 @@ type Admin struct {
 	sendMu  sync.Mutex // one command at a time: each one blocks the broker while it saves
 	mu      sync.Mutex
 	waiting map[string]chan reply
+	lost    chan struct{} // closed when the connection is lost
 }
 
 // Dial connects to the broker at adminURL (tcp://USER:PASSWORD@HOST:PORT, or ssl:// with
@@ -81,7 +82,7 @@ func Dial(ctx context.Context, adminURL string, tlsCfg *tls.Config) (*Admin, err
 	if _, err := rand.Read(b); err != nil {
 		return nil, fmt.Errorf("broker administrator: %w", err)
 	}
-	a := &Admin{url: adminURL, tls: tlsCfg, prefix: hex.EncodeToString(b), waiting: map[string]chan reply{}}
+	a := &Admin{url: adminURL, tls: tlsCfg, prefix: hex.EncodeToString(b), waiting: map[string]chan reply{}, lost: make(chan struct{})}
 	opts, err := mqttconn.Options(adminURL, "otaflow-admin-"+a.prefix, mqttconn.WithTLS(tlsCfg))
 	if err != nil {
 		return nil, err
@@ -91,6 +92,8 @@ func Dial(ctx context.Context, adminURL string, tlsCfg *tls.Config) (*Admin, err
 	opts.SetConnectRetry(false)
 	// Replies come in the order of the commands; the handler only hands them over.
 	opts.SetOrderMatters(false)
+	var lostOnce sync.Once
+	opts.SetConnectionLostHandler(func(paho.Client, error) { lostOnce.Do(func() { close(a.lost) }) })
 	for {
 		a.client, err = mqttconn.Connect(ctx, opts)
 		if err == nil {
@@ -219,6 +222,9 @@ func (a *Admin) do(ctx context.Context, name string, cmd command) (json.RawMessa
 			return nil, &pluginError{command: name, msg: r.Error}
 		}
 		return r.Data, nil
+	case <-a.lost:
+		return nil, fmt.Errorf("broker: the connection was lost before the answer to %s (it may or may not have been done): %w",
+			name, mqttconn.ErrNotConnected)
 	case <-ctx.Done():
 		return nil, fmt.Errorf("broker: no answer to %s: %w", name, ctx.Err())
 	}

@@ -52,17 +52,22 @@ type MosquittoOptions struct {
 	// StartTimeout bounds the wait for the broker to accept the administrator; 0 means 30
 	// seconds.
 	StartTimeout time.Duration
+	// Overrides gives options of mosquitto.conf other values, for tests that need one (a
+	// small queue limit, say); each must be an option the file sets once. Never set for the
+	// topology itself, which runs the file as it is.
+	Overrides map[string]string
 }
 
 // Mosquitto is a running Mosquitto broker started by StartMosquitto.
 type Mosquitto struct {
-	proc     *process
-	dir      string
-	port     int
-	admin    string
-	password string
-	stopOnce sync.Once
-	stopErr  error
+	proc      *process
+	overrides map[string]string
+	dir       string
+	port      int
+	admin     string
+	password  string
+	stopOnce  sync.Once
+	stopErr   error
 }
 
 // StartMosquitto starts Mosquitto natively from deploy/mosquitto's configuration files
@@ -107,7 +112,7 @@ func StartMosquitto(ctx context.Context, opts MosquittoOptions) (*Mosquitto, err
 	if err := prepareOwnedDir(dir, as, "Mosquitto state directory"); err != nil {
 		return nil, err
 	}
-	confPath, err := writeMosquittoConfig(dir, port, bin.plugin)
+	confPath, err := writeMosquittoConfig(dir, port, bin.plugin, opts.Overrides)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +130,7 @@ func StartMosquitto(ctx context.Context, opts MosquittoOptions) (*Mosquitto, err
 	if err != nil {
 		return nil, err
 	}
-	m := &Mosquitto{proc: proc, dir: dir, port: port, admin: opts.AdminUser, password: opts.AdminPassword}
+	m := &Mosquitto{proc: proc, dir: dir, port: port, admin: opts.AdminUser, password: opts.AdminPassword, overrides: opts.Overrides}
 	if err := m.waitReady(ctx, opts.StartTimeout); err != nil {
 		_ = m.Kill()
 		return nil, err
@@ -182,10 +187,10 @@ func lookupRunAs(name, server, hint string) (*runAs, error) {
 
 // MosquittoConfig returns deploy/mosquitto's mosquitto.conf as a native run uses it: the
 // listener on 127.0.0.1:port, the configuration files in configDir, the state in dataDir and
-// the dynamic-security plugin at plugin. It fails when the file lacks a line it substitutes or
-// names another container path, so that the native run never silently departs from the
-// compose file's.
-func MosquittoConfig(port int, configDir, dataDir, plugin string) (string, error) {
+// the dynamic-security plugin at plugin (and overrides, see MosquittoOptions.Overrides). It
+// fails when the file lacks a line it substitutes or names another container path, so that
+// the native run never silently departs from the compose file's.
+func MosquittoConfig(port int, configDir, dataDir, plugin string, overrides map[string]string) (string, error) {
 	b, err := fs.ReadFile(mosquittoconf.Files, mosquittoconf.ConfFile)
 	if err != nil {
 		return "", fmt.Errorf("read the embedded mosquitto.conf: %w", err)
@@ -221,13 +226,25 @@ func MosquittoConfig(port int, configDir, dataDir, plugin string) (string, error
 			return "", fmt.Errorf("deploy/mosquitto/mosquitto.conf has no %q to substitute for a native run", strings.TrimSpace(s.old))
 		}
 	}
+	for option, value := range overrides {
+		found := 0
+		for i, line := range lines {
+			if key, _, _ := strings.Cut(line, " "); key == option && !strings.HasPrefix(line, "#") {
+				lines[i] = option + " " + value
+				found++
+			}
+		}
+		if found != 1 {
+			return "", fmt.Errorf("override of %s: deploy/mosquitto/mosquitto.conf sets it %d times, want once", option, found)
+		}
+	}
 	conf := strings.Join(lines, "\n")
 	return conf, nil
 }
 
 // writeMosquittoConfig copies the configuration files into dir/config, with mosquitto.conf
 // substituted for this run, and returns the path of mosquitto.conf.
-func writeMosquittoConfig(dir string, port int, plugin string) (string, error) {
+func writeMosquittoConfig(dir string, port int, plugin string, overrides map[string]string) (string, error) {
 	configDir := filepath.Join(dir, "config")
 	// Readable by the broker's user: these files hold no secret.
 	if err := os.MkdirAll(configDir, 0o755); err != nil {
@@ -236,7 +253,7 @@ func writeMosquittoConfig(dir string, port int, plugin string) (string, error) {
 	if err := os.Chmod(configDir, 0o755); err != nil {
 		return "", fmt.Errorf("%s: %w", configDir, err)
 	}
-	conf, err := MosquittoConfig(port, configDir, dir, plugin)
+	conf, err := MosquittoConfig(port, configDir, dir, plugin, overrides)
 	if err != nil {
 		return "", err
 	}
@@ -324,11 +341,32 @@ func (m *Mosquitto) AdminURL() string { return m.URL(m.admin, m.password) }
 // Admin returns the administrator's username and password.
 func (m *Mosquitto) Admin() (username, password string) { return m.admin, m.password }
 
+// Overrides returns the MosquittoOptions.Overrides it was started with.
+func (m *Mosquitto) Overrides() map[string]string { return m.overrides }
+
 // Pid is the broker's process ID.
 func (m *Mosquitto) Pid() int { return m.proc.cmd.Process.Pid }
 
 // Done is closed when the broker has exited, whether Stop ended it or not.
 func (m *Mosquitto) Done() <-chan struct{} { return m.proc.done }
+
+// ResidentMemory returns the broker's resident memory in bytes (VmRSS; Linux only).
+func (m *Mosquitto) ResidentMemory() (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.Pid()))
+	if err != nil {
+		return 0, fmt.Errorf("memory of Mosquitto: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" && f[2] == "kB" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("memory of Mosquitto: %q: %w", line, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("memory of Mosquitto: no VmRSS in /proc/%d/status", m.Pid())
+}
 
 // Stop stops the broker with SIGTERM, which makes it save its sessions, killing it if it has
 // not stopped after 30 seconds. It is safe to call more than once.

@@ -19,7 +19,7 @@ import (
 // TestMosquittoConfig: the native configuration is deploy/mosquitto's, line for line, except
 // for the listener and the paths.
 func TestMosquittoConfig(t *testing.T) {
-	got, err := MosquittoConfig(18831, "/tmp/x/config", "/tmp/x", "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+	got, err := MosquittoConfig(18831, "/tmp/x/config", "/tmp/x", "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -372,15 +372,7 @@ func brokerStep(ctx context.Context, env *Env) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, err
 	}
-	admin, err := brokeraccounts.Dial(ctx, env.MQTTAdminURL, env.MQTTTLS)
-	if err != nil {
-		return Outcome{}, err
-	}
-	defer admin.Close()
-	rep, err := brokeraccounts.Provision(ctx, admin, brokeraccounts.Setup{
-		WorkerPassword: env.WorkerMQTTPassword, BridgePassword: env.BridgeMQTTPassword, Registry: st})
-	if err != nil {
-		return Outcome{}, err
-	}
-	return Outcome{Changed: rep.Changed(), Detail: rep.Summary()}, nil
+	changed, detail, err := brokeraccounts.Step(ctx, brokeraccounts.Config{AdminURL: env.MQTTAdminURL, TLS: env.MQTTTLS,
+		WorkerPassword: env.WorkerMQTTPassword, BridgePassword: env.BridgeMQTTPassword}, st)
+	return Outcome{Changed: changed, Detail: detail}, err
 }

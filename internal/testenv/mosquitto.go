@@ -17,8 +17,16 @@ import (
 // stops it when tb ends. Its administrator has a random password: use m.AdminURL(). The test
 // fails when Mosquitto is not installed (./scripts/test installs it).
 //
-// Restart it after a Stop or a Kill with RestartMosquitto, on the same state and port.
+// Restart it after a Stop or a Kill with RestartMosquitto, on the same state and port. Its
+// output is in the file MosquittoLog names.
 func Mosquitto(tb testing.TB) *localstack.Mosquitto {
+	tb.Helper()
+	return MosquittoWith(tb, nil)
+}
+
+// MosquittoWith is Mosquitto with options of mosquitto.conf overridden (see
+// localstack.MosquittoOptions.Overrides), for a test that needs, say, a small queue limit.
+func MosquittoWith(tb testing.TB, overrides map[string]string) *localstack.Mosquitto {
 	tb.Helper()
 	b := make([]byte, 12)
 	if _, err := rand.Read(b); err != nil {
@@ -27,7 +35,14 @@ func Mosquitto(tb testing.TB) *localstack.Mosquitto {
 	return startMosquitto(tb, localstack.MosquittoOptions{
 		Dir:           filepath.Join(tb.TempDir(), "mosquitto"),
 		AdminPassword: hex.EncodeToString(b),
+		Overrides:     overrides,
 	})
+}
+
+// MosquittoLog is the file that holds the output of a broker started by Mosquitto, restarts
+// included.
+func MosquittoLog(m *localstack.Mosquitto) string {
+	return filepath.Join(filepath.Dir(m.Dir()), "mosquitto.log")
 }
 
 // RestartMosquitto starts again, on the same state directory, port and administrator, a
@@ -41,12 +56,14 @@ func RestartMosquitto(tb testing.TB, m *localstack.Mosquitto) *localstack.Mosqui
 		tb.Fatal("testenv: RestartMosquitto: the broker is still running")
 	}
 	user, password := m.Admin()
-	return startMosquitto(tb, localstack.MosquittoOptions{Dir: m.Dir(), Port: m.Port(), AdminUser: user, AdminPassword: password})
+	return startMosquitto(tb, localstack.MosquittoOptions{Dir: m.Dir(), Port: m.Port(), AdminUser: user, AdminPassword: password,
+		Overrides: m.Overrides()})
 }
 
 func startMosquitto(tb testing.TB, opts localstack.MosquittoOptions) *localstack.Mosquitto {
 	tb.Helper()
 	logFile, err := os.OpenFile(filepath.Join(filepath.Dir(opts.Dir), "mosquitto.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	// (MosquittoLog names the same file.)
 	if err != nil {
 		tb.Fatal(err)
 	}
