@@ -25,6 +25,10 @@ import (
 //     progressAfterDownloadChange, silenceChange): retries, timeouts, cancels, a status
 //     without the version key, progress going back, pauses, approvals, hand-overs, a
 //     threshold pause and a Temporal cancel.
+//   - testdata/v2/: rollouts and an upgrade recorded (TestRecordHistories/ends) before the
+//     changes of issue 10 (plain reasons, records scoped to the rollout's run): a rollout
+//     that completes, one continued as new twice, one whose pre-flight fails, one that
+//     matches no device, and the upgrade of an unknown device.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -35,8 +39,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 19 {
-		t.Fatalf("found %d recorded histories, want the 19 recorded so far", len(files))
+	if len(files) < 26 {
+		t.Fatalf("found %d recorded histories, want the 26 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {
