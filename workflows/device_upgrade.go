@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -206,7 +207,8 @@ func (u *upgrade) send(ctx workflow.Context) {
 		if ctx.Err() != nil {
 			return // canceled while sending; the main loop ends the upgrade
 		}
-		u.endAttempt(ctx, 0, "could not send the command: "+err.Error(), false)
+		// In plain words: the desc is what operators read (a string, replay-safe unguarded).
+		u.endAttempt(ctx, 0, "could not send the command: "+errtext.Plain(err), false)
 	case res.Skipped:
 		u.st.Reported = res.Reported
 		u.record.State = ota.StateSkipped

@@ -12,6 +12,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 )
 
@@ -150,8 +151,11 @@ func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProg
 				r.onWorkflowCanceled()
 				return r.end(ctx)
 			}
-			r.finish(ctx, ota.RolloutFailed, err.Error())
-			return *r.p, temporal.NewNonRetryableApplicationError(err.Error(), ota.ErrTypeUpgradeFailed, err, *r.p)
+			// The reason in the operator's words: what the activity said, without the SDK's
+			// wrapping (a string in the result and the failure, so replay-safe unguarded).
+			reason := errtext.Plain(err)
+			r.finish(ctx, ota.RolloutFailed, reason)
+			return *r.p, temporal.NewNonRetryableApplicationError(reason, ota.ErrTypeUpgradeFailed, err, *r.p)
 		}
 	}
 	return r.run(ctx)

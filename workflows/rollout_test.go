@@ -506,3 +506,43 @@ func TestParseWaves(t *testing.T) {
 		}
 	}
 }
+
+// TestRolloutPreflightReasonIsPlain: a rollout whose pre-flight fails says why in the
+// activity's words, in its reason and its failure, without the SDK's wrapping
+// ("activity error (type: CheckPackage, scheduledEventID: ...)").
+func TestRolloutPreflightReasonIsPlain(t *testing.T) {
+	const mismatch = "package http://files.local/fw-1.1.bin is 10 bytes with md5 0123, but the rollout says 1024 bytes with md5 9e10"
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"mismatch", temporal.NewNonRetryableApplicationError(mismatch, ota.ErrTypePackageMismatch, errors.New("package mismatch")),
+			"pre-flight check failed, no device was touched: " + mismatch},
+		{"unreachable after retries", errors.New("fetch package http://files.local/fw-1.1.bin: connection refused"),
+			"pre-flight check failed, no device was touched: fetch package http://files.local/fw-1.1.bin: connection refused"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newFleetHarness(t, 3)
+			var a *activities.Activities
+			h.env.OnActivity(a.CheckPackage, mock.Anything, mock.Anything).Return(tt.err)
+			req := rolloutRequest()
+			req.SkipPreflight = false
+			p, err := h.run(t, ota.RolloutInput{Request: req})
+			var appErr *temporal.ApplicationError
+			if p.State != ota.RolloutFailed || !errors.As(err, &appErr) {
+				t.Fatalf("rollout ended %s (%v), want failed", p.State, err)
+			}
+			if p.Reason != tt.want {
+				t.Errorf("reason = %q\nwant     %q", p.Reason, tt.want)
+			}
+			if appErr.Message() != tt.want {
+				t.Errorf("failure message = %q\nwant              %q", appErr.Message(), tt.want)
+			}
+			if len(h.order) != 0 {
+				t.Errorf("devices were upgraded after a failed pre-flight: %v", h.order)
+			}
+		})
+	}
+}
