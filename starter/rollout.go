@@ -91,6 +91,9 @@ func rolloutCommand(e *appEnv) *cli.Command {
 				Name:      "list",
 				Usage:     "list rollouts, newest first",
 				UsageText: "starter rollout list [--state S] [--json]",
+				Description: "Lists each rollout once. A name used again (a rollout started after the last one of\n" +
+					"the name ended, or by a schedule) lists each of its rollouts; OF ITS NAME (\"latest\" in\n" +
+					"--json) tells the latest, the one `rollout status NAME` and the other commands reach.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "state", Usage: "only rollouts in `STATE`: " + joinStates(rolloutStates)},
 					&cli.BoolFlag{Name: "json", Usage: "print a JSON array"},

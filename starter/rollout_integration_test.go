@@ -830,3 +830,68 @@ func TestScheduleOfEarlierVersion(t *testing.T) {
 		t.Errorf("cancel printed %q", r.stdout)
 	}
 }
+
+// TestRolloutNameUsedAgain starts a rollout of a name that an ended rollout had: `rollout
+// status` counts the records of the new rollout only (they agree with its workflow), and
+// `rollout list` lists both, once each, and says which is the latest.
+func TestRolloutNameUsedAgain(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-again-", 2)
+	f.answer(t, nil)
+	const name = "ro-again"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+
+	var runs [2]rolloutStartReport
+	for i := range runs {
+		// The fake devices never report to PostgreSQL: both rollouts upgrade both devices.
+		r := cli(rolloutStart(name, "--prefix", "ro-again-", "--wait", "--json")...)
+		r.check(t, 0)
+		if err := json.Unmarshal([]byte(r.stdout), &runs[i]); err != nil {
+			t.Fatalf("rollout start %d: %v\n%s", i+1, err, r.stdout)
+		}
+	}
+	if runs[0].RunID == runs[1].RunID {
+		t.Fatalf("both starts report run %s", runs[0].RunID)
+	}
+
+	rep := statusJSON(t, f.dbURL, name)
+	if rep.RunID != runs[1].RunID || rep.Counts != (ota.Counts{Started: 2, Succeeded: 2}) {
+		t.Fatalf("status = run %s, counts %+v; want the second rollout, 2 succeeded", rep.RunID, rep.Counts)
+	}
+	if len(rep.StoreCounts) != 1 || rep.StoreCounts[ota.StateSucceeded] != 2 {
+		t.Errorf("status --json store counts = %v, want the second rollout's 2 succeeded (not both rollouts' 4)", rep.StoreCounts)
+	}
+	r := cli("rollout", "status", name)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Records   succeeded 2  (PostgreSQL; agree with the workflow)") {
+		t.Errorf("rollout status:\n%s", r.stdout)
+	}
+
+	var entries []rolloutListEntry
+	waitFor(t, 10*time.Second, "rollout list to show both rollouts of "+name, func() bool {
+		r := cli("rollout", "list", "--json")
+		r.check(t, 0)
+		var all []rolloutListEntry
+		if err := json.Unmarshal([]byte(r.stdout), &all); err != nil {
+			t.Fatalf("rollout list --json: %v\n%s", err, r.stdout)
+		}
+		entries = entries[:0]
+		for _, e := range all {
+			if e.Name == name {
+				entries = append(entries, e)
+			}
+		}
+		return len(entries) == 2 && entries[0].State == string(ota.RolloutCompleted) && entries[1].State == string(ota.RolloutCompleted)
+	})
+	if entries[0].RunID != runs[1].RunID || !entries[0].Latest || entries[1].RunID != runs[0].RunID || entries[1].Latest {
+		t.Errorf("rollout list --json of %s = %+v, want the second rollout (latest), then the first", name, entries)
+	}
+	r = cli("rollout", "list", "--state", string(ota.RolloutCompleted))
+	r.check(t, 0)
+	rows := regexp.MustCompile(`(?m)^`+name+`\s.*\s(latest|earlier)$`).FindAllStringSubmatch(r.stdout, -1)
+	if len(rows) != 2 || rows[0][1] != "latest" || rows[1][1] != "earlier" {
+		t.Errorf("rollout list shows %s as %v, want a latest row then an earlier one:\n%s", name, rows, r.stdout)
+	}
+}

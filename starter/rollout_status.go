@@ -157,17 +157,21 @@ func findRollout(ctx context.Context, c client.Client, name string) (rolloutRef,
 	if len(found) == 0 {
 		return rolloutRef{}, fmt.Errorf("%w: nothing named %s runs or ran (workflow %s); see `starter rollout list`", errNoRollout, name, id)
 	}
-	best := slices.MinFunc(found, func(a, b rolloutRef) int {
-		if a.running() != b.running() {
-			if a.running() {
-				return -1
-			}
-			return 1
-		}
-		return b.StartTime.Compare(a.StartTime)
-	})
+	best := slices.MinFunc(found, latestFirst)
 	best.Name = name
 	return best, nil
+}
+
+// latestFirst orders rollouts of one name latest first: the running one, then the newest.
+// The latest is the one the commands that take a name reach.
+func latestFirst(a, b rolloutRef) int {
+	if a.running() != b.running() {
+		if a.running() {
+			return -1
+		}
+		return 1
+	}
+	return b.StartTime.Compare(a.StartTime)
 }
 
 // queryProgress asks a rollout workflow for its progress (a run that ended too: the worker
@@ -263,7 +267,9 @@ func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p ota.RolloutPr
 	}
 	st, err := e.openStore(cCtx)
 	if err == nil {
-		rep.StoreCounts, err = st.CountByState(cCtx.Context, ref.Name)
+		// The records of this rollout's run: not those of an earlier or later rollout of the
+		// name (by name only for a rollout started before upgrades recorded their run).
+		rep.StoreCounts, err = st.CountByState(cCtx.Context, ref.Name, p.FirstRunID)
 	}
 	if err != nil {
 		rep.StoreError = err.Error()
@@ -566,7 +572,11 @@ func renderRollout(rep rolloutStatusReport) string {
 		}
 		verdict := "agree with the workflow"
 		if diffs := recordDifferences(p.Counts, rep.StoreCounts); len(diffs) > 0 {
-			verdict = "differ: " + strings.Join(diffs, ", ") + " (they are read a moment apart, and the records count every rollout of this name)"
+			why := "they are read a moment apart"
+			if p.FirstRunID == "" {
+				why += ", and the records of a rollout started before OTAflow recorded runs count every rollout of this name"
+			}
+			verdict = "differ: " + strings.Join(diffs, ", ") + " (" + why + ")"
 		}
 		line("Records", "%s  (PostgreSQL; %s)", strings.Join(parts, "  "), verdict)
 	case rep.StoreError != "":
@@ -586,6 +596,10 @@ type rolloutListEntry struct {
 	WorkflowStatus string     `json:"workflow_status"`
 	WorkflowID     string     `json:"workflow_id"`
 	RunID          string     `json:"run_id"`
+	// Latest is set on the latest rollout of its name (the running one, else the newest):
+	// the one `rollout status NAME` and the other commands that take a name reach. A name
+	// used again lists each of its rollouts once.
+	Latest bool `json:"latest"`
 }
 
 func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
@@ -597,15 +611,29 @@ func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	refs, err := listRollouts(cCtx.Context, c, rolloutQuery("", state))
+	// Every rollout is listed first, so that which is the latest of its name does not depend
+	// on --state.
+	refs, err := listRollouts(cCtx.Context, c, rolloutQuery("", ""))
 	if err != nil {
 		return err
+	}
+	latest := map[string]rolloutRef{}
+	for _, r := range refs {
+		r.Name = cmp.Or(r.Name, strings.TrimPrefix(r.WorkflowID, ota.RolloutWorkflowID("")))
+		if l, ok := latest[r.Name]; !ok || latestFirst(r, l) < 0 {
+			latest[r.Name] = r
+		}
 	}
 	entries := make([]rolloutListEntry, 0, len(refs))
 	for _, r := range refs {
 		name := cmp.Or(r.Name, strings.TrimPrefix(r.WorkflowID, ota.RolloutWorkflowID("")))
+		if state != "" && r.State != string(state) {
+			continue
+		}
+		l := latest[name]
 		entries = append(entries, rolloutListEntry{Name: name, State: r.State, Type: r.Type, Version: r.Version,
-			StartTime: r.StartTime, CloseTime: r.CloseTime, WorkflowStatus: r.Status.String(), WorkflowID: r.WorkflowID, RunID: r.RunID})
+			StartTime: r.StartTime, CloseTime: r.CloseTime, WorkflowStatus: r.Status.String(), WorkflowID: r.WorkflowID, RunID: r.RunID,
+			Latest: l.WorkflowID == r.WorkflowID && l.RunID == r.RunID})
 	}
 	if cCtx.Bool("json") {
 		return writeJSON(e.out, entries)
@@ -615,10 +643,14 @@ func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tTYPE\tVERSION\tSTARTED\tSTATUS\tWORKFLOW")
+	fmt.Fprintln(tw, "NAME\tSTATE\tTYPE\tVERSION\tSTARTED\tSTATUS\tWORKFLOW\tOF ITS NAME")
 	for _, r := range entries {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, cmp.Or(r.State, "-"), cmp.Or(r.Type, "-"), cmp.Or(r.Version, "-"),
-			formatTime(r.StartTime), r.WorkflowStatus, r.WorkflowID)
+		which := "earlier"
+		if r.Latest {
+			which = "latest"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, cmp.Or(r.State, "-"), cmp.Or(r.Type, "-"), cmp.Or(r.Version, "-"),
+			formatTime(r.StartTime), r.WorkflowStatus, r.WorkflowID, which)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write rollout list: %w", err)

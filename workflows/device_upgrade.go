@@ -115,7 +115,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 		},
 		record: ota.UpgradeRecord{
 			RunID: info.WorkflowExecution.RunID, WorkflowID: info.WorkflowExecution.ID, DeviceID: req.DeviceID,
-			Rollout: req.Rollout, Type: req.Type, Version: req.Version, URL: req.URL, MD5: req.MD5, Size: req.Size,
+			Rollout: req.Rollout, RolloutRun: req.RolloutRun, Type: req.Type, Version: req.Version, URL: req.URL, MD5: req.MD5, Size: req.Size,
 		},
 	}
 	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(ota.SearchState); ok {

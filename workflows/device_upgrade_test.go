@@ -613,3 +613,23 @@ func TestDeviceUpgradeSendFailureIsPlain(t *testing.T) {
 		t.Errorf("no record of the failed attempt: %+v", h.dev.records)
 	}
 }
+
+// TestDeviceUpgradeRecordsItsRolloutRun: an upgrade a rollout started records the rollout's
+// first run with every state, so that the rollout's records are its own.
+func TestDeviceUpgradeRecordsItsRolloutRun(t *testing.T) {
+	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+	h.schedule([]step{{at: 10 * time.Second, status: "1.1"}})
+	req := testRequest()
+	req.Rollout, req.RolloutRun = "fw", "first-run"
+	if st, err := h.run(t, req); err != nil || st.State != ota.StateSucceeded {
+		t.Fatalf("upgrade ended %s (%v)", st.State, err)
+	}
+	if len(h.dev.records) == 0 {
+		t.Fatal("nothing recorded")
+	}
+	for _, r := range h.dev.records {
+		if r.Rollout != "fw" || r.RolloutRun != "first-run" {
+			t.Errorf("record %s: rollout %q run %q, want fw, first-run", r.State, r.Rollout, r.RolloutRun)
+		}
+	}
+}
