@@ -16,6 +16,7 @@ import (
 
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
 )
 
 // pollInterval is how often `upgrade --wait` asks the workflow for its state.
@@ -29,8 +30,9 @@ func upgradeCommand(e *appEnv) *cli.Command {
 		Description: "Starts the workflow " + ota.DeviceWorkflowID("<device>") + ", which sends the device the package URL,\n" +
 			"follows its progress and succeeds when the device reports the new version.\n" +
 			"Get --md5 and --size with `starter package inspect --url U`.\n" +
+			"The device must be registered and enabled (checked in DATABASE_URL before anything starts).\n" +
 			"Exit codes: 0 started (with --wait: succeeded or skipped), 1 failed/timed out/canceled,\n" +
-			"2 bad input, 3 the device already has an upgrade running.",
+			"2 bad input (an unknown or disabled device too), 3 the device already has an upgrade running.",
 		Flags: slices.Concat(
 			[]cli.Flag{&cli.StringFlag{Name: "device", Usage: "device `ID` (required)"}},
 			packageFlags(),
@@ -50,6 +52,9 @@ func (e *appEnv) upgradeAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := e.checkDevice(cCtx, req.DeviceID); err != nil {
+		return err
+	}
 	c, err := e.temporalClient(cCtx)
 	if err != nil {
 		return err
@@ -57,6 +62,32 @@ func (e *appEnv) upgradeAction(cCtx *cli.Context) error {
 	return e.startUpgrade(cCtx.Context, c, req, upgradeOutput{
 		wait: cCtx.Bool("wait"), json: cCtx.Bool("json"), link: webUILink(cCtx, ota.DeviceWorkflowID(req.DeviceID)),
 	})
+}
+
+// checkDevice refuses, as bad input (exit code 2) and before anything is started, an upgrade
+// of a device the registry does not know or holds disabled: its workflow would only fail and
+// leave a failed record. (A device removed or disabled in the moment between this check and
+// the start still fails in the workflow, which does not send it a command.)
+func (e *appEnv) checkDevice(cCtx *cli.Context, id string) error {
+	if cCtx.String(flagDatabaseURL) == "" {
+		return usageErrorf(cCtx, "the upgrade checks the device registry first: set --%s (before the command) or DATABASE_URL", flagDatabaseURL)
+	}
+	st, err := e.openStore(cCtx)
+	if err != nil {
+		return err
+	}
+	dev, err := st.GetDevice(cCtx.Context, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return cli.Exit(fmt.Sprintf("unknown device %s: nothing was started; register it first (starter devices add --device %s), "+
+			"or see the registered ones with `starter devices list`", id, id), exitUsage)
+	case err != nil:
+		return fmt.Errorf("check device %s: %w", id, err)
+	case dev.Disabled:
+		return cli.Exit(fmt.Sprintf("device %s is disabled: nothing was started; it cannot connect or receive commands "+
+			"until `starter devices enable --device %s`", id, id), exitUsage)
+	}
+	return nil
 }
 
 // packageRequired are the flags of packageFlags that must be given.
