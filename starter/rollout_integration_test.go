@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -216,6 +221,16 @@ func TestRolloutStartWaitCompletes(t *testing.T) {
 	if rep.StoreCounts[ota.StateSucceeded] != 6 || len(rep.StoreCounts) != 1 {
 		t.Errorf("status --json store counts = %v, want 6 succeeded", rep.StoreCounts)
 	}
+	// The finished rollout is on its last wave, in the JSON as in the text, and the text and
+	// the JSON agree on every field the text shows.
+	if rep.CurrentWave != len(rep.Waves) {
+		t.Errorf("status --json current_wave = %d of %d waves, want the last", rep.CurrentWave, len(rep.Waves))
+	}
+	js := cli("rollout", "status", name, "--json")
+	js.check(t, 0)
+	text := cli("rollout", "status", name)
+	text.check(t, 0)
+	checkTextAgreesWithJSON(t, text.stdout, []byte(js.stdout))
 
 	r = cli("rollout", "status", name)
 	r.check(t, 0)
@@ -319,6 +334,7 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 
 	// Wave 1 (one device) succeeds; wave 2 waits for approval.
 	rep := waitState(t, f.dbURL, name, ota.RolloutWaitingApproval)
+	watch.waitOutput(t, "State     waiting_approval")
 	if rep.CurrentWave != 2 || rep.Counts.Succeeded != 1 || !strings.Contains(rep.Reason, "starter rollout approve ro-ctl") {
 		t.Errorf("waiting for approval: %+v", rep.RolloutProgress)
 	}
@@ -343,6 +359,8 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 		t.Errorf("after pause: state %s, reason %q", rep.State, rep.Reason)
 	}
 	cli("rollout", "pause", name).check(t, exitFailure, "refused to pause: rollout is already paused")
+	// The watch looks once a second: it shows the pause before the test resumes.
+	watch.waitOutput(t, "State     paused")
 	cli("rollout", "resume", name).check(t, 0)
 	if rep = statusJSON(t, f.dbURL, name); rep.State != ota.RolloutRunning || rep.Reason != "" {
 		t.Errorf("after resume: state %s, reason %q", rep.State, rep.Reason)
@@ -894,4 +912,93 @@ func TestRolloutNameUsedAgain(t *testing.T) {
 	if len(rows) != 2 || rows[0][1] != "latest" || rows[1][1] != "earlier" {
 		t.Errorf("rollout list shows %s as %v, want a latest row then an earlier one:\n%s", name, rows, r.stdout)
 	}
+}
+
+// TestRolloutStartReportsPreflight: `rollout start` waits for the pre-flight and reports it.
+// A package that fails the check ends it with exit code 1 and a plain message (no SDK
+// internals), also in `rollout status`; targets that match no device too, unless
+// --allow-empty; a package that passes says how many targets the rollout has.
+func TestRolloutStartReportsPreflight(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-pre-", 2)
+	f.answer(t, nil)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+	body := bytes.Repeat([]byte("firmware"), 128) // 1,024 bytes
+	sum := md5.Sum(body)
+	good := hex.EncodeToString(sum[:])
+	files := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
+	t.Cleanup(files.Close)
+	pkg := func(name, md5sum string, more ...string) []string {
+		return slices.Concat([]string{"rollout", "start", "--name", name, "--type", "firmware", "--version", "1.1",
+			"--url", files.URL + "/fw-1.1.bin", "--md5", md5sum, "--size", "1024"}, more)
+	}
+	sdkWords := []string{"activity error", "scheduledEventID", "(type:", "retryable"}
+
+	t.Run("package fails the check", func(t *testing.T) {
+		const name = "ro-pre-bad"
+		endRollout(t, name)
+		bad := "0123456789abcdef0123456789abcdef"
+		want := "rollout ro-pre-bad ended failed: pre-flight check failed, no device was touched: package " + files.URL +
+			"/fw-1.1.bin is 1024 bytes with md5 " + good + ", but the rollout says 1024 bytes with md5 " + bad
+		r := cli(pkg(name, bad, "--prefix", "ro-pre-")...)
+		r.check(t, exitFailure, want)
+		if !strings.Contains(r.stdout, "Started rollout ro-pre-bad") || strings.Contains(r.stdout, "Follow it") {
+			t.Errorf("rollout start printed:\n%s", r.stdout)
+		}
+		for _, w := range sdkWords {
+			if strings.Contains(r.stderr, w) {
+				t.Errorf("rollout start shows SDK internals (%q):\n%s", w, r.stderr)
+			}
+		}
+		rep := statusJSON(t, f.dbURL, name)
+		if rep.State != ota.RolloutFailed || !strings.HasPrefix(want, "rollout ro-pre-bad ended failed: "+rep.Reason) || rep.Reason == "" {
+			t.Errorf("status --json: state %s, reason %q", rep.State, rep.Reason)
+		}
+		r = cli("rollout", "status", name)
+		r.check(t, 0)
+		for _, w := range sdkWords {
+			if strings.Contains(r.stdout, w) {
+				t.Errorf("rollout status shows SDK internals (%q):\n%s", w, r.stdout)
+			}
+		}
+		if n := len(f.pub.sent()); n != 0 {
+			t.Errorf("%d devices got a command after a failed pre-flight", n)
+		}
+	})
+
+	t.Run("no device matches", func(t *testing.T) {
+		const name = "ro-pre-empty"
+		endRollout(t, name)
+		r := cli(pkg(name, good, "--prefix", "ro-nobody-", "--json")...)
+		r.check(t, exitFailure, `rollout ro-pre-empty matched no device (registered, enabled devices with IDs starting "ro-nobody-", `+
+			"not already reporting firmware_ver=1.1): nothing to upgrade", "--allow-empty")
+		var rep rolloutStartReport
+		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep.Preflight == nil || rep.Preflight.Total != 0 || rep.Error == "" {
+			t.Errorf("rollout start --json = %+v (%v)\n%s", rep, err, r.stdout)
+		}
+		st := waitState(t, f.dbURL, name, ota.RolloutCompleted)
+		if !strings.HasPrefix(st.Reason, "matched no device") {
+			t.Errorf("the empty rollout's reason = %q", st.Reason)
+		}
+		r = cli(pkg(name, good, "--prefix", "ro-nobody-", "--allow-empty", "--wait")...)
+		r.check(t, 0)
+		if !strings.Contains(r.stdout, "Rollout ro-pre-empty matched no device") || !strings.Contains(r.stdout, "State     completed") {
+			t.Errorf("rollout start --allow-empty --wait printed:\n%s", r.stdout)
+		}
+	})
+
+	t.Run("package passes", func(t *testing.T) {
+		const name = "ro-pre-good"
+		endRollout(t, name)
+		r := cli(pkg(name, good, "--prefix", "ro-pre-")...)
+		r.check(t, 0)
+		for _, w := range []string{"Pre-flight: the rollout checks the package (downloads it once) and fixes its targets ...",
+			"Pre-flight passed: 2 target(s) in 1 wave(s).", "Follow it with `starter rollout status ro-pre-good --watch`."} {
+			if !strings.Contains(r.stdout, w) {
+				t.Errorf("rollout start output lacks %q:\n%s", w, r.stdout)
+			}
+		}
+		waitState(t, f.dbURL, name, ota.RolloutCompleted)
+	})
 }

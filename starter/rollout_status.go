@@ -23,6 +23,7 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 )
 
@@ -188,7 +189,14 @@ func queryProgress(ctx context.Context, c client.Client, workflowID, runID strin
 	if err := v.Get(&p); err != nil {
 		return p, fmt.Errorf("decode progress of workflow %s: %w", workflowID, err)
 	}
-	return p, nil
+	return plainProgress(p), nil
+}
+
+// plainProgress is p with its reason in plain words: a rollout of an earlier version may hold
+// the SDK's wrapping of an activity's error there.
+func plainProgress(p ota.RolloutProgress) ota.RolloutProgress {
+	p.Reason = errtext.PlainText(p.Reason)
+	return p
 }
 
 // rolloutResult waits for a rollout run to end and returns its final progress: for an
@@ -197,18 +205,18 @@ func rolloutResult(ctx context.Context, run client.WorkflowRun) (ota.RolloutProg
 	var p ota.RolloutProgress
 	err := run.Get(ctx, &p)
 	if err == nil {
-		return p, nil
+		return plainProgress(p), nil
 	}
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) && appErr.HasDetails() {
 		if derr := appErr.Details(&p); derr == nil {
-			return p, err
+			return plainProgress(p), err
 		}
 	}
 	var canceled *temporal.CanceledError
 	if errors.As(err, &canceled) && canceled.HasDetails() {
 		if derr := canceled.Details(&p); derr == nil {
-			return p, err
+			return plainProgress(p), err
 		}
 	}
 	return p, err
@@ -253,7 +261,10 @@ type rolloutStatusReport struct {
 	ota.RolloutProgress
 	// StoreCounts counts the rollout's upgrade records by state.
 	StoreCounts map[ota.State]int `json:"store_counts,omitempty"`
-	StoreError  string            `json:"store_error,omitempty"`
+	// StoreDifferences says where the records and the workflow's counts differ (the text's
+	// "differ: ..."); empty when they agree.
+	StoreDifferences []string `json:"store_differences,omitempty"`
+	StoreError       string   `json:"store_error,omitempty"`
 }
 
 // statusReport puts a rollout's progress and, when records is set, its records together.
@@ -273,7 +284,9 @@ func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p ota.RolloutPr
 	}
 	if err != nil {
 		rep.StoreError = err.Error()
+		return rep
 	}
+	rep.StoreDifferences = recordDifferences(p.Counts, rep.StoreCounts)
 	return rep
 }
 
@@ -571,7 +584,7 @@ func renderRollout(rep rolloutStatusReport) string {
 			parts = []string{"none"}
 		}
 		verdict := "agree with the workflow"
-		if diffs := recordDifferences(p.Counts, rep.StoreCounts); len(diffs) > 0 {
+		if diffs := rep.StoreDifferences; len(diffs) > 0 {
 			why := "they are read a moment apart"
 			if p.FirstRunID == "" {
 				why += ", and the records of a rollout started before OTAflow recorded runs count every rollout of this name"

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
@@ -284,6 +285,7 @@ func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req ota.Upgr
 		progress = e.errOut
 	}
 	st, err := followUpgrade(ctx, c, run, progress, e.errOut, pollInterval)
+	st = plainStatus(st)
 	if ctx.Err() != nil {
 		return cli.Exit(fmt.Sprintf("stopped waiting: the upgrade of %s goes on (workflow %s, run %s); "+
 			"follow it with `starter status --device %s`, stop it with `starter cancel --device %s`",
@@ -299,7 +301,7 @@ func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req ota.Upgr
 	}
 	rep.Result = &st
 	if err != nil {
-		rep.Error = err.Error()
+		rep.Error = errtext.Plain(err)
 	}
 	if o.json {
 		if werr := writeJSON(e.out, rep); werr != nil {
@@ -367,7 +369,14 @@ func queryState(ctx context.Context, c client.Client, workflowID, runID string) 
 	if err := v.Get(&st); err != nil {
 		return st, fmt.Errorf("decode state of workflow %s: %w", workflowID, err)
 	}
-	return st, nil
+	return plainStatus(st), nil
+}
+
+// plainStatus is st with its desc in plain words: an upgrade recorded by an earlier version
+// may hold the SDK's wrapping of an activity's error there.
+func plainStatus(st ota.UpgradeStatus) ota.UpgradeStatus {
+	st.Desc = errtext.PlainText(st.Desc)
+	return st
 }
 
 // progressLine is one line of live progress, e.g. "dev-1  downloading  42%  attempt 1/3".
