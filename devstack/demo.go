@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,6 +16,18 @@ import (
 // demoRollout rolls the demo package out to the simulated fleet in three waves and prints
 // the progress until the rollout ends.
 func (s *Stack) demoRollout(ctx context.Context) error {
+	// The simulated devices keep what they installed across restarts: once every one runs
+	// 1.1, there is nothing to show.
+	left, err := s.Store.CountDevices(ctx, ota.DeviceFilter{Prefix: "sim-", NotReportingKey: "firmware_ver", NotReportingValue: "1.1"})
+	if err != nil {
+		return err
+	}
+	if left == 0 {
+		s.say("\nEvery simulated device already runs firmware 1.1 (the devices keep what they installed, in %s):",
+			filepath.Join(s.cfg.DataDir, "devicesim"))
+		s.say("no demo rollout this time. Roll something else out with the starter (below), or delete %s to start afresh.", s.cfg.DataDir)
+		return nil
+	}
 	name := "demo-" + time.Now().UTC().Format("20060102-150405")
 	req := ota.RolloutRequest{
 		Name: name,

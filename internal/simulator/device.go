@@ -90,7 +90,7 @@ func newDevice(f *Fleet, id string) *device {
 		id:     id,
 		faults: f.cfg.Faults.forDevice(id),
 		cmds:   make(chan *protocol.UpgradeCommand, commandQueue),
-		status: maps.Clone(f.cfg.Initial),
+		status: f.versions.status(id, f.cfg.Initial),
 	}
 }
 
@@ -481,6 +481,9 @@ func (d *device) work(ctx context.Context, cmd *protocol.UpgradeCommand) bool {
 	}
 	d.lastCode, d.lastDesc = 0, ""
 	d.mu.Unlock()
+	if !keepOld {
+		d.f.versions.installed(d.id, protocol.VersionKey(cmd.Type), cmd.Version)
+	}
 	return d.boot(ctx)
 }
 
