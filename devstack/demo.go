@@ -132,11 +132,12 @@ func (s *Stack) printNext() {
 	}
 	s.say("\nTry next, in another terminal:")
 	s.say("  %s", env)
-	s.say("  go run ./starter devices list")
-	s.say("  go run ./starter status --device sim-00001")
-	s.say("  go run ./starter rollout list")
-	s.say("  go run ./starter package inspect --url %s", s.Package.URL)
-	s.say("  go run ./starter upgrade --device sim-00002 --type app --version 3.3 --url %s --md5 %s --size %d --wait",
+	s.say("  go build -o bin/ ./starter   # once (go run would turn the starter's exit codes 2 and 3 into 1)")
+	s.say("  bin/starter devices list")
+	s.say("  bin/starter status --device sim-00001")
+	s.say("  bin/starter rollout list")
+	s.say("  bin/starter package inspect --url %s", s.Package.URL)
+	s.say("  bin/starter upgrade --device sim-00002 --type app --version 3.3 --url %s --md5 %s --size %d --wait",
 		s.Package.URL, s.Package.MD5, s.Package.Size)
 	s.say("Web UI: %s (filter with OtaState, OtaDevice, OtaRollout, OtaTargetVersion)", s.UIURL)
 }
