@@ -620,7 +620,12 @@ func (d *device) download(runCtx, workCtx context.Context, cmd *protocol.Upgrade
 				}
 			}
 			if pct >= 1 && pct != lastPct && (pct == 100 || time.Since(lastAt) >= t.ReportInterval) {
-				d.report(ctx, cmd, pct, "downloading")
+				// The desc says what the report means: the last one, that the download is done.
+				desc := "downloading"
+				if pct == 100 {
+					desc = "downloaded"
+				}
+				d.report(ctx, cmd, pct, desc)
 				lastPct, lastAt = pct, time.Now()
 			}
 			if slow {
