@@ -16,14 +16,15 @@ import (
 // demoRollout rolls the demo package out to the simulated fleet in three waves and prints
 // the progress until the rollout ends.
 func (s *Stack) demoRollout(ctx context.Context) error {
-	// The simulated devices keep what they installed across restarts: once every one runs
-	// 1.1, there is nothing to show.
-	left, err := s.Store.CountDevices(ctx, ota.DeviceFilter{Prefix: "sim-", NotReportingKey: "firmware_ver", NotReportingValue: "1.1"})
+	// The demo upgrades the simulated devices still on firmware 1.0. They keep what they
+	// installed across restarts: once none is left on 1.0, there is nothing to show.
+	onOld := map[string]string{"firmware_ver": "1.0"}
+	left, err := s.Store.CountDevices(ctx, ota.DeviceFilter{Prefix: "sim-", Labels: onOld})
 	if err != nil {
 		return err
 	}
 	if left == 0 {
-		s.say("\nEvery simulated device already runs firmware 1.1 (the devices keep what they installed, in %s):",
+		s.say("\nNo simulated device runs firmware 1.0 any more (the devices keep what they installed, in %s):",
 			filepath.Join(s.cfg.DataDir, "devicesim"))
 		s.say("no demo rollout this time. Roll something else out with the starter (below), or delete %s to start afresh.", s.cfg.DataDir)
 		return nil
@@ -33,7 +34,7 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 		Name: name,
 		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.1",
 			URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size},
-		Targets:         ota.Targets{Prefix: "sim-"},
+		Targets:         ota.Targets{Prefix: "sim-", Where: onOld},
 		Waves:           []ota.Wave{{Percent: 10}, {Percent: 50, Bake: 3 * time.Second}, {Percent: 100}},
 		MaxInFlight:     20,
 		FailurePercent:  20,
@@ -43,7 +44,7 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.say("\nStarted rollout %s: firmware 1.1 to %d simulated devices in waves of 10%%, 50%%, 100%%.", name, s.cfg.Devices)
+	s.say("\nStarted rollout %s: firmware 1.1 to the %d simulated devices on 1.0 in waves of 10%%, 50%%, 100%%.", name, left)
 	s.say("  Watch it in the Web UI: %s/namespaces/default/workflows/%s", s.UIURL, run.GetID())
 	p, err := s.watchRollout(ctx, run)
 	if err != nil {

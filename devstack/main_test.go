@@ -76,7 +76,7 @@ func TestStackRunsDemoRollout(t *testing.T) {
 	if err := s.demoRollout(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "Every simulated device already runs firmware 1.1") || strings.Contains(out.String(), "Started rollout") {
+	if !strings.Contains(out.String(), "No simulated device runs firmware 1.0 any more") || strings.Contains(out.String(), "Started rollout") {
 		t.Errorf("the second demo:\n%s", out.String())
 	}
 }
