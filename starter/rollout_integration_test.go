@@ -906,11 +906,39 @@ func TestRolloutNameUsedAgain(t *testing.T) {
 	if entries[0].RunID != runs[1].RunID || !entries[0].Latest || entries[1].RunID != runs[0].RunID || entries[1].Latest {
 		t.Errorf("rollout list --json of %s = %+v, want the second rollout (latest), then the first", name, entries)
 	}
-	r = cli("rollout", "list", "--state", string(ota.RolloutCompleted))
+	// A third rollout of the name that has started no device yet (its window opens in 12
+	// hours) has no records, whatever the earlier ones left.
+	opens := time.Now().UTC().Add(12 * time.Hour)
+	window := opens.Format("15:04") + "-" + opens.Add(time.Hour).Format("15:04")
+	cli(rolloutStart(name, "--prefix", "ro-again-", "--window", window)...).check(t, 0)
+	waitState(t, f.dbURL, name, ota.RolloutWaitingWindow)
+	r = cli("rollout", "status", name)
 	r.check(t, 0)
-	rows := regexp.MustCompile(`(?m)^`+name+`\s.*\s(latest|earlier)$`).FindAllStringSubmatch(r.stdout, -1)
-	if len(rows) != 2 || rows[0][1] != "latest" || rows[1][1] != "earlier" {
-		t.Errorf("rollout list shows %s as %v, want a latest row then an earlier one:\n%s", name, rows, r.stdout)
+	if !strings.Contains(r.stdout, "Records   none  (PostgreSQL; agree with the workflow)") {
+		t.Errorf("rollout status of a rollout that started no device yet:\n%s", r.stdout)
+	}
+	cli("rollout", "cancel", name, "--wait").check(t, 0)
+
+	// The table says the same; --state shows the rollouts in that state, and still calls
+	// latest only the latest of the name.
+	row := regexp.MustCompile(`(?m)^` + name + `\s+(\S+)\s.*\s(latest|earlier)$`)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "canceled latest, completed earlier, completed earlier"},
+		{[]string{"--state", string(ota.RolloutCompleted)}, "completed earlier, completed earlier"},
+	} {
+		var rows []string
+		waitFor(t, 10*time.Second, "rollout list to show the canceled rollout", func() bool {
+			r := cli(append([]string{"rollout", "list"}, tc.args...)...)
+			r.check(t, 0)
+			rows = rows[:0]
+			for _, m := range row.FindAllStringSubmatch(r.stdout, -1) {
+				rows = append(rows, m[1]+" "+m[2])
+			}
+			return strings.Join(rows, ", ") == tc.want
+		})
 	}
 }
 

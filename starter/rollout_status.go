@@ -276,6 +276,12 @@ func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p ota.RolloutPr
 	if !records {
 		return rep
 	}
+	if p.FirstRunID == "" && p.Counts.Started == 0 {
+		// No device upgrade started yet (the run ID they record is settled at the first):
+		// no record is this rollout's, whatever earlier rollouts of the name left.
+		rep.StoreCounts = map[ota.State]int{}
+		return rep
+	}
 	st, err := e.openStore(cCtx)
 	if err == nil {
 		// The records of this rollout's run: not those of an earlier or later rollout of the
