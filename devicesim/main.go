@@ -8,6 +8,8 @@
 // Devices missing from the registry (or whose secret the simulator does not know) are
 // registered with new secrets, kept in --state-dir so that a restarted simulator reuses them;
 // with --no-register the secrets come from that directory alone and no database is needed.
+// The versions the devices install are kept there too, and reported again after a restart
+// (--keep-versions=false starts every device from --status).
 // Each fault takes a rate (0..1, the same devices every run for a --fault-seed), a device list
 // (--FAULT-devices) and a limit on the attempts it strikes (--FAULT-attempts 1: retries
 // succeed). Devices implement PROTOCOL.md 1.1 (--protocol 1 makes them version 1 devices, which
@@ -90,7 +92,9 @@ func newApp() *cli.App {
 			Usage: "PostgreSQL URL of the device registry, to register the devices (not needed with --no-register)"},
 		&cli.BoolFlag{Name: "no-register", Usage: "do not register devices; take every secret from --state-dir"},
 		&cli.StringFlag{Name: "state-dir", EnvVars: []string{"DEVICESIM_STATE_DIR"},
-			Usage: "directory that keeps the devices' secrets (default: the user cache directory's otaflow/devicesim)"},
+			Usage: "directory that keeps the devices' secrets and installed versions (default: the user cache directory's otaflow/devicesim)"},
+		&cli.BoolFlag{Name: "keep-versions", Value: true,
+			Usage: "keep the versions the devices install in --state-dir and report them after a restart (false: start from --status)"},
 		&cli.Int64Flag{Name: "fault-seed", Value: 1, Usage: "seed that picks which devices a fault rate hits"},
 		&cli.StringFlag{Name: "protocol", Value: simulator.ProtocolV1_1,
 			Usage: "PROTOCOL.md version the devices implement: 1.1, or 1 (no sha256, signatures nor cancel)"},
@@ -247,6 +251,9 @@ func config(cCtx *cli.Context, logger *slog.Logger) (fleetConfig, error) {
 			return fleetConfig{}, fmt.Errorf("no --state-dir and no user cache directory: %w", err)
 		}
 		cfg.stateDir = filepath.Join(dir, "otaflow", "devicesim")
+	}
+	if cCtx.Bool("keep-versions") {
+		cfg.StateDir = cfg.stateDir
 	}
 	return cfg, nil
 }

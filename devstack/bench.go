@@ -505,7 +505,9 @@ func (s *Stack) startProcesses(ctx context.Context, devices int) (*benchProcs, e
 	// The bridge records the devices' boot reports once it is subscribed.
 	time.Sleep(2 * time.Second)
 	if p.fleet, err = start("devicesim", s.MQTTURL, "--devices", strconv.Itoa(devices), "--prefix", "sim",
-		"--status", "firmware_ver=1.0", "--state-dir", filepath.Join(s.cfg.DataDir, "devicesim"), "--summary-interval", "0"); err != nil {
+		// Every run starts the fleet from firmware 1.0, whatever an earlier run installed.
+		"--status", "firmware_ver=1.0", "--state-dir", filepath.Join(s.cfg.DataDir, "devicesim"), "--keep-versions=false",
+		"--summary-interval", "0"); err != nil {
 		p.stop()
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,13 +16,26 @@ import (
 // demoRollout rolls the demo package out to the simulated fleet in three waves and prints
 // the progress until the rollout ends.
 func (s *Stack) demoRollout(ctx context.Context) error {
+	// The demo upgrades the simulated devices still on firmware 1.0. They keep what they
+	// installed across restarts: once none is left on 1.0, there is nothing to show.
+	onOld := map[string]string{"firmware_ver": "1.0"}
+	left, err := s.Store.CountDevices(ctx, ota.DeviceFilter{Prefix: "sim-", Labels: onOld})
+	if err != nil {
+		return err
+	}
+	if left == 0 {
+		s.say("\nNo simulated device runs firmware 1.0 any more (the devices keep what they installed, in %s):",
+			filepath.Join(s.cfg.DataDir, "devicesim"))
+		s.say("no demo rollout this time. Roll something else out with the starter (below), or delete %s to start afresh.", s.cfg.DataDir)
+		return nil
+	}
 	name := "demo-" + time.Now().UTC().Format("20060102-150405")
 	req := ota.RolloutRequest{
 		Name: name,
 		Upgrade: ota.UpgradeRequest{Type: s.Signed.Type, Version: s.Signed.Version,
 			URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
 			SHA256: s.Signed.SHA256, Sig: s.Signed.Sig, KeyID: s.Signed.KeyID},
-		Targets:         ota.Targets{Prefix: "sim-"},
+		Targets:         ota.Targets{Prefix: "sim-", Where: onOld},
 		Waves:           []ota.Wave{{Percent: 10}, {Percent: 50, Bake: 3 * time.Second}, {Percent: 100}},
 		MaxInFlight:     20,
 		FailurePercent:  20,
@@ -31,7 +45,7 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.say("\nStarted rollout %s: firmware 1.1, signed by %s, to %d simulated devices in waves of 10%%, 50%%, 100%%.", name, s.Signed.KeyID, s.cfg.Devices)
+	s.say("\nStarted rollout %s: firmware 1.1, signed by %s, to the %d simulated devices on 1.0 in waves of 10%%, 50%%, 100%%.", name, s.Signed.KeyID, left)
 	s.say("  Watch it in the Web UI: %s/namespaces/default/workflows/%s", s.UIURL, run.GetID())
 	p, err := s.watchRollout(ctx, run)
 	if err != nil {
@@ -107,11 +121,12 @@ func (s *Stack) printNext() {
 	}
 	s.say("\nTry next, in another terminal:")
 	s.say("  %s", env)
-	s.say("  go run ./starter devices list")
-	s.say("  go run ./starter status --device sim-00001")
-	s.say("  go run ./starter rollout list")
-	s.say("  go run ./starter package inspect --url %s", s.Package.URL)
-	s.say("  go run ./starter upgrade --device sim-00002 --url %s --sidecar %s --trusted-keys %s --soak 30s --wait",
+	s.say("  go build -o bin/ ./starter   # once (go run would turn the starter's exit codes 2 and 3 into 1)")
+	s.say("  bin/starter devices list")
+	s.say("  bin/starter status --device sim-00001")
+	s.say("  bin/starter rollout list")
+	s.say("  bin/starter package inspect --url %s", s.Package.URL)
+	s.say("  bin/starter upgrade --device sim-00002 --url %s --sidecar %s --trusted-keys %s --soak 30s --wait",
 		s.Package.URL, s.AppSidecar, s.Publisher.trustedDir)
 	s.say("Web UI: %s (filter with OtaState, OtaDevice, OtaRollout, OtaTargetVersion)", s.UIURL)
 }

@@ -15,7 +15,9 @@ import (
 
 // TestStackRunsDemoRollout starts the whole local stack on free ports, as `go run ./devstack`
 // does, runs the demo rollout on three simulated devices, then starts the stack again on the
-// same data directory and finds the first run's rollout.
+// same data directory: it finds the first run's rollout, and the simulated devices report the
+// version they installed (not their initial one, beside an upgrade that succeeded), so the
+// demo has nothing left to roll out.
 func TestStackRunsDemoRollout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts every server; skipped in -short mode")
@@ -71,5 +73,23 @@ func TestStackRunsDemoRollout(t *testing.T) {
 	}
 	if st := d.Status.String(); st != "Completed" {
 		t.Errorf("rollout %s is %s after the restart", name, st)
+	}
+	for _, id := range []string{"sim-00001", "sim-00002", "sim-00003"} {
+		if st, _ := s.Fleet.Device(id); st.Status["firmware_ver"] != "1.1" {
+			t.Errorf("after the restart %s runs %v, want firmware 1.1", id, st.Status)
+		}
+		// What `starter status` shows as reported.
+		if dev, err := s.Store.GetDevice(ctx, id); err != nil || dev.Reported["firmware_ver"] != "1.1" {
+			t.Errorf("after the restart PostgreSQL has %s reporting %v (%v), want firmware 1.1", id, dev.Reported, err)
+		}
+		if u, err := s.Store.LatestUpgrade(ctx, id); err != nil || u.State != ota.StateSucceeded || u.Version != "1.1" {
+			t.Errorf("%s's latest upgrade = %+v (%v), want succeeded to 1.1", id, u, err)
+		}
+	}
+	if err := s.demoRollout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "No simulated device runs firmware 1.0 any more") || strings.Contains(out.String(), "Started rollout") {
+		t.Errorf("the second demo:\n%s", out.String())
 	}
 }

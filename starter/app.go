@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
@@ -43,7 +44,9 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	if msg := err.Error(); msg != "" {
+	// In plain words: an error that crossed Temporal (a workflow's, an activity's) without
+	// the SDK's wrapping.
+	if msg := errtext.Plain(err); msg != "" {
 		fmt.Fprintf(errOut, "starter: %s\n", msg)
 	}
 	var ec cli.ExitCoder

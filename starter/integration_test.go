@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/api/serviceerror"
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/credential"
@@ -521,10 +522,48 @@ func TestUpgradeWaitReportsFailure(t *testing.T) {
 		t.Errorf("upgrade --json result = %+v", rep)
 	}
 
-	// An unregistered device: the workflow fails at once, and --wait says why.
-	r = runCLI(t, ctx, servers(f.dbURL, "upgrade", "--wait", "--device", "unregistered-1", "--type", "app", "--version", "2.0",
-		"--url", "http://files.example.com/app-2.0.apk", "--md5", "0123456789abcdef0123456789abcdef", "--size", "10")...)
-	r.check(t, exitFailure, "unknown device unregistered-1")
+}
+
+// TestUpgradeRefusesUnknownAndDisabledDevices: an upgrade of a device the registry does not
+// know, or holds disabled, is bad input (exit code 2): nothing is started, nothing recorded.
+func TestUpgradeRefusesUnknownAndDisabledDevices(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	const disabled = "refused-disabled-1"
+	runCLI(t, ctx, servers(f.dbURL, "devices", "add", "--device", disabled)...).check(t, 0)
+	if err := f.store.SetDisabled(ctx, disabled, true); err != nil {
+		t.Fatal(err)
+	}
+	upgrade := func(dev string) []string {
+		return []string{"upgrade", "--wait", "--device", dev, "--type", "app", "--version", "2.0",
+			"--url", "http://files.example.com/app-2.0.apk", "--md5", "0123456789abcdef0123456789abcdef", "--size", "10"}
+	}
+	for _, tc := range []struct {
+		dev  string
+		want []string
+	}{
+		{"refused-unknown-1", []string{"unknown device refused-unknown-1: nothing was started", "starter devices add --device refused-unknown-1"}},
+		{disabled, []string{"device refused-disabled-1 is disabled: nothing was started", "starter devices enable --device refused-disabled-1"}},
+	} {
+		t.Run(tc.dev, func(t *testing.T) {
+			endUpgrade(t, tc.dev)
+			r := runCLI(t, ctx, servers(f.dbURL, upgrade(tc.dev)...)...)
+			r.check(t, exitUsage, tc.want...)
+			if r.stdout != "" {
+				t.Errorf("a refused upgrade printed:\n%s", r.stdout)
+			}
+			_, err := testenv.TemporalClient().DescribeWorkflow(ctx, ota.DeviceWorkflowID(tc.dev), "")
+			var notFound *serviceerror.NotFound
+			if !errors.As(err, &notFound) {
+				t.Errorf("a workflow %s exists (%v), want none started", ota.DeviceWorkflowID(tc.dev), err)
+			}
+			if u, err := f.store.LatestUpgrade(ctx, tc.dev); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("an upgrade of %s was recorded: %+v (%v)", tc.dev, u, err)
+			}
+		})
+	}
+	// Without the registry it cannot check: bad usage too, before anything is dialled.
+	runCLI(t, ctx, servers("", upgrade("refused-unknown-1")...)...).check(t, exitUsage, "checks the device registry", "DATABASE_URL")
 }
 
 func TestConcurrentUpgradeRefusedAndCancel(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -59,9 +61,14 @@ func rolloutCommand(e *appEnv) *cli.Command {
 					"upgrades exactly its own list; the other starts nothing, deletes its list and exits 3.\n" +
 					"Devices that already report the version are left out unless --include-up-to-date.\n" +
 					"--continuous keeps the rollout open after its waves for the devices that come to match later.\n" +
-					"Exit codes: 0 started (with --wait: completed), 1 failed (with --wait: the rollout ended\n" +
-					"other than completed), 2 bad input, 3 a rollout of that name is already running.",
+					"It waits for the rollout's pre-flight (the package downloaded once and checked, the targets\n" +
+					"fixed) and reports it: a package that fails the check, or targets that match no device\n" +
+					"(unless --allow-empty), end it with exit code 1.\n" +
+					"Exit codes: 0 started (with --wait: completed), 1 failed its pre-flight or matched no device\n" +
+					"(with --wait: the rollout ended other than completed), 2 bad input, 3 a rollout of that name\n" +
+					"is already running, 130 interrupted while waiting (the rollout goes on).",
 				Flags: slices.Concat(rolloutRequestFlags(), []cli.Flag{
+					&cli.BoolFlag{Name: "allow-empty", Usage: "a rollout that matches no device is no failure (exit 0)"},
 					&cli.BoolFlag{Name: "wait", Usage: "follow the rollout's progress until it ends"},
 					&cli.BoolFlag{Name: "json", Usage: "print one JSON object (with --wait, progress goes to stderr)"},
 				}),
@@ -99,6 +106,9 @@ func rolloutCommand(e *appEnv) *cli.Command {
 				Name:      "list",
 				Usage:     "list rollouts, newest first",
 				UsageText: "starter rollout list [--state S] [--json]",
+				Description: "Lists each rollout once. A name used again (a rollout started after the last one of\n" +
+					"the name ended, or by a schedule) lists each of its rollouts; OF ITS NAME (\"latest\" in\n" +
+					"--json) tells the latest, the one `rollout status NAME` and the other commands reach.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "state", Usage: "only rollouts in `STATE`: " + joinStates(rolloutStates)},
 					&cli.BoolFlag{Name: "json", Usage: "print a JSON array"},
@@ -437,9 +447,13 @@ type rolloutStartReport struct {
 	RunID      string `json:"run_id"`
 	WebUI      string `json:"web_ui"`
 	// UnknownDevices are the IDs of the explicit list that are not registered: left out.
-	UnknownDevices []string             `json:"unknown_devices,omitempty"`
-	Result         *ota.RolloutProgress `json:"result,omitempty"`
-	Error          string               `json:"error,omitempty"`
+	UnknownDevices []string `json:"unknown_devices,omitempty"`
+	// Preflight is the rollout's progress once its pre-flight ended: its targets and waves,
+	// or, failed, why.
+	Preflight *ota.RolloutProgress `json:"preflight,omitempty"`
+	// Result is the rollout's final progress (with --wait).
+	Result *ota.RolloutProgress `json:"result,omitempty"`
+	Error  string               `json:"error,omitempty"`
 }
 
 func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
@@ -482,9 +496,57 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 	asJSON := cCtx.Bool("json")
 	rep := rolloutStartReport{Name: req.Name, WorkflowID: run.GetID(), RunID: run.GetRunID(),
 		WebUI: webUILink(cCtx, run.GetID()), UnknownDevices: unknown}
+	progress := e.out
+	if asJSON {
+		progress = e.errOut
+	}
 	if !asJSON {
 		fmt.Fprintf(e.out, "Started rollout %s: %s %s\n", req.Name, req.Upgrade.Type, req.Upgrade.Version)
 		fmt.Fprintf(e.out, "  workflow  %s\n  run       %s\n  web UI    %s\n", rep.WorkflowID, rep.RunID, rep.WebUI)
+	}
+	check := "checks the package (downloads it once) and fixes its targets"
+	if req.SkipPreflight {
+		check = "fixes its targets"
+	}
+	fmt.Fprintf(progress, "Pre-flight: the rollout %s ...\n", check)
+	pre, err := e.awaitPreflight(ctx, c, run.GetID(), run.GetRunID(), preflightPoll)
+	if ctx.Err() != nil {
+		return cli.Exit(fmt.Sprintf("stopped waiting for the pre-flight: rollout %s goes on (workflow %s); follow it with "+
+			"`starter rollout status %s --watch`, stop it with `starter rollout cancel %s`", req.Name, rep.WorkflowID, req.Name, req.Name), exitInterrupted)
+	}
+	if err != nil {
+		return err
+	}
+	rep.Preflight = &pre
+	// ended: the rollout ended other than completed, in its pre-flight (a package that failed
+	// the check) or, quick, right after it.
+	ended := pre.State.Final() && pre.State != ota.RolloutCompleted
+	switch {
+	case pre.Total > 0:
+		fmt.Fprintf(progress, "Pre-flight passed: %d target(s) in %d wave(s).\n", pre.Total, len(pre.Waves))
+	case ended:
+		// The outcome says why.
+	default:
+		msg := fmt.Sprintf("rollout %s matched no device (%s): nothing to upgrade", req.Name, describeTargets(req.Targets, req.Upgrade))
+		if !cCtx.Bool("allow-empty") {
+			rep.Error = msg
+			if asJSON {
+				if err := writeJSON(e.out, rep); err != nil {
+					return err
+				}
+			}
+			return cli.Exit(msg+"; check the targets with `starter devices list`, or give --allow-empty when that is expected", exitFailure)
+		}
+		fmt.Fprintf(progress, "%s.\n", strings.ToUpper(msg[:1])+msg[1:])
+	}
+	if ended && !cCtx.Bool("wait") {
+		rep.Error = pre.Reason
+		if asJSON {
+			if err := writeJSON(e.out, rep); err != nil {
+				return err
+			}
+		}
+		return rolloutOutcome(pre)
 	}
 	if !cCtx.Bool("wait") {
 		if asJSON {
@@ -494,10 +556,6 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 		return nil
 	}
 
-	progress := e.out
-	if asJSON {
-		progress = e.errOut
-	}
 	ref := rolloutRef{Name: req.Name, WorkflowID: run.GetID(), RunID: run.GetRunID(), Status: enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING}
 	p, err := e.followRollout(cCtx, c, ref, watchOptions{w: progress, tty: isTerminal(progress)})
 	if ctx.Err() != nil {
@@ -512,7 +570,7 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 	}
 	rep.Result = &p
 	if err != nil {
-		rep.Error = err.Error()
+		rep.Error = errtext.Plain(err)
 	}
 	if asJSON {
 		if err := writeJSON(e.out, rep); err != nil {
@@ -520,6 +578,78 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 		}
 	}
 	return rolloutOutcome(p)
+}
+
+// preflightPoll is how often `rollout start` asks the rollout whether its pre-flight ended.
+const preflightPoll = 250 * time.Millisecond
+
+// preflightNotice is how long `rollout start` waits for the pre-flight before it says that
+// it still waits, and for what.
+const preflightNotice = 15 * time.Second
+
+// awaitPreflight waits until the rollout run has left its pre-flight (its package checked and
+// its targets fixed, or the check failed) and returns its progress then, asking the workflow
+// every interval. It rides out Temporal outages (saying so once per outage), and says once,
+// after preflightNotice, that it still waits.
+func (e *appEnv) awaitPreflight(ctx context.Context, c client.Client, workflowID, runID string, interval time.Duration) (ota.RolloutProgress, error) {
+	outage := newOutageWatch(e.errOut, c, workflowID)
+	notice := time.Now().Add(preflightNotice)
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		p, err := queryProgress(qctx, c, workflowID, runID)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return p, ctx.Err()
+		case err == nil:
+			outage.answered()
+			if p.State != "" && p.State != ota.RolloutPreflight {
+				return p, nil
+			}
+		default:
+			// Before the first workflow task there is nothing to ask, and without a worker no
+			// answer; a run that ended without answering (terminated) gives its result.
+			outage.check(ctx)
+			if desc, derr := c.DescribeWorkflow(ctx, workflowID, runID); derr == nil && desc.Status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+				p, rerr := rolloutResult(ctx, c.GetWorkflow(ctx, workflowID, runID))
+				if p.State != "" {
+					return p, nil
+				}
+				return p, fmt.Errorf("rollout workflow %s ended (%s) in its pre-flight: %w", workflowID, desc.Status, rerr)
+			}
+		}
+		if !notice.IsZero() && time.Now().After(notice) {
+			notice = time.Time{}
+			fmt.Fprintf(e.errOut, "starter: the pre-flight has not ended after %s: it downloads the package once, "+
+				"and needs a running OTAflow worker; still waiting (Ctrl-C stops waiting, the rollout goes on)\n", preflightNotice)
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return p, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// describeTargets says in words which devices a rollout's targets select.
+func describeTargets(t ota.Targets, up ota.UpgradeRequest) string {
+	var parts []string
+	if t.List != "" {
+		parts = append(parts, "the listed devices")
+	}
+	if t.Prefix != "" {
+		parts = append(parts, fmt.Sprintf("IDs starting %q", t.Prefix))
+	}
+	for _, k := range slices.Sorted(maps.Keys(t.Where)) {
+		parts = append(parts, k+"="+t.Where[k])
+	}
+	s := "registered, enabled devices with " + strings.Join(parts, ", ")
+	if !t.IncludeUpToDate {
+		s += fmt.Sprintf(", not already reporting %s=%s", up.WithDefaults().VersionKey, up.Version)
+	}
+	return s
 }
 
 // rolloutOutcome is nil for a completed rollout and an exit-1 error saying how it ended

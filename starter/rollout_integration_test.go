@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -220,6 +225,16 @@ func TestRolloutStartWaitCompletes(t *testing.T) {
 	if rep.StoreCounts[ota.StateSucceeded] != 6 || len(rep.StoreCounts) != 1 {
 		t.Errorf("status --json store counts = %v, want 6 succeeded", rep.StoreCounts)
 	}
+	// The finished rollout is on its last wave, in the JSON as in the text, and the text and
+	// the JSON agree on every field the text shows.
+	if rep.CurrentWave != len(rep.Waves) {
+		t.Errorf("status --json current_wave = %d of %d waves, want the last", rep.CurrentWave, len(rep.Waves))
+	}
+	js := cli("rollout", "status", name, "--json")
+	js.check(t, 0)
+	text := cli("rollout", "status", name)
+	text.check(t, 0)
+	checkTextAgreesWithJSON(t, text.stdout, []byte(js.stdout))
 
 	r = cli("rollout", "status", name)
 	r.check(t, 0)
@@ -324,6 +339,7 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 
 	// Wave 1 (one device) succeeds; wave 2 waits for approval.
 	rep := waitState(t, f.dbURL, name, ota.RolloutWaitingApproval)
+	watch.waitOutput(t, "State     waiting_approval")
 	if rep.CurrentWave != 2 || rep.Counts.Succeeded != 1 || !strings.Contains(rep.Reason, "starter rollout approve ro-ctl") {
 		t.Errorf("waiting for approval: %+v", rep.RolloutProgress)
 	}
@@ -348,6 +364,8 @@ func TestRolloutPauseResumeApproveCancel(t *testing.T) {
 		t.Errorf("after pause: state %s, reason %q", rep.State, rep.Reason)
 	}
 	cli("rollout", "pause", name).check(t, exitFailure, "refused to pause: rollout is already paused")
+	// The watch looks once a second: it shows the pause before the test resumes.
+	watch.waitOutput(t, "State     paused")
 	cli("rollout", "resume", name).check(t, 0)
 	if rep = statusJSON(t, f.dbURL, name); rep.State != ota.RolloutRunning || rep.Reason != "" {
 		t.Errorf("after resume: state %s, reason %q", rep.State, rep.Reason)
@@ -889,4 +907,186 @@ func TestScheduleOfEarlierVersion(t *testing.T) {
 	if !strings.Contains(r.stdout, "Canceling rollout ro-old (workflow "+ref.WorkflowID+")") {
 		t.Errorf("cancel printed %q", r.stdout)
 	}
+}
+
+// TestRolloutNameUsedAgain starts a rollout of a name that an ended rollout had: `rollout
+// status` counts the records of the new rollout only (they agree with its workflow), and
+// `rollout list` lists both, once each, and says which is the latest.
+func TestRolloutNameUsedAgain(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-again-", 2)
+	f.answer(t, nil)
+	const name = "ro-again"
+	endRollout(t, name)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+
+	var runs [2]rolloutStartReport
+	for i := range runs {
+		// The fake devices never report to PostgreSQL: both rollouts upgrade both devices.
+		r := cli(rolloutStart(name, "--prefix", "ro-again-", "--wait", "--json")...)
+		r.check(t, 0)
+		if err := json.Unmarshal([]byte(r.stdout), &runs[i]); err != nil {
+			t.Fatalf("rollout start %d: %v\n%s", i+1, err, r.stdout)
+		}
+	}
+	if runs[0].RunID == runs[1].RunID {
+		t.Fatalf("both starts report run %s", runs[0].RunID)
+	}
+
+	rep := statusJSON(t, f.dbURL, name)
+	if rep.RunID != runs[1].RunID || rep.Counts != (ota.Counts{Started: 2, Succeeded: 2}) {
+		t.Fatalf("status = run %s, counts %+v; want the second rollout, 2 succeeded", rep.RunID, rep.Counts)
+	}
+	if len(rep.StoreCounts) != 1 || rep.StoreCounts[ota.StateSucceeded] != 2 {
+		t.Errorf("status --json store counts = %v, want the second rollout's 2 succeeded (not both rollouts' 4)", rep.StoreCounts)
+	}
+	r := cli("rollout", "status", name)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Records   succeeded 2  (PostgreSQL; agree with the workflow)") {
+		t.Errorf("rollout status:\n%s", r.stdout)
+	}
+
+	var entries []rolloutListEntry
+	require.Eventually(t, func() bool {
+		r := cli("rollout", "list", "--json")
+		r.check(t, 0)
+		var all []rolloutListEntry
+		if err := json.Unmarshal([]byte(r.stdout), &all); err != nil {
+			t.Fatalf("rollout list --json: %v\n%s", err, r.stdout)
+		}
+		entries = entries[:0]
+		for _, e := range all {
+			if e.Name == name {
+				entries = append(entries, e)
+			}
+		}
+		return len(entries) == 2 && entries[0].State == string(ota.RolloutCompleted) && entries[1].State == string(ota.RolloutCompleted)
+	}, 10*time.Second, 50*time.Millisecond, "rollout list to show both rollouts of "+name)
+	if entries[0].RunID != runs[1].RunID || !entries[0].Latest || entries[1].RunID != runs[0].RunID || entries[1].Latest {
+		t.Errorf("rollout list --json of %s = %+v, want the second rollout (latest), then the first", name, entries)
+	}
+	// A third rollout of the name that has started no device yet (its window opens in 12
+	// hours) has no records, whatever the earlier ones left.
+	opens := time.Now().UTC().Add(12 * time.Hour)
+	window := opens.Format("15:04") + "-" + opens.Add(time.Hour).Format("15:04")
+	cli(rolloutStart(name, "--prefix", "ro-again-", "--window", window)...).check(t, 0)
+	waitState(t, f.dbURL, name, ota.RolloutWaitingWindow)
+	r = cli("rollout", "status", name)
+	r.check(t, 0)
+	if !strings.Contains(r.stdout, "Records   none  (PostgreSQL; agree with the workflow)") {
+		t.Errorf("rollout status of a rollout that started no device yet:\n%s", r.stdout)
+	}
+	cli("rollout", "cancel", name, "--wait").check(t, 0)
+
+	// The table says the same; --state shows the rollouts in that state, and still calls
+	// latest only the latest of the name.
+	row := regexp.MustCompile(`(?m)^` + name + `\s+(\S+)\s.*\s(latest|earlier)$`)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "canceled latest, completed earlier, completed earlier"},
+		{[]string{"--state", string(ota.RolloutCompleted)}, "completed earlier, completed earlier"},
+	} {
+		var rows []string
+		require.Eventually(t, func() bool {
+			r := cli(append([]string{"rollout", "list"}, tc.args...)...)
+			r.check(t, 0)
+			rows = rows[:0]
+			for _, m := range row.FindAllStringSubmatch(r.stdout, -1) {
+				rows = append(rows, m[1]+" "+m[2])
+			}
+			return strings.Join(rows, ", ") == tc.want
+		}, 10*time.Second, 50*time.Millisecond, "rollout list to show the canceled rollout")
+	}
+}
+
+// TestRolloutStartReportsPreflight: `rollout start` waits for the pre-flight and reports it.
+// A package that fails the check ends it with exit code 1 and a plain message (no SDK
+// internals), also in `rollout status`; targets that match no device too, unless
+// --allow-empty; a package that passes says how many targets the rollout has.
+func TestRolloutStartReportsPreflight(t *testing.T) {
+	ctx := context.Background()
+	f := startWorker(t)
+	f.registerDevices(t, "ro-pre-", 2)
+	f.answer(t, nil)
+	cli := func(args ...string) result { return runCLI(t, ctx, servers(f.dbURL, args...)...) }
+	body := bytes.Repeat([]byte("firmware"), 128) // 1,024 bytes
+	sum := md5.Sum(body)
+	good := hex.EncodeToString(sum[:])
+	files := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
+	t.Cleanup(files.Close)
+	pkg := func(name, md5sum string, more ...string) []string {
+		return slices.Concat([]string{"rollout", "start", "--name", name, "--type", "firmware", "--version", "1.1",
+			"--url", files.URL + "/fw-1.1.bin", "--md5", md5sum, "--size", "1024"}, more)
+	}
+	sdkWords := []string{"activity error", "scheduledEventID", "(type:", "retryable"}
+
+	t.Run("package fails the check", func(t *testing.T) {
+		const name = "ro-pre-bad"
+		endRollout(t, name)
+		bad := "0123456789abcdef0123456789abcdef"
+		want := "rollout ro-pre-bad ended failed: pre-flight check failed, no device was touched: package " + files.URL +
+			"/fw-1.1.bin is 1024 bytes with md5 " + good + ", but the rollout says 1024 bytes with md5 " + bad
+		r := cli(pkg(name, bad, "--prefix", "ro-pre-")...)
+		r.check(t, exitFailure, want)
+		if !strings.Contains(r.stdout, "Started rollout ro-pre-bad") || strings.Contains(r.stdout, "Follow it") {
+			t.Errorf("rollout start printed:\n%s", r.stdout)
+		}
+		for _, w := range sdkWords {
+			if strings.Contains(r.stderr, w) {
+				t.Errorf("rollout start shows SDK internals (%q):\n%s", w, r.stderr)
+			}
+		}
+		rep := statusJSON(t, f.dbURL, name)
+		if rep.State != ota.RolloutFailed || !strings.HasPrefix(want, "rollout ro-pre-bad ended failed: "+rep.Reason) || rep.Reason == "" {
+			t.Errorf("status --json: state %s, reason %q", rep.State, rep.Reason)
+		}
+		r = cli("rollout", "status", name)
+		r.check(t, 0)
+		for _, w := range sdkWords {
+			if strings.Contains(r.stdout, w) {
+				t.Errorf("rollout status shows SDK internals (%q):\n%s", w, r.stdout)
+			}
+		}
+		if n := len(f.pub.sent()); n != 0 {
+			t.Errorf("%d devices got a command after a failed pre-flight", n)
+		}
+	})
+
+	t.Run("no device matches", func(t *testing.T) {
+		const name = "ro-pre-empty"
+		endRollout(t, name)
+		r := cli(pkg(name, good, "--prefix", "ro-nobody-", "--json")...)
+		r.check(t, exitFailure, `rollout ro-pre-empty matched no device (registered, enabled devices with IDs starting "ro-nobody-", `+
+			"not already reporting firmware_ver=1.1): nothing to upgrade", "--allow-empty")
+		var rep rolloutStartReport
+		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || rep.Preflight == nil || rep.Preflight.Total != 0 || rep.Error == "" {
+			t.Errorf("rollout start --json = %+v (%v)\n%s", rep, err, r.stdout)
+		}
+		st := waitState(t, f.dbURL, name, ota.RolloutCompleted)
+		if !strings.HasPrefix(st.Reason, "matched no device") {
+			t.Errorf("the empty rollout's reason = %q", st.Reason)
+		}
+		r = cli(pkg(name, good, "--prefix", "ro-nobody-", "--allow-empty", "--wait")...)
+		r.check(t, 0)
+		if !strings.Contains(r.stdout, "Rollout ro-pre-empty matched no device") || !strings.Contains(r.stdout, "State     completed") {
+			t.Errorf("rollout start --allow-empty --wait printed:\n%s", r.stdout)
+		}
+	})
+
+	t.Run("package passes", func(t *testing.T) {
+		const name = "ro-pre-good"
+		endRollout(t, name)
+		r := cli(pkg(name, good, "--prefix", "ro-pre-")...)
+		r.check(t, 0)
+		for _, w := range []string{"Pre-flight: the rollout checks the package (downloads it once) and fixes its targets ...",
+			"Pre-flight passed: 2 target(s) in 1 wave(s).", "Follow it with `starter rollout status ro-pre-good --watch`."} {
+			if !strings.Contains(r.stdout, w) {
+				t.Errorf("rollout start output lacks %q:\n%s", w, r.stdout)
+			}
+		}
+		waitState(t, f.dbURL, name, ota.RolloutCompleted)
+	})
 }

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/urfave/cli/v2"
 	enumspb "go.temporal.io/api/enums/v1"
@@ -441,7 +442,9 @@ func describeStart(ctx context.Context, c client.Client, name string, a client.S
 		if it.HasNext() {
 			if ev, err := it.Next(); err == nil {
 				if f := ev.GetWorkflowExecutionFailedEventAttributes().GetFailure(); f != nil {
-					s.Detail = f.GetMessage()
+					// In plain words: a scheduled start of an earlier version may hold the
+					// SDK's wrapping of the rollout's start error there.
+					s.Detail = errtext.PlainText(f.GetMessage())
 					if f.GetApplicationFailureInfo().GetType() == ota.ErrTypeRolloutRunning {
 						s.Outcome = startSkipped
 					}

@@ -23,6 +23,7 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 )
 
@@ -157,17 +158,21 @@ func findRollout(ctx context.Context, c client.Client, name string) (rolloutRef,
 	if len(found) == 0 {
 		return rolloutRef{}, fmt.Errorf("%w: nothing named %s runs or ran (workflow %s); see `starter rollout list`", errNoRollout, name, id)
 	}
-	best := slices.MinFunc(found, func(a, b rolloutRef) int {
-		if a.running() != b.running() {
-			if a.running() {
-				return -1
-			}
-			return 1
-		}
-		return b.StartTime.Compare(a.StartTime)
-	})
+	best := slices.MinFunc(found, latestFirst)
 	best.Name = name
 	return best, nil
+}
+
+// latestFirst orders rollouts of one name latest first: the running one, then the newest.
+// The latest is the one the commands that take a name reach.
+func latestFirst(a, b rolloutRef) int {
+	if a.running() != b.running() {
+		if a.running() {
+			return -1
+		}
+		return 1
+	}
+	return b.StartTime.Compare(a.StartTime)
 }
 
 // queryProgress asks a rollout workflow for its progress (a run that ended too: the worker
@@ -184,7 +189,14 @@ func queryProgress(ctx context.Context, c client.Client, workflowID, runID strin
 	if err := v.Get(&p); err != nil {
 		return p, fmt.Errorf("decode progress of workflow %s: %w", workflowID, err)
 	}
-	return p, nil
+	return plainProgress(p), nil
+}
+
+// plainProgress is p with its reason in plain words: a rollout of an earlier version may hold
+// the SDK's wrapping of an activity's error there.
+func plainProgress(p ota.RolloutProgress) ota.RolloutProgress {
+	p.Reason = errtext.PlainText(p.Reason)
+	return p
 }
 
 // rolloutResult waits for a rollout run to end and returns its final progress: for an
@@ -193,18 +205,18 @@ func rolloutResult(ctx context.Context, run client.WorkflowRun) (ota.RolloutProg
 	var p ota.RolloutProgress
 	err := run.Get(ctx, &p)
 	if err == nil {
-		return p, nil
+		return plainProgress(p), nil
 	}
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) && appErr.HasDetails() {
 		if derr := appErr.Details(&p); derr == nil {
-			return p, err
+			return plainProgress(p), err
 		}
 	}
 	var canceled *temporal.CanceledError
 	if errors.As(err, &canceled) && canceled.HasDetails() {
 		if derr := canceled.Details(&p); derr == nil {
-			return p, err
+			return plainProgress(p), err
 		}
 	}
 	return p, err
@@ -249,7 +261,10 @@ type rolloutStatusReport struct {
 	ota.RolloutProgress
 	// StoreCounts counts the rollout's upgrade records by state.
 	StoreCounts map[ota.State]int `json:"store_counts,omitempty"`
-	StoreError  string            `json:"store_error,omitempty"`
+	// StoreDifferences says where the records and the workflow's counts differ (the text's
+	// "differ: ..."); empty when they agree.
+	StoreDifferences []string `json:"store_differences,omitempty"`
+	StoreError       string   `json:"store_error,omitempty"`
 }
 
 // statusReport puts a rollout's progress and, when records is set, its records together.
@@ -261,13 +276,23 @@ func (e *appEnv) statusReport(cCtx *cli.Context, ref rolloutRef, p ota.RolloutPr
 	if !records {
 		return rep
 	}
+	if p.FirstRunID == "" && p.Counts.Started == 0 {
+		// No device upgrade started yet (the run ID they record is settled at the first):
+		// no record is this rollout's, whatever earlier rollouts of the name left.
+		rep.StoreCounts = map[ota.State]int{}
+		return rep
+	}
 	st, err := e.openStore(cCtx)
 	if err == nil {
-		rep.StoreCounts, err = st.CountByState(cCtx.Context, ref.Name)
+		// The records of this rollout's run: not those of an earlier or later rollout of the
+		// name (by name only for a rollout started before upgrades recorded their run).
+		rep.StoreCounts, err = st.CountByState(cCtx.Context, ref.Name, p.FirstRunID)
 	}
 	if err != nil {
 		rep.StoreError = err.Error()
+		return rep
 	}
+	rep.StoreDifferences = recordDifferences(p.Counts, rep.StoreCounts)
 	return rep
 }
 
@@ -579,8 +604,12 @@ func renderRollout(rep rolloutStatusReport) string {
 			parts = []string{"none"}
 		}
 		verdict := "agree with the workflow"
-		if diffs := recordDifferences(p.Counts, rep.StoreCounts); len(diffs) > 0 {
-			verdict = "differ: " + strings.Join(diffs, ", ") + " (they are read a moment apart, and the records count every rollout of this name)"
+		if diffs := rep.StoreDifferences; len(diffs) > 0 {
+			why := "they are read a moment apart"
+			if p.FirstRunID == "" {
+				why += ", and the records of a rollout started before OTAflow recorded runs count every rollout of this name"
+			}
+			verdict = "differ: " + strings.Join(diffs, ", ") + " (" + why + ")"
 		}
 		line("Records", "%s  (PostgreSQL; %s)", strings.Join(parts, "  "), verdict)
 	case rep.StoreError != "":
@@ -600,6 +629,10 @@ type rolloutListEntry struct {
 	WorkflowStatus string     `json:"workflow_status"`
 	WorkflowID     string     `json:"workflow_id"`
 	RunID          string     `json:"run_id"`
+	// Latest is set on the latest rollout of its name (the running one, else the newest):
+	// the one `rollout status NAME` and the other commands that take a name reach. A name
+	// used again lists each of its rollouts once.
+	Latest bool `json:"latest"`
 }
 
 func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
@@ -611,15 +644,29 @@ func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	refs, err := listRollouts(cCtx.Context, c, rolloutQuery("", state))
+	// Every rollout is listed first, so that which is the latest of its name does not depend
+	// on --state.
+	refs, err := listRollouts(cCtx.Context, c, rolloutQuery("", ""))
 	if err != nil {
 		return err
+	}
+	latest := map[string]rolloutRef{}
+	for _, r := range refs {
+		r.Name = cmp.Or(r.Name, strings.TrimPrefix(r.WorkflowID, ota.RolloutWorkflowID("")))
+		if l, ok := latest[r.Name]; !ok || latestFirst(r, l) < 0 {
+			latest[r.Name] = r
+		}
 	}
 	entries := make([]rolloutListEntry, 0, len(refs))
 	for _, r := range refs {
 		name := cmp.Or(r.Name, strings.TrimPrefix(r.WorkflowID, ota.RolloutWorkflowID("")))
+		if state != "" && r.State != string(state) {
+			continue
+		}
+		l := latest[name]
 		entries = append(entries, rolloutListEntry{Name: name, State: r.State, Type: r.Type, Version: r.Version,
-			StartTime: r.StartTime, CloseTime: r.CloseTime, WorkflowStatus: r.Status.String(), WorkflowID: r.WorkflowID, RunID: r.RunID})
+			StartTime: r.StartTime, CloseTime: r.CloseTime, WorkflowStatus: r.Status.String(), WorkflowID: r.WorkflowID, RunID: r.RunID,
+			Latest: l.WorkflowID == r.WorkflowID && l.RunID == r.RunID})
 	}
 	if cCtx.Bool("json") {
 		return writeJSON(e.out, entries)
@@ -629,10 +676,14 @@ func (e *appEnv) rolloutListAction(cCtx *cli.Context) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tTYPE\tVERSION\tSTARTED\tSTATUS\tWORKFLOW")
+	fmt.Fprintln(tw, "NAME\tSTATE\tTYPE\tVERSION\tSTARTED\tSTATUS\tWORKFLOW\tOF ITS NAME")
 	for _, r := range entries {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, cmp.Or(r.State, "-"), cmp.Or(r.Type, "-"), cmp.Or(r.Version, "-"),
-			formatTime(r.StartTime), r.WorkflowStatus, r.WorkflowID)
+		which := "earlier"
+		if r.Latest {
+			which = "latest"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, cmp.Or(r.State, "-"), cmp.Or(r.Type, "-"), cmp.Or(r.Version, "-"),
+			formatTime(r.StartTime), r.WorkflowStatus, r.WorkflowID, which)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write rollout list: %w", err)

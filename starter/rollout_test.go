@@ -408,6 +408,7 @@ func sampleReport() rolloutStatusReport {
 func TestRenderRollout(t *testing.T) {
 	rep := sampleReport()
 	rep.StoreCounts = map[ota.State]int{ota.StateSucceeded: 3, ota.StateFailed: 1, ota.StateDownloading: 1}
+	rep.StoreDifferences = recordDifferences(rep.Counts, rep.StoreCounts)
 	out := renderRollout(rep)
 	for _, want := range []string{
 		"Rollout fw-11: firmware 1.1  (workflow rollout-fw-11, Running)",
@@ -424,6 +425,7 @@ func TestRenderRollout(t *testing.T) {
 		}
 	}
 	rep.StoreCounts = map[ota.State]int{ota.StateSucceeded: 2}
+	rep.StoreDifferences = recordDifferences(rep.Counts, rep.StoreCounts)
 	if out := renderRollout(rep); !strings.Contains(out, "differ: succeeded 3 in the workflow, 2 recorded, failed 1 in the workflow, 0 recorded, running 1 in the workflow, 0 recorded") {
 		t.Errorf("the status does not show the records differ:\n%s", out)
 	}
@@ -531,5 +533,150 @@ func TestRolloutQuery(t *testing.T) {
 	want := base + fmt.Sprintf(" AND %s = 'fw-11' AND %s = 'paused'", ota.SearchRollout.GetName(), ota.SearchState.GetName())
 	if got := rolloutQuery("fw-11", ota.RolloutPaused); got != want {
 		t.Errorf("rolloutQuery(fw-11, paused) = %q, want %q", got, want)
+	}
+}
+
+// checkTextAgreesWithJSON fails the test unless every field of a status report's JSON that
+// the text shows reads the same in the text (renderRollout).
+func checkTextAgreesWithJSON(t *testing.T, text string, js []byte) {
+	t.Helper()
+	var rep rolloutStatusReport
+	if err := json.Unmarshal(js, &rep); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, js)
+	}
+	p := rep.RolloutProgress
+	lineOf := func(prefix string) string {
+		t.Helper()
+		for _, l := range strings.Split(text, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(l), prefix) {
+				return l
+			}
+		}
+		t.Errorf("the text has no line %q; the JSON says %s\ntext:\n%s", prefix, js, text)
+		return ""
+	}
+	has := func(line string, want ...string) {
+		t.Helper()
+		for _, w := range want {
+			if !strings.Contains(line, w) {
+				t.Errorf("the text says %q where the JSON says %q\nJSON: %s", strings.TrimSpace(line), w, js)
+			}
+		}
+	}
+	counts := func(c ota.Counts) []string {
+		var out []string
+		for _, kv := range []struct {
+			name string
+			n    int
+		}{{"succeeded", c.Succeeded}, {"skipped", c.Skipped}, {"failed", c.Failed}, {"timed out", c.TimedOut},
+			{"canceled", c.Canceled}, {"conflict", c.Conflict}, {"running", c.Running()}} {
+			if kv.n > 0 {
+				out = append(out, fmt.Sprintf("%s %d", kv.name, kv.n))
+			}
+		}
+		return out
+	}
+	has(lineOf("Rollout "), fmt.Sprintf("Rollout %s: %s %s  (workflow %s", p.Name, p.Type, p.Version, rep.WorkflowID))
+	has(lineOf("State "), "State     "+string(p.State))
+	if p.Reason != "" {
+		has(lineOf("Reason "), "Reason    "+p.Reason)
+	}
+	if len(p.Waves) > 0 {
+		has(lineOf("Wave "), fmt.Sprintf("Wave      %d of %d", p.CurrentWave, len(p.Waves)))
+		for _, w := range p.Waves {
+			has(lineOf(fmt.Sprintf("wave %d ", w.Number)), fmt.Sprintf("]  %d/%d", w.Counts.Finished(), w.Target))
+			has(lineOf(fmt.Sprintf("wave %d ", w.Number)), counts(w.Counts)...)
+		}
+	}
+	has(lineOf("Totals "), append([]string{fmt.Sprintf("%d targets, %d started: ", p.Total, p.Counts.Started)}, counts(p.Counts)...)...)
+	if !p.State.Final() {
+		rate := "unbounded"
+		if p.RatePerMinute > 0 {
+			rate = fmt.Sprintf("%.1f a minute", p.RatePerMinute)
+		}
+		has(lineOf("Rate "), rate)
+	}
+	if !p.StartedAt.IsZero() {
+		has(lineOf("Started "), formatTime(p.StartedAt))
+	}
+	if p.FinishedAt != nil {
+		has(lineOf("Finished "), formatTime(*p.FinishedAt))
+	}
+	if rep.StoreCounts != nil {
+		line := lineOf("Records ")
+		for s, n := range rep.StoreCounts {
+			if n > 0 {
+				has(line, fmt.Sprintf("%s %d", s, n))
+			}
+		}
+		if len(rep.StoreDifferences) == 0 {
+			has(line, "agree with the workflow")
+		}
+		has(line, rep.StoreDifferences...)
+	}
+	if rep.StoreError != "" {
+		has(lineOf("Records "), rep.StoreError)
+	}
+}
+
+// TestStatusTextAgreesWithJSON: `rollout status` and `rollout status --json` say the same of
+// a rollout in every phase, the current wave of a finished one included (the JSON once said
+// wave 4 where the text said "Wave 3 of 3").
+func TestStatusTextAgreesWithJSON(t *testing.T) {
+	started := time.Date(2026, 11, 26, 1, 0, 0, 0, time.UTC)
+	finished := started.Add(time.Hour)
+	opens := started.Add(20 * time.Hour)
+	running := sampleReport()
+	completed := sampleReport()
+	completed.WorkflowStatus = "Completed"
+	completed.State, completed.CurrentWave, completed.FinishedAt, completed.RatePerMinute = ota.RolloutCompleted, 3, &finished, 0
+	completed.Waves = []ota.WaveProgress{
+		{Number: 1, Target: 1, Counts: ota.Counts{Started: 1, Succeeded: 1}},
+		{Number: 2, Target: 2, Counts: ota.Counts{Started: 2, Succeeded: 1, Skipped: 1}},
+		{Number: 3, Target: 3, Counts: ota.Counts{Started: 3, Succeeded: 2, TimedOut: 1}},
+	}
+	completed.Counts = ota.Counts{Started: 6, Succeeded: 4, Skipped: 1, TimedOut: 1}
+	completed.StoreCounts = map[ota.State]int{ota.StateSucceeded: 4, ota.StateSkipped: 1, ota.StateTimedOut: 1}
+	differ := completed
+	differ.StoreCounts = map[ota.State]int{ota.StateSucceeded: 52, ota.StateSkipped: 1, ota.StateTimedOut: 1}
+	differ.StoreDifferences = recordDifferences(differ.Counts, differ.StoreCounts)
+	preflight := sampleReport()
+	preflight.State, preflight.Total, preflight.CurrentWave, preflight.Waves, preflight.Counts = ota.RolloutPreflight, 0, 0, nil, ota.Counts{}
+	window := sampleReport()
+	window.State, window.NextWindowAt, window.RatePerMinute = ota.RolloutWaitingWindow, &opens, 0
+	window.Reason = "outside the maintenance window 01:00-05:00 UTC; it opens 2026-11-26 21:00 UTC"
+	failed := sampleReport()
+	failed.State, failed.FinishedAt, failed.Reason = ota.RolloutFailed, &finished, "pre-flight check failed, no device was touched: package is 10 bytes"
+	failed.StoreError = "connection refused"
+	for name, rep := range map[string]rolloutStatusReport{"running": running, "completed": completed, "records differ": differ,
+		"preflight": preflight, "waiting for the window": window, "failed": failed} {
+		t.Run(name, func(t *testing.T) {
+			js, err := json.Marshal(rep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkTextAgreesWithJSON(t, renderRollout(rep), js)
+		})
+	}
+}
+
+// TestEarlierRecordsReadPlainly: a reason or desc that an earlier version recorded with the
+// SDK's wrapping of an activity's error reads in plain words.
+func TestEarlierRecordsReadPlainly(t *testing.T) {
+	// As workflows/testdata/v2/rollout-preflight-failed.json recorded it.
+	const mismatch = "package http://127.0.0.1:37889/firmware-1.1.bin is 65536 bytes with md5 92f6eb8d4d4bba759c46ecce14a663c4, " +
+		"but the rollout says 65536 bytes with md5 00000000000000000000000000000000"
+	recorded := "pre-flight check failed, no device was touched: activity error (type: CheckPackage, scheduledEventID: 7, " +
+		"startedEventID: 8, identity: 14774@vm@): " + mismatch + " (type: PackageMismatch, retryable: false): package mismatch"
+	p := plainProgress(ota.RolloutProgress{Name: "fw", State: ota.RolloutFailed, Reason: recorded})
+	err := rolloutOutcome(p)
+	if want := "rollout fw ended failed: pre-flight check failed, no device was touched: " + mismatch; err == nil || err.Error() != want {
+		t.Errorf("rolloutOutcome = %v\nwant %s", err, want)
+	}
+	st := plainStatus(ota.UpgradeStatus{DeviceID: "d1", State: ota.StateFailed,
+		Desc: "could not send the command: activity error (type: SendCommand, scheduledEventID: 0, startedEventID: 0, identity: w@h@): " +
+			"publish command to d1: broker unreachable"})
+	if got, want := outcome(st), "failed: could not send the command: publish command to d1: broker unreachable"; got != want {
+		t.Errorf("outcome = %q\nwant %q", got, want)
 	}
 }

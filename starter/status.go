@@ -20,6 +20,7 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
 )
@@ -122,9 +123,14 @@ func deviceStatus(ctx context.Context, st *store.Store, id string) (statusReport
 	case err != nil:
 		return rep, err
 	}
+	// In plain words: records of earlier versions may hold the SDK's wrapping of an error.
+	up.ErrorDesc = errtext.PlainText(up.ErrorDesc)
 	rep.Upgrade = &up
 	if rep.Events, err = st.UpgradeEvents(ctx, up.RunID); err != nil {
 		return rep, err
+	}
+	for i := range rep.Events {
+		rep.Events[i].Detail = errtext.PlainText(rep.Events[i].Detail)
 	}
 	if up.CommandID != "" {
 		last, err := st.LastReport(ctx, id, ota.AttemptKey{CommandID: up.CommandID, Type: up.Type, Version: up.Version})
@@ -286,6 +292,7 @@ func (e *appEnv) cancelAction(cCtx *cli.Context) error {
 	st, err := awaitEnd(ctx, newOutageWatch(e.errOut, c, wid), func(ctx context.Context) (ota.UpgradeStatus, error) {
 		return ota.UpgradeResult(ctx, c.GetWorkflow(ctx, wid, runID))
 	})
+	st = plainStatus(st)
 	if ctx.Err() != nil {
 		return cli.Exit("stopped waiting; the cancel request stands", exitInterrupted)
 	}

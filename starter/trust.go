@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 
@@ -11,7 +9,6 @@ import (
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/store"
 )
 
 // Flags of a package's integrity, trust and fit, and of the soak: `upgrade` and the rollout
@@ -165,39 +162,4 @@ func readCompat(cCtx *cli.Context) (*ota.Compatibility, error) {
 		return nil, usageErrorf(cCtx, "%v", err)
 	}
 	return c, nil
-}
-
-// checkFits refuses, before anything starts, the upgrade of a device the package does not
-// fit, reading the device from PostgreSQL (exit 2, saying why). A device that already runs
-// the target version passes: its upgrade ends skipped. Without a database the check is left
-// to the worker, which makes it before it sends a command, and starter says so.
-func (e *appEnv) checkFits(cCtx *cli.Context, req ota.UpgradeRequest) error {
-	if req.Compat == nil {
-		return nil
-	}
-	if cCtx.String(flagDatabaseURL) == "" {
-		fmt.Fprintf(e.errOut, "starter: warning: the device's fit is not checked here without --%s (DATABASE_URL); "+
-			"the worker checks it before it sends a command\n", flagDatabaseURL)
-		return nil
-	}
-	st, err := e.openStore(cCtx)
-	if err != nil {
-		return err
-	}
-	dev, err := st.GetDevice(cCtx.Context, req.DeviceID)
-	if errors.Is(err, store.ErrNotFound) {
-		return cli.Exit(fmt.Sprintf("unknown device %s: register it first (starter devices add --device %s); nothing was started",
-			req.DeviceID, req.DeviceID), exitUsage)
-	}
-	if err != nil {
-		return err
-	}
-	reported := dev.Reported[req.WithDefaults().VersionKey]
-	if reported == req.Version {
-		return nil
-	}
-	if fits, why := req.Compat.Fits(dev.Labels, reported); !fits {
-		return cli.Exit(fmt.Sprintf("device %s does not fit the package: %s; nothing was started", dev.ID, why), exitUsage)
-	}
-	return nil
 }

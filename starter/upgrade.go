@@ -14,8 +14,10 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/store"
 )
 
 // pollInterval is how often `upgrade --wait` asks the workflow for its state.
@@ -30,10 +32,11 @@ func upgradeCommand(e *appEnv) *cli.Command {
 			"follows its progress and succeeds when the device reports the new version.\n" +
 			"Get --md5 and --size with `starter package inspect --url U`, or --sidecar FILE and a signature\n" +
 			"from `starter package sign`: the worker then checks the signature and the download's sha256\n" +
-			"before the first command. With --compatible-label/--compatible-versions and DATABASE_URL, a\n" +
-			"device the package does not fit is refused here (exit 2); the worker refuses it too.\n" +
+			"before the first command. The device must be registered and enabled, and, with\n" +
+			"--compatible-label/--compatible-versions, fit the package (checked in DATABASE_URL before\n" +
+			"anything starts, exit 2 otherwise; the worker refuses a device that does not fit too).\n" +
 			"Exit codes: 0 started (with --wait: succeeded or skipped), 1 failed/timed out/canceled,\n" +
-			"2 bad input, 3 the device already has an upgrade running.",
+			"2 bad input (an unknown or disabled device too), 3 the device already has an upgrade running.",
 		Flags: slices.Concat(
 			[]cli.Flag{&cli.StringFlag{Name: "device", Usage: "device `ID` (required)"}},
 			packageFlags(),
@@ -53,7 +56,7 @@ func (e *appEnv) upgradeAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := e.checkFits(cCtx, req); err != nil {
+	if err := e.checkDevice(cCtx, req); err != nil {
 		return err
 	}
 	c, err := e.temporalClient(cCtx)
@@ -63,6 +66,44 @@ func (e *appEnv) upgradeAction(cCtx *cli.Context) error {
 	return e.startUpgrade(cCtx.Context, c, req, upgradeOutput{
 		wait: cCtx.Bool("wait"), json: cCtx.Bool("json"), link: webUILink(cCtx, ota.DeviceWorkflowID(req.DeviceID)),
 	})
+}
+
+// checkDevice refuses, as bad input (exit code 2) and before anything is started, an upgrade
+// of a device the registry does not know or holds disabled, or that the package does not fit:
+// its workflow would only fail and leave a failed record. (A device removed, disabled or
+// changed in the moment between this check and the start still fails in the workflow, which
+// does not send it a command.)
+func (e *appEnv) checkDevice(cCtx *cli.Context, req ota.UpgradeRequest) error {
+	id := req.DeviceID
+	if cCtx.String(flagDatabaseURL) == "" {
+		return usageErrorf(cCtx, "the upgrade checks the device registry first: set --%s (before the command) or DATABASE_URL", flagDatabaseURL)
+	}
+	st, err := e.openStore(cCtx)
+	if err != nil {
+		return err
+	}
+	dev, err := st.GetDevice(cCtx.Context, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return cli.Exit(fmt.Sprintf("unknown device %s: nothing was started; register it first (starter devices add --device %s), "+
+			"or see the registered ones with `starter devices list`", id, id), exitUsage)
+	case err != nil:
+		return fmt.Errorf("check device %s: %w", id, err)
+	case dev.Disabled:
+		return cli.Exit(fmt.Sprintf("device %s is disabled: nothing was started; it cannot connect or receive commands "+
+			"until `starter devices enable --device %s`", id, id), exitUsage)
+	}
+	if req.Compat == nil {
+		return nil
+	}
+	reported := dev.Reported[req.WithDefaults().VersionKey]
+	if reported == req.Version {
+		return nil // already on the target: the upgrade ends skipped
+	}
+	if fits, why := req.Compat.Fits(dev.Labels, reported); !fits {
+		return cli.Exit(fmt.Sprintf("device %s does not fit the package: %s; nothing was started", dev.ID, why), exitUsage)
+	}
+	return nil
 }
 
 // packageRequired are the flags of packageFlags that must be given (--sidecar gives all but
@@ -275,6 +316,7 @@ func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req ota.Upgr
 		progress = e.errOut
 	}
 	st, err := followUpgrade(ctx, c, run, progress, e.errOut, pollInterval)
+	st = plainStatus(st)
 	if ctx.Err() != nil {
 		return cli.Exit(fmt.Sprintf("stopped waiting: the upgrade of %s goes on (workflow %s, run %s); "+
 			"follow it with `starter status --device %s`, stop it with `starter cancel --device %s`",
@@ -290,7 +332,7 @@ func (e *appEnv) startUpgrade(ctx context.Context, c client.Client, req ota.Upgr
 	}
 	rep.Result = &st
 	if err != nil {
-		rep.Error = err.Error()
+		rep.Error = errtext.Plain(err)
 	}
 	if o.json {
 		if werr := writeJSON(e.out, rep); werr != nil {
@@ -358,7 +400,14 @@ func queryState(ctx context.Context, c client.Client, workflowID, runID string) 
 	if err := v.Get(&st); err != nil {
 		return st, fmt.Errorf("decode state of workflow %s: %w", workflowID, err)
 	}
-	return st, nil
+	return plainStatus(st), nil
+}
+
+// plainStatus is st with its desc in plain words: an upgrade recorded by an earlier version
+// may hold the SDK's wrapping of an activity's error there.
+func plainStatus(st ota.UpgradeStatus) ota.UpgradeStatus {
+	st.Desc = errtext.PlainText(st.Desc)
+	return st
 }
 
 // progressLine is one line of live progress, e.g. "dev-1  downloading  42%  attempt 1/3".

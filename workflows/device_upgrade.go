@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -129,7 +130,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 		},
 		record: ota.UpgradeRecord{
 			RunID: info.WorkflowExecution.RunID, WorkflowID: info.WorkflowExecution.ID, DeviceID: req.DeviceID,
-			Rollout: req.Rollout, Type: req.Type, Version: req.Version, URL: req.URL, MD5: req.MD5, Size: req.Size,
+			Rollout: req.Rollout, RolloutRun: req.RolloutRun, Type: req.Type, Version: req.Version, URL: req.URL, MD5: req.MD5, Size: req.Size,
 		},
 	}
 	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(ota.SearchState); ok {
@@ -277,7 +278,8 @@ func (u *upgrade) send(ctx workflow.Context) {
 			u.interrupted = cmd.ID
 			return // canceled while sending; the main loop ends the upgrade
 		}
-		u.endAttempt(ctx, 0, "could not send the command: "+err.Error(), false)
+		// In plain words: the desc is what operators read (a string, replay-safe unguarded).
+		u.endAttempt(ctx, 0, "could not send the command: "+errtext.Plain(err), false)
 	case res.Skipped:
 		u.st.Reported = res.Reported
 		u.record.State = ota.StateSkipped

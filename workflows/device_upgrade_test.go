@@ -887,3 +887,61 @@ func TestDeviceUpgradeRefusedBeforeSend(t *testing.T) {
 		})
 	}
 }
+
+// TestDeviceUpgradeSendFailureIsPlain: an attempt whose command could not be sent (the
+// broker unreachable for longer than the send's retries) records why in the activity's words,
+// without the SDK's wrapping; the next attempt goes on.
+func TestDeviceUpgradeSendFailureIsPlain(t *testing.T) {
+	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+	var a *activities.Activities
+	real := &activities.Activities{Publisher: h.dev, Store: h.dev}
+	calls := 0
+	h.env.OnActivity(a.SendCommand, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in ota.SendCommandInput) (ota.SendCommandResult, error) {
+			if in.Upgrade.Attempt == 1 {
+				calls++
+				return ota.SendCommandResult{}, errors.New("publish command to dev-1: broker unreachable")
+			}
+			return real.SendCommand(ctx, in)
+		})
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(ota.SignalStatus, ota.StatusSignal{Status: protocol.Status{"firmware_ver": "1.1"}})
+	}, 10*time.Minute)
+	st, err := h.run(t, testRequest())
+	if st.State != ota.StateSucceeded || err != nil || calls < 2 {
+		t.Fatalf("upgrade ended %s (%v) after %d failed sends; want the second attempt to succeed", st.State, err, calls)
+	}
+	const want = "could not send the command: publish command to dev-1: broker unreachable"
+	found := false
+	for _, r := range h.dev.records {
+		if r.State == ota.StatePending && r.Attempt == 1 {
+			found = true
+			if r.ErrorDesc != want {
+				t.Errorf("the failed attempt's desc = %q\nwant                        %q", r.ErrorDesc, want)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no record of the failed attempt: %+v", h.dev.records)
+	}
+}
+
+// TestDeviceUpgradeRecordsItsRolloutRun: an upgrade a rollout started records the rollout's
+// first run with every state, so that the rollout's records are its own.
+func TestDeviceUpgradeRecordsItsRolloutRun(t *testing.T) {
+	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+	h.schedule([]step{{at: 10 * time.Second, status: "1.1"}})
+	req := testRequest()
+	req.Rollout, req.RolloutRun = "fw", "first-run"
+	if st, err := h.run(t, req); err != nil || st.State != ota.StateSucceeded {
+		t.Fatalf("upgrade ended %s (%v)", st.State, err)
+	}
+	if len(h.dev.records) == 0 {
+		t.Fatal("nothing recorded")
+	}
+	for _, r := range h.dev.records {
+		if r.Rollout != "fw" || r.RolloutRun != "first-run" {
+			t.Errorf("record %s: rollout %q run %q, want fw, first-run", r.State, r.Rollout, r.RolloutRun)
+		}
+	}
+}

@@ -33,6 +33,10 @@ import (
 //     before the changes of issue 11 (targets chosen by compatibility and quarantine,
 //     continuous rollouts): the scenarios of v1, and a wave below its success threshold
 //     that aborts.
+//   - testdata/v2/: rollouts and an upgrade recorded (TestRecordHistories/ends) before the
+//     changes of issue 10 (plain reasons, records scoped to the rollout's run): a rollout
+//     that completes, one continued as new twice, one whose pre-flight fails, one that
+//     matches no device, and the upgrade of an unknown device.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -43,8 +47,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 46 {
-		t.Fatalf("found %d recorded histories, want the 46 recorded so far", len(files))
+	if len(files) < 53 {
+		t.Fatalf("found %d recorded histories, want the 53 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 )
 
@@ -93,6 +95,13 @@ const (
 	versionFleet    = 3
 )
 
+// runRecordsChange: the device upgrades a rollout starts record its first run ID
+// (UpgradeRequest.RolloutRun, RolloutProgress.FirstRunID), so that the records of two
+// rollouts of one name are told apart. A change ID of its own, asked by the first run at its
+// first device start, so that a rollout that starts none records no marker; the runs it
+// continues as carry the answer (FirstRunID) and ask nothing.
+const runRecordsChange = "upgrades-record-rollout-run"
+
 // burstWindow is how much unused start rate may be saved up (ota.RateBurst).
 const burstWindow = ota.RateBurst
 
@@ -104,11 +113,15 @@ type rollout struct {
 	// running holds the device upgrades this run started or follows, by device, until they
 	// end; withRunID counts those whose run ID is known (all handed-over ones, and started
 	// children once Temporal has started them).
-	running        map[string]*child
-	withRunID      int
-	handover       bool // hand running upgrades over at continue-as-new (versionHandover)
-	control        bool // the rules of versionControl apply
-	fleet          bool // the rules of versionFleet apply
+	running   map[string]*child
+	withRunID int
+	handover  bool // hand running upgrades over at continue-as-new (versionHandover)
+	control   bool // the rules of versionControl apply
+	fleet     bool // the rules of versionFleet apply
+	// recordsAsked is set once it is settled which run ID the device upgrades record
+	// (recordsRun): at once in a continued run (the carry says), at the first start in the
+	// first.
+	recordsAsked   bool
 	startedThisRun int
 	draining       bool
 	version        int // bumped on every change the main loop waits for
@@ -151,6 +164,7 @@ func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProg
 	r.handover, r.control, r.fleet = v >= versionHandover, v >= versionControl, v >= versionFleet
 	if in.Carry != nil {
 		r.c = *in.Carry
+		r.recordsAsked = true
 		r.c.Progress.Runs++
 		r.phase = ota.RolloutRunning
 		if r.c.Paused && r.c.PauseReason == "" { // carried by a run before versionControl
@@ -181,8 +195,11 @@ func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProg
 				r.onWorkflowCanceled()
 				return r.end(ctx)
 			}
-			r.finish(ctx, ota.RolloutFailed, err.Error())
-			return *r.p, temporal.NewNonRetryableApplicationError(err.Error(), ota.ErrTypeUpgradeFailed, err, *r.p)
+			// The reason in the operator's words: what the activity said, without the SDK's
+			// wrapping (a string in the result and the failure, so replay-safe unguarded).
+			reason := errtext.Plain(err)
+			r.finish(ctx, ota.RolloutFailed, reason)
+			return *r.p, temporal.NewNonRetryableApplicationError(reason, ota.ErrTypeUpgradeFailed, err, *r.p)
 		}
 	}
 	return r.run(ctx)
@@ -653,6 +670,7 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	}
 	req := r.req.Upgrade
 	req.DeviceID = id
+	req.RolloutRun = r.recordsRun(ctx)
 	opts := ChildOptions(req)
 	opts.ParentClosePolicy = enumspb.PARENT_CLOSE_POLICY_ABANDON
 	opts.WaitForCancellation = true
@@ -679,6 +697,22 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 		r.ended(gctx, id, childState(err, st))
 	})
 	return true
+}
+
+// recordsRun is the run ID the rollout's device upgrades record as their rollout's: its first
+// run's from runRecordsChange on, "" for a rollout started before (its records are told apart
+// by name only). The first run settles it at its first device start.
+func (r *rollout) recordsRun(ctx workflow.Context) string {
+	if !r.recordsAsked {
+		r.recordsAsked = true
+		if workflow.GetVersion(ctx, runRecordsChange, workflow.DefaultVersion, 1) >= 1 {
+			info := workflow.GetInfo(ctx)
+			// FirstRunID is this run's own ID in a first run (kept through a reset); the SDK's
+			// test environment leaves it empty.
+			r.p.FirstRunID = cmp.Or(info.FirstRunID, info.WorkflowExecution.RunID)
+		}
+	}
+	return r.p.FirstRunID
 }
 
 // cancelRunning cancels every running device upgrade (again, harmlessly, for those already
@@ -997,8 +1031,21 @@ func (r *rollout) end(ctx workflow.Context) (ota.RolloutProgress, error) {
 		r.finish(dctx, ota.RolloutAborted, r.p.Reason)
 		return *r.p, temporal.NewNonRetryableApplicationError("rollout aborted: "+r.p.Reason, "RolloutAborted", nil, *r.p)
 	}
-	r.finish(dctx, ota.RolloutCompleted, r.c.CloseReason)
+	r.finish(dctx, ota.RolloutCompleted, cmp.Or(r.c.CloseReason, r.completedReason()))
 	return *r.p, nil
+}
+
+// completedReason says why a completed rollout upgraded nothing, when it matched no device
+// (a string in the result: replay-safe).
+func (r *rollout) completedReason() string {
+	if r.p.Total > 0 || len(r.p.Waves) == 0 {
+		return ""
+	}
+	if r.req.Targets.IncludeUpToDate {
+		return "matched no device: no registered, enabled device matches the targets"
+	}
+	return fmt.Sprintf("matched no device: no registered, enabled device matches the targets and does not already report %s=%s",
+		r.req.Upgrade.VersionKey, r.req.Upgrade.Version)
 }
 
 // finish ends the rollout in a final state; from versionControl on it removes the snapshot

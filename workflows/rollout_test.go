@@ -37,11 +37,13 @@ type fleetHarness struct {
 	followed []string
 	// requests are the requests the device upgrades got.
 	requests []ota.UpgradeRequest
+	// rolloutRuns are the RolloutRun of each device's upgrade request.
+	rolloutRuns map[string]string
 }
 
 func newFleetHarness(t *testing.T, n int) *fleetHarness {
 	h := &fleetHarness{dev: &fakeDevices{devices: map[string]store.Device{}}, started: map[string]time.Time{},
-		fail: map[string]ota.State{}, took: time.Minute}
+		fail: map[string]ota.State{}, took: time.Minute, rolloutRuns: map[string]string{}}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("dev-%03d", i)
 		h.dev.devices[id] = store.Device{ID: id, Reported: protocol.Status{"firmware_ver": "1.0"}}
@@ -61,6 +63,7 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 			}
 			h.dev.taken[req.DeviceID] = true
 			h.dev.mu.Unlock()
+			h.rolloutRuns[req.DeviceID] = req.RolloutRun
 			state, failing := h.fail[req.DeviceID]
 			took := h.took
 			h.mu.Unlock()
@@ -516,5 +519,131 @@ func TestParseWaves(t *testing.T) {
 		if (err != nil) != tt.wantErr || (!tt.wantErr && fmt.Sprint(got) != fmt.Sprint(tt.want)) {
 			t.Errorf("ParseWaves(%q) = %v, %v; want %v (error %v)", tt.in, got, err, tt.want, tt.wantErr)
 		}
+	}
+}
+
+// TestRolloutPreflightReasonIsPlain: a rollout whose pre-flight fails says why in the
+// activity's words, in its reason and its failure, without the SDK's wrapping
+// ("activity error (type: CheckPackage, scheduledEventID: ...)").
+func TestRolloutPreflightReasonIsPlain(t *testing.T) {
+	const mismatch = "package http://files.local/fw-1.1.bin is 10 bytes with md5 0123, but the rollout says 1024 bytes with md5 9e10"
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"mismatch", temporal.NewNonRetryableApplicationError(mismatch, ota.ErrTypePackageMismatch, errors.New("package mismatch")),
+			"pre-flight check failed, no device was touched: " + mismatch},
+		{"unreachable after retries", errors.New("fetch package http://files.local/fw-1.1.bin: connection refused"),
+			"pre-flight check failed, no device was touched: fetch package http://files.local/fw-1.1.bin: connection refused"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newFleetHarness(t, 3)
+			var a *activities.Activities
+			h.env.OnActivity(a.CheckPackage, mock.Anything, mock.Anything).Return(tt.err)
+			req := rolloutRequest()
+			req.SkipPreflight = false
+			p, err := h.run(t, ota.RolloutInput{Request: req})
+			var appErr *temporal.ApplicationError
+			if p.State != ota.RolloutFailed || !errors.As(err, &appErr) {
+				t.Fatalf("rollout ended %s (%v), want failed", p.State, err)
+			}
+			if p.Reason != tt.want {
+				t.Errorf("reason = %q\nwant     %q", p.Reason, tt.want)
+			}
+			if appErr.Message() != tt.want {
+				t.Errorf("failure message = %q\nwant              %q", appErr.Message(), tt.want)
+			}
+			if len(h.order) != 0 {
+				t.Errorf("devices were upgraded after a failed pre-flight: %v", h.order)
+			}
+		})
+	}
+}
+
+// TestRolloutUpgradesRecordItsFirstRun: every device upgrade a rollout starts records the
+// rollout's first run ID, in every run of it, so that its records are told from those of
+// other rollouts of the name; a run continued from one that started before that change
+// (no FirstRunID carried) goes on recording none.
+func TestRolloutUpgradesRecordItsFirstRun(t *testing.T) {
+	req := rolloutRequest()
+	req.ContinueAfter = 2
+	req.MaxInFlight = 1
+	h := newFleetHarness(t, 4)
+	p, err := h.run(t, ota.RolloutInput{Request: req})
+	var can *workflow.ContinueAsNewError
+	if !errors.As(err, &can) {
+		t.Fatalf("first run ended %s (%v), want it continued as new", p.State, err)
+	}
+	var in ota.RolloutInput
+	if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &in); err != nil {
+		t.Fatal(err)
+	}
+	first := in.Carry.Progress.FirstRunID
+	if first == "" || len(h.order) != 2 {
+		t.Fatalf("the first run started %v and carries first run ID %q; want 2 devices and an ID", h.order, first)
+	}
+	for _, d := range h.order {
+		if h.rolloutRuns[d] != first {
+			t.Errorf("first run: %s's upgrade records rollout run %q, want %q", d, h.rolloutRuns[d], first)
+		}
+	}
+
+	for _, tc := range []struct {
+		name, carried string
+	}{
+		{"continued", "the-first-run"},
+		{"continued from a rollout before the change", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFleetHarness(t, 4)
+			for _, d := range []string{"dev-001", "dev-002"} { // upgraded by the first run
+				h.dev.devices[d] = store.Device{ID: d, Reported: protocol.Status{"firmware_ver": "1.1"}}
+			}
+			next := in
+			next.Request.ContinueAfter = 10 // this run ends the rollout
+			carry := *in.Carry
+			carry.Progress.FirstRunID = tc.carried
+			next.Carry = &carry
+			p, err := h.run(t, next)
+			if err != nil || p.State != ota.RolloutCompleted || p.FirstRunID != tc.carried {
+				t.Fatalf("second run ended %s (%v) with first run ID %q, want completed with %q", p.State, err, p.FirstRunID, tc.carried)
+			}
+			if len(h.order) != 2 {
+				t.Fatalf("second run started %v, want the other 2 devices", h.order)
+			}
+			for _, d := range h.order {
+				if h.rolloutRuns[d] != tc.carried {
+					t.Errorf("%s's upgrade records rollout run %q, want %q", d, h.rolloutRuns[d], tc.carried)
+				}
+			}
+		})
+	}
+}
+
+// TestRolloutMatchingNoDevice: a rollout whose targets match no device completes, and its
+// reason says that it matched none.
+func TestRolloutMatchingNoDevice(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		upToDate bool
+		want     string
+	}{
+		{"default", false, "matched no device: no registered, enabled device matches the targets and does not already report firmware_ver=1.1"},
+		{"include up to date", true, "matched no device: no registered, enabled device matches the targets"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFleetHarness(t, 3)
+			req := rolloutRequest(ota.Wave{Count: 1}, ota.Wave{Percent: 100})
+			req.Targets = ota.Targets{Prefix: "nobody-", IncludeUpToDate: tc.upToDate}
+			p, err := h.run(t, ota.RolloutInput{Request: req})
+			if err != nil || p.State != ota.RolloutCompleted || p.Total != 0 || p.Reason != tc.want {
+				t.Fatalf("rollout ended %s (%v), %d targets, reason %q; want completed, 0, %q", p.State, err, p.Total, p.Reason, tc.want)
+			}
+			if p.FirstRunID != "" {
+				t.Errorf("a rollout that started no device settled its records' run ID %q (a marker for nothing)", p.FirstRunID)
+			}
+		})
 	}
 }

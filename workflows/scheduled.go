@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/otaflow/otaflow/internal/errtext"
 	"github.com/otaflow/otaflow/internal/ota"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
@@ -46,7 +47,8 @@ func ScheduledRolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.Sc
 			ota.ErrTypeRolloutRunning, nil)
 	}
 	if err != nil {
-		return ota.ScheduledStart{}, fmt.Errorf("start rollout %s (workflow %s): %w", req.Name, id, err)
+		// In plain words: `rollout schedule list` shows this message (a string, replay-safe).
+		return ota.ScheduledStart{}, fmt.Errorf("start rollout %s (workflow %s): %s", req.Name, id, errtext.Plain(err))
 	}
 	workflow.GetLogger(ctx).Info("Scheduled rollout started", "rollout", req.Name, "workflowID", started.ID, "runID", started.RunID)
 	return ota.ScheduledStart{Name: req.Name, WorkflowID: started.ID, RunID: started.RunID}, nil

@@ -41,6 +41,7 @@ func TestRecordHistories(t *testing.T) {
 	}
 	t.Run("upgrades", func(t *testing.T) { recordUpgrades(t, dir) })
 	t.Run("rollouts", func(t *testing.T) { recordRollouts(t, dir) })
+	t.Run("ends", func(t *testing.T) { recordEnds(t, dir) })
 }
 
 // save writes every run of a workflow, oldest first, as name.json, name-2.json, ...
@@ -332,4 +333,44 @@ func (e *env) cancelWhen(run client.WorkflowRun, s ota.State) {
 	if err := e.c.CancelWorkflow(e.ctx, run.GetID(), run.GetRunID()); err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+// recordEnds records how rollouts and upgrades end where issue 10 changes what users read of
+// them: a rollout that completes (its children's requests), one continued as new, one whose
+// pre-flight fails, one that matches no device, and the upgrade of an unknown device.
+//
+//	OTAFLOW_RECORD_HISTORIES=$PWD/workflows/testdata/v2 go test -run TestRecordHistories/ends ./internal/e2e/
+func recordEnds(t *testing.T, dir string) {
+	e := newEnv(t, system.Config{Devices: 4, Prefix: "rend"})
+	end := func(name string, run client.WorkflowRun) {
+		t.Helper()
+		p, err := e.finish(run)
+		t.Logf("%s: %s, %d targets, %q (%v)", name, p.State, p.Total, p.Reason, err)
+		e.save(dir, name, run.GetID())
+	}
+
+	req := e.rollout("rec-completed", "rend", ota.Wave{Count: 2}, ota.Wave{Percent: 100})
+	end("rollout-completed", e.startRollout(req))
+
+	req = e.rollout("rec-continued", "rend")
+	req.Upgrade.Version = "1.2"
+	req.ContinueAfter = 2
+	req.MaxInFlight = 1
+	end("rollout-continued", e.startRollout(req))
+
+	req = e.rollout("rec-preflight-failed", "rend")
+	req.Upgrade.Version = "1.3"
+	req.Upgrade.MD5 = "00000000000000000000000000000000"
+	end("rollout-preflight-failed", e.startRollout(req))
+
+	req = e.rollout("rec-no-targets", "nobody")
+	end("rollout-no-targets", e.startRollout(req))
+
+	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, e.request("rend-unknown"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := ota.UpgradeResult(e.ctx, run)
+	t.Logf("upgrade-unknown-device: %s %q (%v)", st.State, st.Desc, err)
+	e.save(dir, "upgrade-unknown-device", run.GetID())
 }

@@ -70,7 +70,7 @@ func (e *env) finish(run client.WorkflowRun) (ota.RolloutProgress, error) {
 // checkRecords compares a rollout's counts with the PostgreSQL records of its devices.
 func (e *env) checkRecords(name string, p ota.RolloutProgress) {
 	e.t.Helper()
-	got, err := e.store.CountByState(e.ctx, name)
+	got, err := e.store.CountByState(e.ctx, name, p.FirstRunID)
 	if err != nil {
 		e.t.Fatal(err)
 	}

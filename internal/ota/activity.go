@@ -16,6 +16,7 @@ type UpgradeRecord struct {
 	WorkflowID string     `json:"workflow_id"`
 	DeviceID   string     `json:"device_id"`
 	Rollout    string     `json:"rollout,omitempty"`
+	RolloutRun string     `json:"rollout_run,omitempty"`
 	Type       string     `json:"type"`
 	Version    string     `json:"version"`
 	URL        string     `json:"url"`

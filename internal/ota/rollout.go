@@ -377,9 +377,14 @@ type RolloutProgress struct {
 	// NextWindowAt is when the maintenance window opens, while the rollout waits for it.
 	NextWindowAt *time.Time `json:"next_window_at,omitempty"`
 	Runs         int        `json:"runs"`
-	StartedAt    time.Time  `json:"started_at"`
-	UpdatedAt    time.Time  `json:"updated_at"`
-	FinishedAt   *time.Time `json:"finished_at,omitempty"`
+	// FirstRunID is the rollout's first run ID, which every device upgrade it starts
+	// records (UpgradeRequest.RolloutRun), so that its records are told from those of
+	// earlier and later rollouts of the same name. Empty for a rollout started before issue
+	// 10 (its records can only be found by name) and until its first device upgrade starts.
+	FirstRunID string     `json:"first_run_id,omitempty"`
+	StartedAt  time.Time  `json:"started_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
 }
 
 // RolloutInput is the argument of RolloutWorkflow: the request, and, when a run continues as

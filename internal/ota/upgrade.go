@@ -85,6 +85,10 @@ type UpgradeRequest struct {
 	VersionKey string `json:"version_key,omitempty"`
 	// Rollout names the rollout this upgrade belongs to, if any.
 	Rollout string `json:"rollout,omitempty"`
+	// RolloutRun is the first run ID of the rollout that started this upgrade (set by
+	// rollouts since issue 10): it tells this rollout's upgrade records from those of other
+	// rollouts of the same name (RolloutProgress.FirstRunID).
+	RolloutRun string `json:"rollout_run,omitempty"`
 
 	// StartTimeout bounds the wait for the device's first report after a command is sent.
 	StartTimeout time.Duration `json:"start_timeout,omitempty"`

@@ -117,7 +117,7 @@ func TestProductionTopologyLosesNothing(t *testing.T) {
 		}
 	}
 	// The rollout's counts equal PostgreSQL's records.
-	records, err := s.Store.CountByState(ctx, req.Name)
+	records, err := s.Store.CountByState(ctx, req.Name, "")
 	require.NoError(t, err)
 	require.Equal(t, map[ota.State]int{ota.StateSucceeded: devices}, records)
 

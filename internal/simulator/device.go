@@ -90,7 +90,7 @@ func newDevice(f *Fleet, id string) *device {
 		id:     id,
 		faults: f.cfg.Faults.forDevice(id),
 		cmds:   make(chan *protocol.UpgradeCommand, commandQueue),
-		status: maps.Clone(f.cfg.Initial),
+		status: f.versions.status(id, f.cfg.Initial),
 	}
 }
 
@@ -485,6 +485,9 @@ func (d *device) work(ctx context.Context, cmd *protocol.UpgradeCommand) bool {
 	}
 	d.lastCode, d.lastDesc = 0, ""
 	d.mu.Unlock()
+	if !keepOld {
+		d.f.versions.installed(d.id, protocol.VersionKey(cmd.Type), cmd.Version)
+	}
 	return d.boot(ctx)
 }
 
@@ -621,7 +624,12 @@ func (d *device) download(runCtx, workCtx context.Context, cmd *protocol.Upgrade
 				}
 			}
 			if pct >= 1 && pct != lastPct && (pct == 100 || time.Since(lastAt) >= t.ReportInterval) {
-				d.report(ctx, cmd, pct, "downloading")
+				// The desc says what the report means: the last one, that the download is done.
+				desc := "downloading"
+				if pct == 100 {
+					desc = "downloaded"
+				}
+				d.report(ctx, cmd, pct, desc)
 				lastPct, lastAt = pct, time.Now()
 			}
 			if slow {

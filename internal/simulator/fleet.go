@@ -141,6 +141,11 @@ type Config struct {
 	Count     int
 	// Initial is the status every device reports until it upgrades, e.g. {"firmware_ver": "1.0"}.
 	Initial protocol.Status
+	// StateDir, when set, keeps the versions the devices install in VersionsFile there, so
+	// that a fleet started again on it reports them at boot (over Initial) rather than
+	// Initial again, as real devices keep what they installed across a restart. "" keeps
+	// them in memory only. One fleet at a time may use a state directory.
+	StateDir string
 	// Credentials maps each device ID to its secret. When it is nil, Registrar provides them.
 	Credentials map[string]string
 	Registrar   Registrar
@@ -222,7 +227,9 @@ type Fleet struct {
 	log     *slog.Logger
 	http    *http.Client
 	devices map[string]*device
-	bootedN atomic.Int64
+	// versions keeps what the devices installed (Config.StateDir).
+	versions *versionStore
+	bootedN  atomic.Int64
 	// cancelRefused is set once the broker refused a device's cancel subscription, so that
 	// the fleet warns once rather than once per device.
 	cancelRefused atomic.Bool
@@ -233,6 +240,8 @@ type Fleet struct {
 	started bool
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+	// saved is closed once the versions are written after the devices stopped.
+	saved chan struct{}
 }
 
 // New checks cfg and prepares a fleet; Start connects it.
@@ -282,6 +291,10 @@ func New(cfg Config) (*Fleet, error) {
 	if err := policy.Validate(); err != nil {
 		return nil, fmt.Errorf("simulator: %w", err)
 	}
+	versions, err := loadVersions(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	hc := cfg.HTTPClient
 	if hc == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -290,15 +303,16 @@ func New(cfg Config) (*Fleet, error) {
 		hc = &http.Client{Transport: tr}
 	}
 	f := &Fleet{
-		cfg:     cfg,
-		v1:      cfg.Protocol == ProtocolV1,
-		policy:  policy,
-		broker:  broker,
-		ids:     ids,
-		log:     cfg.Logger,
-		http:    hc,
-		devices: make(map[string]*device, len(ids)),
-		allUp:   make(chan struct{}),
+		cfg:      cfg,
+		v1:       cfg.Protocol == ProtocolV1,
+		policy:   policy,
+		broker:   broker,
+		ids:      ids,
+		log:      cfg.Logger,
+		http:     hc,
+		devices:  make(map[string]*device, len(ids)),
+		versions: versions,
+		allUp:    make(chan struct{}),
 	}
 	for _, id := range ids {
 		f.devices[id] = newDevice(f, id)
@@ -402,21 +416,35 @@ func (f *Fleet) Start(ctx context.Context) error {
 			d.run(ctx)
 		}()
 	}
+	// The versions are written behind the installs, and once more when the devices stopped.
+	devicesDone, saved := make(chan struct{}), make(chan struct{})
+	f.saved = saved
+	go func() {
+		defer close(saved)
+		f.versions.run(devicesDone, f.log.Warn)
+	}()
+	go func() {
+		<-ctx.Done()
+		f.wg.Wait()
+		close(devicesDone)
+	}()
 	f.log.Info("fleet started", "devices", len(f.ids), "broker", f.broker, "protocol", f.cfg.Protocol,
 		"trusted_keys", f.policy.Keys.Len(), "require_signatures", f.policy.RequireSignature)
 	return nil
 }
 
-// Stop disconnects every device and waits for them to end. It may be called more than once.
+// Stop disconnects every device and waits for them to end, and for the versions they
+// installed to be kept (Config.StateDir). It may be called more than once.
 func (f *Fleet) Stop() {
 	f.mu.Lock()
-	cancel := f.cancel
+	cancel, saved := f.cancel, f.saved
 	f.mu.Unlock()
 	if cancel == nil {
 		return
 	}
 	cancel()
 	f.wg.Wait()
+	<-saved
 }
 
 // WaitConnected waits until every device has connected and reported its status at least once.

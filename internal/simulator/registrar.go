@@ -235,35 +235,12 @@ func (r *StoreRegistrar) save(f secretsFile) error {
 	if r.StateDir == "" {
 		return nil
 	}
-	if err := os.MkdirAll(r.StateDir, 0o700); err != nil {
-		return fmt.Errorf("registrar: create state directory: %w", err)
-	}
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		return fmt.Errorf("registrar: encode secrets: %w", err)
 	}
-	tmp, err := os.CreateTemp(r.StateDir, SecretsFile+".*")
-	if err != nil {
-		return fmt.Errorf("registrar: write secrets: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("registrar: write secrets: %w", err)
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("registrar: write secrets: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("registrar: write secrets: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("registrar: write secrets: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), r.path()); err != nil {
-		return fmt.Errorf("registrar: write secrets: %w", err)
+	if err := writeFileAtomic(r.StateDir, SecretsFile, b, 0o600); err != nil {
+		return fmt.Errorf("registrar: %w", err)
 	}
 	return nil
 }

@@ -179,3 +179,45 @@ func TestSnapshotTargets(t *testing.T) {
 		t.Fatalf("after delete: %d devices in the list, %v", n, err)
 	}
 }
+
+// TestCountByStateOfOneRun: two rollouts of one name, one after the other, each count the
+// upgrades they started (recorded with their first run ID); a rollout started before
+// upgrades recorded it counts every upgrade of its name.
+func TestCountByStateOfOneRun(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	record := func(runID, rolloutRun string, s ota.State) {
+		t.Helper()
+		u := store.Upgrade{RunID: runID, WorkflowID: "ota-" + runID, DeviceID: runID, Rollout: "fw", RolloutRun: rolloutRun,
+			Type: "firmware", Version: "1.1", URL: "http://x/fw.bin", MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1, State: s, Attempt: 1}
+		if err := st.RecordUpgrade(ctx, u, t0, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record("u1", "first", ota.StateSucceeded)
+	record("u2", "first", ota.StateSucceeded)
+	record("u3", "first", ota.StateFailed)
+	record("u4", "second", ota.StateSkipped)
+	record("u5", "second", ota.StateSent)
+	record("u6", "", ota.StateSucceeded) // by a rollout of the name before issue 10
+	for _, tc := range []struct {
+		run  string
+		want map[ota.State]int
+	}{
+		{"first", map[ota.State]int{ota.StateSucceeded: 2, ota.StateFailed: 1}},
+		{"second", map[ota.State]int{ota.StateSkipped: 1, ota.StateSent: 1}},
+		{"", map[ota.State]int{ota.StateSucceeded: 3, ota.StateFailed: 1, ota.StateSkipped: 1, ota.StateSent: 1}},
+	} {
+		got, err := st.CountByState(ctx, "fw", tc.run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("CountByState(fw, %q) = %v, want %v", tc.run, got, tc.want)
+		}
+	}
+	if u, err := st.GetUpgrade(ctx, "u4"); err != nil || u.RolloutRun != "second" {
+		t.Errorf("GetUpgrade(u4) = %+v, %v; want rollout run second", u, err)
+	}
+}

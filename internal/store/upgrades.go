@@ -16,6 +16,7 @@ type Upgrade struct {
 	WorkflowID string     `json:"workflow_id"`
 	DeviceID   string     `json:"device_id"`
 	Rollout    string     `json:"rollout,omitempty"`
+	RolloutRun string     `json:"rollout_run,omitempty"`
 	Type       string     `json:"type"`
 	Version    string     `json:"version"`
 	URL        string     `json:"url"`
@@ -58,10 +59,10 @@ func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 		err := tx.QueryRow(ctx, `SELECT state, attempt FROM upgrades WHERE run_id = $1 FOR UPDATE`, u.RunID).Scan(&prevState, &prevAttempt)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			if _, err := tx.Exec(ctx, `INSERT INTO upgrades (run_id, workflow_id, device_id, rollout, type, version, url, md5, size,
+			if _, err := tx.Exec(ctx, `INSERT INTO upgrades (run_id, workflow_id, device_id, rollout, rollout_run, type, version, url, md5, size,
 				state, attempt, command_id, progress, error_code, error_desc, created_at, updated_at, finished_at)
-				VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$16,$17)`,
-				u.RunID, u.WorkflowID, u.DeviceID, u.Rollout, u.Type, u.Version, u.URL, u.MD5, u.Size,
+				VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$17,$18)`,
+				u.RunID, u.WorkflowID, u.DeviceID, u.Rollout, u.RolloutRun, u.Type, u.Version, u.URL, u.MD5, u.Size,
 				string(u.State), u.Attempt, u.CommandID, u.Progress, u.ErrorCode, u.ErrorDesc, at, finished); err != nil {
 				return fmt.Errorf("insert upgrade %s: %w", u.RunID, err)
 			}
@@ -86,13 +87,13 @@ func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 	})
 }
 
-const upgradeColumns = `run_id, workflow_id, device_id, rollout, type, version, url, md5, size, state, attempt,
+const upgradeColumns = `run_id, workflow_id, device_id, rollout, rollout_run, type, version, url, md5, size, state, attempt,
 	command_id, progress, error_code, error_desc, created_at, updated_at, finished_at`
 
 func scanUpgrade(row pgx.Row) (Upgrade, error) {
 	var u Upgrade
 	var state string
-	err := row.Scan(&u.RunID, &u.WorkflowID, &u.DeviceID, &u.Rollout, &u.Type, &u.Version, &u.URL, &u.MD5, &u.Size,
+	err := row.Scan(&u.RunID, &u.WorkflowID, &u.DeviceID, &u.Rollout, &u.RolloutRun, &u.Type, &u.Version, &u.URL, &u.MD5, &u.Size,
 		&state, &u.Attempt, &u.CommandID, &u.Progress, &u.ErrorCode, &u.ErrorDesc, &u.CreatedAt, &u.UpdatedAt, &u.FinishedAt)
 	u.State = ota.State(state)
 	return u, err
@@ -143,9 +144,15 @@ func (s *Store) UpgradeEvents(ctx context.Context, runID string) ([]UpgradeEvent
 	return out, nil
 }
 
-// CountByState counts a rollout's upgrade runs by state.
-func (s *Store) CountByState(ctx context.Context, rollout string) (map[ota.State]int, error) {
-	rows, err := s.pool.Query(ctx, `SELECT state, count(*) FROM upgrades WHERE rollout = $1 GROUP BY state`, rollout)
+// CountByState counts a rollout's upgrade runs by state: those recorded with the rollout's
+// first run ID run (ota.RolloutProgress.FirstRunID), or, when run is "" (a rollout started
+// before upgrades recorded it), every upgrade of a rollout of that name.
+func (s *Store) CountByState(ctx context.Context, rollout, run string) (map[ota.State]int, error) {
+	query, args := `SELECT state, count(*) FROM upgrades WHERE rollout = $1 GROUP BY state`, []any{rollout}
+	if run != "" {
+		query, args = `SELECT state, count(*) FROM upgrades WHERE rollout = $1 AND rollout_run = $2 GROUP BY state`, []any{rollout, run}
+	}
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("count upgrades of rollout %s: %w", rollout, err)
 	}

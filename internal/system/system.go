@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -58,7 +60,8 @@ type Config struct {
 	PackageSize int64
 	// Devices simulated devices named Prefix-00001... (default prefix "sim") start with status
 	// Initial (default firmware_ver=1.0), with Faults and Timing. SimStateDir keeps their
-	// secrets ("" keeps them in memory).
+	// secrets and the versions they installed, which they report again when the system
+	// starts again ("" keeps both in memory).
 	Devices     int
 	Prefix      string
 	Initial     protocol.Status
@@ -311,7 +314,7 @@ func (s *System) StopBridge() {
 func (s *System) startFleet(ctx context.Context) error {
 	var err error
 	s.Fleet, err = simulator.New(simulator.Config{
-		BrokerURL: s.MQTTURL, Prefix: s.cfg.Prefix, Count: s.cfg.Devices, Initial: s.cfg.Initial,
+		BrokerURL: s.MQTTURL, Prefix: s.cfg.Prefix, Count: s.cfg.Devices, Initial: s.cfg.Initial, StateDir: s.cfg.SimStateDir,
 		Registrar: &simulator.StoreRegistrar{Store: s.cfg.Store, StateDir: s.cfg.SimStateDir, Logger: s.log, Accounts: s.accounts()},
 		Faults:    s.cfg.Faults, Timing: s.cfg.Timing, Logger: s.log,
 		Protocol: s.cfg.Protocol, TrustedKeys: s.cfg.DevicePolicy.Keys, RequireSignatures: s.cfg.DevicePolicy.RequireSignature,
@@ -343,12 +346,36 @@ func (s *System) accounts() simulator.Accounts {
 }
 
 // WaitReported waits until every simulated device's boot status is in PostgreSQL, which is
-// when a rollout can select it.
+// when a rollout can select it. A device reports its initial status, or, when SimStateDir
+// kept what it installed before, that.
 func (s *System) WaitReported(ctx context.Context) error {
-	return WaitReported(ctx, s.cfg.Store, s.cfg.Prefix, s.cfg.Initial, s.cfg.Devices)
+	if s.Fleet == nil {
+		return WaitReported(ctx, s.cfg.Store, s.cfg.Prefix, s.cfg.Initial, s.cfg.Devices)
+	}
+	// The devices that report the same status are waited for together.
+	type group struct {
+		status protocol.Status
+		n      int
+	}
+	groups := map[string]*group{}
+	for _, id := range s.Fleet.IDs() {
+		st, _ := s.Fleet.Device(id)
+		key := fmt.Sprint(st.Status) // fmt prints maps sorted by key
+		if groups[key] == nil {
+			groups[key] = &group{status: st.Status}
+		}
+		groups[key].n++
+	}
+	for _, key := range slices.Sorted(maps.Keys(groups)) {
+		if err := WaitReported(ctx, s.cfg.Store, s.cfg.Prefix, groups[key].status, groups[key].n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// WaitReported waits until n devices named prefix-... report status in PostgreSQL.
+// WaitReported waits until n devices named prefix-... report status in PostgreSQL (at least
+// n: a device that reports more versions than status names counts too).
 func WaitReported(ctx context.Context, st *store.Store, prefix string, status protocol.Status, n int) error {
 	want := map[string]string{}
 	for k, v := range status {
