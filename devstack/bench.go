@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/localstack"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -52,7 +54,10 @@ func benchCommand() *cli.Command {
 			if cfg.Devices < 1 {
 				return cli.Exit("--devices must be at least 1", 2)
 			}
-			cfg.External = true
+			// On the dev server the worker, the bridge and the fleet run as processes of their
+			// own; on the real servers the workers and the bridges do (two each), and the fleet
+			// runs in this process.
+			cfg.External = !cfg.RealServers
 			cfg.PackageName = "bench-64k.bin"
 			cfg.PackageSize = 64 << 10
 			return runBench(cCtx.Context, cfg, cCtx.Int("max-in-flight"), cCtx.Int("continue-after"))
@@ -69,24 +74,38 @@ type benchResult struct {
 func (r benchResult) perMinute() float64 { return float64(r.devices) / r.elapsed.Minutes() }
 
 func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) error {
+	if cfg.RealServers {
+		// Every run starts from the initial versions, as devicesim --keep-versions=false does.
+		if err := os.Remove(filepath.Join(cfg.DataDir, "real", "devicesim", simulator.VersionsFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
 	s, err := Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	procs, err := s.startProcesses(ctx, cfg.Devices)
-	if err != nil {
-		return err
+	var workerPID, bridgePID, fleetPID int
+	if r := s.real; r != nil {
+		workerPID, bridgePID, fleetPID = r.Workers[0].PID(), r.Bridges[0].PID(), os.Getpid()
+		s.say("%d simulated devices connected and reported (in this process); %d workers and %d bridges run apart.",
+			cfg.Devices, len(r.Workers), len(r.Bridges))
+	} else {
+		procs, err := s.startProcesses(ctx, cfg.Devices)
+		if err != nil {
+			return err
+		}
+		defer procs.stop()
+		s.say("Connecting %d simulated devices (devicesim, pid %d) ...", cfg.Devices, procs.fleet.Process.Pid)
+		wctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+		defer cancel()
+		if err := system.WaitReported(wctx, s.Store, "sim", protocol.Status{"firmware_ver": "1.0"}, cfg.Devices); err != nil {
+			return err
+		}
+		workerPID, bridgePID, fleetPID = procs.worker.Process.Pid, procs.bridge.Process.Pid, procs.fleet.Process.Pid
+		s.say("%d simulated devices connected and reported; the worker (pid %d) and the bridge (pid %d) run apart.",
+			cfg.Devices, workerPID, bridgePID)
 	}
-	defer procs.stop()
-	s.say("Connecting %d simulated devices (devicesim, pid %d) ...", cfg.Devices, procs.fleet.Process.Pid)
-	wctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
-	defer cancel()
-	if err := system.WaitReported(wctx, s.Store, "sim", protocol.Status{"firmware_ver": "1.0"}, cfg.Devices); err != nil {
-		return err
-	}
-	s.say("%d simulated devices connected and reported; the worker (pid %d) and the bridge (pid %d) run apart.",
-		cfg.Devices, procs.worker.Process.Pid, procs.bridge.Process.Pid)
 
 	ids := make([]string, cfg.Devices)
 	for i := range ids {
@@ -135,9 +154,14 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 	if err != nil {
 		return err
 	}
-	wMem, bMem, fMem := peakRSS(procs.worker.Process.Pid), peakRSS(procs.bridge.Process.Pid), peakRSS(procs.fleet.Process.Pid)
+	wMem, bMem, fMem := peakRSS(workerPID), peakRSS(bridgePID), peakRSS(fleetPID)
 
-	s.say("\nOTAflow benchmark: %d simulated devices, max %d in flight, one 2-core machine, dev server on its WAL SQLite file", cfg.Devices, inFlight)
+	servers := "the dev server on its WAL SQLite file, the embedded broker"
+	if s.real != nil {
+		servers = fmt.Sprintf("the Temporal server %s on PostgreSQL (4 history shards), Mosquitto, %d workers and %d bridges",
+			localstack.TemporalServerVersion, len(s.real.Workers), len(s.real.Bridges))
+	}
+	s.say("\nOTAflow benchmark: %d simulated devices, max %d in flight, one 2-core machine, %s", cfg.Devices, inFlight, servers)
 	s.say("  rollout %s: %s, %d succeeded, %d failed, %d timed out, %d lost", name, p.State, p.Counts.Succeeded, p.Counts.Failed, p.Counts.TimedOut, lost)
 	s.say("  device upgrades per minute        %8.0f   (%s for %d devices)", rollout.perMinute(), rollout.elapsed.Round(time.Second), rollout.devices)
 	s.say("  floor 1: raw MQTT round trips/min %8.0f", floor1.perMinute())
@@ -154,7 +178,7 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 // of the simulated fleet itself.
 func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, inFlight int) (benchResult, error) {
 	reported := make(chan string, len(ids))
-	opts, err := mqttconn.Options(s.WorkerMQTTURL, "bench-observer")
+	opts, err := mqttconn.Options(s.BridgeMQTTURL, "bench-observer")
 	if err != nil {
 		return benchResult{}, err
 	}
@@ -254,6 +278,10 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 		s.say("  (floor 1 sent %d commands again after %s without an answer; %d devices never answered)", resent, rawRetry, lost)
 	}
 	for _, id := range lostIDs[:min(len(lostIDs), 5)] {
+		if s.System.Broker == nil {
+			s.say("  (never answered: %s)", id)
+			continue
+		}
 		info, ok := s.System.Broker.Client(id)
 		s.say("  (never answered: %s; broker session: found %v, %+v)", id, ok, info)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/localstack"
 	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/sdk/client"
 )
@@ -25,7 +26,7 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 	}
 	if left == 0 {
 		s.say("\nNo simulated device runs firmware 1.0 any more (the devices keep what they installed, in %s):",
-			filepath.Join(s.cfg.DataDir, "devicesim"))
+			s.simStateDir())
 		s.say("no demo rollout this time. Roll something else out with the starter (below), or delete %s to start afresh.", s.cfg.DataDir)
 		return nil
 	}
@@ -46,7 +47,9 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 		return err
 	}
 	s.say("\nStarted rollout %s: firmware 1.1, signed by %s, to the %d simulated devices on 1.0 in waves of 10%%, 50%%, 100%%.", name, s.Signed.KeyID, left)
-	s.say("  Watch it in the Web UI: %s/namespaces/default/workflows/%s", s.UIURL, run.GetID())
+	if s.UIURL != "" {
+		s.say("  Watch it in the Web UI: %s/namespaces/default/workflows/%s", s.UIURL, run.GetID())
+	}
 	p, err := s.watchRollout(ctx, run)
 	if err != nil {
 		return err
@@ -114,13 +117,17 @@ func progressLine(p ota.RolloutProgress) string {
 
 // printNext prints the starter commands to try against this stack.
 func (s *Stack) printNext() {
-	env := fmt.Sprintf("export TEMPORAL_ADDRESS=%s DATABASE_URL='%s'", s.temporal.Address(), s.DatabaseURL)
+	env := fmt.Sprintf("export TEMPORAL_ADDRESS=%s DATABASE_URL='%s'", s.TemporalAddress, s.DatabaseURL)
 	if shown := credential.RedactURL(s.DatabaseURL); shown != s.DatabaseURL {
 		// A DATABASE_URL of the caller's, with a password that is not printed: it is set already.
-		env = fmt.Sprintf("export TEMPORAL_ADDRESS=%s   # and your DATABASE_URL (%s)", s.temporal.Address(), shown)
+		env = fmt.Sprintf("export TEMPORAL_ADDRESS=%s   # and your DATABASE_URL (%s)", s.TemporalAddress, shown)
 	}
 	s.say("\nTry next, in another terminal:")
 	s.say("  %s", env)
+	if s.real != nil {
+		s.say("  export MQTT_ADMIN_URL=tcp://%s:$(cat %s)@%s   # devices add|import|rotate-secret|disable create and change broker accounts",
+			localstack.DefaultMosquittoAdmin, filepath.Join(s.cfg.DataDir, "real", "mqtt-admin.secret"), s.real.Broker.Addr())
+	}
 	s.say("  go build -o bin/ ./starter   # once (go run would turn the starter's exit codes 2 and 3 into 1)")
 	s.say("  bin/starter devices list")
 	s.say("  bin/starter status --device sim-00001")
@@ -128,5 +135,7 @@ func (s *Stack) printNext() {
 	s.say("  bin/starter package inspect --url %s", s.Package.URL)
 	s.say("  bin/starter upgrade --device sim-00002 --url %s --sidecar %s --trusted-keys %s --soak 30s --wait",
 		s.Package.URL, s.AppSidecar, s.Publisher.trustedDir)
-	s.say("Web UI: %s (filter with OtaState, OtaDevice, OtaRollout, OtaTargetVersion)", s.UIURL)
+	if s.UIURL != "" {
+		s.say("Web UI: %s (filter with OtaState, OtaDevice, OtaRollout, OtaTargetVersion)", s.UIURL)
+	}
 }

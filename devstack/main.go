@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/localstack"
 	"github.com/urfave/cli/v2"
 
 	"github.com/otaflow/otaflow/internal/pkgsig"
@@ -54,6 +55,9 @@ func stackFlags(devices int) []cli.Flag {
 		&cli.IntFlag{Name: "postgres-port", Value: 5433, Usage: "local PostgreSQL port (when DATABASE_URL is not set)"},
 		&cli.IntFlag{Name: "http-port", Value: 8070, Usage: "package file server port"},
 		&cli.StringFlag{Name: "database-url", EnvVars: []string{"DATABASE_URL"}, Usage: "use this PostgreSQL instead of a local cluster"},
+		&cli.BoolFlag{Name: "real-servers", Usage: "run the production topology instead: the Temporal server (not the dev server) on " +
+			"PostgreSQL, Mosquitto with its dynamic-security plugin, two workers and two bridges as processes of their own, " +
+			"from deploy/'s configuration (state in DATA-DIR/real)"},
 	}
 }
 
@@ -69,7 +73,7 @@ func configFrom(cCtx *cli.Context) (Config, error) {
 		DataDir: dir, Devices: cCtx.Int("devices"),
 		TemporalPort: cCtx.Int("temporal-port"), UIPort: cCtx.Int("temporal-ui-port"), MQTTPort: cCtx.Int("mqtt-port"),
 		PostgresPort: cCtx.Int("postgres-port"), HTTPPort: cCtx.Int("http-port"), DatabaseURL: cCtx.String("database-url"),
-		Out: cCtx.App.Writer,
+		RealServers: cCtx.Bool("real-servers"), Out: cCtx.App.Writer,
 	}, nil
 }
 
@@ -108,8 +112,21 @@ func runDemo(ctx context.Context, cfg Config, demo bool) error {
 		fmt.Fprintln(cfg.Out, "Stopped.")
 	}()
 	s.say("\nOTAflow is up in %s:", time.Since(start).Round(100*time.Millisecond))
-	s.say("  Temporal        %s (Web UI %s)", s.temporal.Address(), s.UIURL)
-	s.say("  MQTT broker     %s (devices authenticate with their own secrets)", s.MQTTURL)
+	if r := s.real; r != nil {
+		s.say("  Temporal        %s: the Temporal server %s on PostgreSQL (no Web UI here: docker-compose.yml runs temporalio/ui)",
+			s.TemporalAddress, localstack.TemporalServerVersion)
+		s.say("  MQTT broker     %s: Mosquitto with its dynamic-security plugin (administrator URL in %s)",
+			s.MQTTURL, filepath.Join(cfg.DataDir, "real", "mqtt-admin.secret"))
+		for i, w := range r.Workers {
+			s.say("  Worker %d        pid %d", i+1, w.PID())
+		}
+		for i, b := range r.Bridges {
+			s.say("  Bridge %d        pid %d (shared subscription)", i+1, b.PID())
+		}
+	} else {
+		s.say("  Temporal        %s (Web UI %s)", s.TemporalAddress, s.UIURL)
+		s.say("  MQTT broker     %s (devices authenticate with their own secrets)", s.MQTTURL)
+	}
 	s.say("  PostgreSQL      %s", credential.RedactURL(s.DatabaseURL))
 	s.say("  Demo package    %s (md5 %s, %d bytes)", s.Package.URL, s.Package.MD5, s.Package.Size)
 	s.say("                  signed by %s (%s); sidecar %s", demoKeyID, s.Publisher.keyFile, s.Sidecar)

@@ -14,15 +14,23 @@ import (
 )
 
 // TestStackRunsDemoRollout starts the whole local stack on free ports, as `go run ./devstack`
-// does, runs the demo rollout on three simulated devices, then starts the stack again on the
-// same data directory: it finds the first run's rollout, and the simulated devices report the
-// version they installed (not their initial one, beside an upgrade that succeeded), so the
-// demo has nothing left to roll out.
+// does, and as `go run ./devstack --real-servers` does (the production topology: the Temporal
+// server on PostgreSQL, Mosquitto, two workers and two bridges as processes), runs the demo
+// rollout on three simulated devices, then starts the stack again on the same data directory:
+// it finds the first run's rollout, and the simulated devices report the version they
+// installed (not their initial one, beside an upgrade that succeeded), so the demo has nothing
+// left to roll out.
 func TestStackRunsDemoRollout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts every server; skipped in -short mode")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	for _, real := range []bool{false, true} {
+		t.Run(map[bool]string{false: "dev server", true: "real servers"}[real], func(t *testing.T) { testStackRunsDemoRollout(t, real) })
+	}
+}
+
+func testStackRunsDemoRollout(t *testing.T, real bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	ports := make([]int, 6)
 	for i := range ports {
@@ -34,7 +42,7 @@ func TestStackRunsDemoRollout(t *testing.T) {
 	}
 	var out bytes.Buffer
 	cfg := Config{DataDir: t.TempDir(), Devices: 3, TemporalPort: ports[0], UIPort: ports[1], MQTTPort: ports[2],
-		PostgresPort: ports[3], HTTPPort: ports[4], Out: &out}
+		PostgresPort: ports[3], HTTPPort: ports[4], RealServers: real, Out: &out}
 	s, err := Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/otaflow/otaflow/internal/localstack"
 	"github.com/otaflow/otaflow/internal/pkgsig"
+	"github.com/otaflow/otaflow/internal/prodstack"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
@@ -47,6 +48,9 @@ type Config struct {
 	// packages.
 	TrustedKeys       string
 	RequireSignatures bool
+	// RealServers runs the production topology instead (internal/prodstack): the Temporal
+	// server on PostgreSQL, Mosquitto, two workers and two bridges as processes of their own.
+	RealServers bool
 }
 
 // Stack is the running local system: the servers and the system around them.
@@ -55,11 +59,15 @@ type Stack struct {
 	log      *slog.Logger
 	pg       *localstack.Postgres
 	temporal *localstack.Temporal
-	Store    *store.Store
-	Client   client.Client
+	// real is the production topology, with RealServers.
+	real   *prodstack.Stack
+	Store  *store.Store
+	Client client.Client
 	*system.System
 	UIURL       string
 	DatabaseURL string
+	// TemporalAddress is the Temporal frontend, host:port.
+	TemporalAddress string
 	// Publisher signs the demo package; Signed is its signature as firmware 1.1 and Sidecar
 	// the file that holds it, next to the package; AppSigned and AppSidecar as app 3.3.
 	Publisher           *publisher
@@ -107,6 +115,12 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	packages := pkgsig.Policy{Keys: s.Publisher.trusted, RequireSignature: cfg.RequireSignatures}
+	if cfg.RealServers {
+		if err := s.startReal(ctx, logFile, packages); err != nil {
+			return nil, err
+		}
+		return s, s.signDemo()
+	}
 
 	cli, err := localstack.EnsureTemporalCLI(ctx, func(format string, args ...any) { s.say(format, args...) })
 	if err != nil {
@@ -141,6 +155,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.closers = append(s.closers, func() { _ = s.temporal.Stop() })
 	s.Client = s.temporal.Client()
 	s.UIURL = s.temporal.UIURL()
+	s.TemporalAddress = s.temporal.Address()
 
 	switch {
 	case cfg.External:
@@ -167,16 +182,8 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.System.Close)
-	// The demo package, signed as firmware 1.1 for the demo rollout, and as app 3.3 for the
-	// upgrade printNext suggests.
-	for _, sig := range []struct {
-		typ, version string
-		sc           *pkgsig.Sidecar
-		path         *string
-	}{{"firmware", "1.1", &s.Signed, &s.Sidecar}, {"app", "3.3", &s.AppSigned, &s.AppSidecar}} {
-		if *sig.sc, *sig.path, err = s.Publisher.sign(s.Package, filepath.Join(cfg.DataDir, "packages"), sig.typ, sig.version); err != nil {
-			return nil, fmt.Errorf("sign the demo package: %w", err)
-		}
+	if err := s.signDemo(); err != nil {
+		return nil, err
 	}
 	if cfg.Devices > 0 && !cfg.External {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
@@ -186,6 +193,50 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 	return s, nil
+}
+
+// startReal starts the production topology (internal/prodstack) in DataDir/real, on the
+// stack's ports, with the simulated fleet in this process.
+func (s *Stack) startReal(ctx context.Context, log io.Writer, packages pkgsig.Policy) error {
+	cfg := s.cfg
+	ps, err := prodstack.Start(ctx, prodstack.Options{Dir: filepath.Join(cfg.DataDir, "real"),
+		PostgresPort: cfg.PostgresPort, TemporalPort: cfg.TemporalPort, MQTTPort: cfg.MQTTPort, HTTPPort: cfg.HTTPPort,
+		Devices: cfg.Devices, Prefix: "sim", Initial: protocol.Status{"firmware_ver": "1.0", "app_ver": "3.2"},
+		Timing: cfg.SimTiming, PackageDir: filepath.Join(cfg.DataDir, "packages"), PackageName: cfg.PackageName, PackageSize: cfg.PackageSize,
+		TrustedKeys: s.Publisher.trustedDir, RequireSignatures: cfg.RequireSignatures,
+		DevicePolicy: pkgsig.Policy{Keys: packages.Keys}, Log: log, Say: s.say})
+	if err != nil {
+		return err
+	}
+	s.real = ps
+	s.closers = append(s.closers, ps.Close)
+	s.Store, s.Client, s.System, s.DatabaseURL = ps.Store, ps.Client, ps.System, ps.DatabaseURL
+	s.TemporalAddress = ps.Temporal.Address()
+	return nil
+}
+
+// signDemo signs the demo package as firmware 1.1 for the demo rollout, and as app 3.3 for
+// the upgrade printNext suggests.
+func (s *Stack) signDemo() error {
+	for _, sig := range []struct {
+		typ, version string
+		sc           *pkgsig.Sidecar
+		path         *string
+	}{{"firmware", "1.1", &s.Signed, &s.Sidecar}, {"app", "3.3", &s.AppSigned, &s.AppSidecar}} {
+		var err error
+		if *sig.sc, *sig.path, err = s.Publisher.sign(s.Package, filepath.Join(s.cfg.DataDir, "packages"), sig.typ, sig.version); err != nil {
+			return fmt.Errorf("sign the demo package: %w", err)
+		}
+	}
+	return nil
+}
+
+// simStateDir is where the simulated devices keep their secrets and installed versions.
+func (s *Stack) simStateDir() string {
+	if s.real != nil {
+		return filepath.Join(s.cfg.DataDir, "real", "devicesim")
+	}
+	return filepath.Join(s.cfg.DataDir, "devicesim")
 }
 
 // simulated is how many devices the stack simulates in its own process: none when the

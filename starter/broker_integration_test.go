@@ -51,7 +51,7 @@ func newProductionBroker(t *testing.T) *productionBroker {
 // cli runs starter against the test's registry and broker.
 func (b *productionBroker) cli(args ...string) result {
 	b.t.Helper()
-	return runCLI(b.t, b.ctx, append([]string{"--database-url", b.db, "--mqtt-admin-url", b.m.AdminURL()}, args...)...)
+	return runCLI(b.t, b.ctx, append(servers(b.db, "--mqtt-admin-url", b.m.AdminURL()), args...)...)
 }
 
 // secret runs a devices command that prints a secret with --json, and returns it.

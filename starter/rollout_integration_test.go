@@ -1028,7 +1028,7 @@ func TestRolloutStartReportsPreflight(t *testing.T) {
 		endRollout(t, name)
 		bad := "0123456789abcdef0123456789abcdef"
 		want := "rollout ro-pre-bad ended failed: pre-flight check failed, no device was touched: package " + files.URL +
-			"/fw-1.1.bin is 1024 bytes with md5 " + good + ", but the rollout says 1024 bytes with md5 " + bad
+			"/fw-1.1.bin is 1024 bytes with md5 " + good + ", but the upgrade says 1024 bytes with md5 " + bad
 		r := cli(pkg(name, bad, "--prefix", "ro-pre-")...)
 		r.check(t, exitFailure, want)
 		if !strings.Contains(r.stdout, "Started rollout ro-pre-bad") || strings.Contains(r.stdout, "Follow it") {

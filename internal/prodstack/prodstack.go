@@ -7,6 +7,7 @@
 package prodstack
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/setup"
 	"github.com/otaflow/otaflow/internal/simulator"
@@ -49,11 +51,19 @@ type Options struct {
 	Initial protocol.Status
 	Timing  simulator.Timing
 	Faults  simulator.Faults
-	// PackageName and PackageSize name the package the file server makes and serves.
+	// PackageDir is where the file server makes and serves the package named PackageName,
+	// of PackageSize bytes (default Dir/packages).
+	PackageDir  string
 	PackageName string
 	PackageSize int64
 	// NoFsync runs PostgreSQL without fsync (tests only).
 	NoFsync bool
+	// TrustedKeys is the directory of public keys the workers trust (OTAFLOW_TRUSTED_KEYS;
+	// "" leaves signatures to the devices) and RequireSignatures makes them refuse unsigned
+	// packages; DevicePolicy is what the simulated devices verify with.
+	TrustedKeys       string
+	RequireSignatures bool
+	DevicePolicy      pkgsig.Policy
 	// Log receives every part's output; nil discards it.
 	Log io.Writer
 	// Say receives progress lines for people; nil discards them.
@@ -209,11 +219,11 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.System, err = system.Start(ctx, system.Config{
 		Client: s.Client, Store: s.Store,
 		HTTPAddr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(opts.HTTPPort)),
-		PackageDir:  filepath.Join(opts.Dir, "packages"),
+		PackageDir:  cmp.Or(opts.PackageDir, filepath.Join(opts.Dir, "packages")),
 		PackageName: opts.PackageName, PackageSize: opts.PackageSize,
 		Devices: opts.Devices, Prefix: opts.Prefix, Initial: opts.Initial, Timing: opts.Timing, Faults: opts.Faults,
 		SimStateDir: filepath.Join(opts.Dir, "devicesim"),
-		NoWorker:    true, NoBridge: true,
+		NoWorker:    true, NoBridge: true, DevicePolicy: opts.DevicePolicy,
 		Broker: &system.ExternalBroker{URL: "tcp://" + s.Broker.Addr(), WorkerURL: s.WorkerURL, BridgeURL: s.BridgeURL,
 			Accounts: s.admin},
 		Logger: s.log,
@@ -294,9 +304,10 @@ func (s *Stack) env(extra ...string) []string {
 }
 
 func (s *Stack) startWorker(ctx context.Context, i int) (*localstack.Program, error) {
+	env := s.env("MQTT_URL="+s.WorkerURL, fmt.Sprintf("MQTT_CLIENT_ID=otaflow-worker-%d", i+1),
+		pkgsig.EnvTrustedKeys+"="+s.opts.TrustedKeys, pkgsig.EnvRequireSignatures+"="+strconv.FormatBool(s.opts.RequireSignatures))
 	return localstack.StartProgram(ctx, localstack.ProgramOptions{Name: fmt.Sprintf("worker-%d", i+1),
-		Path: s.programs["worker"], Log: s.opts.Log, Ready: "OTAflow worker starting",
-		Env: s.env("MQTT_URL="+s.WorkerURL, fmt.Sprintf("MQTT_CLIENT_ID=otaflow-worker-%d", i+1))})
+		Path: s.programs["worker"], Log: s.opts.Log, Ready: "OTAflow worker starting", Env: env})
 }
 
 func (s *Stack) startBridge(ctx context.Context, i int) (*localstack.Program, error) {
