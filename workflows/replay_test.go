@@ -25,6 +25,8 @@ import (
 //     progressAfterDownloadChange, silenceChange): retries, timeouts, cancels, a status
 //     without the version key, progress going back, pauses, approvals, hand-overs, a
 //     threshold pause and a Temporal cancel.
+//   - testdata/issue12/: the same situations, and a threshold abort, recorded before the
+//     changes of issue 12 (metrics, and the rollout's notification events behind notifyChange).
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -35,8 +37,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 19 {
-		t.Fatalf("found %d recorded histories, want the 19 recorded so far", len(files))
+	if len(files) < 38 {
+		t.Fatalf("found %d recorded histories, want the 38 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {

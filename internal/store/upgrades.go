@@ -47,6 +47,12 @@ type UpgradeEvent struct {
 // workflow is the only writer of its record: state, attempt and progress are what the
 // workflow says, so the two cannot drift apart.
 func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, detail string) error {
+	return s.RecordUpgradeEvent(ctx, u, at, detail, nil, false)
+}
+
+// RecordUpgradeEvent is RecordUpgrade, and when it records the run's final state, stores ev
+// for delivery in the same transaction (see AddEvent).
+func (s *Store) RecordUpgradeEvent(ctx context.Context, u Upgrade, at time.Time, detail string, ev *ota.Event, deployment bool) error {
 	var finished *time.Time
 	if u.State.Final() {
 		finished = &at
@@ -80,6 +86,9 @@ func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 		if _, err := tx.Exec(ctx, `INSERT INTO upgrade_events (run_id, state, attempt, error_code, detail, at)
 			VALUES ($1, $2, $3, $4, $5, $6)`, u.RunID, string(u.State), u.Attempt, u.ErrorCode, detail, at); err != nil {
 			return fmt.Errorf("record event of upgrade %s: %w", u.RunID, err)
+		}
+		if ev != nil && u.State.Final() {
+			return addEvent(ctx, tx, *ev, deployment)
 		}
 		return nil
 	})
