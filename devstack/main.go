@@ -47,12 +47,17 @@ func stackFlags(devices int) []cli.Flag {
 		&cli.IntFlag{Name: "postgres-port", Value: 5433, Usage: "local PostgreSQL port (when DATABASE_URL is not set)"},
 		&cli.IntFlag{Name: "http-port", Value: 8070, Usage: "package file server port"},
 		&cli.StringFlag{Name: "database-url", EnvVars: []string{"DATABASE_URL"}, Usage: "use this PostgreSQL instead of a local cluster"},
+		&cli.IntFlag{Name: "metrics-port", Value: 9464,
+			Usage: "serve Prometheus metrics: the worker's on this port, the bridge's on the next, the broker's on the one after (0: off)"},
 	}
 }
 
 func configFrom(cCtx *cli.Context) (Config, error) {
 	if cCtx.Int("devices") < 0 || cCtx.Int("devices") > 20000 {
 		return Config{}, cli.Exit("--devices must be 0 to 20000", 2)
+	}
+	if p := cCtx.Int("metrics-port"); p < 0 || p > 65533 {
+		return Config{}, cli.Exit("--metrics-port must be 0 (off) or a port up to 65533", 2)
 	}
 	dir, err := filepath.Abs(cCtx.String("data-dir"))
 	if err != nil {
@@ -62,7 +67,8 @@ func configFrom(cCtx *cli.Context) (Config, error) {
 		DataDir: dir, Devices: cCtx.Int("devices"),
 		TemporalPort: cCtx.Int("temporal-port"), UIPort: cCtx.Int("temporal-ui-port"), MQTTPort: cCtx.Int("mqtt-port"),
 		PostgresPort: cCtx.Int("postgres-port"), HTTPPort: cCtx.Int("http-port"), DatabaseURL: cCtx.String("database-url"),
-		Out: cCtx.App.Writer,
+		MetricsPort: cCtx.Int("metrics-port"),
+		Out:         cCtx.App.Writer,
 	}, nil
 }
 
@@ -99,6 +105,7 @@ func runDemo(ctx context.Context, cfg Config, demo bool) error {
 	shownDB, _ := redactURL(s.DatabaseURL)
 	s.say("  PostgreSQL      %s", shownDB)
 	s.say("  Demo package    %s (md5 %s, %d bytes)", s.Package.URL, s.Package.MD5, s.Package.Size)
+	s.printMetrics()
 	if demo && cfg.Devices > 0 {
 		if err := s.demoRollout(ctx); err != nil {
 			return err

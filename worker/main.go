@@ -7,6 +7,10 @@
 // Every flag is also read from an environment variable (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
 // DATABASE_URL, MQTT_URL, and for TLS MQTT_CA_FILE, TEMPORAL_TLS_CA, ...; see --help). Ctrl-C
 // stops it gracefully: running activities get time to finish.
+//
+// --metrics-listen ADDR (METRICS_LISTEN) serves Prometheus metrics on http://ADDR/metrics.
+// --notify-url URL (NOTIFY_URL) sends every event notification to a webhook receiver, signed
+// with the secret in NOTIFY_SECRET or --notify-secret-file.
 package main
 
 import (
@@ -17,10 +21,14 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
+	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/activities"
+	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/notify"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
@@ -40,6 +48,13 @@ func main() {
 			&cli.StringFlag{Name: "database-url", Required: true, EnvVars: []string{"DATABASE_URL"}, Usage: "PostgreSQL URL; TLS with ?sslmode=verify-full&sslrootcert=FILE[&sslcert=FILE&sslkey=FILE]"},
 			&cli.StringFlag{Name: "mqtt-url", Required: true, EnvVars: []string{"MQTT_URL"}, Usage: "MQTT broker URL with the worker's credentials, e.g. tcp://otaflow-worker:SECRET@localhost:1883"},
 			&cli.StringFlag{Name: "mqtt-client-id", EnvVars: []string{"MQTT_CLIENT_ID"}, Usage: "MQTT client ID (default otaflow-worker-HOSTNAME-PID)"},
+			&cli.StringFlag{Name: metrics.Flag, EnvVars: []string{metrics.Env}, Usage: "serve Prometheus metrics on http://ADDR/metrics, e.g. :9464 (off when empty)"},
+			&cli.StringFlag{Name: "notify-url", EnvVars: []string{"NOTIFY_URL"},
+				Usage: "send every event notification (upgrade finished, rollout waves, pauses and ends) to this webhook receiver"},
+			&cli.StringFlag{Name: "notify-secret-file", EnvVars: []string{"NOTIFY_SECRET_FILE"},
+				Usage: "file holding the webhook's shared secret (default: the " + notify.SecretEnv + " environment variable)"},
+			&cli.DurationFlag{Name: "notify-retry-for", Value: notify.DefaultRetryFor, EnvVars: []string{"NOTIFY_RETRY_FOR"},
+				Usage: "retry budget of a notification: how long after its event it is given up and recorded undeliverable"},
 		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
 	}
@@ -56,6 +71,25 @@ func run(cCtx *cli.Context) error {
 	mqttTLS, temporalTLS, err := tlsflags.Services(cCtx)
 	if err != nil {
 		return err
+	}
+	var deployment *notify.Receiver
+	if u := cCtx.String("notify-url"); u != "" {
+		if err := ota.ValidateWebhookURL(u); err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		secret, err := notify.ReadSecret(cCtx.String("notify-secret-file"), os.Getenv)
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		deployment = &notify.Receiver{URL: u, Secret: secret}
+	}
+	var reg *prometheus.Registry
+	var handler client.MetricsHandler
+	if addr := cCtx.String(metrics.Flag); addr != "" {
+		reg = metrics.NewRegistry()
+		if handler, err = metrics.TemporalHandler(reg); err != nil {
+			return err
+		}
 	}
 	st, err := store.Open(ctx, cCtx.String("database-url"))
 	if err != nil {
@@ -81,13 +115,34 @@ func run(cCtx *cli.Context) error {
 
 	c, err := temporalconn.Dial(ctx, temporalconn.Options{
 		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"), Logger: logger, TLS: temporalTLS,
+		MetricsHandler: handler,
 	})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 
-	w := workflows.NewWorker(c, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c})
+	deliverer := &notify.Deliverer{Store: st, Deployment: deployment, Settings: notify.Settings{RetryFor: cCtx.Duration("notify-retry-for")},
+		Logger: logger}
+	acts := &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c,
+		Notify: &activities.Notifications{Events: st, Deployment: deployment != nil, Deliverer: deliverer}}
+	w := workflows.NewWorker(c, acts)
+	if reg != nil {
+		reg.MustRegister(&metrics.FleetCollector{Store: st, Temporal: c, Namespace: cCtx.String("temporal-namespace"), Logger: logger},
+			deliverer.Collector())
+		srv, err := metrics.Listen(cCtx.String(metrics.Flag), reg)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		logger.Info("Serving metrics", "url", srv.URL())
+	}
+	if deployment != nil {
+		if err := ota.StartNotifier(ctx, c); err != nil {
+			return err
+		}
+		logger.Info("Event notifications on", "receiver", notify.Redact(deployment.URL))
+	}
 	// Run returns when Ctrl-C stops the worker (nil), or when a fatal worker error stopped it
 	// (the namespace deleted, the server refusing the worker): then the program exits 1, so
 	// that a supervisor sees it and restarts it, rather than keeping a process that polls

@@ -21,6 +21,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -85,6 +86,15 @@ type Deliverer struct {
 	// Deployment is the deployment's own receiver (worker --notify-url); nil when it has
 	// none, and then its events are not stored.
 	Deployment *Receiver
+	Settings
+	Logger *slog.Logger
+
+	once    sync.Once
+	metrics *deliveryMetrics
+}
+
+// Settings are how a Deliverer delivers.
+type Settings struct {
 	// Client sends the requests; nil means a client with Timeout.
 	Client *http.Client
 	// RetryFor is the retry budget: an event not delivered that long after it happened is
@@ -98,11 +108,7 @@ type Deliverer struct {
 	// Concurrency is how many deliveries run at once (of different streams).
 	Concurrency int
 	// Poll is how often the outbox is read while nothing is due.
-	Poll   time.Duration
-	Logger *slog.Logger
-
-	once    sync.Once
-	metrics *deliveryMetrics
+	Poll time.Duration
 }
 
 type deliveryMetrics struct {
@@ -323,18 +329,18 @@ func (d *Deliverer) post(ctx context.Context, r *Receiver, n store.Notification)
 	req.Header.Set(HeaderSignature, Sign(r.Secret, n.Payload))
 	resp, err := d.Client.Do(req)
 	if err != nil {
-		return fmt.Errorf("POST %s: %w", redact(r.URL), err)
+		return fmt.Errorf("POST %s: %w", Redact(r.URL), err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("POST %s: HTTP %s", redact(r.URL), resp.Status)
+		return fmt.Errorf("POST %s: HTTP %s", Redact(r.URL), resp.Status)
 	}
 	return nil
 }
 
-// redact drops a URL's user information and query, which may hold credentials.
-func redact(u string) string {
+// Redact drops a URL's user information and query, which may hold credentials.
+func Redact(u string) string {
 	if i := strings.IndexAny(u, "?#"); i >= 0 {
 		u = u[:i]
 	}
@@ -345,4 +351,28 @@ func redact(u string) string {
 		return scheme + "://" + rest
 	}
 	return u
+}
+
+// SecretEnv is the environment variable that holds a webhook secret when no secret file is
+// given.
+const SecretEnv = "NOTIFY_SECRET"
+
+// ReadSecret returns a webhook secret: the contents of file (one trailing newline dropped)
+// when it is set, otherwise the value of SecretEnv. It is an error to have neither, or an
+// empty one.
+func ReadSecret(file string, getenv func(string) string) ([]byte, error) {
+	var secret []byte
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("webhook secret: %w", err)
+		}
+		secret = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
+	} else {
+		secret = []byte(getenv(SecretEnv))
+	}
+	if len(secret) == 0 {
+		return nil, fmt.Errorf("a webhook receiver needs a shared secret: set %s or give a secret file", SecretEnv)
+	}
+	return secret, nil
 }
