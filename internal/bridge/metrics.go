@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/otaflow/otaflow/internal/metrics"
+	"github.com/otaflow/otaflow/internal/protocol"
 )
 
 // Rejection reasons as metric labels: a bounded set, whatever the message said.
@@ -30,6 +31,7 @@ const (
 // each scrape.
 type bridgeMetrics struct {
 	rejected *prometheus.CounterVec
+	stored   *prometheus.CounterVec
 	errors   *prometheus.CounterVec
 	latency  prometheus.Histogram
 }
@@ -38,6 +40,8 @@ func newBridgeMetrics() *bridgeMetrics {
 	m := &bridgeMetrics{
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otaflow_bridge_messages_rejected_total",
 			Help: "Device messages refused and recorded as rejected, by reason (topic, payload, kind, unknown_device)."}, []string{"reason"}),
+		stored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otaflow_bridge_reports_stored_total",
+			Help: "Valid reports recorded in PostgreSQL, by kind (progress or status)."}, []string{"kind"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otaflow_bridge_errors_total",
 			Help: "Failed attempts of PostgreSQL writes and Temporal signals (each is retried), by target."}, []string{"target"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "otaflow_bridge_signal_latency_seconds",
@@ -46,6 +50,9 @@ func newBridgeMetrics() *bridgeMetrics {
 	}
 	for _, r := range []string{RejectTopic, RejectPayload, RejectKind, RejectUnknownDevice} {
 		m.rejected.WithLabelValues(r)
+	}
+	for _, k := range []string{protocol.KindProgress, protocol.KindStatus} {
+		m.stored.WithLabelValues(k)
 	}
 	for _, t := range []string{targetPostgres, targetTemporal} {
 		m.errors.WithLabelValues(t)
@@ -70,7 +77,6 @@ var statDescs = []struct {
 	get  func(Stats) int64
 }{
 	{counterDesc("otaflow_bridge_messages_received_total", "Messages taken from the broker, redeliveries and duplicates included."), func(s Stats) int64 { return s.Received }},
-	{counterDesc("otaflow_bridge_reports_stored_total", "Valid progress and status reports recorded in PostgreSQL."), func(s Stats) int64 { return s.Stored }},
 	{counterDesc("otaflow_bridge_signals_total", "Signals sent to device upgrade workflows, those finding no running workflow included."), func(s Stats) int64 { return s.Signalled }},
 	{counterDesc("otaflow_bridge_signals_no_workflow_total", "Signals whose device had no upgrade running."), func(s Stats) int64 { return s.NoWorkflow }},
 	{counterDesc("otaflow_bridge_progress_coalesced_total", "Progress reports stored but not forwarded to the workflow."), func(s Stats) int64 { return s.Coalesced }},
@@ -99,6 +105,7 @@ func (c bridgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- queueCapDesc
 	ch <- pendingDesc
 	c.b.metrics.rejected.Describe(ch)
+	c.b.metrics.stored.Describe(ch)
 	c.b.metrics.errors.Describe(ch)
 	c.b.metrics.latency.Describe(ch)
 }
@@ -116,6 +123,7 @@ func (c bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(queueCapDesc, prometheus.GaugeValue, float64(len(c.b.queues)*c.b.cfg.QueueSize))
 	ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(c.b.pending.count()))
 	c.b.metrics.rejected.Collect(ch)
+	c.b.metrics.stored.Collect(ch)
 	c.b.metrics.errors.Collect(ch)
 	c.b.metrics.latency.Collect(ch)
 }

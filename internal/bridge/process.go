@@ -174,6 +174,11 @@ func (w *worker) forwardAll(batch []item) {
 			continue
 		}
 		w.b.stats.stored.Add(1)
+		if it.isStatus {
+			w.b.metrics.stored.WithLabelValues(protocol.KindStatus).Inc()
+		} else {
+			w.b.metrics.stored.WithLabelValues(protocol.KindProgress).Inc()
+		}
 		if _, ok := groups[it.device]; !ok {
 			order = append(order, it.device)
 		}
