@@ -44,7 +44,17 @@ const ErrTypeNoNotifications = "NoNotifications"
 func (a *Activities) recordUpgrade(ctx context.Context, u ota.UpgradeRecord, at time.Time, detail string) error {
 	if n := a.Notify; n != nil && n.Events != nil && u.State.Final() {
 		ev := ota.UpgradeFinishedEvent(u, at)
-		return n.Events.RecordUpgradeEvent(ctx, store.Upgrade(u), at, detail, &ev, n.Deployment)
+		err := n.Events.RecordUpgradeEvent(ctx, store.Upgrade(u), at, detail, &ev, n.Deployment)
+		var evErr *store.EventError
+		if errors.As(err, &evErr) {
+			// The upgrade is recorded; its notification is lost, and said so.
+			activity.GetLogger(ctx).Error("Event notification not stored", "Event", ev.ID, "Error", evErr.Err)
+			if n.Deliverer != nil {
+				n.Deliverer.EventLost()
+			}
+			return nil
+		}
+		return err
 	}
 	return a.Store.RecordUpgrade(ctx, store.Upgrade(u), at, detail)
 }

@@ -6,7 +6,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/otaflow/otaflow/internal/metrics"
-	"github.com/otaflow/otaflow/internal/protocol"
 )
 
 // Rejection reasons as metric labels: a bounded set, whatever the message said.
@@ -19,6 +18,12 @@ const (
 	RejectKind = "kind"
 	// RejectUnknownDevice: the device is not registered.
 	RejectUnknownDevice = "unknown_device"
+)
+
+// Kinds of stored reports, as metric labels.
+const (
+	storedProgress = "progress"
+	storedStatus   = "status"
 )
 
 // Targets of the operations the bridge retries, as metric labels.
@@ -51,7 +56,7 @@ func newBridgeMetrics() *bridgeMetrics {
 	for _, r := range []string{RejectTopic, RejectPayload, RejectKind, RejectUnknownDevice} {
 		m.rejected.WithLabelValues(r)
 	}
-	for _, k := range []string{protocol.KindProgress, protocol.KindStatus} {
+	for _, k := range []string{storedProgress, storedStatus} {
 		m.stored.WithLabelValues(k)
 	}
 	for _, t := range []string{targetPostgres, targetTemporal} {

@@ -175,9 +175,9 @@ func (w *worker) forwardAll(batch []item) {
 		}
 		w.b.stats.stored.Add(1)
 		if it.isStatus {
-			w.b.metrics.stored.WithLabelValues(protocol.KindStatus).Inc()
+			w.b.metrics.stored.WithLabelValues(storedStatus).Inc()
 		} else {
-			w.b.metrics.stored.WithLabelValues(protocol.KindProgress).Inc()
+			w.b.metrics.stored.WithLabelValues(storedProgress).Inc()
 		}
 		if _, ok := groups[it.device]; !ok {
 			order = append(order, it.device)

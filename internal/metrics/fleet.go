@@ -46,6 +46,7 @@ type FleetCollector struct {
 	Logger            *slog.Logger
 
 	mu     sync.Mutex
+	types  map[string]bool // upgrade types seen in flight: shown at 0 when none is
 	at     time.Time
 	last   []prometheus.Metric
 	errors prometheus.Counter
@@ -145,8 +146,14 @@ func (c *FleetCollector) read(ctx context.Context) ([]prometheus.Metric, error) 
 	for _, d := range SilentAfter {
 		ms = append(ms, gauge(silentDesc, fc.Silent[d], shortDuration(d)))
 	}
-	for typ, n := range fc.InFlight {
-		ms = append(ms, gauge(inFlightDesc, n, typ))
+	if c.types == nil {
+		c.types = map[string]bool{}
+	}
+	for typ := range fc.InFlight {
+		c.types[typ] = true
+	}
+	for typ := range c.types {
+		ms = append(ms, gauge(inFlightDesc, fc.InFlight[typ], typ))
 	}
 	for _, name := range names {
 		ms = append(ms, gauge(rolloutStateDesc, 1, name, states[name]))

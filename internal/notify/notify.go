@@ -114,6 +114,7 @@ type Settings struct {
 type deliveryMetrics struct {
 	delivered, attemptsFailed, givenUp *prometheus.CounterVec
 	latency                            prometheus.Histogram
+	lost                               prometheus.Counter
 }
 
 func (d *Deliverer) init() {
@@ -149,6 +150,8 @@ func (d *Deliverer) init() {
 				Help: "Delivery attempts that failed (no answer, or not 2xx) and will be retried, by event type."}, []string{"event"}),
 			givenUp: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otaflow_notifications_failed_total",
 				Help: "Event notifications given up after their retry budget, by event type."}, []string{"event"}),
+			lost: prometheus.NewCounter(prometheus.CounterOpts{Name: "otaflow_notifications_lost_total",
+				Help: "Events that could not be stored with the upgrade they tell of (the upgrade was recorded; see the worker's log)."}),
 			latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "otaflow_notification_delay_seconds",
 				Help:    "Time from an event to its delivery.",
 				Buckets: []float64{0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400}}),
@@ -165,7 +168,7 @@ func (d *Deliverer) init() {
 // Collector returns the delivery counters for a Prometheus registry.
 func (d *Deliverer) Collector() prometheus.Collector {
 	d.init()
-	return collectors{d.metrics.delivered, d.metrics.attemptsFailed, d.metrics.givenUp, d.metrics.latency}
+	return collectors{d.metrics.delivered, d.metrics.attemptsFailed, d.metrics.givenUp, d.metrics.latency, d.metrics.lost}
 }
 
 type collectors []prometheus.Collector
@@ -180,6 +183,12 @@ func (cs collectors) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range cs {
 		c.Collect(ch)
 	}
+}
+
+// EventLost counts an event that could not be stored.
+func (d *Deliverer) EventLost() {
+	d.init()
+	d.metrics.lost.Inc()
 }
 
 // Run delivers the events due until ctx is done or the run time is over, reading the outbox

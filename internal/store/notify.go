@@ -75,14 +75,21 @@ func addEvent(ctx context.Context, q execer, ev ota.Event, deployment bool) erro
 		return fmt.Errorf("encode event %s: %w", ev.ID, err)
 	}
 	if _, err := q.Exec(ctx, `INSERT INTO notify_outbox (endpoint, stream, event_id, event_type, payload, created_at, next_attempt_at)
-		SELECT e.id, $1, $2, $3, $4, now(), now() FROM notify_endpoints e WHERE $5 <> '' AND e.rollout = $5
-		UNION ALL SELECT 0, $1, $2, $3, $4, now(), now() WHERE $6::boolean
+		SELECT e.id, $1::text, $2::text, $3::text, $4::jsonb, now(), now() FROM notify_endpoints e WHERE $5::text <> '' AND e.rollout = $5::text
+		UNION ALL SELECT 0, $1::text, $2::text, $3::text, $4::jsonb, now(), now() WHERE $6::boolean
 		ON CONFLICT (event_id, endpoint) DO NOTHING`,
-		ev.Stream(), ev.ID, ev.Type, payload, ev.RolloutName(), deployment); err != nil {
+		ev.Stream(), ev.ID, ev.Type, string(payload), ev.RolloutName(), deployment); err != nil {
 		return fmt.Errorf("store event %s: %w", ev.ID, err)
 	}
 	return nil
 }
+
+// EventError is returned by RecordUpgradeEvent when it recorded the upgrade but could not
+// store its event: the upgrade's record never waits for its notification.
+type EventError struct{ Err error }
+
+func (e *EventError) Error() string { return "upgrade recorded, its event not stored: " + e.Err.Error() }
+func (e *EventError) Unwrap() error { return e.Err }
 
 // Notification is an event waiting for delivery to one receiver.
 type Notification struct {

@@ -51,8 +51,18 @@ func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 }
 
 // RecordUpgradeEvent is RecordUpgrade, and when it records the run's final state, stores ev
-// for delivery in the same transaction (see AddEvent).
+// for delivery in the same transaction (see AddEvent). Should the event alone fail to be
+// stored, the upgrade is recorded all the same and an *EventError says so.
 func (s *Store) RecordUpgradeEvent(ctx context.Context, u Upgrade, at time.Time, detail string, ev *ota.Event, deployment bool) error {
+	var evErr error
+	err := s.recordUpgrade(ctx, u, at, detail, ev, deployment, &evErr)
+	if err == nil && evErr != nil {
+		return &EventError{Err: evErr}
+	}
+	return err
+}
+
+func (s *Store) recordUpgrade(ctx context.Context, u Upgrade, at time.Time, detail string, ev *ota.Event, deployment bool, evErr *error) error {
 	var finished *time.Time
 	if u.State.Final() {
 		finished = &at
@@ -88,7 +98,8 @@ func (s *Store) RecordUpgradeEvent(ctx context.Context, u Upgrade, at time.Time,
 			return fmt.Errorf("record event of upgrade %s: %w", u.RunID, err)
 		}
 		if ev != nil && u.State.Final() {
-			return addEvent(ctx, tx, *ev, deployment)
+			// In a savepoint: an event that cannot be stored does not undo the record.
+			*evErr = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error { return addEvent(ctx, sp, *ev, deployment) })
 		}
 		return nil
 	})
