@@ -88,7 +88,9 @@ func addEvent(ctx context.Context, q execer, ev ota.Event, deployment bool) erro
 // store its event: the upgrade's record never waits for its notification.
 type EventError struct{ Err error }
 
-func (e *EventError) Error() string { return "upgrade recorded, its event not stored: " + e.Err.Error() }
+func (e *EventError) Error() string {
+	return "upgrade recorded, its event not stored: " + e.Err.Error()
+}
 func (e *EventError) Unwrap() error { return e.Err }
 
 // Notification is an event waiting for delivery to one receiver.
