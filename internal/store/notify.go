@@ -150,3 +150,11 @@ func (s *Store) NotificationFailed(ctx context.Context, id int64, reason string,
 	}
 	return nil
 }
+
+// DeleteEndpoint removes one webhook receiver.
+func (s *Store) DeleteEndpoint(ctx context.Context, id int64) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM notify_endpoints WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("remove webhook receiver %d: %w", id, err)
+	}
+	return nil
+}
