@@ -27,6 +27,9 @@ import (
 //     threshold pause and a Temporal cancel.
 //   - testdata/issue12/: the same situations, and a threshold abort, recorded before the
 //     changes of issue 12 (metrics, and the rollout's notification events behind notifyChange).
+//   - testdata/issue12-after/: the rollouts again, recorded after them: with the
+//     notify-rollout-events marker and a RecordRolloutEvent local activity at each wave end,
+//     pause and end.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -37,8 +40,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 38 {
-		t.Fatalf("found %d recorded histories, want the 38 recorded so far", len(files))
+	if len(files) < 48 {
+		t.Fatalf("found %d recorded histories, want the 48 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {
