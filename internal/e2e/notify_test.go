@@ -1,16 +1,19 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/otaflow/otaflow/internal/notify"
 	"github.com/otaflow/otaflow/internal/ota"
@@ -27,11 +30,13 @@ type delivery struct {
 }
 
 // receiver is a webhook receiver that refuses the first refuse requests, and any while down.
+// It checks every body against the event schema, docs/events-v1.schema.json.
 type receiver struct {
 	t      *testing.T
 	secret []byte
 	refuse int
 	down   atomic.Bool
+	schema *jsonschema.Schema
 
 	mu  sync.Mutex
 	got []delivery
@@ -47,6 +52,11 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		attempt: req.Header.Get(notify.HeaderAttempt), signed: notify.Verify(r.secret, body, req.Header.Get(notify.HeaderSignature))}
 	if err := json.Unmarshal(body, &d.event); err != nil {
 		r.t.Errorf("a delivery that is not an event: %v: %s", err, body)
+	}
+	if inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(body)); err != nil {
+		r.t.Errorf("a delivery that is not JSON: %v", err)
+	} else if err := r.schema.Validate(inst); err != nil {
+		r.t.Errorf("a delivery that does not follow the event schema: %v\n%s", err, body)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -67,6 +77,11 @@ func (r *receiver) deliveries() []delivery {
 
 // notifyEnv is a system whose worker notifies rec.
 func notifyEnv(t *testing.T, prefix string, devices int, rec *receiver, faults simulator.Faults) *env {
+	sch, err := jsonschema.NewCompiler().Compile(filepath.Join("..", "..", "docs", "events-v1.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.schema = sch
 	srv := httptest.NewServer(rec)
 	t.Cleanup(srv.Close)
 	e := newEnv(t, system.Config{Devices: devices, Prefix: prefix, Faults: faults, Notify: &system.Notify{
