@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"net/url"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -152,11 +152,22 @@ func StartNotifier(ctx context.Context, c client.Client) error {
 	return nil
 }
 
-// ValidateWebhookURL checks a receiver's URL: http or https, with a host.
-func ValidateWebhookURL(u string) error {
-	if !(strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")) || len(u) > 2048 ||
-		strings.TrimPrefix(strings.TrimPrefix(u, "http://"), "https://") == "" {
-		return fmt.Errorf("webhook URL %q must be an http:// or https:// URL", u)
+// ValidateWebhookURL checks a receiver's URL: http or https, with a host, at most 2,048
+// characters.
+func ValidateWebhookURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(raw) > 2048 {
+		return fmt.Errorf("webhook URL %q must be an http:// or https:// URL with a host", redactURL(raw))
 	}
 	return nil
+}
+
+// redactURL drops the user information and query of a URL for messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	u.User, u.RawQuery, u.Fragment = nil, "", ""
+	return u.String()
 }
