@@ -203,12 +203,13 @@ func (d *Deliverer) Run(ctx context.Context, run time.Duration, heartbeat func(o
 		if err != nil {
 			return res, err
 		}
+		before := res.Delivered + res.GivenUp
 		d.deliverAll(ctx, due, &res)
 		if heartbeat != nil {
 			heartbeat(res)
 		}
-		if len(due) > 0 {
-			continue
+		if res.Delivered+res.GivenUp > before {
+			continue // a stream moved on: its next event may be due now
 		}
 		wait := min(d.Poll, time.Until(end))
 		if wait <= 0 {
