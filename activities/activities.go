@@ -53,6 +53,8 @@ type Activities struct {
 	// LatePoll is how often FindLateTargets looks at the registry's changes while it
 	// waits; 0 means DefaultLatePoll.
 	LatePoll time.Duration
+	// Notify, when set, stores and delivers event notifications (webhooks).
+	Notify *Notifications
 }
 
 // SendCommand records the upgrade as sent and publishes its command to the device (QoS 1,
@@ -89,7 +91,7 @@ func (a *Activities) SendCommand(ctx context.Context, in ota.SendCommandInput) (
 		case errors.Is(err, store.ErrNotFound) || (err == nil && prev.CommandID != in.Command.ID):
 			u := in.Upgrade
 			u.State = ota.StateSkipped
-			if err := a.Store.RecordUpgrade(ctx, store.Upgrade(u), in.Command.IssuedAt, "device already reports "+in.VersionKey+"="+res.Reported); err != nil {
+			if err := a.recordUpgrade(ctx, u, in.Command.IssuedAt, "device already reports "+in.VersionKey+"="+res.Reported); err != nil {
 				return ota.SendCommandResult{}, err
 			}
 			res.Skipped = true
@@ -159,5 +161,5 @@ func (a *Activities) LastProgress(ctx context.Context, in ota.LastReportInput) (
 
 // RecordState records a state change of an upgrade in PostgreSQL. It is idempotent.
 func (a *Activities) RecordState(ctx context.Context, in ota.RecordStateInput) error {
-	return a.Store.RecordUpgrade(ctx, store.Upgrade(in.Upgrade), in.At, in.Detail)
+	return a.recordUpgrade(ctx, in.Upgrade, in.At, in.Detail)
 }

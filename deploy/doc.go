@@ -8,7 +8,11 @@
 //   - temporal/: the Temporal server's configuration (production.yaml, dynamicconfig.yaml) and
 //     its schema job (setup-schema.sh), which the native topology (internal/localstack) runs
 //     too, embedded by the Go package there;
-//   - healthcheck/: the container health check of the worker and mqttbridge images.
+//   - healthcheck/: the container health check of the worker and mqttbridge images;
+//   - prometheus/: Prometheus's configuration (prometheus.yml), OTAflow's alert rules
+//     (alerts.yml) and their unit tests (alerts_test.yml), run with promtool;
+//   - grafana/: OTAflow's dashboard (otaflow.json) and Grafana's provisioning of it and of the
+//     Prometheus datasource.
 //
 // Its tests check the compose file (schema, interpolation, dependencies, pinned images, files
 // it mounts and builds, the broker's and the Temporal server's files and versions against the

@@ -45,6 +45,9 @@ func benchCommand() *cli.Command {
 		Flags: append(stackFlags(10000),
 			&cli.IntFlag{Name: "max-in-flight", Value: 1000, Usage: "device upgrades in flight, for the rollout and floor 2"},
 			&cli.IntFlag{Name: "continue-after", Value: ota.DefaultContinueAfter, Usage: "device upgrades per rollout run before it continues as new"},
+			&cli.BoolFlag{Name: "metrics", Usage: "the worker and the bridge serve metrics, scraped every 15 s during the rollout"},
+			&cli.BoolFlag{Name: "webhooks", Usage: "the worker sends every event notification to a receiver the benchmark runs"},
+			&cli.BoolFlag{Name: "floors", Value: true, Usage: "measure the two floors too (--floors=false: the rollout alone)"},
 		),
 		Action: func(cCtx *cli.Context) error {
 			cfg, err := configFrom(cCtx)
@@ -60,7 +63,8 @@ func benchCommand() *cli.Command {
 			cfg.External = !cfg.RealServers
 			cfg.PackageName = "bench-64k.bin"
 			cfg.PackageSize = 64 << 10
-			return runBench(cCtx.Context, cfg, cCtx.Int("max-in-flight"), cCtx.Int("continue-after"))
+			return runBench(cCtx.Context, cfg, benchOptions{inFlight: cCtx.Int("max-in-flight"), continueAfter: cCtx.Int("continue-after"),
+				metrics: cCtx.Bool("metrics"), webhooks: cCtx.Bool("webhooks"), floors: cCtx.Bool("floors")})
 		},
 	}
 }
@@ -73,8 +77,16 @@ type benchResult struct {
 
 func (r benchResult) perMinute() float64 { return float64(r.devices) / r.elapsed.Minutes() }
 
-func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) error {
+func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
+	inFlight, continueAfter := opts.inFlight, opts.continueAfter
+	obs, err := newBenchObserver(opts)
+	if err != nil {
+		return err
+	}
 	if cfg.RealServers {
+		if opts.metrics || opts.webhooks {
+			return cli.Exit("--metrics and --webhooks are not measured with --real-servers yet", 2)
+		}
 		// Every run starts from the initial versions, as devicesim --keep-versions=false does.
 		if err := os.Remove(filepath.Join(cfg.DataDir, "real", "devicesim", simulator.VersionsFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
@@ -91,7 +103,7 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 		s.say("%d simulated devices connected and reported (in this process); %d workers and %d bridges run apart.",
 			cfg.Devices, len(r.Workers), len(r.Bridges))
 	} else {
-		procs, err := s.startProcesses(ctx, cfg.Devices)
+		procs, err := s.startProcesses(ctx, cfg.Devices, obs)
 		if err != nil {
 			return err
 		}
@@ -111,17 +123,17 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 	for i := range ids {
 		ids[i] = simulator.DeviceID("sim", i+1)
 	}
-	floor1, err := s.benchRawMQTT(ctx, ids, "1.1", inFlight)
-	if err != nil {
-		return fmt.Errorf("floor 1: %w", err)
+	var floor1, floor2 benchResult
+	if opts.floors {
+		if floor1, err = s.benchRawMQTT(ctx, ids, "1.1", inFlight); err != nil {
+			return fmt.Errorf("floor 1: %w", err)
+		}
+		s.say("Floor 1, MQTT round trip without Temporal: %d devices in %s = %.0f/min", floor1.devices, floor1.elapsed.Round(time.Millisecond), floor1.perMinute())
+		if floor2, err = s.benchMinimalWorkflow(ctx, ids, "1.2", inFlight); err != nil {
+			return fmt.Errorf("floor 2: %w", err)
+		}
+		s.say("Floor 2, minimal workflow per device: %d devices in %s = %.0f/min", floor2.devices, floor2.elapsed.Round(time.Millisecond), floor2.perMinute())
 	}
-	s.say("Floor 1, MQTT round trip without Temporal: %d devices in %s = %.0f/min", floor1.devices, floor1.elapsed.Round(time.Millisecond), floor1.perMinute())
-
-	floor2, err := s.benchMinimalWorkflow(ctx, ids, "1.2", inFlight)
-	if err != nil {
-		return fmt.Errorf("floor 2: %w", err)
-	}
-	s.say("Floor 2, minimal workflow per device: %d devices in %s = %.0f/min", floor2.devices, floor2.elapsed.Round(time.Millisecond), floor2.perMinute())
 
 	name := "bench-" + time.Now().UTC().Format("20060102-150405")
 	req := ota.RolloutRequest{Name: name,
@@ -131,6 +143,7 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 		MaxInFlight: inFlight, ContinueAfter: continueAfter, PageSize: 1000,
 	}
 	start := time.Now()
+	obs.startScraping()
 	run, err := ota.StartRollout(ctx, s.Client, req)
 	if err != nil {
 		return err
@@ -162,14 +175,18 @@ func runBench(ctx context.Context, cfg Config, inFlight, continueAfter int) erro
 			localstack.TemporalServerVersion, len(s.real.Workers), len(s.real.Bridges))
 	}
 	s.say("\nOTAflow benchmark: %d simulated devices, max %d in flight, one 2-core machine, %s", cfg.Devices, inFlight, servers)
+	s.say("  metrics %s, webhooks %s", onOff(opts.metrics), onOff(opts.webhooks))
 	s.say("  rollout %s: %s, %d succeeded, %d failed, %d timed out, %d lost", name, p.State, p.Counts.Succeeded, p.Counts.Failed, p.Counts.TimedOut, lost)
 	s.say("  device upgrades per minute        %8.0f   (%s for %d devices)", rollout.perMinute(), rollout.elapsed.Round(time.Second), rollout.devices)
-	s.say("  floor 1: raw MQTT round trips/min %8.0f", floor1.perMinute())
-	s.say("  floor 2: minimal workflows/min    %8.0f   (rollout at %.0f%% of it)", floor2.perMinute(), 100*rollout.perMinute()/floor2.perMinute())
+	if opts.floors {
+		s.say("  floor 1: raw MQTT round trips/min %8.0f", floor1.perMinute())
+		s.say("  floor 2: minimal workflows/min    %8.0f   (rollout at %.0f%% of it)", floor2.perMinute(), 100*rollout.perMinute()/floor2.perMinute())
+	}
 	s.say("  time per device p50 / p99         %8s / %s", lat.p50.Round(time.Millisecond), lat.p99.Round(time.Millisecond))
 	s.say("  history events per device upgrade %8.1f avg, %d max (sample of %d)", hist.avg, hist.max, hist.n)
 	s.say("  largest rollout execution history %8d events (%d runs, continue-as-new every %d devices)", maxRollout, runs, continueAfter)
 	s.say("  peak memory: worker %s, bridge %s (simulated fleet %s)", mib(wMem), mib(bMem), mib(fMem))
+	obs.finish(s, p.Counts.Finished())
 	return nil
 }
 
@@ -502,7 +519,7 @@ const procStopTimeout = 20 * time.Second
 
 // startProcesses builds and starts the worker, the bridge and the simulated fleet as
 // processes of their own.
-func (s *Stack) startProcesses(ctx context.Context, devices int) (*benchProcs, error) {
+func (s *Stack) startProcesses(ctx context.Context, devices int, obs *benchObserver) (*benchProcs, error) {
 	bin := filepath.Join(s.cfg.DataDir, "bin")
 	for _, pkg := range []string{"worker", "mqttbridge", "devicesim"} {
 		s.say("Building ./%s ...", pkg)
@@ -518,7 +535,7 @@ func (s *Stack) startProcesses(ctx context.Context, devices int) (*benchProcs, e
 	env := append(os.Environ(), "TEMPORAL_ADDRESS="+s.temporal.Address(), "DATABASE_URL="+s.DatabaseURL)
 	start := func(name, mqttURL string, args ...string) (*exec.Cmd, error) {
 		c := exec.Command(filepath.Join(bin, name), args...)
-		c.Env = append(env, "MQTT_URL="+mqttURL)
+		c.Env = append(append(env, "MQTT_URL="+mqttURL), obs.env(name)...)
 		c.Stdout, c.Stderr = logFile, logFile
 		return c, c.Start()
 	}

@@ -58,12 +58,17 @@ func stackFlags(devices int) []cli.Flag {
 		&cli.BoolFlag{Name: "real-servers", Usage: "run the production topology instead: the Temporal server (not the dev server) on " +
 			"PostgreSQL, Mosquitto with its dynamic-security plugin, two workers and two bridges as processes of their own, " +
 			"from deploy/'s configuration (state in DATA-DIR/real)"},
+		&cli.IntFlag{Name: "metrics-port", Value: 9464,
+			Usage: "serve Prometheus metrics: the worker's on this port, the bridge's on the next, the broker's on the one after (0: off)"},
 	}
 }
 
 func configFrom(cCtx *cli.Context) (Config, error) {
 	if cCtx.Int("devices") < 0 || cCtx.Int("devices") > 20000 {
 		return Config{}, cli.Exit("--devices must be 0 to 20000", 2)
+	}
+	if p := cCtx.Int("metrics-port"); p < 0 || p > 65533 {
+		return Config{}, cli.Exit("--metrics-port must be 0 (off) or a port up to 65533", 2)
 	}
 	dir, err := filepath.Abs(cCtx.String("data-dir"))
 	if err != nil {
@@ -73,7 +78,8 @@ func configFrom(cCtx *cli.Context) (Config, error) {
 		DataDir: dir, Devices: cCtx.Int("devices"),
 		TemporalPort: cCtx.Int("temporal-port"), UIPort: cCtx.Int("temporal-ui-port"), MQTTPort: cCtx.Int("mqtt-port"),
 		PostgresPort: cCtx.Int("postgres-port"), HTTPPort: cCtx.Int("http-port"), DatabaseURL: cCtx.String("database-url"),
-		RealServers: cCtx.Bool("real-servers"), Out: cCtx.App.Writer,
+		RealServers: cCtx.Bool("real-servers"), MetricsPort: cCtx.Int("metrics-port"),
+		Out: cCtx.App.Writer,
 	}, nil
 }
 
@@ -131,6 +137,7 @@ func runDemo(ctx context.Context, cfg Config, demo bool) error {
 	s.say("  Demo package    %s (md5 %s, %d bytes)", s.Package.URL, s.Package.MD5, s.Package.Size)
 	s.say("                  signed by %s (%s); sidecar %s", demoKeyID, s.Publisher.keyFile, s.Sidecar)
 	s.say("  Trusted keys    %s (the worker's and the simulated devices')", strings.Join(s.Publisher.trusted.IDs(), ", "))
+	s.printMetrics()
 	if demo && cfg.Devices > 0 {
 		if err := s.demoRollout(ctx); err != nil {
 			return err

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,10 +44,25 @@ func testStackRunsDemoRollout(t *testing.T, real bool) {
 	}
 	var out bytes.Buffer
 	cfg := Config{DataDir: t.TempDir(), Devices: 3, TemporalPort: ports[0], UIPort: ports[1], MQTTPort: ports[2],
-		PostgresPort: ports[3], HTTPPort: ports[4], RealServers: real, Out: &out}
+		PostgresPort: ports[3], HTTPPort: ports[4], RealServers: real, MetricsPort: threeFreePorts(t), Out: &out}
 	s, err := Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Each /metrics URL on a line of its own, and each serves.
+	s.printMetrics()
+	for i, part := range []string{"worker", "bridge", "broker"} {
+		url := fmt.Sprintf("http://127.0.0.1:%d/metrics", cfg.MetricsPort+i)
+		if !strings.Contains(out.String(), "\n  Metrics "+part+strings.Repeat(" ", 8-len(part))+url+"\n") {
+			t.Errorf("no line for the %s's metrics at %s:\n%s", part, url, out.String())
+		}
+		resp, err := http.Get(url)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %v %v", url, resp, err)
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
 	}
 	if err := s.demoRollout(ctx); err != nil {
 		s.Close()
@@ -100,4 +117,20 @@ func testStackRunsDemoRollout(t *testing.T, real bool) {
 	if !strings.Contains(out.String(), "No simulated device runs firmware 1.0 any more") || strings.Contains(out.String(), "Started rollout") {
 		t.Errorf("the second demo:\n%s", out.String())
 	}
+}
+
+// threeFreePorts returns a port that is free with the two after it.
+func threeFreePorts(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		p, err := localstack.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p+2 < 65536 && localstack.CheckPortFree(p+1) == nil && localstack.CheckPortFree(p+2) == nil {
+			return p
+		}
+	}
+	t.Fatal("found no three free ports in a row")
+	return 0
 }

@@ -51,6 +51,9 @@ type Config struct {
 	// RealServers runs the production topology instead (internal/prodstack): the Temporal
 	// server on PostgreSQL, Mosquitto, two workers and two bridges as processes of their own.
 	RealServers bool
+	// MetricsPort, when not 0, serves the worker's metrics on it, the bridge's on the next
+	// port and the broker's on the one after.
+	MetricsPort int
 }
 
 // Stack is the running local system: the servers and the system around them.
@@ -101,10 +104,19 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.log = slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	s.say("Logs of every part: %s", logFile.Name())
 
-	for _, p := range []struct {
+	ports := []struct {
 		port       int
 		what, flag string
-	}{{cfg.MQTTPort, "MQTT broker", "--mqtt-port"}, {cfg.HTTPPort, "package file server", "--http-port"}} {
+	}{{cfg.MQTTPort, "MQTT broker", "--mqtt-port"}, {cfg.HTTPPort, "package file server", "--http-port"}}
+	if cfg.MetricsPort != 0 {
+		for i, part := range []string{"worker", "bridge", "broker"} {
+			ports = append(ports, struct {
+				port       int
+				what, flag string
+			}{cfg.MetricsPort + i, part + " metrics server", "--metrics-port"})
+		}
+	}
+	for _, p := range ports {
 		if err := localstack.CheckPortFree(p.port); err != nil {
 			return nil, fmt.Errorf("the %s cannot listen: %w (choose another port with %s)", p.what, err, p.flag)
 		}
@@ -176,7 +188,8 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		BrokerStore: filepath.Join(cfg.DataDir, "broker-sessions.db"),
 		NoWorker:    cfg.External, NoBridge: cfg.External,
 		WorkerPolicy: packages, DevicePolicy: pkgsig.Policy{Keys: packages.Keys},
-		Logger: s.log,
+		Metrics: metricsAddrs(cfg),
+		Logger:  s.log,
 	})
 	if err != nil {
 		return nil, err
@@ -237,6 +250,33 @@ func (s *Stack) simStateDir() string {
 		return filepath.Join(s.cfg.DataDir, "real", "devicesim")
 	}
 	return filepath.Join(s.cfg.DataDir, "devicesim")
+}
+
+// metricsAddrs are where the stack serves metrics: the broker's always, the worker's and the
+// bridge's when they run in this process.
+func metricsAddrs(cfg Config) *system.MetricsAddrs {
+	if cfg.MetricsPort == 0 {
+		return nil
+	}
+	m := &system.MetricsAddrs{Broker: metricsAddr(cfg, 2)}
+	if !cfg.External {
+		m.Worker, m.Bridge = metricsAddr(cfg, 0), metricsAddr(cfg, 1)
+	}
+	return m
+}
+
+// metricsAddr is the metrics address of the part at offset from MetricsPort.
+func metricsAddr(cfg Config, offset int) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.MetricsPort+offset))
+}
+
+// printMetrics prints each /metrics URL on a line of its own.
+func (s *Stack) printMetrics() {
+	for _, part := range []string{system.PartWorker, system.PartBridge, system.PartBroker} {
+		if u, ok := s.MetricsURLs[part]; ok {
+			s.say("  Metrics %-7s %s", part, u)
+		}
+	}
 }
 
 // simulated is how many devices the stack simulates in its own process: none when the

@@ -11,7 +11,8 @@
 // with its own --mqtt-client-id. Ctrl-C stops it cleanly: messages already taken are
 // finished, the rest stay with the broker for the next run. A fatal error (the broker refusing
 // its credentials or subscriptions, Temporal refusing its namespace for --fatal-after) stops
-// it the same way and exits 1, for a supervisor to see and restart it.
+// it the same way and exits 1, for a supervisor to see and restart it. --metrics-listen ADDR
+// (METRICS_LISTEN) serves Prometheus metrics on http://ADDR/metrics.
 package main
 
 import (
@@ -22,9 +23,12 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
+	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/bridge"
+	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
@@ -69,6 +73,7 @@ func newApp() *cli.App {
 				Usage: "Temporal signals sent at once, at most"},
 			&cli.DurationFlag{Name: "fatal-after", Value: bridge.DefaultFatalAfter, EnvVars: []string{"BRIDGE_FATAL_AFTER"},
 				Usage: "exit (code 1) once Temporal has refused the bridge outright (namespace not found, permission denied) this long"},
+			&cli.StringFlag{Name: metrics.Flag, EnvVars: []string{metrics.Env}, Usage: "serve Prometheus metrics on http://ADDR/metrics, e.g. :9465 (off when empty)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log at debug level"},
 		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
@@ -88,6 +93,14 @@ func run(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var reg *prometheus.Registry
+	var handler client.MetricsHandler
+	if cCtx.String(metrics.Flag) != "" {
+		reg = metrics.NewRegistry()
+		if handler, err = metrics.TemporalHandler(reg); err != nil {
+			return err
+		}
+	}
 	st, err := store.Open(ctx, cCtx.String("database-url"))
 	if err != nil {
 		return err
@@ -96,6 +109,7 @@ func run(cCtx *cli.Context) error {
 
 	tc, err := temporalconn.Dial(ctx, temporalconn.Options{
 		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"), TLS: temporalTLS,
+		MetricsHandler: handler,
 	})
 	if err != nil {
 		return err
@@ -118,6 +132,15 @@ func run(cCtx *cli.Context) error {
 	}, tc, st)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)
+	}
+	if reg != nil {
+		reg.MustRegister(b.Collector())
+		srv, err := metrics.Listen(cCtx.String(metrics.Flag), reg)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		logger.Info("Serving metrics", "url", srv.URL())
 	}
 	return b.Run(ctx)
 }

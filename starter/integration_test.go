@@ -128,6 +128,13 @@ type fixture struct {
 // startWorker opens a database of the test's own and runs a worker that records in it.
 func startWorker(t *testing.T) *fixture {
 	t.Helper()
+	return startWorkerWith(t, nil)
+}
+
+// startWorkerWith is startWorker with the worker's event notifications made by notifications
+// (nil: none).
+func startWorkerWith(t *testing.T, notifications func(st *store.Store) *activities.Notifications) *fixture {
+	t.Helper()
 	ctx := context.Background()
 	f := &fixture{dbURL: testenv.DatabaseURL(t), pub: &recorder{}}
 	st, err := store.Open(ctx, f.dbURL)
@@ -136,7 +143,11 @@ func startWorker(t *testing.T) *fixture {
 	}
 	t.Cleanup(st.Close)
 	f.store = st
-	w := workflows.NewWorker(testenv.TemporalClient(), &activities.Activities{Publisher: f.pub, Store: st})
+	a := &activities.Activities{Publisher: f.pub, Store: st}
+	if notifications != nil {
+		a.Notify = notifications(st)
+	}
+	w := workflows.NewWorker(testenv.TemporalClient(), a)
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/errtext"
+	"github.com/otaflow/otaflow/internal/notify"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 )
@@ -67,7 +68,7 @@ func rolloutCommand(e *appEnv) *cli.Command {
 					"Exit codes: 0 started (with --wait: completed), 1 failed its pre-flight or matched no device\n" +
 					"(with --wait: the rollout ended other than completed), 2 bad input, 3 a rollout of that name\n" +
 					"is already running, 130 interrupted while waiting (the rollout goes on).",
-				Flags: slices.Concat(rolloutRequestFlags(), []cli.Flag{
+				Flags: slices.Concat(rolloutRequestFlags(), notifyFlags(), []cli.Flag{
 					&cli.BoolFlag{Name: "allow-empty", Usage: "a rollout that matches no device is no failure (exit 0)"},
 					&cli.BoolFlag{Name: "wait", Usage: "follow the rollout's progress until it ends"},
 					&cli.BoolFlag{Name: "json", Usage: "print one JSON object (with --wait, progress goes to stderr)"},
@@ -461,6 +462,10 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	receiver, err := notifyReceiver(cCtx)
+	if err != nil {
+		return err
+	}
 	c, err := e.temporalClient(cCtx)
 	if err != nil {
 		return err
@@ -471,6 +476,10 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 	if err := refuseRunningRollout(ctx, c, req.Name); err != nil {
 		return err
 	}
+	settleReceiver, err := e.addReceiver(cCtx, c, req.Name, receiver)
+	if err != nil {
+		return err
+	}
 	var unknown []string
 	if spec.ids != nil {
 		if req.Targets.List, unknown, err = e.storeTargets(cCtx, req.Name, spec.ids); err != nil {
@@ -478,6 +487,9 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 		}
 	}
 	run, err := ota.StartRollout(ctx, c, req)
+	if serr := settleReceiver(err == nil); serr != nil {
+		fmt.Fprintf(e.errOut, "starter: warning: %v\n", serr)
+	}
 	var running *ota.RolloutRunningError
 	if errors.As(err, &running) {
 		// Another start of this name won: its rollout runs with its own list, and this
@@ -503,6 +515,9 @@ func (e *appEnv) rolloutStartAction(cCtx *cli.Context) error {
 	if !asJSON {
 		fmt.Fprintf(e.out, "Started rollout %s: %s %s\n", req.Name, req.Upgrade.Type, req.Upgrade.Version)
 		fmt.Fprintf(e.out, "  workflow  %s\n  run       %s\n  web UI    %s\n", rep.WorkflowID, rep.RunID, rep.WebUI)
+		if receiver != nil {
+			fmt.Fprintf(e.out, "  notify    %s (signed; the secret is not shown)\n", notify.Redact(receiver.URL))
+		}
 	}
 	check := "checks the package (downloads it once) and fixes its targets"
 	if req.SkipPreflight {

@@ -12,6 +12,10 @@
 // With --trusted-keys DIR (public keys only, one <key_id>.pub each) the worker verifies a
 // package's signature before any command for it is sent, and with --require-signatures it
 // refuses unsigned packages; without keys, the devices alone verify signatures.
+//
+// --metrics-listen ADDR (METRICS_LISTEN) serves Prometheus metrics on http://ADDR/metrics.
+// --notify-url URL (NOTIFY_URL) sends every event notification to a webhook receiver, signed
+// with the secret in NOTIFY_SECRET or --notify-secret-file.
 package main
 
 import (
@@ -22,11 +26,15 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
+	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/mqttconn"
+	"github.com/otaflow/otaflow/internal/notify"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/store"
@@ -51,6 +59,13 @@ func main() {
 				Usage: "`DIR` of trusted public keys, one <key_id>.pub (PEM, as openssl pkey -pubout writes) per key: package signatures are verified before any command is sent (default: none; devices verify)"},
 			&cli.BoolFlag{Name: "require-signatures", EnvVars: []string{pkgsig.EnvRequireSignatures},
 				Usage: "refuse to send unsigned packages (needs --trusted-keys)"},
+			&cli.StringFlag{Name: metrics.Flag, EnvVars: []string{metrics.Env}, Usage: "serve Prometheus metrics on http://ADDR/metrics, e.g. :9464 (off when empty)"},
+			&cli.StringFlag{Name: "notify-url", EnvVars: []string{"NOTIFY_URL"},
+				Usage: "send every event notification (upgrade finished, rollout waves, pauses and ends) to this webhook receiver"},
+			&cli.StringFlag{Name: "notify-secret-file", EnvVars: []string{"NOTIFY_SECRET_FILE"},
+				Usage: "file holding the webhook's shared secret (default: the " + notify.SecretEnv + " environment variable)"},
+			&cli.DurationFlag{Name: "notify-retry-for", Value: notify.DefaultRetryFor, EnvVars: []string{"NOTIFY_RETRY_FOR"},
+				Usage: "retry budget of a notification: how long after its event it is given up and recorded undeliverable"},
 		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
 	}
@@ -72,6 +87,25 @@ func run(cCtx *cli.Context) error {
 	packages, err := pkgsig.LoadPolicy(cCtx.String("trusted-keys"), cCtx.Bool("require-signatures"))
 	if err != nil {
 		return fmt.Errorf("package policy: %w", err)
+	}
+	var deployment *notify.Receiver
+	if u := cCtx.String("notify-url"); u != "" {
+		if err := ota.ValidateWebhookURL(u); err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		secret, err := notify.ReadSecret(cCtx.String("notify-secret-file"), os.Getenv)
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		deployment = &notify.Receiver{URL: u, Secret: secret}
+	}
+	var reg *prometheus.Registry
+	var handler client.MetricsHandler
+	if addr := cCtx.String(metrics.Flag); addr != "" {
+		reg = metrics.NewRegistry()
+		if handler, err = metrics.TemporalHandler(reg); err != nil {
+			return err
+		}
 	}
 	st, err := store.Open(ctx, cCtx.String("database-url"))
 	if err != nil {
@@ -97,14 +131,34 @@ func run(cCtx *cli.Context) error {
 
 	c, err := temporalconn.Dial(ctx, temporalconn.Options{
 		Address: cCtx.String("temporal-address"), Namespace: cCtx.String("temporal-namespace"), Logger: logger, TLS: temporalTLS,
+		MetricsHandler: handler,
 	})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 
-	w := workflows.NewWorker(c, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c,
-		Packages: packages})
+	deliverer := &notify.Deliverer{Store: st, Deployment: deployment, Settings: notify.Settings{RetryFor: cCtx.Duration("notify-retry-for")},
+		Logger: logger}
+	acts := &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c, Packages: packages,
+		Notify: &activities.Notifications{Events: st, Deployment: deployment != nil, Deliverer: deliverer}}
+	w := workflows.NewWorker(c, acts)
+	if reg != nil {
+		reg.MustRegister(&metrics.FleetCollector{Store: st, Temporal: c, Namespace: cCtx.String("temporal-namespace"), Logger: logger},
+			deliverer.Collector())
+		srv, err := metrics.Listen(cCtx.String(metrics.Flag), reg)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		logger.Info("Serving metrics", "url", srv.URL())
+	}
+	if deployment != nil {
+		if err := ota.StartNotifier(ctx, c); err != nil {
+			return err
+		}
+		logger.Info("Event notifications on", "receiver", notify.Redact(deployment.URL))
+	}
 	// Run returns when Ctrl-C stops the worker (nil), or when a fatal worker error stopped it
 	// (the namespace deleted, the server refusing the worker): then the program exits 1, so
 	// that a supervisor sees it and restarts it, rather than keeping a process that polls

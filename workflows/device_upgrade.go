@@ -136,6 +136,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(ota.SearchState); ok {
 		u.searchState = v
 	}
+	countUpgradeStarted(ctx, req)
 	if err := workflow.SetQueryHandler(ctx, ota.QueryState, func() (ota.UpgradeStatus, error) { return u.st, nil }); err != nil {
 		return ota.UpgradeStatus{}, fmt.Errorf("set query handler: %w", err)
 	}
@@ -570,6 +571,7 @@ func (u *upgrade) setFinal(ctx workflow.Context, s ota.State) {
 	u.record.State = s
 	u.record.Progress = u.st.Progress
 	u.upsertState(ctx, s)
+	countUpgradeFinished(ctx, u)
 }
 
 // recordState writes the current state to PostgreSQL. Bookkeeping never fails the upgrade:

@@ -37,6 +37,11 @@ import (
 //     changes of issue 10 (plain reasons, records scoped to the rollout's run): a rollout
 //     that completes, one continued as new twice, one whose pre-flight fails, one that
 //     matches no device, and the upgrade of an unknown device.
+//   - testdata/issue12/: the same situations, and a threshold abort, recorded before the
+//     changes of issue 12 (metrics, and the rollout's notification events behind notifyChange).
+//   - testdata/issue12-after/: the rollouts again, recorded after them: with the
+//     notify-rollout-events marker and a RecordRolloutEvent local activity at each wave end,
+//     pause and end.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -47,8 +52,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 53 {
-		t.Fatalf("found %d recorded histories, want the 53 recorded so far", len(files))
+	if len(files) < 82 {
+		t.Fatalf("found %d recorded histories, want the 82 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/errtext"
+	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/ota"
 )
 
@@ -181,6 +183,9 @@ func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProg
 	if v, ok := workflow.GetTypedSearchAttributes(ctx).GetKeyword(ota.SearchState); ok {
 		r.searchState = v
 	}
+	if in.Carry == nil {
+		r.metrics(ctx).WithTags(map[string]string{metrics.LabelType: req.Upgrade.Type}).Counter(metrics.RolloutsStarted).Inc(1)
+	}
 	if err := r.setHandlers(ctx); err != nil {
 		return *r.p, err
 	}
@@ -255,7 +260,7 @@ func (r *rollout) validatePause(string) error {
 }
 
 func (r *rollout) onPause(ctx workflow.Context, reason string) error {
-	r.pause(ctx, "paused by operator: "+reason)
+	r.pause(ctx, operatorPause+reason)
 	return nil
 }
 
@@ -474,6 +479,8 @@ func (r *rollout) run(ctx workflow.Context) (ota.RolloutProgress, error) {
 		}
 		// The wave has ended: check its success threshold, bake, and go on.
 		wp := r.p.Waves[wi]
+		r.metrics(ctx).Counter(metrics.RolloutWavesFinished).Inc(1)
+		r.notify(ctx, ota.EventRolloutWaveFinished, wp.Number)
 		if t := wave.SuccessThreshold; t > 0 {
 			c := wp.Counts
 			judged := c.Finished() - c.Canceled - c.Conflict
@@ -683,6 +690,7 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	r.startedThisRun++
 	r.p.Counts.Started++
 	r.waveCounts(wi).Started++
+	r.metrics(ctx).Counter(metrics.RolloutDevicesStarted).Inc(1)
 	workflow.Go(dctx, func(gctx workflow.Context) {
 		if r.handover {
 			var exec workflow.Execution
@@ -898,15 +906,24 @@ func (r *rollout) checkFailures(ctx workflow.Context) {
 	r.pause(ctx, reason)
 }
 
+// operatorPause starts the reason of a pause an operator asked for.
+const operatorPause = "paused by operator: "
+
 func (r *rollout) pause(ctx workflow.Context, reason string) {
 	r.c.Paused = true
+	cause := metrics.CauseThreshold
+	if strings.HasPrefix(reason, operatorPause) {
+		cause = metrics.CauseOperator
+	}
+	r.metrics(ctx).WithTags(map[string]string{metrics.LabelCause: cause}).Counter(metrics.RolloutPauses).Inc(1)
 	if !r.control {
 		r.p.Reason = reason
 		r.changed(ctx, ota.RolloutPaused)
-		return
+	} else {
+		r.c.PauseReason = reason
+		r.show(ctx)
 	}
-	r.c.PauseReason = reason
-	r.show(ctx)
+	r.notify(ctx, ota.EventRolloutPaused, 0)
 }
 
 // abort makes the rollout end aborted once its running upgrades have ended.
@@ -1058,6 +1075,8 @@ func (r *rollout) finish(ctx workflow.Context, s ota.RolloutState, reason string
 	// The wave count runs one past the last wave when all are done; the last one is shown.
 	r.p.CurrentWave = min(r.p.CurrentWave, len(r.p.Waves))
 	r.changed(ctx, s)
+	r.metrics(ctx).WithTags(map[string]string{metrics.LabelState: string(s)}).Counter(metrics.RolloutsFinished).Inc(1)
+	r.notify(ctx, rolloutEvents[s], 0)
 	if r.control && r.c.Snapshot != "" {
 		var t *activities.Activities
 		if err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, cleanupOptions), t.DeleteTargetLists,

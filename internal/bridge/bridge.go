@@ -289,6 +289,8 @@ type Bridge struct {
 	log   *slog.Logger
 	opts  *mqtt.ClientOptions // nil without a BrokerURL (tests of the message handling)
 	stats counters
+	// metrics holds what Collector exports beyond the counters.
+	metrics *bridgeMetrics
 
 	pending     pendingIDs // packet IDs of the messages taken and not acknowledged
 	queues      []chan inbound
@@ -312,7 +314,7 @@ func New(cfg Config, sig Signaler, st Store) (*Bridge, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("new bridge: %w", err)
 	}
-	b := &Bridge{cfg: cfg, sig: sig, store: st, log: cfg.Logger,
+	b := &Bridge{cfg: cfg, sig: sig, store: st, log: cfg.Logger, metrics: newBridgeMetrics(),
 		stopping: make(chan struct{}), refused: make(chan error, 1), fatal: make(chan error, 1), ready: make(chan struct{})}
 	if cfg.BrokerURL != "" {
 		opts, err := b.clientOptions()

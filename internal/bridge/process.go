@@ -49,8 +49,10 @@ type item struct {
 	progress protocol.Progress
 	status   protocol.Status
 	isStatus bool
-	// rejection is why the message is refused, or "".
-	rejection string
+	// rejection is why the message is refused, or "", and rejectKind the kind of reason
+	// (RejectTopic...), for the metrics.
+	rejection  string
+	rejectKind string
 	// ignored is a retained replay, acknowledged without processing.
 	ignored bool
 	// unfinished is a message left unacknowledged because the bridge stopped first.
@@ -129,12 +131,17 @@ func (w *worker) processBatch(batch []item) {
 		return
 	}
 	w.b.stats.rejected.Add(int64(len(rejected)))
+	for i := range batch {
+		if batch[i].rejection != "" {
+			w.b.metrics.rejected.WithLabelValues(batch[i].rejectKind).Inc()
+		}
+	}
 
 	// Reports of unregistered devices are recorded as rejected; the others stay stored.
 	var unknown []store.Rejected
 	for i := range batch {
 		if it := &batch[i]; it.report >= 0 && !stored[it.report] {
-			it.report, it.rejection = -1, ReasonUnknownDevice
+			it.report, it.rejection, it.rejectKind = -1, ReasonUnknownDevice, RejectUnknownDevice
 			unknown = append(unknown, w.rejection(it))
 		}
 	}
@@ -147,6 +154,7 @@ func (w *worker) processBatch(batch []item) {
 			}
 		} else {
 			w.b.stats.rejected.Add(int64(len(unknown)))
+			w.b.metrics.rejected.WithLabelValues(RejectUnknownDevice).Add(float64(len(unknown)))
 		}
 	}
 
@@ -166,6 +174,11 @@ func (w *worker) forwardAll(batch []item) {
 			continue
 		}
 		w.b.stats.stored.Add(1)
+		if it.isStatus {
+			w.b.metrics.stored.WithLabelValues(storedStatus).Inc()
+		} else {
+			w.b.metrics.stored.WithLabelValues(storedProgress).Inc()
+		}
 		if _, ok := groups[it.device]; !ok {
 			order = append(order, it.device)
 		}
@@ -203,7 +216,7 @@ func (w *worker) classify(it *item) {
 	}
 	device, kind, err := protocol.ParseTopic(m.Topic())
 	if err != nil {
-		it.rejection = err.Error()
+		it.rejection, it.rejectKind = err.Error(), RejectTopic
 		return
 	}
 	it.device = device
@@ -211,19 +224,19 @@ func (w *worker) classify(it *item) {
 	case protocol.KindProgress:
 		p, err := protocol.ParseProgress(m.Payload())
 		if err != nil {
-			it.rejection = err.Error()
+			it.rejection, it.rejectKind = err.Error(), RejectPayload
 			return
 		}
 		it.progress = p
 	case protocol.KindStatus:
 		st, err := protocol.ParseStatus(m.Payload())
 		if err != nil {
-			it.rejection = err.Error()
+			it.rejection, it.rejectKind = err.Error(), RejectPayload
 			return
 		}
 		it.status, it.isStatus = st, true
 	default:
-		it.rejection = fmt.Sprintf("devices do not publish on %s topics", kind)
+		it.rejection, it.rejectKind = fmt.Sprintf("devices do not publish on %s topics", kind), RejectKind
 	}
 }
 
@@ -237,6 +250,9 @@ func (w *worker) record(reports []store.Report, rejected []store.Rejected) ([]bo
 	err := w.retry(fmt.Sprintf("record %d reports and %d rejected messages", len(reports), len(rejected)), func(ctx context.Context) error {
 		var err error
 		stored, err = w.b.store.RecordBatch(ctx, reports, rejected)
+		if err != nil {
+			w.b.metrics.errors.WithLabelValues(targetPostgres).Inc()
+		}
 		return err
 	})
 	if err == nil && len(stored) != len(reports) {
@@ -251,7 +267,11 @@ func (w *worker) record(reports []store.Report, rejected []store.Rejected) ([]bo
 // progress reports the coalescer lets through.
 func (w *worker) forward(it *item) error {
 	if it.isStatus {
-		return w.signal(it.device, ota.SignalStatus, ota.StatusSignal{Status: it.status, ReceivedAt: it.in.at})
+		err := w.signal(it.device, ota.SignalStatus, ota.StatusSignal{Status: it.status, ReceivedAt: it.in.at})
+		if err == nil {
+			w.b.metrics.observeSignal(it.in.at, w.b.cfg.Now())
+		}
+		return err
 	}
 	w.mu.Lock()
 	forward := w.coalescer.forward(it.device, it.progress, it.in.at)
@@ -264,6 +284,7 @@ func (w *worker) forward(it *item) error {
 	if err != nil {
 		return err
 	}
+	w.b.metrics.observeSignal(it.in.at, w.b.cfg.Now())
 	w.mu.Lock()
 	w.coalescer.forwarded(it.device, it.progress, it.in.at)
 	w.mu.Unlock()
@@ -309,6 +330,9 @@ func (w *worker) signal(device, name string, arg any) error {
 		if errors.As(err, &notFound) {
 			noWorkflow = true
 			return nil
+		}
+		if err != nil {
+			w.b.metrics.errors.WithLabelValues(targetTemporal).Inc()
 		}
 		return err
 	})

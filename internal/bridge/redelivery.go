@@ -58,6 +58,13 @@ func (p *pendingIDs) release(conn uint64, id uint16) {
 	p.mu.Unlock()
 }
 
+// count is how many IDs are pending.
+func (p *pendingIDs) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.ids)
+}
+
 // pendingMessage is a message whose packet ID is pending until it is acknowledged.
 type pendingMessage struct {
 	mqtt.Message

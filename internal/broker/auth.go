@@ -15,6 +15,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -60,6 +61,9 @@ type authHook struct {
 
 	verifications atomic.Int64 // argon2id verifications run, for tests
 
+	// refused counts refused connections by reason (metrics.go).
+	refused *prometheus.CounterVec
+
 	// Connections are numbered as their CONNECT arrives (OnConnect). A connection whose
 	// authentication ends after a later connection of the same client ID was accepted is
 	// stale (see OnConnectAuthenticate).
@@ -93,6 +97,7 @@ func newAuthHook(opts Options, log *slog.Logger, server *mqtt.Server) *authHook 
 		running:       make(map[verifyKey]*verifyCall),
 		arrived:       make(map[*mqtt.Client]uint64),
 		newestAdmit:   make(map[string]uint64),
+		refused:       newRefusedCounter(),
 	}
 }
 
@@ -154,8 +159,8 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return false
 	}
 	if !h.admit(cl) {
-		h.log.Warn("connection refused", "client", cl.ID, "remote", cl.Net.Remote,
-			"reason", "a newer connection of this client was accepted while this one waited for authentication")
+		h.log.Warn("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", reasonSuperseded)
+		h.refused.WithLabelValues(refusalLabel(reasonSuperseded)).Inc()
 		_ = h.server.SendConnack(cl, packets.ErrServerUnavailable, false, nil)
 		return false
 	}
@@ -169,6 +174,7 @@ func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	refuse := func(reason string, attrs ...any) bool {
 		h.log.Warn("connection refused", append([]any{"client", clientID, "username", username,
 			"remote", cl.Net.Remote, "reason", reason}, attrs...)...)
+		h.refused.WithLabelValues(refusalLabel(reason)).Inc()
 		return false
 	}
 	// A failure that is not the client's fault is answered "server unavailable", so the

@@ -308,6 +308,19 @@ func recordRollouts(t *testing.T, dir string) {
 	t.Logf("rec-wave-threshold: %v", err)
 	e.save(dir, "rollout-wave-threshold-aborted", run.GetID())
 
+	// The failure threshold aborts: rall-00041..43, the devices the threshold rollout left
+	// on the old version, all fail to install.
+	req = e.rollout("rec-threshold-abort", "rall")
+	req.Targets = targets(4)
+	req.MaxInFlight = 1
+	req.FailurePercent = 50
+	req.FailureMinCount = 2
+	req.FailureAction = ota.ActionAbort
+	req.Upgrade.MaxAttempts = 1
+	run = e.startRollout(req)
+	_, _ = e.finish(run)
+	e.save(dir, "rollout-threshold-aborted", run.GetID())
+
 	// A Temporal cancel of the rollout workflow (Web UI, temporal workflow cancel).
 	// Upgraded devices are included again (they end skipped) so that the group has targets.
 	req = e.rollout("rec-temporal-cancel", "rall")

@@ -49,6 +49,22 @@ type UpgradeEvent struct {
 // soak time). The run's workflow is the only writer of its record: state, attempt and
 // progress are what the workflow says, so the two cannot drift apart.
 func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, detail string) error {
+	return s.RecordUpgradeEvent(ctx, u, at, detail, nil, false)
+}
+
+// RecordUpgradeEvent is RecordUpgrade, and when it records the run's final state, stores ev
+// for delivery in the same transaction (see AddEvent). Should the event alone fail to be
+// stored, the upgrade is recorded all the same and an *EventError says so.
+func (s *Store) RecordUpgradeEvent(ctx context.Context, u Upgrade, at time.Time, detail string, ev *ota.Event, deployment bool) error {
+	var evErr error
+	err := s.recordUpgrade(ctx, u, at, detail, ev, deployment, &evErr)
+	if err == nil && evErr != nil {
+		return &EventError{Err: evErr}
+	}
+	return err
+}
+
+func (s *Store) recordUpgrade(ctx context.Context, u Upgrade, at time.Time, detail string, ev *ota.Event, deployment bool, evErr *error) error {
 	var finished *time.Time
 	if u.State.Final() {
 		finished = &at
@@ -82,6 +98,10 @@ func (s *Store) RecordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 		if _, err := tx.Exec(ctx, `INSERT INTO upgrade_events (run_id, state, attempt, error_code, detail, at)
 			VALUES ($1, $2, $3, $4, $5, $6)`, u.RunID, string(u.State), u.Attempt, u.ErrorCode, detail, at); err != nil {
 			return fmt.Errorf("record event of upgrade %s: %w", u.RunID, err)
+		}
+		if ev != nil && u.State.Final() {
+			// In a savepoint: an event that cannot be stored does not undo the record.
+			*evErr = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error { return addEvent(ctx, sp, *ev, deployment) })
 		}
 		return nil
 	})

@@ -83,6 +83,11 @@ type Config struct {
 	// the embedded one: its URL without credentials, the service URLs with theirs, and its
 	// account administration, which the simulated devices are registered with.
 	Broker *ExternalBroker
+	// Metrics, when set, serves the parts' Prometheus metrics (MetricsURLs says where).
+	Metrics *MetricsAddrs
+	// Notify, when set, gives the worker event notifications; with a deployment receiver,
+	// Start starts the notifier workflow.
+	Notify *Notify
 	// Logger receives every part's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -115,10 +120,13 @@ type System struct {
 	// MQTTURL is the broker's URL without credentials; WorkerMQTTURL and BridgeMQTTURL carry
 	// the service credentials.
 	MQTTURL, WorkerMQTTURL, BridgeMQTTURL string
+	// MetricsURLs are the /metrics URLs of the parts (PartWorker...), with Config.Metrics.
+	MetricsURLs map[string]string
 
 	files    *http.Server
 	fileBase string
 	services map[string]string
+	obs      *observe
 
 	mu           sync.Mutex
 	worker       worker.Worker
@@ -150,6 +158,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			s.Close()
 		}
 	}()
+	if err := s.startObserve(ctx); err != nil {
+		return nil, err
+	}
 	if eb := cfg.Broker; eb != nil {
 		s.MQTTURL, s.WorkerMQTTURL, s.BridgeMQTTURL = eb.URL, eb.WorkerURL, eb.BridgeURL
 	} else {
@@ -183,6 +194,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			return nil, err
 		}
 	}
+	if err := s.startNotifier(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -196,6 +210,9 @@ func (s *System) startBroker(ctx context.Context, addr string) error {
 		return fmt.Errorf("start MQTT broker on %s: %w", addr, err)
 	}
 	s.Broker = b
+	if s.obs.brokerProxy != nil {
+		s.obs.brokerProxy.set(b.Collector())
+	}
 	return nil
 }
 
@@ -238,8 +255,8 @@ func (s *System) StartWorker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w := workflows.NewWorker(s.cfg.Client, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: s.cfg.Store,
-		Temporal: s.cfg.Client, Packages: s.cfg.WorkerPolicy})
+	w := workflows.NewWorker(s.obs.workerClient, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: s.cfg.Store,
+		Temporal: s.cfg.Client, Packages: s.cfg.WorkerPolicy, Notify: s.notifications()})
 	if err := w.Start(); err != nil {
 		mc.Disconnect(0)
 		return fmt.Errorf("start worker: %w", err)
@@ -272,9 +289,12 @@ func (s *System) StartBridge(ctx context.Context) error {
 	if cfg.Logger == nil {
 		cfg.Logger = s.log
 	}
-	b, err := bridge.New(cfg, s.cfg.Client, s.cfg.Store)
+	b, err := bridge.New(cfg, s.obs.bridgeClient, s.cfg.Store)
 	if err != nil {
 		return err
+	}
+	if s.obs.bridgeProxy != nil {
+		s.obs.bridgeProxy.set(b.Collector())
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})

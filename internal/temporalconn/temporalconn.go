@@ -24,6 +24,9 @@ type Options struct {
 	// TLS, when set, secures the connection (see tlsconfig.Files.Config: a CA bundle, a client
 	// certificate for mutual TLS, a server name); nil connects without TLS.
 	TLS *tls.Config
+	// MetricsHandler receives the SDK's client and worker metrics, and those of the
+	// workflows the client's workers run (metrics.TemporalHandler); nil records none.
+	MetricsHandler client.MetricsHandler
 }
 
 // Dial connects to Temporal and checks the server answers within 10 seconds.
@@ -41,6 +44,8 @@ func Dial(ctx context.Context, o Options) (client.Client, error) {
 		HostPort:  o.Address,
 		Namespace: o.Namespace,
 		Logger:    log.NewStructuredLogger(logger),
+
+		MetricsHandler: o.MetricsHandler,
 	}
 	if o.TLS != nil {
 		opts.ConnectionOptions.TLS = o.TLS.Clone()
