@@ -144,7 +144,9 @@ func (s *Store) UpgradeEvents(ctx context.Context, runID string) ([]UpgradeEvent
 
 // CountByState counts a rollout's upgrade runs by state.
 func (s *Store) CountByState(ctx context.Context, rollout string) (map[ota.State]int, error) {
-	rows, err := s.pool.Query(ctx, `SELECT state, count(*) FROM upgrades WHERE rollout = $1 GROUP BY state`, rollout)
+	// rollout <> '' lets every plan, a prepared statement's generic one too, read the
+	// partial index upgrades_rollout_state rather than every upgrade.
+	rows, err := s.pool.Query(ctx, `SELECT state, count(*) FROM upgrades WHERE rollout = $1 AND rollout <> '' GROUP BY state`, rollout)
 	if err != nil {
 		return nil, fmt.Errorf("count upgrades of rollout %s: %w", rollout, err)
 	}
