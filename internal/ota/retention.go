@@ -32,6 +32,10 @@ const RolloutSchedulePrefix = "rollout-schedule-"
 // RolloutScheduleID is the ID of the Temporal Schedule of a rollout (`starter rollout schedule`).
 func RolloutScheduleID(name string) string { return RolloutSchedulePrefix + name }
 
+// ValidRolloutName reports whether name is a valid rollout name (RolloutRequest.Validate):
+// such a name needs no quoting in a visibility query.
+func ValidRolloutName(name string) bool { return rolloutNamePattern.MatchString(name) }
+
 // RetentionItem names what the retention policy keeps for a time: a table, or for
 // RetainUpgrades and RetainTargetLists the rows that belong together.
 type RetentionItem string
@@ -241,6 +245,8 @@ type CleanupResult struct {
 	InUse int `json:"in_use,omitempty"`
 	// Calls counts the activity calls the item took.
 	Calls int `json:"calls"`
+	// Error says why the item could not be cleaned up (the cleanup went on with the next).
+	Error string `json:"error,omitempty"`
 }
 
 // CleanupCursor is where a delete got to in an item's (time, key) order: the last row it
