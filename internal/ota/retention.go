@@ -1,12 +1,14 @@
 package ota
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 )
 
@@ -72,7 +74,8 @@ type RetentionPolicy struct {
 	TargetLists      time.Duration `json:"target_lists"`
 	BatchSize        int           `json:"batch_size"`
 	BatchPause       time.Duration `json:"batch_pause"`
-	// UpdatedAt is when the policy was last changed (zero for the defaults).
+	// UpdatedAt is when the policy was last changed; zero while it is the defaults a new
+	// database gets.
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
@@ -307,5 +310,49 @@ func RetentionCleanupAction() *client.ScheduleWorkflowAction {
 		// Bounded: a cleanup that cannot finish in a day is stopped, and the next run goes on.
 		WorkflowRunTimeout: 24 * time.Hour,
 		StaticSummary:      "Retention cleanup: delete what the retention policy in PostgreSQL says has expired (starter retention show)",
+	}
+}
+
+// TriggerRetentionCleanup runs the retention cleanup now, through its schedule (so that the
+// schedule's rule of one cleanup at a time holds), and returns the run to wait for: the one
+// the trigger started, or, with running set, the cleanup that was already running.
+func TriggerRetentionCleanup(ctx context.Context, c client.Client) (run client.WorkflowRun, running bool, err error) {
+	h := c.ScheduleClient().GetHandle(ctx, RetentionCleanupScheduleID)
+	desc, err := h.Describe(ctx)
+	var notFound *serviceerror.NotFound
+	if errors.As(err, &notFound) {
+		return nil, false, fmt.Errorf("there is no retention cleanup schedule (%s): run starter setup", RetentionCleanupScheduleID)
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("describe schedule %s: %w", RetentionCleanupScheduleID, err)
+	}
+	if r := desc.Info.RunningWorkflows; len(r) > 0 {
+		return c.GetWorkflow(ctx, r[0].WorkflowID, ""), true, nil
+	}
+	actions, skipped := desc.Info.NumActions, desc.Info.NumActionsSkippedOverlap
+	if err := h.Trigger(ctx, client.ScheduleTriggerOptions{}); err != nil {
+		return nil, false, fmt.Errorf("trigger schedule %s: %w", RetentionCleanupScheduleID, err)
+	}
+	// The schedule starts the workflow a moment later.
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		case <-tick.C:
+		}
+		if desc, err = h.Describe(ctx); err != nil {
+			return nil, false, fmt.Errorf("describe schedule %s: %w", RetentionCleanupScheduleID, err)
+		}
+		switch recent := desc.Info.RecentActions; {
+		case desc.Info.NumActions > actions && len(recent) > 0 && recent[len(recent)-1].StartWorkflowResult != nil:
+			return c.GetWorkflow(ctx, recent[len(recent)-1].StartWorkflowResult.WorkflowID, ""), false, nil
+		case desc.Info.NumActionsSkippedOverlap > skipped && len(desc.Info.RunningWorkflows) > 0:
+			return c.GetWorkflow(ctx, desc.Info.RunningWorkflows[0].WorkflowID, ""), true, nil
+		case time.Now().After(deadline):
+			return nil, false, fmt.Errorf("schedule %s was triggered but started no cleanup within a minute (is it paused?)", RetentionCleanupScheduleID)
+		}
 	}
 }

@@ -17,10 +17,11 @@ func (s *Store) RetentionPolicy(ctx context.Context) (ota.RetentionPolicy, error
 	keeps := []*time.Duration{&p.ProgressEvents, &p.RejectedMessages, &p.ShedReports, &p.Upgrades, &p.TargetLists}
 	var secs [5]*float64
 	var pause float64
+	var updated *time.Time
 	err := s.pool.QueryRow(ctx, `SELECT extract(epoch FROM progress_events), extract(epoch FROM rejected_messages),
 		extract(epoch FROM shed_reports), extract(epoch FROM upgrades), extract(epoch FROM target_lists),
 		batch_size, extract(epoch FROM batch_pause), updated_at FROM retention_policy`).
-		Scan(&secs[0], &secs[1], &secs[2], &secs[3], &secs[4], &p.BatchSize, &pause, &p.UpdatedAt)
+		Scan(&secs[0], &secs[1], &secs[2], &secs[3], &secs[4], &p.BatchSize, &pause, &updated)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ota.RetentionPolicy{}, fmt.Errorf("retention policy: %w (the database's schema is older than OTAflow: run starter setup)", ErrNotFound)
 	}
@@ -33,6 +34,9 @@ func (s *Store) RetentionPolicy(ctx context.Context) (ota.RetentionPolicy, error
 		}
 	}
 	p.BatchPause = seconds(pause)
+	if updated != nil {
+		p.UpdatedAt = *updated
+	}
 	return p, nil
 }
 

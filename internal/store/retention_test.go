@@ -21,9 +21,7 @@ func TestRetentionPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ota.DefaultRetentionPolicy()
-	want.UpdatedAt = got.UpdatedAt
-	if got != want {
+	if want := ota.DefaultRetentionPolicy(); got != want {
 		t.Errorf("a new database's policy is %+v, want the defaults %+v", got, want)
 	}
 

@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS retention_policy (
     -- Rows one delete takes at most (one short transaction), and the pause between two.
     batch_size         integer NOT NULL DEFAULT 5000 CHECK (batch_size BETWEEN 100 AND 50000),
     batch_pause        interval NOT NULL DEFAULT interval '100 milliseconds',
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    -- When `starter retention set` last changed it; NULL: the defaults of this migration.
+    updated_at         timestamptz
 );
 INSERT INTO retention_policy (only_row) VALUES (true) ON CONFLICT DO NOTHING;
 
