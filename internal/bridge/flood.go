@@ -486,6 +486,8 @@ func (b *Bridge) ShedCounts() []ShedTotal {
 	for k, n := range l.totals {
 		out = append(out, ShedTotal{Device: k.device, Reason: k.reason, Count: n})
 	}
-	slices.SortFunc(out, func(a, b ShedTotal) int { return cmp.Or(cmp.Compare(a.Device, b.Device), cmp.Compare(a.Reason, b.Reason)) })
+	slices.SortFunc(out, func(a, b ShedTotal) int {
+		return cmp.Or(cmp.Compare(a.Device, b.Device), cmp.Compare(a.Reason, b.Reason))
+	})
 	return out
 }
