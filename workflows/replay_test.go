@@ -25,6 +25,9 @@ import (
 //     progressAfterDownloadChange, silenceChange): retries, timeouts, cancels, a status
 //     without the version key, progress going back, pauses, approvals, hand-overs, a
 //     threshold pause and a Temporal cancel.
+//   - testdata/retention/: a RetentionCleanupWorkflow run recorded by TestRecordHistories
+//     (its cleanup scenario) when the workflow was new (issue 13): batches of 100 over old
+//     and young rows, upgrades kept forever.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {

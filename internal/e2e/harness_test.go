@@ -35,7 +35,7 @@ var fastTiming = simulator.Timing{ReportInterval: 20 * time.Millisecond, Install
 // env is one test's system: its own database, broker, worker, bridge and devices, on the
 // shared Temporal server. Tests using it must not run in parallel: they share the task queue.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	store *store.Store
 	sys   *system.System
@@ -44,7 +44,7 @@ type env struct {
 	dbURL string
 }
 
-func newEnv(t *testing.T, cfg system.Config) *env {
+func newEnv(t testing.TB, cfg system.Config) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
@@ -100,7 +100,7 @@ func (e *env) upgrade(req ota.UpgradeRequest) (ota.UpgradeStatus, error) {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -124,7 +124,7 @@ func (e *env) historyLength(workflowID, runID string) int64 {
 // scripted is a device the test drives by hand: it registers with a known secret, connects
 // to the broker under its own credentials and hands every command it gets to the test.
 type scripted struct {
-	t        *testing.T
+	t        testing.TB
 	id       string
 	client   paho.Client
 	commands chan protocol.UpgradeCommand
