@@ -328,26 +328,32 @@ func TestHotPathPlans(t *testing.T) {
 	}
 	defer st.Close()
 	populate(t, url, fleet{devices: 20000, progressPerDevice: 20, rejected: 20000})
-	rec.take()
+	checkPlans(t, ctx, url, st, rec, testing.Verbose())
+}
 
+// checkPlans runs the hot paths on st (traced by rec) and fails when the generic plan of one
+// of their statements reads a growing table sequentially; with show, it logs every plan.
+func checkPlans(tb testing.TB, ctx context.Context, url string, st *store.Store, rec *statements, show bool) {
+	tb.Helper()
+	rec.take()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	defer func() { _ = conn.Close(ctx) }()
 	if _, err := conn.Exec(ctx, `SET plan_cache_mode = force_generic_plan`); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	n := 0
-	hotPaths(ctx, t, st, rec, func(op string, f func() error) {
+	hotPaths(ctx, tb, st, rec, func(op string, f func() error) {
 		if err := f(); err != nil && !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("%s: %v", op, err)
+			tb.Fatalf("%s: %v", op, err)
 		}
 		for _, r := range rec.take() {
 			n++
 			plan, text, err := genericPlan(ctx, conn, fmt.Sprintf("hot%d", n), r)
 			if err != nil {
-				t.Errorf("%s: %v\n%s", op, err, r.sql)
+				tb.Errorf("%s: %v\n%s", op, err, r.sql)
 				continue
 			}
 			var bad []string
@@ -357,13 +363,222 @@ func TestHotPathPlans(t *testing.T) {
 				}
 			})
 			if len(bad) > 0 && !strings.HasSuffix(op, mayScan) {
-				t.Errorf("%s: sequential scan of %v:\n%s\n%s", op, bad, r.sql, text)
-			} else if testing.Verbose() {
-				t.Logf("%s:\n%s", op, text)
+				tb.Errorf("%s: sequential scan of %v:\n%s\n%s", op, bad, r.sql, text)
+			} else if show {
+				tb.Logf("%s:\n%s", op, text)
 			}
 		}
 	})
 	if n < 25 {
-		t.Errorf("explained %d statements, want every hot path's", n)
+		tb.Errorf("explained %d statements, want every hot path's", n)
 	}
+}
+
+// BenchmarkFleetScale measures, on a fleet of 100,000 registered devices with 10 million
+// progress reports (100 a device over 60 days), 300,000 upgrade records and 100,000 rejected
+// messages, what the starter, the bridge and the activities do: `starter status` (its store
+// reads), `devices list --prefix` (pages of 500), rollout target resolution (a snapshot of
+// 90,000 devices read back in pages of 500, and a small list), the bridge's batch writes,
+// and a retention cleanup batch. It prints the generic plan of every hot query (see
+// TestHotPathPlans) with the timings. Generating the data takes a few minutes:
+//
+//	go test -run '^$' -bench FleetScale -benchtime 1x -timeout 30m -v ./internal/store
+func BenchmarkFleetScale(b *testing.B) {
+	for range b.N {
+		measureFleetScale(b, fleet{devices: 100000, progressPerDevice: 100, rejected: 100000})
+	}
+}
+
+// timing collects the durations of repeated runs of an operation.
+type timing struct {
+	name string
+	runs []time.Duration
+}
+
+func (t timing) String() string {
+	s := slices.Clone(t.runs)
+	slices.Sort(s)
+	p := func(q float64) time.Duration { return s[min(len(s)-1, int(float64(len(s))*q))] }
+	return fmt.Sprintf("%-62s %5d runs  p50 %9s  p99 %9s  max %9s", t.name, len(s), p(0.5).Round(10*time.Microsecond),
+		p(0.99).Round(10*time.Microsecond), s[len(s)-1].Round(10*time.Microsecond))
+}
+
+func measureFleetScale(b *testing.B, f fleet) {
+	ctx := context.Background()
+	url := testenv.DatabaseURL(b)
+	st, err := store.Open(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	start := time.Now()
+	populate(b, url, f)
+	b.Logf("generated %d devices, %d progress reports, %d upgrades in %s", f.devices, f.devices*f.progressPerDevice, 3*f.devices,
+		time.Since(start).Round(time.Second))
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = conn.Close(ctx) }()
+	var sizes string
+	if err := conn.QueryRow(ctx, `SELECT string_agg(format('%s %s', relname, pg_size_pretty(pg_total_relation_size(relid))), ', ' ORDER BY pg_total_relation_size(relid) DESC)
+		FROM pg_stat_user_tables`).Scan(&sizes); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("sizes (with indexes): %s", sizes)
+
+	var timings []timing
+	measure := func(name string, n int, f func(i int) error) {
+		b.Helper()
+		t := timing{name: name}
+		for i := range n {
+			s := time.Now()
+			if err := f(i); err != nil && !errors.Is(err, store.ErrNotFound) {
+				b.Fatalf("%s: %v", name, err)
+			}
+			t.runs = append(t.runs, time.Since(s))
+		}
+		timings = append(timings, t)
+	}
+	dev := func(i int) string { return fmt.Sprintf("sim-%06d", 1+(i*7919)%int(float64(f.devices)*0.9)) }
+
+	measure("starter status (device, latest upgrade, its events, last report)", 200, func(i int) error {
+		d := dev(i)
+		if _, err := st.GetDevice(ctx, d); err != nil {
+			return err
+		}
+		u, err := st.LatestUpgrade(ctx, d)
+		if err != nil {
+			return err
+		}
+		if _, err := st.UpgradeEvents(ctx, u.RunID); err != nil {
+			return err
+		}
+		_, err = st.LastProgress(ctx, d, ota.AttemptKey{CommandID: u.CommandID, Type: u.Type, Version: u.Version})
+		return err
+	})
+	measure("progress reports of a device (20 newest)", 200, func(i int) error { _, err := st.ProgressEvents(ctx, dev(i), 20); return err })
+	listAll := func(filter ota.DeviceFilter) (int, error) {
+		n := 0
+		for {
+			page, err := st.ListDevices(ctx, filter)
+			if err != nil {
+				return n, err
+			}
+			n += len(page)
+			if len(page) < filter.Limit {
+				return n, nil
+			}
+			filter.After = page[len(page)-1].ID
+		}
+	}
+	var listed int
+	measure("devices list --prefix pump- (9,000 devices, pages of 500)", 5, func(int) error {
+		var err error
+		listed, err = listAll(ota.DeviceFilter{Prefix: "pump-", Limit: 500})
+		return err
+	})
+	if listed != f.devices*9/100 {
+		b.Errorf("listed %d pump- devices, want %d", listed, f.devices*9/100)
+	}
+	measure("devices list --prefix sim- (first page of 500 of 90,000)", 50, func(int) error {
+		_, err := st.ListDevices(ctx, ota.DeviceFilter{Prefix: "sim-", Limit: 500})
+		return err
+	})
+	measure("devices list --prefix gw-0999 (a few devices)", 50, func(int) error {
+		_, err := st.ListDevices(ctx, ota.DeviceFilter{Prefix: "gw-0999", Limit: 500})
+		return err
+	})
+	measure("rollout count of targets by prefix and label (CountTargets)", 20, func(int) error {
+		_, err := st.CountDevices(ctx, ota.DeviceFilter{Prefix: "sim-", Labels: map[string]string{"site": "site-3"}})
+		return err
+	})
+	var snapped int
+	measure("rollout snapshot of 90,000 targets by prefix (SnapshotTargets)", 3, func(i int) error {
+		var err error
+		snapped, err = st.SnapshotTargets(ctx, "bench", fmt.Sprintf("bench/%d", i), ota.DeviceFilter{Prefix: "sim-",
+			NotReportingKey: "firmware_ver", NotReportingValue: "1.1"})
+		return err
+	})
+	if snapped != f.devices*9/10 {
+		b.Errorf("snapshot of %d devices, want %d", snapped, f.devices*9/10)
+	}
+	measure("rollout page of 500 targets from the snapshot (ResolveTargets)", 180, func(i int) error {
+		_, err := st.ListDevices(ctx, ota.DeviceFilter{List: "bench/0", After: dev(i * 500), Limit: 500})
+		return err
+	})
+	measure("rollout resolution of all 90,000 snapshot targets, pages of 500", 3, func(int) error {
+		n, err := listAll(ota.DeviceFilter{List: "bench/0", Limit: 500})
+		if err == nil && n != snapped {
+			err = fmt.Errorf("resolved %d of %d", n, snapped)
+		}
+		return err
+	})
+	measure("rollout page of a 100-device list (ResolveTargets)", 50, func(int) error {
+		_, err := st.ListDevices(ctx, ota.DeviceFilter{List: "small/0001", Limit: 500})
+		return err
+	})
+	measure("rollout status: count by state (100,000 upgrades of the rollout)", 20, func(int) error {
+		_, err := st.CountByState(ctx, "fw-2")
+		return err
+	})
+	batch := func(i int) []store.Report {
+		var reports []store.Report
+		for j := range 64 {
+			d := dev(i*64 + j)
+			if j%8 == 7 {
+				reports = append(reports, store.Report{DeviceID: d, Status: protocol.Status{"firmware_ver": "1.1"}, ReceivedAt: time.Now()})
+				continue
+			}
+			reports = append(reports, store.Report{DeviceID: d, ReceivedAt: time.Now(),
+				Progress: &protocol.Progress{ID: "cmd-bench", Type: "firmware", Version: "1.1", Progress: 1 + j}})
+		}
+		return reports
+	}
+	measure("bridge: batch of 64 reports (56 progress, 8 status), one writer", 300, func(i int) error {
+		_, err := st.RecordBatch(ctx, batch(i), nil)
+		return err
+	})
+	// Eight writers at once, as the bridge's eight shards write.
+	var mu sync.Mutex
+	par := timing{name: "bridge: batch of 64 reports, 8 writers at once"}
+	startPar := time.Now()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 100 {
+				s := time.Now()
+				if _, err := st.RecordBatch(ctx, batch(w*1000+i), nil); err != nil {
+					b.Error(err)
+					return
+				}
+				mu.Lock()
+				par.runs = append(par.runs, time.Since(s))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	parRate := float64(8*100*64) / time.Since(startPar).Seconds()
+	timings = append(timings, par)
+	var cursor ota.CleanupCursor
+	deleted := 0
+	measure("retention: delete batch of 5,000 expired progress reports", 40, func(int) error {
+		n, next, _, err := st.DeleteExpiredBatch(ctx, ota.RetainProgressEvents, time.Now().Add(-30*24*time.Hour), cursor, 5000)
+		cursor, deleted = next, deleted+n
+		return err
+	})
+	for _, t := range timings {
+		b.Log(t)
+	}
+	// The plans at this size.
+	rec := &statements{}
+	traced, err := store.OpenTraced(ctx, url, rec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer traced.Close()
+	checkPlans(b, ctx, url, traced, rec, testing.Verbose())
+	b.Logf("8 writers stored %.0f reports/s; the cleanup deleted %d reports", parRate, deleted)
+	b.ReportMetric(parRate, "bridge-reports/s")
 }

@@ -45,6 +45,12 @@ CREATE INDEX IF NOT EXISTS rejected_messages_received ON rejected_messages (rece
 CREATE INDEX IF NOT EXISTS shed_reports_period ON shed_reports (period_start, id);
 CREATE INDEX IF NOT EXISTS upgrades_finished ON upgrades (finished_at, run_id) WHERE finished_at IS NOT NULL;
 
+-- The cleanup deletes a thirtieth of these tables a day. Vacuumed when 2% of their rows are
+-- dead rather than 20% (PostgreSQL's default), their heap settles at about 12% above what the
+-- live rows need, not 34% (BenchmarkRetentionBloat). Taking no lock that writes wait for.
+ALTER TABLE progress_events SET (autovacuum_vacuum_scale_factor = 0.02);
+ALTER TABLE rejected_messages SET (autovacuum_vacuum_scale_factor = 0.02);
+
 -- Device IDs are ASCII (PROTOCOL.md: A-Z a-z 0-9 _ . -). Compared byte by byte (COLLATE "C")
 -- a prefix is an index range, whatever the database's collation: `devices list --prefix` and
 -- the targets of a rollout by prefix read only the devices they list.
