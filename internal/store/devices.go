@@ -246,12 +246,15 @@ func (q *deviceQuery) where(cond string, args ...any) {
 
 // matching returns the query of the devices f selects (After and Limit are ignored). It holds
 // only the conditions f sets, each as it is, so that a prepared statement's generic plan uses
-// the same indexes as a plan for the values: a list is read from rollout_targets by its key
-// (not by testing every device for membership), a prefix is a range of devices_id_bytes.
+// the same indexes as a plan for the values: a list is read from rollout_targets by its key,
+// in order, each device looked up by its ID (not every device tested for membership), and a
+// prefix is a range of devices_id_bytes.
 func matching(f ota.DeviceFilter) *deviceQuery {
 	q := &deviceQuery{sql: " FROM devices d"}
 	if f.List != "" {
-		q.sql = " FROM rollout_targets t JOIN devices d ON d.id = t.device_id"
+		// Each list entry looks its device up (OFFSET 0 keeps the planner from turning this
+		// into a merge join, which would walk the devices from the first one to the page).
+		q.sql = " FROM rollout_targets t CROSS JOIN LATERAL (SELECT * FROM devices d WHERE d.id = t.device_id OFFSET 0) d"
 		q.where("t.rollout = %s", f.List)
 	}
 	if f.Prefix != "" {
