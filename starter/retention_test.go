@@ -95,6 +95,10 @@ func TestRetentionRunWaits(t *testing.T) {
 
 	r := runCLI(t, ctx, servers(dbURL, "setup")...)
 	r.check(t, 0)
+	// The test server outlives the test: the schedule must not fire into later tests.
+	t.Cleanup(func() {
+		_ = c.ScheduleClient().GetHandle(context.Background(), ota.RetentionCleanupScheduleID).Delete(context.Background())
+	})
 	r = runCLI(t, ctx, servers(dbURL, "retention", "show")...)
 	r.check(t, 0)
 	for _, want := range []string{"Cleanup: schedule retention-cleanup, workflow RetentionCleanup every 1h0m0s", "Temporal keeps closed workflows"} {

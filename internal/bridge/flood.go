@@ -30,7 +30,8 @@ import (
 //   - a status report is never lost: it waits, unacknowledged, until the budget allows it, and
 //     a newer one of the device takes its place (the latest status wins; the older one counts
 //     as ShedSuperseded). A device's reports stay in order: a waiting status goes before any
-//     later report of the device.
+//     later report of the device. (So the bridge holds, unacknowledged, at most one waiting
+//     status per device on top of its queues.)
 //
 // The shed counts are kept per device, reason and interval (FloodConfig.Interval), logged once
 // per interval and written to PostgreSQL (store.ShedCount, when the Store can) as one row per
@@ -324,6 +325,11 @@ func (l *floodLimiter) run(workCtx context.Context) {
 func (l *floodLimiter) releaseWaiting() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	select {
+	case <-l.b.stopping: // the shards may have finished: stop leaves these for the broker
+		return
+	default:
+	}
 	now := l.b.cfg.Now()
 	for _, device := range sortedKeys(l.waiting) {
 		d := l.waiting[device]

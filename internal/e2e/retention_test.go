@@ -101,6 +101,10 @@ func (e *env) runCleanup() (client.WorkflowRun, ota.CleanupReport) {
 	if _, err := setup.EnsureCleanupSchedule(e.ctx, e.c, ota.DefaultCleanupInterval); err != nil {
 		e.t.Fatal(err)
 	}
+	// The test server outlives the test: the schedule must not fire into later tests.
+	e.t.Cleanup(func() {
+		_ = e.c.ScheduleClient().GetHandle(context.Background(), ota.RetentionCleanupScheduleID).Delete(context.Background())
+	})
 	run, running, err := ota.TriggerRetentionCleanup(e.ctx, e.c)
 	if err != nil || running {
 		e.t.Fatalf("trigger the cleanup: %v (a cleanup already running: %v)", err, running)
