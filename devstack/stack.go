@@ -15,9 +15,11 @@ import (
 	"go.temporal.io/sdk/log"
 
 	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/prodstack"
 	"github.com/otaflow/otaflow/internal/protocol"
+	"github.com/otaflow/otaflow/internal/setup"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/system"
@@ -168,6 +170,10 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.Client = s.temporal.Client()
 	s.UIURL = s.temporal.UIURL()
 	s.TemporalAddress = s.temporal.Address()
+	// The retention cleanup runs here too, as `starter setup` schedules it on real servers.
+	if _, err := setup.EnsureCleanupSchedule(ctx, s.Client, ota.DefaultCleanupInterval); err != nil {
+		return nil, err
+	}
 
 	switch {
 	case cfg.External:

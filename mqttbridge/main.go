@@ -74,6 +74,14 @@ func newApp() *cli.App {
 			&cli.DurationFlag{Name: "fatal-after", Value: bridge.DefaultFatalAfter, EnvVars: []string{"BRIDGE_FATAL_AFTER"},
 				Usage: "exit (code 1) once Temporal has refused the bridge outright (namespace not found, permission denied) this long"},
 			&cli.StringFlag{Name: metrics.Flag, EnvVars: []string{metrics.Env}, Usage: "serve Prometheus metrics on http://ADDR/metrics, e.g. :9465 (off when empty)"},
+			// The flood limit (see bridge.FloodConfig).
+			&cli.Float64Flag{Name: "flood-rate", Value: bridge.DefaultFloodRate, EnvVars: []string{"BRIDGE_FLOOD_RATE"},
+				Usage: "reports a second a device may send, sustained; beyond its budget, progress is counted, not stored (status reports wait, errors and 100 pass)"},
+			&cli.IntFlag{Name: "flood-burst", Value: bridge.DefaultFloodBurst, EnvVars: []string{"BRIDGE_FLOOD_BURST"},
+				Usage: "reports a device may send at once on top of its rate (the default passes a whole download's percentages)"},
+			&cli.DurationFlag{Name: "flood-interval", Value: bridge.DefaultFloodInterval, EnvVars: []string{"BRIDGE_FLOOD_INTERVAL"},
+				Usage: "how often the counts of reports not stored are logged and written to PostgreSQL (shed_reports)"},
+			&cli.BoolFlag{Name: "flood-off", EnvVars: []string{"BRIDGE_FLOOD_OFF"}, Usage: "store every report, however many a device sends"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log at debug level"},
 		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
@@ -129,6 +137,8 @@ func run(cCtx *cli.Context) error {
 		BatchSize:         cCtx.Int("batch-size"),
 		SignalConcurrency: cCtx.Int("signal-concurrency"),
 		FatalAfter:        cCtx.Duration("fatal-after"),
+		Flood: bridge.FloodConfig{Rate: cCtx.Float64("flood-rate"), Burst: cCtx.Int("flood-burst"),
+			Interval: cCtx.Duration("flood-interval"), Off: cCtx.Bool("flood-off")},
 	}, tc, st)
 	if err != nil {
 		return cli.Exit(err.Error(), 2)

@@ -103,6 +103,7 @@ func newApp(out, errOut io.Writer) *cli.App {
 			packageCommand(e),
 			rolloutCommand(e),
 			setupCommand(e),
+			retentionCommand(e),
 		},
 		Action: groupAction,
 		After: func(*cli.Context) error {

@@ -21,10 +21,10 @@ import (
 )
 
 // rolloutSchedulePrefix starts the ID of every rollout schedule: rolloutScheduleID.
-const rolloutSchedulePrefix = "rollout-schedule-"
+const rolloutSchedulePrefix = ota.RolloutSchedulePrefix
 
 // rolloutScheduleID is the Temporal Schedule ID of a rollout's schedule.
-func rolloutScheduleID(name string) string { return rolloutSchedulePrefix + name }
+func rolloutScheduleID(name string) string { return ota.RolloutScheduleID(name) }
 
 // scheduleMemoWhen is the schedule memo field that says, for people, when it starts rollouts.
 const scheduleMemoWhen = "when"

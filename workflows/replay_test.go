@@ -42,6 +42,9 @@ import (
 //   - testdata/issue12-after/: the rollouts again, recorded after them: with the
 //     notify-rollout-events marker and a RecordRolloutEvent local activity at each wave end,
 //     pause and end.
+//   - testdata/retention/: a RetentionCleanupWorkflow run recorded by TestRecordHistories
+//     (its cleanup scenario) when the workflow was new (issue 13): batches of 100 over old
+//     and young rows, upgrades kept forever.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -52,7 +55,7 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 82 {
+	if len(files) < 83 {
 		t.Fatalf("found %d recorded histories, want the 82 recorded so far", len(files))
 	}
 	for _, file := range files {
@@ -61,6 +64,7 @@ func TestReplayRecordedHistories(t *testing.T) {
 			r.RegisterWorkflowWithOptions(RolloutWorkflow, workflow.RegisterOptions{Name: ota.RolloutWorkflowName})
 			r.RegisterWorkflowWithOptions(DeviceUpgradeWorkflow, workflow.RegisterOptions{Name: ota.DeviceUpgradeWorkflowName})
 			r.RegisterWorkflowWithOptions(ScheduledRolloutWorkflow, workflow.RegisterOptions{Name: ota.ScheduledRolloutWorkflowName})
+			r.RegisterWorkflowWithOptions(RetentionCleanupWorkflow, workflow.RegisterOptions{Name: ota.RetentionCleanupWorkflowName})
 			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, file); err != nil {
 				t.Fatal(err)
 			}

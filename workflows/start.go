@@ -17,6 +17,7 @@ func Register(r worker.Registry, a *activities.Activities) {
 	r.RegisterWorkflowWithOptions(RolloutWorkflow, workflow.RegisterOptions{Name: ota.RolloutWorkflowName})
 	r.RegisterWorkflowWithOptions(ScheduledRolloutWorkflow, workflow.RegisterOptions{Name: ota.ScheduledRolloutWorkflowName})
 	r.RegisterWorkflowWithOptions(NotifierWorkflow, workflow.RegisterOptions{Name: ota.NotifierWorkflowName})
+	r.RegisterWorkflowWithOptions(RetentionCleanupWorkflow, workflow.RegisterOptions{Name: ota.RetentionCleanupWorkflowName})
 	r.RegisterActivity(a)
 }
 

@@ -27,7 +27,13 @@
 // Temporal outage. internal/broker keeps those that find mochi's write queue full.)
 //
 // Progress reports are coalesced before they reach Temporal (see Config.ProgressInterval and
-// Config.ProgressStep) to keep workflow histories small; PostgreSQL gets every report.
+// Config.ProgressStep) to keep workflow histories small; PostgreSQL gets every report within
+// its device's budget.
+//
+// Every device has a budget of reports (Config.Flood, see flood.go), checked by the MQTT
+// handler before a message is queued: what a flooding device sends beyond it is counted, not
+// stored, and never occupies the queues the devices share; its status reports, error codes and
+// progress 100 are never lost to it.
 package bridge
 
 import (
@@ -147,6 +153,9 @@ type Config struct {
 	// StatsInterval is how often a summary of the counters is logged at Info level, when
 	// anything happened; less than 0 turns it off. Default DefaultStatsInterval.
 	StatsInterval time.Duration
+	// Flood is the per-device flood limit (see FloodConfig); the defaults follow PROTOCOL.md.
+	Flood FloodConfig
+
 	// FatalAfter is how long Temporal may keep refusing the bridge outright (its namespace
 	// not found, permission denied) before Run gives up with ErrTemporalRefused, as the
 	// Temporal SDK's workers do; the messages in hand stay unacknowledged for the next
@@ -189,6 +198,7 @@ func (c Config) withDefaults() Config {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	c.Flood = c.Flood.withDefaults()
 	return c
 }
 
@@ -219,7 +229,7 @@ func (c Config) validate() error {
 	case len(c.ClientID) > 128:
 		return fmt.Errorf("client ID is longer than 128 characters")
 	}
-	return nil
+	return c.Flood.validate()
 }
 
 // Stats counts what a Bridge did since it was created.
@@ -250,10 +260,16 @@ type Stats struct {
 	// Unfinished counts the messages given up at shutdown without acknowledgement, for the
 	// broker to redeliver.
 	Unfinished int64 `json:"unfinished"`
+	// Shed counts the reports the flood limit acknowledged without storing them, beyond their
+	// devices' budgets (ShedCounts has them by device and reason).
+	Shed int64 `json:"shed"`
+	// Delayed counts the status reports that waited for their devices' budgets (stored later,
+	// or replaced by a newer one).
+	Delayed int64 `json:"delayed"`
 }
 
 type counters struct {
-	received, rejected, stored, signalled, noWorkflow, coalesced, retries, duplicates, ignored, acked, unfinished atomic.Int64
+	received, rejected, stored, signalled, noWorkflow, coalesced, retries, duplicates, ignored, acked, unfinished, shed, delayed atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
@@ -261,6 +277,7 @@ func (c *counters) snapshot() Stats {
 		Received: c.received.Load(), Rejected: c.rejected.Load(), Stored: c.stored.Load(),
 		Signalled: c.signalled.Load(), NoWorkflow: c.noWorkflow.Load(), Coalesced: c.coalesced.Load(),
 		Retries: c.retries.Load(), Duplicates: c.duplicates.Load(), Ignored: c.ignored.Load(), Acked: c.acked.Load(), Unfinished: c.unfinished.Load(),
+		Shed: c.shed.Load(), Delayed: c.delayed.Load(),
 	}
 }
 
@@ -291,6 +308,7 @@ type Bridge struct {
 	stats counters
 	// metrics holds what Collector exports beyond the counters.
 	metrics *bridgeMetrics
+	flood   *floodLimiter // nil with the flood limit off
 
 	pending     pendingIDs // packet IDs of the messages taken and not acknowledged
 	queues      []chan inbound
@@ -323,6 +341,9 @@ func New(cfg Config, sig Signaler, st Store) (*Bridge, error) {
 		}
 		b.opts = opts
 	}
+	if !cfg.Flood.Off {
+		b.flood = newFloodLimiter(b, cfg.Flood)
+	}
 	b.signalSlots = make(chan struct{}, cfg.SignalConcurrency)
 	b.queues = make([]chan inbound, cfg.Shards)
 	for i := range b.queues {
@@ -349,9 +370,12 @@ func (b *Bridge) shardOf(topic string) int {
 
 // deliver queues a message for its shard, blocking while the queue is full. Once the bridge
 // is stopping it leaves the message unacknowledged for the broker to redeliver.
-func (b *Bridge) deliver(m message) {
+func (b *Bridge) deliver(m message) { b.deliverAt(m, b.cfg.Now()) }
+
+// deliverAt is deliver of a message received at at.
+func (b *Bridge) deliverAt(m message, at time.Time) {
 	b.stats.received.Add(1)
-	in := inbound{msg: m, at: b.cfg.Now()}
+	in := inbound{msg: m, at: at}
 	select {
 	case <-b.stopping:
 		b.stats.unfinished.Add(1)
@@ -376,6 +400,9 @@ func (b *Bridge) startWorkers(stopCtx, workCtx context.Context) (wait func()) {
 			coalescer: newCoalescer(b.cfg.ProgressInterval, b.cfg.ProgressStep, b.cfg.CoalesceIdle),
 			batch:     make([]item, 0, b.cfg.BatchSize)}
 		wg.Go(func() { w.loop(q) })
+	}
+	if b.flood != nil {
+		wg.Go(func() { b.flood.run(workCtx) })
 	}
 	return wg.Wait
 }
@@ -421,5 +448,6 @@ func (b *Bridge) logStats(last *Stats) {
 	*last = s
 	b.log.Info("bridge stats", "received", s.Received, "stored", s.Stored, "rejected", s.Rejected,
 		"signalled", s.Signalled, "no_workflow", s.NoWorkflow, "coalesced", s.Coalesced,
-		"retries", s.Retries, "duplicates", s.Duplicates, "ignored", s.Ignored, "acked", s.Acked, "unfinished", s.Unfinished)
+		"retries", s.Retries, "duplicates", s.Duplicates, "ignored", s.Ignored, "acked", s.Acked, "unfinished", s.Unfinished,
+		"shed", s.Shed, "delayed", s.Delayed)
 }

@@ -78,11 +78,11 @@ func (m pendingMessage) Ack() {
 	m.Message.Ack()
 }
 
-// receive is the MQTT client's message handler: it passes every message on to deliver,
-// except a copy of a message still being processed.
+// receive is the MQTT client's message handler: it passes every message on to admit (the
+// flood limit, then its shard), except a copy of a message still being processed.
 func (b *Bridge) receive(m mqtt.Message) {
 	if m.Qos() == 0 {
-		b.deliver(m)
+		b.admit(m)
 		return
 	}
 	conn, first := b.pending.take(m.MessageID())
@@ -93,5 +93,5 @@ func (b *Bridge) receive(m mqtt.Message) {
 			"topic", safeText(m.Topic(), 200), "packet_id", m.MessageID())
 		return
 	}
-	b.deliver(pendingMessage{Message: m, pending: &b.pending, conn: conn})
+	b.admit(pendingMessage{Message: m, pending: &b.pending, conn: conn})
 }

@@ -42,6 +42,25 @@ func TestRecordHistories(t *testing.T) {
 	t.Run("upgrades", func(t *testing.T) { recordUpgrades(t, dir) })
 	t.Run("rollouts", func(t *testing.T) { recordRollouts(t, dir) })
 	t.Run("ends", func(t *testing.T) { recordEnds(t, dir) })
+	t.Run("cleanup", func(t *testing.T) { recordCleanup(t, dir) })
+}
+
+// recordCleanup runs the retention cleanup over old and young rows, in batches of 100, with
+// the upgrades kept forever (the default).
+func recordCleanup(t *testing.T, dir string) {
+	e := newEnv(t, system.Config{})
+	policy, err := e.store.RetentionPolicy(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy.BatchSize = 100
+	if err := e.store.SetRetentionPolicy(e.ctx, policy); err != nil {
+		t.Fatal(err)
+	}
+	e.seed("recorded", retentionFixture{oldProgress: 250, youngProgress: 50, oldRejected: 120, youngRejected: 10, oldShed: 3, youngShed: 1})
+	run, r := e.runCleanup()
+	t.Logf("cleanup: %+v", r.Items)
+	e.save(dir, "retention-cleanup", run.GetID())
 }
 
 // save writes every run of a workflow, oldest first, as name.json, name-2.json, ...

@@ -21,11 +21,13 @@ import (
 	"time"
 
 	"go.temporal.io/api/enums/v1"
+	namespacepb "go.temporal.io/api/namespace/v1"
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
@@ -46,9 +48,16 @@ type Config struct {
 	TemporalAddress   string
 	TemporalNamespace string
 	TemporalTLS       *tls.Config
-	// Retention is the retention of a namespace the setup creates; 0 means DefaultRetention.
-	// An existing namespace keeps its own.
+	// Retention is how long the namespace keeps closed workflows (their histories, for the
+	// Web UI and `temporal workflow show`); 0 means DefaultRetention. A namespace the setup
+	// creates gets it; an existing one keeps its own unless SetRetention is set.
 	Retention time.Duration
+	// SetRetention sets an existing namespace's retention to Retention (`starter setup
+	// --retention` given explicitly).
+	SetRetention bool
+	// CleanupInterval is how often the retention cleanup's schedule runs it; 0 means
+	// ota.DefaultCleanupInterval.
+	CleanupInterval time.Duration
 	// DatabaseURL is OTAflow's PostgreSQL database.
 	DatabaseURL string
 	// Wait bounds the wait for the Temporal frontend to answer; 0 means DefaultWait.
@@ -95,13 +104,15 @@ func (r Report) Changed() bool {
 }
 
 // DefaultSteps are the steps of `starter setup`, in order: the Temporal namespace, OTAflow's
-// search attributes in it, and the PostgreSQL migrations.
+// search attributes in it, the PostgreSQL migrations, and the Temporal Schedule of the
+// retention cleanup.
 func DefaultSteps() []Step {
 	return []Step{
 		{Name: "namespace", Run: namespaceStep},
 		{Name: "search attributes", Run: searchAttributesStep},
 		{Name: "database", Run: migrationsStep},
 		{Name: "broker", Run: brokerStep},
+		{Name: "retention cleanup", Run: cleanupScheduleStep},
 	}
 }
 
@@ -124,6 +135,9 @@ func Run(ctx context.Context, cfg Config, steps []Step) (Report, error) {
 	}
 	if cfg.Wait == 0 {
 		cfg.Wait = DefaultWait
+	}
+	if cfg.CleanupInterval == 0 {
+		cfg.CleanupInterval = ota.DefaultCleanupInterval
 	}
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
@@ -221,7 +235,8 @@ func (e *Env) Store(ctx context.Context) (*store.Store, error) {
 	return st, nil
 }
 
-// namespaceStep creates the namespace unless it exists.
+// namespaceStep creates the namespace unless it exists, and with SetRetention sets its
+// retention.
 func namespaceStep(ctx context.Context, e *Env) (Outcome, error) {
 	c, err := e.Temporal(ctx)
 	if err != nil {
@@ -232,8 +247,15 @@ func namespaceStep(ctx context.Context, e *Env) (Outcome, error) {
 	var notFound *serviceerror.NamespaceNotFound
 	switch {
 	case err == nil:
-		return Outcome{Detail: fmt.Sprintf("namespace %s exists (retention %s), unchanged", ns,
-			desc.GetConfig().GetWorkflowExecutionRetentionTtl().AsDuration())}, nil
+		had := desc.GetConfig().GetWorkflowExecutionRetentionTtl().AsDuration()
+		if !e.SetRetention || had == e.Retention {
+			return Outcome{Detail: fmt.Sprintf("namespace %s exists (retention %s), unchanged", ns, had)}, nil
+		}
+		if _, err := c.WorkflowService().UpdateNamespace(ctx, &workflowservice.UpdateNamespaceRequest{Namespace: ns,
+			Config: &namespacepb.NamespaceConfig{WorkflowExecutionRetentionTtl: durationpb.New(e.Retention)}}); err != nil {
+			return Outcome{}, fmt.Errorf("set the retention of namespace %s: %w", ns, err)
+		}
+		return Outcome{Changed: true, Detail: fmt.Sprintf("namespace %s exists; retention of closed workflows set to %s (was %s)", ns, e.Retention, had)}, nil
 	case !errors.As(err, &notFound):
 		return Outcome{}, fmt.Errorf("describe namespace %s: %w", ns, err)
 	}
@@ -375,4 +397,70 @@ func brokerStep(ctx context.Context, env *Env) (Outcome, error) {
 	changed, detail, err := brokeraccounts.Step(ctx, brokeraccounts.Config{AdminURL: env.MQTTAdminURL, TLS: env.MQTTTLS,
 		WorkerPassword: env.WorkerMQTTPassword, BridgePassword: env.BridgeMQTTPassword}, st)
 	return Outcome{Changed: changed, Detail: detail}, err
+}
+
+// cleanupScheduleStep creates the Temporal Schedule of the retention cleanup, or updates it
+// when its interval or action differ from this version's.
+func cleanupScheduleStep(ctx context.Context, e *Env) (Outcome, error) {
+	c, err := e.Temporal(ctx)
+	if err != nil {
+		return Outcome{}, err
+	}
+	return EnsureCleanupSchedule(ctx, c, e.CleanupInterval)
+}
+
+// EnsureCleanupSchedule creates the schedule ota.RetentionCleanupScheduleID, which runs the
+// retention cleanup every interval, or brings an existing one up to date (its interval and
+// action; a schedule an operator paused stays paused). It is idempotent.
+func EnsureCleanupSchedule(ctx context.Context, c client.Client, interval time.Duration) (Outcome, error) {
+	opts := ota.RetentionCleanupSchedule(interval)
+	want := opts.Action.(*client.ScheduleWorkflowAction)
+	h := c.ScheduleClient().GetHandle(ctx, opts.ID)
+	desc, err := h.Describe(ctx)
+	var notFound *serviceerror.NotFound
+	if errors.As(err, &notFound) {
+		_, err = c.ScheduleClient().Create(ctx, opts)
+		if err == nil {
+			return Outcome{Changed: true, Detail: fmt.Sprintf("created schedule %s: workflow %s every %s", opts.ID, want.Workflow, interval)}, nil
+		}
+		if !errors.Is(err, temporal.ErrScheduleAlreadyRunning) { // else created meanwhile, by another setup
+			return Outcome{}, fmt.Errorf("create schedule %s: %w", opts.ID, err)
+		}
+		desc, err = h.Describe(ctx)
+	}
+	if err != nil {
+		return Outcome{}, fmt.Errorf("describe schedule %s: %w", opts.ID, err)
+	}
+	paused := ""
+	if desc.Schedule.State != nil && desc.Schedule.State.Paused {
+		paused = " (paused: " + desc.Schedule.State.Note + ")"
+	}
+	had := scheduleEvery(desc.Schedule.Spec)
+	action, _ := desc.Schedule.Action.(*client.ScheduleWorkflowAction)
+	if had == interval && action != nil && action.Workflow == want.Workflow && action.TaskQueue == want.TaskQueue &&
+		action.ID == want.ID && action.StaticSummary == want.StaticSummary && action.WorkflowRunTimeout == want.WorkflowRunTimeout {
+		return Outcome{Detail: fmt.Sprintf("schedule %s runs workflow %s every %s%s, unchanged", opts.ID, want.Workflow, interval, paused)}, nil
+	}
+	err = h.Update(ctx, client.ScheduleUpdateOptions{DoUpdate: func(in client.ScheduleUpdateInput) (*client.ScheduleUpdate, error) {
+		s := in.Description.Schedule
+		s.Spec = &opts.Spec
+		s.Action = opts.Action
+		if s.Policy == nil {
+			s.Policy = &client.SchedulePolicies{}
+		}
+		s.Policy.Overlap, s.Policy.CatchupWindow = opts.Overlap, opts.CatchupWindow
+		return &client.ScheduleUpdate{Schedule: &s}, nil
+	}})
+	if err != nil {
+		return Outcome{}, fmt.Errorf("update schedule %s: %w", opts.ID, err)
+	}
+	return Outcome{Changed: true, Detail: fmt.Sprintf("updated schedule %s: workflow %s every %s (was every %s)%s", opts.ID, want.Workflow, interval, had, paused)}, nil
+}
+
+// scheduleEvery is the interval of a schedule that runs at one interval, else 0.
+func scheduleEvery(spec *client.ScheduleSpec) time.Duration {
+	if spec == nil || len(spec.Intervals) != 1 || len(spec.Calendars) > 0 || len(spec.CronExpressions) > 0 {
+		return 0
+	}
+	return spec.Intervals[0].Every
 }

@@ -15,6 +15,7 @@ import (
 	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/localstack"
 	"github.com/otaflow/otaflow/internal/ota"
@@ -54,13 +55,14 @@ func TestRunTwice(t *testing.T) {
 		t.Fatalf("first run: %v\n%s", err, first.String())
 	}
 	t.Logf("first run:\n%s", first.String())
-	wantChanged := map[string]bool{"namespace": true, "search attributes": true, "database": true, "extension": false}
+	wantChanged := map[string]bool{"namespace": true, "search attributes": true, "database": true, "retention cleanup": true, "extension": false}
 	for _, r := range rep {
 		if r.Changed != wantChanged[r.Step] {
 			t.Errorf("first run, step %s: changed %v, want %v (%s)", r.Step, r.Changed, wantChanged[r.Step], r.Detail)
 		}
 	}
-	for _, want := range []string{"created namespace " + ns + " (retention 48h0m0s)", "registered OtaDevice", "applied migrations 001_init.sql"} {
+	for _, want := range []string{"created namespace " + ns + " (retention 48h0m0s)", "registered OtaDevice", "applied migrations 001_init.sql",
+		"created schedule retention-cleanup: workflow RetentionCleanup every 1h0m0s"} {
 		if !strings.Contains(first.String(), want) {
 			t.Errorf("first run's output lacks %q", want)
 		}
@@ -101,6 +103,49 @@ func TestRunTwice(t *testing.T) {
 	if extra.Load() != 2 {
 		t.Errorf("the added step ran %d times, want 2", extra.Load())
 	}
+
+	// Given explicitly, the retention is set on the existing namespace; a new cleanup interval
+	// updates the schedule.
+	var third testenv.Buffer
+	cfg.Out, cfg.SetRetention, cfg.CleanupInterval = &third, true, 30*time.Minute
+	rep, err = setup.Run(ctx, cfg, steps)
+	if err != nil {
+		t.Fatalf("third run: %v\n%s", err, third.String())
+	}
+	t.Logf("third run:\n%s", third.String())
+	wantChanged = map[string]bool{"namespace": true, "retention cleanup": true}
+	for _, r := range rep {
+		if r.Changed != wantChanged[r.Step] {
+			t.Errorf("third run, step %s: changed %v, want %v (%s)", r.Step, r.Changed, wantChanged[r.Step], r.Detail)
+		}
+	}
+	if desc, err = c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: ns}); err != nil {
+		t.Fatal(err)
+	}
+	if got := desc.GetConfig().GetWorkflowExecutionRetentionTtl().AsDuration(); got != 96*time.Hour {
+		t.Errorf("namespace retention %s after --retention 96h, want 96h", got)
+	}
+	sc, err := temporalClient(t, ns).ScheduleClient().GetHandle(ctx, ota.RetentionCleanupScheduleID).Describe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if iv := sc.Schedule.Spec.Intervals; len(iv) != 1 || iv[0].Every != 30*time.Minute {
+		t.Errorf("schedule intervals %+v, want every 30m", iv)
+	}
+	if a, ok := sc.Schedule.Action.(*client.ScheduleWorkflowAction); !ok || a.Workflow != ota.RetentionCleanupWorkflowName || a.TaskQueue != ota.TaskQueue {
+		t.Errorf("schedule action %+v, want %s on %s", sc.Schedule.Action, ota.RetentionCleanupWorkflowName, ota.TaskQueue)
+	}
+}
+
+// temporalClient is a client of the test server in namespace ns.
+func temporalClient(t *testing.T, ns string) client.Client {
+	t.Helper()
+	c, err := client.Dial(client.Options{HostPort: testenv.TemporalAddress(), Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }
 
 // TestRunWaitsForTheFrontend starts the setup against a Temporal server that is not running

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -239,24 +240,23 @@ func (s *Store) GetDevice(ctx context.Context, id string) (Device, error) {
 	return d, nil
 }
 
-// ListDevices returns one page of the devices that match f.
+// ListDevices returns one page of the devices that match f: with f.List, the devices of that
+// target list in ID order (the database's collation), read from the list; otherwise the
+// registered devices in byte order of their IDs (a prefix is then an index range).
 func (s *Store) ListDevices(ctx context.Context, f ota.DeviceFilter) ([]Device, error) {
 	if f.Limit <= 0 {
 		f.Limit = 1000
 	}
-	where, args := deviceFilter(f, nil, []any{f.After, f.Limit})
-	query := `SELECT ` + deviceColumns + ` FROM devices d WHERE d.id > $1 AND ` + where + ` ORDER BY d.id LIMIT $2`
+	q := matching(f)
 	if f.List != "" {
-		// A list's pages are read through the list's own index: from the devices' side, the
-		// planner scanned the whole registry for every page (a rollout's 90,000 targets took
-		// a minute to read in pages of 500).
-		rest := f
-		rest.List = ""
-		where, args = deviceFilter(rest, nil, []any{f.After, f.Limit, f.List})
-		query = `SELECT ` + deviceColumns + ` FROM rollout_targets t JOIN devices d ON d.id = t.device_id
-			WHERE t.rollout = $3 AND t.device_id > $1 AND d.id > $1 AND ` + where + ` ORDER BY t.device_id LIMIT $2`
+		q.where("t.device_id > %s", f.After)
+		q.sql += " ORDER BY t.device_id"
+	} else {
+		q.where(`(d.id COLLATE "C") > %s`, f.After)
+		q.sql += ` ORDER BY (d.id COLLATE "C")`
 	}
-	rows, err := s.pool.Query(ctx, query, args...)
+	q.sql += " LIMIT " + q.arg(f.Limit)
+	rows, err := s.pool.Query(ctx, `SELECT `+qualifiedDeviceColumns+q.sql, q.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
@@ -306,18 +306,90 @@ func deviceFilter(f ota.DeviceFilter, ids []string, args []any) (string, []any) 
 	return strings.Join(conds, " AND "), args
 }
 
-// deviceWhere is the filter of ota.DeviceFilter over devices d, with parameters $2..$6, for
-// a query that selects devices at once rather than page by page (deviceFilter).
-const deviceWhere = `starts_with(d.id, $2)
-	AND (d.labels || d.reported) @> $3::jsonb
-	AND ($4 = '' OR d.reported->>$4 IS DISTINCT FROM $5)
-	AND ($6 = '' OR EXISTS (SELECT 1 FROM rollout_targets t WHERE t.rollout = $6 AND t.device_id = d.id))`
+// qualifiedDeviceColumns are deviceColumns of devices d.
+const qualifiedDeviceColumns = `d.id, d.disabled, d.labels, d.reported, d.reported_at, d.last_seen, d.created_at`
+
+// deviceQuery is the FROM and WHERE clauses of a query over the devices a filter selects, as
+// "devices d" (and "rollout_targets t" for a list), and its arguments.
+type deviceQuery struct {
+	sql   string
+	args  []any
+	conds int
+}
+
+// arg adds an argument and returns its placeholder.
+func (q *deviceQuery) arg(v any) string {
+	q.args = append(q.args, v)
+	return "$" + strconv.Itoa(len(q.args))
+}
+
+// where adds a condition; its %s verbs are the placeholders of args, in order.
+func (q *deviceQuery) where(cond string, args ...any) {
+	if q.conds == 0 {
+		q.sql += " WHERE "
+	} else {
+		q.sql += " AND "
+	}
+	q.conds++
+	placeholders := make([]any, len(args))
+	for i, v := range args {
+		placeholders[i] = q.arg(v)
+	}
+	q.sql += fmt.Sprintf(cond, placeholders...)
+}
+
+// matching returns the query of the devices f selects (After and Limit are ignored). It holds
+// only the conditions f sets, each as it is, so that a prepared statement's generic plan uses
+// the same indexes as a plan for the values: a list is read from rollout_targets by its key,
+// in order, each device looked up by its ID (not every device tested for membership), and a
+// prefix is a range of devices_id_bytes.
+func matching(f ota.DeviceFilter) *deviceQuery {
+	q := &deviceQuery{sql: " FROM devices d"}
+	if f.List != "" {
+		// Each list entry looks its device up (OFFSET 0 keeps the planner from turning this
+		// into a merge join, which would walk the devices from the first one to the page).
+		q.sql = " FROM rollout_targets t CROSS JOIN LATERAL (SELECT * FROM devices d WHERE d.id = t.device_id OFFSET 0) d"
+		q.where("t.rollout = %s", f.List)
+	}
+	if f.Prefix != "" {
+		lo, hi := prefixRange(f.Prefix)
+		q.where(`(d.id COLLATE "C") >= %s`, lo)
+		if hi != "" {
+			q.where(`(d.id COLLATE "C") < %s`, hi)
+		}
+	}
+	if len(f.Labels) > 0 {
+		match := map[string]string{}
+		for k, v := range f.Labels {
+			match[k] = v
+		}
+		q.where("(d.labels || d.reported) @> %s::jsonb", match)
+	}
+	if f.NotReportingKey != "" {
+		q.where("d.reported->>%s IS DISTINCT FROM %s", f.NotReportingKey, f.NotReportingValue)
+	}
+	return q
+}
+
+// prefixRange returns the range [lo, hi) of the strings that start with prefix, compared byte
+// by byte; hi is "" when the range has no upper end.
+func prefixRange(prefix string) (lo, hi string) {
+	b := []byte(prefix)
+	for len(b) > 0 {
+		if last := len(b) - 1; b[last] < 0xff {
+			b[last]++
+			return prefix, string(b)
+		}
+		b = b[:len(b)-1]
+	}
+	return prefix, ""
+}
 
 // CountDevices counts the devices that match f (After and Limit are ignored).
 func (s *Store) CountDevices(ctx context.Context, f ota.DeviceFilter) (int, error) {
-	where, args := deviceFilter(f, nil, nil)
+	q := matching(f)
 	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE `+where, args...).Scan(&n); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT count(*)`+q.sql, q.args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count devices: %w", err)
 	}
 	return n, nil
@@ -408,8 +480,15 @@ func (s *Store) RecordRejected(ctx context.Context, r Rejected) error {
 
 // RejectedMessages returns the latest rejected messages, newest first; deviceID "" means all.
 func (s *Store) RejectedMessages(ctx context.Context, deviceID string, limit int) ([]Rejected, error) {
-	rows, err := s.pool.Query(ctx, `SELECT topic, device_id, reason, payload, received_at FROM rejected_messages
-		WHERE $1 = '' OR device_id = $1 ORDER BY id DESC LIMIT $2`, deviceID, limit)
+	// Two statements, so that each has its index: the table's newest, or the device's.
+	query := `SELECT topic, device_id, reason, payload, received_at FROM rejected_messages ORDER BY id DESC LIMIT $1`
+	args := []any{limit}
+	if deviceID != "" {
+		query = `SELECT topic, device_id, reason, payload, received_at FROM rejected_messages
+			WHERE device_id = $2 ORDER BY id DESC LIMIT $1`
+		args = append(args, deviceID)
+	}
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read rejected messages: %w", err)
 	}

@@ -35,10 +35,16 @@ type Store struct {
 }
 
 // Open connects to the database at url and applies the embedded migrations.
-func Open(ctx context.Context, url string) (*Store, error) {
+func Open(ctx context.Context, url string) (*Store, error) { return open(ctx, url, nil) }
+
+// open is Open with a tracer of the statements the store runs (tests look at their plans).
+func open(ctx context.Context, url string, tracer pgx.QueryTracer) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	if tracer != nil {
+		cfg.ConnConfig.Tracer = tracer
 	}
 	if cfg.MaxConns < 8 {
 		cfg.MaxConns = 8

@@ -121,18 +121,15 @@ func (s *Store) SnapshotTargets(ctx context.Context, rollout, key string, f ota.
 	if key == "" {
 		return 0, errors.New("snapshot targets: empty list name")
 	}
-	match := map[string]string{}
-	for k, v := range f.Labels {
-		match[k] = v
-	}
+	q := matching(f)
+	q.where("NOT d.disabled")
+	insert := `INSERT INTO rollout_targets (rollout, device_id) SELECT ` + q.arg(key) + `, d.id` + q.sql + ` ON CONFLICT DO NOTHING`
 	var n int
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO target_lists (key, rollout) VALUES ($1, $2) ON CONFLICT DO NOTHING`, key, rollout); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO rollout_targets (rollout, device_id)
-			SELECT $1, d.id FROM devices d WHERE NOT d.disabled AND `+deviceWhere+`
-			ON CONFLICT DO NOTHING`, key, f.Prefix, match, f.NotReportingKey, f.NotReportingValue, f.List); err != nil {
+		if _, err := tx.Exec(ctx, insert, q.args...); err != nil {
 			return err
 		}
 		return tx.QueryRow(ctx, `SELECT count(*) FROM rollout_targets WHERE rollout = $1`, key).Scan(&n)

@@ -168,9 +168,11 @@ func (s *Store) UpgradeEvents(ctx context.Context, runID string) ([]UpgradeEvent
 // first run ID run (ota.RolloutProgress.FirstRunID), or, when run is "" (a rollout started
 // before upgrades recorded it), every upgrade of a rollout of that name.
 func (s *Store) CountByState(ctx context.Context, rollout, run string) (map[ota.State]int, error) {
-	query, args := `SELECT state, count(*) FROM upgrades WHERE rollout = $1 GROUP BY state`, []any{rollout}
+	// rollout <> '' lets every plan, a prepared statement's generic one too, read the
+	// partial index upgrades_rollout_state rather than every upgrade.
+	query, args := `SELECT state, count(*) FROM upgrades WHERE rollout = $1 AND rollout <> '' GROUP BY state`, []any{rollout}
 	if run != "" {
-		query, args = `SELECT state, count(*) FROM upgrades WHERE rollout = $1 AND rollout_run = $2 GROUP BY state`, []any{rollout, run}
+		query, args = `SELECT state, count(*) FROM upgrades WHERE rollout = $1 AND rollout <> '' AND rollout_run = $2 GROUP BY state`, []any{rollout, run}
 	}
 	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {

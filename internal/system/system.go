@@ -318,6 +318,16 @@ func (s *System) StartBridge(ctx context.Context) error {
 	return nil
 }
 
+// BridgeStats returns the running bridge's counters.
+func (s *System) BridgeStats() bridge.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bridge == nil {
+		return bridge.Stats{}
+	}
+	return s.bridge.Stats()
+}
+
 // StopBridge stops the bridge; the broker keeps its session, so nothing sent meanwhile is lost.
 func (s *System) StopBridge() {
 	s.mu.Lock()
