@@ -56,7 +56,7 @@ func TestReplayRecordedHistories(t *testing.T) {
 	}
 	files = append(files, more...)
 	if len(files) < 83 {
-		t.Fatalf("found %d recorded histories, want the 82 recorded so far", len(files))
+		t.Fatalf("found %d recorded histories, want the 83 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {

@@ -59,6 +59,12 @@ func (s *Store) RecordBatch(ctx context.Context, reports []Report, rejected []Re
 			return nil
 		}
 	}
+	if ids := append(append([]string(nil), progress.device...), status.device...); len(ids) > 0 {
+		// The batch's devices are locked first, in ID order: bridges sharing a subscription
+		// store the same devices at once, and rows locked in the order of each batch's
+		// messages deadlock (PostgreSQL then aborts one batch).
+		batch.Queue(lockDevicesBatch, ids)
+	}
 	if len(progress.device) > 0 {
 		batch.Queue(recordProgressBatch, progress.device, progress.commandID, progress.typ, progress.version,
 			progress.progress, progress.desc, progress.at).Query(collect("progress"))
@@ -90,6 +96,10 @@ func (s *Store) RecordBatch(ctx context.Context, reports []Report, rejected []Re
 	}
 	return stored, nil
 }
+
+// lockDevicesBatch locks the registered devices among $1 in ID order, as the updates of a
+// batch would lock them.
+const lockDevicesBatch = `SELECT id FROM devices WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE`
 
 // recordProgressBatch stores progress reports given as parallel arrays ($1 device, $2
 // command ID, $3 type, $4 version, $5 progress, $6 description, $7 received at): it marks

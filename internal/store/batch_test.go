@@ -3,8 +3,10 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,5 +265,64 @@ func TestRecordBatchFailsWhole(t *testing.T) {
 	}
 	if len(ev) != 0 || len(d.Reported) != 0 || d.LastSeen != nil {
 		t.Errorf("a failed batch stored something: progress %+v, device %+v", ev, d)
+	}
+}
+
+// TestRecordBatchConcurrentBridges: bridges sharing a subscription store batches of the same
+// devices at once, in whatever order their messages came; no batch may fail (a deadlock
+// between two of them would fail one, and its reports would be redelivered and stored twice).
+func TestRecordBatchConcurrentBridges(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	const devices, bridges, rounds = 100, 4, 30
+	ids := make([]string, devices)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%03d", i)
+		if err := st.AddDevice(ctx, ids[i], "hash", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make([]error, bridges)
+	var wg sync.WaitGroup
+	for b := range bridges {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[b] = func() error {
+				for r := range rounds {
+					var reports []store.Report
+					for i := range devices {
+						id := ids[i]
+						if b%2 == 1 {
+							id = ids[devices-1-i] // the other bridges see the devices the other way round
+						}
+						at := time.Now()
+						reports = append(reports,
+							store.Report{DeviceID: id, Progress: &protocol.Progress{ID: "c", Type: "firmware", Version: "1.1", Progress: r + 1}, ReceivedAt: at},
+							store.Report{DeviceID: id, Status: protocol.Status{"firmware_ver": "1.0"}, ReceivedAt: at})
+					}
+					if _, err := st.RecordBatch(ctx, reports, nil); err != nil {
+						return fmt.Errorf("bridge %d, round %d: %w", b, r, err)
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, st.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM progress_events`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if want := devices * bridges * rounds; n != want {
+		t.Errorf("%d progress events stored, want %d", n, want)
 	}
 }

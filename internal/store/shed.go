@@ -38,6 +38,7 @@ func (s *Store) RecordShed(ctx context.Context, counts []ShedCount) error {
 		FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::timestamptz[], $6::timestamptz[])
 			AS c(device_id, reason, period_start, count, first_at, last_at)
 		GROUP BY device_id, reason, period_start
+		ORDER BY device_id, reason, period_start -- rows locked in one order: bridges flush at once
 		ON CONFLICT (device_id, period_start, reason) DO UPDATE SET count = s.count + EXCLUDED.count,
 			first_at = least(s.first_at, EXCLUDED.first_at), last_at = greatest(s.last_at, EXCLUDED.last_at)`,
 		device, reason, period, n, first, last)
