@@ -30,6 +30,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
@@ -416,7 +417,7 @@ func EnsureCleanupSchedule(ctx context.Context, c client.Client, interval time.D
 	opts := ota.RetentionCleanupSchedule(interval)
 	want := opts.Action.(*client.ScheduleWorkflowAction)
 	h := c.ScheduleClient().GetHandle(ctx, opts.ID)
-	desc, err := h.Describe(ctx)
+	desc, err := untilAnswered(ctx, func() (*client.ScheduleDescription, error) { return h.Describe(ctx) })
 	var notFound *serviceerror.NotFound
 	if errors.As(err, &notFound) {
 		_, err = c.ScheduleClient().Create(ctx, opts)
@@ -426,7 +427,7 @@ func EnsureCleanupSchedule(ctx context.Context, c client.Client, interval time.D
 		if !errors.Is(err, temporal.ErrScheduleAlreadyRunning) { // else created meanwhile, by another setup
 			return Outcome{}, fmt.Errorf("create schedule %s: %w", opts.ID, err)
 		}
-		desc, err = h.Describe(ctx)
+		desc, err = untilAnswered(ctx, func() (*client.ScheduleDescription, error) { return h.Describe(ctx) })
 	}
 	if err != nil {
 		return Outcome{}, fmt.Errorf("describe schedule %s: %w", opts.ID, err)
@@ -455,6 +456,34 @@ func EnsureCleanupSchedule(ctx context.Context, c client.Client, interval time.D
 		return Outcome{}, fmt.Errorf("update schedule %s: %w", opts.ID, err)
 	}
 	return Outcome{Changed: true, Detail: fmt.Sprintf("updated schedule %s: workflow %s every %s (was every %s)%s", opts.ID, want.Workflow, interval, had, paused)}, nil
+}
+
+// scheduleWait bounds the wait for the Temporal server to answer about a schedule: one just
+// (re)started answers only once its internal worker runs the schedule's workflow again, and
+// until then a describe times out.
+const scheduleWait = 2 * time.Minute
+
+// untilAnswered calls op until it returns anything but a timeout or an unavailable server, for
+// at most scheduleWait.
+func untilAnswered[T any](ctx context.Context, op func() (T, error)) (T, error) {
+	return backoff.Retry(ctx, func() (T, error) {
+		v, err := op()
+		if err != nil && !unanswered(ctx, err) {
+			return v, backoff.Permanent(err)
+		}
+		return v, err
+	}, backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 250 * time.Millisecond, RandomizationFactor: 0.2,
+		Multiplier: 2, MaxInterval: 5 * time.Second}), backoff.WithMaxElapsedTime(scheduleWait))
+}
+
+// unanswered tells whether err is the server not answering in time (and not ctx ending).
+func unanswered(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	var deadline *serviceerror.DeadlineExceeded
+	var unavailable *serviceerror.Unavailable
+	return errors.As(err, &deadline) || errors.As(err, &unavailable) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // scheduleEvery is the interval of a schedule that runs at one interval, else 0.
