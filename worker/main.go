@@ -30,17 +30,16 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.temporal.io/sdk/client"
 
-	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/notify"
 	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/otaworker"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 func main() {
@@ -138,14 +137,12 @@ func run(cCtx *cli.Context) error {
 	}
 	defer c.Close()
 
-	deliverer := &notify.Deliverer{Store: st, Deployment: deployment, Settings: notify.Settings{RetryFor: cCtx.Duration("notify-retry-for")},
-		Logger: logger}
-	acts := &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: st, Temporal: c, Packages: packages,
-		Notify: &activities.Notifications{Events: st, Deployment: deployment != nil, Deliverer: deliverer}}
-	w := workflows.NewWorker(c, acts)
+	parts := otaworker.NewParts(otaworker.Config{Temporal: c, Namespace: cCtx.String("temporal-namespace"), Store: st,
+		Packages: packages, Deployment: deployment, Notify: notify.Settings{RetryFor: cCtx.Duration("notify-retry-for")},
+		Logger: logger})
+	w := parts.New(c, mc)
 	if reg != nil {
-		reg.MustRegister(&metrics.FleetCollector{Store: st, Temporal: c, Namespace: cCtx.String("temporal-namespace"), Logger: logger},
-			deliverer.Collector())
+		reg.MustRegister(parts.Collectors()...)
 		srv, err := metrics.Listen(cCtx.String(metrics.Flag), reg)
 		if err != nil {
 			return err
@@ -153,10 +150,10 @@ func run(cCtx *cli.Context) error {
 		defer srv.Close()
 		logger.Info("Serving metrics", "url", srv.URL())
 	}
+	if err := parts.StartNotifier(ctx); err != nil {
+		return err
+	}
 	if deployment != nil {
-		if err := ota.StartNotifier(ctx, c); err != nil {
-			return err
-		}
 		logger.Info("Event notifications on", "receiver", notify.Redact(deployment.URL))
 	}
 	// Run returns when Ctrl-C stops the worker (nil), or when a fatal worker error stopped it

@@ -8,10 +8,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.temporal.io/sdk/client"
 
-	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/notify"
-	"github.com/otaflow/otaflow/internal/ota"
+	"github.com/otaflow/otaflow/internal/otaworker"
 )
 
 // MetricsAddrs are where the system serves the Prometheus metrics of its parts, each on an
@@ -41,7 +40,7 @@ const (
 // clients whose SDK metrics go to them.
 type observe struct {
 	workerClient, bridgeClient client.Client
-	deliverer                  *notify.Deliverer
+	worker                     *otaworker.Parts
 	servers                    []*metrics.Server
 	bridgeProxy, brokerProxy   *proxyCollector
 }
@@ -80,9 +79,12 @@ func (p *proxyCollector) Collect(ch chan<- prometheus.Metric) {
 func (s *System) startObserve(ctx context.Context) error {
 	s.obs = &observe{workerClient: s.cfg.Client, bridgeClient: s.cfg.Client}
 	o := s.obs
+	wc := otaworker.Config{Temporal: s.cfg.Client, Store: s.cfg.Store,
+		Packages: s.cfg.WorkerPolicy, Logger: s.log}
 	if n := s.cfg.Notify; n != nil {
-		o.deliverer = &notify.Deliverer{Store: s.cfg.Store, Deployment: n.Deployment, Settings: n.Settings, Logger: s.log}
+		wc.Deployment, wc.Notify = n.Deployment, n.Settings
 	}
+	o.worker = otaworker.NewParts(wc)
 	m := s.cfg.Metrics
 	if m == nil {
 		return nil
@@ -118,10 +120,7 @@ func (s *System) startObserve(ctx context.Context) error {
 			return err
 		}
 		o.workerClient = c
-		reg.MustRegister(&metrics.FleetCollector{Store: s.cfg.Store, Temporal: s.cfg.Client, Logger: s.log})
-		if o.deliverer != nil {
-			reg.MustRegister(o.deliverer.Collector())
-		}
+		reg.MustRegister(o.worker.Collectors()...)
 		if err := serve(PartWorker, m.Worker, reg); err != nil {
 			return err
 		}
@@ -153,20 +152,4 @@ func (s *System) startObserve(ctx context.Context) error {
 		}
 	})
 	return nil
-}
-
-// notifications are the worker's activities' notifications; nil without Config.Notify.
-func (s *System) notifications() *activities.Notifications {
-	if s.obs.deliverer == nil {
-		return nil
-	}
-	return &activities.Notifications{Events: s.cfg.Store, Deployment: s.cfg.Notify.Deployment != nil, Deliverer: s.obs.deliverer}
-}
-
-// startNotifier starts the notifier workflow when the deployment has a receiver.
-func (s *System) startNotifier(ctx context.Context) error {
-	if s.cfg.Notify == nil || s.cfg.Notify.Deployment == nil {
-		return nil
-	}
-	return ota.StartNotifier(ctx, s.cfg.Client)
 }

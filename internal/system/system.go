@@ -24,7 +24,6 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
-	"github.com/otaflow/otaflow/activities"
 	"github.com/otaflow/otaflow/internal/bridge"
 	"github.com/otaflow/otaflow/internal/broker"
 	"github.com/otaflow/otaflow/internal/mqttconn"
@@ -33,7 +32,6 @@ import (
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/workflows"
 )
 
 // Service account names on the embedded broker.
@@ -194,7 +192,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			return nil, err
 		}
 	}
-	if err := s.startNotifier(ctx); err != nil {
+	if err := s.obs.worker.StartNotifier(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -255,8 +253,7 @@ func (s *System) StartWorker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w := workflows.NewWorker(s.obs.workerClient, &activities.Activities{Publisher: &mqttconn.Publisher{Client: mc}, Store: s.cfg.Store,
-		Temporal: s.cfg.Client, Packages: s.cfg.WorkerPolicy, Notify: s.notifications()})
+	w := s.obs.worker.New(s.obs.workerClient, mc)
 	if err := w.Start(); err != nil {
 		mc.Disconnect(0)
 		return fmt.Errorf("start worker: %w", err)
