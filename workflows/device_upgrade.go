@@ -121,8 +121,8 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 	u := &upgrade{
 		req:        req,
 		phase:      phaseSend,
-		deadline:   now.Add(req.Deadline),
-		minTimeout: min(req.StartTimeout, req.SilenceTimeout, req.InstallTimeout),
+		deadline:   now.Add(req.Deadline.Std()),
+		minTimeout: min(req.StartTimeout, req.SilenceTimeout, req.InstallTimeout).Std(),
 		st: ota.UpgradeStatus{
 			DeviceID: req.DeviceID, Type: req.Type, Version: req.Version, Rollout: req.Rollout,
 			State: ota.StatePending, MaxAttempts: req.MaxAttempts, StartedAt: now, UpdatedAt: now,
@@ -253,7 +253,7 @@ func (u *upgrade) send(ctx workflow.Context) {
 		ID:   fmt.Sprintf("%s-%d", u.record.RunID, attempt),
 		Type: u.req.Type, Version: u.req.Version, URL: u.req.URL, MD5: u.req.MD5, Size: u.req.Size,
 		SHA256: u.req.SHA256, Sig: u.req.Sig, KeyID: u.req.KeyID,
-		IssuedAt: now, ExpiresAt: now.Add(u.req.StartTimeout),
+		IssuedAt: now, ExpiresAt: now.Add(u.req.StartTimeout.Std()),
 	}
 	rec := u.record
 	rec.Attempt = attempt
@@ -369,7 +369,7 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 // startSoak records the upgrade as succeeded, as it is unless the device goes back, and
 // keeps the workflow open for the soak time: its one timer fires at the soak's end.
 func (u *upgrade) startSoak(ctx workflow.Context, desc string) {
-	until := workflow.Now(ctx).Add(u.req.Soak)
+	until := workflow.Now(ctx).Add(u.req.Soak.Std())
 	u.st.SoakUntil = &until
 	u.finish(ctx, ota.StateSucceeded, 0, fmt.Sprintf("%s; soaking for %s", desc, u.req.Soak))
 	u.phase = phaseSoak
@@ -411,11 +411,11 @@ func (u *upgrade) phaseDeadline() time.Time {
 	case u.phase == phaseBackoff:
 		d = u.retryAt
 	case u.st.State == ota.StateSent:
-		d = u.phaseSince.Add(u.req.StartTimeout)
+		d = u.phaseSince.Add(u.req.StartTimeout.Std())
 	case u.st.State == ota.StateDownloading:
-		d = u.phaseSince.Add(u.req.SilenceTimeout)
+		d = u.phaseSince.Add(u.req.SilenceTimeout.Std())
 	default: // downloaded
-		d = u.phaseSince.Add(u.req.InstallTimeout)
+		d = u.phaseSince.Add(u.req.InstallTimeout.Std())
 	}
 	if u.deadline.Before(d) {
 		return u.deadline
@@ -492,7 +492,7 @@ func (u *upgrade) stillReporting(ctx workflow.Context) bool {
 		return false
 	}
 	now := workflow.Now(ctx)
-	if !last.Found || !last.ReceivedAt.Add(u.req.SilenceTimeout).After(now) || !last.ReceivedAt.After(u.phaseSince) {
+	if !last.Found || !last.ReceivedAt.Add(u.req.SilenceTimeout.Std()).After(now) || !last.ReceivedAt.After(u.phaseSince) {
 		return false
 	}
 	u.phaseSince = last.ReceivedAt
@@ -518,11 +518,11 @@ func (u *upgrade) endAttempt(ctx workflow.Context, code int, desc string, timedO
 		final = ota.StateTimedOut
 	}
 	now := workflow.Now(ctx)
-	backoff := u.req.RetryBackoff
+	backoff := u.req.RetryBackoff.Std()
 	for i := 1; i < u.st.Attempt && backoff < ota.DefaultMaxBackoff; i++ {
 		backoff *= 2
 	}
-	backoff = min(backoff, max(ota.DefaultMaxBackoff, u.req.RetryBackoff))
+	backoff = min(backoff, max(ota.DefaultMaxBackoff, u.req.RetryBackoff.Std()))
 	if !retry || !now.Add(backoff).Before(u.deadline) {
 		u.finish(ctx, final, code, desc)
 		return

@@ -478,7 +478,7 @@ func (r *rollout) run(ctx workflow.Context) (ota.RolloutProgress, error) {
 		}
 		if wave.Bake > 0 && r.p.CurrentWave < len(r.p.Waves) {
 			r.enter(ctx, ota.RolloutBaking, fmt.Sprintf("baking wave %d for %s", wp.Number, wave.Bake))
-			if _, err := workflow.AwaitWithTimeout(ctx, wave.Bake, func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
+			if _, err := workflow.AwaitWithTimeout(ctx, wave.Bake.Std(), func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
 				if err != nil {
 					r.onWorkflowCanceled()
 				}
@@ -753,7 +753,7 @@ func (r *rollout) follow(ctx workflow.Context, handed []ota.HandedUpgrade) {
 			}
 			var outcomes []ota.Outcome
 			if err := workflow.ExecuteActivity(actx, a.AwaitWorkflows,
-				ota.AwaitWorkflowsInput{Executions: execs, Gather: awaitGather}).Get(gctx, &outcomes); err != nil {
+				ota.AwaitWorkflowsInput{Executions: execs, Gather: ota.Duration(awaitGather)}).Get(gctx, &outcomes); err != nil {
 				// Only a worker without a Temporal client gets here (the activity retries
 				// everything else): count them failed rather than wait forever.
 				workflow.GetLogger(gctx).Error("Cannot follow the handed-over device upgrades; counting them failed", "Error", err)

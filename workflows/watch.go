@@ -139,7 +139,7 @@ func (r *rollout) findLate(ctx workflow.Context) workflow.Future {
 	var a *activities.Activities
 	return workflow.ExecuteActivity(fctx, a.FindLateTargets, ota.FindLateInput{
 		Rollout: r.req.Name, LeftOutKey: r.c.Snapshot, Since: r.p.StartedAt, Selector: r.req.Selector(),
-		Cursor: r.c.Changes, Limit: r.req.PageSize, MaxWait: lateMaxWait,
+		Cursor: r.c.Changes, Limit: r.req.PageSize, MaxWait: ota.Duration(lateMaxWait),
 	})
 }
 
