@@ -440,9 +440,28 @@ func (u *upgrade) armTimer(ctx workflow.Context) {
 		at = minTime(d, now.Add(u.minTimeout))
 	}
 	tctx, cancel := workflow.WithCancel(ctx)
-	u.timer = workflow.NewTimer(tctx, max(at.Sub(now), time.Millisecond))
+	u.timer = workflow.NewTimerWithOptions(tctx, max(at.Sub(now), time.Millisecond), workflow.TimerOptions{Summary: u.timerSummary(d)})
 	u.timerAt = at
 	u.cancelTimer = cancel
+}
+
+// timerSummary names, for the Web UI's timeline, the deadline d a new timer guards: what
+// ends the attempt, the upgrade or the wait when it passes. (The summary changes no command:
+// timers replay by ID.)
+func (u *upgrade) timerSummary(d time.Time) string {
+	switch {
+	case u.phase == phaseSoak:
+		return "soak"
+	case d.Equal(u.deadline):
+		return "overall deadline"
+	case u.phase == phaseBackoff:
+		return fmt.Sprintf("retry backoff before attempt %d", u.st.Attempt+1)
+	case u.st.State == ota.StateSent:
+		return "start timeout"
+	case u.st.State == ota.StateDownloading:
+		return "silence timeout"
+	}
+	return "install timeout"
 }
 
 // onTimer acts on a fired timer: the overall deadline ends the upgrade, a phase deadline ends

@@ -478,7 +478,8 @@ func (r *rollout) run(ctx workflow.Context) (ota.RolloutProgress, error) {
 		}
 		if wave.Bake > 0 && r.p.CurrentWave < len(r.p.Waves) {
 			r.enter(ctx, ota.RolloutBaking, fmt.Sprintf("baking wave %d for %s", wp.Number, wave.Bake))
-			if _, err := workflow.AwaitWithTimeout(ctx, wave.Bake.Std(), func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
+			bake := workflow.AwaitOptions{Timeout: wave.Bake.Std(), TimerOptions: workflow.TimerOptions{Summary: fmt.Sprintf("bake after wave %d", wp.Number)}}
+			if _, err := workflow.AwaitWithOptions(ctx, bake, func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
 				if err != nil {
 					r.onWorkflowCanceled()
 				}
@@ -526,14 +527,15 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 			return false, nil
 		}
 		now := workflow.Now(ctx)
-		wake := time.Time{}
+		var wake time.Time // when to look again at the latest, and why
+		var why string
 		if reachedEnd && r.fleet && r.req.Upgrade.Soak > 0 {
 			r.enter(ctx, ota.RolloutRunning, fmt.Sprintf("wave %d: %d upgrade(s) still running; a device counts once it has held the version for the %s soak",
 				wi+1, len(r.running), r.req.Upgrade.Soak))
 		}
 		if !reachedEnd && r.mayStart() {
 			if !r.inWindow(now) {
-				wake = r.nextWindowOpen(now)
+				wake, why = r.nextWindowOpen(now), timerWindow
 				r.enter(ctx, ota.RolloutWaitingWindow, r.windowReason(wake))
 				if r.control {
 					r.p.NextWindowAt = &wake
@@ -543,6 +545,7 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 				r.p.NextWindowAt = nil
 				n := min(r.req.MaxInFlight-len(r.running), end-r.p.Counts.Started)
 				n, wake = r.allowance(now, n)
+				why = timerRate
 				if n > 0 {
 					if err := r.startDevices(ctx, wi, n); err != nil {
 						return false, err
@@ -552,17 +555,29 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 			}
 		}
 		seen := r.version
-		cond := func() bool { return r.version != seen }
-		if wake.IsZero() {
-			err = workflow.Await(ctx, cond)
-		} else {
-			_, err = workflow.AwaitWithTimeout(ctx, max(wake.Sub(now), time.Millisecond), cond)
-		}
-		if err != nil {
+		if err := awaitUntil(ctx, now, wake, why, func() bool { return r.version != seen }); err != nil {
 			r.onWorkflowCanceled()
 			return true, err
 		}
 	}
+}
+
+// Summaries of the rollout's timers, as the Web UI's timeline shows them.
+const (
+	timerWindow    = "waiting for the maintenance window"
+	timerRate      = "rate limit"
+	timerFindRetry = "retry the search for late devices"
+)
+
+// awaitUntil waits for cond, and, unless wake is zero, until wake (from now) at the latest,
+// on a timer whose summary says why. It returns the error of the workflow being canceled.
+func awaitUntil(ctx workflow.Context, now, wake time.Time, why string, cond func() bool) error {
+	if wake.IsZero() {
+		return workflow.Await(ctx, cond)
+	}
+	_, err := workflow.AwaitWithOptions(ctx, workflow.AwaitOptions{Timeout: max(wake.Sub(now), time.Millisecond),
+		TimerOptions: workflow.TimerOptions{Summary: why}}, cond)
+	return err
 }
 
 // mayStart reports whether the rollout may start devices, limits aside.
