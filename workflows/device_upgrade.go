@@ -104,6 +104,7 @@ type upgrade struct {
 	cancelTimer workflow.CancelFunc
 
 	searchState string // OtaState as last upserted
+	last        report // the device's last report, for the Web UI's details
 }
 
 // DeviceUpgradeWorkflow upgrades one device: it sends an upgrade command, follows the device's
@@ -141,6 +142,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 	progressCh := workflow.GetSignalChannel(ctx, ota.SignalProgress)
 	statusCh := workflow.GetSignalChannel(ctx, ota.SignalStatus)
 
+	u.showDetails(ctx)
 	if req.Sig != "" && req.Rollout == "" && workflow.GetVersion(ctx, preflightChange, workflow.DefaultVersion, 1) >= 1 {
 		u.preflight(ctx)
 	}
@@ -154,6 +156,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 			dctx, _ := workflow.NewDisconnectedContext(ctx)
 			u.cancelCommand(dctx)
 			u.finish(dctx, ota.StateCanceled, u.st.ErrorCode, "canceled by operator")
+			u.showDetails(ctx)
 			return u.st, temporal.NewCanceledError(u.st)
 		}
 		if u.phase == phaseSend {
@@ -177,8 +180,10 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 			u.timer = nil
 			u.onTimer(ctx)
 		})
+		u.showDetails(ctx)
 		sel.Select(ctx)
 	}
+	u.showDetails(ctx)
 	switch u.st.State {
 	case ota.StateFailed:
 		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeFailed, nil, u.st)
@@ -309,6 +314,7 @@ func (u *upgrade) onProgress(ctx workflow.Context, p protocol.Progress) {
 	}
 	now := workflow.Now(ctx)
 	u.st.UpdatedAt = now
+	u.noteReport(now, "progress %d %q", p.Progress, p.Desc)
 	if p.IsError() {
 		desc := p.Desc
 		if desc == "" {
@@ -340,6 +346,9 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 		return
 	}
 	reported, ok := st[u.req.VersionKey]
+	if ok {
+		u.noteReport(workflow.Now(ctx), "status %s=%s", u.req.VersionKey, reported)
+	}
 	if u.phase == phaseSoak {
 		u.onSoakStatus(ctx, reported, ok)
 		return
@@ -515,6 +524,7 @@ func (u *upgrade) stillReporting(ctx workflow.Context) bool {
 		return false
 	}
 	u.phaseSince = last.ReceivedAt
+	u.noteReport(last.ReceivedAt, "progress %d %q (stored by the bridge, not forwarded)", last.Progress, last.Desc)
 	if last.Progress < 100 && last.Progress > u.st.Progress {
 		u.st.Progress, u.st.Desc = last.Progress, last.Desc
 	}

@@ -680,6 +680,7 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	r.startedThisRun++
 	r.p.Counts.Started++
 	r.waveCounts(wi).Started++
+	r.showDetails(ctx)
 	workflow.Go(dctx, func(gctx workflow.Context) {
 		if r.handover {
 			var exec workflow.Execution
@@ -716,6 +717,7 @@ func (r *rollout) ended(ctx workflow.Context, id string, state ota.State) {
 	r.waveCounts(wi).Add(state)
 	r.p.UpdatedAt = workflow.Now(ctx)
 	r.version++
+	r.showDetails(ctx)
 	if state == ota.StateConflict {
 		workflow.GetLogger(ctx).Warn("Device already has an upgrade running; recorded as a conflict", "Device", id)
 	}
@@ -963,6 +965,7 @@ func (r *rollout) changed(ctx workflow.Context, s ota.RolloutState) {
 		r.p.UpdatedAt = workflow.Now(ctx)
 	}
 	r.upsertState(ctx, s)
+	r.showDetails(ctx)
 }
 
 func (r *rollout) upsertState(ctx workflow.Context, s ota.RolloutState) {

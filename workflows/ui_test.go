@@ -2,10 +2,12 @@ package workflows
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	sdkpb "go.temporal.io/api/sdk/v1"
 	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
@@ -64,6 +66,78 @@ func (o *timerOutbound) NewTimerWithOptions(ctx workflow.Context, d time.Duratio
 	return o.Next.NewTimerWithOptions(ctx, d, opts)
 }
 
+// currentDetails are the details the Web UI shows of the workflow under test now: what the
+// workflow metadata query returns, as the UI asks it.
+func currentDetails(t *testing.T, env *testsuite.TestWorkflowEnvironment) string {
+	t.Helper()
+	v, err := env.QueryWorkflow("__temporal_workflow_metadata") // the SDK does not export the name
+	if err != nil {
+		t.Fatalf("metadata query: %v", err)
+	}
+	var md sdkpb.WorkflowMetadata
+	if err := v.Get(&md); err != nil {
+		t.Fatalf("decode metadata: %v", err)
+	}
+	return md.GetCurrentDetails()
+}
+
+// detailsCheck is what the details must show at a time after the start.
+type detailsCheck struct {
+	at   time.Duration
+	want []string
+}
+
+// checkDetails reads the current details at each check's time and compares them once the
+// workflow has run.
+func checkDetails(t *testing.T, env *testsuite.TestWorkflowEnvironment, checks []detailsCheck) func() {
+	got := make([]string, len(checks))
+	for i, c := range checks {
+		env.RegisterDelayedCallback(func() { got[i] = currentDetails(t, env) }, c.at)
+	}
+	return func() {
+		t.Helper()
+		for i, c := range checks {
+			for _, w := range c.want {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("details at %s lack %q:\n%s", c.at, w, got[i])
+				}
+			}
+		}
+	}
+}
+
+// TestDeviceUpgradeDetails: the upgrade's details follow its state, attempt, progress and
+// the device's last report, and say what it waits for.
+func TestDeviceUpgradeDetails(t *testing.T) {
+	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+	h.schedule([]step{{at: time.Second, progress: 45}, {at: 2 * time.Second, progress: protocol.CodeDownloadFailed},
+		{at: 40 * time.Second, progress: 100}, {at: 50 * time.Second, status: "1.1"}})
+	verify := checkDetails(t, h.env, []detailsCheck{
+		{500 * time.Millisecond, []string{"**sent** · attempt 1 of 3", "no report from the device yet",
+			"device reports firmware_ver=1.0 (target 1.1)", "next: start timeout at "}},
+		{1500 * time.Millisecond, []string{"**downloading** 45% · attempt 1 of 3", `last report: progress 45 "downloading" at `,
+			"next: silence timeout at "}},
+		{3 * time.Second, []string{"**pending** · attempt 1 of 3", "attempt 1 ended: downloading (code -1)", `last report: progress -1 "downloading"`,
+			"next: retry backoff before attempt 2 at "}},
+		{35 * time.Second, []string{"**sent** · attempt 2 of 3", "-2 sent "}},
+		{45 * time.Second, []string{"**downloaded** 100% · attempt 2 of 3", `last report: progress 100 "downloading"`, "next: install timeout at "}},
+	})
+	st, err := h.run(t, testRequest())
+	if err != nil || st.State != ota.StateSucceeded {
+		t.Fatalf("state %s, err %v; want succeeded", st.State, err)
+	}
+	verify()
+	final := currentDetails(t, h.env)
+	for _, w := range []string{"**succeeded** after attempt 2 of 3", "last report: status firmware_ver=1.1 at ", "finished "} {
+		if !strings.Contains(final, w) {
+			t.Errorf("final details lack %q:\n%s", w, final)
+		}
+	}
+	if strings.Contains(final, "next:") {
+		t.Errorf("final details still name a deadline:\n%s", final)
+	}
+}
+
 // TestDeviceUpgradeTimerSummaries: each timer says which deadline it guards.
 func TestDeviceUpgradeTimerSummaries(t *testing.T) {
 	for _, tc := range []struct {
@@ -111,6 +185,28 @@ func TestDeviceUpgradeTimerSummaries(t *testing.T) {
 				t.Errorf("timer summaries = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestRolloutDetails: the rollout's details show its state, wave and counts as it goes.
+func TestRolloutDetails(t *testing.T) {
+	h := newFleetHarness(t, 4)
+	verify := checkDetails(t, h.env, []detailsCheck{
+		{30 * time.Second, []string{"**running** · wave 1 of 2", "4 targets, 2 started: 2 running", "wave 1: 2 of 2 started: 2 running"}},
+		{30 * time.Minute, []string{"**baking** · wave 1 of 2", "baking wave 1 for 1h0m0s", "4 targets, 2 started: 2 succeeded"}},
+		{time.Hour + 90*time.Second, []string{"**running** · wave 2 of 2", "4 targets, 4 started: 2 running, 2 succeeded",
+			"wave 2: 2 of 2 started: 2 running"}},
+	})
+	p, err := h.run(t, ota.RolloutInput{Request: rolloutRequest(ota.Wave{Count: 2, Bake: ota.Duration(time.Hour)}, ota.Wave{Percent: 100})})
+	if err != nil || p.State != ota.RolloutCompleted {
+		t.Fatalf("progress %+v, err %v; want completed", p, err)
+	}
+	verify()
+	final := currentDetails(t, h.env)
+	for _, w := range []string{"**completed** · wave 2 of 2", "4 targets, 4 started: 4 succeeded", "finished "} {
+		if !strings.Contains(final, w) {
+			t.Errorf("final details lack %q:\n%s", w, final)
+		}
 	}
 }
 

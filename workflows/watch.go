@@ -160,5 +160,6 @@ func (r *rollout) found(ctx workflow.Context, find workflow.Future) bool {
 	}
 	r.p.UpdatedAt = workflow.Now(ctx)
 	r.version++
+	r.showDetails(ctx)
 	return true
 }
