@@ -38,6 +38,10 @@ import (
 //     before the changes of issue 11 (targets chosen by compatibility and quarantine,
 //     continuous rollouts): the scenarios of v1, and a wave below its success threshold
 //     that aborts.
+//   - testdata/issue12-ui/: upgrades and rollouts recorded by TestRecordHistories with
+//     durations as strings (ota.Duration) and summaries on timers, with the scenarios of
+//     issue11-device and v2-rollouts. (Histories before it hold durations as nanoseconds:
+//     TestReplayNanosecondDurations.)
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	if err != nil {
@@ -48,8 +52,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 46 {
-		t.Fatalf("found %d recorded histories, want the 46 recorded so far", len(files))
+	if len(files) < 71 {
+		t.Fatalf("found %d recorded histories, want the 71 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {
