@@ -30,7 +30,9 @@ func (u *upgrade) showDetails(ctx workflow.Context) {
 	workflow.SetCurrentDetails(ctx, u.details())
 }
 
-// details renders the upgrade's state for the Web UI.
+// details renders the upgrade's state for the Web UI, in at most four lines (the UI's box
+// shows about five): the state and attempt, how the last attempt or the upgrade ended, the
+// device's last report, and the deadline the upgrade waits for.
 func (u *upgrade) details() string {
 	var b strings.Builder
 	st := u.st
@@ -41,6 +43,8 @@ func (u *upgrade) details() string {
 	switch {
 	case st.Attempt == 0:
 		fmt.Fprintf(&b, " · no command sent yet (up to %d attempts)", st.MaxAttempts)
+	case u.phase == phaseSoak:
+		fmt.Fprintf(&b, " at attempt %d of %d, soaking", st.Attempt, st.MaxAttempts)
 	case st.State.Final():
 		fmt.Fprintf(&b, " after attempt %d of %d", st.Attempt, st.MaxAttempts)
 	default:
@@ -56,19 +60,16 @@ func (u *upgrade) details() string {
 	case st.Desc == "":
 	case u.phase == phaseBackoff:
 		item("attempt %d ended: %s%s", st.Attempt, st.Desc, code)
-	case st.State.Final() || u.phase == phaseSoak:
+	case st.State.Final():
 		item("%s%s", st.Desc, code)
 	}
-	if u.last.what != "" {
+	switch {
+	case u.last.what != "":
 		item("last report: %s at %s", u.last.what, uiTime(u.last.at))
-	} else if st.Attempt > 0 && !st.State.Final() {
+	case st.Attempt > 0 && st.Reported != "":
+		item("no report from the device yet (it reported %s=%s before)", u.req.VersionKey, st.Reported)
+	case st.Attempt > 0 && !st.State.Final():
 		item("no report from the device yet")
-	}
-	if st.Reported != "" {
-		item("device reports %s=%s (target %s)", u.req.VersionKey, st.Reported, st.Version)
-	}
-	if st.CommandID != "" && st.SentAt != nil {
-		item("command %s sent %s", st.CommandID, uiTime(*st.SentAt))
 	}
 	switch {
 	case u.phase == phaseSoak:
