@@ -73,7 +73,7 @@ func (u *upgrade) details() string {
 	}
 	switch {
 	case u.phase == phaseSoak:
-		item("soaking until %s: another version reported before then makes it reverted", uiTime(*st.SoakUntil))
+		item("soaking until %s: another version before then makes it reverted", uiTime(*st.SoakUntil))
 	case u.phase == phaseWaiting || u.phase == phaseBackoff:
 		item("next: %s at %s", u.timerSummary(u.phaseDeadline()), uiTime(u.phaseDeadline()))
 	case st.FinishedAt != nil:
