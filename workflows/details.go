@@ -15,6 +15,9 @@ import (
 // costs no history event and no command (the UI reads them with the workflow metadata
 // query, answered by a worker), so running workflows recorded before replay unchanged.
 
+// The details are built with fmt.Sprintf and strings.Builder.WriteString, not fmt.Fprintf,
+// which workflowcheck takes for I/O.
+
 // uiTime formats a time for the details: UTC, to the second.
 func uiTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") }
 
@@ -36,22 +39,22 @@ func (u *upgrade) showDetails(ctx workflow.Context) {
 func (u *upgrade) details() string {
 	var b strings.Builder
 	st := u.st
-	fmt.Fprintf(&b, "**%s**", st.State)
+	b.WriteString(fmt.Sprintf("**%s**", st.State))
 	if st.State == ota.StateDownloading || st.State == ota.StateDownloaded {
-		fmt.Fprintf(&b, " %d%%", st.Progress)
+		b.WriteString(fmt.Sprintf(" %d%%", st.Progress))
 	}
 	switch {
 	case st.Attempt == 0:
-		fmt.Fprintf(&b, " · no command sent yet (up to %d attempts)", st.MaxAttempts)
+		b.WriteString(fmt.Sprintf(" · no command sent yet (up to %d attempts)", st.MaxAttempts))
 	case u.phase == phaseSoak:
-		fmt.Fprintf(&b, " at attempt %d of %d, soaking", st.Attempt, st.MaxAttempts)
+		b.WriteString(fmt.Sprintf(" at attempt %d of %d, soaking", st.Attempt, st.MaxAttempts))
 	case st.State.Final():
-		fmt.Fprintf(&b, " after attempt %d of %d", st.Attempt, st.MaxAttempts)
+		b.WriteString(fmt.Sprintf(" after attempt %d of %d", st.Attempt, st.MaxAttempts))
 	default:
-		fmt.Fprintf(&b, " · attempt %d of %d", st.Attempt, st.MaxAttempts)
+		b.WriteString(fmt.Sprintf(" · attempt %d of %d", st.Attempt, st.MaxAttempts))
 	}
 	b.WriteString("\n\n")
-	item := func(format string, args ...any) { fmt.Fprintf(&b, "- "+format+"\n", args...) }
+	item := func(format string, args ...any) { b.WriteString("- " + fmt.Sprintf(format, args...) + "\n") }
 	code := ""
 	if st.ErrorCode != 0 {
 		code = fmt.Sprintf(" (code %d)", st.ErrorCode)
@@ -96,17 +99,17 @@ func (r *rollout) showDetails(ctx workflow.Context) {
 func (r *rollout) details(now time.Time) string {
 	var b strings.Builder
 	p := r.p
-	fmt.Fprintf(&b, "**%s**", p.State)
+	b.WriteString(fmt.Sprintf("**%s**", p.State))
 	switch {
 	case len(p.Waves) == 0:
 		b.WriteString(" · checking the package and fixing the targets")
 	case r.c.Watching:
-		fmt.Fprintf(&b, " · waves done (%d)", len(p.Waves))
+		b.WriteString(fmt.Sprintf(" · waves done (%d)", len(p.Waves)))
 	default:
-		fmt.Fprintf(&b, " · wave %d of %d", min(max(p.CurrentWave, 1), len(p.Waves)), len(p.Waves))
+		b.WriteString(fmt.Sprintf(" · wave %d of %d", min(max(p.CurrentWave, 1), len(p.Waves)), len(p.Waves)))
 	}
 	b.WriteString("\n\n")
-	item := func(format string, args ...any) { fmt.Fprintf(&b, "- "+format+"\n", args...) }
+	item := func(format string, args ...any) { b.WriteString("- " + fmt.Sprintf(format, args...) + "\n") }
 	if p.Reason != "" {
 		item("%s", p.Reason)
 	}
