@@ -58,7 +58,7 @@ func (a *Activities) AwaitWorkflows(ctx context.Context, in ota.AwaitWorkflowsIn
 			}
 			got[e.i] = e.o
 			if gather == nil {
-				t := time.NewTimer(max(in.Gather, 0))
+				t := time.NewTimer(max(in.Gather.Std(), 0))
 				defer t.Stop()
 				gather = t.C
 			}

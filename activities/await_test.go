@@ -105,7 +105,7 @@ func TestAwaitWorkflows(t *testing.T) {
 			env := s.NewTestActivityEnvironment()
 			env.RegisterActivity(&activities.Activities{Temporal: c})
 			var a *activities.Activities
-			v, err := env.ExecuteActivity(a.AwaitWorkflows, ota.AwaitWorkflowsInput{Executions: execs, Gather: 500 * time.Millisecond})
+			v, err := env.ExecuteActivity(a.AwaitWorkflows, ota.AwaitWorkflowsInput{Executions: execs, Gather: ota.Duration(500 * time.Millisecond)})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -62,7 +62,7 @@ func TestFindLateTargets(t *testing.T) {
 			var a *activities.Activities
 			maxWait := 300 * time.Millisecond
 			start := time.Now()
-			v, err := env.ExecuteActivity(a.FindLateTargets, ota.FindLateInput{Rollout: "r", Cursor: at("1"), Limit: 10, MaxWait: maxWait})
+			v, err := env.ExecuteActivity(a.FindLateTargets, ota.FindLateInput{Rollout: "r", Cursor: at("1"), Limit: 10, MaxWait: ota.Duration(maxWait)})
 			if err != nil {
 				t.Fatal(err)
 			}

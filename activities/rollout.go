@@ -73,7 +73,7 @@ func (a *Activities) FindLateTargets(ctx context.Context, in ota.FindLateInput) 
 	}
 	q := store.LateSearch{Rollout: in.Rollout, Since: in.Since, LeftOutKey: in.LeftOutKey, Selector: in.Selector,
 		Cursor: in.Cursor, Limit: max(in.Limit, 1), ScanLimit: lateScanLimit}
-	deadline := time.Now().Add(in.MaxWait)
+	deadline := time.Now().Add(in.MaxWait.Std())
 	for {
 		found, err := a.Store.FindLate(ctx, q)
 		if err != nil {

@@ -138,7 +138,7 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	name := "bench-" + time.Now().UTC().Format("20060102-150405")
 	req := ota.RolloutRequest{Name: name,
 		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.3", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
-			StartTimeout: rawRetry, MaxAttempts: rawTries + 1, RetryBackoff: time.Second},
+			StartTimeout: ota.Duration(rawRetry), MaxAttempts: rawTries + 1, RetryBackoff: ota.Duration(time.Second)},
 		Targets:     ota.Targets{Prefix: "sim-"},
 		MaxInFlight: inFlight, ContinueAfter: continueAfter, PageSize: 1000,
 	}

@@ -37,7 +37,7 @@ func (s *Stack) demoRollout(ctx context.Context) error {
 			URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
 			SHA256: s.Signed.SHA256, Sig: s.Signed.Sig, KeyID: s.Signed.KeyID},
 		Targets:         ota.Targets{Prefix: "sim-", Where: onOld},
-		Waves:           []ota.Wave{{Percent: 10}, {Percent: 50, Bake: 3 * time.Second}, {Percent: 100}},
+		Waves:           []ota.Wave{{Percent: 10}, {Percent: 50, Bake: ota.Duration(3 * time.Second)}, {Percent: 100}},
 		MaxInFlight:     20,
 		FailurePercent:  20,
 		FailureMinCount: 3,

@@ -336,7 +336,7 @@ func rolloutWaves(cCtx *cli.Context) ([]ota.Wave, error) {
 			return nil, usageErrorf(cCtx, "--bake waits between waves: give --waves with at least two")
 		}
 		for i := range waves[:len(waves)-1] {
-			waves[i].Bake = d
+			waves[i].Bake = ota.Duration(d)
 		}
 	}
 	if cCtx.Bool("approve-waves") {
@@ -364,9 +364,11 @@ func parseRamp(s string) (ota.Ramp, error) {
 	if r.Factor, err = strconv.ParseFloat(strings.TrimSpace(parts[1]), 64); err != nil || !(r.Factor >= 1) {
 		return r, fmt.Errorf("the factor %q must be a number, 1 or more", parts[1])
 	}
-	if r.Step, err = time.ParseDuration(strings.TrimSpace(parts[2])); err != nil || r.Step <= 0 {
+	step, err := time.ParseDuration(strings.TrimSpace(parts[2]))
+	if err != nil || step <= 0 {
 		return r, fmt.Errorf("the step %q must be a duration above 0, e.g. 1m", parts[2])
 	}
+	r.Step = ota.Duration(step)
 	return r, nil
 }
 

@@ -577,13 +577,13 @@ func TestRolloutScheduleCronCarriesTheRequest(t *testing.T) {
 	}
 	req := in.Request
 	wantWaves := []ota.Wave{
-		{Count: 1, Bake: 5 * time.Minute},
-		{Percent: 50, SuccessThreshold: 90, Bake: 5 * time.Minute, Approve: true},
+		{Count: 1, Bake: ota.Duration(5 * time.Minute)},
+		{Percent: 50, SuccessThreshold: 90, Bake: ota.Duration(5 * time.Minute), Approve: true},
 		{Percent: 100, Approve: true},
 	}
 	if req.Name != name || req.Targets.List != scheduled || !slices.Equal(req.Waves, wantWaves) || req.MaxInFlight != 20 ||
 		req.FailurePercent != 10 || req.FailureAction != ota.ActionAbort || req.Upgrade.MaxAttempts != 2 || !req.SkipPreflight ||
-		req.Ramp == nil || *req.Ramp != (ota.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) ||
+		req.Ramp == nil || *req.Ramp != (ota.Ramp{StartPerMinute: 10, Factor: 2, Step: ota.Duration(time.Minute)}) ||
 		req.Window == nil || *req.Window != (ota.Window{Start: "01:00", End: "05:00", TimeZone: "Europe/Berlin"}) || in.Carry != nil {
 		t.Errorf("scheduled request = %+v", req)
 	}

@@ -228,7 +228,7 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 				r.Ramp != nil || r.Window != nil || r.SkipPreflight {
 				t.Errorf("defaults = %+v", r)
 			}
-			if r.Upgrade.MaxAttempts != ota.DefaultMaxAttempts || r.Upgrade.StartTimeout != ota.DefaultStartTimeout ||
+			if r.Upgrade.MaxAttempts != ota.DefaultMaxAttempts || r.Upgrade.StartTimeout.Std() != ota.DefaultStartTimeout ||
 				r.Upgrade.RetryTimeouts == nil || !*r.Upgrade.RetryTimeouts {
 				t.Errorf("upgrade defaults = %+v", r.Upgrade)
 			}
@@ -236,9 +236,9 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 		{"waves with thresholds, bake and approvals", plus(base, "--waves", "1%,10%,50%:95,100%", "--wave-success", "90",
 			"--bake", "10m", "--approve-waves"), func(t *testing.T, s rolloutSpec) {
 			want := []ota.Wave{
-				{Percent: 1, SuccessThreshold: 90, Bake: 10 * time.Minute},
-				{Percent: 10, SuccessThreshold: 90, Bake: 10 * time.Minute, Approve: true},
-				{Percent: 50, SuccessThreshold: 95, Bake: 10 * time.Minute, Approve: true},
+				{Percent: 1, SuccessThreshold: 90, Bake: ota.Duration(10 * time.Minute)},
+				{Percent: 10, SuccessThreshold: 90, Bake: ota.Duration(10 * time.Minute), Approve: true},
+				{Percent: 50, SuccessThreshold: 95, Bake: ota.Duration(10 * time.Minute), Approve: true},
 				{Percent: 100, SuccessThreshold: 90, Approve: true},
 			}
 			if !slices.Equal(s.req.Waves, want) {
@@ -258,7 +258,7 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 				r.FailureAction != ota.ActionAbort || !r.SkipPreflight {
 				t.Errorf("request = %+v", r)
 			}
-			if r.Ramp == nil || *r.Ramp != (ota.Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}) {
+			if r.Ramp == nil || *r.Ramp != (ota.Ramp{StartPerMinute: 10, Factor: 2, Step: ota.Duration(time.Minute)}) {
 				t.Errorf("ramp = %+v", r.Ramp)
 			}
 			if r.Window == nil || *r.Window != (ota.Window{Start: "22:00", End: "05:00", TimeZone: "Europe/Berlin"}) {
@@ -286,7 +286,7 @@ func TestRolloutRequestFromFlags(t *testing.T) {
 			"--start-timeout", "2m", "--version-key", "fw"), func(t *testing.T, s rolloutSpec) {
 			u := s.req.Upgrade
 			if u.MaxAttempts != 5 || u.RetryCodes == nil || len(u.RetryCodes) != 0 || u.RetryTimeouts == nil || *u.RetryTimeouts ||
-				u.StartTimeout != 2*time.Minute || u.VersionKey != "fw" {
+				u.StartTimeout.Std() != 2*time.Minute || u.VersionKey != "fw" {
 				t.Errorf("upgrade = %+v", u)
 			}
 		}},
@@ -444,7 +444,7 @@ func TestRenderRollout_Fleet(t *testing.T) {
 	rep.LeftOut = ota.LeftOut{UpToDate: 4, Incompatible: 2, Quarantined: 1}
 	rep.Counts.Incompatible, rep.Counts.Quarantined = 3, 1
 	rep.Late = &ota.Counts{Started: 3, Succeeded: 1, Reverted: 1}
-	rep.Soak = 10 * time.Minute
+	rep.Soak = ota.Duration(10 * time.Minute)
 	out := renderRollout(rep)
 	for _, want := range []string{
 		"State     watching",

@@ -168,6 +168,7 @@ func upgradeRequest(cCtx *cli.Context) (ota.UpgradeRequest, error) {
 // without a device, checking what people get wrong most so that the message names the flag;
 // every error is a usage error. The caller validates the whole request.
 func upgradeTemplate(cCtx *cli.Context) (ota.UpgradeRequest, error) {
+	duration := func(name string) ota.Duration { return ota.Duration(cCtx.Duration(name)) }
 	req := ota.UpgradeRequest{
 		Type:           cCtx.String("type"),
 		Version:        cCtx.String("version"),
@@ -175,13 +176,13 @@ func upgradeTemplate(cCtx *cli.Context) (ota.UpgradeRequest, error) {
 		MD5:            cCtx.String("md5"),
 		Size:           cCtx.Int64("size"),
 		VersionKey:     cCtx.String("version-key"),
-		StartTimeout:   cCtx.Duration("start-timeout"),
-		SilenceTimeout: cCtx.Duration("silence-timeout"),
-		InstallTimeout: cCtx.Duration("install-timeout"),
-		Deadline:       cCtx.Duration("deadline"),
+		StartTimeout:   duration("start-timeout"),
+		SilenceTimeout: duration("silence-timeout"),
+		InstallTimeout: duration("install-timeout"),
+		Deadline:       duration("deadline"),
 		MaxAttempts:    cCtx.Int("max-attempts"),
-		RetryBackoff:   cCtx.Duration("retry-backoff"),
-		Soak:           cCtx.Duration(flagSoak),
+		RetryBackoff:   duration("retry-backoff"),
+		Soak:           duration(flagSoak),
 	}
 	if err := readPackageTrust(cCtx, &req); err != nil {
 		return req, err

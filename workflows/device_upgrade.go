@@ -105,6 +105,7 @@ type upgrade struct {
 	cancelTimer workflow.CancelFunc
 
 	searchState string // OtaState as last upserted
+	last        report // the device's last report, for the Web UI's details
 }
 
 // DeviceUpgradeWorkflow upgrades one device: it sends an upgrade command, follows the device's
@@ -122,8 +123,8 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 	u := &upgrade{
 		req:        req,
 		phase:      phaseSend,
-		deadline:   now.Add(req.Deadline),
-		minTimeout: min(req.StartTimeout, req.SilenceTimeout, req.InstallTimeout),
+		deadline:   now.Add(req.Deadline.Std()),
+		minTimeout: min(req.StartTimeout, req.SilenceTimeout, req.InstallTimeout).Std(),
 		st: ota.UpgradeStatus{
 			DeviceID: req.DeviceID, Type: req.Type, Version: req.Version, Rollout: req.Rollout,
 			State: ota.StatePending, MaxAttempts: req.MaxAttempts, StartedAt: now, UpdatedAt: now,
@@ -143,6 +144,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 	progressCh := workflow.GetSignalChannel(ctx, ota.SignalProgress)
 	statusCh := workflow.GetSignalChannel(ctx, ota.SignalStatus)
 
+	u.showDetails(ctx)
 	if req.Sig != "" && req.Rollout == "" && workflow.GetVersion(ctx, preflightChange, workflow.DefaultVersion, 1) >= 1 {
 		u.preflight(ctx)
 	}
@@ -156,6 +158,7 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 			dctx, _ := workflow.NewDisconnectedContext(ctx)
 			u.cancelCommand(dctx)
 			u.finish(dctx, ota.StateCanceled, u.st.ErrorCode, "canceled by operator")
+			u.showDetails(ctx)
 			return u.st, temporal.NewCanceledError(u.st)
 		}
 		if u.phase == phaseSend {
@@ -179,8 +182,10 @@ func DeviceUpgradeWorkflow(ctx workflow.Context, req ota.UpgradeRequest) (ota.Up
 			u.timer = nil
 			u.onTimer(ctx)
 		})
+		u.showDetails(ctx)
 		sel.Select(ctx)
 	}
+	u.showDetails(ctx)
 	switch u.st.State {
 	case ota.StateFailed:
 		return u.st, temporal.NewNonRetryableApplicationError(u.failureMessage(), ota.ErrTypeUpgradeFailed, nil, u.st)
@@ -255,7 +260,7 @@ func (u *upgrade) send(ctx workflow.Context) {
 		ID:   fmt.Sprintf("%s-%d", u.record.RunID, attempt),
 		Type: u.req.Type, Version: u.req.Version, URL: u.req.URL, MD5: u.req.MD5, Size: u.req.Size,
 		SHA256: u.req.SHA256, Sig: u.req.Sig, KeyID: u.req.KeyID,
-		IssuedAt: now, ExpiresAt: now.Add(u.req.StartTimeout),
+		IssuedAt: now, ExpiresAt: now.Add(u.req.StartTimeout.Std()),
 	}
 	rec := u.record
 	rec.Attempt = attempt
@@ -312,6 +317,7 @@ func (u *upgrade) onProgress(ctx workflow.Context, p protocol.Progress) {
 	}
 	now := workflow.Now(ctx)
 	u.st.UpdatedAt = now
+	u.noteReport(now, "progress %d %q", p.Progress, p.Desc)
 	if p.IsError() {
 		desc := p.Desc
 		if desc == "" {
@@ -343,6 +349,9 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 		return
 	}
 	reported, ok := st[u.req.VersionKey]
+	if ok {
+		u.noteReport(workflow.Now(ctx), "status %s=%s", u.req.VersionKey, reported)
+	}
 	if u.phase == phaseSoak {
 		u.onSoakStatus(ctx, reported, ok)
 		return
@@ -372,7 +381,7 @@ func (u *upgrade) onStatus(ctx workflow.Context, st protocol.Status) {
 // startSoak records the upgrade as succeeded, as it is unless the device goes back, and
 // keeps the workflow open for the soak time: its one timer fires at the soak's end.
 func (u *upgrade) startSoak(ctx workflow.Context, desc string) {
-	until := workflow.Now(ctx).Add(u.req.Soak)
+	until := workflow.Now(ctx).Add(u.req.Soak.Std())
 	u.st.SoakUntil = &until
 	u.finish(ctx, ota.StateSucceeded, 0, fmt.Sprintf("%s; soaking for %s", desc, u.req.Soak))
 	u.phase = phaseSoak
@@ -414,11 +423,11 @@ func (u *upgrade) phaseDeadline() time.Time {
 	case u.phase == phaseBackoff:
 		d = u.retryAt
 	case u.st.State == ota.StateSent:
-		d = u.phaseSince.Add(u.req.StartTimeout)
+		d = u.phaseSince.Add(u.req.StartTimeout.Std())
 	case u.st.State == ota.StateDownloading:
-		d = u.phaseSince.Add(u.req.SilenceTimeout)
+		d = u.phaseSince.Add(u.req.SilenceTimeout.Std())
 	default: // downloaded
-		d = u.phaseSince.Add(u.req.InstallTimeout)
+		d = u.phaseSince.Add(u.req.InstallTimeout.Std())
 	}
 	if u.deadline.Before(d) {
 		return u.deadline
@@ -443,9 +452,28 @@ func (u *upgrade) armTimer(ctx workflow.Context) {
 		at = minTime(d, now.Add(u.minTimeout))
 	}
 	tctx, cancel := workflow.WithCancel(ctx)
-	u.timer = workflow.NewTimer(tctx, max(at.Sub(now), time.Millisecond))
+	u.timer = workflow.NewTimerWithOptions(tctx, max(at.Sub(now), time.Millisecond), workflow.TimerOptions{Summary: u.timerSummary(d)})
 	u.timerAt = at
 	u.cancelTimer = cancel
+}
+
+// timerSummary names, for the Web UI's timeline, the deadline d a new timer guards: what
+// ends the attempt, the upgrade or the wait when it passes. (The summary changes no command:
+// timers replay by ID.)
+func (u *upgrade) timerSummary(d time.Time) string {
+	switch {
+	case u.phase == phaseSoak:
+		return "soak"
+	case d.Equal(u.deadline):
+		return "overall deadline"
+	case u.phase == phaseBackoff:
+		return fmt.Sprintf("retry backoff before attempt %d", u.st.Attempt+1)
+	case u.st.State == ota.StateSent:
+		return "start timeout"
+	case u.st.State == ota.StateDownloading:
+		return "silence timeout"
+	}
+	return "install timeout"
 }
 
 // onTimer acts on a fired timer: the overall deadline ends the upgrade, a phase deadline ends
@@ -495,10 +523,11 @@ func (u *upgrade) stillReporting(ctx workflow.Context) bool {
 		return false
 	}
 	now := workflow.Now(ctx)
-	if !last.Found || !last.ReceivedAt.Add(u.req.SilenceTimeout).After(now) || !last.ReceivedAt.After(u.phaseSince) {
+	if !last.Found || !last.ReceivedAt.Add(u.req.SilenceTimeout.Std()).After(now) || !last.ReceivedAt.After(u.phaseSince) {
 		return false
 	}
 	u.phaseSince = last.ReceivedAt
+	u.noteReport(last.ReceivedAt, "progress %d %q (stored by the bridge, not forwarded)", last.Progress, last.Desc)
 	if last.Progress < 100 && last.Progress > u.st.Progress {
 		u.st.Progress, u.st.Desc = last.Progress, last.Desc
 	}
@@ -521,11 +550,11 @@ func (u *upgrade) endAttempt(ctx workflow.Context, code int, desc string, timedO
 		final = ota.StateTimedOut
 	}
 	now := workflow.Now(ctx)
-	backoff := u.req.RetryBackoff
+	backoff := u.req.RetryBackoff.Std()
 	for i := 1; i < u.st.Attempt && backoff < ota.DefaultMaxBackoff; i++ {
 		backoff *= 2
 	}
-	backoff = min(backoff, max(ota.DefaultMaxBackoff, u.req.RetryBackoff))
+	backoff = min(backoff, max(ota.DefaultMaxBackoff, u.req.RetryBackoff.Std()))
 	if !retry || !now.Add(backoff).Before(u.deadline) {
 		u.finish(ctx, final, code, desc)
 		return

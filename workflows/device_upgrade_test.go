@@ -468,7 +468,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			// Issue 15, defect 8: reports every 2 s against a 10 s silence timeout, of which
 			// the bridge forwards one a minute.
 			name: "a device reporting more often than the bridge forwards is not timed out", reported: "1.0",
-			req: func(r *ota.UpgradeRequest) { r.SilenceTimeout = 10 * time.Second },
+			req: func(r *ota.UpgradeRequest) { r.SilenceTimeout = ota.Duration(10 * time.Second) },
 			steps: slices.Concat([]step{{at: time.Second, progress: 10}},
 				every(3*time.Second, 61*time.Second, 2*time.Second, 20, true),
 				[]step{{at: 61 * time.Second, progress: 50}},
@@ -479,7 +479,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		},
 		{
 			name: "a device whose stored reports stop is timed out at the silence timeout", reported: "1.0",
-			req: func(r *ota.UpgradeRequest) { r.SilenceTimeout = 10 * time.Second; r.MaxAttempts = 1 },
+			req: func(r *ota.UpgradeRequest) { r.SilenceTimeout = ota.Duration(10 * time.Second); r.MaxAttempts = 1 },
 			steps: slices.Concat([]step{{at: time.Second, progress: 10}},
 				every(3*time.Second, 30*time.Second, 2*time.Second, 20, true)),
 			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
@@ -504,14 +504,14 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		},
 		{
 			name: "soak: no report within it keeps the success", reported: "1.0",
-			req:       func(r *ota.UpgradeRequest) { r.Soak = 10 * time.Minute },
+			req:       func(r *ota.UpgradeRequest) { r.Soak = ota.Duration(10 * time.Minute) },
 			steps:     []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, status: "1.1"}},
 			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
 			wantEndAfter: 10*time.Second + 10*time.Minute, wantEndBefore: 11*time.Second + 10*time.Minute,
 		},
 		{
 			name: "soak: the target again, another type's version and late progress keep the success", reported: "1.0",
-			req: func(r *ota.UpgradeRequest) { r.Soak = 10 * time.Minute },
+			req: func(r *ota.UpgradeRequest) { r.Soak = ota.Duration(10 * time.Minute) },
 			steps: []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, status: "1.1"},
 				{at: time.Minute, rawStatus: protocol.Status{"app_ver": "9"}}, {at: 2 * time.Minute, status: "1.1"},
 				{at: 3 * time.Minute, progress: -3}},
@@ -520,21 +520,24 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		},
 		{
 			name: "soak: the old version within it is reverted", reported: "1.0",
-			req:       func(r *ota.UpgradeRequest) { r.Soak = 10 * time.Minute },
+			req:       func(r *ota.UpgradeRequest) { r.Soak = ota.Duration(10 * time.Minute) },
 			steps:     []step{{at: time.Second, progress: 100}, {at: 10 * time.Second, status: "1.1"}, {at: 2 * time.Minute, status: "1.0"}},
 			wantState: ota.StateReverted, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeReverted,
 			wantEndAfter: 2 * time.Minute, wantEndBefore: 2*time.Minute + time.Second,
 		},
 		{
 			name: "soak: a cancel ends it early, still succeeded", reported: "1.0",
-			req:       func(r *ota.UpgradeRequest) { r.Soak = time.Hour },
+			req:       func(r *ota.UpgradeRequest) { r.Soak = ota.Duration(time.Hour) },
 			steps:     []step{{at: 10 * time.Second, status: "1.1"}, {at: time.Minute, cancel: true}},
 			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
 			wantEndAfter: time.Minute, wantEndBefore: time.Minute + time.Second,
 		},
 		{
 			name: "soak: the overall deadline does not cut it", reported: "1.0",
-			req:       func(r *ota.UpgradeRequest) { r.Soak = time.Hour; r.Deadline = 30 * time.Minute },
+			req: func(r *ota.UpgradeRequest) {
+				r.Soak = ota.Duration(time.Hour)
+				r.Deadline = ota.Duration(30 * time.Minute)
+			},
 			steps:     []step{{at: 10 * time.Second, status: "1.1"}, {at: 50 * time.Minute, status: "1.0"}},
 			wantState: ota.StateReverted, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeReverted,
 			wantEndAfter: 50 * time.Minute, wantEndBefore: 50*time.Minute + time.Second,
@@ -542,9 +545,9 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		{
 			name: "overall deadline", reported: "1.0",
 			req: func(r *ota.UpgradeRequest) {
-				r.Deadline = 3 * time.Minute
-				r.StartTimeout = time.Hour
-				r.SilenceTimeout = time.Hour
+				r.Deadline = ota.Duration(3 * time.Minute)
+				r.StartTimeout = ota.Duration(time.Hour)
+				r.SilenceTimeout = ota.Duration(time.Hour)
 			},
 			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
 			wantEndAfter: 3 * time.Minute, wantEndBefore: 3*time.Minute + time.Second,
@@ -713,7 +716,7 @@ func TestDeviceUpgradeOutcomeWithCancel(t *testing.T) {
 func TestDeviceUpgradeSoakRecords(t *testing.T) {
 	h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
 	req := testRequest()
-	req.Soak = 10 * time.Minute
+	req.Soak = ota.Duration(10 * time.Minute)
 	h.schedule([]step{{at: time.Second, progress: 100}, {at: 10 * time.Second, status: "1.1"}, {at: 5 * time.Minute, status: "1.0"}})
 	var mid ota.UpgradeStatus
 	h.env.RegisterDelayedCallback(func() {

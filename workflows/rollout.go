@@ -502,7 +502,8 @@ func (r *rollout) run(ctx workflow.Context) (ota.RolloutProgress, error) {
 		}
 		if wave.Bake > 0 && r.p.CurrentWave < len(r.p.Waves) {
 			r.enter(ctx, ota.RolloutBaking, fmt.Sprintf("baking wave %d for %s", wp.Number, wave.Bake))
-			if _, err := workflow.AwaitWithTimeout(ctx, wave.Bake, func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
+			bake := workflow.AwaitOptions{Timeout: wave.Bake.Std(), TimerOptions: workflow.TimerOptions{Summary: fmt.Sprintf("bake after wave %d", wp.Number)}}
+			if _, err := workflow.AwaitWithOptions(ctx, bake, func() bool { return r.c.Cancel != nil }); err != nil || r.c.Cancel != nil {
 				if err != nil {
 					r.onWorkflowCanceled()
 				}
@@ -550,14 +551,15 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 			return false, nil
 		}
 		now := workflow.Now(ctx)
-		wake := time.Time{}
+		var wake time.Time // when to look again at the latest, and why
+		var why string
 		if reachedEnd && r.fleet && r.req.Upgrade.Soak > 0 {
 			r.enter(ctx, ota.RolloutRunning, fmt.Sprintf("wave %d: %d upgrade(s) still running; a device counts once it has held the version for the %s soak",
 				wi+1, len(r.running), r.req.Upgrade.Soak))
 		}
 		if !reachedEnd && r.mayStart() {
 			if !r.inWindow(now) {
-				wake = r.nextWindowOpen(now)
+				wake, why = r.nextWindowOpen(now), timerWindow
 				r.enter(ctx, ota.RolloutWaitingWindow, r.windowReason(wake))
 				if r.control {
 					r.p.NextWindowAt = &wake
@@ -567,6 +569,7 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 				r.p.NextWindowAt = nil
 				n := min(r.req.MaxInFlight-len(r.running), end-r.p.Counts.Started)
 				n, wake = r.allowance(now, n)
+				why = timerRate
 				if n > 0 {
 					if err := r.startDevices(ctx, wi, n); err != nil {
 						return false, err
@@ -576,17 +579,29 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 			}
 		}
 		seen := r.version
-		cond := func() bool { return r.version != seen }
-		if wake.IsZero() {
-			err = workflow.Await(ctx, cond)
-		} else {
-			_, err = workflow.AwaitWithTimeout(ctx, max(wake.Sub(now), time.Millisecond), cond)
-		}
-		if err != nil {
+		if err := awaitUntil(ctx, now, wake, why, func() bool { return r.version != seen }); err != nil {
 			r.onWorkflowCanceled()
 			return true, err
 		}
 	}
+}
+
+// Summaries of the rollout's timers, as the Web UI's timeline shows them.
+const (
+	timerWindow    = "waiting for the maintenance window"
+	timerRate      = "rate limit"
+	timerFindRetry = "retry the search for late devices"
+)
+
+// awaitUntil waits for cond, and, unless wake is zero, until wake (from now) at the latest,
+// on a timer whose summary says why. It returns the error of the workflow being canceled.
+func awaitUntil(ctx workflow.Context, now, wake time.Time, why string, cond func() bool) error {
+	if wake.IsZero() {
+		return workflow.Await(ctx, cond)
+	}
+	_, err := workflow.AwaitWithOptions(ctx, workflow.AwaitOptions{Timeout: max(wake.Sub(now), time.Millisecond),
+		TimerOptions: workflow.TimerOptions{Summary: why}}, cond)
+	return err
 }
 
 // mayStart reports whether the rollout may start devices, limits aside.
@@ -691,6 +706,7 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	r.p.Counts.Started++
 	r.waveCounts(wi).Started++
 	r.metrics(ctx).Counter(metrics.RolloutDevicesStarted).Inc(1)
+	r.showDetails(ctx)
 	workflow.Go(dctx, func(gctx workflow.Context) {
 		if r.handover {
 			var exec workflow.Execution
@@ -743,6 +759,7 @@ func (r *rollout) ended(ctx workflow.Context, id string, state ota.State) {
 	r.waveCounts(wi).Add(state)
 	r.p.UpdatedAt = workflow.Now(ctx)
 	r.version++
+	r.showDetails(ctx)
 	if state == ota.StateConflict {
 		workflow.GetLogger(ctx).Warn("Device already has an upgrade running; recorded as a conflict", "Device", id)
 	}
@@ -795,7 +812,7 @@ func (r *rollout) follow(ctx workflow.Context, handed []ota.HandedUpgrade) {
 			}
 			var outcomes []ota.Outcome
 			if err := workflow.ExecuteActivity(actx, a.AwaitWorkflows,
-				ota.AwaitWorkflowsInput{Executions: execs, Gather: awaitGather}).Get(gctx, &outcomes); err != nil {
+				ota.AwaitWorkflowsInput{Executions: execs, Gather: ota.Duration(awaitGather)}).Get(gctx, &outcomes); err != nil {
 				// Only a worker without a Temporal client gets here (the activity retries
 				// everything else): count them failed rather than wait forever.
 				workflow.GetLogger(gctx).Error("Cannot follow the handed-over device upgrades; counting them failed", "Error", err)
@@ -999,6 +1016,7 @@ func (r *rollout) changed(ctx workflow.Context, s ota.RolloutState) {
 		r.p.UpdatedAt = workflow.Now(ctx)
 	}
 	r.upsertState(ctx, s)
+	r.showDetails(ctx)
 }
 
 func (r *rollout) upsertState(ctx workflow.Context, s ota.RolloutState) {

@@ -290,7 +290,7 @@ func TestRolloutCancelThenCancelRunning(t *testing.T) {
 // reason, and the bake keeps its length.
 func TestRolloutResumeDuringBake(t *testing.T) {
 	h := newFleetHarness(t, 4)
-	req := rolloutRequest(ota.Wave{Count: 2, Bake: time.Hour}, ota.Wave{Percent: 100})
+	req := rolloutRequest(ota.Wave{Count: 2, Bake: ota.Duration(time.Hour)}, ota.Wave{Percent: 100})
 	var paused, resumed func() error
 	var after ota.RolloutProgress
 	h.env.RegisterDelayedCallback(func() { paused = h.update(ota.UpdatePause, "look") }, 10*time.Minute)

@@ -109,7 +109,7 @@ func TestRolloutSoak(t *testing.T) {
 	h := newFleetHarness(t, 4)
 	h.took = 20 * time.Minute // install and soak
 	req := rolloutRequest(ota.Wave{Count: 2}, ota.Wave{Percent: 100})
-	req.Upgrade.Soak = 15 * time.Minute
+	req.Upgrade.Soak = ota.Duration(15 * time.Minute)
 	var during ota.RolloutProgress
 	h.env.RegisterDelayedCallback(func() {
 		v, err := h.env.QueryWorkflow(ota.QueryProgress)
@@ -341,7 +341,7 @@ func TestContinuousRolloutLimitsApplyToLateDevices(t *testing.T) {
 	req.Continuous = true
 	req.Window = &ota.Window{Start: "01:00", End: "02:00", TimeZone: "UTC"}
 	req.MaxPerMinute = 6 // one every 10 s, 5 s saved up
-	req.Upgrade.Soak = 10 * time.Minute
+	req.Upgrade.Soak = ota.Duration(10 * time.Minute)
 	req.FailurePercent, req.FailureMinCount = 25, 3
 	late := func(from, n int) {
 		for i := from; i < from+n; i++ {

@@ -144,7 +144,7 @@ func (h *fleetHarness) update(name string, args ...any) func() error {
 
 func TestRolloutWaves(t *testing.T) {
 	h := newFleetHarness(t, 20)
-	p, err := h.run(t, ota.RolloutInput{Request: rolloutRequest(ota.Wave{Count: 1}, ota.Wave{Percent: 50, Bake: 10 * time.Minute}, ota.Wave{Percent: 100})})
+	p, err := h.run(t, ota.RolloutInput{Request: rolloutRequest(ota.Wave{Count: 1}, ota.Wave{Percent: 50, Bake: ota.Duration(10 * time.Minute)}, ota.Wave{Percent: 100})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestRolloutRateLimit(t *testing.T) {
 func TestRolloutRamp(t *testing.T) {
 	h := newFleetHarness(t, 30)
 	req := rolloutRequest()
-	req.Ramp = &ota.Ramp{StartPerMinute: 6, Factor: 2, Step: time.Minute}
+	req.Ramp = &ota.Ramp{StartPerMinute: 6, Factor: 2, Step: ota.Duration(time.Minute)}
 	req.MaxPerMinute = 48
 	if _, err := h.run(t, ota.RolloutInput{Request: req}); err != nil {
 		t.Fatal(err)

@@ -37,6 +37,7 @@ func ScheduledRolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.Sc
 		TypedSearchAttributes: ota.RolloutSearchAttributes(req),
 		Memo:                  ota.RolloutMemo(req),
 		StaticSummary:         ota.RolloutSummary(req),
+		StaticDetails:         ota.RolloutDetails(req),
 	})
 	var started workflow.Execution
 	err := workflow.ExecuteChildWorkflow(cctx, ota.RolloutWorkflowName, ota.RolloutInput{Request: req}).GetChildWorkflowExecution().Get(ctx, &started)

@@ -59,7 +59,8 @@ func (r *rollout) watch(ctx workflow.Context) (ota.RolloutProgress, error) {
 		}
 
 		now := workflow.Now(ctx)
-		wake := time.Time{}
+		var wake time.Time // when to look again at the latest, and why
+		var why string
 		active := !stopping && !r.draining && !r.c.Paused
 		switch {
 		case stopping:
@@ -68,7 +69,7 @@ func (r *rollout) watch(ctx workflow.Context) (ota.RolloutProgress, error) {
 			}
 		case !active:
 		case !r.inWindow(now):
-			wake = r.nextWindowOpen(now)
+			wake, why = r.nextWindowOpen(now), timerWindow
 			r.enter(ctx, ota.RolloutWaitingWindow, r.windowReason(wake))
 			r.p.NextWindowAt = &wake
 		default:
@@ -76,6 +77,7 @@ func (r *rollout) watch(ctx workflow.Context) (ota.RolloutProgress, error) {
 			r.enter(ctx, ota.RolloutWatching, r.watchReason())
 			if n := min(r.req.MaxInFlight-len(r.running), len(r.c.Buffer)); n > 0 {
 				n, wake = r.allowance(now, n)
+				why = timerRate
 				if n > 0 {
 					started := 0
 					for _, id := range r.c.Buffer[:n] {
@@ -93,7 +95,7 @@ func (r *rollout) watch(ctx workflow.Context) (ota.RolloutProgress, error) {
 			}
 			if find == nil && len(r.c.Buffer) == 0 {
 				if now.Before(retryAt) {
-					wake = retryAt
+					wake, why = retryAt, timerFindRetry
 				} else {
 					find = r.findLate(ctx)
 				}
@@ -101,14 +103,7 @@ func (r *rollout) watch(ctx workflow.Context) (ota.RolloutProgress, error) {
 		}
 
 		seen := r.version
-		cond := func() bool { return r.version != seen || (find != nil && find.IsReady()) }
-		var err error
-		if wake.IsZero() {
-			err = workflow.Await(ctx, cond)
-		} else {
-			_, err = workflow.AwaitWithTimeout(ctx, max(wake.Sub(now), time.Millisecond), cond)
-		}
-		if err != nil {
+		if err := awaitUntil(ctx, now, wake, why, func() bool { return r.version != seen || (find != nil && find.IsReady()) }); err != nil {
 			r.onWorkflowCanceled()
 			return r.end(ctx)
 		}
@@ -139,7 +134,7 @@ func (r *rollout) findLate(ctx workflow.Context) workflow.Future {
 	var a *activities.Activities
 	return workflow.ExecuteActivity(fctx, a.FindLateTargets, ota.FindLateInput{
 		Rollout: r.req.Name, LeftOutKey: r.c.Snapshot, Since: r.p.StartedAt, Selector: r.req.Selector(),
-		Cursor: r.c.Changes, Limit: r.req.PageSize, MaxWait: lateMaxWait,
+		Cursor: r.c.Changes, Limit: r.req.PageSize, MaxWait: ota.Duration(lateMaxWait),
 	})
 }
 
@@ -165,5 +160,6 @@ func (r *rollout) found(ctx workflow.Context, find workflow.Future) bool {
 	}
 	r.p.UpdatedAt = workflow.Now(ctx)
 	r.version++
+	r.showDetails(ctx)
 	return true
 }

@@ -160,7 +160,8 @@ func TestReportingDeviceNotTimedOutBySilence(t *testing.T) {
 	e := newEnv(t, system.Config{})
 	d := e.scriptedDevice("chatty", protocol.Status{"firmware_ver": "1.0"})
 	req := e.request("chatty")
-	req.StartTimeout, req.SilenceTimeout, req.InstallTimeout = 10*time.Second, 10*time.Second, 10*time.Second
+	timeout := ota.Duration(10 * time.Second)
+	req.StartTimeout, req.SilenceTimeout, req.InstallTimeout = timeout, timeout, timeout
 	req.MaxAttempts = 1
 	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 	if err != nil {

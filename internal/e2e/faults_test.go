@@ -78,9 +78,9 @@ func TestRolloutSurvivesRestarts(t *testing.T) {
 	e := &env{t: t, ctx: ctx, store: st, sys: sys, c: c}
 	req := e.rollout("chaos", "chaos")
 	req.MaxInFlight = 3
-	req.Upgrade.StartTimeout = 20 * time.Second
-	req.Upgrade.SilenceTimeout = 20 * time.Second
-	req.Upgrade.InstallTimeout = 20 * time.Second
+	req.Upgrade.StartTimeout = ota.Duration(20 * time.Second)
+	req.Upgrade.SilenceTimeout = ota.Duration(20 * time.Second)
+	req.Upgrade.InstallTimeout = ota.Duration(20 * time.Second)
 	run := e.startRollout(req)
 
 	finished := func() int {
@@ -190,7 +190,7 @@ func TestBrokerRestartWithReportsWaiting(t *testing.T) {
 			e.sys.StopBridge()
 			req := e.rollout(prefix, prefix)
 			req.MaxInFlight = devices
-			req.Upgrade.StartTimeout = 8 * time.Second
+			req.Upgrade.StartTimeout = ota.Duration(8 * time.Second)
 			run := e.startRollout(req)
 			require.Eventually(t, func() bool {
 				for _, id := range e.sys.Fleet.IDs() {

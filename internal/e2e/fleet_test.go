@@ -170,7 +170,7 @@ func TestRolloutRevertedDeviceTripsThreshold(t *testing.T) {
 	old := protocol.Status{"firmware_ver": "1.0"}
 	devices := []*scripted{e.scriptedDevice("soak-1", old), e.scriptedDevice("soak-2", old), e.scriptedDevice("soak-3", old)}
 	req := e.rollout("soak", "soak")
-	req.Upgrade.Soak = 30 * time.Second
+	req.Upgrade.Soak = ota.Duration(30 * time.Second)
 	req.MaxInFlight = 1
 	req.FailurePercent, req.FailureMinCount, req.FailureAction = 50, 1, ota.ActionAbort
 	run := e.startRollout(req)
@@ -229,7 +229,7 @@ func TestContinuousRollout(t *testing.T) {
 	req := e.rollout("cont", "cont")
 	req.Continuous = true
 	req.Upgrade.Compat = &ota.Compatibility{Versions: ">=1.0,<1.1"}
-	req.Upgrade.StartTimeout = 3 * time.Second
+	req.Upgrade.StartTimeout = ota.Duration(3 * time.Second)
 	req.Upgrade.MaxAttempts = 1
 	run := e.startRollout(req)
 	require.Eventually(t, func() bool { return e.progress(run).State == ota.RolloutWatching }, time.Minute, 50*time.Millisecond, "the waves done")

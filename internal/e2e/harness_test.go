@@ -107,8 +107,8 @@ func newEnvFor(t testing.TB, timeout time.Duration, cfg system.Config, prepare f
 func (e *env) request(device string) ota.UpgradeRequest {
 	return ota.UpgradeRequest{DeviceID: device, Type: "firmware", Version: "1.1",
 		URL: e.sys.Package.URL, MD5: e.sys.Package.MD5, Size: e.sys.Package.Size,
-		StartTimeout: 4 * time.Second, SilenceTimeout: 3 * time.Second, InstallTimeout: 3 * time.Second,
-		RetryBackoff: 200 * time.Millisecond, Deadline: 2 * time.Minute}
+		StartTimeout: ota.Duration(4 * time.Second), SilenceTimeout: ota.Duration(3 * time.Second), InstallTimeout: ota.Duration(3 * time.Second),
+		RetryBackoff: ota.Duration(200 * time.Millisecond), Deadline: ota.Duration(2 * time.Minute)}
 }
 
 // upgrade runs a device upgrade to its end and returns its final status.

@@ -189,13 +189,13 @@ func recordUpgrades(t *testing.T, dir string) {
 			d.progress(progress(cmd, 100))
 			e.cancelWhen(run, ota.StateDownloaded)
 		}},
-		{"upgrade-canceled-in-backoff", func(r *ota.UpgradeRequest) { r.RetryBackoff = time.Minute }, func(d *scripted, run client.WorkflowRun) {
+		{"upgrade-canceled-in-backoff", func(r *ota.UpgradeRequest) { r.RetryBackoff = ota.Duration(time.Minute) }, func(d *scripted, run client.WorkflowRun) {
 			cmd := d.command()
 			d.progress(progress(cmd, -1))
 			e.cancelWhen(run, ota.StatePending)
 		}},
 		{"upgrade-signed", func(r *ota.UpgradeRequest) { newPublisher(t, "release-1").sign(t, r, e.sys.Package.SHA256) }, succeed},
-		{"upgrade-soak", func(r *ota.UpgradeRequest) { r.Soak = 2 * time.Second }, succeed},
+		{"upgrade-soak", func(r *ota.UpgradeRequest) { r.Soak = ota.Duration(2 * time.Second) }, succeed},
 		// The code before compatibility sent the command, and the device succeeded (so the
 		// history in testdata/issue11-device was recorded); since, no command is sent and the
 		// upgrade fails at once.
@@ -253,7 +253,7 @@ func recordRollouts(t *testing.T, dir string) {
 	// Waves with a bake and an approval; rate limited; paused and resumed.
 	req := e.rollout("rec-waves", "rall")
 	req.Targets = targets(1)
-	req.Waves = []ota.Wave{{Count: 2, Bake: 2 * time.Second}, {Percent: 100, Approve: true}}
+	req.Waves = []ota.Wave{{Count: 2, Bake: ota.Duration(2 * time.Second)}, {Percent: 100, Approve: true}}
 	req.MaxPerMinute = 120
 	run := e.startRollout(req)
 	wait(run, "wave 2 waiting for approval", func(p ota.RolloutProgress) bool { return p.State == ota.RolloutWaitingApproval })
@@ -293,7 +293,7 @@ func recordRollouts(t *testing.T, dir string) {
 	req = e.rollout("rec-cancel-running", "rall")
 	req.Targets = targets(0)
 	req.MaxInFlight = 3
-	req.Upgrade.InstallTimeout = time.Minute
+	req.Upgrade.InstallTimeout = ota.Duration(time.Minute)
 	run = e.startRollout(req)
 	wait(run, "upgrades running", func(p ota.RolloutProgress) bool { return p.Counts.Started >= 3 })
 	must(e.update(run, ota.UpdateCancel, ota.CancelRequest{CancelRunning: true, Reason: "recording"}))

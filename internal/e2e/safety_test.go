@@ -83,7 +83,7 @@ func TestSoak(t *testing.T) {
 	t.Run("reverted", func(t *testing.T) {
 		d := e.scriptedDevice("soak-back", protocol.Status{"firmware_ver": "1.0"})
 		req := e.request(d.id)
-		req.Soak = time.Hour
+		req.Soak = ota.Duration(time.Hour)
 		run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 		if err != nil {
 			t.Fatal(err)
@@ -119,7 +119,7 @@ func TestSoak(t *testing.T) {
 	t.Run("held", func(t *testing.T) {
 		id := simID("soak", 1)
 		req := e.request(id)
-		req.Soak = 2 * time.Second
+		req.Soak = ota.Duration(2 * time.Second)
 		run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 		if err != nil {
 			t.Fatal(err)
@@ -132,7 +132,7 @@ func TestSoak(t *testing.T) {
 		if err != nil || d.WorkflowCloseTime == nil {
 			t.Fatalf("describe %+v: %v", d, err)
 		}
-		if open := d.WorkflowCloseTime.Sub(*st.FinishedAt); open < req.Soak {
+		if open := d.WorkflowCloseTime.Sub(*st.FinishedAt); open < req.Soak.Std() {
 			t.Errorf("the upgrade closed %s after its success, before its %s soak was over", open, req.Soak)
 		}
 		t.Logf("history events of an upgrade with a soak: %d", d.HistoryLength)

@@ -98,7 +98,7 @@ func TestUpgradeDeviceDropsOffMidDownload(t *testing.T) {
 		Faults: simulator.Faults{DropOff: simulator.Fault{Rate: 1}}})
 	id := simID("dropoff", 1)
 	req := e.request(id)
-	req.SilenceTimeout = 8 * time.Second
+	req.SilenceTimeout = ota.Duration(8 * time.Second)
 	st, err := e.upgrade(req)
 	if err != nil || st.State != ota.StateSucceeded || st.Attempt != 1 {
 		t.Fatalf("result %+v, err %v; want succeeded on attempt 1", st, err)
@@ -137,7 +137,7 @@ func TestUpgradeNeverReportsNewVersion(t *testing.T) {
 	id := simID("noreport", 1)
 	req := e.request(id)
 	req.MaxAttempts = 2
-	req.InstallTimeout = 2 * time.Second
+	req.InstallTimeout = ota.Duration(2 * time.Second)
 	st, err := e.upgrade(req)
 	var sawSuccess bool
 	events, _ := e.store.LatestUpgrade(e.ctx, id)
@@ -220,7 +220,7 @@ func TestWorkerRestartMidUpgrade(t *testing.T) {
 	e := newEnv(t, system.Config{Devices: 1, Prefix: "restart", Timing: timing})
 	id := simID("restart", 1)
 	req := e.request(id)
-	req.InstallTimeout = time.Minute
+	req.InstallTimeout = ota.Duration(time.Minute)
 	run, err := ota.StartDeviceUpgrade(e.ctx, e.c, req)
 	if err != nil {
 		t.Fatal(err)

@@ -179,8 +179,8 @@ type Execution struct {
 // waits at most Gather more for others before it returns, so that executions ending together
 // come back together.
 type AwaitWorkflowsInput struct {
-	Executions []Execution   `json:"executions"`
-	Gather     time.Duration `json:"gather"`
+	Executions []Execution `json:"executions"`
+	Gather     Duration    `json:"gather"`
 }
 
 // Outcome is how one device upgrade execution ended: its result, or the type of its failure.

@@ -1,9 +1,11 @@
 package ota
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
@@ -140,6 +142,62 @@ func RolloutSummary(req RolloutRequest) string {
 	return fmt.Sprintf("Rollout %s: %s %s", req.Name, req.Upgrade.Type, req.Upgrade.Version)
 }
 
+// RolloutDetails is what the Web UI shows under a rollout's summary (Temporal markdown): its
+// waves, limits, failure rule and window, and what each device upgrade allows. A rollout
+// has them once; a device upgrade has none, so that the start events of many children stay
+// small (their inputs show their settings).
+func RolloutDetails(req RolloutRequest) string {
+	req = req.WithDefaults()
+	var waves []string
+	for i, w := range req.Waves {
+		s := fmt.Sprintf("%d devices", w.Count)
+		if w.Percent > 0 {
+			s = fmt.Sprintf("%g%%", w.Percent)
+		}
+		if w.Approve {
+			s = "approval, " + s
+		}
+		if w.SuccessThreshold > 0 {
+			s += fmt.Sprintf(" (%g%% must succeed)", w.SuccessThreshold)
+		}
+		if w.Bake > 0 && i < len(req.Waves)-1 {
+			s += ", bake " + w.Bake.String()
+		}
+		waves = append(waves, s)
+	}
+	rate := "no start rate limit"
+	switch {
+	case req.Ramp != nil:
+		rate = fmt.Sprintf("starts ramp from %g a minute, times %g every %s", req.Ramp.StartPerMinute, req.Ramp.Factor, req.Ramp.Step)
+		if req.MaxPerMinute > 0 {
+			rate += fmt.Sprintf(", up to %g", req.MaxPerMinute)
+		}
+	case req.MaxPerMinute > 0:
+		rate = fmt.Sprintf("at most %g starts a minute", req.MaxPerMinute)
+	}
+	lines := []string{
+		"waves: " + strings.Join(waves, "; "),
+		fmt.Sprintf("at most %d upgrades at once, %s", req.MaxInFlight, rate),
+	}
+	if req.FailurePercent > 0 {
+		lines = append(lines, fmt.Sprintf("%s when %g%% of the finished upgrades fail (at least %d)", req.FailureAction, req.FailurePercent, req.FailureMinCount))
+	}
+	if w := req.Window; w != nil {
+		lines = append(lines, fmt.Sprintf("starts only in the window %s-%s %s", w.Start, w.End, cmp.Or(w.TimeZone, "UTC")))
+	}
+	up := req.Upgrade
+	each := fmt.Sprintf("each upgrade: start timeout %s, silence %s, install %s, deadline %s, %d attempts, backoff %s",
+		up.StartTimeout, up.SilenceTimeout, up.InstallTimeout, up.Deadline, up.MaxAttempts, up.RetryBackoff)
+	if up.Soak > 0 {
+		each += ", soak " + up.Soak.String()
+	}
+	lines = append(lines, each)
+	if req.Continuous {
+		lines = append(lines, "continuous: stays open after its waves until closed")
+	}
+	return "- " + strings.Join(lines, "\n- ") + "\n"
+}
+
 // RolloutStartOptions are the options to start a rollout with a Temporal client.
 func RolloutStartOptions(req RolloutRequest) client.StartWorkflowOptions {
 	return client.StartWorkflowOptions{
@@ -149,6 +207,7 @@ func RolloutStartOptions(req RolloutRequest) client.StartWorkflowOptions {
 		TypedSearchAttributes:                    RolloutSearchAttributes(req),
 		Memo:                                     RolloutMemo(req),
 		StaticSummary:                            RolloutSummary(req),
+		StaticDetails:                            RolloutDetails(req),
 	}
 }
 
@@ -215,5 +274,6 @@ func ScheduleAction(req RolloutRequest) *client.ScheduleWorkflowAction {
 		TypedSearchAttributes: temporal.NewSearchAttributes(SearchRollout.ValueSet(req.Name)),
 		Memo:                  RolloutMemo(req),
 		StaticSummary:         fmt.Sprintf("Scheduled start of rollout %s: %s %s", req.Name, req.Upgrade.Type, req.Upgrade.Version),
+		StaticDetails:         RolloutDetails(req),
 	}
 }

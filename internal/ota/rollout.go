@@ -96,7 +96,7 @@ type Wave struct {
 	// for the rollout to go on; 0 means no threshold.
 	SuccessThreshold float64 `json:"success_threshold,omitempty"`
 	// Bake is how long to wait after the wave before the next one.
-	Bake time.Duration `json:"bake,omitempty"`
+	Bake Duration `json:"bake,omitempty"`
 	// Approve makes the wave wait for an approval before it starts.
 	Approve bool `json:"approve,omitempty"`
 }
@@ -104,9 +104,9 @@ type Wave struct {
 // Ramp raises the start rate exponentially: StartPerMinute, multiplied by Factor every Step,
 // up to RolloutRequest.MaxPerMinute.
 type Ramp struct {
-	StartPerMinute float64       `json:"start_per_minute"`
-	Factor         float64       `json:"factor"`
-	Step           time.Duration `json:"step"`
+	StartPerMinute float64  `json:"start_per_minute"`
+	Factor         float64  `json:"factor"`
+	Step           Duration `json:"step"`
 }
 
 // Window is a daily maintenance window in a time zone: new device upgrades start only inside
@@ -371,7 +371,7 @@ type RolloutProgress struct {
 	Late *Counts `json:"late,omitempty"`
 	// Soak is the upgrades' soak time: a running upgrade may have installed and be
 	// soaking.
-	Soak time.Duration `json:"soak,omitempty"`
+	Soak Duration `json:"soak,omitempty"`
 	// RatePerMinute is the start rate in force; 0 means unbounded.
 	RatePerMinute float64 `json:"rate_per_minute"`
 	// NextWindowAt is when the maintenance window opens, while the rollout waits for it.

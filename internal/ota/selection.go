@@ -171,13 +171,13 @@ type SelectTargetsInput struct {
 // are kept with the list LeftOutKey. FindLateTargets waits up to MaxWait for such devices
 // and returns at most Limit.
 type FindLateInput struct {
-	Rollout    string        `json:"rollout"`
-	LeftOutKey string        `json:"left_out_key"`
-	Since      time.Time     `json:"since"`
-	Selector   Selector      `json:"selector"`
-	Cursor     ChangeCursor  `json:"cursor"`
-	Limit      int           `json:"limit"`
-	MaxWait    time.Duration `json:"max_wait"`
+	Rollout    string       `json:"rollout"`
+	LeftOutKey string       `json:"left_out_key"`
+	Since      time.Time    `json:"since"`
+	Selector   Selector     `json:"selector"`
+	Cursor     ChangeCursor `json:"cursor"`
+	Limit      int          `json:"limit"`
+	MaxWait    Duration     `json:"max_wait"`
 }
 
 // LateTargets is what FindLateTargets found: the devices to upgrade, where to look next,
@@ -215,7 +215,7 @@ const RateBurst = 5 * time.Second
 func (r RolloutRequest) StartRate(elapsed time.Duration) float64 {
 	rate := r.MaxPerMinute
 	if rp := r.Ramp; rp != nil {
-		steps := float64(elapsed / rp.Step)
+		steps := float64(elapsed / rp.Step.Std())
 		ramped := rp.StartPerMinute * math.Pow(rp.Factor, steps)
 		if rate == 0 || ramped < rate {
 			rate = ramped

@@ -81,7 +81,7 @@ func TestWaveEnds(t *testing.T) {
 }
 
 func TestRolloutRequest_StartRate(t *testing.T) {
-	ramp := &Ramp{StartPerMinute: 10, Factor: 2, Step: time.Minute}
+	ramp := &Ramp{StartPerMinute: 10, Factor: 2, Step: Duration(time.Minute)}
 	tests := []struct {
 		name    string
 		req     RolloutRequest

@@ -91,13 +91,13 @@ type UpgradeRequest struct {
 	RolloutRun string `json:"rollout_run,omitempty"`
 
 	// StartTimeout bounds the wait for the device's first report after a command is sent.
-	StartTimeout time.Duration `json:"start_timeout,omitempty"`
+	StartTimeout Duration `json:"start_timeout,omitempty"`
 	// SilenceTimeout bounds the silence between progress reports while downloading.
-	SilenceTimeout time.Duration `json:"silence_timeout,omitempty"`
+	SilenceTimeout Duration `json:"silence_timeout,omitempty"`
 	// InstallTimeout bounds the wait for the new version after progress 100.
-	InstallTimeout time.Duration `json:"install_timeout,omitempty"`
+	InstallTimeout Duration `json:"install_timeout,omitempty"`
 	// Deadline bounds the whole upgrade, all attempts included.
-	Deadline time.Duration `json:"deadline,omitempty"`
+	Deadline Duration `json:"deadline,omitempty"`
 	// MaxAttempts is how many commands may be sent in all.
 	MaxAttempts int `json:"max_attempts,omitempty"`
 	// RetryCodes lists the device error codes that start another attempt; nil means
@@ -107,7 +107,7 @@ type UpgradeRequest struct {
 	RetryTimeouts *bool `json:"retry_timeouts,omitempty"`
 	// RetryBackoff is the wait before the second attempt; it doubles for each further one,
 	// up to DefaultMaxBackoff.
-	RetryBackoff time.Duration `json:"retry_backoff,omitempty"`
+	RetryBackoff Duration `json:"retry_backoff,omitempty"`
 
 	// SHA256, Sig and KeyID are PROTOCOL.md 1.1's package integrity fields, carried in the
 	// command when set: the package's SHA-256, and an Ed25519 signature of its publisher
@@ -120,7 +120,7 @@ type UpgradeRequest struct {
 	Compat *Compatibility `json:"compat,omitempty"`
 	// Soak, when more than 0, keeps the upgrade open that long after success: a device that
 	// reports another version meanwhile has reverted (StateReverted), a failure.
-	Soak time.Duration `json:"soak,omitempty"`
+	Soak Duration `json:"soak,omitempty"`
 }
 
 // PackageCheck is the pre-flight check of the request's package.
@@ -152,9 +152,9 @@ func (r UpgradeRequest) WithDefaults() UpgradeRequest {
 	return r
 }
 
-func setDefault(d *time.Duration, def time.Duration) {
+func setDefault(d *Duration, def time.Duration) {
 	if *d == 0 {
-		*d = def
+		*d = Duration(def)
 	}
 }
 
@@ -179,7 +179,7 @@ func (r UpgradeRequest) Validate() error {
 	}
 	for _, d := range []struct {
 		name string
-		v    time.Duration
+		v    Duration
 	}{{"start timeout", r.StartTimeout}, {"silence timeout", r.SilenceTimeout},
 		{"install timeout", r.InstallTimeout}, {"deadline", r.Deadline}, {"retry backoff", r.RetryBackoff}} {
 		if d.v < 0 {

@@ -91,7 +91,7 @@ func Make(ctx context.Context, reg Registry, req ota.RolloutRequest, ids []strin
 		w := req.Waves[i]
 		p.Waves = append(p.Waves, Wave{Number: i + 1, Targets: end - prev, SuccessThreshold: w.SuccessThreshold, Approve: w.Approve})
 		if i < len(req.Waves)-1 {
-			p.Waves[i].Bake = w.Bake
+			p.Waves[i].Bake = w.Bake.Std()
 		}
 		prev = end
 	}
@@ -112,7 +112,7 @@ func schedule(req ota.RolloutRequest, waves []Wave, o Options) time.Duration {
 	at := start                        // the earliest next start
 	var next time.Time                 // the rate limit's next start (ota.RateBurst of saving)
 	ends := make([]time.Time, 0, 1024) // running upgrades' ends, in start order
-	each := o.UpgradeTime + req.Upgrade.Soak
+	each := o.UpgradeTime + req.Upgrade.Soak.Std()
 	for i := range waves {
 		w := &waves[i]
 		w.Start = at.Sub(start)

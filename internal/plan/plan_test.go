@@ -44,7 +44,7 @@ func request(waves ...ota.Wave) ota.RolloutRequest {
 
 func TestMake_TargetsAndLeftOut(t *testing.T) {
 	reg := &registry{targets: 20, left: ota.LeftOut{UpToDate: 3, Incompatible: 2}, known: []string{"a", "b"}}
-	req := request(ota.Wave{Count: 1}, ota.Wave{Percent: 50, SuccessThreshold: 90, Bake: time.Hour}, ota.Wave{Percent: 100, Approve: true})
+	req := request(ota.Wave{Count: 1}, ota.Wave{Percent: 50, SuccessThreshold: 90, Bake: ota.Duration(time.Hour)}, ota.Wave{Percent: 100, Approve: true})
 	req.Upgrade.Compat = &ota.Compatibility{Versions: ">=1.0"}
 	req.Targets.List = "fw" // the stand-in the starter sets for an explicit list
 	p, err := Make(context.Background(), reg, req, []string{"b", "ghost", "a"}, Options{Now: time.Now()})
@@ -94,8 +94,8 @@ func TestMake_Duration(t *testing.T) {
 			return r
 		}, 10 * time.Minute, 20 * time.Minute, nil},
 		{"bake and soak", 4, func() ota.RolloutRequest {
-			r := request(ota.Wave{Count: 2, Bake: time.Hour}, ota.Wave{Percent: 100})
-			r.Upgrade.Soak = 10 * time.Minute
+			r := request(ota.Wave{Count: 2, Bake: ota.Duration(time.Hour)}, ota.Wave{Percent: 100})
+			r.Upgrade.Soak = ota.Duration(10 * time.Minute)
 			return r
 		}, 5 * time.Minute, 90 * time.Minute, [][2]time.Duration{{0, 15 * time.Minute}, {75 * time.Minute, 90 * time.Minute}}},
 		// The window opens at 01:00, half an hour after the start.
@@ -108,7 +108,7 @@ func TestMake_Duration(t *testing.T) {
 		// 11 in the second (every 5 s from +65 s), then every 2.5 s: the 20th at +122.5 s.
 		{"ramp", 20, func() ota.RolloutRequest {
 			r := request()
-			r.Ramp = &ota.Ramp{StartPerMinute: 6, Factor: 2, Step: time.Minute}
+			r.Ramp = &ota.Ramp{StartPerMinute: 6, Factor: 2, Step: ota.Duration(time.Minute)}
 			return r
 		}, 0, 122500 * time.Millisecond, nil},
 	}
