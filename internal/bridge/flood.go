@@ -52,6 +52,9 @@ const (
 	ShedSuperseded = "superseded_status"
 )
 
+// ShedReasons are the reasons a report is shed, in the order metrics list them.
+var ShedReasons = []string{ShedProgress, ShedRepeat, ShedInvalid, ShedSuperseded}
+
 // Defaults of the FloodConfig settings left zero: a sustained report a second, as PROTOCOL.md
 // asks, and a burst of a whole download's distinct percentages, so that an honest device's
 // backlog (after a bridge or database outage) passes whole.

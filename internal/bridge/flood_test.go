@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
@@ -154,6 +156,22 @@ func TestFloodKeepsWhatUpgradesActOn(t *testing.T) {
 	}
 	if s := b.Stats(); s.Received != int64(len(steps)) || s.Acked != int64(len(steps)) || s.Shed != 5 || s.Delayed != 2 {
 		t.Errorf("stats %+v", s)
+	}
+	// The metrics say the same, by reason.
+	wantMetrics := `
+# HELP otaflow_bridge_reports_shed_total Reports over their device's flood budget acknowledged without being stored, by reason (progress, repeat, invalid, superseded_status).
+# TYPE otaflow_bridge_reports_shed_total counter
+otaflow_bridge_reports_shed_total{reason="invalid"} 0
+otaflow_bridge_reports_shed_total{reason="progress"} 2
+otaflow_bridge_reports_shed_total{reason="repeat"} 2
+otaflow_bridge_reports_shed_total{reason="superseded_status"} 1
+# HELP otaflow_bridge_status_delayed_total Status reports that waited for their device's flood budget (stored later, or superseded by a newer one).
+# TYPE otaflow_bridge_status_delayed_total counter
+otaflow_bridge_status_delayed_total 2
+`
+	if err := testutil.CollectAndCompare(b.Collector(), strings.NewReader(wantMetrics),
+		"otaflow_bridge_reports_shed_total", "otaflow_bridge_status_delayed_total"); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -90,7 +90,14 @@ var statDescs = []struct {
 	{counterDesc("otaflow_bridge_retained_ignored_total", "Retained messages a new subscription replayed; ignored."), func(s Stats) int64 { return s.Ignored }},
 	{counterDesc("otaflow_bridge_messages_acked_total", "Messages acknowledged to the broker."), func(s Stats) int64 { return s.Acked }},
 	{counterDesc("otaflow_bridge_messages_unfinished_total", "Messages left unacknowledged at shutdown, for the broker to deliver again."), func(s Stats) int64 { return s.Unfinished }},
+	{counterDesc("otaflow_bridge_status_delayed_total", "Status reports that waited for their device's flood budget (stored later, or superseded by a newer one)."), func(s Stats) int64 { return s.Delayed }},
 }
+
+// shedDesc counts what the flood limit did not store, by reason (ShedReasons); the counts per
+// device are in the log and in PostgreSQL's shed_reports, not in labels.
+var shedDesc = prometheus.NewDesc("otaflow_bridge_reports_shed_total",
+	"Reports over their device's flood budget acknowledged without being stored, by reason (progress, repeat, invalid, superseded_status).",
+	[]string{"reason"}, nil)
 
 var (
 	queueDesc = prometheus.NewDesc("otaflow_bridge_queue_depth",
@@ -109,6 +116,7 @@ func (c bridgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- queueDesc
 	ch <- queueCapDesc
 	ch <- pendingDesc
+	ch <- shedDesc
 	c.b.metrics.rejected.Describe(ch)
 	c.b.metrics.stored.Describe(ch)
 	c.b.metrics.errors.Describe(ch)
@@ -127,6 +135,13 @@ func (c bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(depth))
 	ch <- prometheus.MustNewConstMetric(queueCapDesc, prometheus.GaugeValue, float64(len(c.b.queues)*c.b.cfg.QueueSize))
 	ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(c.b.pending.count()))
+	shed := map[string]int64{}
+	for _, t := range c.b.ShedCounts() {
+		shed[t.Reason] += t.Count
+	}
+	for _, r := range ShedReasons {
+		ch <- prometheus.MustNewConstMetric(shedDesc, prometheus.CounterValue, float64(shed[r]), r)
+	}
 	c.b.metrics.rejected.Collect(ch)
 	c.b.metrics.stored.Collect(ch)
 	c.b.metrics.errors.Collect(ch)
