@@ -95,7 +95,8 @@ func TestComposeInterpolation(t *testing.T) {
 					"TEMPORAL_NAMESPACE": "default",
 					"MQTT_URL":           "tcp://otaflow-worker:worker-dev-secret@mosquitto:1883",
 				},
-				"mqttbridge": {"MQTT_URL": "tcp://otaflow-bridge:bridge-dev-secret@mosquitto:1883", "BRIDGE_SHARED": "false"},
+				"mqttbridge": {"MQTT_URL": "tcp://otaflow-bridge:bridge-dev-secret@mosquitto:1883", "BRIDGE_SHARED": "false",
+					"METRICS_LISTEN": ":9465", "BRIDGE_BROKER_METRICS": "true"},
 			},
 		},
 		{

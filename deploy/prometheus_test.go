@@ -125,6 +125,42 @@ func TestComposeMonitoring(t *testing.T) {
 			}
 		}
 	}
+	// Prometheus scrapes every running service that serves metrics (METRICS_LISTEN :PORT) at
+	// SERVICE:PORT (the one-shot setup inherits the variable and serves nothing); the bridge's
+	// include the broker's (BRIDGE_BROKER_METRICS).
+	var conf struct {
+		ScrapeConfigs []struct {
+			StaticConfigs []struct {
+				Targets []string `yaml:"targets"`
+			} `yaml:"static_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal([]byte(readFile(t, "prometheus/prometheus.yml")), &conf); err != nil {
+		t.Fatal(err)
+	}
+	targets := map[string]bool{}
+	for _, sc := range conf.ScrapeConfigs {
+		for _, st := range sc.StaticConfigs {
+			for _, target := range st.Targets {
+				targets[target] = true
+			}
+		}
+	}
+	serving := 0
+	for name, svc := range p.Services {
+		if v, ok := svc.Environment["METRICS_LISTEN"]; ok && v != nil && *v != "" && svc.Restart != "no" {
+			serving++
+			if target := name + *v; !strings.HasPrefix(*v, ":") || !targets[target] {
+				t.Errorf("service %s serves metrics on %q, but prometheus.yml does not scrape %s", name, *v, target)
+			}
+		}
+	}
+	if serving < 2 {
+		t.Errorf("%d services serve metrics, want the worker and the bridge at least", serving)
+	}
+	if v := service(t, p, "mqttbridge").Environment["BRIDGE_BROKER_METRICS"]; v == nil || *v != "true" {
+		t.Error("the bridge does not export the broker's metrics (BRIDGE_BROKER_METRICS=true)")
+	}
 	// The rule file sits beside the configuration, which names it relatively.
 	if !strings.Contains(readFile(t, "prometheus/prometheus.yml"), "- alerts.yml") {
 		t.Error("prometheus.yml does not load alerts.yml from beside itself")

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
 
 	"github.com/otaflow/otaflow/internal/localstack"
 	"github.com/otaflow/otaflow/internal/ota"
@@ -64,6 +67,18 @@ func testStackRunsDemoRollout(t *testing.T, real bool) {
 			resp.Body.Close()
 		}
 	}
+	// The broker's page has its clients: the embedded broker's by kind, Mosquitto's read
+	// from $SYS (kind="all").
+	brokerURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", cfg.MetricsPort+2)
+	want := map[bool]string{false: `otaflow_broker_clients_connected{kind="device"} 3`, true: `otaflow_broker_clients_connected{kind="all"} `}[real]
+	var page string
+	if !assert.Eventually(t, func() bool {
+		page = httpGet(brokerURL)
+		return strings.Contains(page, "\n"+want)
+	}, 30*time.Second, 100*time.Millisecond) {
+		s.Close()
+		t.Fatalf("no %q at %s:\n%s", want, brokerURL, page)
+	}
 	if err := s.demoRollout(ctx); err != nil {
 		s.Close()
 		t.Fatal(err)
@@ -117,6 +132,20 @@ func testStackRunsDemoRollout(t *testing.T, real bool) {
 	if !strings.Contains(out.String(), "No simulated device runs firmware 1.0 any more") || strings.Contains(out.String(), "Started rollout") {
 		t.Errorf("the second demo:\n%s", out.String())
 	}
+}
+
+// httpGet returns the body of url, "" when it cannot be read.
+func httpGet(url string) string {
+	resp, err := http.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return ""
+	}
+	return string(b)
 }
 
 // threeFreePorts returns a port that is free with the two after it.

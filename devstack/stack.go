@@ -54,7 +54,9 @@ type Config struct {
 	// server on PostgreSQL, Mosquitto, two workers and two bridges as processes of their own.
 	RealServers bool
 	// MetricsPort, when not 0, serves the worker's metrics on it, the bridge's on the next
-	// port and the broker's on the one after.
+	// port and the broker's on the one after. With RealServers: the first worker's and the
+	// first bridge's (with the broker's figures too, --broker-metrics), and Mosquitto's $SYS
+	// figures as the bridge exports them (internal/prodstack).
 	MetricsPort int
 }
 
@@ -223,7 +225,7 @@ func (s *Stack) startReal(ctx context.Context, log io.Writer, packages pkgsig.Po
 		Devices: cfg.Devices, Prefix: "sim", Initial: protocol.Status{"firmware_ver": "1.0", "app_ver": "3.2"},
 		Timing: cfg.SimTiming, PackageDir: filepath.Join(cfg.DataDir, "packages"), PackageName: cfg.PackageName, PackageSize: cfg.PackageSize,
 		TrustedKeys: s.Publisher.trustedDir, RequireSignatures: cfg.RequireSignatures,
-		DevicePolicy: pkgsig.Policy{Keys: packages.Keys}, Log: log, Say: s.say})
+		DevicePolicy: pkgsig.Policy{Keys: packages.Keys}, Metrics: metricsAddrs(cfg), Log: log, Say: s.say})
 	if err != nil {
 		return err
 	}
@@ -276,10 +278,18 @@ func metricsAddr(cfg Config, offset int) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.MetricsPort+offset))
 }
 
+// metricsURLs are the /metrics URLs of the parts (system.PartWorker...).
+func (s *Stack) metricsURLs() map[string]string {
+	if s.real != nil {
+		return s.real.MetricsURLs
+	}
+	return s.MetricsURLs
+}
+
 // printMetrics prints each /metrics URL on a line of its own.
 func (s *Stack) printMetrics() {
 	for _, part := range []string{system.PartWorker, system.PartBridge, system.PartBroker} {
-		if u, ok := s.MetricsURLs[part]; ok {
+		if u, ok := s.metricsURLs()[part]; ok {
 			s.say("  Metrics %-7s %s", part, u)
 		}
 	}

@@ -12,7 +12,9 @@
 // finished, the rest stay with the broker for the next run. A fatal error (the broker refusing
 // its credentials or subscriptions, Temporal refusing its namespace for --fatal-after) stops
 // it the same way and exits 1, for a supervisor to see and restart it. --metrics-listen ADDR
-// (METRICS_LISTEN) serves Prometheus metrics on http://ADDR/metrics.
+// (METRICS_LISTEN) serves Prometheus metrics on http://ADDR/metrics; with --broker-metrics
+// (BRIDGE_BROKER_METRICS) they include Mosquitto's figures, read from its $SYS topics on a
+// connection of their own (internal/brokersys).
 package main
 
 import (
@@ -28,6 +30,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/bridge"
+	"github.com/otaflow/otaflow/internal/brokersys"
 	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/store"
 	"github.com/otaflow/otaflow/internal/temporalconn"
@@ -74,6 +77,11 @@ func newApp() *cli.App {
 			&cli.DurationFlag{Name: "fatal-after", Value: bridge.DefaultFatalAfter, EnvVars: []string{"BRIDGE_FATAL_AFTER"},
 				Usage: "exit (code 1) once Temporal has refused the bridge outright (namespace not found, permission denied) this long"},
 			&cli.StringFlag{Name: metrics.Flag, EnvVars: []string{metrics.Env}, Usage: "serve Prometheus metrics on http://ADDR/metrics, e.g. :9465 (off when empty)"},
+			&cli.BoolFlag{Name: brokerMetricsFlag, EnvVars: []string{"BRIDGE_BROKER_METRICS"},
+				Usage: "with --" + metrics.Flag + ", also export the broker's figures (otaflow_broker_clients_connected{kind=\"all\"}, " +
+					"otaflow_broker_messages_*...) read from Mosquitto's " + brokersys.Filter + " on a connection of their own " +
+					"(client ID: --mqtt-client-id + \"" + brokersys.ClientIDSuffix + "\"); the account needs read access to it, " +
+					"which the setup step (starter setup) gives the bridge's role. One bridge of several is enough"},
 			// The flood limit (see bridge.FloodConfig).
 			&cli.Float64Flag{Name: "flood-rate", Value: bridge.DefaultFloodRate, EnvVars: []string{"BRIDGE_FLOOD_RATE"},
 				Usage: "reports a second a device may send, sustained; beyond its budget, progress is counted, not stored (status reports wait, errors and 100 pass)"},
@@ -88,8 +96,15 @@ func newApp() *cli.App {
 	}
 }
 
+// brokerMetricsFlag exports the broker's $SYS figures with the bridge's metrics.
+const brokerMetricsFlag = "broker-metrics"
+
 func run(cCtx *cli.Context) error {
 	ctx := cCtx.Context
+	if cCtx.Bool(brokerMetricsFlag) && cCtx.String(metrics.Flag) == "" {
+		return cli.Exit("--"+brokerMetricsFlag+" (BRIDGE_BROKER_METRICS) exports the broker's figures with the bridge's metrics: "+
+			"set --"+metrics.Flag+" ("+metrics.Env+") too", 2)
+	}
 	level := slog.LevelInfo
 	if cCtx.Bool("verbose") {
 		level = slog.LevelDebug
@@ -145,6 +160,16 @@ func run(cCtx *cli.Context) error {
 	}
 	if reg != nil {
 		reg.MustRegister(b.Collector())
+		if cCtx.Bool(brokerMetricsFlag) {
+			sys, err := brokersys.New(brokersys.Config{URL: cCtx.String("mqtt-url"), TLS: mqttTLS,
+				ClientID: cCtx.String("mqtt-client-id") + brokersys.ClientIDSuffix, Logger: logger})
+			if err != nil {
+				return cli.Exit(err.Error(), 2)
+			}
+			reg.MustRegister(sys)
+			sys.Start()
+			defer sys.Close()
+		}
 		srv, err := metrics.Listen(cCtx.String(metrics.Flag), reg)
 		if err != nil {
 			return err

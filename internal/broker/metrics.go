@@ -2,6 +2,8 @@ package broker
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/otaflow/otaflow/internal/metrics"
 )
 
 // Refusal reasons as metric labels (the log line says more).
@@ -41,18 +43,18 @@ func newRefusedCounter() *prometheus.CounterVec {
 }
 
 var (
-	brokerClientsDesc = prometheus.NewDesc("otaflow_broker_clients_connected",
-		"Clients connected to the broker, by kind (device or service).", []string{"kind"}, nil)
-	brokerSessionsDesc = prometheus.NewDesc("otaflow_broker_sessions_disconnected",
+	brokerClientsDesc = prometheus.NewDesc(metrics.BrokerClientsConnected,
+		"Clients connected to the broker, by kind (device or service).", []string{metrics.LabelKind}, nil)
+	brokerSessionsDesc = prometheus.NewDesc(metrics.BrokerSessionsDisconnected,
 		"Persistent sessions the broker keeps for disconnected clients.", nil, nil)
-	brokerHeldDesc = prometheus.NewDesc("otaflow_broker_messages_queued",
+	brokerHeldDesc = prometheus.NewDesc(metrics.BrokerMessagesQueued,
 		"QoS 1 and 2 messages held in sessions: sent and not yet acknowledged, or queued for offline clients.", nil, nil)
-	brokerDroppedDesc = prometheus.NewDesc("otaflow_broker_messages_dropped_total",
+	brokerDroppedDesc = prometheus.NewDesc(metrics.BrokerMessagesDropped,
 		"Messages the broker dropped: a full write queue (QoS 0), or a session at its in-flight quota.", nil, nil)
 	brokerInflightDroppedDesc = prometheus.NewDesc("otaflow_broker_inflight_dropped_total",
 		"Held messages dropped because they expired or a session was at its quota.", nil, nil)
-	brokerReceivedDesc = prometheus.NewDesc("otaflow_broker_messages_received_total", "PUBLISH packets received.", nil, nil)
-	brokerSentDesc     = prometheus.NewDesc("otaflow_broker_messages_sent_total", "PUBLISH packets sent.", nil, nil)
+	brokerReceivedDesc = prometheus.NewDesc(metrics.BrokerMessagesReceived, "PUBLISH packets received.", nil, nil)
+	brokerSentDesc     = prometheus.NewDesc(metrics.BrokerMessagesSent, "PUBLISH packets sent.", nil, nil)
 )
 
 // Collector returns the broker's metrics for a Prometheus registry: clients connected
@@ -90,8 +92,8 @@ func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v int64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
-	gauge(brokerClientsDesc, float64(devices), "device")
-	gauge(brokerClientsDesc, float64(services), "service")
+	gauge(brokerClientsDesc, float64(devices), metrics.KindDevice)
+	gauge(brokerClientsDesc, float64(services), metrics.KindService)
 	gauge(brokerSessionsDesc, float64(sessions))
 	gauge(brokerHeldDesc, float64(info.Inflight))
 	counter(brokerDroppedDesc, info.MessagesDropped)

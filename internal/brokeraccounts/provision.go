@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/otaflow/otaflow/internal/brokersys"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
@@ -41,8 +42,9 @@ type ACL struct {
 // ServiceRoles are the roles of the service accounts, named after them: PROTOCOL.md's
 // topics. The worker publishes commands and cancellations to every device; the bridge reads
 // every device's reports, alone or through the shared subscription group several bridges
-// split. Any other subscription is refused (a last rule denies "#"), and so is any other
-// publication or delivery (the acl file has nothing for them).
+// split, and the broker's $SYS/broker/# figures (brokersys.Filter), which it exports as
+// metrics with --broker-metrics. Any other subscription is refused (a last rule denies "#"),
+// and so is any other publication or delivery (the acl file has nothing for them).
 func ServiceRoles() map[string][]ACL {
 	allow := func(typ, topic string) ACL { return ACL{Type: typ, Topic: topic, Allow: true} }
 	denyOtherSubscriptions := ACL{Type: "subscribePattern", Topic: "#", Priority: -1, Allow: false}
@@ -59,6 +61,8 @@ func ServiceRoles() map[string][]ACL {
 			allow("subscribePattern", protocol.SharedFilter(protocol.StatusFilter)),
 			allow("publishClientReceive", protocol.ProgressFilter),
 			allow("publishClientReceive", protocol.StatusFilter),
+			allow("subscribePattern", brokersys.Filter),
+			allow("publishClientReceive", brokersys.Filter),
 			denyOtherSubscriptions,
 		},
 	}

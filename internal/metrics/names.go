@@ -45,3 +45,31 @@ const (
 	CauseOperator  = "operator"
 	CauseThreshold = "threshold"
 )
+
+// The broker's metrics, the same names for the same figures whichever broker they come from:
+// the embedded broker of devstack and the tests exports them itself (internal/broker), the
+// production broker's (Mosquitto's) are read from its $SYS topics by the bridge with
+// --broker-metrics (internal/brokersys).
+const (
+	// BrokerClientsConnected is a gauge of the clients connected (label kind: device and
+	// service on the embedded broker; KindAll on Mosquitto, which does not tell them apart).
+	BrokerClientsConnected = "otaflow_broker_clients_connected"
+	// BrokerSessionsDisconnected is a gauge of the persistent sessions kept for clients that
+	// are not connected.
+	BrokerSessionsDisconnected = "otaflow_broker_sessions_disconnected"
+	// BrokerMessagesQueued is a gauge of the QoS 1 and 2 messages held for sessions: sent and
+	// not yet acknowledged, or queued for clients offline or reading slowly.
+	BrokerMessagesQueued = "otaflow_broker_messages_queued"
+	// BrokerMessagesDropped counts the messages the broker dropped rather than deliver.
+	BrokerMessagesDropped = "otaflow_broker_messages_dropped_total"
+	// BrokerMessagesReceived and BrokerMessagesSent count PUBLISH packets.
+	BrokerMessagesReceived = "otaflow_broker_messages_received_total"
+	BrokerMessagesSent     = "otaflow_broker_messages_sent_total"
+
+	// LabelKind is the label of BrokerClientsConnected; KindDevice, KindService and KindAll
+	// its values.
+	LabelKind   = "kind"
+	KindDevice  = "device"
+	KindService = "service"
+	KindAll     = "all"
+)

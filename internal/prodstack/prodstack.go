@@ -2,7 +2,8 @@
 // configuration files docker-compose.yml mounts: PostgreSQL, the Temporal server (not the dev
 // server) on PostgreSQL with 4 history shards, Mosquitto with its dynamic-security plugin, the
 // setup step, several workers and several bridges as processes of their own (the bridges on the
-// shared subscription), a package file server and a simulated fleet. `devstack --real-servers`,
+// shared subscription), a package file server and a simulated fleet, and, when asked, their
+// Prometheus metrics as compose serves them. `devstack --real-servers`,
 // its benchmark and the production-topology tests run it, and can kill and restart each part.
 package prodstack
 
@@ -21,11 +22,14 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
 
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
+	"github.com/otaflow/otaflow/internal/brokersys"
 	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/setup"
@@ -64,6 +68,13 @@ type Options struct {
 	TrustedKeys       string
 	RequireSignatures bool
 	DevicePolicy      pkgsig.Policy
+	// Metrics, when set, serves Prometheus metrics as docker-compose.yml does: the first
+	// worker's on Worker and the first bridge's on Bridge (METRICS_LISTEN; the bridge with
+	// BRIDGE_BROKER_METRICS, so that its page has the broker's figures too), and on Broker the
+	// broker's figures alone, read from Mosquitto's $SYS by this process (internal/brokersys,
+	// on the bridge's account), as devstack's embedded broker serves its own. Worker and
+	// Bridge need a port of their own (not 0); "" leaves a part out.
+	Metrics *system.MetricsAddrs
 	// Log receives every part's output; nil discards it.
 	Log io.Writer
 	// Say receives progress lines for people; nil discards them.
@@ -88,6 +99,9 @@ type Stack struct {
 	// DatabaseURL is OTAflow's database; WorkerURL, BridgeURL and AdminURL the broker URLs
 	// with the services' and the administrator's credentials.
 	DatabaseURL, WorkerURL, BridgeURL, AdminURL string
+	// MetricsURLs are the /metrics URLs of the parts (system.PartWorker...), with
+	// Options.Metrics.
+	MetricsURLs map[string]string
 
 	temporalBinaries localstack.TemporalServerBinaries
 	programs         map[string]string
@@ -120,6 +134,13 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	if opts.Log == nil {
 		opts.Log = io.Discard
+	}
+	if m := opts.Metrics; m != nil {
+		for _, addr := range []string{m.Worker, m.Bridge} {
+			if _, port, err := net.SplitHostPort(addr); addr != "" && (err != nil || port == "0") {
+				return nil, fmt.Errorf("prodstack: metrics address %q: want host:port with a port of its own", addr)
+			}
+		}
 	}
 	s := &Stack{opts: opts, log: slog.New(slog.NewTextHandler(opts.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	defer func() {
@@ -196,6 +217,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	s.closers = append(s.closers, s.admin.Close)
 
+	if err := s.startBrokerMetrics(); err != nil {
+		return nil, err
+	}
 	s.say("Starting %d workers and %d bridges ...", opts.Workers, opts.Bridges)
 	for i := range opts.Workers {
 		w, err := s.startWorker(ctx, i)
@@ -303,9 +327,62 @@ func (s *Stack) env(extra ...string) []string {
 	return append(append(os.Environ(), "TEMPORAL_ADDRESS="+s.Temporal.Address(), "DATABASE_URL="+s.DatabaseURL), extra...)
 }
 
+// startBrokerMetrics serves the broker's $SYS figures on Options.Metrics.Broker, and records
+// the URLs of every part's metrics.
+func (s *Stack) startBrokerMetrics() error {
+	m := s.opts.Metrics
+	if m == nil {
+		return nil
+	}
+	s.MetricsURLs = map[string]string{}
+	for part, addr := range map[string]string{system.PartWorker: m.Worker, system.PartBridge: m.Bridge} {
+		if addr != "" {
+			host, port, _ := net.SplitHostPort(addr)
+			if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+				host = "127.0.0.1"
+			}
+			s.MetricsURLs[part] = "http://" + net.JoinHostPort(host, port) + "/metrics"
+		}
+	}
+	if m.Broker == "" {
+		return nil
+	}
+	c, err := brokersys.New(brokersys.Config{URL: s.BridgeURL, ClientID: "otaflow-prodstack" + brokersys.ClientIDSuffix, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	srv, err := metrics.Listen(m.Broker, reg)
+	if err != nil {
+		return fmt.Errorf("broker metrics: %w", err)
+	}
+	c.Start()
+	s.closers = append(s.closers, c.Close, func() { _ = srv.Close() })
+	s.MetricsURLs[system.PartBroker] = srv.URL()
+	return nil
+}
+
+// metricsEnv is the environment that makes the first worker or bridge serve its metrics on
+// addr ("": none).
+func metricsEnv(i int, addr string, extra ...string) []string {
+	if i != 0 || addr == "" {
+		return nil
+	}
+	return append([]string{metrics.Env + "=" + addr}, extra...)
+}
+
+func (s *Stack) metricsAddrs() system.MetricsAddrs {
+	if s.opts.Metrics == nil {
+		return system.MetricsAddrs{}
+	}
+	return *s.opts.Metrics
+}
+
 func (s *Stack) startWorker(ctx context.Context, i int) (*localstack.Program, error) {
-	env := s.env("MQTT_URL="+s.WorkerURL, fmt.Sprintf("MQTT_CLIENT_ID=otaflow-worker-%d", i+1),
-		pkgsig.EnvTrustedKeys+"="+s.opts.TrustedKeys, pkgsig.EnvRequireSignatures+"="+strconv.FormatBool(s.opts.RequireSignatures))
+	env := s.env(append([]string{"MQTT_URL=" + s.WorkerURL, fmt.Sprintf("MQTT_CLIENT_ID=otaflow-worker-%d", i+1),
+		pkgsig.EnvTrustedKeys + "=" + s.opts.TrustedKeys, pkgsig.EnvRequireSignatures + "=" + strconv.FormatBool(s.opts.RequireSignatures)},
+		metricsEnv(i, s.metricsAddrs().Worker)...)...)
 	return localstack.StartProgram(ctx, localstack.ProgramOptions{Name: fmt.Sprintf("worker-%d", i+1),
 		Path: s.programs["worker"], Log: s.opts.Log, Ready: "OTAflow worker starting", Env: env})
 }
@@ -313,7 +390,8 @@ func (s *Stack) startWorker(ctx context.Context, i int) (*localstack.Program, er
 func (s *Stack) startBridge(ctx context.Context, i int) (*localstack.Program, error) {
 	return localstack.StartProgram(ctx, localstack.ProgramOptions{Name: fmt.Sprintf("bridge-%d", i+1),
 		Path: s.programs["mqttbridge"], Log: s.opts.Log, Ready: "bridge running",
-		Env: s.env("MQTT_URL="+s.BridgeURL, fmt.Sprintf("MQTT_CLIENT_ID=otaflow-bridge-%d", i+1), "BRIDGE_SHARED=true")})
+		Env: s.env(append([]string{"MQTT_URL=" + s.BridgeURL, fmt.Sprintf("MQTT_CLIENT_ID=otaflow-bridge-%d", i+1), "BRIDGE_SHARED=true"},
+			metricsEnv(i, s.metricsAddrs().Bridge, "BRIDGE_BROKER_METRICS=true")...)...)})
 }
 
 // KillWorker ends worker i with SIGKILL and starts it again; KillBridge does so for bridge i.
