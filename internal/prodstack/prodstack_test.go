@@ -62,7 +62,7 @@ func TestProductionTopologyLosesNothing(t *testing.T) {
 
 	req := ota.RolloutRequest{Name: "prod-1", Targets: ota.Targets{Prefix: "sim-"},
 		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.1", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
-			StartTimeout: 2 * time.Minute, SilenceTimeout: time.Minute, InstallTimeout: time.Minute, RetryBackoff: time.Second},
+			StartTimeout: ota.Duration(2 * time.Minute), SilenceTimeout: ota.Duration(time.Minute), InstallTimeout: ota.Duration(time.Minute), RetryBackoff: ota.Duration(time.Second)},
 		Waves:       []ota.Wave{{Percent: 50}, {Percent: 100, Approve: true}},
 		MaxInFlight: 200,
 	}
