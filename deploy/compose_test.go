@@ -19,7 +19,7 @@ import (
 
 	mosquittoconf "github.com/otaflow/otaflow/deploy/mosquitto"
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
-	"github.com/otaflow/otaflow/internal/testenv"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -318,7 +318,7 @@ func TestComposeServiceAccounts(t *testing.T) {
 }
 
 // TestComposeMosquittoMatchesNative: the compose file's broker is the one the tests run
-// natively (internal/localstack.StartMosquitto): the same version, exactly the configuration
+// natively (internal/dev/localstack.StartMosquitto): the same version, exactly the configuration
 // files of deploy/mosquitto at the paths mosquitto.conf names, its state in a volume, started
 // by start.sh.
 func TestComposeMosquittoMatchesNative(t *testing.T) {

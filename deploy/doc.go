@@ -4,9 +4,9 @@
 //   - mosquitto/: the production MQTT broker's configuration, Mosquitto 2.0.11 with its
 //     dynamic-security plugin: mosquitto.conf, the devices' topic rules (acl) and the start
 //     script that creates the broker administrator on the first start (start.sh). The native
-//     topology (internal/localstack) runs the same files, embedded by the Go package there;
+//     topology (internal/dev/localstack) runs the same files, embedded by the Go package there;
 //   - temporal/: the Temporal server's configuration (production.yaml, dynamicconfig.yaml) and
-//     its schema job (setup-schema.sh), which the native topology (internal/localstack) runs
+//     its schema job (setup-schema.sh), which the native topology (internal/dev/localstack) runs
 //     too, embedded by the Go package there;
 //   - healthcheck/: the container health check of the worker and mqttbridge images;
 //   - prometheus/: Prometheus's configuration (prometheus.yml), OTAflow's alert rules

@@ -12,11 +12,11 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 
 	temporalconfig "github.com/otaflow/otaflow/deploy/temporal"
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
 )
 
 // TestComposeTemporalMatchesNativeTopology checks that docker-compose.yml runs the Temporal
-// server as the native topology (internal/localstack) does: the same version, and exactly
+// server as the native topology (internal/dev/localstack) does: the same version, and exactly
 // the configuration files localstack embeds from deploy/temporal, mounted where the server's
 // command line and environment look for them.
 func TestComposeTemporalMatchesNativeTopology(t *testing.T) {

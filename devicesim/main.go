@@ -1,4 +1,4 @@
-// Command devicesim runs a fleet of simulated OTAflow devices (see internal/simulator): each
+// Command devicesim runs a fleet of simulated OTAflow devices (see internal/dev/simulator): each
 // connects to the MQTT broker with its own credentials, reports its status, and carries out
 // upgrade commands by really downloading the package, with faults injected on chosen devices.
 //
@@ -30,9 +30,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/otaflow/otaflow/internal/dev/simulator"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
 )
 

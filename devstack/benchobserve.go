@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
 	"github.com/otaflow/otaflow/internal/notify"
 	"github.com/otaflow/otaflow/internal/ota"
 )

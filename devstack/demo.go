@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/otaflow/otaflow/internal/credential"
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
 	"github.com/otaflow/otaflow/internal/ota"
 	"go.temporal.io/sdk/client"
 )

@@ -8,8 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/pkgsig"
-	"github.com/otaflow/otaflow/internal/system"
 )
 
 // demoKeyID names the key with which devstack signs its demo package.

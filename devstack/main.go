@@ -30,7 +30,7 @@ import (
 	"time"
 
 	"github.com/otaflow/otaflow/internal/credential"
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
 	"github.com/urfave/cli/v2"
 
 	"github.com/otaflow/otaflow/internal/pkgsig"

@@ -14,15 +14,15 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/log"
 
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
+	"github.com/otaflow/otaflow/internal/dev/prodstack"
+	"github.com/otaflow/otaflow/internal/dev/simulator"
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
-	"github.com/otaflow/otaflow/internal/prodstack"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/setup"
-	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/system"
 )
 
 // Config is what the local stack runs with.
@@ -50,13 +50,13 @@ type Config struct {
 	// packages.
 	TrustedKeys       string
 	RequireSignatures bool
-	// RealServers runs the production topology instead (internal/prodstack): the Temporal
+	// RealServers runs the production topology instead (internal/dev/prodstack): the Temporal
 	// server on PostgreSQL, Mosquitto, two workers and two bridges as processes of their own.
 	RealServers bool
 	// MetricsPort, when not 0, serves the worker's metrics on it, the bridge's on the next
 	// port and the broker's on the one after. With RealServers: the first worker's and the
 	// first bridge's (with the broker's figures too, --broker-metrics), and Mosquitto's $SYS
-	// figures as the bridge exports them (internal/prodstack).
+	// figures as the bridge exports them (internal/dev/prodstack).
 	MetricsPort int
 }
 
@@ -216,7 +216,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	return s, nil
 }
 
-// startReal starts the production topology (internal/prodstack) in DataDir/real, on the
+// startReal starts the production topology (internal/dev/prodstack) in DataDir/real, on the
 // stack's ports, with the simulated fleet in this process.
 func (s *Stack) startReal(ctx context.Context, log io.Writer, packages pkgsig.Policy) error {
 	cfg := s.cfg

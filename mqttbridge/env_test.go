@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/otaflow/otaflow/internal/testenv"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 )
 
 func TestMain(m *testing.M) {

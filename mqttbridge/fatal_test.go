@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/otaflow/otaflow/internal/bridge"
-	"github.com/otaflow/otaflow/internal/broker"
+	"github.com/otaflow/otaflow/internal/dev/broker"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/testenv"
 )
 
 // TestMainFailsWhenTemporalRefusesTheNamespace runs the command on a Temporal namespace that

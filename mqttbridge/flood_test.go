@@ -8,7 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/otaflow/otaflow/internal/testenv"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 )
 
 // TestFloodFlagsChecked: a flood limit that makes no sense stops the bridge at start with a

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/otaflow/otaflow/internal/broker"
+	"github.com/otaflow/otaflow/internal/dev/broker"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/testenv"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlstest"
 )

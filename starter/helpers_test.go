@@ -4,7 +4,7 @@ import (
 	"context"
 	"strings"
 
-	"github.com/otaflow/otaflow/internal/testenv"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 )
 
 // tester is what the helpers need of a test: a *testing.T, or the *assert.CollectT of a

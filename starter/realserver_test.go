@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
+	"github.com/otaflow/otaflow/internal/dev/simulator"
+	"github.com/otaflow/otaflow/internal/dev/system"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/system"
 	"github.com/otaflow/otaflow/internal/temporalconn"
-	"github.com/otaflow/otaflow/internal/testenv"
 )
 
 // TestSetupAndRolloutOnRealTemporalServer runs the Temporal side of the production topology

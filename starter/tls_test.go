@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/otaflow/otaflow/internal/testenv"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlsflags"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlstest"
 )

@@ -18,11 +18,11 @@ import (
 
 	"go.temporal.io/api/serviceerror"
 
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/testenv"
 )
 
 // signedPackage is a package file signed with a new key: the key pair, a directory that

@@ -20,11 +20,11 @@ import (
 	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/otaflow/otaflow/internal/broker"
+	"github.com/otaflow/otaflow/internal/dev/broker"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

@@ -1,7 +1,7 @@
 // Package mosquitto holds the configuration of OTAflow's production MQTT broker, Mosquitto
 // 2.0.11 with its dynamic-security plugin: mosquitto.conf, the devices' topic rules (acl) and
 // the start script (start.sh). docker-compose.yml mounts these files into the broker's
-// container; internal/localstack runs the very same files natively, embedded here so that
+// container; internal/dev/localstack runs the very same files natively, embedded here so that
 // every program built from this repository carries them.
 package mosquitto
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Starts Mosquitto with OTAflow's configuration: docker-compose.yml runs it in the
-# eclipse-mosquitto image, internal/localstack runs it natively (MOSQUITTO_CONF then names its
+# eclipse-mosquitto image, internal/dev/localstack runs it natively (MOSQUITTO_CONF then names its
 # copy of mosquitto.conf).
 #
 # On the first start, when the dynamic-security plugin's file (plugin_opt_config_file in

@@ -4,7 +4,7 @@
 # database is left as it is. Run before the server starts, by
 #   - docker-compose.yml's temporal-schema service (temporalio/admin-tools, same version as
 #     the server), with the defaults below;
-#   - internal/localstack (StartTemporalServer), with the tool built by
+#   - internal/dev/localstack (StartTemporalServer), with the tool built by
 #     `go install go.temporal.io/server/cmd/tools/sql@v1.29.1` and the schemas of the module
 #     cache.
 #

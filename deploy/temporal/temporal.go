@@ -1,6 +1,6 @@
 // Package temporal holds the configuration of OTAflow's Temporal server, the files
 // docker-compose.yml mounts into the temporal and temporal-schema services, embedded so that
-// the native topology (internal/localstack) runs the very same bytes:
+// the native topology (internal/dev/localstack) runs the very same bytes:
 //
 //   - production.yaml: the server's configuration, a template the server renders with the
 //     environment (PostgreSQL persistence and visibility, 4 history shards, every port);

@@ -63,7 +63,7 @@ const benchDevices = 32
 
 // benchWindow is how many messages BenchmarkIngest lets be published and not yet acknowledged
 // by the bridge. mochi drops messages for a client whose write queue
-// (broker.DefaultMaxPendingWrites) is full (internal/broker puts them back, but slowly), so
+// (broker.DefaultMaxPendingWrites) is full (internal/dev/broker puts them back, but slowly), so
 // the publishers must not run further ahead of the bridge than that.
 const benchWindow = 512
 

@@ -24,7 +24,7 @@
 // BatchSize) messages however many devices publish. (MQTT 3.1.1 has no flow control: a
 // broker that drops messages for a client that reads slowly, as mochi does past its
 // per-client in-flight limit, must have room for a bridge that is held up by a database or
-// Temporal outage. internal/broker keeps those that find mochi's write queue full.)
+// Temporal outage. internal/dev/broker keeps those that find mochi's write queue full.)
 //
 // Progress reports are coalesced before they reach Temporal (see Config.ProgressInterval and
 // Config.ProgressStep) to keep workflow histories small; PostgreSQL gets every report within

@@ -16,10 +16,10 @@ import (
 
 	"github.com/otaflow/otaflow/internal/bridge"
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/testenv"
 )
 
 // fleetOnMosquitto is a test's production broker (Mosquitto from deploy/mosquitto,

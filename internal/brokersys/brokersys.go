@@ -2,7 +2,7 @@
 // subscribes to Mosquitto's $SYS/broker/# topics, which the broker publishes (retained) every
 // sys_interval seconds (10, Mosquitto's default, which deploy/mosquitto/mosquitto.conf keeps),
 // and exports them under the names and with the meanings of the embedded broker's metrics
-// (internal/broker, internal/metrics):
+// (internal/dev/broker, internal/metrics):
 //
 //   - otaflow_broker_clients_connected{kind="all"}: $SYS/broker/clients/connected, every client
 //     (devices and services; Mosquitto does not tell them apart, so the label is "all", not

@@ -8,10 +8,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/system"
 	"github.com/otaflow/otaflow/internal/temporalconn"
 )
 

@@ -15,9 +15,9 @@ import (
 	"go.temporal.io/sdk/converter"
 
 	"github.com/otaflow/otaflow/internal/bridge"
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/system"
 )
 
 // floodScenario is one device flooding valid progress reports while others upgrade.

@@ -17,14 +17,14 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/credential"
+	"github.com/otaflow/otaflow/internal/dev/simulator"
+	"github.com/otaflow/otaflow/internal/dev/system"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/system"
-	"github.com/otaflow/otaflow/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

@@ -17,12 +17,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/otaflow/otaflow/internal/dev/simulator"
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/mqttconn"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/simulator"
-	"github.com/otaflow/otaflow/internal/system"
 )
 
 // families is one scrape of a /metrics page.

@@ -12,10 +12,10 @@ import (
 	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/otaflow/otaflow/internal/dev/simulator"
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/simulator"
-	"github.com/otaflow/otaflow/internal/system"
 )
 
 // envRecordHistories names the directory where TestRecordHistories writes the histories it

@@ -12,10 +12,10 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/otaflow/otaflow/internal/bridge"
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/setup"
-	"github.com/otaflow/otaflow/internal/system"
 )
 
 // retentionFixture are the rows seeded for a cleanup: per table, how many are older than the

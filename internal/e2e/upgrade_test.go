@@ -9,10 +9,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/otaflow/otaflow/internal/dev/simulator"
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/protocol"
-	"github.com/otaflow/otaflow/internal/simulator"
-	"github.com/otaflow/otaflow/internal/system"
 )
 
 // maxHistoryEvents is the most history events a successful device upgrade may take.

@@ -47,7 +47,7 @@ const (
 )
 
 // The broker's metrics, the same names for the same figures whichever broker they come from:
-// the embedded broker of devstack and the tests exports them itself (internal/broker), the
+// the embedded broker of devstack and the tests exports them itself (internal/dev/broker), the
 // production broker's (Mosquitto's) are read from its $SYS topics by the bridge with
 // --broker-metrics (internal/brokersys).
 const (

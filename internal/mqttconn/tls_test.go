@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/otaflow/otaflow/internal/broker"
+	"github.com/otaflow/otaflow/internal/dev/broker"
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/mqttconn"
-	"github.com/otaflow/otaflow/internal/testenv"
 	"github.com/otaflow/otaflow/internal/tlsconfig"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlstest"
 )

@@ -17,10 +17,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/notify"
 	"github.com/otaflow/otaflow/internal/ota"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

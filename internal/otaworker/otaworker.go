@@ -1,7 +1,7 @@
 // Package otaworker puts OTAflow's Temporal worker together from its parts: the activities
 // with their MQTT publisher, store, package policy and event notifications, the workflows,
 // the worker's metrics and the notifier workflow. The worker program (worker/) and the local
-// stack (internal/system) both build their worker here, so that they run the same thing.
+// stack (internal/dev/system) both build their worker here, so that they run the same thing.
 package otaworker
 
 import (

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/otaflow/otaflow/internal/dev/testenv"
 	"github.com/otaflow/otaflow/internal/temporalconn"
-	"github.com/otaflow/otaflow/internal/testenv"
 	"github.com/otaflow/otaflow/internal/tlsconfig"
 	"github.com/otaflow/otaflow/internal/tlsconfig/tlstest"
 )

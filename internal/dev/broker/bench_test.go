@@ -67,7 +67,7 @@ func benchmarkRelay(b *testing.B, stored bool) {
 // after a restart): each connection costs one argon2id verification. It reports connects per
 // second, to set beside the production broker's (BenchmarkAccounts in internal/brokeraccounts).
 //
-//	go test -run '^$' -bench BenchmarkColdConnect -benchtime 1x ./internal/broker/
+//	go test -run '^$' -bench BenchmarkColdConnect -benchtime 1x ./internal/dev/broker/
 func BenchmarkColdConnect(b *testing.B) {
 	const devices = 500
 	creds := newMemCreds()

@@ -1,7 +1,7 @@
 // Package localstack starts the servers OTAflow needs on this machine, without Docker: a
 // Temporal development server (`temporal server start-dev`, state in memory or in a SQLite
 // file) and a PostgreSQL server on a data directory of its own. The one-command local stack
-// (devstack) and the integration tests (through internal/testenv) both use it.
+// (devstack) and the integration tests (through internal/dev/testenv) both use it.
 //
 // Every server listens on 127.0.0.1 only, on a port given or picked free, and is a child of
 // the calling process: Stop ends it, and on Linux it also ends when the caller dies without

@@ -28,14 +28,14 @@ import (
 
 	"github.com/otaflow/otaflow/internal/brokeraccounts"
 	"github.com/otaflow/otaflow/internal/brokersys"
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
+	"github.com/otaflow/otaflow/internal/dev/simulator"
+	"github.com/otaflow/otaflow/internal/dev/system"
 	"github.com/otaflow/otaflow/internal/metrics"
 	"github.com/otaflow/otaflow/internal/pkgsig"
 	"github.com/otaflow/otaflow/internal/protocol"
 	"github.com/otaflow/otaflow/internal/setup"
-	"github.com/otaflow/otaflow/internal/simulator"
 	"github.com/otaflow/otaflow/internal/store"
-	"github.com/otaflow/otaflow/internal/system"
 	"github.com/otaflow/otaflow/internal/temporalconn"
 )
 

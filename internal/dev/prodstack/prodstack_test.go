@@ -13,9 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 
+	"github.com/otaflow/otaflow/internal/dev/prodstack"
+	"github.com/otaflow/otaflow/internal/dev/simulator"
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/prodstack"
-	"github.com/otaflow/otaflow/internal/simulator"
 )
 
 // envDevices overrides how many devices TestProductionTopologyLosesNothing rolls out to

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
 )
 
 // Mosquitto starts a Mosquitto broker for tb alone, natively from deploy/mosquitto's

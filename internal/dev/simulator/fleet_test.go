@@ -438,7 +438,7 @@ func TestFaultSelection(t *testing.T) {
 // BenchmarkFleetMemory measures what a simulated device costs, and what its connection costs
 // the broker: 1,000 devices connect to a broker in a child process (so each process is
 // measured alone) and report their status.
-// Run: go test -run '^$' -bench FleetMemory -benchtime 1x ./internal/simulator
+// Run: go test -run '^$' -bench FleetMemory -benchtime 1x ./internal/dev/simulator
 // ($OTAFLOW_BENCH_DEVICES changes the number of devices).
 func BenchmarkFleetMemory(b *testing.B) {
 	n := 1000

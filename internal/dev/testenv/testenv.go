@@ -22,7 +22,7 @@ import (
 	"go.temporal.io/sdk/log"
 
 	"github.com/otaflow/otaflow/internal/credential"
-	"github.com/otaflow/otaflow/internal/localstack"
+	"github.com/otaflow/otaflow/internal/dev/localstack"
 )
 
 // Needs names the servers a test binary needs.
