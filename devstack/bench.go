@@ -163,7 +163,7 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	if err != nil {
 		return err
 	}
-	runs, maxRollout, err := s.rolloutHistories(ctx, run.GetID())
+	runs, maxRollout, rolloutEvents, err := s.rolloutHistories(ctx, run.GetID())
 	if err != nil {
 		return err
 	}
@@ -185,6 +185,9 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	s.say("  time per device p50 / p99         %8s / %s", lat.p50.Round(time.Millisecond), lat.p99.Round(time.Millisecond))
 	s.say("  history events per device upgrade %8.1f avg, %d max (sample of %d)", hist.avg, hist.max, hist.n)
 	s.say("  largest rollout execution history %8d events (%d runs, continue-as-new every %d devices)", maxRollout, runs, continueAfter)
+	for _, l := range (eventBreakdown{device: hist.events, upgrades: hist.upgrades, rollout: rolloutEvents, devices: p.Counts.Started}).lines() {
+		s.say("%s", l)
+	}
 	s.say("  peak memory: worker %s, bridge %s (simulated fleet %s)", mib(wMem), mib(bMem), mib(fMem))
 	obs.finish(s, p.Counts.Finished())
 	return nil
@@ -450,21 +453,29 @@ type histories struct {
 	n   int
 	avg float64
 	max int64
+	// events are the sampled successful upgrades' events by type, and how many they are.
+	events   eventCounts
+	upgrades int
 }
 
-// deviceHistories samples the history length of n device upgrades of a rollout.
+// deviceHistories samples the histories of n device upgrades of a rollout: their length, and
+// the events of the successful ones by type.
 func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histories, error) {
-	var h histories
+	h := histories{events: eventCounts{}}
 	var sum int64
 	for i := 0; i < len(ids) && h.n < n; i += max(1, len(ids)/n) {
-		d, err := s.Client.DescribeWorkflow(ctx, ota.DeviceWorkflowID(ids[i]), "")
+		events, err := s.history(ctx, ota.DeviceWorkflowID(ids[i]), "")
 		if err != nil {
 			return h, err
 		}
-		l := int64(d.HistoryLength)
+		l := int64(len(events))
 		sum += l
 		h.max = max(h.max, l)
 		h.n++
+		if upgradeSucceeded(events) {
+			h.events.add(countEvents(events))
+			h.upgrades++
+		}
 	}
 	if h.n > 0 {
 		h.avg = float64(sum) / float64(h.n)
@@ -472,21 +483,28 @@ func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histo
 	return h, nil
 }
 
-// rolloutHistories returns how many runs a rollout took and the largest history among them.
-func (s *Stack) rolloutHistories(ctx context.Context, workflowID string) (runs int, largest int64, err error) {
+// rolloutHistories returns how many runs a rollout took, the largest history among them and
+// the events of all of them by type.
+func (s *Stack) rolloutHistories(ctx context.Context, workflowID string) (runs int, largest int64, events eventCounts, err error) {
+	events = eventCounts{}
 	var token []byte
 	for {
 		resp, err := s.Client.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
 			Query: fmt.Sprintf("WorkflowId = '%s'", workflowID), NextPageToken: token})
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 		for _, e := range resp.GetExecutions() {
 			runs++
 			largest = max(largest, e.GetHistoryLength())
+			h, err := s.history(ctx, workflowID, e.GetExecution().GetRunId())
+			if err != nil {
+				return 0, 0, nil, err
+			}
+			events.add(countEvents(h))
 		}
 		if token = resp.GetNextPageToken(); len(token) == 0 {
-			return runs, largest, nil
+			return runs, largest, events, nil
 		}
 	}
 }
