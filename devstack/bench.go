@@ -36,18 +36,19 @@ import (
 // The benchmark measures, on one stack with the worker and the bridge in processes of their
 // own: (1) the raw MQTT command -> status round trip of the simulated fleet without Temporal,
 // (2) a minimal Temporal workflow per device (publish, wait for one status signal, complete),
-// and (3) a real rollout; then it prints rates, latencies, history sizes and peak memory.
+// (3) a minimal rollout: a parent workflow fanning those out as child workflows, and (4) a real
+// rollout; then it prints rates, latencies, history sizes (by event type too) and peak memory.
 
 func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
-		Usage: "benchmark a rollout over simulated devices on the local stack, against two floors",
+		Usage: "benchmark a rollout over simulated devices on the local stack, against three floors",
 		Flags: append(stackFlags(10000),
-			&cli.IntFlag{Name: "max-in-flight", Value: 1000, Usage: "device upgrades in flight, for the rollout and floor 2"},
-			&cli.IntFlag{Name: "continue-after", Value: ota.DefaultContinueAfter, Usage: "device upgrades per rollout run before it continues as new"},
+			&cli.IntFlag{Name: "max-in-flight", Value: 1000, Usage: "device upgrades in flight, for the rollout and floors 2 and 3"},
+			&cli.IntFlag{Name: "continue-after", Value: ota.DefaultContinueAfter, Usage: "device upgrades per rollout run (and floor 3 run) before it continues as new"},
 			&cli.BoolFlag{Name: "metrics", Usage: "the worker and the bridge serve metrics, scraped every 15 s during the rollout"},
 			&cli.BoolFlag{Name: "webhooks", Usage: "the worker sends every event notification to a receiver the benchmark runs"},
-			&cli.BoolFlag{Name: "floors", Value: true, Usage: "measure the two floors too (--floors=false: the rollout alone)"},
+			&cli.BoolFlag{Name: "floors", Value: true, Usage: "measure the three floors too (--floors=false: the rollout alone)"},
 		),
 		Action: func(cCtx *cli.Context) error {
 			cfg, err := configFrom(cCtx)
@@ -123,7 +124,7 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	for i := range ids {
 		ids[i] = simulator.DeviceID("sim", i+1)
 	}
-	var floor1, floor2 benchResult
+	var floor1, floor2, floor3 benchResult
 	if opts.floors {
 		if floor1, err = s.benchRawMQTT(ctx, ids, "1.1", inFlight); err != nil {
 			return fmt.Errorf("floor 1: %w", err)
@@ -133,11 +134,15 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 			return fmt.Errorf("floor 2: %w", err)
 		}
 		s.say("Floor 2, minimal workflow per device: %d devices in %s = %.0f/min", floor2.devices, floor2.elapsed.Round(time.Millisecond), floor2.perMinute())
+		if floor3, err = s.benchMinimalRollout(ctx, ids, "1.3", inFlight, continueAfter); err != nil {
+			return fmt.Errorf("floor 3: %w", err)
+		}
+		s.say("Floor 3, minimal rollout of minimal workflows: %d devices in %s = %.0f/min", floor3.devices, floor3.elapsed.Round(time.Millisecond), floor3.perMinute())
 	}
 
 	name := "bench-" + time.Now().UTC().Format("20060102-150405")
 	req := ota.RolloutRequest{Name: name,
-		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.3", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
+		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.4", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
 			StartTimeout: ota.Duration(rawRetry), MaxAttempts: rawTries + 1, RetryBackoff: ota.Duration(time.Second)},
 		Targets:     ota.Targets{Prefix: "sim-"},
 		MaxInFlight: inFlight, ContinueAfter: continueAfter, PageSize: 1000,
@@ -163,7 +168,7 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	if err != nil {
 		return err
 	}
-	runs, maxRollout, err := s.rolloutHistories(ctx, run.GetID())
+	runs, maxRollout, rolloutEvents, err := s.rolloutHistories(ctx, run.GetID())
 	if err != nil {
 		return err
 	}
@@ -181,10 +186,14 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	if opts.floors {
 		s.say("  floor 1: raw MQTT round trips/min %8.0f", floor1.perMinute())
 		s.say("  floor 2: minimal workflows/min    %8.0f   (rollout at %.0f%% of it)", floor2.perMinute(), 100*rollout.perMinute()/floor2.perMinute())
+		s.say("  floor 3: minimal rollout/min      %8.0f   (rollout at %.0f%% of it)", floor3.perMinute(), 100*rollout.perMinute()/floor3.perMinute())
 	}
 	s.say("  time per device p50 / p99         %8s / %s", lat.p50.Round(time.Millisecond), lat.p99.Round(time.Millisecond))
 	s.say("  history events per device upgrade %8.1f avg, %d max (sample of %d)", hist.avg, hist.max, hist.n)
 	s.say("  largest rollout execution history %8d events (%d runs, continue-as-new every %d devices)", maxRollout, runs, continueAfter)
+	for _, l := range (eventBreakdown{device: hist.events, upgrades: hist.upgrades, rollout: rolloutEvents, devices: p.Counts.Started}).lines() {
+		s.say("%s", l)
+	}
 	s.say("  peak memory: worker %s, bridge %s (simulated fleet %s)", mib(wMem), mib(bMem), mib(fMem))
 	obs.finish(s, p.Counts.Finished())
 	return nil
@@ -349,7 +358,16 @@ func minimalUpgrade(ctx workflow.Context, req ota.UpgradeRequest) error {
 	}
 }
 
-type minimalActivities struct{ pub activities.Publisher }
+// minimalTimeout bounds a minimal upgrade: its attempts, each waiting rawRetry for an answer.
+const minimalTimeout = (rawTries+1)*rawRetry + 5*time.Second
+
+// minimalUpgradeName is the floor-2 workflow's type name.
+const minimalUpgradeName = "BenchMinimalUpgrade"
+
+type minimalActivities struct {
+	pub    activities.Publisher
+	client client.Client
+}
 
 // Publish sends a command to a device.
 func (m *minimalActivities) Publish(ctx context.Context, cmd protocol.UpgradeCommand, device string) error {
@@ -360,25 +378,39 @@ func (m *minimalActivities) Publish(ctx context.Context, cmd protocol.UpgradeCom
 	return m.pub.Publish(ctx, protocol.CommandTopic(device), b)
 }
 
-// benchMinimalWorkflow runs floor 2: a minimal workflow per device, inFlight at a time.
-func (s *Stack) benchMinimalWorkflow(ctx context.Context, ids []string, version string, inFlight int) (benchResult, error) {
-	opts, err := mqttconn.Options(s.WorkerMQTTURL, "bench-minimal-worker")
+// startMinimalWorker starts a worker, on its own MQTT connection, for the floor workflows
+// on minimalTaskQueue; stop stops it.
+func (s *Stack) startMinimalWorker(ctx context.Context, clientID string) (stop func(), err error) {
+	opts, err := mqttconn.Options(s.WorkerMQTTURL, clientID)
 	if err != nil {
-		return benchResult{}, err
+		return nil, err
 	}
 	opts.SetCleanSession(true)
 	mc, err := mqttconn.Connect(ctx, opts)
 	if err != nil {
-		return benchResult{}, err
+		return nil, err
 	}
-	defer mc.Disconnect(100)
 	w := worker.New(s.Client, minimalTaskQueue, worker.Options{MaxConcurrentLocalActivityExecutionSize: 200, MaxConcurrentWorkflowTaskExecutionSize: 200})
-	w.RegisterWorkflowWithOptions(minimalUpgrade, workflow.RegisterOptions{Name: "BenchMinimalUpgrade"})
-	w.RegisterActivity(&minimalActivities{pub: &mqttconn.Publisher{Client: mc}})
+	w.RegisterWorkflowWithOptions(minimalUpgrade, workflow.RegisterOptions{Name: minimalUpgradeName})
+	w.RegisterWorkflowWithOptions(minimalRollout, workflow.RegisterOptions{Name: minimalRolloutName})
+	w.RegisterActivity(&minimalActivities{pub: &mqttconn.Publisher{Client: mc}, client: s.Client})
 	if err := w.Start(); err != nil {
+		mc.Disconnect(100)
+		return nil, err
+	}
+	return func() {
+		w.Stop()
+		mc.Disconnect(100)
+	}, nil
+}
+
+// benchMinimalWorkflow runs floor 2: a minimal workflow per device, inFlight at a time.
+func (s *Stack) benchMinimalWorkflow(ctx context.Context, ids []string, version string, inFlight int) (benchResult, error) {
+	stop, err := s.startMinimalWorker(ctx, "bench-minimal-worker")
+	if err != nil {
 		return benchResult{}, err
 	}
-	defer w.Stop()
+	defer stop()
 	sem := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
 	var failed atomic.Int64
@@ -396,7 +428,7 @@ func (s *Stack) benchMinimalWorkflow(ctx context.Context, ids []string, version 
 			defer func() { <-sem }()
 			req := ota.UpgradeRequest{DeviceID: id, Type: "firmware", Version: version, URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size}
 			run, err := s.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: ota.DeviceWorkflowID(id), TaskQueue: minimalTaskQueue,
-				WorkflowExecutionTimeout: (rawTries+1)*rawRetry + 5*time.Second}, "BenchMinimalUpgrade", req)
+				WorkflowExecutionTimeout: minimalTimeout}, minimalUpgradeName, req)
 			if err == nil {
 				err = run.Get(ctx, nil)
 			}
@@ -450,21 +482,29 @@ type histories struct {
 	n   int
 	avg float64
 	max int64
+	// events are the sampled successful upgrades' events by type, and how many they are.
+	events   eventCounts
+	upgrades int
 }
 
-// deviceHistories samples the history length of n device upgrades of a rollout.
+// deviceHistories samples the histories of n device upgrades of a rollout: their length, and
+// the events of the successful ones by type.
 func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histories, error) {
-	var h histories
+	h := histories{events: eventCounts{}}
 	var sum int64
 	for i := 0; i < len(ids) && h.n < n; i += max(1, len(ids)/n) {
-		d, err := s.Client.DescribeWorkflow(ctx, ota.DeviceWorkflowID(ids[i]), "")
+		events, err := s.history(ctx, ota.DeviceWorkflowID(ids[i]), "")
 		if err != nil {
 			return h, err
 		}
-		l := int64(d.HistoryLength)
+		l := int64(len(events))
 		sum += l
 		h.max = max(h.max, l)
 		h.n++
+		if upgradeSucceeded(events) {
+			h.events.add(countEvents(events))
+			h.upgrades++
+		}
 	}
 	if h.n > 0 {
 		h.avg = float64(sum) / float64(h.n)
@@ -472,21 +512,28 @@ func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histo
 	return h, nil
 }
 
-// rolloutHistories returns how many runs a rollout took and the largest history among them.
-func (s *Stack) rolloutHistories(ctx context.Context, workflowID string) (runs int, largest int64, err error) {
+// rolloutHistories returns how many runs a rollout took, the largest history among them and
+// the events of all of them by type.
+func (s *Stack) rolloutHistories(ctx context.Context, workflowID string) (runs int, largest int64, events eventCounts, err error) {
+	events = eventCounts{}
 	var token []byte
 	for {
 		resp, err := s.Client.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
 			Query: fmt.Sprintf("WorkflowId = '%s'", workflowID), NextPageToken: token})
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 		for _, e := range resp.GetExecutions() {
 			runs++
 			largest = max(largest, e.GetHistoryLength())
+			h, err := s.history(ctx, workflowID, e.GetExecution().GetRunId())
+			if err != nil {
+				return 0, 0, nil, err
+			}
+			events.add(countEvents(h))
 		}
 		if token = resp.GetNextPageToken(); len(token) == 0 {
-			return runs, largest, nil
+			return runs, largest, events, nil
 		}
 	}
 }
