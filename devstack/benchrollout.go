@@ -9,8 +9,8 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/otaflow/otaflow/internal/dev/simulator"
 	"github.com/otaflow/otaflow/internal/ota"
-	"github.com/otaflow/otaflow/internal/simulator"
 )
 
 // Floor 3 is the least a rollout can do: a parent workflow that starts floor 2's minimal
