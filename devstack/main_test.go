@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -37,17 +38,11 @@ func TestStackRunsDemoRollout(t *testing.T) {
 func testStackRunsDemoRollout(t *testing.T, real bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	ports := make([]int, 6)
-	for i := range ports {
-		p, err := localstack.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = p
-	}
+	base := freePortRun(t, 9)
+	ports := []int{base, base + 1, base + 2, base + 3, base + 4, base + 5}
 	var out bytes.Buffer
 	cfg := Config{DataDir: t.TempDir(), Devices: 3, TemporalPort: ports[0], UIPort: ports[1], MQTTPort: ports[2],
-		PostgresPort: ports[3], HTTPPort: ports[4], RealServers: real, MetricsPort: threeFreePorts(t), Out: &out}
+		PostgresPort: ports[3], HTTPPort: ports[4], RealServers: real, MetricsPort: base + 6, Out: &out}
 	s, err := Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -148,18 +143,28 @@ func httpGet(url string) string {
 	return string(b)
 }
 
-// threeFreePorts returns a port that is free with the two after it.
-func threeFreePorts(t *testing.T) int {
+// freePortRun returns the first of n ports in a row that are free, below Linux's ephemeral
+// range (32768-60999) and the Temporal server's membership ports (20000-32767): the stack's
+// second start must find them free again, and a port of the ephemeral range that is free now
+// can meanwhile become the local port of one of the many connections the servers open, or a
+// port picked free for a server.
+func freePortRun(t *testing.T, n int) int {
 	t.Helper()
-	for range 50 {
-		p, err := localstack.FreePort()
-		if err != nil {
-			t.Fatal(err)
+	const low, high = 10000, 20000
+	start := rand.IntN(high - low - n)
+	for i := range high - low - n {
+		p := low + (start+i)%(high-low-n)
+		free := true
+		for j := range n {
+			if localstack.CheckPortFree(p+j) != nil {
+				free = false
+				break
+			}
 		}
-		if p+2 < 65536 && localstack.CheckPortFree(p+1) == nil && localstack.CheckPortFree(p+2) == nil {
+		if free {
 			return p
 		}
 	}
-	t.Fatal("found no three free ports in a row")
+	t.Fatalf("found no %d free ports in a row between %d and %d", n, low, high)
 	return 0
 }

@@ -476,15 +476,24 @@ func untilAnswered[T any](ctx context.Context, op func() (T, error)) (T, error) 
 		Multiplier: 2, MaxInterval: 5 * time.Second}), backoff.WithMaxElapsedTime(scheduleWait))
 }
 
-// unanswered tells whether err is the server not answering in time (and not ctx ending).
+// unanswered tells whether err is the server not answering yet (and not ctx ending): a
+// timeout, an unavailable server, or its matching service having seen no poller of the
+// internal worker that runs schedules ("no poller seen for task queue recently", which a
+// server restarted on its databases answers for a few seconds).
 func unanswered(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
 	}
 	var deadline *serviceerror.DeadlineExceeded
 	var unavailable *serviceerror.Unavailable
-	return errors.As(err, &deadline) || errors.As(err, &unavailable) || errors.Is(err, context.DeadlineExceeded)
+	var precondition *serviceerror.FailedPrecondition
+	return errors.As(err, &deadline) || errors.As(err, &unavailable) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &precondition) && strings.Contains(precondition.Message, noPollerMessage))
 }
+
+// noPollerMessage is what Temporal's matching service answers while no worker polls a task
+// queue (server v1.29.1, service/matching: errNoRecentPoller).
+const noPollerMessage = "no poller seen for task queue recently"
 
 // scheduleEvery is the interval of a schedule that runs at one interval, else 0.
 func scheduleEvery(spec *client.ScheduleSpec) time.Duration {
