@@ -48,7 +48,7 @@ func temporalServerBinaries(t *testing.T) TemporalServerBinaries {
 // TestScriptsTestBuildsTheseVersions checks that scripts/test installs the Temporal CLI and
 // server this package runs.
 func TestScriptsTestBuildsTheseVersions(t *testing.T) {
-	script, err := os.ReadFile(filepath.Join("..", "..", "scripts", "test"))
+	script, err := os.ReadFile(filepath.Join("..", "..", "..", "scripts", "test"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		repo, err := os.ReadFile(filepath.Join("..", "..", "deploy", "temporal", name))
+		repo, err := os.ReadFile(filepath.Join("..", "..", "..", "deploy", "temporal", name))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -287,11 +287,14 @@ func (d *device) disconnect() {
 	d.mu.Lock()
 	c := d.client
 	d.client = nil
-	d.connected = false
 	d.mu.Unlock()
 	if c != nil {
 		c.Disconnect(250)
 	}
+	// Not connected once the connection is closed: until then a message may still arrive.
+	d.mu.Lock()
+	d.connected = false
+	d.mu.Unlock()
 }
 
 // onMessage takes a message from paho: an upgrade command or, for a protocol 1.1 device, a
