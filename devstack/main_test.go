@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -143,28 +142,16 @@ func httpGet(url string) string {
 	return string(b)
 }
 
-// freePortRun returns the first of n ports in a row that are free, below Linux's ephemeral
-// range (32768-60999) and the Temporal server's membership ports (20000-32767): the stack's
-// second start must find them free again, and a port of the ephemeral range that is free now
-// can meanwhile become the local port of one of the many connections the servers open, or a
-// port picked free for a server.
+// freePortRun returns the first of n free ports in a row, below Linux's ephemeral range
+// (32768-60999) and the Temporal server's membership ports (20000-32767): the stack's second
+// start must find them free again, and a port of the ephemeral range that is free now can
+// meanwhile become the local port of one of the many connections the servers open, or a port
+// picked free for a server.
 func freePortRun(t *testing.T, n int) int {
 	t.Helper()
-	const low, high = 10000, 20000
-	start := rand.IntN(high - low - n)
-	for i := range high - low - n {
-		p := low + (start+i)%(high-low-n)
-		free := true
-		for j := range n {
-			if localstack.CheckPortFree(p+j) != nil {
-				free = false
-				break
-			}
-		}
-		if free {
-			return p
-		}
+	p, err := localstack.FreePortRun(10000, 20000, n, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("found no %d free ports in a row between %d and %d", n, low, high)
-	return 0
+	return p
 }

@@ -3,6 +3,7 @@ package localstack
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"syscall"
@@ -59,6 +60,32 @@ func CheckPortFree(port int) error {
 		return fmt.Errorf("port %d on %s: %w", port, localhost, err)
 	}
 	return nil
+}
+
+// FreePortRun returns the first of n ports in a row on 127.0.0.1, within [low, high), that are
+// free and that taken (which may be nil) does not hold, trying from a random start. Ports
+// below Linux's ephemeral range (32768-60999) stay free until used: no connection and no
+// bind(:0) takes them meanwhile.
+func FreePortRun(low, high, n int, taken map[int]string) (int, error) {
+	span := high - low - n + 1
+	if n < 1 || span < 1 {
+		return 0, fmt.Errorf("no run of %d ports fits between %d and %d", n, low, high-1)
+	}
+	start := rand.IntN(span)
+next:
+	for i := range span {
+		p := low + (start+i)%span
+		for j := range n {
+			if _, ok := taken[p+j]; ok || CheckPortFree(p+j) != nil {
+				continue next
+			}
+		}
+		return p, nil
+	}
+	if n == 1 {
+		return 0, fmt.Errorf("no free port between %d and %d", low, high-1)
+	}
+	return 0, fmt.Errorf("no %d free ports in a row between %d and %d", n, low, high-1)
 }
 
 // pickPort returns port when it is free, or a free port when port is 0. what names the port

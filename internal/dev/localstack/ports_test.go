@@ -81,3 +81,48 @@ func listen(t *testing.T) net.Listener {
 	t.Cleanup(func() { l.Close() })
 	return l
 }
+
+// TestFreePortRun: a run is returned only when every port of it is free and not taken.
+func TestFreePortRun(t *testing.T) {
+	p, err := FreePortRun(11000, 19000, 3, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j := range 3 {
+		if err := CheckPortFree(p + j); err != nil {
+			t.Fatalf("FreePortRun returned %d, but port %d: %v", p, p+j, err)
+		}
+	}
+	// Hold the middle port: no run of 3 fits in [p, p+3) any more, and of single ports, p
+	// is taken and p+1 held, which leaves p+2.
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	tests := []struct {
+		name    string
+		n       int
+		taken   map[int]string
+		want    int
+		wantErr string
+	}{
+		{"a run over the held port", 3, nil, 0, fmt.Sprintf("no 3 free ports in a row between %d and %d", p, p+2)},
+		{"single ports, one taken, one held", 1, map[int]string{p: "someone"}, p + 2, ""},
+		{"a run longer than the range", 4, nil, 0, fmt.Sprintf("no run of 4 ports fits between %d and %d", p, p+2)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := FreePortRun(p, p+3, tt.n, tt.taken)
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("FreePortRun = %d, %v; want error %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("FreePortRun = %d, %v; want %d", got, err, tt.want)
+			}
+		})
+	}
+}

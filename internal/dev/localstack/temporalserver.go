@@ -10,7 +10,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -274,6 +273,9 @@ func WriteTemporalConfig(dir string) (string, error) {
 // ("value ... is out of range for type smallint").
 const maxMembershipPort = 32767
 
+// minMembershipPort is the lowest membership port picked free.
+const minMembershipPort = 20000
+
 // pickServerPorts returns ports with every zero port replaced by a free one, after checking
 // that the given ones are free. Membership ports are picked at or below maxMembershipPort,
 // outside the range the system hands out for bind(:0).
@@ -313,7 +315,7 @@ func pickServerPorts(p TemporalServerPorts) (TemporalServerPorts, error) {
 		var err error
 		switch {
 		case f.membership && *f.port == 0:
-			*f.port, err = freePortBelow(maxMembershipPort+1, taken)
+			*f.port, err = FreePortRun(minMembershipPort, maxMembershipPort+1, 1, taken)
 			if err != nil {
 				err = fmt.Errorf("%s port: %w", f.what, err)
 			}
@@ -326,23 +328,6 @@ func pickServerPorts(p TemporalServerPorts) (TemporalServerPorts, error) {
 		taken[*f.port] = f.what
 	}
 	return p, nil
-}
-
-// freePortBelow returns a free port on 127.0.0.1 in [20000, limit) that taken does not hold,
-// trying ports from a random start.
-func freePortBelow(limit int, taken map[int]string) (int, error) {
-	const low = 20000
-	start := low + rand.IntN(limit-low)
-	for i := range limit - low {
-		port := low + (start-low+i)%(limit-low)
-		if _, ok := taken[port]; ok {
-			continue
-		}
-		if CheckPortFree(port) == nil {
-			return port, nil
-		}
-	}
-	return 0, fmt.Errorf("no free port between %d and %d", low, limit-1)
 }
 
 // templateVars are the environment variables deploy/temporal/production.yaml and
