@@ -108,8 +108,13 @@ func TestMetricsEqualRecords(t *testing.T) {
 	faults := simulator.Faults{
 		InstallFail:  simulator.Fault{Devices: []string{simID("met", 3)}},                               // fails both attempts
 		DownloadFail: simulator.Fault{Devices: []string{simID("met", 5), simID("met", 8)}, Attempts: 1}, // retried, then succeed
+		// Downloads for 16 s (64 KiB at 4 KiB/s), longer than the fleet figures are kept (10 s),
+		// so that a scrape during the pause shows an upgrade in flight however fast the others go.
+		Slow: simulator.Fault{Devices: []string{simID("met", 6)}},
 	}
-	e := newEnv(t, system.Config{Devices: 10, Prefix: "met", Faults: faults,
+	timing := fastTiming
+	timing.SlowRate = 4 << 10
+	e := newEnv(t, system.Config{Devices: 10, Prefix: "met", Faults: faults, Timing: timing,
 		Metrics: &system.MetricsAddrs{Worker: "127.0.0.1:0", Bridge: "127.0.0.1:0", Broker: "127.0.0.1:0"},
 		Notify:  &system.Notify{}})
 	urls := e.sys.MetricsURLs
@@ -138,14 +143,16 @@ func TestMetricsEqualRecords(t *testing.T) {
 	req.MaxInFlight = 3
 	run := e.startRollout(req)
 
-	// Paused in wave 2 with nothing running, the fleet figures equal the records.
-	require.Eventually(t, func() bool { return e.progress(run).Counts.Started >= 5 }, time.Minute, 50*time.Millisecond, "wave 2 started")
-	require.Eventually(t, func() bool {
-		return scrape(t, urls[system.PartWorker]).sum("otaflow_upgrades_in_flight", "type", "firmware") > 0
-	}, 30*time.Second, 50*time.Millisecond, "upgrades in flight shown")
+	// Paused in wave 2, the slow download still shows in flight; with nothing running any
+	// more, the fleet figures equal the records.
+	require.Eventually(t, func() bool { return e.progress(run).Counts.Started >= 6 }, time.Minute, 50*time.Millisecond,
+		"wave 2 started, the slow device with it")
 	if err := e.update(run, ota.UpdatePause, "metrics test"); err != nil {
 		t.Fatal(err)
 	}
+	require.Eventually(t, func() bool {
+		return scrape(t, urls[system.PartWorker]).sum("otaflow_upgrades_in_flight", "type", "firmware") > 0
+	}, 30*time.Second, 50*time.Millisecond, "upgrades in flight shown")
 	require.Eventually(t, func() bool { return e.progress(run).Counts.Running() == 0 }, time.Minute, 50*time.Millisecond, "the running upgrades ended")
 	var w, during families
 	require.Eventually(t, func() bool {
