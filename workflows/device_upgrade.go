@@ -102,11 +102,22 @@ type upgrade struct {
 	// that moves the deadline later needs no new timer (fewer history events).
 	timer       workflow.Future
 	timerAt     time.Time
+	timerFor    phaseKey // the phase the timer was set in (lean runs)
 	cancelTimer workflow.CancelFunc
 
 	searchState string // OtaState as last upserted
 	last        report // the device's last report, for the Web UI's details
 }
+
+// phaseKey names a phase of an attempt: the loop's phase and the upgrade's state.
+type phaseKey struct {
+	phase phase
+	state ota.State
+}
+
+// lean reports whether the run records only what the bridge cannot
+// (ota.UpgradeRevisionLean): the request it started with says.
+func (u *upgrade) lean() bool { return u.req.Revision >= ota.UpgradeRevisionLean }
 
 // DeviceUpgradeWorkflow upgrades one device: it sends an upgrade command, follows the device's
 // progress and status reports, retries failed or timed-out attempts with backoff, and succeeds
@@ -438,22 +449,33 @@ func (u *upgrade) phaseDeadline() time.Time {
 // armTimer makes sure a timer fires at or before the phase deadline. A new timer is set for
 // the earlier of the deadline and now plus the shortest timeout, so that the deadlines that
 // later reports bring (each at least that far from its report) never come before it.
+//
+// A lean run (ota.UpgradeRevisionLean) hears of few reports: its timer stands at the phase's
+// deadline itself, and is set again when the phase changes or the deadline comes earlier
+// (two events, in the task that changed it). A later deadline within the phase (a forwarded
+// progress report) leaves the timer to fire early, where the stored reports are read.
 func (u *upgrade) armTimer(ctx workflow.Context) {
 	d := u.phaseDeadline()
-	if u.timer != nil && !u.timerAt.After(d) {
-		return
-	}
+	key := phaseKey{u.phase, u.st.State}
 	if u.timer != nil {
+		if u.lean() {
+			if u.timerAt.Equal(d) || (u.timerFor == key && u.timerAt.Before(d)) {
+				return
+			}
+		} else if !u.timerAt.After(d) {
+			return
+		}
 		u.cancelTimer()
 	}
 	now := workflow.Now(ctx)
 	at := d
-	if u.phase == phaseWaiting {
+	if u.phase == phaseWaiting && !u.lean() {
 		at = minTime(d, now.Add(u.minTimeout))
 	}
 	tctx, cancel := workflow.WithCancel(ctx)
 	u.timer = workflow.NewTimerWithOptions(tctx, max(at.Sub(now), time.Millisecond), workflow.TimerOptions{Summary: u.timerSummary(d)})
 	u.timerAt = at
+	u.timerFor = key
 	u.cancelTimer = cancel
 }
 
@@ -497,10 +519,12 @@ func (u *upgrade) onTimer(ctx workflow.Context) {
 	switch {
 	case u.phase == phaseBackoff:
 		u.phase = phaseSend
+	case u.lean() && u.st.State != ota.StateDownloaded && u.catchUp(ctx):
+		return // armTimer sets the timer for the new deadline
 	case u.st.State == ota.StateSent:
 		u.endAttempt(ctx, 0, fmt.Sprintf("no report from the device within %s of the command", u.req.StartTimeout), true)
 	case u.st.State == ota.StateDownloading:
-		if workflow.GetVersion(ctx, silenceChange, workflow.DefaultVersion, 1) >= 1 && u.stillReporting(ctx) {
+		if !u.lean() && workflow.GetVersion(ctx, silenceChange, workflow.DefaultVersion, 1) >= 1 && u.stillReporting(ctx) {
 			return // armTimer sets the timer for the new silence deadline
 		}
 		u.endAttempt(ctx, 0, fmt.Sprintf("no progress for %s while downloading", u.req.SilenceTimeout), true)
@@ -533,6 +557,39 @@ func (u *upgrade) stillReporting(ctx workflow.Context) bool {
 	}
 	u.st.UpdatedAt = now
 	return true
+}
+
+// catchUp is a lean run's look at the attempt's reports PostgreSQL stored and the bridge did
+// not forward (it forwards the first report and 100 after a short merge window, and
+// intermediate ones only when configured to), at a start or silence deadline: the latest
+// report moves the attempt to downloading or downloaded as of when it was received. It
+// reports whether the attempt's deadline is now later: the attempt goes on.
+func (u *upgrade) catchUp(ctx workflow.Context) bool {
+	var a *activities.Activities
+	var last ota.LastReport
+	in := ota.LastReportInput{DeviceID: u.req.DeviceID,
+		Attempt: ota.AttemptKey{CommandID: u.st.CommandID, Type: u.req.Type, Version: u.req.Version}}
+	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.LastProgress, in).Get(ctx, &last); err != nil {
+		workflow.GetLogger(ctx).Warn("Could not read the device's stored reports; the timeout applies", "Error", err)
+		return false
+	}
+	if !last.Found || !last.ReceivedAt.After(u.phaseSince) || last.Progress < 1 || last.Progress > 100 {
+		return false
+	}
+	u.phaseSince = last.ReceivedAt
+	u.noteReport(last.ReceivedAt, "progress %d %q (stored by the bridge, not forwarded)", last.Progress, last.Desc)
+	u.st.UpdatedAt = workflow.Now(ctx)
+	if last.Progress > u.st.Progress {
+		u.st.Progress, u.st.Desc = last.Progress, last.Desc
+	}
+	next := ota.StateDownloading
+	if last.Progress == 100 {
+		next = ota.StateDownloaded
+	}
+	if next != u.st.State {
+		u.transition(ctx, next, last.Desc)
+	}
+	return u.phaseDeadline().After(workflow.Now(ctx))
 }
 
 // endAttempt ends the current attempt with an error code or a timeout, and either waits to
@@ -569,11 +626,16 @@ func (u *upgrade) endAttempt(ctx workflow.Context, code int, desc string, timedO
 	u.transition(ctx, ota.StatePending, fmt.Sprintf("attempt %d ended: %s; retry in %s", u.st.Attempt, desc, backoff))
 }
 
-// transition moves to a non-final state, records it and updates the search attribute.
+// transition moves to a non-final state, records it and updates the search attribute. A lean
+// run leaves downloading and downloaded to the bridge, which records them as it stores the
+// reports, and keeps the search attribute at sent meanwhile.
 func (u *upgrade) transition(ctx workflow.Context, s ota.State, detail string) {
 	u.st.State = s
 	u.record.State = s
 	u.record.Progress = u.st.Progress
+	if u.lean() && (s == ota.StateDownloading || s == ota.StateDownloaded) {
+		return
+	}
 	u.recordState(ctx, detail)
 	u.upsertState(ctx, s)
 }

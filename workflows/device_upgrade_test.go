@@ -378,6 +378,9 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		wantErrType  string
 		// wantEnd bounds the virtual time at which the workflow must have ended.
 		wantEndAfter, wantEndBefore time.Duration
+		// leanOnly: the case runs at ota.UpgradeRevisionLean only (every other runs at both
+		// revisions, with the same outcome).
+		leanOnly bool
 	}{
 		{
 			name: "happy path", reported: "1.0",
@@ -543,6 +546,31 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			wantEndAfter: 50 * time.Minute, wantEndBefore: 50*time.Minute + time.Second,
 		},
 		{
+			// Issue 14: the bridge forwards few reports; at the start deadline the stored
+			// ones show the download going on.
+			name: "lean: stored reports carry a download past the start timeout", reported: "1.0", leanOnly: true,
+			req: func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
+			steps: slices.Concat(every(time.Minute, 12*time.Minute, 10*time.Second, 50, true),
+				[]step{{at: 12 * time.Minute, progress: 100, storedOnly: true}, {at: 12*time.Minute + 5*time.Second, status: "1.1"}}),
+			wantState: ota.StateSucceeded, wantAttempts: 1, wantCommands: 1,
+			wantEndAfter: 12*time.Minute + 5*time.Second, wantEndBefore: 12*time.Minute + 6*time.Second,
+		},
+		{
+			name: "lean: a stored 100 starts the install timeout", reported: "1.0", leanOnly: true,
+			req:       func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
+			steps:     []step{{at: time.Second, progress: 10, storedOnly: true}, {at: 2 * time.Minute, progress: 100, storedOnly: true}},
+			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantEndAfter: 2*time.Minute + ota.DefaultInstallTimeout, wantEndBefore: 2*time.Minute + ota.DefaultInstallTimeout + time.Second,
+		},
+		{
+			// Known only when the start deadline reads the store: 10 min, not 3 + 5.
+			name: "lean: stored reports that stop are timed out when the start deadline reads them", reported: "1.0", leanOnly: true,
+			req:       func(r *ota.UpgradeRequest) { r.MaxAttempts = 1 },
+			steps:     every(time.Second, 3*time.Minute, 10*time.Second, 30, true),
+			wantState: ota.StateTimedOut, wantAttempts: 1, wantCommands: 1, wantErrType: ota.ErrTypeUpgradeTimedOut,
+			wantEndAfter: ota.DefaultStartTimeout, wantEndBefore: ota.DefaultStartTimeout + time.Second,
+		},
+		{
 			name: "overall deadline", reported: "1.0",
 			req: func(r *ota.UpgradeRequest) {
 				r.Deadline = ota.Duration(3 * time.Minute)
@@ -565,6 +593,7 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 			wantCommands                int
 			wantErrType                 string
 			wantEndAfter, wantEndBefore time.Duration
+			leanOnly                    bool
 		}{
 			name: fmt.Sprintf("error code %d retried then failed", code), reported: "1.0",
 			// Each attempt reports the error a second after its command.
@@ -574,43 +603,110 @@ func TestDeviceUpgradeWorkflow(t *testing.T) {
 		})
 	}
 	for _, tt := range tests {
+		for _, rev := range []int{ota.UpgradeRevisionOriginal, ota.UpgradeRevisionLean} {
+			if tt.leanOnly && rev != ota.UpgradeRevisionLean {
+				continue
+			}
+			t.Run(fmt.Sprintf("%s/revision %d", tt.name, rev), func(t *testing.T) {
+				h := newHarness(t, protocol.Status{"firmware_ver": tt.reported})
+				req := testRequest()
+				req.Revision = rev
+				if tt.req != nil {
+					tt.req(&req)
+				}
+				h.schedule(tt.steps)
+				start := h.env.Now()
+				st, err := h.run(t, req)
+				elapsed := h.env.Now().Sub(start)
+				if st.State != tt.wantState || st.ErrorCode != tt.wantCode || st.Attempt != tt.wantAttempts {
+					t.Fatalf("got state %s code %d attempts %d (desc %q, err %v); want %s code %d attempts %d",
+						st.State, st.ErrorCode, st.Attempt, st.Desc, err, tt.wantState, tt.wantCode, tt.wantAttempts)
+				}
+				if got := len(h.dev.commands); got != tt.wantCommands {
+					t.Errorf("commands sent = %d, want %d", got, tt.wantCommands)
+				}
+				switch {
+				case tt.wantErrType != "":
+					var appErr *temporal.ApplicationError
+					if !errors.As(err, &appErr) || appErr.Type() != tt.wantErrType {
+						t.Errorf("error = %v, want application error %s", err, tt.wantErrType)
+					}
+				case tt.wantState == ota.StateCanceled:
+					var canceled *temporal.CanceledError
+					if !errors.As(err, &canceled) {
+						t.Errorf("error = %v, want canceled", err)
+					}
+				case err != nil:
+					t.Errorf("error = %v, want none", err)
+				}
+				if tt.wantEndBefore > 0 && (elapsed < tt.wantEndAfter || elapsed > tt.wantEndBefore) {
+					t.Errorf("ended after %s of virtual time, want between %s and %s", elapsed, tt.wantEndAfter, tt.wantEndBefore)
+				}
+				states := h.dev.states()
+				if len(states) == 0 || states[len(states)-1] != tt.wantState {
+					t.Errorf("recorded states %v, want the last to be %s", states, tt.wantState)
+				}
+			})
+		}
+	}
+}
+
+// TestDeviceUpgradeLeanRecords: a lean run records and upserts only what the bridge cannot
+// (issue 14): no downloading or downloaded, OtaState only at the end or on a retry.
+func TestDeviceUpgradeLeanRecords(t *testing.T) {
+	tests := []struct {
+		name        string
+		rev         int
+		steps       []step
+		wantRecords []ota.State
+		wantUpserts []string
+	}{
+		{
+			name:        "original revision records every state",
+			rev:         ota.UpgradeRevisionOriginal,
+			steps:       []step{{at: time.Second, progress: 10}, {at: 5 * time.Second, progress: 100}, {at: 40 * time.Second, status: "1.1"}},
+			wantRecords: []ota.State{ota.StateSent, ota.StateDownloading, ota.StateDownloaded, ota.StateSucceeded},
+			wantUpserts: []string{"downloading", "downloaded", "succeeded"},
+		},
+		{
+			name:        "lean: sent and the outcome",
+			rev:         ota.UpgradeRevisionLean,
+			steps:       []step{{at: time.Second, progress: 10}, {at: 5 * time.Second, progress: 100}, {at: 40 * time.Second, status: "1.1"}},
+			wantRecords: []ota.State{ota.StateSent, ota.StateSucceeded},
+			wantUpserts: []string{"succeeded"},
+		},
+		{
+			name: "lean: a retry is recorded and upserted",
+			rev:  ota.UpgradeRevisionLean,
+			steps: []step{{at: time.Second, progress: 10}, {at: 2 * time.Second, progress: -1},
+				{at: 40 * time.Second, progress: 100}, {at: 50 * time.Second, status: "1.1"}},
+			wantRecords: []ota.State{ota.StateSent, ota.StatePending, ota.StateSent, ota.StateSucceeded},
+			wantUpserts: []string{"pending", "sent", "succeeded"},
+		},
+	}
+	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, protocol.Status{"firmware_ver": tt.reported})
-			req := testRequest()
-			if tt.req != nil {
-				tt.req(&req)
-			}
+			h := newHarness(t, protocol.Status{"firmware_ver": "1.0"})
+			var upserts []string
+			h.env.OnUpsertTypedSearchAttributes(mock.Anything).Run(func(args mock.Arguments) {
+				v, _ := args.Get(0).(temporal.SearchAttributes).GetKeyword(ota.SearchState)
+				upserts = append(upserts, v)
+			}).Return(nil)
 			h.schedule(tt.steps)
-			start := h.env.Now()
+			req := testRequest()
+			req.Revision = tt.rev
+			if err := h.env.SetTypedSearchAttributesOnStart(ota.UpgradeSearchAttributes(req)); err != nil {
+				t.Fatal(err)
+			}
 			st, err := h.run(t, req)
-			elapsed := h.env.Now().Sub(start)
-			if st.State != tt.wantState || st.ErrorCode != tt.wantCode || st.Attempt != tt.wantAttempts {
-				t.Fatalf("got state %s code %d attempts %d (desc %q, err %v); want %s code %d attempts %d",
-					st.State, st.ErrorCode, st.Attempt, st.Desc, err, tt.wantState, tt.wantCode, tt.wantAttempts)
+			if err != nil || st.State != ota.StateSucceeded {
+				t.Fatalf("state %s, err %v", st.State, err)
 			}
-			if got := len(h.dev.commands); got != tt.wantCommands {
-				t.Errorf("commands sent = %d, want %d", got, tt.wantCommands)
+			if got := h.dev.states(); fmt.Sprint(got) != fmt.Sprint(tt.wantRecords) {
+				t.Errorf("recorded states %v, want %v", got, tt.wantRecords)
 			}
-			switch {
-			case tt.wantErrType != "":
-				var appErr *temporal.ApplicationError
-				if !errors.As(err, &appErr) || appErr.Type() != tt.wantErrType {
-					t.Errorf("error = %v, want application error %s", err, tt.wantErrType)
-				}
-			case tt.wantState == ota.StateCanceled:
-				var canceled *temporal.CanceledError
-				if !errors.As(err, &canceled) {
-					t.Errorf("error = %v, want canceled", err)
-				}
-			case err != nil:
-				t.Errorf("error = %v, want none", err)
-			}
-			if tt.wantEndBefore > 0 && (elapsed < tt.wantEndAfter || elapsed > tt.wantEndBefore) {
-				t.Errorf("ended after %s of virtual time, want between %s and %s", elapsed, tt.wantEndAfter, tt.wantEndBefore)
-			}
-			states := h.dev.states()
-			if len(states) == 0 || states[len(states)-1] != tt.wantState {
-				t.Errorf("recorded states %v, want the last to be %s", states, tt.wantState)
+			if fmt.Sprint(upserts) != fmt.Sprint(tt.wantUpserts) {
+				t.Errorf("OtaState upserts %v, want %v", upserts, tt.wantUpserts)
 			}
 		})
 	}

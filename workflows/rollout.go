@@ -693,6 +693,9 @@ func (r *rollout) startDevice(ctx workflow.Context, wi int, id string) bool {
 	req := r.req.Upgrade
 	req.DeviceID = id
 	req.RolloutRun = r.recordsRun(ctx)
+	// The children a rollout starts are of the worker's revision, whenever the rollout
+	// started (replay compares a child's type, not its input).
+	req.Revision = ota.UpgradeRevision
 	opts := ChildOptions(req)
 	opts.ParentClosePolicy = enumspb.PARENT_CLOSE_POLICY_ABANDON
 	opts.WaitForCancellation = true

@@ -81,10 +81,12 @@ func (e *AlreadyRunningError) Error() string {
 		e.DeviceID, e.WorkflowID, e.RunID)
 }
 
-// StartDeviceUpgrade validates req and starts its DeviceUpgradeWorkflow. A device with an
+// StartDeviceUpgrade validates req and starts its DeviceUpgradeWorkflow, of the current
+// revision (UpgradeRevision). A device with an
 // upgrade already running gets an *AlreadyRunningError naming that run.
 func StartDeviceUpgrade(ctx context.Context, c client.Client, req UpgradeRequest) (client.WorkflowRun, error) {
 	req = req.WithDefaults()
+	req.Revision = UpgradeRevision
 	if err := req.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid upgrade request: %w", err)
 	}

@@ -121,7 +121,30 @@ type UpgradeRequest struct {
 	// Soak, when more than 0, keeps the upgrade open that long after success: a device that
 	// reports another version meanwhile has reverted (StateReverted), a failure.
 	Soak Duration `json:"soak,omitempty"`
+
+	// Revision is the revision of DeviceUpgradeWorkflow's behaviour the request was made for
+	// (UpgradeRevision when started by StartDeviceUpgrade or a rollout; 0 in requests made
+	// before revisions existed). See UpgradeRevisionLean.
+	Revision int `json:"revision,omitempty"`
 }
+
+// Revisions of what DeviceUpgradeWorkflow records. A run's request, in the first event of its
+// history, carries the revision it was started for, so that the run keeps that behaviour on
+// replay: what workflow.GetVersion does, without the marker and the TemporalChangeVersion
+// upsert (two history events and a visibility write) GetVersion costs every new run.
+const (
+	// UpgradeRevisionOriginal records and upserts every state change: sent, downloading,
+	// downloaded, pending, the final state.
+	UpgradeRevisionOriginal = 0
+	// UpgradeRevisionLean (issue 14) leaves downloading and downloaded out of the workflow's
+	// records and search attribute: the bridge records them in the upgrade's row as it stores
+	// the reports, the OtaState search attribute stays "sent" until the final state (or a
+	// retry's pending), and the workflow's one timer stands at the current deadline, where
+	// it reads the stored reports the bridge did not forward before it times anything out.
+	UpgradeRevisionLean = 1
+	// UpgradeRevision is the revision new requests are made for.
+	UpgradeRevision = UpgradeRevisionLean
+)
 
 // PackageCheck is the pre-flight check of the request's package.
 func (r UpgradeRequest) PackageCheck() PackageCheck {
@@ -196,6 +219,9 @@ func (r UpgradeRequest) Validate() error {
 	}
 	if r.VersionKey == "" || len(r.VersionKey) > 64 {
 		return fmt.Errorf("version key must be 1 to 64 characters")
+	}
+	if r.Revision < 0 || r.Revision > UpgradeRevision {
+		return fmt.Errorf("request revision %d is unknown to this worker (it knows up to %d): upgrade the workers first", r.Revision, UpgradeRevision)
 	}
 	return nil
 }
