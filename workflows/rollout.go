@@ -85,7 +85,10 @@ const awaitGather = 2 * time.Second
 //     the targets are fixed at pre-flight in a snapshot, and removed at the end;
 //   - versionFleet: the targets are selected by SelectTargets, which leaves out the devices
 //     that are disabled, never seen, up to date, incompatible or quarantined and counts
-//     them; a continuous rollout stays open after its waves (watch), until closed.
+//     them; a continuous rollout stays open after its waves (watch), until closed;
+//   - versionRefill: without a start rate, freed slots are refilled a tenth of MaxInFlight
+//     at a time (refillBatch), not one by one, so that the children's start and completion
+//     events reach the rollout in bunches, fewer workflow tasks for as many devices.
 //
 // Runs recorded before a version keep the behaviour they had.
 const rolloutChange = "handover-running-upgrades"
@@ -95,6 +98,7 @@ const (
 	versionHandover = 1
 	versionControl  = 2
 	versionFleet    = 3
+	versionRefill   = 4
 )
 
 // runRecordsChange: the device upgrades a rollout starts record its first run ID
@@ -120,6 +124,7 @@ type rollout struct {
 	handover  bool // hand running upgrades over at continue-as-new (versionHandover)
 	control   bool // the rules of versionControl apply
 	fleet     bool // the rules of versionFleet apply
+	refill    bool // the rules of versionRefill apply
 	// recordsAsked is set once it is settled which run ID the device upgrades record
 	// (recordsRun): at once in a continued run (the carry says), at the first start in the
 	// first.
@@ -162,8 +167,8 @@ func RolloutWorkflow(ctx workflow.Context, in ota.RolloutInput) (ota.RolloutProg
 		return ota.RolloutProgress{}, temporal.NewNonRetryableApplicationError("invalid rollout request: "+err.Error(), ota.ErrTypeInvalidRequest, err)
 	}
 	r := &rollout{req: req, running: map[string]*child{}}
-	v := workflow.GetVersion(ctx, rolloutChange, workflow.DefaultVersion, versionFleet)
-	r.handover, r.control, r.fleet = v >= versionHandover, v >= versionControl, v >= versionFleet
+	v := workflow.GetVersion(ctx, rolloutChange, workflow.DefaultVersion, versionRefill)
+	r.handover, r.control, r.fleet, r.refill = v >= versionHandover, v >= versionControl, v >= versionFleet, v >= versionRefill
 	if in.Carry != nil {
 		r.c = *in.Carry
 		r.recordsAsked = true
@@ -568,6 +573,9 @@ func (r *rollout) runWave(ctx workflow.Context, wi int) (done bool, err error) {
 				r.enter(ctx, ota.RolloutRunning, "")
 				r.p.NextWindowAt = nil
 				n := min(r.req.MaxInFlight-len(r.running), end-r.p.Counts.Started)
+				if r.waitToRefill(now, n, end) {
+					n = 0 // the next ended upgrade looks again
+				}
 				n, wake = r.allowance(now, n)
 				why = timerRate
 				if n > 0 {
@@ -603,6 +611,16 @@ func awaitUntil(ctx workflow.Context, now, wake time.Time, why string, cond func
 		TimerOptions: workflow.TimerOptions{Summary: why}}, cond)
 	return err
 }
+
+// waitToRefill reports whether n free slots are too few to start upgrades yet (from
+// versionRefill on): fewer than refillBatch while others run, the wave has more to start and
+// no start rate spaces the starts.
+func (r *rollout) waitToRefill(now time.Time, n, end int) bool {
+	return r.refill && n < r.refillBatch() && n < end-r.p.Counts.Started && len(r.running) > 0 && r.rate(now) <= 0
+}
+
+// refillBatch is the least number of free slots refilled at once: a tenth of MaxInFlight.
+func (r *rollout) refillBatch() int { return max(1, r.req.MaxInFlight/10) }
 
 // mayStart reports whether the rollout may start devices, limits aside.
 func (r *rollout) mayStart() bool {

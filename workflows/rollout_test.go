@@ -31,8 +31,9 @@ type fleetHarness struct {
 	mu      sync.Mutex
 	started map[string]time.Time // device -> virtual start time of its upgrade
 	order   []string
-	fail    map[string]ota.State // devices whose upgrade ends in this state
-	took    time.Duration        // how long each device upgrade takes
+	fail    map[string]ota.State     // devices whose upgrade ends in this state
+	took    time.Duration            // how long each device upgrade takes
+	tookBy  map[string]time.Duration // how long some device upgrades take, if not took
 	// followed lists the workflow IDs of the upgrades AwaitWorkflows followed.
 	followed []string
 	// requests are the requests the device upgrades got.
@@ -66,6 +67,9 @@ func newFleetHarness(t *testing.T, n int) *fleetHarness {
 			h.rolloutRuns[req.DeviceID] = req.RolloutRun
 			state, failing := h.fail[req.DeviceID]
 			took := h.took
+			if d, ok := h.tookBy[req.DeviceID]; ok {
+				took = d
+			}
 			h.mu.Unlock()
 			if err := workflow.Sleep(ctx, took); err != nil {
 				return ota.UpgradeStatus{DeviceID: req.DeviceID, State: ota.StateCanceled}, temporal.NewCanceledError()
@@ -190,6 +194,30 @@ func TestRolloutInFlightLimit(t *testing.T) {
 	for i, id := range h.order {
 		want := time.Duration(i/4) * h.took
 		if got := h.started[id].Sub(t0); got < want || got > want+time.Second {
+			t.Errorf("%s started at +%s, want +%s", id, got, want)
+		}
+	}
+}
+
+// TestRolloutRefillsInBatches: freed slots are refilled a tenth of MaxInFlight at a time
+// (versionRefill), so that the children's events reach the rollout in bunches.
+func TestRolloutRefillsInBatches(t *testing.T) {
+	h := newFleetHarness(t, 30)
+	h.tookBy = map[string]time.Duration{}
+	for i := 1; i <= 20; i++ {
+		h.tookBy[fmt.Sprintf("dev-%03d", i)] = time.Duration(i) * time.Second // one ends a second
+	}
+	req := rolloutRequest()
+	req.MaxInFlight = 20 // refilled 2 at a time
+	if _, err := h.run(t, ota.RolloutInput{Request: req}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := h.started["dev-001"]
+	for i := 21; i <= 30; i++ {
+		id := fmt.Sprintf("dev-%03d", i)
+		// dev-021 and dev-022 start when the second upgrade ended (2 s), the next two at 4 s...
+		want := time.Duration((i-21)/2*2+2) * time.Second
+		if got := h.started[id].Sub(t0); got < want || got > want+100*time.Millisecond {
 			t.Errorf("%s started at +%s, want +%s", id, got, want)
 		}
 	}
