@@ -45,8 +45,12 @@ func TestProgressAdvancesUpgrade(t *testing.T) {
 		detail string
 		at     int
 	}
-	sent := func(run, device, cmd string) row { return row{run: run, device: device, cmd: cmd, attempt: 1, state: ota.StateSent} }
-	p := func(cmd string, progress, s int) report { return report{device: "d1", cmd: cmd, progress: progress, at: s} }
+	sent := func(run, device, cmd string) row {
+		return row{run: run, device: device, cmd: cmd, attempt: 1, state: ota.StateSent}
+	}
+	p := func(cmd string, progress, s int) report {
+		return report{device: "d1", cmd: cmd, progress: progress, at: s}
+	}
 	tests := []struct {
 		name    string
 		rows    []row
