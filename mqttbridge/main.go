@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
@@ -64,7 +65,11 @@ func newApp() *cli.App {
 			&cli.BoolFlag{Name: "shared", EnvVars: []string{"BRIDGE_SHARED"},
 				Usage: "subscribe through the shared subscription group so that several bridges split the load"},
 			&cli.DurationFlag{Name: "progress-interval", Value: bridge.DefaultProgressInterval, EnvVars: []string{"BRIDGE_PROGRESS_INTERVAL"},
-				Usage: "least time between two progress signals of one device (errors, 100 and new attempts always go through)"},
+				Usage: "also signal a device's intermediate progress when this long has passed since its last progress signal " +
+					"(0: never; the upgrade record shows the progress and the workflow reads the stored reports; errors, 100 and new attempts always go through)"},
+			&cli.DurationFlag{Name: "progress-merge", Value: bridge.DefaultProgressMerge, EnvVars: []string{"BRIDGE_PROGRESS_MERGE"},
+				Usage: "hold a device's progress signal this long: a later one replaces it, and a status report showing the new version makes it moot " +
+					"(errors and status reports are never held; 0: off, signal at once)"},
 			&cli.IntFlag{Name: "progress-step", EnvVars: []string{"BRIDGE_PROGRESS_STEP"},
 				Usage: "also signal progress that moved at least this many points (0: off)"},
 			&cli.IntFlag{Name: "shards", Value: bridge.DefaultShards, EnvVars: []string{"BRIDGE_SHARDS"},
@@ -94,6 +99,15 @@ func newApp() *cli.App {
 		}, append(tlsflags.MQTTFlags(), tlsflags.TemporalFlags()...)...),
 		Action: run,
 	}
+}
+
+// progressMerge is the bridge.Config.ProgressMerge of the --progress-merge flag, whose 0
+// turns the window off (the Config's 0 is the default).
+func progressMerge(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 // brokerMetricsFlag exports the broker's $SYS figures with the bridge's metrics.
@@ -146,6 +160,7 @@ func run(cCtx *cli.Context) error {
 		Shared:           cCtx.Bool("shared"),
 		ProgressInterval: cCtx.Duration("progress-interval"),
 		ProgressStep:     cCtx.Int("progress-step"),
+		ProgressMerge:    progressMerge(cCtx.Duration("progress-merge")),
 		Shards:           cCtx.Int("shards"),
 		Logger:           logger,
 

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/otaflow/otaflow/internal/bridge"
 	"github.com/otaflow/otaflow/internal/credential"
 	"github.com/otaflow/otaflow/internal/dev/broker"
 	"github.com/otaflow/otaflow/internal/dev/testenv"
@@ -49,7 +50,7 @@ func TestMainRunsBridge(t *testing.T) {
 			"--database-url", dbURL,
 			"--temporal-address", temporalAddr,
 			"--temporal-namespace", namespace,
-			"--shards", "2", "--progress-interval", "10s",
+			"--shards", "2", "--progress-interval", "10s", "--progress-merge", "2s",
 		})
 	}()
 
@@ -121,4 +122,19 @@ func registerDevice(t *testing.T, ctx context.Context, st *store.Store, prefix s
 		t.Fatal(err)
 	}
 	return id, secret
+}
+
+func TestProgressMergeFlag(t *testing.T) {
+	for _, tt := range []struct {
+		flag, want time.Duration
+	}{
+		{0, -1}, // off
+		{-time.Second, -1},
+		{time.Second, time.Second},
+		{bridge.DefaultProgressMerge, bridge.DefaultProgressMerge},
+	} {
+		if got := progressMerge(tt.flag); got != tt.want {
+			t.Errorf("--progress-merge %s: Config.ProgressMerge %s, want %s", tt.flag, got, tt.want)
+		}
+	}
 }

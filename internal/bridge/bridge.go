@@ -26,9 +26,11 @@
 // per-client in-flight limit, must have room for a bridge that is held up by a database or
 // Temporal outage. internal/dev/broker keeps those that find mochi's write queue full.)
 //
-// Progress reports are coalesced before they reach Temporal (see Config.ProgressInterval and
-// Config.ProgressStep) to keep workflow histories small; PostgreSQL gets every report within
-// its device's budget.
+// Progress reports are coalesced before they reach Temporal (see Config.ProgressInterval,
+// Config.ProgressStep and Config.ProgressMerge) to keep workflow histories small: every signal
+// costs its workflow about four history events. PostgreSQL gets every report within its
+// device's budget, and the device's upgrade record follows the download (downloading,
+// downloaded, the progress) from the stored reports.
 //
 // Every device has a budget of reports (Config.Flood, see flood.go), checked by the MQTT
 // handler before a message is queued: what a flooding device sends beyond it is counted, not
@@ -71,8 +73,10 @@ var _ Store = (*store.Store)(nil)
 
 // Defaults of the Config settings left zero.
 const (
-	DefaultClientID          = "otaflow-bridge"
-	DefaultProgressInterval  = 60 * time.Second
+	DefaultClientID = "otaflow-bridge"
+	// DefaultProgressInterval 0: intermediate progress is not forwarded.
+	DefaultProgressInterval  = time.Duration(0)
+	DefaultProgressMerge     = 5 * time.Second
 	DefaultShards            = 8
 	DefaultQueueSize         = 64
 	DefaultBatchSize         = 64
@@ -112,12 +116,33 @@ type Config struct {
 	// reach its workflow out of order.
 	Shared bool
 
-	// ProgressInterval is the least time between two forwarded progress signals of the same
-	// device (unless another rule forwards one). Default DefaultProgressInterval.
+	// ProgressInterval, when more than 0, forwards an intermediate progress report (neither
+	// the first of an attempt, nor 100, nor an error code) when this long has passed since
+	// the device's last forwarded one. 0, the default (DefaultProgressInterval), forwards
+	// none: the upgrade record shows the download's progress (the bridge moves it on as it
+	// stores the reports, see store.Store.RecordBatch) and the workflow reads the stored
+	// reports when its timers fire, so intermediate signals only lengthen its history.
 	ProgressInterval time.Duration
 	// ProgressStep, when more than 0, forwards a progress report that moved at least this
 	// many points from the last forwarded one. 0 turns the rule off.
 	ProgressStep int
+	// ProgressMerge is the merge window of forwarded progress: a progress report that is
+	// forwarded (the first of an attempt, 100, one the rules above let through; error codes
+	// never wait) is held for up to this long after the first one held, and a later one of
+	// the device within the window replaces it, so that a download that ends within the
+	// window (first report, then 100) costs one signal. When the window ends, the held
+	// report is signalled. A status report is never delayed: one that shows the held
+	// report's version for its type (protocol.VersionKey) drops it (the install took; the
+	// progress is moot); any other status report has the held report signalled first. An
+	// error code drops it. Each device's signals keep the order of its reports.
+	//
+	// Its message is acknowledged once stored, as any progress report's: the held signal is
+	// in memory only, and a bridge that crashes loses it. That delays, not loses, what the
+	// workflow learns: it reads the stored reports (and the upgrade record) when its timer
+	// fires. A bridge that stops cleanly signals what it holds first. 0 means the default
+	// DefaultProgressMerge; less than 0 turns the window off (forwarded reports are
+	// signalled at once).
+	ProgressMerge time.Duration
 	// CoalesceIdle drops the coalescing state of a device silent for this long, bounding
 	// memory when devices stop reporting halfway. Default DefaultCoalesceIdle.
 	CoalesceIdle time.Duration
@@ -172,7 +197,7 @@ func (c Config) withDefaults() Config {
 	if c.ClientID == "" {
 		c.ClientID = DefaultClientID
 	}
-	setDefault(&c.ProgressInterval, DefaultProgressInterval)
+	setDefault(&c.ProgressMerge, DefaultProgressMerge)
 	setDefault(&c.CoalesceIdle, DefaultCoalesceIdle)
 	setDefault(&c.RetryMin, DefaultRetryMin)
 	setDefault(&c.RetryMax, DefaultRetryMax)
@@ -211,7 +236,7 @@ func setDefault(d *time.Duration, def time.Duration) {
 func (c Config) validate() error {
 	switch {
 	case c.ProgressInterval < 0:
-		return fmt.Errorf("progress interval must be positive, not %s", c.ProgressInterval)
+		return fmt.Errorf("progress interval must not be negative, not %s", c.ProgressInterval)
 	case c.ProgressStep < 0 || c.ProgressStep > 100:
 		return fmt.Errorf("progress step must be 0 to 100, not %d", c.ProgressStep)
 	case c.Shards < 1 || c.Shards > 1024:
@@ -244,7 +269,9 @@ type Stats struct {
 	Signalled int64 `json:"signalled"`
 	// NoWorkflow counts the signals whose workflow did not exist or had finished.
 	NoWorkflow int64 `json:"no_workflow"`
-	// Coalesced counts the progress reports stored but not forwarded to the workflow.
+	// Coalesced counts the progress reports stored but not forwarded to the workflow: held
+	// back by the coalescing rules, replaced by a later one within their merge window, or
+	// made moot there by an error code or by a status report showing the new version.
 	Coalesced int64 `json:"coalesced"`
 	// Retries counts the attempts repeated after a transient failure.
 	Retries int64 `json:"retries"`
@@ -312,10 +339,11 @@ type Bridge struct {
 
 	pending     pendingIDs // packet IDs of the messages taken and not acknowledged
 	queues      []chan inbound
-	signalSlots chan struct{} // holds a token per signal being sent (SignalConcurrency)
-	stopping    chan struct{} // closed when Run's context is done: take no more messages
-	refused     chan error    // receives the broker's refusal of the subscriptions
-	fatal       chan error    // receives an error that ends Run (ErrTemporalRefused)
+	kicks       []chan struct{} // per shard: wake its worker to forward the held reports due
+	signalSlots chan struct{}   // holds a token per signal being sent (SignalConcurrency)
+	stopping    chan struct{}   // closed when Run's context is done: take no more messages
+	refused     chan error      // receives the broker's refusal of the subscriptions
+	fatal       chan error      // receives an error that ends Run (ErrTemporalRefused)
 	rejectLog   logLimiter
 	ready       chan struct{} // closed once connected and subscribed
 	readyOnce   sync.Once
@@ -346,10 +374,23 @@ func New(cfg Config, sig Signaler, st Store) (*Bridge, error) {
 	}
 	b.signalSlots = make(chan struct{}, cfg.SignalConcurrency)
 	b.queues = make([]chan inbound, cfg.Shards)
+	b.kicks = make([]chan struct{}, cfg.Shards)
 	for i := range b.queues {
 		b.queues[i] = make(chan inbound, cfg.QueueSize)
+		b.kicks[i] = make(chan struct{}, 1)
 	}
 	return b, nil
+}
+
+// flushDue wakes every shard worker to forward the held progress reports whose merge windows
+// have ended by Config.Now (each worker's timer does so too; tests with a fake clock call it).
+func (b *Bridge) flushDue() {
+	for _, k := range b.kicks {
+		select {
+		case k <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
 }
 
 // Ready is closed once Run has connected to the broker and subscribed: from then on the
@@ -396,15 +437,21 @@ func (b *Bridge) deliverAt(m message, at time.Time) {
 func (b *Bridge) startWorkers(stopCtx, workCtx context.Context) (wait func()) {
 	var wg sync.WaitGroup
 	for i, q := range b.queues {
-		w := &worker{b: b, id: i, stopCtx: stopCtx, workCtx: workCtx,
-			coalescer: newCoalescer(b.cfg.ProgressInterval, b.cfg.ProgressStep, b.cfg.CoalesceIdle),
-			batch:     make([]item, 0, b.cfg.BatchSize)}
+		w := b.newWorker(i, stopCtx, workCtx)
 		wg.Go(func() { w.loop(q) })
 	}
 	if b.flood != nil {
 		wg.Go(func() { b.flood.run(workCtx) })
 	}
 	return wg.Wait
+}
+
+// newWorker returns the worker of shard i.
+func (b *Bridge) newWorker(i int, stopCtx, workCtx context.Context) *worker {
+	return &worker{b: b, id: i, stopCtx: stopCtx, workCtx: workCtx,
+		coalescer: newCoalescer(b.cfg.ProgressInterval, b.cfg.ProgressStep, b.cfg.CoalesceIdle, max(b.cfg.ProgressMerge, 0)),
+		kick:      b.kicks[i],
+		batch:     make([]item, 0, b.cfg.BatchSize)}
 }
 
 // logLimiter lets through at most logBurst log lines per logWindow, so that a device

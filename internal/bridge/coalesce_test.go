@@ -71,6 +71,12 @@ func TestCoalescer(t *testing.T) {
 			{time.Second, a, "c1", 20, false},
 			{time.Second, a, "c1", 35, true},
 		}, 1},
+		{"interval 0 forwards no intermediate progress", 0, 0, []report{
+			{0, a, "c1", 1, true},
+			{20 * time.Minute, a, "c1", 50, false},
+			{20 * time.Minute, a, "c1", 99, false},
+			{time.Second, a, "c1", 100, true},
+		}, 0},
 		{"step off by default", time.Hour, 0, []report{
 			{0, a, "c1", 1, true},
 			{time.Second, a, "c1", 99, false},
@@ -78,7 +84,7 @@ func TestCoalescer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := newCoalescer(tt.interval, tt.step, DefaultCoalesceIdle)
+			c := newCoalescer(tt.interval, tt.step, DefaultCoalesceIdle, 0)
 			now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 			for i, r := range tt.reports {
 				now = now.Add(r.after)
@@ -99,7 +105,7 @@ func TestCoalescer(t *testing.T) {
 }
 
 func TestCoalescerForgetsIdleDevices(t *testing.T) {
-	c := newCoalescer(time.Minute, 0, time.Hour)
+	c := newCoalescer(time.Minute, 0, time.Hour, 0)
 	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 	p := protocol.Progress{ID: "c1", Type: "app", Version: "1.1", Progress: 40}
 	for _, d := range []string{"a", "b", "c"} {

@@ -247,10 +247,11 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-// testConfig is a Config for unit tests: fast retries, silent logs, the given clock.
+// testConfig is a Config for unit tests: fast retries, silent logs, the given clock, and no
+// merge window (forwarded progress is signalled at once; merge_test.go tests the window).
 func testConfig(clock *fakeClock) Config {
 	return Config{
-		Shards: 4, QueueSize: 8,
+		Shards: 4, QueueSize: 8, ProgressMerge: -1,
 		RetryMin: time.Millisecond, RetryMax: 4 * time.Millisecond,
 		AttemptTimeout: 5 * time.Second, ShutdownTimeout: 5 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

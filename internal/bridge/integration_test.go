@@ -293,7 +293,9 @@ func TestEndToEnd(t *testing.T) {
 	s := newStack(t)
 	upgrading, idle := s.device("upgrading"), s.device("idle")
 	s.startWorkflow(upgrading)
-	b, stop := s.runBridge(s.bridgeConfig("bridge-e2e-"+randomHex(4)), nil)
+	cfg := s.bridgeConfig("bridge-e2e-" + randomHex(4))
+	cfg.ProgressMerge = -1 // signalled at once (TestMergeWindowEndToEnd has the window)
+	b, stop := s.runBridge(cfg, nil)
 
 	dc := s.connectDevice(upgrading)
 	publish(t, dc, protocol.ProgressTopic(upgrading), progressJSON("c1", 10))
@@ -370,6 +372,65 @@ func TestEndToEnd(t *testing.T) {
 	want := bridge.Stats{Received: 12, Rejected: 6, Stored: 6, Signalled: 5, NoWorkflow: 2, Coalesced: 1, Acked: 12}
 	if st != want {
 		t.Errorf("stats %+v\nwant  %+v", st, want)
+	}
+}
+
+// TestMergeWindowEndToEnd: a device that downloads and installs within the merge window
+// (progress 1, 50, 100, then its status with the target version) costs its workflow one
+// signal, the status, while the upgrade record went through downloading and downloaded.
+func TestMergeWindowEndToEnd(t *testing.T) {
+	s := newStack(t)
+	dev := s.device("merge")
+	s.startWorkflow(dev)
+	ctx := context.Background()
+	t0 := time.Now().Add(-time.Minute).UTC().Truncate(time.Microsecond)
+	up := store.Upgrade{RunID: "run-" + dev, WorkflowID: ota.DeviceWorkflowID(dev), DeviceID: dev, Type: "firmware", Version: "1.1",
+		URL: "http://files.local/fw.bin", MD5: "9e107d9d372bb6826bd81d3542a419d6", Size: 1, State: ota.StateSent, Attempt: 1, CommandID: "c1"}
+	if err := s.store.RecordUpgrade(ctx, up, t0, "command sent"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.bridgeConfig("bridge-merge-" + randomHex(4))
+	// A window no test machine outlasts between two publishes: the status always comes
+	// within it.
+	cfg.ProgressMerge = time.Minute
+	b, stop := s.runBridge(cfg, nil)
+
+	dc := s.connectDevice(dev)
+	for _, p := range []int{1, 50, 100} {
+		publish(t, dc, protocol.ProgressTopic(dev), progressJSON("c1", p))
+	}
+	publish(t, dc, protocol.StatusTopic(dev), `{"firmware_ver":"1.1"}`)
+	require.Eventually(t, func() bool { return b.Stats().Acked == 4 }, 30*time.Second, 20*time.Millisecond, "every message acknowledged")
+	stop() // a clean stop signals what is held: nothing is
+
+	got := s.signals(dev)
+	if len(got.Progress) != 0 || len(got.Status) != 1 || got.Status[0].Status["firmware_ver"] != "1.1" {
+		t.Errorf("signals: progress %+v, status %+v; want the status alone", got.Progress, got.Status)
+	}
+	if st := b.Stats(); st.Stored != 4 || st.Signalled != 1 || st.Coalesced != 3 {
+		t.Errorf("stats %+v, want 4 stored, 1 signalled, 3 coalesced", st)
+	}
+	if got := progressValues(s.progressEvents(dev)); !slices.Equal(got, []int{1, 50, 100}) {
+		t.Errorf("stored progress %v, want [1 50 100]", got)
+	}
+	rec, err := s.store.GetUpgrade(ctx, up.RunID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != ota.StateDownloaded || rec.Progress != 100 || rec.FinishedAt != nil || !rec.UpdatedAt.After(t0) {
+		t.Errorf("upgrade record %s %d%% updated %s finished %v; want downloaded 100%%, updated by the report, not finished",
+			rec.State, rec.Progress, rec.UpdatedAt, rec.FinishedAt)
+	}
+	events, err := s.store.UpgradeEvents(ctx, up.RunID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var states []ota.State
+	for _, e := range events {
+		states = append(states, e.State)
+	}
+	if want := []ota.State{ota.StateSent, ota.StateDownloading, ota.StateDownloaded}; !slices.Equal(states, want) {
+		t.Errorf("upgrade events %+v, want the states %v", events, want)
 	}
 }
 

@@ -84,7 +84,7 @@ var statDescs = []struct {
 	{counterDesc("otaflow_bridge_messages_received_total", "Messages taken from the broker, redeliveries and duplicates included."), func(s Stats) int64 { return s.Received }},
 	{counterDesc("otaflow_bridge_signals_total", "Signals sent to device upgrade workflows, those finding no running workflow included."), func(s Stats) int64 { return s.Signalled }},
 	{counterDesc("otaflow_bridge_signals_no_workflow_total", "Signals whose device had no upgrade running."), func(s Stats) int64 { return s.NoWorkflow }},
-	{counterDesc("otaflow_bridge_progress_coalesced_total", "Progress reports stored but not forwarded to the workflow."), func(s Stats) int64 { return s.Coalesced }},
+	{counterDesc("otaflow_bridge_progress_coalesced_total", "Progress reports stored but not forwarded to the workflow (coalesced, replaced within their merge window, or made moot there)."), func(s Stats) int64 { return s.Coalesced }},
 	{counterDesc("otaflow_bridge_retries_total", "Attempts repeated after a transient failure of PostgreSQL or Temporal."), func(s Stats) int64 { return s.Retries }},
 	{counterDesc("otaflow_bridge_duplicates_skipped_total", "Messages the broker sent again while the first copy was processed; skipped."), func(s Stats) int64 { return s.Duplicates }},
 	{counterDesc("otaflow_bridge_retained_ignored_total", "Retained messages a new subscription replayed; ignored."), func(s Stats) int64 { return s.Ignored }},

@@ -45,6 +45,9 @@ func TestOverloadLosesNothing(t *testing.T) {
 			cfg := s.bridgeConfig("bridge-overload-" + randomHex(4))
 			cfg.Shards, cfg.QueueSize, cfg.BatchSize = tt.shards, tt.queueSize, tt.batch
 			cfg.AttemptTimeout = 300 * time.Millisecond // stalled attempts time out and are retried
+			// Forwarded progress signalled at once, so that a Temporal outage holds messages
+			// back: a report held in its merge window is acknowledged once stored.
+			cfg.ProgressMerge = -1
 			sig := &switchSignaler{to: s.temporal}
 			b, _ := s.runBridgeWith(cfg, sig, nil)
 

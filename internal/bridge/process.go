@@ -35,6 +35,9 @@ type worker struct {
 	// mu guards coalescer: a batch's devices are signalled concurrently.
 	mu        sync.Mutex
 	coalescer *coalescer
+	// kick wakes the loop to forward the held progress reports whose merge windows have
+	// ended (by Config.Now); the loop's own timer does so too.
+	kick chan struct{}
 	// batch and reports are reused from one batch to the next.
 	batch   []item
 	reports []store.Report
@@ -59,12 +62,28 @@ type item struct {
 	unfinished error
 }
 
+// loop processes the shard's batches, and between them forwards the held progress reports
+// whose merge windows have ended: a device's held report is signalled either here, while no
+// batch is under way, or by the device's own next report in a batch, so that it never
+// overtakes nor follows a later report of the device. Once the bridge stops, loop finishes
+// what is queued, then forwards every held report.
 func (w *worker) loop(q <-chan inbound) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	for {
+		w.flushHeld(false)
+		var windowEnd <-chan time.Time
+		if due, ok := w.nextDue(); ok {
+			timer.Reset(max(due.Sub(w.b.cfg.Now()), time.Millisecond))
+			windowEnd = timer.C
+		}
 		select {
 		case in := <-q:
 			w.processBatch(w.take(q, in))
 			w.release()
+		case <-windowEnd:
+		case <-w.kick:
 		case <-w.b.stopping:
 			for {
 				select {
@@ -72,11 +91,42 @@ func (w *worker) loop(q <-chan inbound) {
 					w.processBatch(w.take(q, in))
 					w.release()
 				default:
+					w.flushHeld(true)
 					return
 				}
 			}
 		}
+		timer.Stop()
 	}
+}
+
+func (w *worker) nextDue() (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.coalescer.nextDue()
+}
+
+// flushHeld signals the held progress reports whose merge windows have ended, or all of them,
+// different devices at the same time. A report whose signal fails (the bridge stopping) is
+// lost to the workflow, which reads the stored reports when its timer fires.
+func (w *worker) flushHeld(all bool) {
+	w.mu.Lock()
+	var held map[string]heldProgress
+	if all {
+		held = w.coalescer.all()
+	} else {
+		held = w.coalescer.due(w.b.cfg.Now())
+	}
+	w.mu.Unlock()
+	var wg sync.WaitGroup
+	for device, h := range held {
+		wg.Go(func() {
+			if err := w.signalProgress(device, h.p, h.at); err != nil {
+				w.b.log.Debug("held progress report not forwarded", "device", device, "progress", h.p.Progress, "error", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // take makes a batch of first and the messages queued behind it, up to BatchSize; it does
@@ -263,10 +313,27 @@ func (w *worker) record(reports []store.Report, rejected []store.Rejected) ([]bo
 	return stored, err
 }
 
-// forward sends a stored report on to the device's workflow: every status report, and the
-// progress reports the coalescer lets through.
+// forward sends a stored report on to the device's workflow: every status report at once,
+// error codes at once, and the other progress reports the coalescer lets through when their
+// merge window ends (Config.ProgressMerge), unless a later report of the device makes them
+// moot first.
+//
+// A status report takes the device's held progress report: when the status shows the held
+// report's version for its type, the install took and the progress is moot (dropped);
+// otherwise the held report is signalled first, then the status, as the device sent them.
+// An error code drops the held report.
 func (w *worker) forward(it *item) error {
 	if it.isStatus {
+		w.mu.Lock()
+		h, held := w.coalescer.take(it.device)
+		w.mu.Unlock()
+		if held {
+			if it.status[protocol.VersionKey(h.p.Type)] == h.p.Version {
+				w.b.stats.coalesced.Add(1)
+			} else if err := w.signalProgress(it.device, h.p, h.at); err != nil {
+				return err
+			}
+		}
 		err := w.signal(it.device, ota.SignalStatus, ota.StatusSignal{Status: it.status, ReceivedAt: it.in.at})
 		if err == nil {
 			w.b.metrics.observeSignal(it.in.at, w.b.cfg.Now())
@@ -275,18 +342,39 @@ func (w *worker) forward(it *item) error {
 	}
 	w.mu.Lock()
 	forward := w.coalescer.forward(it.device, it.progress, it.in.at)
-	w.mu.Unlock()
-	if !forward {
+	switch {
+	case !forward:
+		w.mu.Unlock()
 		w.b.stats.coalesced.Add(1)
 		return nil
+	case it.progress.IsError():
+		_, dropped := w.coalescer.take(it.device)
+		w.mu.Unlock()
+		if dropped {
+			w.b.stats.coalesced.Add(1)
+		}
+	case w.coalescer.merging():
+		replaced := w.coalescer.hold(it.device, it.progress, it.in.at)
+		w.mu.Unlock()
+		if replaced {
+			w.b.stats.coalesced.Add(1)
+		}
+		return nil
+	default:
+		w.mu.Unlock()
 	}
-	err := w.signal(it.device, ota.SignalProgress, ota.ProgressSignal{Progress: it.progress, ReceivedAt: it.in.at})
+	return w.signalProgress(it.device, it.progress, it.in.at)
+}
+
+// signalProgress signals a progress report received at at, and records it forwarded.
+func (w *worker) signalProgress(device string, p protocol.Progress, at time.Time) error {
+	err := w.signal(device, ota.SignalProgress, ota.ProgressSignal{Progress: p, ReceivedAt: at})
 	if err != nil {
 		return err
 	}
-	w.b.metrics.observeSignal(it.in.at, w.b.cfg.Now())
+	w.b.metrics.observeSignal(at, w.b.cfg.Now())
 	w.mu.Lock()
-	w.coalescer.forwarded(it.device, it.progress, it.in.at)
+	w.coalescer.forwarded(device, p, at)
 	w.mu.Unlock()
 	return nil
 }

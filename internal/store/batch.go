@@ -68,6 +68,8 @@ func (s *Store) RecordBatch(ctx context.Context, reports []Report, rejected []Re
 	if len(progress.device) > 0 {
 		batch.Queue(recordProgressBatch, progress.device, progress.commandID, progress.typ, progress.version,
 			progress.progress, progress.desc, progress.at).Query(collect("progress"))
+		batch.Queue(advanceUpgradesBatch, progress.device, progress.commandID, progress.typ, progress.version,
+			progress.progress, progress.desc, progress.at)
 	}
 	if len(status.device) > 0 {
 		batch.Queue(recordStatusBatch, status.device, status.reported, status.at).Query(collect("status"))
@@ -104,8 +106,7 @@ const lockDevicesBatch = `SELECT id FROM devices WHERE id = ANY($1::text[]) ORDE
 // recordProgressBatch stores progress reports given as parallel arrays ($1 device, $2
 // command ID, $3 type, $4 version, $5 progress, $6 description, $7 received at): it marks
 // the registered devices seen and inserts their reports in array order. It returns the IDs
-// of the registered devices. (An upgrade's own record, its state and progress, is written by
-// its workflow only, so that the record and the workflow never disagree.)
+// of the registered devices. (advanceUpgradesBatch then moves the devices' upgrade records.)
 const recordProgressBatch = `WITH r AS (
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[])
 		WITH ORDINALITY AS r(device_id, command_id, type, version, progress, description, received_at, ord)
@@ -120,6 +121,61 @@ const recordProgressBatch = `WITH r AS (
 	FROM r WHERE r.device_id IN (SELECT id FROM seen) ORDER BY r.ord
 )
 SELECT id FROM seen`
+
+// advanceUpgradesBatch moves the upgrade records on with the progress reports given as the
+// parallel arrays of recordProgressBatch, in array order, as the upgrade's workflow would on
+// each report: 1..99 means downloading, 100 downloaded. It changes only a record in flight
+// (finished_at NULL) of the reporting device in state sent or downloading whose attempt the
+// report is of (same type and version, and the record's command ID unless the report has
+// none; without one, the latest such record), and only forwards: the progress never goes
+// down, downloaded never goes back to downloading, and error codes change nothing. What the
+// workflow decides (sent, pending between attempts, the final states) it alone writes; a
+// record in another state, or of another attempt, is left as it is. Each change of state is
+// recorded in upgrade_events too, at the report's time, as the workflow's records are.
+//
+// The records are locked (FOR UPDATE) before they are read, so that a workflow recording its
+// decision at the same time either goes first (and the record no longer qualifies) or waits.
+// The batch's devices are locked already, in ID order, so that bridges do not deadlock.
+const advanceUpgradesBatch = `WITH r AS (
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[])
+		WITH ORDINALITY AS r(device_id, command_id, type, version, progress, description, received_at, ord)
+	WHERE r.progress BETWEEN 1 AND 100
+), open AS (
+	SELECT run_id, device_id, type, version, command_id, state, progress, attempt, created_at FROM upgrades
+	WHERE device_id IN (SELECT device_id FROM r) AND finished_at IS NULL AND state IN ('sent', 'downloading')
+	FOR UPDATE
+), matched AS (
+	SELECT DISTINCT ON (r.ord) o.run_id, o.state AS old_state, o.progress AS old_progress, o.attempt,
+		r.progress, r.description, r.received_at, r.ord
+	FROM r JOIN open o ON o.device_id = r.device_id AND o.type = r.type AND o.version = r.version
+		AND (o.command_id = r.command_id OR r.command_id = '')
+	ORDER BY r.ord, o.created_at DESC
+), advancing AS (
+	-- The reports that move their record on: above every earlier one of the record.
+	SELECT * FROM (
+		SELECT m.*, GREATEST(m.old_progress, max(m.progress) OVER (PARTITION BY m.run_id ORDER BY m.ord
+			ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS before
+		FROM matched m) a
+	WHERE a.progress > a.before
+), moved AS (
+	UPDATE upgrades u SET state = CASE WHEN c.progress = 100 THEN 'downloaded' ELSE 'downloading' END,
+		progress = c.progress, updated_at = GREATEST(u.updated_at, c.at)
+	FROM (SELECT run_id, max(progress) AS progress, max(received_at) AS at FROM advancing GROUP BY run_id) c
+	WHERE u.run_id = c.run_id AND u.finished_at IS NULL AND u.state IN ('sent', 'downloading') AND u.progress < c.progress
+	RETURNING u.run_id
+)
+INSERT INTO upgrade_events (run_id, state, attempt, error_code, detail, at)
+SELECT e.run_id, CASE WHEN e.progress = 100 THEN 'downloaded' ELSE 'downloading' END, e.attempt, 0,
+	'progress ' || e.progress || ' reported by the device' || CASE WHEN e.description <> '' THEN ': ' || e.description ELSE '' END,
+	e.received_at
+FROM (
+	-- The state changes: the first report of 1..99 of a record that was sent, and the first 100.
+	SELECT DISTINCT ON (run_id, progress = 100) * FROM advancing
+	WHERE progress = 100 OR old_state = 'sent'
+	ORDER BY run_id, progress = 100, ord
+) e
+WHERE e.run_id IN (SELECT run_id FROM moved)
+ORDER BY e.ord`
 
 // recordStatusBatch stores status reports given as parallel arrays ($1 device, $2 reported
 // versions as JSON, $3 received at): each registered device gets the versions of its last

@@ -78,7 +78,8 @@ func dump(t *testing.T, db testDB) []string {
 		`SELECT coalesce(json_agg(t ORDER BY id), '[]')::text FROM (SELECT id, reported, reported_at, last_seen FROM devices) t`,
 		`SELECT coalesce(json_agg(t ORDER BY n), '[]')::text FROM (SELECT row_number() OVER (ORDER BY id) AS n,
 			device_id, command_id, type, version, progress, description, received_at FROM progress_events) t`,
-		`SELECT coalesce(json_agg(t ORDER BY run_id), '[]')::text FROM (SELECT run_id, progress, updated_at FROM upgrades) t`,
+		`SELECT coalesce(json_agg(t ORDER BY run_id), '[]')::text FROM (SELECT run_id, state, progress, updated_at FROM upgrades) t`,
+		`SELECT coalesce(json_agg(t ORDER BY id), '[]')::text FROM (SELECT id, run_id, state, attempt, error_code, detail, at FROM upgrade_events) t`,
 		`SELECT coalesce(json_agg(t ORDER BY n), '[]')::text FROM (SELECT row_number() OVER (ORDER BY id) AS n,
 			topic, device_id, reason, payload, received_at FROM rejected_messages) t`,
 	} {
@@ -196,7 +197,7 @@ func TestRecordBatchMatchesOneByOne(t *testing.T) {
 				t.Errorf("stored %v, want %v", stored, want)
 			}
 			got, wantRows := dump(t, batched), dump(t, oneByOne)
-			for i, table := range []string{"devices", "progress_events", "upgrades", "rejected_messages"} {
+			for i, table := range []string{"devices", "progress_events", "upgrades", "upgrade_events", "rejected_messages"} {
 				if got[i] != wantRows[i] {
 					t.Errorf("%s after RecordBatch:\n%s\nafter one call per report:\n%s", table, got[i], wantRows[i])
 				}

@@ -409,8 +409,8 @@ func (s *Store) RecordStatus(ctx context.Context, id string, st protocol.Status,
 	return nil
 }
 
-// RecordProgress stores a progress report and marks the device seen. It returns ErrNotFound
-// for an unregistered device. (The upgrade's record is its workflow's to write.)
+// RecordProgress stores a progress report, marks the device seen and moves the device's
+// upgrade record on as RecordBatch does. It returns ErrNotFound for an unregistered device.
 func (s *Store) RecordProgress(ctx context.Context, id string, p protocol.Progress, at time.Time) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE devices SET last_seen = GREATEST(last_seen, $2) WHERE id = $1`, id, at)
@@ -422,6 +422,10 @@ func (s *Store) RecordProgress(ctx context.Context, id string, p protocol.Progre
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO progress_events (device_id, command_id, type, version, progress, description, received_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)`, id, p.ID, p.Type, p.Version, p.Progress, p.Desc, at); err != nil {
+			return fmt.Errorf("record progress of %s: %w", id, err)
+		}
+		if _, err := tx.Exec(ctx, advanceUpgradesBatch, []string{id}, []string{p.ID}, []string{p.Type}, []string{p.Version},
+			[]int32{int32(p.Progress)}, []string{p.Desc}, []time.Time{at}); err != nil {
 			return fmt.Errorf("record progress of %s: %w", id, err)
 		}
 		return nil

@@ -12,51 +12,6 @@ import (
 	"github.com/otaflow/otaflow/internal/store"
 )
 
-// TestUpgradeRecordHasOneWriter: device reports never change an upgrade's record, and the
-// record's progress is what the workflow last recorded, also when a new attempt resets it
-// (issue 15, defect 9).
-func TestUpgradeRecordHasOneWriter(t *testing.T) {
-	ctx := context.Background()
-	st := openStore(t)
-	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
-	batchFixture(t, st, t0)
-	get := func() store.Upgrade {
-		t.Helper()
-		u, err := st.GetUpgrade(ctx, "r1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return u
-	}
-	before := get()
-	reports := []store.Report{
-		{DeviceID: "d1", ReceivedAt: t0.Add(time.Second), Progress: &protocol.Progress{ID: "c1", Type: "firmware", Version: "1.1", Progress: 70}},
-		{DeviceID: "d1", ReceivedAt: t0.Add(2 * time.Second), Progress: &protocol.Progress{Type: "firmware", Version: "1.1", Progress: 80}},
-	}
-	if _, err := st.RecordBatch(ctx, reports, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.RecordProgress(ctx, "d1", protocol.Progress{ID: "c1", Type: "firmware", Version: "1.1", Progress: 90}, t0.Add(3*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	if after := get(); after.Progress != before.Progress || !after.UpdatedAt.Equal(before.UpdatedAt) {
-		t.Errorf("reports changed the record: progress %d -> %d, updated %s -> %s", before.Progress, after.Progress, before.UpdatedAt, after.UpdatedAt)
-	}
-	// The workflow records attempt 1 at 60%, then attempt 2 starting over.
-	u := before
-	u.State, u.Progress = ota.StateDownloading, 60
-	if err := st.RecordUpgrade(ctx, u, t0.Add(4*time.Second), ""); err != nil {
-		t.Fatal(err)
-	}
-	u.State, u.Attempt, u.CommandID, u.Progress = ota.StateSent, 2, "c1-2", 0
-	if err := st.RecordUpgrade(ctx, u, t0.Add(5*time.Second), ""); err != nil {
-		t.Fatal(err)
-	}
-	if got := get(); got.Progress != 0 || got.Attempt != 2 || got.State != ota.StateSent {
-		t.Errorf("record after the second attempt's command: %s attempt %d progress %d; want sent attempt 2 progress 0", got.State, got.Attempt, got.Progress)
-	}
-}
-
 // TestUpgradeRecordFinal: a finished run's record never changes, except a success that turns
 // out reverted within its soak.
 func TestUpgradeRecordFinal(t *testing.T) {
