@@ -456,7 +456,18 @@ func TestUpgradeWaitFollowsProgressToSuccess(t *testing.T) {
 		"--url", "https://files.example.com/fw/1.1.bin", "--md5", "9e107d9d372bb6826bd81d3542a419d6", "--size", "1024", "--wait")...)
 	cmd := f.command(t, dev, 1)
 	up.waitOutput(t, dev+"  sent  0%  attempt 1/3")
-	signalProgress(t, dev, protocol.Progress{ID: cmd.ID, Type: "firmware", Version: "1.1", Progress: 42, Desc: "downloading"})
+	st, err := store.Open(ctx, f.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// As the bridge does: the report is stored (which records the download in the upgrade
+	// record), then forwarded.
+	first := protocol.Progress{ID: cmd.ID, Type: "firmware", Version: "1.1", Progress: 42, Desc: "downloading"}
+	if err := st.RecordProgress(ctx, dev, first, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	signalProgress(t, dev, first)
 	up.waitOutput(t, dev+"  downloading  42%  attempt 1/3")
 
 	// While it runs, status --json shows the live state and the records.
@@ -480,11 +491,6 @@ func TestUpgradeWaitFollowsProgressToSuccess(t *testing.T) {
 		t.Errorf("status --json events = %v, want sent, downloading", states)
 	}
 	// A report the bridge stored but did not forward shows as the last report.
-	st, err := store.Open(ctx, f.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
 	if err := st.RecordProgress(ctx, dev, protocol.Progress{ID: cmd.ID, Type: "firmware", Version: "1.1", Progress: 57, Desc: "downloading"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}

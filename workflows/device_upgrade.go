@@ -642,6 +642,11 @@ func (u *upgrade) transition(ctx workflow.Context, s ota.State, detail string) {
 
 // finish ends the upgrade in a final state.
 func (u *upgrade) finish(ctx workflow.Context, s ota.State, code int, desc string) {
+	if s == ota.StateSucceeded && u.lean() {
+		// The device runs the target: its download was complete, whichever reports the
+		// bridge forwarded.
+		u.st.Progress = 100
+	}
 	u.st.ErrorCode = code
 	u.st.Desc = desc
 	u.record.ErrorCode = code

@@ -251,4 +251,13 @@ func TestWorkflowAfterBridge(t *testing.T) {
 	if last := ev[len(ev)-1]; last.State != ota.StateDownloading || last.Attempt != 2 {
 		t.Errorf("last event %+v, want downloading of attempt 2", last)
 	}
+	// The workflow, which heard of no progress (success straight from sent), records the
+	// outcome: the attempt's progress stays what the bridge recorded.
+	u.State = ota.StateSucceeded
+	if err := st.RecordUpgrade(ctx, u, t0.Add(8*time.Second), "device reports firmware_ver=1.1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := get(); got.State != ota.StateSucceeded || got.Progress != 20 {
+		t.Errorf("after the outcome: %s %d%%, want succeeded with the recorded 20%%", got.State, got.Progress)
+	}
 }

@@ -89,8 +89,10 @@ func (s *Store) recordUpgrade(ctx context.Context, u Upgrade, at time.Time, deta
 		case ota.State(prevState).Final() && !(prevState == string(ota.StateSucceeded) && u.State == ota.StateReverted):
 			return nil
 		default:
+			// Within one attempt the progress never goes down: the bridge may have recorded
+			// reports the workflow never heard of (it forwards few).
 			if _, err := tx.Exec(ctx, `UPDATE upgrades SET state = $2, attempt = $3, command_id = $4,
-				progress = $5, error_code = $6, error_desc = $7, updated_at = $8, finished_at = $9
+				progress = CASE WHEN attempt = $3 AND command_id = $4 THEN GREATEST(progress, $5) ELSE $5 END, error_code = $6, error_desc = $7, updated_at = $8, finished_at = $9
 				WHERE run_id = $1`, u.RunID, string(u.State), u.Attempt, u.CommandID, u.Progress, u.ErrorCode, u.ErrorDesc, at, finished); err != nil {
 				return fmt.Errorf("update upgrade %s: %w", u.RunID, err)
 			}
