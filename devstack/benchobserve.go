@@ -25,6 +25,8 @@ type benchOptions struct {
 	inFlight, continueAfter int
 	metrics, webhooks       bool
 	floors                  bool
+	// slow is the fleet's pace: a slow-download fleet, or the zero value.
+	slow slowFleet
 }
 
 // benchObserver scrapes the processes' metrics and receives their webhooks.
