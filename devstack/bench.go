@@ -52,6 +52,8 @@ func benchCommand() *cli.Command {
 			&cli.DurationFlag{Name: "download-time", Usage: "a slow-download fleet: every device takes this long over each download (e.g. 5m), " +
 				"and the rollout runs alone, without the floors"},
 			&cli.DurationFlag{Name: "report-every", Value: defaultReportEvery, Usage: "with --download-time: how often the devices report progress"},
+			&cli.StringFlag{Name: "pprof", Usage: "`DIR`: take a CPU profile of the Temporal server for 30 s, from 10 s after the rollout starts, " +
+				"write it there and print its top functions (needs --real-servers: the dev server cannot serve pprof)"},
 		),
 		Action: func(cCtx *cli.Context) error {
 			cfg, err := configFrom(cCtx)
@@ -72,10 +74,19 @@ func benchCommand() *cli.Command {
 				return cli.Exit(err.Error(), 2)
 			}
 			cfg.SimTiming = slow.timing()
+			profiles, err := pprofDir(cCtx.String("pprof"), cfg.RealServers)
+			if err != nil {
+				return cli.Exit(err.Error(), 2)
+			}
+			if profiles != "" {
+				if cfg.TemporalPProfPort, err = localstack.FreePort(); err != nil {
+					return err
+				}
+			}
 			cfg.PackageName = "bench-64k.bin"
 			cfg.PackageSize = 64 << 10
 			return runBench(cCtx.Context, cfg, benchOptions{inFlight: cCtx.Int("max-in-flight"), continueAfter: cCtx.Int("continue-after"),
-				metrics: cCtx.Bool("metrics"), webhooks: cCtx.Bool("webhooks"), floors: cCtx.Bool("floors") && !slow.on(), slow: slow})
+				metrics: cCtx.Bool("metrics"), webhooks: cCtx.Bool("webhooks"), floors: cCtx.Bool("floors") && !slow.on(), slow: slow, pprofDir: profiles})
 		},
 	}
 }
@@ -165,11 +176,25 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	if err != nil {
 		return err
 	}
+	var profile *cpuCapture
+	if opts.pprofDir != "" {
+		profile = captureCPU(ctx, fmt.Sprintf("http://127.0.0.1:%d", cfg.TemporalPProfPort),
+			filepath.Join(opts.pprofDir, "temporal-server-cpu-"+name+".pprof"), pprofDelay, pprofLength)
+	}
 	p, err := s.watchRollout(ctx, run)
 	if err != nil {
 		return err
 	}
 	rollout := benchResult{name: "rollout", devices: p.Counts.Succeeded, elapsed: time.Since(start)}
+	if profile != nil {
+		if rollout.elapsed < pprofDelay+pprofLength {
+			s.say("(the rollout took %s: the CPU profile of the Temporal server runs on to %s after its start)",
+				rollout.elapsed.Round(time.Second), pprofDelay+pprofLength)
+		}
+		if err := profile.wait(); err != nil {
+			return err
+		}
+	}
 	lost := cfg.Devices - p.Counts.Finished()
 
 	lat, err := s.latencies(ctx, name)
@@ -217,6 +242,18 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	}
 	s.say("  peak memory: worker %s, bridge %s (simulated fleet %s)", mib(wMem), mib(bMem), mib(fMem))
 	obs.finish(s, p.Counts.Finished())
+	if profile != nil {
+		top, err := pprofTop(ctx, profile.file, pprofTopN)
+		if err != nil {
+			return err
+		}
+		s.say("  CPU profile of the Temporal server (pid %d), %s from %s after the rollout started (it took %s): %s",
+			s.real.Temporal.PID(), pprofLength, pprofDelay, rollout.elapsed.Round(time.Second), profile.file)
+		s.say("  top %d functions by CPU time of their own (flat; cum: with what they call):", pprofTopN)
+		for _, l := range top {
+			s.say("%s", l)
+		}
+	}
 	return nil
 }
 
