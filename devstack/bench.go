@@ -243,15 +243,25 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	s.say("  peak memory: worker %s, bridge %s (simulated fleet %s)", mib(wMem), mib(bMem), mib(fMem))
 	obs.finish(s, p.Counts.Finished())
 	if profile != nil {
-		top, err := pprofTop(ctx, profile.file, pprofTopN)
+		flat, err := pprofTop(ctx, profile.file, pprofTopN)
+		if err != nil {
+			return err
+		}
+		cum, err := pprofTop(ctx, profile.file, pprofTopN, "-cum", "-show="+pprofServerCode)
 		if err != nil {
 			return err
 		}
 		s.say("  CPU profile of the Temporal server (pid %d), %s from %s after the rollout started (it took %s): %s",
 			s.real.Temporal.PID(), pprofLength, pprofDelay, rollout.elapsed.Round(time.Second), profile.file)
 		s.say("  top %d functions by CPU time of their own (flat; cum: with what they call):", pprofTopN)
-		for _, l := range top {
+		for _, l := range flat {
 			s.say("%s", l)
+		}
+		s.say("  top %d of the server's own functions (go.temporal.io/server) by CPU time with what they call (cum):", pprofTopN)
+		for _, l := range cum {
+			if !strings.HasPrefix(strings.TrimSpace(l), "Duration:") {
+				s.say("%s", l)
+			}
 		}
 	}
 	return nil

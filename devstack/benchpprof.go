@@ -112,9 +112,15 @@ func fetchProfile(ctx context.Context, url, file string, length time.Duration) (
 	return n, nil
 }
 
-// pprofTop runs `go tool pprof -top` on a profile and returns its summary lines (pprofTopLines).
-func pprofTop(ctx context.Context, file string, n int) ([]string, error) {
-	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", fmt.Sprintf("-nodecount=%d", n), file).CombinedOutput()
+// pprofServerCode matches the Temporal server's own functions (pprof -show), for the summary
+// by cumulative time: the runtime and gRPC frames around them say little.
+const pprofServerCode = `^go\.temporal\.io/server/`
+
+// pprofTop runs `go tool pprof -top` on a profile, with more options, and returns its summary
+// lines (pprofTopLines).
+func pprofTop(ctx context.Context, file string, n int, options ...string) ([]string, error) {
+	args := append(append([]string{"tool", "pprof", "-top", fmt.Sprintf("-nodecount=%d", n)}, options...), file)
+	out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("go tool pprof -top %s: %w\n%s", file, err, out)
 	}
