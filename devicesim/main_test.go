@@ -73,6 +73,8 @@ func TestBadFlags(t *testing.T) {
 		{"signatures required without keys", []string{"--require-signatures", "--no-register"}, "no trusted keys"},
 		{"protocol 1 requiring signatures", []string{"--protocol", "1", "--require-signatures", "--no-register"}, "protocol 1 devices verify no signatures"},
 		{"tamper rate above 1", []string{"--tamper", "2", "--no-register"}, "fault tamper: rate 2"},
+		{"negative download time", []string{"--download-time", "-1s", "--no-register"}, "download time -1s is negative"},
+		{"download time beyond its timeout", []string{"--download-time", "11m", "--no-register"}, "not shorter than the download timeout"},
 	}
 	t.Setenv("DATABASE_URL", "")
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())

@@ -48,7 +48,12 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "continue-after", Value: ota.DefaultContinueAfter, Usage: "device upgrades per rollout run (and floor 3 run) before it continues as new"},
 			&cli.BoolFlag{Name: "metrics", Usage: "the worker and the bridge serve metrics, scraped every 15 s during the rollout"},
 			&cli.BoolFlag{Name: "webhooks", Usage: "the worker sends every event notification to a receiver the benchmark runs"},
-			&cli.BoolFlag{Name: "floors", Value: true, Usage: "measure the three floors too (--floors=false: the rollout alone)"},
+			&cli.BoolFlag{Name: "floors", Value: true, Usage: "measure the three floors too (--floors=false: the rollout alone; not with --download-time)"},
+			&cli.DurationFlag{Name: "download-time", Usage: "a slow-download fleet: every device takes this long over each download (e.g. 5m), " +
+				"and the rollout runs alone, without the floors"},
+			&cli.DurationFlag{Name: "report-every", Value: defaultReportEvery, Usage: "with --download-time: how often the devices report progress"},
+			&cli.StringFlag{Name: "pprof", Usage: "`DIR`: take a CPU profile of the Temporal server for 30 s, from 10 s after the rollout starts, " +
+				"write it there and print its top functions (needs --real-servers: the dev server cannot serve pprof)"},
 		),
 		Action: func(cCtx *cli.Context) error {
 			cfg, err := configFrom(cCtx)
@@ -62,10 +67,26 @@ func benchCommand() *cli.Command {
 			// own; on the real servers the workers and the bridges do (two each), and the fleet
 			// runs in this process.
 			cfg.External = !cfg.RealServers
+			slow, err := slowFleetFrom(slowFlags{download: cCtx.Duration("download-time"), downloadSet: cCtx.IsSet("download-time"),
+				reportEvery: cCtx.Duration("report-every"), reportEverySet: cCtx.IsSet("report-every"),
+				floorsSet: cCtx.IsSet("floors") && cCtx.Bool("floors")})
+			if err != nil {
+				return cli.Exit(err.Error(), 2)
+			}
+			cfg.SimTiming = slow.timing()
+			profiles, err := pprofDir(cCtx.String("pprof"), cfg.RealServers)
+			if err != nil {
+				return cli.Exit(err.Error(), 2)
+			}
+			if profiles != "" {
+				if cfg.TemporalPProfPort, err = localstack.FreePort(); err != nil {
+					return err
+				}
+			}
 			cfg.PackageName = "bench-64k.bin"
 			cfg.PackageSize = 64 << 10
 			return runBench(cCtx.Context, cfg, benchOptions{inFlight: cCtx.Int("max-in-flight"), continueAfter: cCtx.Int("continue-after"),
-				metrics: cCtx.Bool("metrics"), webhooks: cCtx.Bool("webhooks"), floors: cCtx.Bool("floors")})
+				metrics: cCtx.Bool("metrics"), webhooks: cCtx.Bool("webhooks"), floors: cCtx.Bool("floors") && !slow.on(), slow: slow, pprofDir: profiles})
 		},
 	}
 }
@@ -104,7 +125,7 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 		s.say("%d simulated devices connected and reported (in this process); %d workers and %d bridges run apart.",
 			cfg.Devices, len(r.Workers), len(r.Bridges))
 	} else {
-		procs, err := s.startProcesses(ctx, cfg.Devices, obs)
+		procs, err := s.startProcesses(ctx, cfg.Devices, obs, opts.slow.devicesimArgs()...)
 		if err != nil {
 			return err
 		}
@@ -141,9 +162,11 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	}
 
 	name := "bench-" + time.Now().UTC().Format("20060102-150405")
+	startTimeout, silenceTimeout := opts.slow.rolloutTimeouts()
 	req := ota.RolloutRequest{Name: name,
-		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: "1.4", URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
-			StartTimeout: ota.Duration(rawRetry), MaxAttempts: rawTries + 1, RetryBackoff: ota.Duration(time.Second)},
+		Upgrade: ota.UpgradeRequest{Type: "firmware", Version: rolloutVersion, URL: s.Package.URL, MD5: s.Package.MD5, Size: s.Package.Size,
+			StartTimeout: ota.Duration(startTimeout), SilenceTimeout: ota.Duration(silenceTimeout),
+			MaxAttempts: rawTries + 1, RetryBackoff: ota.Duration(time.Second)},
 		Targets:     ota.Targets{Prefix: "sim-"},
 		MaxInFlight: inFlight, ContinueAfter: continueAfter, PageSize: 1000,
 	}
@@ -153,18 +176,36 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	if err != nil {
 		return err
 	}
+	var profile *cpuCapture
+	if opts.pprofDir != "" {
+		profile = captureCPU(ctx, fmt.Sprintf("http://127.0.0.1:%d", cfg.TemporalPProfPort),
+			filepath.Join(opts.pprofDir, "temporal-server-cpu-"+name+".pprof"), pprofDelay, pprofLength)
+	}
 	p, err := s.watchRollout(ctx, run)
 	if err != nil {
 		return err
 	}
 	rollout := benchResult{name: "rollout", devices: p.Counts.Succeeded, elapsed: time.Since(start)}
+	if profile != nil {
+		if rollout.elapsed < pprofDelay+pprofLength {
+			s.say("(the rollout took %s: the CPU profile of the Temporal server runs on to %s after its start)",
+				rollout.elapsed.Round(time.Second), pprofDelay+pprofLength)
+		}
+		if err := profile.wait(); err != nil {
+			return err
+		}
+	}
 	lost := cfg.Devices - p.Counts.Finished()
 
 	lat, err := s.latencies(ctx, name)
 	if err != nil {
 		return err
 	}
-	hist, err := s.deviceHistories(ctx, ids, 200)
+	var reportsSince time.Time
+	if opts.slow.on() {
+		reportsSince = start
+	}
+	hist, err := s.deviceHistories(ctx, ids, 200, reportsSince)
 	if err != nil {
 		return err
 	}
@@ -189,6 +230,11 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 		s.say("  floor 3: minimal rollout/min      %8.0f   (rollout at %.0f%% of it)", floor3.perMinute(), 100*rollout.perMinute()/floor3.perMinute())
 	}
 	s.say("  time per device p50 / p99         %8s / %s", lat.p50.Round(time.Millisecond), lat.p99.Round(time.Millisecond))
+	if opts.slow.on() {
+		for _, l := range opts.slow.lines(slowSample{upgrades: hist.upgrades, reports: hist.reports, signals: hist.signals, avg: hist.avg, max: hist.max}) {
+			s.say("%s", l)
+		}
+	}
 	s.say("  history events per device upgrade %8.1f avg, %d max (sample of %d)", hist.avg, hist.max, hist.n)
 	s.say("  largest rollout execution history %8d events (%d runs, continue-as-new every %d devices)", maxRollout, runs, continueAfter)
 	for _, l := range (eventBreakdown{device: hist.events, upgrades: hist.upgrades, rollout: rolloutEvents, devices: p.Counts.Started}).lines() {
@@ -196,6 +242,28 @@ func runBench(ctx context.Context, cfg Config, opts benchOptions) error {
 	}
 	s.say("  peak memory: worker %s, bridge %s (simulated fleet %s)", mib(wMem), mib(bMem), mib(fMem))
 	obs.finish(s, p.Counts.Finished())
+	if profile != nil {
+		flat, err := pprofTop(ctx, profile.file, pprofTopN)
+		if err != nil {
+			return err
+		}
+		cum, err := pprofTop(ctx, profile.file, pprofTopN, "-cum", "-show="+pprofServerCode)
+		if err != nil {
+			return err
+		}
+		s.say("  CPU profile of the Temporal server (pid %d), %s from %s after the rollout started (it took %s): %s",
+			s.real.Temporal.PID(), pprofLength, pprofDelay, rollout.elapsed.Round(time.Second), profile.file)
+		s.say("  top %d functions by CPU time of their own (flat; cum: with what they call):", pprofTopN)
+		for _, l := range flat {
+			s.say("%s", l)
+		}
+		s.say("  top %d of the server's own functions (go.temporal.io/server) by CPU time with what they call (cum):", pprofTopN)
+		for _, l := range cum {
+			if !strings.HasPrefix(strings.TrimSpace(l), "Duration:") {
+				s.say("%s", l)
+			}
+		}
+	}
 	return nil
 }
 
@@ -318,6 +386,10 @@ func (s *Stack) benchRawMQTT(ctx context.Context, ids []string, version string, 
 // again, and the rollout's start timeout: a few simulated devices in ten thousand stop
 // answering under this load, and each measure gives them up the same way.
 const rawRetry = 20 * time.Second
+
+// rolloutVersion is the firmware version the benchmark's rollout installs (the floors install
+// 1.1 to 1.3 before it).
+const rolloutVersion = "1.4"
 
 // rawTries is how many times floor 1 sends a command again before it gives the device up.
 const rawTries = 2
@@ -485,12 +557,17 @@ type histories struct {
 	// events are the sampled successful upgrades' events by type, and how many they are.
 	events   eventCounts
 	upgrades int
+	// signals are the signals the sampled successful upgrades received, by name; reports the
+	// progress reports stored for them (counted only when asked).
+	signals map[string]int
+	reports int
 }
 
 // deviceHistories samples the histories of n device upgrades of a rollout: their length, and
-// the events of the successful ones by type.
-func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histories, error) {
-	h := histories{events: eventCounts{}}
+// the events and signals of the successful ones by type; when reportsSince is not zero, also
+// the progress reports of rolloutVersion the bridge stored for them since then.
+func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int, reportsSince time.Time) (histories, error) {
+	h := histories{events: eventCounts{}, signals: map[string]int{}}
 	var sum int64
 	for i := 0; i < len(ids) && h.n < n; i += max(1, len(ids)/n) {
 		events, err := s.history(ctx, ota.DeviceWorkflowID(ids[i]), "")
@@ -504,6 +581,20 @@ func (s *Stack) deviceHistories(ctx context.Context, ids []string, n int) (histo
 		if upgradeSucceeded(events) {
 			h.events.add(countEvents(events))
 			h.upgrades++
+			for name, c := range signalCounts(events) {
+				h.signals[name] += c
+			}
+			if !reportsSince.IsZero() {
+				reports, err := s.Store.ProgressEvents(ctx, ids[i], 10000)
+				if err != nil {
+					return h, err
+				}
+				for _, r := range reports {
+					if r.Version == rolloutVersion && !r.ReceivedAt.Before(reportsSince) {
+						h.reports++
+					}
+				}
+			}
 		}
 	}
 	if h.n > 0 {
@@ -566,7 +657,7 @@ const procStopTimeout = 20 * time.Second
 
 // startProcesses builds and starts the worker, the bridge and the simulated fleet as
 // processes of their own.
-func (s *Stack) startProcesses(ctx context.Context, devices int, obs *benchObserver) (*benchProcs, error) {
+func (s *Stack) startProcesses(ctx context.Context, devices int, obs *benchObserver, simArgs ...string) (*benchProcs, error) {
 	bin := filepath.Join(s.cfg.DataDir, "bin")
 	for _, pkg := range []string{"worker", "mqttbridge", "devicesim"} {
 		s.say("Building ./%s ...", pkg)
@@ -596,10 +687,11 @@ func (s *Stack) startProcesses(ctx context.Context, devices int, obs *benchObser
 	}
 	// The bridge records the devices' boot reports once it is subscribed.
 	time.Sleep(2 * time.Second)
-	if p.fleet, err = start("devicesim", s.MQTTURL, "--devices", strconv.Itoa(devices), "--prefix", "sim",
+	args := append([]string{"--devices", strconv.Itoa(devices), "--prefix", "sim",
 		// Every run starts the fleet from firmware 1.0, whatever an earlier run installed.
 		"--status", "firmware_ver=1.0", "--state-dir", filepath.Join(s.cfg.DataDir, "devicesim"), "--keep-versions=false",
-		"--summary-interval", "0"); err != nil {
+		"--summary-interval", "0"}, simArgs...)
+	if p.fleet, err = start("devicesim", s.MQTTURL, args...); err != nil {
 		p.stop()
 		return nil, err
 	}

@@ -25,6 +25,10 @@ type benchOptions struct {
 	inFlight, continueAfter int
 	metrics, webhooks       bool
 	floors                  bool
+	// slow is the fleet's pace: a slow-download fleet, or the zero value.
+	slow slowFleet
+	// pprofDir, when set, receives a CPU profile of the Temporal server taken during the rollout.
+	pprofDir string
 }
 
 // benchObserver scrapes the processes' metrics and receives their webhooks.

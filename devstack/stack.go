@@ -58,6 +58,9 @@ type Config struct {
 	// first bridge's (with the broker's figures too, --broker-metrics), and Mosquitto's $SYS
 	// figures as the bridge exports them (internal/dev/prodstack).
 	MetricsPort int
+	// TemporalPProfPort, when not 0, serves the real Temporal server's Go profiles on
+	// 127.0.0.1:TemporalPProfPort (RealServers only: the dev server cannot, see benchpprof.go).
+	TemporalPProfPort int
 }
 
 // Stack is the running local system: the servers and the system around them.
@@ -225,7 +228,8 @@ func (s *Stack) startReal(ctx context.Context, log io.Writer, packages pkgsig.Po
 		Devices: cfg.Devices, Prefix: "sim", Initial: protocol.Status{"firmware_ver": "1.0", "app_ver": "3.2"},
 		Timing: cfg.SimTiming, PackageDir: filepath.Join(cfg.DataDir, "packages"), PackageName: cfg.PackageName, PackageSize: cfg.PackageSize,
 		TrustedKeys: s.Publisher.trustedDir, RequireSignatures: cfg.RequireSignatures,
-		DevicePolicy: pkgsig.Policy{Keys: packages.Keys}, Metrics: metricsAddrs(cfg), Log: log, Say: s.say})
+		DevicePolicy: pkgsig.Policy{Keys: packages.Keys}, Metrics: metricsAddrs(cfg), TemporalPProfPort: cfg.TemporalPProfPort,
+		Log: log, Say: s.say})
 	if err != nil {
 		return err
 	}

@@ -147,6 +147,9 @@ type TemporalServerOptions struct {
 	Ports TemporalServerPorts
 	// MetricsAddress, when set (host:port), serves Prometheus metrics there.
 	MetricsAddress string
+	// PProfPort, when not 0, serves the server's Go profiles (net/http/pprof, /debug/pprof/)
+	// on 127.0.0.1:PProfPort, and nowhere else.
+	PProfPort int
 	// Namespace is the namespace of Client; "" means "default". It is not created: that is
 	// the setup step's work (internal/setup).
 	Namespace string
@@ -336,7 +339,7 @@ var templateVars = []string{
 	"POSTGRES_SEEDS", "DB_PORT", "POSTGRES_USER", "POSTGRES_PWD", "DBNAME", "VISIBILITY_DBNAME",
 	"BIND_ON_IP", "FRONTEND_GRPC_PORT", "FRONTEND_HTTP_PORT", "FRONTEND_MEMBERSHIP_PORT",
 	"HISTORY_GRPC_PORT", "HISTORY_MEMBERSHIP_PORT", "MATCHING_GRPC_PORT", "MATCHING_MEMBERSHIP_PORT",
-	"WORKER_GRPC_PORT", "WORKER_MEMBERSHIP_PORT", "PROMETHEUS_ENDPOINT", "LOG_LEVEL", "DYNAMIC_CONFIG_FILE_PATH",
+	"WORKER_GRPC_PORT", "WORKER_MEMBERSHIP_PORT", "PROMETHEUS_ENDPOINT", "PPROF_PORT", "LOG_LEVEL", "DYNAMIC_CONFIG_FILE_PATH",
 	"TEMPORAL_SQL_TOOL", "TEMPORAL_SCHEMA_DIR",
 }
 
@@ -374,6 +377,9 @@ func temporalServerEnv(opts TemporalServerOptions, configDir string, ports Tempo
 	}
 	if opts.MetricsAddress != "" {
 		set["PROMETHEUS_ENDPOINT"] = opts.MetricsAddress
+	}
+	if opts.PProfPort != 0 {
+		set["PPROF_PORT"] = strconv.Itoa(opts.PProfPort)
 	}
 	drop := map[string]bool{}
 	for _, k := range templateVars {

@@ -243,8 +243,8 @@ func TestTemporalServerConfigRefusesRelativeDynamicConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	render := func(dynamicConfig string) (string, error) {
-		env, err := temporalServerEnv(TemporalServerOptions{PostgresURL: "postgres://temporal:s3cret@db.example:6543/x", LogLevel: "warn"},
+	render := func(dynamicConfig string, pprofPort int) (string, error) {
+		env, err := temporalServerEnv(TemporalServerOptions{PostgresURL: "postgres://temporal:s3cret@db.example:6543/x", LogLevel: "warn", PProfPort: pprofPort},
 			configDir, TemporalServerPorts{FrontendGRPC: 17233, FrontendHTTP: 17243, FrontendMembership: 16933,
 				HistoryGRPC: 17234, HistoryMembership: 16934, MatchingGRPC: 17235, MatchingMembership: 16935, WorkerGRPC: 17239, WorkerMembership: 16939})
 		if err != nil {
@@ -258,9 +258,20 @@ func TestTemporalServerConfigRefusesRelativeDynamicConfig(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	out, err := render(filepath.Join(configDir, temporalconfig.DynamicConfigFile))
+	out, err := render(filepath.Join(configDir, temporalconfig.DynamicConfigFile), 0)
 	if err != nil {
 		t.Fatalf("render with an absolute path: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "pprof:\n        host: \"\"\n        port: 0\n") {
+		t.Errorf("rendered configuration has a pprof port nobody asked for (want port 0):\n%s", out)
+	}
+	// A pprof port is served on 127.0.0.1 alone.
+	withPProf, err := render(filepath.Join(configDir, temporalconfig.DynamicConfigFile), 17260)
+	if err != nil {
+		t.Fatalf("render with a pprof port: %v\n%s", err, withPProf)
+	}
+	if !strings.Contains(withPProf, "pprof:\n        host: 127.0.0.1\n        port: 17260\n") {
+		t.Errorf("rendered configuration lacks the pprof endpoint on 127.0.0.1:17260:\n%s", withPProf)
 	}
 	for _, want := range []string{"numHistoryShards: 4", "db.example:6543", "pluginName: postgres12", "grpcPort: 17233", "bindOnIP: 127.0.0.1",
 		"databaseName: temporal_visibility", "membershipPort: 16939"} {
@@ -268,7 +279,7 @@ func TestTemporalServerConfigRefusesRelativeDynamicConfig(t *testing.T) {
 			t.Errorf("rendered configuration lacks %q:\n%s", want, out)
 		}
 	}
-	out, err = render("config/dynamicconfig.yaml")
+	out, err = render("config/dynamicconfig.yaml", 0)
 	if err == nil || !strings.Contains(out, "is not an absolute path") {
 		t.Fatalf("render with a relative path: %v, want a refusal naming the absolute path; output:\n%s", err, out)
 	}

@@ -75,6 +75,9 @@ type Options struct {
 	// on the bridge's account), as devstack's embedded broker serves its own. Worker and
 	// Bridge need a port of their own (not 0); "" leaves a part out.
 	Metrics *system.MetricsAddrs
+	// TemporalPProfPort, when not 0, serves the Temporal server's Go profiles on
+	// 127.0.0.1:TemporalPProfPort (/debug/pprof/), at every start of the server.
+	TemporalPProfPort int
 	// Log receives every part's output; nil discards it.
 	Log io.Writer
 	// Say receives progress lines for people; nil discards them.
@@ -288,7 +291,7 @@ func (s *Stack) startTemporal(ctx context.Context, frontend int) (err error) {
 	s.say("Starting the Temporal server %s (deploy/temporal, PostgreSQL persistence and visibility) ...",
 		localstack.TemporalServerVersion)
 	opts := localstack.TemporalServerOptions{Binaries: s.temporalBinaries, Dir: filepath.Join(s.opts.Dir, "temporal"),
-		PostgresURL: s.DatabaseURL, Log: s.opts.Log, Logger: log.NewStructuredLogger(s.log)}
+		PostgresURL: s.DatabaseURL, PProfPort: s.opts.TemporalPProfPort, Log: s.opts.Log, Logger: log.NewStructuredLogger(s.log)}
 	if s.Temporal != nil {
 		opts.Ports = s.Temporal.Ports()
 	} else {

@@ -589,6 +589,10 @@ func (d *device) download(runCtx, workCtx context.Context, cmd *protocol.Upgrade
 	if slow {
 		buf = buf[:max(1, min(int64(len(buf)), t.SlowRate/10))]
 	}
+	if t.DownloadTime > 0 {
+		// About one percent a read, so that progress moves evenly over the download time.
+		buf = buf[:max(1, min(int64(len(buf)), cmd.Size/100))]
+	}
 	body := io.LimitReader(resp.Body, cmd.Size+1)
 	h, sh := md5.New(), sha256.New()
 	corruptAt := cmd.Size / 2
@@ -613,6 +617,13 @@ func (d *device) download(runCtx, workCtx context.Context, cmd *protocol.Upgrade
 			}
 			sh.Write(data)
 			n += int64(m)
+			// A slow download (the slow fault, or a fleet's download time) has these bytes
+			// arrive when their share of the time is due.
+			if due := d.downloadDue(start, n, cmd.Size, slow); due.After(start) {
+				if !sleep(ctx, time.Until(due)) {
+					return downloaded{size: n}, ctx.Err()
+				}
+			}
 			pct := int(min(n, cmd.Size) * 100 / cmd.Size)
 			if silent && pct >= silentAtPercent {
 				return downloaded{size: n}, errSilent
@@ -635,12 +646,6 @@ func (d *device) download(runCtx, workCtx context.Context, cmd *protocol.Upgrade
 				d.report(ctx, cmd, pct, desc)
 				lastPct, lastAt = pct, time.Now()
 			}
-			if slow {
-				due := start.Add(time.Duration(float64(n) / float64(t.SlowRate) * float64(time.Second)))
-				if !sleep(ctx, time.Until(due)) {
-					return downloaded{size: n}, ctx.Err()
-				}
-			}
 		}
 		if rerr == io.EOF {
 			break
@@ -650,6 +655,28 @@ func (d *device) download(runCtx, workCtx context.Context, cmd *protocol.Upgrade
 		}
 	}
 	return downloaded{size: n, md5: hex.EncodeToString(h.Sum(nil)), sha256: hex.EncodeToString(sh.Sum(nil))}, nil
+}
+
+// downloadDue is when the first n of size bytes of a download begun at start are due: with the
+// slow fault at Timing.SlowRate, with a download time their share of it, whichever is later;
+// start itself when neither paces the download.
+func (d *device) downloadDue(start time.Time, n, size int64, slow bool) time.Time {
+	t := d.f.cfg.Timing
+	due := start
+	if slow {
+		due = start.Add(time.Duration(float64(n) / float64(t.SlowRate) * float64(time.Second)))
+	}
+	if t.DownloadTime > 0 && size > 0 {
+		due = maxTime(due, start.Add(time.Duration(float64(min(n, size))/float64(size)*float64(t.DownloadTime))))
+	}
+	return due
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // publish sends v as JSON at QoS 1 on the current connection and waits for the broker's

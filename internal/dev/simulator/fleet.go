@@ -38,6 +38,12 @@ type Timing struct {
 	RebootDelay time.Duration
 	// SlowRate is the download speed, in bytes per second, of a device with the slow fault.
 	SlowRate int64
+	// DownloadTime, when positive, makes every download of every device take that long
+	// (a slow-download fleet): the bytes arrive evenly over it, about one percent at a time,
+	// and progress is reported every ReportInterval as usual. Zero downloads as fast as the
+	// network allows. It must be shorter than DownloadTimeout. (The slow fault's SlowRate,
+	// when slower, still applies on top.)
+	DownloadTime time.Duration
 	// OfflineAfter is when, after its first boot, a device with the offline fault disconnects;
 	// zero means right after its first boot status.
 	OfflineAfter time.Duration
@@ -84,6 +90,7 @@ func (t *Timing) setDefaults() error {
 		{"install delay", &t.InstallDelay, &d.InstallDelay, false},
 		{"reboot delay", &t.RebootDelay, &d.RebootDelay, false},
 		{"offline after", &t.OfflineAfter, &d.OfflineAfter, true},
+		{"download time", &t.DownloadTime, &d.DownloadTime, true},
 		{"offline for", &t.OfflineFor, &d.OfflineFor, false},
 		{"connect timeout", &t.ConnectTimeout, &d.ConnectTimeout, false},
 		{"max reconnect interval", &t.MaxReconnectInterval, &d.MaxReconnectInterval, false},
@@ -97,6 +104,9 @@ func (t *Timing) setDefaults() error {
 		if *f.v == 0 && !f.zeroValid {
 			*f.v = *f.dflt
 		}
+	}
+	if t.DownloadTime >= t.DownloadTimeout {
+		return fmt.Errorf("timing: download time %v is not shorter than the download timeout %v", t.DownloadTime, t.DownloadTimeout)
 	}
 	if t.KeepAlive < time.Second {
 		return fmt.Errorf("timing: keep-alive %v is shorter than a second", t.KeepAlive)

@@ -67,6 +67,44 @@ func TestUpgrade(t *testing.T) {
 	}
 }
 
+// TestDownloadTime: a fleet with a download time takes that long over every download and
+// reports progress at its report interval on the way, increasing, ending with 100.
+func TestDownloadTime(t *testing.T) {
+	const downloadTime, interval = 200 * time.Millisecond, 50 * time.Millisecond
+	e := newEnv(t)
+	e.files.add("/fw/1.1.bin", pkgSize)
+	e.startFleetWith([]string{"dev-1"}, func(c *Config) {
+		c.Timing.DownloadTime, c.Timing.ReportInterval = downloadTime, interval
+	})
+	e.watcher.waitFor(t, "dev-1", "boot status", hasStatus("firmware_ver", "1.0"))
+
+	sent := time.Now()
+	e.send("dev-1", e.command("cmd-1", "/fw/1.1.bin"))
+	evs := e.watcher.waitFor(t, "dev-1", "download done", func(evs []event) bool {
+		p := progressOf(evs, "cmd-1")
+		return len(p) > 0 && p[len(p)-1].Progress == 100
+	})
+	took := time.Since(sent)
+	if took < downloadTime {
+		t.Errorf("the download took %s, less than the download time %s", took, downloadTime)
+	}
+	progress := progressOf(evs, "cmd-1")
+	// One report at the first percent, then one an interval, then 100: at least the download
+	// time over the interval, and no more than the time it really took allows.
+	if least, most := int(downloadTime/interval), int(took/interval)+2; len(progress) < least || len(progress) > most {
+		t.Errorf("%d progress reports in %s, want %d to %d: %v", len(progress), took, least, most, progress)
+	}
+	for i, p := range progress {
+		if i > 0 && p.Progress <= progress[i-1].Progress {
+			t.Errorf("progress not increasing: %d after %d: %v", p.Progress, progress[i-1].Progress, progress)
+		}
+	}
+	if first := progress[0].Progress; first >= 25 {
+		t.Errorf("first progress = %d, want an early one (the bytes arrive about 1%% at a time)", first)
+	}
+	e.watcher.waitFor(t, "dev-1", "new version", hasStatus("firmware_ver", "1.1"))
+}
+
 func TestFaults(t *testing.T) {
 	e := newEnv(t)
 	e.files.add("/fw/1.1.bin", pkgSize)
@@ -344,6 +382,9 @@ func TestConfigErrors(t *testing.T) {
 		{"negative attempts", func(c *Config) { c.Faults.Slow.Attempts = -1 }, "negative"},
 		{"unknown fault device", func(c *Config) { c.Faults.Silent.Devices = []string{"sim-00009"} }, "not in the fleet"},
 		{"negative delay", func(c *Config) { c.Timing.InstallDelay = -time.Second }, "negative"},
+		{"negative download time", func(c *Config) { c.Timing.DownloadTime = -time.Second }, "download time -1s is negative"},
+		{"download time beyond the download timeout", func(c *Config) { c.Timing.DownloadTime = 10 * time.Minute },
+			"download time 10m0s is not shorter than the download timeout 10m0s"},
 		{"unknown protocol", func(c *Config) { c.Protocol = "2" }, `protocol "2": want 1 or 1.1`},
 		{"protocol 1 with trusted keys", func(c *Config) { c.Protocol, c.TrustedKeys = ProtocolV1, &pkgsig.TrustedKeys{} }, "protocol 1 devices verify no signatures"},
 		{"protocol 1 requiring signatures", func(c *Config) { c.Protocol, c.RequireSignatures = ProtocolV1, true }, "protocol 1 devices verify no signatures"},
