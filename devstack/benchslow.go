@@ -81,15 +81,16 @@ func (f slowFleet) devicesimArgs() []string {
 
 // rolloutTimeouts are the device upgrades' start and silence timeouts (0: the default). A fast
 // fleet answers within seconds, so the start timeout is rawRetry, as the floors wait. A slow
-// device's first report comes once a percent of its download is in, and the bridge forwards
-// its progress at most every bridge.DefaultProgressInterval, so the silence between two
-// signals is up to that plus a report interval: both timeouts leave room for twice that.
+// device's first report comes once a percent of its download is in; then the bridge forwards
+// no intermediate progress by default, and the workflow reads the stored reports when its
+// silence deadline passes: the default silence timeout applies, or two report intervals when
+// that is longer.
 func (f slowFleet) rolloutTimeouts() (start, silence time.Duration) {
 	if !f.on() {
 		return rawRetry, 0
 	}
 	start = rawRetry + f.download/100
-	silence = max(ota.DefaultSilenceTimeout, 2*(f.reportEvery+bridge.DefaultProgressInterval))
+	silence = max(ota.DefaultSilenceTimeout, 2*f.reportEvery)
 	return start, silence
 }
 
