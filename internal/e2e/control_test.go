@@ -268,11 +268,13 @@ func TestRecordEqualsWorkflow(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := fmt.Sprintf("%s attempt %d progress %d code %d", rec.State, rec.Attempt, rec.Progress, rec.ErrorCode)
-			want := fmt.Sprintf("%s attempt %d progress %d code %d", st.State, st.Attempt, st.Progress, st.ErrorCode)
-			if got != want {
+			got := fmt.Sprintf("%s attempt %d code %d", rec.State, rec.Attempt, rec.ErrorCode)
+			want := fmt.Sprintf("%s attempt %d code %d", st.State, st.Attempt, st.ErrorCode)
+			// The record's progress may be ahead of the workflow's: the bridge records every
+			// report of the attempt, the workflow hears of few (issue 14).
+			if got != want || rec.Progress < st.Progress {
 				b, _ := json.Marshal(st)
-				t.Errorf("record %s, workflow %s (%s)", got, want, b)
+				t.Errorf("record %s progress %d, workflow %s progress %d (%s)", got, rec.Progress, want, st.Progress, b)
 			}
 		})
 	}

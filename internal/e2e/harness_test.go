@@ -35,6 +35,9 @@ func TestMain(m *testing.M) {
 var fastTiming = simulator.Timing{ReportInterval: 20 * time.Millisecond, InstallDelay: 200 * time.Millisecond,
 	RebootDelay: 100 * time.Millisecond, KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second}
 
+// e2eProgressMerge is the bridge's merge window in these tests.
+const e2eProgressMerge = 500 * time.Millisecond
+
 // env is one test's system: its own database, broker, worker, bridge and devices, on the
 // shared Temporal server. Tests using it must not run in parallel: they share the task queue.
 type env struct {
@@ -86,6 +89,12 @@ func newEnvFor(t testing.TB, timeout time.Duration, cfg system.Config, prepare f
 	}
 	if cfg.Timing == (simulator.Timing{}) {
 		cfg.Timing = fastTiming
+	}
+	if cfg.Bridge.ProgressMerge == 0 {
+		// The harness's timeouts are seconds (its devices take milliseconds): its merge
+		// window is scaled down with them, as a deployment keeps its window well below its
+		// timeouts.
+		cfg.Bridge.ProgressMerge = e2eProgressMerge
 	}
 	if testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
