@@ -64,8 +64,8 @@ func TestReplayRecordedHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	files = append(files, more...)
-	if len(files) < 108 {
-		t.Fatalf("found %d recorded histories, want the 108 recorded so far", len(files))
+	if len(files) < 142 {
+		t.Fatalf("found %d recorded histories, want the 142 recorded so far", len(files))
 	}
 	for _, file := range files {
 		t.Run(strings.TrimPrefix(file, "testdata/"), func(t *testing.T) {
