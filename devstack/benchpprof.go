@@ -66,7 +66,9 @@ func captureCPU(ctx context.Context, baseURL, file string, delay, length time.Du
 	c := &cpuCapture{file: file, done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
-		if !sleepCtx(ctx, delay) {
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
 			c.err = ctx.Err()
 			return
 		}
@@ -147,16 +149,4 @@ func pprofTopLines(out string, n int) []string {
 		}
 	}
 	return lines
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether ctx is still live.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -538,12 +538,8 @@ func (u *upgrade) onTimer(ctx workflow.Context) {
 // silence timeout. A report within the silence timeout moves the silence deadline and the
 // progress on, and the attempt goes on.
 func (u *upgrade) stillReporting(ctx workflow.Context) bool {
-	var a *activities.Activities
-	var last ota.LastReport
-	in := ota.LastReportInput{DeviceID: u.req.DeviceID,
-		Attempt: ota.AttemptKey{CommandID: u.st.CommandID, Type: u.req.Type, Version: u.req.Version}}
-	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.LastProgress, in).Get(ctx, &last); err != nil {
-		workflow.GetLogger(ctx).Warn("Could not read the device's stored reports; the silence timeout applies", "Error", err)
+	last, ok := u.lastStored(ctx)
+	if !ok {
 		return false
 	}
 	now := workflow.Now(ctx)
@@ -565,15 +561,8 @@ func (u *upgrade) stillReporting(ctx workflow.Context) bool {
 // report moves the attempt to downloading or downloaded as of when it was received. It
 // reports whether the attempt's deadline is now later: the attempt goes on.
 func (u *upgrade) catchUp(ctx workflow.Context) bool {
-	var a *activities.Activities
-	var last ota.LastReport
-	in := ota.LastReportInput{DeviceID: u.req.DeviceID,
-		Attempt: ota.AttemptKey{CommandID: u.st.CommandID, Type: u.req.Type, Version: u.req.Version}}
-	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.LastProgress, in).Get(ctx, &last); err != nil {
-		workflow.GetLogger(ctx).Warn("Could not read the device's stored reports; the timeout applies", "Error", err)
-		return false
-	}
-	if !last.Found || !last.ReceivedAt.After(u.phaseSince) || last.Progress < 1 || last.Progress > 100 {
+	last, ok := u.lastStored(ctx)
+	if !ok || !last.Found || !last.ReceivedAt.After(u.phaseSince) || last.Progress < 1 || last.Progress > 100 {
 		return false
 	}
 	u.phaseSince = last.ReceivedAt
@@ -590,6 +579,19 @@ func (u *upgrade) catchUp(ctx workflow.Context) bool {
 		u.transition(ctx, next, last.Desc)
 	}
 	return u.phaseDeadline().After(workflow.Now(ctx))
+}
+
+// lastStored reads the attempt's latest progress report PostgreSQL stored (LastProgress); ok
+// is false when it cannot be read, and the timeout then applies.
+func (u *upgrade) lastStored(ctx workflow.Context) (last ota.LastReport, ok bool) {
+	var a *activities.Activities
+	in := ota.LastReportInput{DeviceID: u.req.DeviceID,
+		Attempt: ota.AttemptKey{CommandID: u.st.CommandID, Type: u.req.Type, Version: u.req.Version}}
+	if err := workflow.ExecuteLocalActivity(workflow.WithLocalActivityOptions(ctx, recordOptions), a.LastProgress, in).Get(ctx, &last); err != nil {
+		workflow.GetLogger(ctx).Warn("Could not read the device's stored reports; the timeout applies", "Error", err)
+		return last, false
+	}
+	return last, true
 }
 
 // endAttempt ends the current attempt with an error code or a timeout, and either waits to
