@@ -140,7 +140,8 @@ func (f slowFleet) lines(s slowSample) []string {
 		fmt.Sprintf("  signals per upgrade               %8.1f reached the workflow: %.1f progress, %.1f status, %.1f other",
 			per(s.signals[ota.SignalProgress]+s.signals[ota.SignalStatus]+others, s.upgrades),
 			per(s.signals[ota.SignalProgress], s.upgrades), per(s.signals[ota.SignalStatus], s.upgrades), per(others, s.upgrades)),
-		fmt.Sprintf("  (reports and signals: the %d successful upgrades of the sample; the bridge forwards a device's progress at most every %s)",
-			s.upgrades, bridge.DefaultProgressInterval),
+		fmt.Sprintf("  (reports and signals: the %d successful upgrades of the sample; the bridge holds the first report and 100 for %s, "+
+			"a later report or a status with the version folding them in, and forwards no other progress)",
+			s.upgrades, bridge.DefaultProgressMerge),
 	}
 }
