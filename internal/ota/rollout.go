@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // RolloutWorkflowName is the registered name of RolloutWorkflow.
@@ -201,6 +202,10 @@ func (r RolloutRequest) Validate() error {
 	}
 	if r.Targets.List == "" && r.Targets.Prefix == "" && len(r.Targets.Where) == 0 {
 		return fmt.Errorf("a rollout needs targets: a device list, a prefix or a where filter")
+	}
+	if !utf8.ValidString(r.Targets.Prefix) || !utf8.ValidString(r.Targets.List) {
+		// JSON, on the way to the workflow, would replace the invalid bytes.
+		return fmt.Errorf("the target prefix and list must be UTF-8 text")
 	}
 	last := 0.0
 	for i, w := range r.Waves {
