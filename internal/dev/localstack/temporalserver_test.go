@@ -3,6 +3,8 @@ package localstack
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -158,7 +160,7 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 	waitVisible(t, c, `OtaDevice = "dev-real"`, "probe-real")
 
 	// Killed (as in a crash) and restarted in place, on its databases: the workflow is still
-	// there and still listed.
+	// there and still listed. The restart serves pprof (PPROF_PORT), on 127.0.0.1 only.
 	tp.Kill()
 	select {
 	case <-tp.Done():
@@ -169,6 +171,9 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 		t.Fatalf("Stop after Kill: %v", err)
 	}
 	opts.Ports = ports
+	if opts.PProfPort, err = FreePort(); err != nil {
+		t.Fatal(err)
+	}
 	restartedAt := time.Now()
 	tp, err = StartTemporalServer(ctx, opts)
 	if err != nil {
@@ -187,6 +192,22 @@ func TestTemporalServerOnPostgres(t *testing.T) {
 	}, time.Minute, 200*time.Millisecond, "the workflow started before the restart")
 	if desc.Status != enums.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		t.Fatalf("workflow status after restart %s, want running", desc.Status)
+	}
+	pprofURL := fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/cmdline", opts.PProfPort)
+	resp, err = http.Get(pprofURL)
+	if err != nil {
+		t.Fatalf("pprof with PPROF_PORT: %v", err)
+	}
+	cmdline, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(cmdline), "start") {
+		t.Errorf("%s answered %s: %q, want the server's command line", pprofURL, resp.Status, cmdline)
+	}
+	if ip := nonLoopbackIP(); ip != nil {
+		if conn, err := net.DialTimeout("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(opts.PProfPort)), time.Second); err == nil {
+			conn.Close()
+			t.Errorf("pprof answers on %s too, want 127.0.0.1 only", ip)
+		}
 	}
 	waitVisible(t, tp.Client(), `OtaDevice = "dev-real"`, "probe-real")
 	if !strings.Contains(log.String(), "setup-schema: database temporal: schema 1.18, up to date") {
